@@ -1,0 +1,40 @@
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+PROTO_FILES := $(shell find protos -name '*.proto')
+DESCRIPTOR := gateway/aitask.pb
+STAMP := .local/installed.stamp
+PYTEST_ARGS ?=
+
+.PHONY: help install protos run test lint
+
+help: ## List every target with what it does
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) $(DESCRIPTOR) ## Install Redis, FerretDB and the locked Python environment; generate stubs
+
+$(STAMP): pyproject.toml uv.lock scripts/install-deps.sh tools/ferretdb/go.mod tools/ferretdb/main.go
+	scripts/install-deps.sh
+	@mkdir -p $(@D) && touch $@
+
+protos: $(DESCRIPTOR) ## Generate Python stubs (.py, .pyi, grpc) and Envoy's descriptor set from protos/
+
+$(DESCRIPTOR): $(PROTO_FILES) scripts/protoc.py $(STAMP)
+	rm -rf aitask
+	$(PYTHON) scripts/protoc.py $(PROTO_FILES)
+
+run: install ## Start the whole stack locally (simulated upstream when no API keys are set)
+	$(PYTHON) -m devstack
+
+test: install ## Run every test against a real stack started on free loopback ports
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy

@@ -1,0 +1,1 @@
+"""Shared runtime for every aitask service: settings, logging, gRPC bootstrap, queues, registry, task model."""

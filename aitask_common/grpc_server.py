@@ -1,0 +1,81 @@
+"""gRPC server bootstrap shared by every service: health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from aitask_common.logging import get_logger
+
+log = get_logger(__name__)
+
+# Empty service name = the server as a whole (what probes and Envoy ask about).
+OVERALL = ""
+
+
+class GrpcServer:
+    """A grpc.aio server with health and reflection wired in, bound to one address."""
+
+    def __init__(self, address: str, service_names: Iterable[str]) -> None:
+        # so_reuseport off: two instances must not silently share one port.
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = [*service_names, health.SERVICE_NAME]
+        reflection.enable_server_reflection([*self.service_names, reflection.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"could not bind gRPC server to {address}")
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for the server and each of its services."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in [OVERALL, *self.service_names]:
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        """Start accepting RPCs and report SERVING."""
+        await self.server.start()
+        await self.set_serving(True)
+        log.info("serving", port=self.port)
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, then let in-flight RPCs finish for up to `grace` seconds."""
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def run_until_signalled(
+    server: GrpcServer,
+    grace: float,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Wait for SIGTERM/SIGINT, then stop the (started) server; a second signal cuts the grace short."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("shutdown requested", grace_seconds=grace)
+            stop_requested.set()
+        else:
+            log.warning("second signal: stopping now")
+            asyncio.ensure_future(server.server.stop(0))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await stop_requested.wait()
+    if on_stop is not None:
+        await on_stop()
+    await server.stop(grace)
+    log.info("stopped")

@@ -1,0 +1,159 @@
+"""What every provider package shares: settings, the catalogue, error mapping, serving and registration.
+
+A provider package supplies its catalogue file and the upstream calls; this
+module turns them into an aitask.provider.v1.ProviderService server that
+registers itself in Redis while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from pydantic import Field
+from redis import asyncio as aioredis
+
+from aitask.provider.v1 import provider_service_pb2 as pb
+from aitask.provider.v1 import provider_service_pb2_grpc
+from aitask_common.dependencies import wait_for_dependencies
+from aitask_common.grpc_server import GrpcServer, run_until_signalled
+from aitask_common.logging import configure_logging, get_logger
+from aitask_common.registry import RegistryPublisher
+from aitask_common.settings import ServiceSettings, load_settings
+
+log = get_logger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ProviderService"].full_name
+# Trailing metadata key carrying an upstream's Retry-After, in milliseconds.
+RETRY_AFTER_METADATA = "retry-after-ms"
+# Set on every error that came from the upstream, so the dispatcher can tell an
+# upstream's UNAVAILABLE (retry later) from a dead instance (fail over now).
+UPSTREAM_ERROR_METADATA = "aitask-upstream-error"
+
+
+class ProviderSettings(ServiceSettings):
+    """Settings every provider process shares."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    # Host the dispatcher should dial; defaults to `host` (set it to the pod IP in Kubernetes).
+    advertise_host: str = ""
+    # An instance that misses heartbeats for this long drops out of the registry.
+    registry_ttl_seconds: float = Field(default=6.0, gt=0)
+
+
+SettingsT = TypeVar("SettingsT", bound=ProviderSettings)
+
+
+def load_catalogue(path: Path) -> pb.DescribeCatalogueResponse:
+    """Read a provider's catalogue TOML file into the catalogue message."""
+    with path.open("rb") as source:
+        return json_format.ParseDict(tomllib.load(source), pb.DescribeCatalogueResponse())
+
+
+@dataclass
+class UpstreamError(Exception):
+    """An upstream call failed; `code` says whether it is final or retryable."""
+
+    code: grpc.StatusCode
+    message: str
+    retry_after_seconds: float | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# Which gRPC codes the dispatcher may retry (DESIGN.md: everything else is final).
+RETRYABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+
+
+class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
+    """Catalogue lookups and error reporting; subclasses implement the upstream calls."""
+
+    def __init__(self, catalogue: pb.DescribeCatalogueResponse) -> None:
+        self.catalogue = catalogue
+        self.models = {model.name: model for model in catalogue.models}
+
+    async def DescribeCatalogue(self, request: pb.DescribeCatalogueRequest, context: Any) -> pb.DescribeCatalogueResponse:
+        return self.catalogue
+
+    async def model(self, name: str, context: Any) -> pb.Model:
+        """The catalogue entry for `name`, or abort with INVALID_ARGUMENT."""
+        model = self.models.get(name)
+        if model is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model {name!r} is not served here")
+        return model
+
+    @staticmethod
+    async def fail(context: Any, error: UpstreamError) -> NoReturn:
+        """Abort the RPC with the upstream's status, passing Retry-After on as metadata."""
+        metadata = [(UPSTREAM_ERROR_METADATA, "1")]
+        if error.retry_after_seconds is not None:
+            metadata.append((RETRY_AFTER_METADATA, str(int(error.retry_after_seconds * 1000))))
+        context.set_trailing_metadata(tuple(metadata))
+        await context.abort(error.code, error.message)
+
+
+async def serve_provider(settings: ProviderSettings, servicer: ProviderServicer) -> None:
+    """Serve `servicer`, registered under its catalogue's provider name, until SIGTERM.
+
+    The instance deregisters before draining, so the dispatcher stops picking it.
+    """
+    server = GrpcServer(f"{settings.host}:{settings.port}", [SERVICE_NAME])
+    provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server.server)
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    address = f"{settings.advertise_host or settings.host}:{server.port}"
+    publisher = RegistryPublisher(redis, servicer.catalogue.provider, address, servicer.catalogue, settings.registry_ttl_seconds)
+    await server.start()
+    await publisher.register()
+    try:
+        await run_until_signalled(server, settings.shutdown_grace, on_stop=publisher.deregister)
+    finally:
+        await redis.aclose()
+
+
+def code_for_http_status(status: int) -> grpc.StatusCode:
+    """Map an upstream HTTP status to the gRPC code the dispatcher acts on."""
+    if status == 401:
+        return grpc.StatusCode.UNAUTHENTICATED
+    if status == 403:
+        return grpc.StatusCode.PERMISSION_DENIED
+    if status == 429:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if status in (408, 409) or status >= 500:
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """An upstream's `retry-after-ms` / `Retry-After` (seconds) header, if it sent one."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue  # an HTTP-date Retry-After: fall back to our own backoff
+    return None
+
+
+def run_provider(
+    service: str,
+    settings_class: type[SettingsT],
+    servicer_class: Callable[[pb.DescribeCatalogueResponse, SettingsT], ProviderServicer],
+    catalogue_path: Path,
+) -> None:
+    """Entry point shared by every provider package's `__main__`."""
+    settings = load_settings(settings_class)
+    configure_logging(service, settings.log_level)
+    wait_for_dependencies(settings, mongo=False)
+    servicer = servicer_class(load_catalogue(catalogue_path), settings)
+    asyncio.run(serve_provider(settings, servicer))

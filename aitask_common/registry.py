@@ -1,0 +1,130 @@
+"""Provider registry in Redis: live instances with their address and catalogue.
+
+Each instance owns one key that expires unless its heartbeat renews it, so a
+killed instance disappears by itself; a set indexes the keys so readers never
+SCAN the keyspace (which also holds every RQ job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format
+from redis import Redis
+from redis import asyncio as aioredis
+
+from aitask.provider.v1 import provider_service_pb2
+from aitask_common.logging import get_logger
+
+log = get_logger(__name__)
+
+INDEX_KEY = "aitask:registry:instances"
+INSTANCE_KEY_PREFIX = "aitask:registry:instance:"
+# The last catalogue each provider published outlives its instances, so a request
+# for a provider that is briefly down is still validated (and waits, pending).
+CATALOGUES_KEY = "aitask:registry:catalogues"
+
+
+@dataclass(frozen=True)
+class ProviderInstance:
+    """One live provider process."""
+
+    provider: str
+    instance_id: str
+    address: str
+    catalogue: provider_service_pb2.DescribeCatalogueResponse = field(compare=False)
+
+    @property
+    def key(self) -> str:
+        """The Redis key this instance's heartbeat keeps alive."""
+        return f"{INSTANCE_KEY_PREFIX}{self.provider}:{self.instance_id}"
+
+    def to_json(self) -> str:
+        """Serialise for Redis."""
+        return json.dumps(
+            {
+                "provider": self.provider,
+                "instance_id": self.instance_id,
+                "address": self.address,
+                "catalogue": json_format.MessageToDict(self.catalogue, preserving_proto_field_name=True),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> ProviderInstance:
+        """Parse what `to_json` wrote."""
+        data = json.loads(raw)
+        catalogue = json_format.ParseDict(data["catalogue"], provider_service_pb2.DescribeCatalogueResponse())
+        return cls(data["provider"], data["instance_id"], data["address"], catalogue)
+
+
+def read_instances(redis: Redis) -> list[ProviderInstance]:
+    """Every live instance; index entries whose key expired are pruned."""
+    keys = sorted(redis.smembers(INDEX_KEY))
+    if not keys:
+        return []
+    values = redis.mget(keys)
+    expired = [key for key, value in zip(keys, values, strict=True) if value is None]
+    if expired:
+        redis.srem(INDEX_KEY, *expired)
+    return [ProviderInstance.from_json(value) for value in values if value is not None]
+
+
+def read_catalogues(redis: Redis) -> dict[str, provider_service_pb2.DescribeCatalogueResponse]:
+    """The last published catalogue of every provider ever registered, by provider name."""
+    return {
+        name.decode(): json_format.Parse(raw, provider_service_pb2.DescribeCatalogueResponse())
+        for name, raw in redis.hgetall(CATALOGUES_KEY).items()
+    }
+
+
+class RegistryPublisher:
+    """Keeps one provider instance registered while it runs."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        provider: str,
+        address: str,
+        catalogue: provider_service_pb2.DescribeCatalogueResponse,
+        ttl_seconds: float,
+    ) -> None:
+        self.redis = redis
+        self.instance = ProviderInstance(provider, uuid.uuid4().hex[:12], address, catalogue)
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def register(self) -> None:
+        """Publish the instance and keep renewing it every third of its TTL."""
+        await self._publish()
+        self._heartbeat = asyncio.create_task(self._beat())
+        log.info("registered provider instance", provider=self.instance.provider, address=self.instance.address)
+
+    async def deregister(self) -> None:
+        """Stop the heartbeat and remove the instance at once."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.delete(self.instance.key).srem(INDEX_KEY, self.instance.key).execute()
+        log.info("deregistered provider instance", provider=self.instance.provider)
+
+    async def _publish(self) -> None:
+        catalogue = json_format.MessageToJson(self.instance.catalogue, preserving_proto_field_name=True)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await (
+                pipe.set(self.instance.key, self.instance.to_json(), px=self.ttl_ms)
+                .sadd(INDEX_KEY, self.instance.key)
+                .hset(CATALOGUES_KEY, self.instance.provider, catalogue)
+                .execute()
+            )
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            try:
+                await self._publish()
+            except Exception as error:  # noqa: BLE001 - a missed beat must not kill the provider
+                log.warning("registry heartbeat failed", error=str(error))

@@ -1,0 +1,84 @@
+"""The task document: states, types, and its conversion to the public `Task` message.
+
+One `tasks` collection holds every task type; MongoDB is the source of truth.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from aitask.v1 import task_service_pb2
+
+COLLECTION = "tasks"
+
+# Indexes created at start-up (see DESIGN.md "Storage and state").
+INDEXES: list[list[tuple[str, int]]] = [
+    [("user_id", 1), ("created", -1)],
+    [("user_id", 1), ("type", 1), ("created", -1)],
+    [("status", 1), ("updated", 1)],
+]
+
+# Fields too large for list responses.
+PAYLOAD_FIELDS = ("image_base64",)
+
+
+class TaskStatus(StrEnum):
+    """Lifecycle: pending → processing → completed | failed, plus cancelled."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether no further transition is allowed."""
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class TaskType(StrEnum):
+    """What a task generates."""
+
+    IMAGE = "image"
+    VIDEO = "video"
+    TEXT = "text"
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, at the millisecond precision BSON stores."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def task_to_proto(document: dict[str, Any], include_payload: bool = True) -> task_service_pb2.Task:
+    """Render a stored task as the public message (base64 payloads only when asked)."""
+    parameters = document.get("parameters", {})
+    usage = document.get("usage")
+    task = task_service_pb2.Task(
+        task_id=document["_id"],
+        type=document["type"],
+        status=document["status"],
+        user_id=document.get("user_id", ""),
+        provider=document.get("provider", ""),
+        model=document.get("model", ""),
+        prompt=document.get("prompt", ""),
+        image_url=document.get("image_url", ""),
+        image_base64=document.get("image_base64", "") if include_payload else "",
+        video_url=document.get("video_url", ""),
+        text_result=document.get("text_result", ""),
+        revised_prompt=document.get("revised_prompt", ""),
+        error_message=document.get("error_message", ""),
+        attempts=document.get("attempts", 0),
+        parameters=task_service_pb2.TaskParameters(
+            **{key: value for key, value in parameters.items() if value is not None}
+        ),
+    )
+    if usage:
+        task.usage.CopyFrom(task_service_pb2.TokenUsage(**usage))
+    task.created.FromDatetime(document["created"])
+    task.updated.FromDatetime(document["updated"])
+    return task
+

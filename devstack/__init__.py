@@ -1,0 +1,1 @@
+"""The local stack (infrastructure + services) as one definition, used by `make run` and by the tests."""

@@ -1,0 +1,137 @@
+"""What each local process is: its command line, environment and how to tell it is ready.
+
+`make run` supervises these with honcho; the tests start the same definitions
+on free ports, so both exercise one configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / ".local"
+FERRETDB = LOCAL / "bin" / "ferretdb"
+ENVOY = Path(sys.executable).with_name("envoy")
+# Every simulator credential; used when no real API key is configured.
+SIMULATOR_KEYS = {"ark": "sim-ark-key", "access": "sim-ak", "secret": "sim-sk", "openai": "sim-openai-key"}
+REAL_KEY_VARIABLES = ("ARK_API_KEY", "VOLCENGINE_ACCESS_KEY", "OPENAI_API_KEY")
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Loopback ports of one stack."""
+
+    envoy: int = 8080
+    envoy_admin: int = 9901
+    task_service: int = 50051
+    provider_volcengine: int = 50061
+    provider_openai: int = 50062
+    simulator: int = 9100
+    redis: int = 6380
+    ferretdb: int = 27018
+
+    @classmethod
+    def free(cls) -> Ports:
+        """A stack of ports the OS reports free right now (for tests)."""
+        return cls(**{name: free_port() for name in cls.__dataclass_fields__})
+
+
+def free_port() -> int:
+    """A currently free loopback TCP port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Process:
+    """One process to start: argv, extra environment, and the loopback port it listens on."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    port: int | None = None
+
+
+def uses_simulator(environment: dict[str, str]) -> bool:
+    """The simulator stands in for the vendors when no real API key is configured."""
+    return not any(environment.get(variable) for variable in REAL_KEY_VARIABLES)
+
+
+def service_environment(ports: Ports, data_dir: Path, environment: dict[str, str]) -> dict[str, str]:
+    """Variables every aitask service gets in a local stack."""
+    env = {
+        "MONGO_URL": f"mongodb://127.0.0.1:{ports.ferretdb}/",
+        "REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
+        "TASK_SERVICE_PORT": str(ports.task_service),
+        "VOLCENGINE_PORT": str(ports.provider_volcengine),
+        "OPENAI_PROVIDER_PORT": str(ports.provider_openai),
+        "LOG_DIR": str(data_dir.parent / "logs"),
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    if uses_simulator(environment):
+        simulator = f"http://127.0.0.1:{ports.simulator}"
+        env |= {
+            "ARK_BASE_URL": f"{simulator}/api/v3",
+            "ARK_API_KEY": SIMULATOR_KEYS["ark"],
+            "VOLCENGINE_VISUAL_URL": simulator,
+            "VOLCENGINE_ACCESS_KEY": SIMULATOR_KEYS["access"],
+            "VOLCENGINE_SECRET_KEY": SIMULATOR_KEYS["secret"],
+            "OPENAI_BASE_URL": f"{simulator}/v1",
+            "OPENAI_API_KEY": SIMULATOR_KEYS["openai"],
+        }
+    return env
+
+
+def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
+    """Redis, FerretDB (SQLite backend) and Envoy, all on loopback, data under `data_dir`."""
+    for sub in ("redis", "ferretdb", "envoy"):
+        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    envoy_config = data_dir / "envoy" / "envoy.json"
+    return [
+        Process(
+            "redis",
+            [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1", "--port",
+             str(ports.redis), "--dir", str(data_dir / "redis"), "--save", "", "--appendonly", "yes",
+             "--appendfsync", "everysec", "--loglevel", "warning"],
+            port=ports.redis,
+        ),
+        Process(
+            "ferretdb",
+            [str(FERRETDB), "-listen-addr", f"127.0.0.1:{ports.ferretdb}", "-handler", "sqlite",
+             "-sqlite-url", f"file:{data_dir / 'ferretdb'}/", "-log-level", "warn"],
+            port=ports.ferretdb,
+        ),
+        Process(
+            "envoy",
+            [sys.executable, "-m", "devstack.envoy", str(envoy_config), str(ports.envoy), str(ports.envoy_admin),
+             str(ports.task_service)],
+            port=ports.envoy,
+        ),
+    ]
+
+
+def services(ports: Ports, workers: int = 4) -> list[Process]:
+    """The aitask processes (and the upstream simulator), each `python -m <package>`."""
+    python = sys.executable
+    return [
+        Process("simulator", [python, "-m", "upstream_simulator"],
+                {"SIMULATOR_PORT": str(ports.simulator)}, ports.simulator),
+        Process("provider_volcengine", [python, "-m", "provider_volcengine"], port=ports.provider_volcengine),
+        Process("provider_openai", [python, "-m", "provider_openai"], port=ports.provider_openai),
+        Process("task_service", [python, "-m", "task_service"], port=ports.task_service),
+        Process("dispatcher", [python, "-m", "dispatcher_service"], {"WORKER_CONCURRENCY": str(workers)}),
+    ]
+
+
+def base_environment() -> dict[str, str]:
+    """This process's environment with proxies bypassed for loopback."""
+    env = dict(os.environ)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

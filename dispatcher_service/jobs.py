@@ -1,0 +1,227 @@
+"""The RQ job: run one task a step further (call, submit, or poll) and write the outcome.
+
+A job carries only a task id. Whatever happened before (a crash, a duplicate
+delivery, a reconciler re-enqueue), the task document and its lease decide
+what to do, so running the same job twice is harmless.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+import structlog
+from pymongo import MongoClient
+from redis import Redis
+
+from aitask.provider.v1 import provider_service_pb2 as pb
+from aitask_common.logging import get_logger
+from aitask_common.mongo import client_options
+from aitask_common.provider import RETRYABLE_CODES
+from aitask_common.queues import enqueue_task
+from aitask_common.settings import load_settings
+from aitask_common.tasks import TaskStatus, utcnow
+from dispatcher_service.lease import TaskLease
+from dispatcher_service.providers import ProviderCallError, ProviderDirectory
+from dispatcher_service.settings import DispatcherSettings
+from dispatcher_service.storage import TaskTransitions
+
+log = get_logger(__name__)
+
+# Extra gRPC deadline beyond AI_TIMEOUT, so the provider's own timeout answers first.
+DEADLINE_MARGIN_SECONDS = 5.0
+
+
+@dataclass
+class Runtime:
+    """Connections of one worker process, opened on its first job (after any fork)."""
+
+    settings: DispatcherSettings
+    redis: Redis
+    tasks: TaskTransitions
+    providers: ProviderDirectory
+
+
+@cache
+def runtime() -> Runtime:
+    """This process's runtime (one MongoDB client, one Redis pool, pooled gRPC channels)."""
+    settings = load_settings(DispatcherSettings)
+    redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    tasks = TaskTransitions(MongoClient(**client_options(settings, "dispatcher")), settings.mongo_database)
+    return Runtime(settings, redis, tasks, ProviderDirectory(redis, settings.registry_cache_seconds))
+
+
+def process_task(task_id: str) -> str:
+    """RQ entry point; returns a short word saying what happened (kept as the job result)."""
+    with structlog.contextvars.bound_contextvars(task_id=task_id):
+        rt = runtime()
+        task = rt.tasks.get(task_id)
+        if task is None:
+            log.warning("job dropped: task does not exist")
+            return "missing"
+        if TaskStatus(task["status"]).is_final:
+            return "already-final"
+        with TaskLease(rt.redis, task_id, rt.settings.lease_seconds) as lease:
+            if not lease.acquired:
+                log.info("task is held by another worker")
+                return "leased-elsewhere"
+            return TaskRun(rt, task).run()
+
+
+class TaskRun:
+    """One step of one task, executed while holding its lease."""
+
+    def __init__(self, rt: Runtime, task: dict[str, Any]) -> None:
+        self.rt = rt
+        self.settings = rt.settings
+        self.task = task
+        self.task_id: str = task["_id"]
+        self.status = TaskStatus(task["status"])
+        self.priority: str = task.get("parameters", {}).get("priority", "default")
+
+    def run(self) -> str:
+        provider = self.task["provider"]
+        model = self.rt.providers.model(provider, self.task["model"])
+        if model is None:
+            return self._fail(f"model {self.task['model']!r} is no longer in provider {provider!r}")
+        if not self.rt.providers.has_instance(provider):
+            return self._wait_for_provider()
+        polling = model.asynchronous and bool(self.task.get("upstream_job_id"))
+        try:
+            if polling:
+                return self._poll()
+            if not self._start_attempt():
+                return "lost-race"
+            return self._submit() if model.asynchronous else self._generate()
+        except ProviderCallError as error:
+            return self._handle_error(error, polling)
+
+    def _start_attempt(self) -> bool:
+        """Move to processing and count the attempt (from processing too: its owner crashed)."""
+        if not self.rt.tasks.transition(self.task_id, self.status, TaskStatus.PROCESSING, increment_attempts=True):
+            return False
+        self.task["attempts"] = self.task.get("attempts", 0) + 1
+        self.status = TaskStatus.PROCESSING
+        return True
+
+    def _input(self) -> pb.GenerationInput:
+        parameters = self.task.get("parameters", {})
+        return pb.GenerationInput(
+            task_id=self.task_id,
+            model=self.task["model"],
+            prompt=self.task["prompt"],
+            size=parameters.get("size", ""),
+            aspect_ratio=parameters.get("aspect_ratio", ""),
+            seed=parameters.get("seed"),
+            max_tokens=parameters.get("max_tokens"),
+            temperature=parameters.get("temperature"),
+            response_format=parameters.get("response_format", ""),
+        )
+
+    def _call(self, method: str, request: Any) -> Any:
+        return self.rt.providers.call(
+            self.task["provider"],
+            lambda stub: getattr(stub, method),
+            request,
+            timeout=self.settings.ai_timeout + DEADLINE_MARGIN_SECONDS,
+        )
+
+    def _generate(self) -> str:
+        result: pb.GenerateResponse = self._call("Generate", pb.GenerateRequest(input=self._input()))
+        fields: dict[str, Any] = {
+            "image_url": result.image_url,
+            "image_base64": result.image_base64,
+            "revised_prompt": result.revised_prompt,
+            "text_result": result.text_result,
+            "error_message": "",
+        }
+        if result.total_tokens:
+            fields["usage"] = {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "total_tokens": result.total_tokens,
+            }
+        return self._complete({key: value for key, value in fields.items() if value or key == "error_message"})
+
+    def _submit(self) -> str:
+        response: pb.SubmitJobResponse = self._call("SubmitJob", pb.SubmitJobRequest(input=self._input()))
+        # Stored before any poll, so a re-run polls this job instead of paying for a second one.
+        self.rt.tasks.record(
+            self.task_id,
+            TaskStatus.PROCESSING,
+            {"upstream_job_id": response.upstream_job_id, "submitted": utcnow(), "polls": 0},
+        )
+        log.info("upstream job submitted", upstream_job_id=response.upstream_job_id)
+        self._enqueue(self.settings.poll_initial_seconds)
+        return "submitted"
+
+    def _poll(self) -> str:
+        response: pb.PollJobResponse = self._call(
+            "PollJob", pb.PollJobRequest(model=self.task["model"], upstream_job_id=self.task["upstream_job_id"])
+        )
+        if response.state == pb.JOB_STATE_SUCCEEDED:
+            return self._complete({"video_url": response.video_url, "error_message": ""})
+        if response.state == pb.JOB_STATE_FAILED:
+            return self._fail(response.error_message or "upstream job failed")
+        waited = (utcnow() - self.task.get("submitted", utcnow())).total_seconds()
+        if waited > self.settings.poll_give_up_seconds:
+            return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
+        polls = self.task.get("polls", 0) + 1
+        self.rt.tasks.record(self.task_id, TaskStatus.PROCESSING, {"polls": polls})
+        hint = response.poll_after_ms / 1000 if response.poll_after_ms else None
+        delay = hint or self.settings.poll_initial_seconds * 1.5 ** min(polls, 10)
+        self._enqueue(min(delay, self.settings.poll_max_seconds))
+        return "polling"
+
+    def _handle_error(self, error: ProviderCallError, polling: bool) -> str:
+        message = str(error) or error.code.name
+        if error.code not in RETRYABLE_CODES:
+            return self._fail(message)
+        if polling:
+            # A failed poll costs nothing upstream: poll again; poll_give_up_seconds bounds it.
+            self._enqueue(max(self.settings.poll_max_seconds, error.retry_after_seconds or 0.0))
+            return "poll-retry"
+        attempts = self.task.get("attempts", 0)
+        if attempts >= self.settings.max_attempts:
+            return self._fail(f"{message} (gave up after {attempts} attempts)")
+        delay = self._backoff(attempts, error.retry_after_seconds)
+        # Back to pending so the next attempt (and a reconciler) sees a task waiting to run.
+        self.rt.tasks.transition(
+            self.task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, {"error_message": message}
+        )
+        log.info("retrying after upstream error", error=message, attempt=attempts, delay_seconds=round(delay, 2))
+        self._enqueue(delay)
+        return "retry-scheduled"
+
+    def _backoff(self, attempts: int, retry_after: float | None) -> float:
+        """Exponential backoff with full jitter, never shorter than the upstream's Retry-After."""
+        ceiling = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** (attempts - 1))
+        delay = random.uniform(ceiling / 2, ceiling)
+        return max(delay, retry_after or 0.0)
+
+    def _wait_for_provider(self) -> str:
+        provider = self.task["provider"]
+        waited = (utcnow() - self.task["created"]).total_seconds()
+        if waited > self.settings.provider_wait_seconds:
+            return self._fail(
+                f"no live instance of provider {provider!r} for {self.settings.provider_wait_seconds:g} s"
+            )
+        log.warning("provider has no live instance; task waits", provider=provider)
+        self._enqueue(self.settings.provider_recheck_seconds)
+        return "waiting-for-provider"
+
+    def _complete(self, fields: dict[str, Any]) -> str:
+        if self.rt.tasks.transition(self.task_id, TaskStatus.PROCESSING, TaskStatus.COMPLETED, fields):
+            log.info("task completed", provider=self.task["provider"], model=self.task["model"])
+        return "completed"
+
+    def _fail(self, message: str) -> str:
+        if self.rt.tasks.transition(self.task_id, self.status, TaskStatus.FAILED, {"error_message": message}):
+            log.warning("task failed", error=message)
+        return "failed"
+
+    def _enqueue(self, delay_seconds: float) -> None:
+        enqueue_task(self.rt.redis, self.task_id, self.priority, timedelta(seconds=delay_seconds))

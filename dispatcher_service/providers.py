@@ -1,0 +1,109 @@
+"""Finding and calling provider instances: registry cache, pooled channels, round-robin, failover."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from redis import Redis
+
+from aitask.provider.v1 import provider_service_pb2 as pb
+from aitask.provider.v1 import provider_service_pb2_grpc
+from aitask_common.logging import get_logger
+from aitask_common.provider import RETRY_AFTER_METADATA, UPSTREAM_ERROR_METADATA
+from aitask_common.registry import ProviderInstance, read_catalogues, read_instances
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+
+class ProviderCallError(Exception):
+    """A provider call failed: the provider's status (from the upstream or its own checks)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after_seconds = retry_after_seconds
+
+
+class NoLiveInstance(ProviderCallError):
+    """Every registered instance of the provider failed to answer."""
+
+    def __init__(self, provider: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, f"no live instance of provider {provider!r} answered")
+
+
+class ProviderDirectory:
+    """Per-process view of the registry plus one gRPC channel per instance address."""
+
+    def __init__(self, redis: Redis, cache_seconds: float) -> None:
+        self.redis = redis
+        self.cache_seconds = cache_seconds
+        self._instances: list[ProviderInstance] = []
+        self._catalogues: dict[str, pb.DescribeCatalogueResponse] = {}
+        self._read_at = float("-inf")
+        self._channels: dict[str, grpc.Channel] = {}
+        self._turn = itertools.count()
+
+    def _refresh(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._read_at >= self.cache_seconds:
+            self._instances = read_instances(self.redis)
+            self._catalogues = read_catalogues(self.redis)
+            self._read_at = time.monotonic()
+
+    def model(self, provider: str, name: str) -> pb.Model | None:
+        """The catalogue entry of provider/name as last published."""
+        self._refresh()
+        catalogue = self._catalogues.get(provider)
+        return next((model for model in catalogue.models if model.name == name), None) if catalogue else None
+
+    def _candidates(self, provider: str) -> list[ProviderInstance]:
+        self._refresh()
+        candidates = [instance for instance in self._instances if instance.provider == provider]
+        if not candidates:
+            # A provider that just started should not wait out the cache.
+            self._refresh(force=True)
+            candidates = [instance for instance in self._instances if instance.provider == provider]
+        return candidates
+
+    def has_instance(self, provider: str) -> bool:
+        """Whether at least one instance of the provider is registered."""
+        return bool(self._candidates(provider))
+
+    def call(self, provider: str, method: Callable[[Any], Callable[..., T]], request: Any, timeout: float) -> T:
+        """Call `method(stub)(request)` on a live instance, failing over while instances are unreachable."""
+        candidates = self._candidates(provider)
+        start = next(self._turn)
+        for offset in range(len(candidates)):
+            instance = candidates[(start + offset) % len(candidates)]
+            stub = provider_service_pb2_grpc.ProviderServiceStub(self._channel(instance.address))
+            try:
+                return method(stub)(request, timeout=timeout)
+            except grpc.RpcError as error:
+                trailers = dict(error.trailing_metadata() or ())
+                if error.code() == grpc.StatusCode.UNAVAILABLE and UPSTREAM_ERROR_METADATA not in trailers:
+                    # The instance itself is gone or dying: try the next one.
+                    log.warning("provider instance unreachable", provider=provider, address=instance.address)
+                    self._forget(instance.address)
+                    continue
+                retry_after = trailers.get(RETRY_AFTER_METADATA)
+                raise ProviderCallError(
+                    error.code(), error.details() or "", int(retry_after) / 1000 if retry_after else None
+                ) from error
+        raise NoLiveInstance(provider)
+
+    def _channel(self, address: str) -> grpc.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.insecure_channel(address)
+        return channel
+
+    def _forget(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            channel.close()
+        self._read_at = float("-inf")

@@ -1,0 +1,29 @@
+"""Dispatcher settings."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+
+from aitask_common.settings import ServiceSettings
+
+
+class DispatcherSettings(ServiceSettings):
+    """Environment of `python -m dispatcher_service`."""
+
+    worker_concurrency: int = Field(default=4, ge=1, validation_alias=AliasChoices("WORKER_CONCURRENCY", "WORKERS"))
+    # Upstream attempts per task before a retryable error becomes final.
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+    retry_max_seconds: float = Field(default=60.0, gt=0)
+    # How long a task waits, pending, for a live instance of its provider before failing.
+    provider_wait_seconds: float = Field(default=300.0, ge=0)
+    provider_recheck_seconds: float = Field(default=2.0, gt=0)
+    # Async (video) jobs: first poll after this, then backoff up to poll_max_seconds.
+    poll_initial_seconds: float = Field(default=1.0, gt=0)
+    poll_max_seconds: float = Field(default=3.0, gt=0)
+    # Give up on an upstream job that has not finished after this long.
+    poll_give_up_seconds: float = Field(default=3600.0, gt=0)
+    # Ownership lease on a task while a worker holds it; renewed while working.
+    lease_seconds: float = Field(default=30.0, gt=1)
+    # How long the registry read is reused before re-reading Redis.
+    registry_cache_seconds: float = Field(default=1.0, ge=0)

@@ -1,0 +1,40 @@
+"""Task transitions for the dispatcher (sync pymongo): each one is a conditional update."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import MongoClient
+
+from aitask_common.tasks import COLLECTION, TaskStatus, utcnow
+
+
+class TaskTransitions:
+    """Moves tasks through their lifecycle; an update whose precondition fails changes nothing."""
+
+    def __init__(self, client: MongoClient, database: str) -> None:
+        self.collection = client[database][COLLECTION]
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """One task by id."""
+        return self.collection.find_one({"_id": task_id})
+
+    def transition(
+        self,
+        task_id: str,
+        expected: TaskStatus,
+        new: TaskStatus,
+        fields: dict[str, Any] | None = None,
+        increment_attempts: bool = False,
+    ) -> bool:
+        """Set `new` status (and `fields`) only if the task is still `expected`; True if it was."""
+        update: dict[str, Any] = {"$set": {**(fields or {}), "status": new.value, "updated": utcnow()}}
+        if increment_attempts:
+            update["$inc"] = {"attempts": 1}
+        result = self.collection.update_one({"_id": task_id, "status": expected.value}, update)
+        return result.modified_count == 1
+
+    def record(self, task_id: str, expected: TaskStatus, fields: dict[str, Any]) -> bool:
+        """Store fields (e.g. an upstream job id) without changing status, if still `expected`."""
+        update = {"$set": {**fields, "updated": utcnow()}}
+        return self.collection.update_one({"_id": task_id, "status": expected.value}, update).modified_count == 1

@@ -1,0 +1,176 @@
+"""Renders Envoy's configuration (JSON, which Envoy reads as YAML) for one deployment.
+
+Local runs, tests and Kubernetes differ only in addresses, ports and paths, so
+one function builds them all: REST and native gRPC share one listener.
+
+    python -m gateway.config --out .local/envoy.json [--listen-port 8080 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TASK_SERVICE = "aitask.v1.TaskService"
+# Transcoded REST requests carry this header; native gRPC calls do not.
+TRANSCODED = {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}}
+NOT_GRPC = {
+    "header_filter": {
+        "header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}, "invert_match": True,
+                   "treat_missing_header_as_empty": True}
+    }
+}
+# Envoy's own errors (bad JSON, unknown path, body too large, no upstream), in the public error shape.
+LOCAL_REPLY_CODES = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "RESOURCE_EXHAUSTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _local_reply_mapper(status: int, code: str) -> dict[str, Any]:
+    return {
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": status,
+                                                                                  "runtime_key": "unused"}}}},
+                    {"or_filter": {"filters": [TRANSCODED, NOT_GRPC]}},
+                ]
+            }
+        },
+        "body_format_override": {
+            "json_format": {"success": False, "message": "%LOCAL_REPLY_BODY%", "code": code},
+        },
+    }
+
+
+def render(
+    *,
+    listen_host: str = "127.0.0.1",
+    listen_port: int = 8080,
+    admin_host: str = "127.0.0.1",
+    admin_port: int = 9901,
+    task_service_host: str = "127.0.0.1",
+    task_service_port: int = 50051,
+    descriptor: str = str(HERE / "aitask.pb"),
+    cluster_type: str = "STATIC",
+    max_request_bytes: int = 65536,
+    max_response_bytes: int = 32 * 1024 * 1024,
+) -> dict[str, Any]:
+    """The whole Envoy bootstrap as a dict."""
+    transcoder = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        "proto_descriptor": descriptor,
+        "services": [TASK_SERVICE],
+        "print_options": {"preserve_proto_field_names": True, "always_print_primitive_fields": True},
+        "convert_grpc_status": True,
+        "request_validation_options": {"reject_unknown_method": True, "reject_unknown_query_parameters": True},
+        "max_response_body_size": max_response_bytes,
+    }
+    to_task_service = {"cluster": "task_service", "timeout": "60s"}
+    routes = [
+        {
+            # Native gRPC (including health and reflection): no body buffering, no size cap here.
+            "match": {"prefix": "/", "headers": [{"name": "content-type",
+                                                   "string_match": {"prefix": "application/grpc"}}]},
+            "route": to_task_service,
+            "typed_per_filter_config": {
+                "envoy.filters.http.buffer": {
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True,
+                },
+            },
+        },
+        {"match": {"prefix": "/"}, "route": to_task_service},
+    ]
+    http_filters = [
+        {
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                             "max_request_bytes": max_request_bytes},
+        },
+        {
+            # Before the transcoder, so it sees responses after it (encoders run in reverse).
+            "name": "envoy.filters.http.lua",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                             "default_source_code": {"inline_string": (HERE / "error_body.lua").read_text()}},
+        },
+        {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
+        {"name": "envoy.filters.http.router",
+         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+    ]
+    connection_manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "codec_type": "AUTO",
+        "route_config": {"name": "aitask", "virtual_hosts": [{"name": "aitask", "domains": ["*"], "routes": routes}]},
+        "http_filters": http_filters,
+        "local_reply_config": {
+            "mappers": [_local_reply_mapper(status, code) for status, code in LOCAL_REPLY_CODES.items()]
+        },
+    }
+    cluster = {
+        "name": "task_service",
+        "type": cluster_type,
+        "lb_policy": "ROUND_ROBIN",
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "task_service",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": task_service_host, "port_value": task_service_port}}}}]}],
+        },
+        "health_checks": [{
+            "timeout": "1s",
+            "interval": "5s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": TASK_SERVICE},
+        }],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "aitask",
+                "address": {"socket_address": {"address": listen_host, "port_value": listen_port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": connection_manager}]}],
+            }],
+            "clusters": [cluster],
+        },
+    }
+
+
+def main() -> None:
+    """Write a rendered configuration to --out."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--listen-host", default="127.0.0.1")
+    parser.add_argument("--listen-port", type=int, default=8080)
+    parser.add_argument("--admin-host", default="127.0.0.1")
+    parser.add_argument("--admin-port", type=int, default=9901)
+    parser.add_argument("--task-service-host", default="127.0.0.1")
+    parser.add_argument("--task-service-port", type=int, default=50051)
+    parser.add_argument("--descriptor", default=str(HERE / "aitask.pb"))
+    parser.add_argument("--cluster-type", default="STATIC", choices=["STATIC", "STRICT_DNS"])
+    options = vars(parser.parse_args())
+    out = options.pop("out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(render(**options), indent=2))
+
+
+if __name__ == "__main__":
+    main()

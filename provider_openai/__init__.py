@@ -1,0 +1,1 @@
+"""OpenAI provider: images, chat completions and videos through the official `openai` SDK."""

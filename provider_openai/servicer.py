@@ -1,0 +1,118 @@
+"""ProviderService for OpenAI: images and chat via Generate, Sora videos via SubmitJob/PollJob."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import grpc
+import openai
+from openai import AsyncOpenAI
+
+from aitask.provider.v1 import provider_service_pb2 as pb
+from aitask_common.provider import ProviderServicer, UpstreamError, code_for_http_status, retry_after_seconds
+from provider_openai.settings import OpenAISettings
+
+T = TypeVar("T")
+
+# Sora takes a resolution, clients an aspect ratio.
+VIDEO_SIZES = {"16:9": "1280x720", "9:16": "720x1280", "1:1": "1024x1024"}
+RUNNING_STATES = {"queued", "in_progress"}
+
+
+class OpenAIServicer(ProviderServicer):
+    """Calls the OpenAI API; SDK retries are off because the dispatcher owns retries."""
+
+    def __init__(self, catalogue: pb.DescribeCatalogueResponse, settings: OpenAISettings) -> None:
+        super().__init__(catalogue)
+        self.base_url = settings.openai_base_url.rstrip("/")
+        self.client = AsyncOpenAI(
+            api_key=settings.openai_api_key or "unset",
+            base_url=self.base_url,
+            timeout=settings.ai_timeout,
+            max_retries=0,
+        )
+
+    async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
+        model = await self.model(request.input.model, context)
+        try:
+            if model.upstream_api == "openai.images":
+                return await self._image(request.input, model)
+            if model.upstream_api == "openai.chat":
+                return await self._chat(request.input)
+        except UpstreamError as error:
+            await self.fail(context, error)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{model.name} is not a synchronous model")
+
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
+        await self.model(request.input.model, context)
+        try:
+            video = await _call(
+                self.client.videos.create(
+                    model=request.input.model,
+                    prompt=request.input.prompt,
+                    size=VIDEO_SIZES.get(request.input.aspect_ratio, "1280x720"),
+                )
+            )
+        except UpstreamError as error:
+            await self.fail(context, error)
+        return pb.SubmitJobResponse(upstream_job_id=video.id)
+
+    async def PollJob(self, request: pb.PollJobRequest, context: Any) -> pb.PollJobResponse:
+        await self.model(request.model, context)
+        try:
+            video = await _call(self.client.videos.retrieve(request.upstream_job_id))
+        except UpstreamError as error:
+            await self.fail(context, error)
+        if video.status in RUNNING_STATES:
+            return pb.PollJobResponse(state=pb.JOB_STATE_RUNNING, progress=video.progress or 0)
+        if video.status == "completed":
+            # The content endpoint needs the API key: callers fetch it server-side.
+            url = f"{self.base_url}/videos/{video.id}/content"
+            return pb.PollJobResponse(state=pb.JOB_STATE_SUCCEEDED, video_url=url, progress=100)
+        reason = video.error.message if video.error else video.status
+        return pb.PollJobResponse(state=pb.JOB_STATE_FAILED, error_message=f"openai: {reason}")
+
+    async def _image(self, request: pb.GenerationInput, model: pb.Model) -> pb.GenerateResponse:
+        options: dict[str, Any] = {"model": request.model, "prompt": request.prompt, "n": 1}
+        if request.size:
+            options["size"] = request.size
+        # GPT image models reject response_format: they always answer base64.
+        if len(model.response_formats) > 1:
+            options["response_format"] = request.response_format or "url"
+        response = await _call(self.client.images.generate(**options))
+        image = response.data[0]
+        return pb.GenerateResponse(
+            image_url=image.url or "", image_base64=image.b64_json or "", revised_prompt=image.revised_prompt or ""
+        )
+
+    async def _chat(self, request: pb.GenerationInput) -> pb.GenerateResponse:
+        options: dict[str, Any] = {"model": request.model, "messages": [{"role": "user", "content": request.prompt}]}
+        if request.HasField("max_tokens"):
+            options["max_tokens"] = request.max_tokens
+        if request.HasField("temperature"):
+            options["temperature"] = request.temperature
+        response = await _call(self.client.chat.completions.create(**options))
+        usage = response.usage
+        return pb.GenerateResponse(
+            text_result=response.choices[0].message.content or "",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            total_tokens=usage.total_tokens if usage else 0,
+        )
+
+
+async def _call(request: Awaitable[T]) -> T:
+    """Await an SDK call, turning its exceptions into UpstreamError with the vendor's message."""
+    try:
+        return await request
+    except openai.APIStatusError as error:
+        raise UpstreamError(
+            code_for_http_status(error.status_code),
+            f"openai {error.status_code} {error.code or ''}: {error.message}".replace("  ", " "),
+            retry_after_seconds(error.response.headers),
+        ) from error
+    except openai.APITimeoutError as error:
+        raise UpstreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "openai: request timed out") from error
+    except openai.APIConnectionError as error:
+        raise UpstreamError(grpc.StatusCode.UNAVAILABLE, f"openai: connection failed: {error}") from error

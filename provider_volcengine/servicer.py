@@ -1,0 +1,58 @@
+"""ProviderService for Volcengine: routes each model to the API its catalogue entry names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from aitask.provider.v1 import provider_service_pb2 as pb
+from aitask_common.provider import ProviderServicer, UpstreamError
+from provider_volcengine.ark import ArkClient
+from provider_volcengine.settings import VolcengineSettings
+from provider_volcengine.visual import VisualClient
+
+
+class VolcengineServicer(ProviderServicer):
+    """Generate (Ark images, Ark chat, Jimeng images) and SubmitJob/PollJob (Jimeng video)."""
+
+    def __init__(self, catalogue: pb.DescribeCatalogueResponse, settings: VolcengineSettings) -> None:
+        super().__init__(catalogue)
+        self.ark = ArkClient(settings.ark_api_key, settings.ark_base_url, settings.ai_timeout)
+        self.visual = VisualClient(
+            settings.volcengine_visual_url,
+            settings.volcengine_access_key,
+            settings.volcengine_secret_key,
+            settings.ai_timeout,
+        )
+        self.generators = {
+            "ark.images": self.ark.generate_image,
+            "ark.chat": self.ark.chat,
+            "visual.cv_process": self.visual.generate_image,
+        }
+
+    async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
+        model = await self.model(request.input.model, context)
+        generate = self.generators.get(model.upstream_api)
+        if generate is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{model.name} is not a synchronous model")
+        try:
+            return await generate(request.input)
+        except UpstreamError as error:
+            await self.fail(context, error)
+
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
+        model = await self.model(request.input.model, context)
+        if model.upstream_api != "visual.async_video":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{model.name} is not an asynchronous model")
+        try:
+            return pb.SubmitJobResponse(upstream_job_id=await self.visual.submit_video(request.input))
+        except UpstreamError as error:
+            await self.fail(context, error)
+
+    async def PollJob(self, request: pb.PollJobRequest, context: Any) -> pb.PollJobResponse:
+        await self.model(request.model, context)
+        try:
+            return await self.visual.poll_video(request.model, request.upstream_job_id)
+        except UpstreamError as error:
+            await self.fail(context, error)

@@ -1,0 +1,128 @@
+"""Jimeng calls on the Volcengine visual API through the official `volcengine` SDK.
+
+The SDK is synchronous (requests) and raises a bare Exception whose text is the
+bytes repr of the error body, so calls run in a thread and errors are parsed
+back into the vendor's code.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+from volcengine.visual.VisualService import VisualService
+
+from aitask.provider.v1 import provider_service_pb2 as pb
+from aitask_common.provider import UpstreamError
+
+SUCCESS = 10000
+# Business codes the vendor documents as worth retrying (rate, concurrency, internal errors).
+RETRYABLE_BUSINESS_CODES = {50429: grpc.StatusCode.RESOURCE_EXHAUSTED, 50430: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            50500: grpc.StatusCode.UNAVAILABLE, 50501: grpc.StatusCode.UNAVAILABLE,
+                            50511: grpc.StatusCode.UNAVAILABLE, 50519: grpc.StatusCode.UNAVAILABLE}
+# Gateway (ResponseMetadata.Error.Code) failures.
+GATEWAY_CODES = {"InvalidAccessKey": grpc.StatusCode.UNAUTHENTICATED,
+                 "SignatureDoesNotMatch": grpc.StatusCode.UNAUTHENTICATED,
+                 "AccessDenied": grpc.StatusCode.PERMISSION_DENIED,
+                 "InternalError": grpc.StatusCode.UNAVAILABLE,
+                 "InternalServiceTimeout": grpc.StatusCode.UNAVAILABLE}
+RUNNING_STATES = {"in_queue", "generating"}
+
+
+class VisualClient:
+    """Jimeng image (CVProcess) and video (CVSync2Async submit / get result)."""
+
+    def __init__(self, url: str, access_key: str, secret_key: str, timeout: float) -> None:
+        endpoint = urlsplit(url)
+        # VisualService is a process-wide singleton whose __init__ resets host and keys:
+        # configure it once, here, after constructing it.
+        self.service = VisualService()
+        self.service.set_host(endpoint.netloc)
+        self.service.set_scheme(endpoint.scheme)
+        self.service.set_ak(access_key)
+        self.service.set_sk(secret_key)
+        self.service.set_connection_timeout(timeout)
+        self.service.set_socket_timeout(timeout)
+
+    async def generate_image(self, request: pb.GenerationInput) -> pb.GenerateResponse:
+        """CVProcess: one image, URL or base64."""
+        width, height = (int(part) for part in request.size.split("x"))
+        want_url = request.response_format != "b64_json"
+        data = await self._call(
+            self.service.cv_process,
+            {
+                "req_key": request.model,
+                "prompt": request.prompt,
+                "seed": request.seed if request.HasField("seed") else -1,
+                "width": width,
+                "height": height,
+                "return_url": want_url,
+                "logo_info": {"add_logo": False},
+            },
+        )
+        urls = data.get("image_urls") or []
+        images = data.get("binary_data_base64") or []
+        return pb.GenerateResponse(
+            image_url=urls[0] if want_url and urls else "",
+            image_base64=images[0] if not want_url and images else "",
+            revised_prompt=data.get("rephraser_result") or "",
+        )
+
+    async def submit_video(self, request: pb.GenerationInput) -> str:
+        """CVSync2AsyncSubmitTask; returns the upstream task id."""
+        data = await self._call(
+            self.service.cv_sync2async_submit_task,
+            {
+                "req_key": request.model,
+                "prompt": request.prompt,
+                "seed": request.seed if request.HasField("seed") else -1,
+                "aspect_ratio": request.aspect_ratio or "16:9",
+            },
+        )
+        return str(data["task_id"])
+
+    async def poll_video(self, model: str, upstream_job_id: str) -> pb.PollJobResponse:
+        """CVSync2AsyncGetResult, mapped onto the provider contract's job states."""
+        data = await self._call(
+            self.service.cv_sync2async_get_result,
+            {"req_key": model, "task_id": upstream_job_id, "req_json": json.dumps({"return_url": True})},
+        )
+        status = data.get("status")
+        if status in RUNNING_STATES:
+            return pb.PollJobResponse(state=pb.JOB_STATE_RUNNING)
+        if status == "done" and data.get("video_url"):
+            return pb.PollJobResponse(state=pb.JOB_STATE_SUCCEEDED, video_url=data["video_url"], progress=100)
+        return pb.PollJobResponse(state=pb.JOB_STATE_FAILED, error_message=f"jimeng: video job {status}")
+
+    async def _call(self, method: Any, form: dict[str, Any]) -> dict[str, Any]:
+        try:
+            body = await asyncio.to_thread(method, form)
+        except Exception as error:  # noqa: BLE001 - the SDK raises only bare Exception
+            raise _upstream_error(str(error)) from error
+        if body.get("code") != SUCCESS:
+            raise _business_error(body)
+        return body.get("data") or {}
+
+
+def _business_error(body: dict[str, Any]) -> UpstreamError:
+    code = body.get("code")
+    message = f"jimeng {code}: {body.get('message')}"
+    return UpstreamError(RETRYABLE_BUSINESS_CODES.get(code, grpc.StatusCode.INVALID_ARGUMENT), message)
+
+
+def _upstream_error(text: str) -> UpstreamError:
+    """Recover the vendor's error from the SDK's exception text (the body's bytes repr)."""
+    try:
+        body = json.loads(ast.literal_eval(text))
+    except (ValueError, SyntaxError, TypeError):
+        code = grpc.StatusCode.DEADLINE_EXCEEDED if "timed out" in text.lower() else grpc.StatusCode.UNAVAILABLE
+        return UpstreamError(code, f"jimeng: {text[:300]}")
+    gateway_error = (body.get("ResponseMetadata") or {}).get("Error")
+    if gateway_error:
+        code = GATEWAY_CODES.get(gateway_error.get("Code"), grpc.StatusCode.INVALID_ARGUMENT)
+        return UpstreamError(code, f"jimeng {gateway_error.get('Code')}: {gateway_error.get('Message')}")
+    return _business_error(body)

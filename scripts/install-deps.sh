@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the stack needs on a fresh Debian machine, skipping what is already there:
+# Redis (Debian package), uv + the locked Python environment, and FerretDB (built with Go).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+  local missing=()
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  if ((${#missing[@]})); then
+    echo "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+apt_install redis-server curl
+
+if ! command -v uv >/dev/null; then
+  python3 -m pip install --quiet 'uv==0.13.9'
+fi
+uv sync --frozen --python python3.11 --quiet
+
+# FerretDB 1.24.2, built from the Go module proxy through tools/ferretdb (see main.go there for why).
+if [[ ! -x .local/bin/ferretdb || tools/ferretdb/go.sum -nt .local/bin/ferretdb || tools/ferretdb/main.go -nt .local/bin/ferretdb ]]; then
+  echo "building FerretDB (first time: a minute or two)"
+  mkdir -p .local/bin
+  (cd tools/ferretdb && go build -trimpath -o ../../.local/bin/ferretdb .)
+fi

@@ -1,0 +1,72 @@
+"""Builds the task service (used by `python -m task_service` and by tests alike)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from pymongo import AsyncMongoClient
+from redis import Redis
+
+from aitask.v1 import task_service_pb2, task_service_pb2_grpc
+from aitask_common.dependencies import wait_for_dependencies
+from aitask_common.grpc_server import GrpcServer, run_until_signalled
+from aitask_common.logging import configure_logging
+from aitask_common.mongo import client_options
+from aitask_common.settings import load_settings
+from task_service.catalogue import CatalogueCache
+from task_service.servicer import TaskServicer
+from task_service.settings import TaskServiceSettings
+from task_service.storage import TaskStore
+
+SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
+
+
+@dataclass
+class TaskService:
+    """The running pieces of one task-service process."""
+
+    server: GrpcServer
+    mongo: AsyncMongoClient
+    redis: Redis
+    catalogues: CatalogueCache
+
+    async def close(self) -> None:
+        """Release connections after the server stopped."""
+        self.catalogues.stop()
+        await self.mongo.close()
+        self.redis.close()
+
+
+async def build_server(settings: TaskServiceSettings) -> TaskService:
+    """Wire storage, queue and catalogue into a gRPC server bound to settings.host:port."""
+    mongo: AsyncMongoClient = AsyncMongoClient(**client_options(settings, "task_service"))
+    store = TaskStore(mongo, settings.mongo_database)
+    await store.ensure_indexes()
+    redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    catalogues = CatalogueCache(redis, settings.catalogue_refresh_seconds)
+    await catalogues.refresh()
+    catalogues.start()
+    server = GrpcServer(f"{settings.host}:{settings.port}", [SERVICE_NAME])
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(
+        TaskServicer(settings, store, redis, catalogues), server.server
+    )
+    return TaskService(server, mongo, redis, catalogues)
+
+
+async def serve(settings: TaskServiceSettings) -> None:
+    """Run until SIGTERM."""
+    service = await build_server(settings)
+    await service.server.start()
+    try:
+        await run_until_signalled(service.server, settings.shutdown_grace)
+    finally:
+        await service.close()
+
+
+def main() -> None:
+    """Entry point of `python -m task_service`."""
+    settings = load_settings(TaskServiceSettings)
+    configure_logging("task_service", settings.log_level)
+    wait_for_dependencies(settings)
+    asyncio.run(serve(settings))

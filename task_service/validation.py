@@ -1,0 +1,137 @@
+"""Checks a create request against the model catalogue; pure functions, no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aitask.provider.v1 import provider_service_pb2
+from aitask_common.queues import Priority
+from aitask_common.tasks import TaskType
+
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
+SEED_MIN, SEED_MAX = -1, 2**31 - 1
+
+Catalogues = dict[str, provider_service_pb2.DescribeCatalogueResponse]
+
+
+class InvalidRequest(ValueError):
+    """A request field is wrong; the message names the field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ValidatedRequest:
+    """A create request that passed every check, with defaults filled in."""
+
+    task_type: TaskType
+    user_id: str
+    provider: str
+    model: str
+    prompt: str
+    parameters: dict[str, Any]
+
+
+def validate_user_id(user_id: str) -> str:
+    """A user id is required and limited to a safe alphabet."""
+    if not user_id:
+        raise InvalidRequest("user_id", "is required")
+    if not USER_ID_PATTERN.match(user_id):
+        raise InvalidRequest("user_id", "must be 1-128 characters of letters, digits and _ . @ : -")
+    return user_id
+
+
+def find_model(catalogues: Catalogues, provider: str, model: str) -> provider_service_pb2.Model:
+    """The catalogue entry for provider/model, or an error naming what is unknown."""
+    if not provider:
+        raise InvalidRequest("provider", "is required")
+    if not model:
+        raise InvalidRequest("model", "is required")
+    catalogue = catalogues.get(provider)
+    if catalogue is None:
+        known = ", ".join(sorted(catalogues)) or "none registered"
+        raise InvalidRequest("provider", f"unknown provider {provider!r} (known: {known})")
+    for entry in catalogue.models:
+        if entry.name == model:
+            return entry
+    known = ", ".join(entry.name for entry in catalogue.models)
+    raise InvalidRequest("model", f"unknown model {model!r} for provider {provider!r} (known: {known})")
+
+
+def validate_create(
+    task_type: TaskType, request: Any, catalogues: Catalogues, max_prompt_chars: int
+) -> ValidatedRequest:
+    """Validate a CreateImage/Video/TextTaskRequest; raise InvalidRequest on the first problem."""
+    prompt = request.prompt.strip()
+    if not prompt:
+        raise InvalidRequest("prompt", "is required and must not be blank")
+    user_id = validate_user_id(request.user_id)
+    model = find_model(catalogues, request.provider, request.model)
+    if model.task_type != task_type:
+        raise InvalidRequest(
+            "model", f"{model.name!r} is a {model.task_type} model and cannot run a {task_type} task"
+        )
+    limit = min(max_prompt_chars, model.max_prompt_chars or max_prompt_chars)
+    if len(prompt) > limit:
+        raise InvalidRequest("prompt", f"is {len(prompt)} characters long; {model.name} accepts at most {limit}")
+    parameters: dict[str, Any] = {"priority": _priority(request.priority)}
+    if task_type is not TaskType.TEXT and request.HasField("seed"):
+        parameters["seed"] = _seed(model, request.seed)
+    if task_type is TaskType.IMAGE:
+        parameters["size"] = _choice("size", request.size, model.sizes, model.default_size, model.name)
+        parameters["response_format"] = _choice(
+            "response_format", request.response_format, model.response_formats, "url", model.name
+        )
+    elif task_type is TaskType.VIDEO:
+        parameters["aspect_ratio"] = _choice(
+            "aspect_ratio", request.aspect_ratio, model.aspect_ratios, model.default_aspect_ratio, model.name
+        )
+    else:
+        if request.HasField("max_tokens"):
+            parameters["max_tokens"] = _max_tokens(model, request.max_tokens)
+        if request.HasField("temperature"):
+            parameters["temperature"] = _temperature(model, request.temperature)
+    return ValidatedRequest(task_type, user_id, request.provider, model.name, prompt, parameters)
+
+
+def _priority(value: str) -> str:
+    if not value:
+        return Priority.DEFAULT
+    if value not in Priority.__members__.values():
+        raise InvalidRequest("priority", f"must be one of {', '.join(Priority)} (got {value!r})")
+    return value
+
+
+def _choice(field: str, value: str, allowed: Any, default: str, model: str) -> str:
+    if not value:
+        return default
+    if value not in allowed:
+        raise InvalidRequest(field, f"{value!r} is not allowed for {model} (allowed: {', '.join(allowed)})")
+    return value
+
+
+def _seed(model: provider_service_pb2.Model, seed: int) -> int:
+    if not model.accepts_seed:
+        raise InvalidRequest("seed", f"{model.name} does not accept a seed")
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise InvalidRequest("seed", f"must be between {SEED_MIN} and {SEED_MAX}")
+    return seed
+
+
+def _max_tokens(model: provider_service_pb2.Model, max_tokens: int) -> int:
+    if not 1 <= max_tokens <= model.max_tokens_limit:
+        raise InvalidRequest("max_tokens", f"must be between 1 and {model.max_tokens_limit} for {model.name}")
+    return max_tokens
+
+
+def _temperature(model: provider_service_pb2.Model, temperature: float) -> float:
+    if not model.temperature_min <= temperature <= model.temperature_max:
+        raise InvalidRequest(
+            "temperature",
+            f"must be between {model.temperature_min:g} and {model.temperature_max:g} for {model.name}",
+        )
+    return temperature

@@ -1,0 +1,65 @@
+"""Session-wide fixtures: one real stack (Redis, FerretDB, Envoy, services, simulator) on loopback."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.processes import Ports
+from tests.stack import LocalStack
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The whole system, started once per test session and stopped at its end."""
+    local = LocalStack(Ports.free(), tmp_path_factory.mktemp("stack"))
+    try:
+        local.start_all()
+        yield local
+    finally:
+        local.stop_all()
+
+
+@pytest.fixture
+def rest(stack: LocalStack) -> Iterator[httpx.Client]:
+    """HTTP client on Envoy's REST port."""
+    with stack.rest() as client:
+        yield client
+
+
+@pytest.fixture
+def user_id() -> str:
+    """A fresh user per test, so tests never see each other's tasks."""
+    return f"user-{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Poll `condition` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def wait_for_status(
+    rest: httpx.Client, task_id: str, statuses: set[str], timeout: float = 30.0
+) -> dict[str, Any]:
+    """Poll GET /task/result until the task reaches one of `statuses`; return its data."""
+
+    def reached() -> dict[str, Any] | None:
+        data = rest.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]
+        return data if data["status"] in statuses else None
+
+    return wait_until(reached, timeout)

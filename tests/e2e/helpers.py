@@ -1,0 +1,30 @@
+"""Assertions shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
+
+from aitask_common.queues import QUEUE_ORDER, queue
+from tests.stack import LocalStack
+
+SEEDREAM = {"provider": "volcengine", "model": "doubao-seedream-3-0-t2i-250415"}
+
+
+def waiting_job_task_ids(stack: LocalStack) -> list[str]:
+    """Task ids of every job that is queued or scheduled (not yet run)."""
+    redis = stack.redis()
+    job_ids: list[str] = []
+    for name in QUEUE_ORDER:
+        job_ids += queue(redis, name).get_job_ids()
+        job_ids += ScheduledJobRegistry(str(name), connection=redis, serializer=JSONSerializer).get_job_ids()
+    jobs = Job.fetch_many(job_ids, connection=redis, serializer=JSONSerializer)
+    return [job.args[0] for job in jobs if job is not None]
+
+
+def assert_every_waiting_job_has_a_task(stack: LocalStack) -> None:
+    """No job may point at a task that does not exist (a half-written create)."""
+    task_ids = waiting_job_task_ids(stack)
+    existing = {document["_id"] for document in stack.tasks().find({"_id": {"$in": task_ids}}, {"_id": 1})}
+    assert set(task_ids) <= existing, f"jobs without tasks: {set(task_ids) - existing}"

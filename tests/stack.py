@@ -1,0 +1,156 @@
+"""A whole aitask stack on free loopback ports, started and stopped by the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import IO
+
+import grpc
+import httpx
+from pymongo import MongoClient
+from redis import Redis
+
+from aitask.v1 import task_service_pb2_grpc
+from aitask_common.registry import read_instances
+from devstack.processes import ROOT, Ports, Process, base_environment, infrastructure, service_environment, services
+
+STARTUP_SECONDS = 60.0
+
+
+class LocalStack:
+    """Owns every process of one stack; individual processes can be stopped, killed and restarted."""
+
+    def __init__(self, ports: Ports, workdir: Path, workers: int = 4) -> None:
+        self.ports = ports
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.env = base_environment() | service_environment(ports, self.data_dir, {}) | {
+            "ENVIRONMENT": "test",
+            "LOG_LEVEL": "INFO",
+            # Short timings so retries, polls and failover happen within a test's patience.
+            "RETRY_BASE_SECONDS": "0.2",
+            "RETRY_MAX_SECONDS": "2",
+            "POLL_INITIAL_SECONDS": "0.3",
+            "POLL_MAX_SECONDS": "1",
+            "PROVIDER_RECHECK_SECONDS": "0.5",
+            "REGISTRY_TTL_SECONDS": "3",
+            "AI_TIMEOUT": "20",
+            "SIMULATOR_VIDEO_SECONDS": "1",
+        }
+        self.definitions = {process.name: process for process in infrastructure(ports, self.data_dir)}
+        self.definitions |= {process.name: process for process in services(ports, workers)}
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: dict[str, IO[bytes]] = {}
+
+    # --- process control -------------------------------------------------
+    def start(self, name: str, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
+        """Start one process (and wait until it answers, unless told not to)."""
+        process = self.definitions[name]
+        log = self._logs.get(name) or (self.workdir / f"{name}.log").open("ab")
+        self._logs[name] = log
+        self.running[name] = subprocess.Popen(
+            process.argv, cwd=ROOT, env=self.env | process.env | (extra_env or {}),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        if wait:
+            self.wait_ready(process)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        """Signal a process (and its group) and wait for it to exit."""
+        popen = self.running.pop(name, None)
+        if popen is None or popen.poll() is not None:
+            return
+        os.killpg(popen.pid, sig)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process group, as a crash would."""
+        self.stop(name, signal.SIGKILL)
+
+    def start_all(self) -> None:
+        """Infrastructure first, then the services."""
+        for name in self.definitions:
+            self.start(name)
+        self.wait_for_rest()
+
+    def stop_all(self) -> None:
+        """Stop services before the infrastructure they use."""
+        for name in reversed(list(self.running)):
+            self.stop(name)
+        for log in self._logs.values():
+            log.close()
+
+    def log_text(self, name: str) -> str:
+        """Everything a process wrote so far."""
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
+
+    # --- readiness -------------------------------------------------------
+    def wait_ready(self, process: Process) -> None:
+        """Block until the process accepts connections (providers: until registered)."""
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            popen = self.running[process.name]
+            if popen.poll() is not None:
+                raise RuntimeError(f"{process.name} exited with {popen.returncode}:\n{self.log_text(process.name)[-3000:]}")
+            if process.port is None or _accepts(process.port):
+                if not process.name.startswith("provider_") or self._registered(process.port):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"{process.name} not ready after {STARTUP_SECONDS} s:\n{self.log_text(process.name)[-3000:]}")
+
+    def _registered(self, port: int | None) -> bool:
+        return any(instance.address.endswith(f":{port}") for instance in read_instances(self.redis()))
+
+    def wait_for_rest(self) -> None:
+        """Block until a REST call travels Envoy → task service → MongoDB."""
+        deadline = time.monotonic() + STARTUP_SECONDS
+        with self.rest() as client:
+            while time.monotonic() < deadline:
+                try:
+                    if client.get("/api/v1/ai/tasks", params={"user_id": "probe"}).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError("REST path through Envoy never became ready:\n" + self.log_text("envoy")[-3000:])
+
+    # --- clients ---------------------------------------------------------
+    def rest(self) -> httpx.Client:
+        """An HTTP client on Envoy's REST port."""
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.ports.envoy}", timeout=30, trust_env=False)
+
+    def grpc_channel(self, via_envoy: bool = True) -> grpc.Channel:
+        """A gRPC channel to the task service, through Envoy by default."""
+        port = self.ports.envoy if via_envoy else self.ports.task_service
+        return grpc.insecure_channel(f"127.0.0.1:{port}")
+
+    def task_stub(self, via_envoy: bool = True) -> task_service_pb2_grpc.TaskServiceStub:
+        """A TaskService stub."""
+        return task_service_pb2_grpc.TaskServiceStub(self.grpc_channel(via_envoy))
+
+    def redis(self) -> Redis:
+        """A client on the stack's Redis."""
+        return Redis(port=self.ports.redis)
+
+    def mongo(self) -> MongoClient:
+        """A client on the stack's FerretDB."""
+        return MongoClient(self.env["MONGO_URL"], tz_aware=True)
+
+    def tasks(self):  # noqa: ANN201 - pymongo's Collection type is generic noise here
+        """The `tasks` collection."""
+        return self.mongo()["aitask"]["tasks"]
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0

@@ -1,0 +1,64 @@
+"""Unit tests of request validation against a catalogue (pure logic, no I/O)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aitask.v1 import task_service_pb2 as pb
+from aitask_common.provider import load_catalogue
+from aitask_common.tasks import TaskType
+from task_service.validation import InvalidRequest, validate_create
+
+ROOT = Path(__file__).resolve().parents[2]
+CATALOGUES = {
+    "volcengine": load_catalogue(ROOT / "provider_volcengine" / "catalogue.toml"),
+    "openai": load_catalogue(ROOT / "provider_openai" / "catalogue.toml"),
+}
+
+
+def image(**fields: object) -> pb.CreateImageTaskRequest:
+    base = {"prompt": "a cat", "user_id": "u1", "provider": "volcengine", "model": "doubao-seedream-3-0-t2i-250415"}
+    return pb.CreateImageTaskRequest(**{**base, **fields})
+
+
+def test_defaults_are_filled_from_the_catalogue() -> None:
+    valid = validate_create(TaskType.IMAGE, image(), CATALOGUES, 4000)
+    assert valid.parameters == {"priority": "default", "size": "1024x1024", "response_format": "url"}
+    assert valid.prompt == "a cat"
+
+
+def test_prompt_is_trimmed_and_seed_kept() -> None:
+    valid = validate_create(TaskType.IMAGE, image(prompt="  a dog  ", seed=-1), CATALOGUES, 4000)
+    assert valid.prompt == "a dog" and valid.parameters["seed"] == -1
+
+
+@pytest.mark.parametrize(
+    ("request_", "task_type", "field"),
+    [
+        (image(seed=-2), TaskType.IMAGE, "seed"),
+        (image(user_id="bad user"), TaskType.IMAGE, "user_id"),
+        (image(model="jimeng_vgfm_t2v_l20"), TaskType.IMAGE, "model"),
+        (pb.CreateVideoTaskRequest(prompt="p", user_id="u", provider="volcengine", model="jimeng_vgfm_t2v_l20",
+                                   aspect_ratio="2:1"), TaskType.VIDEO, "aspect_ratio"),
+        (pb.CreateTextTaskRequest(prompt="p", user_id="u", provider="volcengine", model="doubao-pro-4k",
+                                  max_tokens=0), TaskType.TEXT, "max_tokens"),
+        (pb.CreateTextTaskRequest(prompt="p", user_id="u", provider="openai", model="gpt-4", temperature=2.5),
+         TaskType.TEXT, "temperature"),
+        (pb.CreateTextTaskRequest(prompt="p" * 200, user_id="u", provider="openai", model="gpt-4"),
+         TaskType.TEXT, "prompt"),
+    ],
+)
+def test_rejections_name_the_field(request_: object, task_type: TaskType, field: str) -> None:
+    limit = 100
+    with pytest.raises(InvalidRequest) as error:
+        validate_create(task_type, request_, CATALOGUES, limit)
+    assert error.value.field == field
+    assert str(error.value).startswith(f"{field}: ")
+
+
+def test_text_options_are_kept_only_when_set() -> None:
+    request = pb.CreateTextTaskRequest(prompt="hi", user_id="u", provider="openai", model="gpt-4", temperature=0.0)
+    valid = validate_create(TaskType.TEXT, request, CATALOGUES, 4000)
+    assert valid.parameters == {"priority": "default", "temperature": 0.0}
