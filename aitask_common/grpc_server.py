@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from aitask_common.logging import get_logger
+from aitask_common.metrics import MetricsInterceptor
 
 log = get_logger(__name__)
 
@@ -21,9 +22,19 @@ OVERALL = ""
 class GrpcServer:
     """A grpc.aio server with health and reflection wired in, bound to one address."""
 
-    def __init__(self, address: str, service_names: Iterable[str]) -> None:
+    def __init__(
+        self,
+        address: str,
+        service_names: Iterable[str],
+        dependency_check: Callable[[], Awaitable[object]] | None = None,
+        check_interval: float = 2.0,
+    ) -> None:
         # so_reuseport off: two instances must not silently share one port.
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor()], options=[("grpc.so_reuseport", 0)])
+        self.dependency_check = dependency_check
+        self.check_interval = check_interval
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = [*service_names, health.SERVICE_NAME]
@@ -44,12 +55,36 @@ class GrpcServer:
         """Start accepting RPCs and report SERVING."""
         await self.server.start()
         await self.set_serving(True)
+        if self.dependency_check is not None:
+            self._watcher = asyncio.create_task(self._watch_dependencies())
         log.info("serving", port=self.port)
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, then let in-flight RPCs finish for up to `grace` seconds."""
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.set_serving(False)
         await self.server.stop(grace)
+
+    async def _watch_dependencies(self) -> None:
+        """NOT_SERVING while a dependency (MongoDB, Redis) is unreachable, SERVING again when it returns."""
+        assert self.dependency_check is not None
+        serving = True
+        while not self._stopping:
+            await asyncio.sleep(self.check_interval)
+            try:
+                await asyncio.wait_for(self.dependency_check(), timeout=self.check_interval)
+                healthy = True
+            except Exception as error:  # noqa: BLE001 - any failure means "not ready"
+                healthy = False
+                if serving:
+                    log.warning("dependency unreachable; reporting NOT_SERVING", error=str(error) or type(error).__name__)
+            if healthy != serving and not self._stopping:
+                serving = healthy
+                await self.set_serving(healthy)
+                if healthy:
+                    log.info("dependencies reachable again; reporting SERVING")
 
 
 async def run_until_signalled(

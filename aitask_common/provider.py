@@ -24,6 +24,7 @@ from aitask.provider.v1 import provider_service_pb2_grpc
 from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.grpc_server import GrpcServer, run_until_signalled
 from aitask_common.logging import configure_logging, get_logger
+from aitask_common.metrics import serve_metrics
 from aitask_common.registry import RegistryPublisher
 from aitask_common.settings import ServiceSettings, load_settings
 
@@ -107,9 +108,11 @@ async def serve_provider(settings: ProviderSettings, servicer: ProviderServicer)
 
     The instance deregisters before draining, so the dispatcher stops picking it.
     """
-    server = GrpcServer(f"{settings.host}:{settings.port}", [SERVICE_NAME])
-    provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server.server)
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    # The registry lives in Redis: without it this instance cannot be found.
+    server = GrpcServer(f"{settings.host}:{settings.port}", [SERVICE_NAME], redis.ping)
+    provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server.server)
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     address = f"{settings.advertise_host or settings.host}:{server.port}"
     publisher = RegistryPublisher(redis, servicer.catalogue.provider, address, servicer.catalogue, settings.registry_ttl_seconds)
     await server.start()

@@ -40,6 +40,9 @@ class ServiceSettings(BaseSettings):
     ai_timeout: float = Field(default=120.0, gt=0)
     # Seconds a stopping server lets in-flight RPCs finish.
     shutdown_grace: float = Field(default=10.0, ge=0)
+    # Prometheus /metrics; each service has its own default port, 0 turns it off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -34,6 +34,10 @@ class Ports:
     simulator: int = 9100
     redis: int = 6380
     ferretdb: int = 27018
+    metrics_task_service: int = 9464
+    metrics_dispatcher: int = 9465
+    metrics_provider_volcengine: int = 9466
+    metrics_provider_openai: int = 9467
 
     @classmethod
     def free(cls) -> Ports:
@@ -122,10 +126,14 @@ def services(ports: Ports, workers: int = 4) -> list[Process]:
     return [
         Process("simulator", [python, "-m", "upstream_simulator"],
                 {"SIMULATOR_PORT": str(ports.simulator)}, ports.simulator),
-        Process("provider_volcengine", [python, "-m", "provider_volcengine"], port=ports.provider_volcengine),
-        Process("provider_openai", [python, "-m", "provider_openai"], port=ports.provider_openai),
-        Process("task_service", [python, "-m", "task_service"], port=ports.task_service),
-        Process("dispatcher", [python, "-m", "dispatcher_service"], {"WORKER_CONCURRENCY": str(workers)}),
+        Process("provider_volcengine", [python, "-m", "provider_volcengine"],
+                {"METRICS_PORT": str(ports.metrics_provider_volcengine)}, ports.provider_volcengine),
+        Process("provider_openai", [python, "-m", "provider_openai"],
+                {"METRICS_PORT": str(ports.metrics_provider_openai)}, ports.provider_openai),
+        Process("task_service", [python, "-m", "task_service"],
+                {"METRICS_PORT": str(ports.metrics_task_service)}, ports.task_service),
+        Process("dispatcher", [python, "-m", "dispatcher_service"],
+                {"WORKER_CONCURRENCY": str(workers), "METRICS_PORT": str(ports.metrics_dispatcher)}),
     ]
 
 

@@ -8,6 +8,7 @@ what to do, so running the same job twice is harmless.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
@@ -19,6 +20,7 @@ from redis import Redis
 
 from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask_common.logging import get_logger
+from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
 from aitask_common.provider import RETRYABLE_CODES
 from aitask_common.queues import enqueue_task
@@ -122,12 +124,20 @@ class TaskRun:
         )
 
     def _call(self, method: str, request: Any) -> Any:
-        return self.rt.providers.call(
-            self.task["provider"],
-            lambda stub: getattr(stub, method),
-            request,
-            timeout=self.settings.ai_timeout + DEADLINE_MARGIN_SECONDS,
-        )
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return self.rt.providers.call(
+                self.task["provider"],
+                lambda stub: getattr(stub, method),
+                request,
+                timeout=self.settings.ai_timeout + DEADLINE_MARGIN_SECONDS,
+            )
+        except ProviderCallError as error:
+            code = error.code.name
+            raise
+        finally:
+            UPSTREAM_CALL.labels(self.task["provider"], method, code).observe(time.perf_counter() - started)
 
     def _generate(self) -> str:
         result: pb.GenerateResponse = self._call("Generate", pb.GenerateRequest(input=self._input()))
@@ -192,6 +202,7 @@ class TaskRun:
         self.rt.tasks.transition(
             self.task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, {"error_message": message}
         )
+        RETRIES.labels(self.task["provider"], self.task["model"]).inc()
         log.info("retrying after upstream error", error=message, attempt=attempts, delay_seconds=round(delay, 2))
         self._enqueue(delay)
         return "retry-scheduled"
@@ -215,13 +226,19 @@ class TaskRun:
 
     def _complete(self, fields: dict[str, Any]) -> str:
         if self.rt.tasks.transition(self.task_id, TaskStatus.PROCESSING, TaskStatus.COMPLETED, fields):
+            self._finished(TaskStatus.COMPLETED)
             log.info("task completed", provider=self.task["provider"], model=self.task["model"])
         return "completed"
 
     def _fail(self, message: str) -> str:
         if self.rt.tasks.transition(self.task_id, self.status, TaskStatus.FAILED, {"error_message": message}):
+            self._finished(TaskStatus.FAILED)
             log.warning("task failed", error=message)
         return "failed"
+
+    def _finished(self, status: TaskStatus) -> None:
+        TASKS_FINISHED.labels(self.task["provider"], self.task["model"], self.task["type"], status.value).inc()
+        TASK_DURATION.labels(self.task["type"]).observe((utcnow() - self.task["created"]).total_seconds())
 
     def _enqueue(self, delay_seconds: float) -> None:
         enqueue_task(self.rt.redis, self.task_id, self.priority, timedelta(seconds=delay_seconds))

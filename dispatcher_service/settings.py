@@ -10,6 +10,8 @@ from aitask_common.settings import ServiceSettings
 class DispatcherSettings(ServiceSettings):
     """Environment of `python -m dispatcher_service`."""
 
+    metrics_port: int = Field(default=9465, ge=0, le=65535)
+
     worker_concurrency: int = Field(default=4, ge=1, validation_alias=AliasChoices("WORKER_CONCURRENCY", "WORKERS"))
     # Upstream attempts per task before a retryable error becomes final.
     max_attempts: int = Field(default=5, ge=1)

@@ -9,6 +9,7 @@ from rq.worker_pool import WorkerPool
 
 from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.logging import configure_logging
+from aitask_common.metrics import serve_metrics
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
 from dispatcher_service.settings import DispatcherSettings
@@ -34,4 +35,5 @@ def main() -> None:
     settings = load_settings(DispatcherSettings)
     configure_logging("dispatcher", settings.log_level)
     wait_for_dependencies(settings)
+    serve_metrics(settings.metrics_host, settings.metrics_port, Redis.from_url(settings.redis_url, socket_timeout=2))
     build_pool(settings).start(logging_level=settings.log_level.upper())

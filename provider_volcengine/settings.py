@@ -10,6 +10,8 @@ from aitask_common.provider import ProviderSettings
 class VolcengineSettings(ProviderSettings):
     """Environment of `python -m provider_volcengine`."""
 
+    metrics_port: int = Field(default=9466, ge=0, le=65535)
+
     port: int = Field(default=50061, ge=0, le=65535, validation_alias=AliasChoices("VOLCENGINE_PORT", "PORT"))
     ark_api_key: str = ""
     ark_base_url: str = "https://ark.cn-beijing.volces.com/api/v3"

@@ -12,6 +12,7 @@ from aitask.v1 import task_service_pb2, task_service_pb2_grpc
 from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.grpc_server import GrpcServer, run_until_signalled
 from aitask_common.logging import configure_logging
+from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
 from aitask_common.settings import load_settings
 from task_service.catalogue import CatalogueCache
@@ -47,7 +48,12 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
     catalogues = CatalogueCache(redis, settings.catalogue_refresh_seconds)
     await catalogues.refresh()
     catalogues.start()
-    server = GrpcServer(f"{settings.host}:{settings.port}", [SERVICE_NAME])
+
+    async def dependencies_reachable() -> None:
+        await mongo.admin.command("ping")
+        await asyncio.to_thread(redis.ping)
+
+    server = GrpcServer(f"{settings.host}:{settings.port}", [SERVICE_NAME], dependencies_reachable)
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(
         TaskServicer(settings, store, redis, catalogues), server.server
     )
@@ -57,6 +63,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
 async def serve(settings: TaskServiceSettings) -> None:
     """Run until SIGTERM."""
     service = await build_server(settings)
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     await service.server.start()
     try:
         await run_until_signalled(service.server, settings.shutdown_grace)

@@ -14,6 +14,7 @@ from ulid import ULID
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.logging import get_logger
+from aitask_common.metrics import TASKS_CREATED
 from aitask_common.queues import enqueue_task
 from aitask_common.tasks import TaskStatus, TaskType, task_to_proto, utcnow
 from task_service.catalogue import CatalogueCache
@@ -114,6 +115,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             log.error("enqueue failed; task withdrawn", task_id=task_id, error=str(error))
             await self._database(context, self.store.delete(task_id))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "task queue unavailable, retry later")
+        TASKS_CREATED.labels(valid.provider, valid.model, task_type.value).inc()
         log.info("task created", task_id=task_id, type=task_type.value, provider=valid.provider, model=valid.model)
         return pb.TaskCreated(task_id=task_id, status=TaskStatus.PENDING.value, provider=valid.provider,
                               model=valid.model)

@@ -10,6 +10,8 @@ from aitask_common.settings import ServiceSettings
 class TaskServiceSettings(ServiceSettings):
     """Environment of `python -m task_service`."""
 
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("TASK_SERVICE_HOST", "HOST"))
     port: int = Field(default=50051, ge=0, le=65535, validation_alias=AliasChoices("TASK_SERVICE_PORT", "PORT"))
     # Hard cap on prompt length whatever a model's catalogue allows.
