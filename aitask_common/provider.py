@@ -93,6 +93,14 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model {name!r} is not served here")
         return model
 
+    async def upstream_input(self, request: pb.GenerationInput, context: Any) -> tuple[pb.Model, pb.GenerationInput]:
+        """The model's catalogue entry and the input as the vendor must see it (its own model name)."""
+        model = await self.model(request.model, context)
+        upstream = pb.GenerationInput()
+        upstream.CopyFrom(request)
+        upstream.model = model.upstream_model or model.name
+        return model, upstream
+
     @staticmethod
     async def fail(context: Any, error: UpstreamError) -> NoReturn:
         """Abort the RPC with the upstream's status, passing Retry-After on as metadata."""

@@ -27,7 +27,7 @@ from aitask_common.queues import enqueue_task
 from aitask_common.settings import load_settings
 from aitask_common.tasks import TaskStatus, utcnow
 from dispatcher_service.lease import TaskLease
-from dispatcher_service.providers import ProviderCallError, ProviderDirectory
+from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.storage import TaskTransitions
 
@@ -103,7 +103,7 @@ class TaskRun:
 
     def _start_attempt(self) -> bool:
         """Move to processing and count the attempt (from processing too: its owner crashed)."""
-        if not self.rt.tasks.transition(self.task_id, self.status, TaskStatus.PROCESSING, increment_attempts=True):
+        if not self.rt.tasks.transition(self.task_id, self.status, TaskStatus.PROCESSING, attempts_delta=1):
             return False
         self.task["attempts"] = self.task.get("attempts", 0) + 1
         self.status = TaskStatus.PROCESSING
@@ -162,7 +162,7 @@ class TaskRun:
         self.rt.tasks.record(
             self.task_id,
             TaskStatus.PROCESSING,
-            {"upstream_job_id": response.upstream_job_id, "submitted": utcnow(), "polls": 0},
+            {"upstream_job_id": response.upstream_job_id, "submitted": utcnow()},
         )
         log.info("upstream job submitted", upstream_job_id=response.upstream_job_id)
         self._enqueue(self.settings.poll_initial_seconds)
@@ -176,18 +176,21 @@ class TaskRun:
             return self._complete({"video_url": response.video_url, "error_message": ""})
         if response.state == pb.JOB_STATE_FAILED:
             return self._fail(response.error_message or "upstream job failed")
-        waited = (utcnow() - self.task.get("submitted", utcnow())).total_seconds()
+        waited = (utcnow() - self.task["submitted"]).total_seconds()
         if waited > self.settings.poll_give_up_seconds:
             return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
-        polls = self.task.get("polls", 0) + 1
-        self.rt.tasks.record(self.task_id, TaskStatus.PROCESSING, {"polls": polls})
-        hint = response.poll_after_ms / 1000 if response.poll_after_ms else None
-        delay = hint or self.settings.poll_initial_seconds * 1.5 ** min(polls, 10)
-        self._enqueue(min(delay, self.settings.poll_max_seconds))
+        # Poll sooner for young jobs, at most every poll_max_seconds for old ones;
+        # derived from the submit time so a poll writes nothing to the database.
+        delay = response.poll_after_ms / 1000 if response.poll_after_ms else waited / 4
+        self._enqueue(min(max(delay, self.settings.poll_initial_seconds), self.settings.poll_max_seconds))
         return "polling"
 
     def _handle_error(self, error: ProviderCallError, polling: bool) -> str:
         message = str(error) or error.code.name
+        if isinstance(error, NoLiveInstance) and not polling:
+            # Every registered instance was gone: nothing reached the upstream, so the attempt does not count.
+            self.rt.tasks.transition(self.task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, attempts_delta=-1)
+            return self._wait_for_provider()
         if error.code not in RETRYABLE_CODES:
             return self._fail(message)
         if polling:

@@ -25,12 +25,13 @@ class TaskTransitions:
         expected: TaskStatus,
         new: TaskStatus,
         fields: dict[str, Any] | None = None,
-        increment_attempts: bool = False,
+        attempts_delta: int = 0,
     ) -> bool:
-        """Set `new` status (and `fields`) only if the task is still `expected`; True if it was."""
+        """Set `new` status (and `fields`, and add `attempts_delta` to attempts) only if the task is
+        still `expected`; True if it was."""
         update: dict[str, Any] = {"$set": {**(fields or {}), "status": new.value, "updated": utcnow()}}
-        if increment_attempts:
-            update["$inc"] = {"attempts": 1}
+        if attempts_delta:
+            update["$inc"] = {"attempts": attempts_delta}
         result = self.collection.update_one({"_id": task_id, "status": expected.value}, update)
         return result.modified_count == 1
 

@@ -16,7 +16,7 @@ from provider_openai.settings import OpenAISettings
 T = TypeVar("T")
 
 # Sora takes a resolution, clients an aspect ratio.
-VIDEO_SIZES = {"16:9": "1280x720", "9:16": "720x1280", "1:1": "1024x1024"}
+VIDEO_SIZES = {"16:9": "1280x720", "9:16": "720x1280"}
 RUNNING_STATES = {"queued", "in_progress"}
 
 
@@ -34,24 +34,24 @@ class OpenAIServicer(ProviderServicer):
         )
 
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
-        model = await self.model(request.input.model, context)
+        model, upstream = await self.upstream_input(request.input, context)
         try:
             if model.upstream_api == "openai.images":
-                return await self._image(request.input, model)
+                return await self._image(upstream, model)
             if model.upstream_api == "openai.chat":
-                return await self._chat(request.input)
+                return await self._chat(upstream)
         except UpstreamError as error:
             await self.fail(context, error)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{model.name} is not a synchronous model")
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
-        await self.model(request.input.model, context)
+        _, upstream = await self.upstream_input(request.input, context)
         try:
             video = await _call(
                 self.client.videos.create(
-                    model=request.input.model,
-                    prompt=request.input.prompt,
-                    size=VIDEO_SIZES.get(request.input.aspect_ratio, "1280x720"),
+                    model=upstream.model,
+                    prompt=upstream.prompt,
+                    size=VIDEO_SIZES.get(upstream.aspect_ratio, "1280x720"),
                 )
             )
         except UpstreamError as error:

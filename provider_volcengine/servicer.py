@@ -32,27 +32,27 @@ class VolcengineServicer(ProviderServicer):
         }
 
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
-        model = await self.model(request.input.model, context)
+        model, upstream = await self.upstream_input(request.input, context)
         generate = self.generators.get(model.upstream_api)
         if generate is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{model.name} is not a synchronous model")
         try:
-            return await generate(request.input)
+            return await generate(upstream)
         except UpstreamError as error:
             await self.fail(context, error)
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
-        model = await self.model(request.input.model, context)
+        model, upstream = await self.upstream_input(request.input, context)
         if model.upstream_api != "visual.async_video":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{model.name} is not an asynchronous model")
         try:
-            return pb.SubmitJobResponse(upstream_job_id=await self.visual.submit_video(request.input))
+            return pb.SubmitJobResponse(upstream_job_id=await self.visual.submit_video(upstream))
         except UpstreamError as error:
             await self.fail(context, error)
 
     async def PollJob(self, request: pb.PollJobRequest, context: Any) -> pb.PollJobResponse:
-        await self.model(request.model, context)
+        model = await self.model(request.model, context)
         try:
-            return await self.visual.poll_video(request.model, request.upstream_job_id)
+            return await self.visual.poll_video(model.upstream_model or model.name, request.upstream_job_id)
         except UpstreamError as error:
             await self.fail(context, error)

@@ -17,7 +17,17 @@ from redis import Redis
 
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.registry import read_instances
-from devstack.processes import ROOT, Ports, Process, base_environment, infrastructure, service_environment, services
+from upstream_simulator.control import SimulatorControl
+from devstack.processes import (
+    ROOT,
+    Ports,
+    Process,
+    base_environment,
+    free_port,
+    infrastructure,
+    service_environment,
+    services,
+)
 
 STARTUP_SECONDS = 60.0
 
@@ -59,6 +69,15 @@ class LocalStack:
         )
         if wait:
             self.wait_ready(process)
+
+    def add_provider_instance(self, provider_process: str, name: str) -> Process:
+        """Define one more instance of a provider on fresh ports (start it with `start(name)`)."""
+        base = self.definitions[provider_process]
+        port = free_port()
+        port_variable = {"provider_volcengine": "VOLCENGINE_PORT", "provider_openai": "OPENAI_PROVIDER_PORT"}
+        env = base.env | {port_variable[provider_process]: str(port), "METRICS_PORT": str(free_port())}
+        self.definitions[name] = Process(name, base.argv, env, port)
+        return self.definitions[name]
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         """Signal a process (and its group) and wait for it to exit."""
@@ -136,6 +155,10 @@ class LocalStack:
     def task_stub(self, via_envoy: bool = True) -> task_service_pb2_grpc.TaskServiceStub:
         """A TaskService stub."""
         return task_service_pb2_grpc.TaskServiceStub(self.grpc_channel(via_envoy))
+
+    def sim(self) -> SimulatorControl:
+        """The upstream simulator's admin API."""
+        return SimulatorControl(f"http://127.0.0.1:{self.ports.simulator}")
 
     def redis(self) -> Redis:
         """A client on the stack's Redis."""

@@ -1,0 +1,1 @@
+"""Tests of the upstream simulator, driven through the real vendor SDKs."""

@@ -1,0 +1,156 @@
+"""Server assembly, settings, media generation, the CLI entry point and concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+from pydantic import ValidationError
+from volcenginesdkarkruntime import Ark
+
+from tests.upstream_simulator.helpers import decode_png, is_mp4, png_palette
+from upstream_simulator import SimulatorSettings, SimulatorThread, media
+
+REPO = Path(__file__).resolve().parents[2]
+ARK_HEADERS = {"Authorization": "Bearer sim-ark-key"}
+SEEDANCE = "doubao-seedance-1-0-pro-250528"
+
+
+def test_png_generator_makes_valid_images_of_any_size() -> None:
+    for width, height in [(1, 1), (7, 3), (512, 512), (1248, 832), (2048, 2048)]:
+        data = media.png_bytes(width, height, (1, 2, 3), (4, 5, 6))
+        assert decode_png(data) == (width, height)
+        assert png_palette(data) == bytes([1, 2, 3, 4, 5, 6])
+    with pytest.raises(ValueError):
+        media.png_bytes(0, 10, (0, 0, 0), (0, 0, 0))
+
+
+def test_media_names_round_trip() -> None:
+    name = media.image_name(640, 480, "prompt|1")
+    assert decode_png(media.image_for_name(name)) == (640, 480)
+    assert png_palette(media.image_for_name(name))[:3] == bytes(media.colours_for("prompt|1")[0])
+    video = media.video_for_name(media.video_name())
+    assert is_mp4(video) and video[8:12] == b"isom"
+    assert media.image_for_name("img-99999x1-000000-000000-x.png") is None
+    assert media.video_for_name("../etc/passwd") is None
+
+
+def test_unknown_file_is_404() -> None:
+    with SimulatorThread(SimulatorSettings(port=0)) as sim:
+        response = httpx.get(sim.url + "/files/nope.png", trust_env=False)
+        assert response.status_code == 404
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIMULATOR_PORT", "9555")
+    monkeypatch.setenv("SIMULATOR_VIDEO_SECONDS", "1.5")
+    monkeypatch.setenv("SIMULATOR_FAULTS", json.dumps({"*": {"latency_s": 0.1}, "ark.images": {"error_rate": 0.5}}))
+    settings = SimulatorSettings()
+    assert (settings.port, settings.video_seconds, settings.ark_api_key) == (9555, 1.5, "sim-ark-key")
+    assert settings.public_base(9555) == "http://127.0.0.1:9555"
+    assert settings.faults["ark.images"].error_rate == 0.5
+    monkeypatch.setenv("SIMULATOR_FAULTS", json.dumps({"ark.nope": {"latency_s": 1}}))
+    with pytest.raises(ValidationError):
+        SimulatorSettings()
+
+
+def test_startup_faults_and_public_url() -> None:
+    settings = SimulatorSettings(
+        port=0,
+        public_url="http://media.example:8080/",
+        faults={"*": {"latency_s": 0.05}, "ark.chat": {"rate_limit_rate": 1.0}},
+    )
+    with SimulatorThread(settings) as sim:
+        faults = httpx.get(sim.url + "/_sim/faults", trust_env=False).json()
+        assert faults["ark.chat"]["rate_limit_rate"] == 1.0 and faults["ark.chat"]["latency_s"] == 0.05
+        assert faults["openai.images"]["latency_s"] == 0.05
+        ark = Ark(api_key="sim-ark-key", base_url=sim.url + "/api/v3", max_retries=0)
+        url = ark.images.generate(model="doubao-seedream-3-0-t2i-250415", prompt="a cat").data[0].url
+        assert url.startswith("http://media.example:8080/files/img-1024x1024-")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_python_dash_m_entry_point() -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SIMULATOR_PORT": str(port),
+        "SIMULATOR_FAULTS": '{"openai.chat": {"latency_s": 0.2}}',
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "upstream_simulator"], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert f"http://127.0.0.1:{port}" in line
+        faults = httpx.get(f"http://127.0.0.1:{port}/_sim/faults", trust_env=False, timeout=5).json()
+        assert faults["openai.chat"]["latency_s"] == 0.2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_hundreds_of_concurrent_requests_and_thousands_of_jobs() -> None:
+    """The server runs on its own thread; an aiohttp client fires concurrent bursts at it."""
+    settings = SimulatorSettings(port=0, video_seconds=0.5, faults={"*": {"latency_s": 0.2}})
+    with SimulatorThread(settings) as sim:
+        ctx = sim.context
+
+        async def scenario() -> None:
+            connector = aiohttp.TCPConnector(limit=1000)
+            async with aiohttp.ClientSession(sim.url, headers=ARK_HEADERS, connector=connector) as session:
+
+                async def post(path: str, body: dict[str, object]) -> int:
+                    async with session.post(path, json=body) as response:
+                        await response.read()
+                        return response.status
+
+                image = {"model": "doubao-seedream-3-0-t2i-250415", "prompt": "p", "response_format": "b64_json"}
+                chat = {"model": "doubao-x", "messages": [{"role": "user", "content": "hi"}]}
+                started = time.monotonic()
+                statuses = await asyncio.gather(
+                    *[post("/api/v3/images/generations", image) for _ in range(200)],
+                    *[post("/api/v3/chat/completions", chat) for _ in range(200)],
+                )
+                elapsed = time.monotonic() - started
+                assert statuses == [200] * 400
+                # 400 requests with 0.2 s latency each overlap instead of queueing (80 s serially).
+                assert elapsed < 3, elapsed
+
+                await session.delete("/_sim/faults")
+                limit = asyncio.Semaphore(200)
+                task = {"model": SEEDANCE, "content": [{"type": "text", "text": "clip"}]}
+
+                async def submit() -> int:
+                    async with limit:
+                        return await post("/api/v3/contents/generations/tasks", task)
+
+                assert set(await asyncio.gather(*[submit() for _ in range(5000)])) == {200}
+                await asyncio.sleep(0.6)
+                params = {"page_size": "1", "filter.status": "succeeded"}
+                async with session.get("/api/v3/contents/generations/tasks", params=params) as response:
+                    assert (await response.json())["total"] == 5000
+
+        threads_before = threading.active_count()
+        asyncio.run(scenario())
+        assert len(ctx.jobs) == 5000
+        # Job state is computed from timestamps: no thread or task per job on the server loop.
+        assert threading.active_count() == threads_before
+        assert ctx.stats.snapshot()["ark.tasks.create"]["ok"] == 5000

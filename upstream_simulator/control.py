@@ -1,0 +1,59 @@
+"""A small synchronous client for the simulator's ``/_sim`` admin API (for tests)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+
+class SimulatorControl:
+    """Drive a running simulator: faults, statistics, reset.
+
+    >>> control = SimulatorControl("http://127.0.0.1:9100")
+    >>> control.set_faults("ark.images", rate_limit_rate=1.0, retry_after_s=2)
+    """
+
+    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+        # trust_env=False: never send admin calls through an HTTP proxy from the environment.
+        self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, trust_env=False)
+
+    def set_faults(self, endpoint: str = "*", **faults: Any) -> dict[str, dict[str, Any]]:
+        """Update faults of ``endpoint`` (or all with ``*``); keys: latency_s, error_rate,
+        error_status, rate_limit_rate, retry_after_s, video_seconds. Returns the full config."""
+        response = self._client.post("/_sim/faults", json={"endpoint": endpoint, **faults})
+        response.raise_for_status()
+        return response.json()
+
+    def faults(self) -> dict[str, dict[str, Any]]:
+        """The current fault configuration of every endpoint."""
+        response = self._client.get("/_sim/faults")
+        response.raise_for_status()
+        return response.json()
+
+    def clear_faults(self) -> None:
+        """Remove every injected fault."""
+        self._client.delete("/_sim/faults").raise_for_status()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per-endpoint counters: requests, ok, errors, rate_limited."""
+        response = self._client.get("/_sim/stats")
+        response.raise_for_status()
+        return response.json()
+
+    def reset(self) -> None:
+        """Clear statistics and jobs (faults are kept)."""
+        self._client.post("/_sim/reset").raise_for_status()
+
+    def close(self) -> None:
+        """Close the underlying HTTP client."""
+        self._client.close()
+
+    def __enter__(self) -> SimulatorControl:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
