@@ -33,6 +33,7 @@ class Ports:
     provider_openai: int = 50062
     simulator: int = 9100
     redis: int = 6380
+    postgres: int = 5433
     ferretdb: int = 27018
     metrics_task_service: int = 9464
     metrics_dispatcher: int = 9465
@@ -93,8 +94,13 @@ def service_environment(ports: Ports, data_dir: Path, environment: dict[str, str
 
 
 def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
-    """Redis, FerretDB (SQLite backend) and Envoy, all on loopback, data under `data_dir`."""
-    for sub in ("redis", "ferretdb", "envoy"):
+    """Redis, PostgreSQL, FerretDB and Envoy, all on loopback, data under `data_dir`.
+
+    FerretDB uses its PostgreSQL backend: measured at 10,000 tasks (bench/ferretdb),
+    the SQLite backend scans the whole collection for every filter but a bare
+    `_id` (a conditional update: 229 ms vs 6 ms; a user's task list: 552 ms vs 5 ms).
+    """
+    for sub in ("redis", "envoy"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
     envoy_config = data_dir / "envoy" / "envoy.json"
     return [
@@ -106,9 +112,14 @@ def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
             port=ports.redis,
         ),
         Process(
+            "postgres",
+            [sys.executable, "-m", "devstack.postgres", str(data_dir / "postgres"), str(ports.postgres)],
+            port=ports.postgres,
+        ),
+        Process(
             "ferretdb",
-            [str(FERRETDB), "-listen-addr", f"127.0.0.1:{ports.ferretdb}", "-handler", "sqlite",
-             "-sqlite-url", f"file:{data_dir / 'ferretdb'}/", "-log-level", "warn"],
+            [str(FERRETDB), "-listen-addr", f"127.0.0.1:{ports.ferretdb}", "-handler", "postgresql",
+             "-postgresql-url", f"postgres://postgres@127.0.0.1:{ports.postgres}/postgres", "-log-level", "warn"],
             port=ports.ferretdb,
         ),
         Process(

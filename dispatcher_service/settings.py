@@ -22,7 +22,7 @@ class DispatcherSettings(ServiceSettings):
     provider_recheck_seconds: float = Field(default=2.0, gt=0)
     # Async (video) jobs: first poll after this, then backoff up to poll_max_seconds.
     poll_initial_seconds: float = Field(default=1.0, gt=0)
-    poll_max_seconds: float = Field(default=3.0, gt=0)
+    poll_max_seconds: float = Field(default=2.5, gt=0)
     # Give up on an upstream job that has not finished after this long.
     poll_give_up_seconds: float = Field(default=3600.0, gt=0)
     # Ownership lease on a task while a worker holds it; renewed while working.

@@ -24,6 +24,7 @@ class VolcengineServicer(ProviderServicer):
             settings.volcengine_access_key,
             settings.volcengine_secret_key,
             settings.ai_timeout,
+            settings.visual_concurrency,
         )
         self.generators = {
             "ark.images": self.ark.generate_image,

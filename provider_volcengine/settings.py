@@ -19,3 +19,5 @@ class VolcengineSettings(ProviderSettings):
     volcengine_secret_key: str = ""
     # Scheme and host of the visual API; the simulator is plain http on loopback.
     volcengine_visual_url: str = "https://visual.volcengineapi.com"
+    # Concurrent visual API calls (its SDK is synchronous: one thread each).
+    visual_concurrency: int = Field(default=64, ge=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,8 +37,11 @@ RUNNING_STATES = {"in_queue", "generating"}
 class VisualClient:
     """Jimeng image (CVProcess) and video (CVSync2Async submit / get result)."""
 
-    def __init__(self, url: str, access_key: str, secret_key: str, timeout: float) -> None:
+    def __init__(self, url: str, access_key: str, secret_key: str, timeout: float, concurrency: int) -> None:
         endpoint = urlsplit(url)
+        # The SDK blocks a thread per call; asyncio's default pool (cores + 4) would cap
+        # this provider at a handful of concurrent upstream calls.
+        self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="visual")
         # VisualService is a process-wide singleton whose __init__ resets host and keys:
         # configure it once, here, after constructing it.
         self.service = VisualService()
@@ -100,7 +104,7 @@ class VisualClient:
 
     async def _call(self, method: Any, form: dict[str, Any]) -> dict[str, Any]:
         try:
-            body = await asyncio.to_thread(method, form)
+            body = await asyncio.get_running_loop().run_in_executor(self.executor, method, form)
         except Exception as error:  # noqa: BLE001 - the SDK raises only bare Exception
             raise _upstream_error(str(error)) from error
         if body.get("code") != SUCCESS:

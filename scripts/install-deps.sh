@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the stack needs on a fresh Debian machine, skipping what is already there:
-# Redis (Debian package), uv + the locked Python environment, and FerretDB (built with Go).
+# Redis and PostgreSQL (Debian packages), uv + the locked Python environment, and FerretDB (built with Go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +18,7 @@ apt_install() {
   fi
 }
 
-apt_install redis-server curl
+apt_install redis-server postgresql curl
 
 if ! command -v uv >/dev/null; then
   python3 -m pip install --quiet 'uv==0.13.9'

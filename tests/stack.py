@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import IO
@@ -38,7 +40,9 @@ class LocalStack:
     def __init__(self, ports: Ports, workdir: Path, workers: int = 4) -> None:
         self.ports = ports
         self.workdir = workdir
-        self.data_dir = workdir / "data"
+        # Outside pytest's private (0700) temp tree: PostgreSQL runs as its own user.
+        self.data_dir = Path(tempfile.mkdtemp(prefix="aitask-stack-"))
+        self.data_dir.chmod(0o755)
         self.env = base_environment() | service_environment(ports, self.data_dir, {}) | {
             "ENVIRONMENT": "test",
             "LOG_LEVEL": "INFO",
@@ -51,6 +55,8 @@ class LocalStack:
             "REGISTRY_TTL_SECONDS": "3",
             "AI_TIMEOUT": "20",
             "SIMULATOR_VIDEO_SECONDS": "1",
+            # Throwaway data: durability would only slow the tests down.
+            "POSTGRES_EXTRA_ARGS": "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
         }
         self.definitions = {process.name: process for process in infrastructure(ports, self.data_dir)}
         self.definitions |= {process.name: process for process in services(ports, workers)}
@@ -107,6 +113,7 @@ class LocalStack:
             self.stop(name)
         for log in self._logs.values():
             log.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def log_text(self, name: str) -> str:
         """Everything a process wrote so far."""

@@ -1,0 +1,60 @@
+"""1,000 video tasks in flight on 10 workers with a 30 s upstream: no worker blocks on a video."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from devstack.processes import Ports
+from tests.conftest import wait_until
+from tests.stack import LocalStack
+
+TASKS = 1000
+VIDEO_SECONDS = 30.0
+WORKERS = 10
+
+
+@pytest.fixture(scope="module")
+def video_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    local = LocalStack(Ports.free(), tmp_path_factory.mktemp("video-stack"), workers=WORKERS)
+    local.env |= {"SIMULATOR_VIDEO_SECONDS": str(VIDEO_SECONDS), "POLL_MAX_SECONDS": "2.5", "POLL_INITIAL_SECONDS": "1"}
+    try:
+        local.start_all()
+        yield local
+    finally:
+        local.stop_all()
+
+
+@pytest.mark.slow
+def test_thousand_videos_complete_within_five_seconds_of_upstream(video_stack: LocalStack) -> None:
+    body = {"prompt": "waves on a beach", "user_id": "video-load", "provider": "volcengine",
+            "model": "jimeng_vgfm_t2v_l20", "aspect_ratio": "16:9"}
+
+    def create(_: int) -> str:
+        with video_stack.rest() as rest:
+            response = rest.post("/api/v1/ai/video/task", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()["data"]["task_id"]
+
+    with ThreadPoolExecutor(16) as pool:
+        task_ids = list(pool.map(create, range(TASKS)))
+    tasks = video_stack.tasks()
+
+    def all_finished() -> bool:
+        return tasks.count_documents({"user_id": "video-load", "status": {"$in": ["completed", "failed"]}}) == TASKS
+
+    wait_until(all_finished, timeout=VIDEO_SECONDS + 120, interval=2)
+    documents = list(tasks.find({"user_id": "video-load"}))
+    assert len(documents) == TASKS and {doc["_id"] for doc in documents} == set(task_ids)
+    assert {doc["status"] for doc in documents} == {"completed"}
+    # Submits are not queued behind running videos: every task reached the upstream quickly.
+    submit_delays = sorted((doc["submitted"] - doc["created"]).total_seconds() for doc in documents)
+    assert submit_delays[-1] < VIDEO_SECONDS / 2, submit_delays[-10:]
+    # Completed within 5 s of the upstream finishing (submit + VIDEO_SECONDS).
+    lateness = sorted((doc["updated"] - doc["submitted"]).total_seconds() - VIDEO_SECONDS for doc in documents)
+    assert lateness[-1] <= 5.0, lateness[-10:]
+    with video_stack.sim() as sim:
+        assert sim.stats()["visual.CVSync2AsyncSubmitTask"]["ok"] == TASKS  # one paid submit per task
