@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
+from aitask_common.logfiles import DailyFileHandler
+from aitask_common.settings import ServiceSettings
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    """Send every log record (ours and libraries') to stdout as one JSON object per line."""
+
+def configure_logging(service: str, settings: ServiceSettings) -> None:
+    """Send every log record (ours and libraries') as one JSON object per line to stdout
+    and to the service's daily file under LOG_DIR."""
     shared_processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+        _add_time,
         structlog.processors.EventRenamer("message"),
     ]
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -25,17 +31,27 @@ def configure_logging(service: str, level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(),
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(formatter)
+    console = logging.StreamHandler(sys.stdout)
+    daily_file = DailyFileHandler(Path(settings.log_dir), service, settings.log_keep_days)
+    for handler in (console, daily_file):
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.handlers[:] = [console, daily_file]
+    root.setLevel(settings.log_level.upper())
     structlog.configure(
         processors=[*shared_processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def _add_time(_logger: object, _name: str, event: dict) -> dict:
+    # A stdlib record is formatted once per handler: stamp it with its own creation time, not "now".
+    record = event.get("_record")
+    moment = datetime.fromtimestamp(record.created, UTC) if record is not None else datetime.now(UTC)
+    event.setdefault("time", moment.isoformat(timespec="microseconds").replace("+00:00", "Z"))
+    return event
 
 
 def _add_service(service: str) -> structlog.typing.Processor:

@@ -164,7 +164,7 @@ def run_provider(
 ) -> None:
     """Entry point shared by every provider package's `__main__`."""
     settings = load_settings(settings_class)
-    configure_logging(service, settings.log_level)
+    configure_logging(service, settings)
     wait_for_dependencies(settings, mongo=False)
     servicer = servicer_class(load_catalogue(catalogue_path), settings)
     asyncio.run(serve_provider(settings, servicer))

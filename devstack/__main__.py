@@ -8,14 +8,23 @@ import sys
 
 from honcho.manager import Manager
 
-from devstack.processes import LOCAL, Ports, base_environment, infrastructure, service_environment, services, uses_simulator
+from devstack.processes import (
+    LOCAL,
+    ROOT,
+    Ports,
+    base_environment,
+    infrastructure,
+    service_environment,
+    services,
+    uses_simulator,
+)
 
 
 def main() -> None:
     """Start every process with prefixed output; Ctrl-C stops them all."""
     ports = Ports()
     data_dir = LOCAL / "data"
-    env = base_environment() | service_environment(ports, data_dir, dict(os.environ))
+    env = base_environment() | service_environment(ports, ROOT / "logs", dict(os.environ))
     simulated = uses_simulator(dict(os.environ))
     manager = Manager()
     for process in [*infrastructure(ports, data_dir), *services(ports)]:

@@ -41,15 +41,42 @@ def main() -> None:
         data_dir.chmod(0o700)
     if not (data_dir / "PG_VERSION").exists():
         subprocess.run(
-            as_postgres_user([binary("initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust",
-                              "-E", "UTF8", "--no-instructions"]),
-            check=True, stdout=subprocess.DEVNULL,
+            as_postgres_user(
+                [
+                    binary("initdb"),
+                    "-D",
+                    str(data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
-    argv = as_postgres_user([
-        binary("postgres"), "-D", str(data_dir), "-p", port, "-h", "127.0.0.1", "-k", str(data_dir),
-        "-c", "max_connections=200", "-c", "shared_buffers=128MB", "-c", "logging_collector=off",
-        *os.environ.get("POSTGRES_EXTRA_ARGS", "").split(),
-    ])
+    argv = as_postgres_user(
+        [
+            binary("postgres"),
+            "-D",
+            str(data_dir),
+            "-p",
+            port,
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(data_dir),
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=128MB",
+            "-c",
+            "logging_collector=off",
+            *os.environ.get("POSTGRES_EXTRA_ARGS", "").split(),
+        ]
+    )
     os.execvp(argv[0], argv)
 
 

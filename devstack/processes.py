@@ -68,7 +68,7 @@ def uses_simulator(environment: dict[str, str]) -> bool:
     return not any(environment.get(variable) for variable in REAL_KEY_VARIABLES)
 
 
-def service_environment(ports: Ports, data_dir: Path, environment: dict[str, str]) -> dict[str, str]:
+def service_environment(ports: Ports, log_dir: Path, environment: dict[str, str]) -> dict[str, str]:
     """Variables every aitask service gets in a local stack."""
     env = {
         "MONGO_URL": f"mongodb://127.0.0.1:{ports.ferretdb}/",
@@ -76,7 +76,7 @@ def service_environment(ports: Ports, data_dir: Path, environment: dict[str, str
         "TASK_SERVICE_PORT": str(ports.task_service),
         "VOLCENGINE_PORT": str(ports.provider_volcengine),
         "OPENAI_PROVIDER_PORT": str(ports.provider_openai),
-        "LOG_DIR": str(data_dir.parent / "logs"),
+        "LOG_DIR": str(log_dir),
         "NO_PROXY": "127.0.0.1,localhost",
     }
     if uses_simulator(environment):
@@ -106,9 +106,23 @@ def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
     return [
         Process(
             "redis",
-            [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1", "--port",
-             str(ports.redis), "--dir", str(data_dir / "redis"), "--save", "", "--appendonly", "yes",
-             "--appendfsync", "everysec", "--loglevel", "warning"],
+            [
+                shutil.which("redis-server") or "/usr/bin/redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(ports.redis),
+                "--dir",
+                str(data_dir / "redis"),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--loglevel",
+                "warning",
+            ],
             port=ports.redis,
         ),
         Process(
@@ -118,14 +132,30 @@ def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
         ),
         Process(
             "ferretdb",
-            [str(FERRETDB), "-listen-addr", f"127.0.0.1:{ports.ferretdb}", "-handler", "postgresql",
-             "-postgresql-url", f"postgres://postgres@127.0.0.1:{ports.postgres}/postgres", "-log-level", "warn"],
+            [
+                str(FERRETDB),
+                "-listen-addr",
+                f"127.0.0.1:{ports.ferretdb}",
+                "-handler",
+                "postgresql",
+                "-postgresql-url",
+                f"postgres://postgres@127.0.0.1:{ports.postgres}/postgres",
+                "-log-level",
+                "warn",
+            ],
             port=ports.ferretdb,
         ),
         Process(
             "envoy",
-            [sys.executable, "-m", "devstack.envoy", str(envoy_config), str(ports.envoy), str(ports.envoy_admin),
-             str(ports.task_service)],
+            [
+                sys.executable,
+                "-m",
+                "devstack.envoy",
+                str(envoy_config),
+                str(ports.envoy),
+                str(ports.envoy_admin),
+                str(ports.task_service),
+            ],
             port=ports.envoy,
         ),
     ]
@@ -135,16 +165,32 @@ def services(ports: Ports, workers: int = 4) -> list[Process]:
     """The aitask processes (and the upstream simulator), each `python -m <package>`."""
     python = sys.executable
     return [
-        Process("simulator", [python, "-m", "upstream_simulator"],
-                {"SIMULATOR_PORT": str(ports.simulator)}, ports.simulator),
-        Process("provider_volcengine", [python, "-m", "provider_volcengine"],
-                {"METRICS_PORT": str(ports.metrics_provider_volcengine)}, ports.provider_volcengine),
-        Process("provider_openai", [python, "-m", "provider_openai"],
-                {"METRICS_PORT": str(ports.metrics_provider_openai)}, ports.provider_openai),
-        Process("task_service", [python, "-m", "task_service"],
-                {"METRICS_PORT": str(ports.metrics_task_service)}, ports.task_service),
-        Process("dispatcher", [python, "-m", "dispatcher_service"],
-                {"WORKER_CONCURRENCY": str(workers), "METRICS_PORT": str(ports.metrics_dispatcher)}),
+        Process(
+            "simulator", [python, "-m", "upstream_simulator"], {"SIMULATOR_PORT": str(ports.simulator)}, ports.simulator
+        ),
+        Process(
+            "provider_volcengine",
+            [python, "-m", "provider_volcengine"],
+            {"METRICS_PORT": str(ports.metrics_provider_volcengine)},
+            ports.provider_volcengine,
+        ),
+        Process(
+            "provider_openai",
+            [python, "-m", "provider_openai"],
+            {"METRICS_PORT": str(ports.metrics_provider_openai)},
+            ports.provider_openai,
+        ),
+        Process(
+            "task_service",
+            [python, "-m", "task_service"],
+            {"METRICS_PORT": str(ports.metrics_task_service)},
+            ports.task_service,
+        ),
+        Process(
+            "dispatcher",
+            [python, "-m", "dispatcher_service"],
+            {"WORKER_CONCURRENCY": str(workers), "METRICS_PORT": str(ports.metrics_dispatcher)},
+        ),
     ]
 
 

@@ -26,6 +26,7 @@ from aitask_common.provider import RETRYABLE_CODES
 from aitask_common.queues import enqueue_task
 from aitask_common.settings import load_settings
 from aitask_common.tasks import TaskStatus, utcnow
+from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
 from dispatcher_service.settings import DispatcherSettings
@@ -45,6 +46,7 @@ class Runtime:
     redis: Redis
     tasks: TaskTransitions
     providers: ProviderDirectory
+    durations: UpstreamDurations
 
 
 @cache
@@ -53,7 +55,9 @@ def runtime() -> Runtime:
     settings = load_settings(DispatcherSettings)
     redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
     tasks = TaskTransitions(MongoClient(**client_options(settings, "dispatcher")), settings.mongo_database)
-    return Runtime(settings, redis, tasks, ProviderDirectory(redis, settings.registry_cache_seconds))
+    return Runtime(
+        settings, redis, tasks, ProviderDirectory(redis, settings.registry_cache_seconds), UpstreamDurations(redis)
+    )
 
 
 def process_task(task_id: str) -> str:
@@ -165,25 +169,38 @@ class TaskRun:
             {"upstream_job_id": response.upstream_job_id, "submitted": utcnow()},
         )
         log.info("upstream job submitted", upstream_job_id=response.upstream_job_id)
-        self._enqueue(self.settings.poll_initial_seconds)
+        likely = self.rt.durations.earliest_likely_finish(f"{self.task['provider']}/{self.task['model']}")
+        self._enqueue(max(likely or 0.0, self.settings.poll_initial_seconds))
         return "submitted"
 
     def _poll(self) -> str:
         response: pb.PollJobResponse = self._call(
             "PollJob", pb.PollJobRequest(model=self.task["model"], upstream_job_id=self.task["upstream_job_id"])
         )
+        waited = (utcnow() - self.task["submitted"]).total_seconds()
+        model_key = f"{self.task['provider']}/{self.task['model']}"
         if response.state == pb.JOB_STATE_SUCCEEDED:
+            self.rt.durations.record(model_key, waited)
             return self._complete({"video_url": response.video_url, "error_message": ""})
         if response.state == pb.JOB_STATE_FAILED:
             return self._fail(response.error_message or "upstream job failed")
-        waited = (utcnow() - self.task["submitted"]).total_seconds()
         if waited > self.settings.poll_give_up_seconds:
             return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
-        # Poll sooner for young jobs, at most every poll_max_seconds for old ones;
-        # derived from the submit time so a poll writes nothing to the database.
-        delay = response.poll_after_ms / 1000 if response.poll_after_ms else waited / 4
-        self._enqueue(min(max(delay, self.settings.poll_initial_seconds), self.settings.poll_max_seconds))
+        self._enqueue(self._next_poll_delay(waited, model_key, response.poll_after_ms))
         return "polling"
+
+    def _next_poll_delay(self, waited: float, model_key: str, poll_after_ms: int) -> float:
+        """Wait until the job may plausibly be done, then poll every few seconds.
+
+        Derived from the submit time and shared duration estimates, so a poll
+        writes nothing to the task.
+        """
+        if poll_after_ms:
+            return min(max(poll_after_ms / 1000, self.settings.poll_initial_seconds), self.settings.poll_max_seconds)
+        likely = self.rt.durations.earliest_likely_finish(model_key)
+        if likely is not None and waited < likely:
+            return max(likely - waited, self.settings.poll_initial_seconds)
+        return min(max(waited / 4, self.settings.poll_initial_seconds), self.settings.poll_max_seconds)
 
     def _handle_error(self, error: ProviderCallError, polling: bool) -> str:
         message = str(error) or error.code.name

@@ -33,7 +33,7 @@ def build_pool(settings: DispatcherSettings) -> WorkerPool:
 def main() -> None:
     """Entry point of `python -m dispatcher_service`."""
     settings = load_settings(DispatcherSettings)
-    configure_logging("dispatcher", settings.log_level)
+    configure_logging("dispatcher", settings)
     wait_for_dependencies(settings)
     serve_metrics(settings.metrics_host, settings.metrics_port, Redis.from_url(settings.redis_url, socket_timeout=2))
     build_pool(settings).start(logging_level=settings.log_level.upper())

@@ -74,6 +74,6 @@ async def serve(settings: TaskServiceSettings) -> None:
 def main() -> None:
     """Entry point of `python -m task_service`."""
     settings = load_settings(TaskServiceSettings)
-    configure_logging("task_service", settings.log_level)
+    configure_logging("task_service", settings)
     wait_for_dependencies(settings)
     asyncio.run(serve(settings))

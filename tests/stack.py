@@ -43,7 +43,7 @@ class LocalStack:
         # Outside pytest's private (0700) temp tree: PostgreSQL runs as its own user.
         self.data_dir = Path(tempfile.mkdtemp(prefix="aitask-stack-"))
         self.data_dir.chmod(0o755)
-        self.env = base_environment() | service_environment(ports, self.data_dir, {}) | {
+        self.env = base_environment() | service_environment(ports, workdir / "logs", {}) | {
             "ENVIRONMENT": "test",
             "LOG_LEVEL": "INFO",
             # Short timings so retries, polls and failover happen within a test's patience.
@@ -96,6 +96,12 @@ class LocalStack:
         except subprocess.TimeoutExpired:
             os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
+
+    def terminate_main_process(self, name: str, timeout: float = 60.0) -> int:
+        """SIGTERM only the process itself (as Kubernetes does), wait for it to exit, return its code."""
+        popen = self.running.pop(name)
+        popen.send_signal(signal.SIGTERM)
+        return popen.wait(timeout)
 
     def kill(self, name: str) -> None:
         """SIGKILL a process group, as a crash would."""

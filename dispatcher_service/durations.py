@@ -1,0 +1,47 @@
+"""How long each model's upstream jobs usually take, so polls start near the likely finish.
+
+Polling every job every few seconds from the start would multiply the poll
+jobs by the duration: a 60 s video would cost twenty polls instead of three.
+Each model keeps a moving mean and mean deviation of observed durations in
+Redis (shared by every worker); the first poll waits until at most 80 % of
+the mean (less when durations vary), later polls follow the usual short
+interval. Staying below the mean matters: a first poll that always came after
+the finish would only ever observe its own delay, and the estimate would creep.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+
+DURATIONS_KEY = "aitask:upstream-durations"
+# Weight of a new observation in the moving averages.
+SMOOTHING = 0.2
+
+
+class UpstreamDurations:
+    """Per-model running estimate of upstream job duration."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def record(self, model_key: str, seconds: float) -> None:
+        """Fold one observed duration into the model's estimate (a lost race only drops one sample)."""
+        mean, deviation = self._estimate(model_key) or (seconds, 0.0)
+        deviation += SMOOTHING * (abs(seconds - mean) - deviation)
+        mean += SMOOTHING * (seconds - mean)
+        self.redis.hset(DURATIONS_KEY, model_key, f"{mean:.3f} {deviation:.3f}")
+
+    def earliest_likely_finish(self, model_key: str) -> float | None:
+        """Seconds after submit before which a job of this model has rarely finished, if known."""
+        estimate = self._estimate(model_key)
+        if estimate is None:
+            return None
+        mean, deviation = estimate
+        return max(0.0, min(0.8 * mean, mean - 2 * deviation))
+
+    def _estimate(self, model_key: str) -> tuple[float, float] | None:
+        raw = self.redis.hget(DURATIONS_KEY, model_key)
+        if raw is None:
+            return None
+        mean, deviation = (float(part) for part in raw.split())
+        return mean, deviation

@@ -1,0 +1,26 @@
+"""The per-model duration estimate that schedules the first poll (against a real Redis)."""
+
+from __future__ import annotations
+
+import uuid
+
+from dispatcher_service.durations import UpstreamDurations
+from tests.stack import LocalStack
+
+
+def test_unknown_model_has_no_estimate(stack: LocalStack) -> None:
+    assert UpstreamDurations(stack.redis()).earliest_likely_finish(f"p/{uuid.uuid4()}") is None
+
+
+def test_steady_durations_put_the_first_poll_before_the_finish(stack: LocalStack) -> None:
+    durations, key = UpstreamDurations(stack.redis()), f"p/{uuid.uuid4()}"
+    for _ in range(30):
+        durations.record(key, 30.0)
+    assert 23.9 <= durations.earliest_likely_finish(key) <= 24.1
+
+
+def test_varying_durations_poll_earlier(stack: LocalStack) -> None:
+    durations, key = UpstreamDurations(stack.redis()), f"p/{uuid.uuid4()}"
+    for seconds in [10.0, 50.0] * 20:
+        durations.record(key, seconds)
+    assert durations.earliest_likely_finish(key) < 15.0
