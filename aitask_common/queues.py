@@ -6,6 +6,7 @@ can write to Redis could run code in a worker.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from enum import StrEnum
 
@@ -28,6 +29,12 @@ QUEUE_ORDER = [Priority.CRITICAL, Priority.DEFAULT, Priority.LOW]
 # Referenced by name so the task service never imports dispatcher code.
 PROCESS_TASK = "dispatcher_service.jobs.process_task"
 
+# Sorted set of in-flight task ids scored by when their next job is due (epoch
+# seconds): the reconciler re-enqueues a task that is long overdue, which covers a
+# job lost between BLPOP and RQ's registry, a worker killed mid-task, and a Redis
+# that restarted empty (the set is gone too, so nothing counts as scheduled).
+WATCH_KEY = "aitask:watch"
+
 # Finished job records are only bookkeeping: MongoDB holds the outcome.
 RESULT_TTL_SECONDS = 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
@@ -41,7 +48,9 @@ def queue(connection: Redis, priority: Priority | str) -> Queue:
 def enqueue_task(
     connection: Redis, task_id: str, priority: Priority | str, delay: timedelta | None = None
 ) -> Job:
-    """Enqueue the job that processes `task_id` (after `delay`, when given)."""
+    """Enqueue the job that processes `task_id` (after `delay`, when given) and note when it is due."""
+    due = time.time() + (delay.total_seconds() if delay else 0.0)
+    connection.zadd(WATCH_KEY, {task_id: due})
     target = queue(connection, priority)
     options = {
         "result_ttl": RESULT_TTL_SECONDS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pymongo import MongoClient
 from redis import Redis
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
@@ -10,8 +11,11 @@ from rq.worker_pool import WorkerPool
 from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.logging import configure_logging
 from aitask_common.metrics import serve_metrics
+from aitask_common.mongo import client_options
+from aitask_common.tasks import COLLECTION
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
+from dispatcher_service.reconciler import Reconciler
 from dispatcher_service.settings import DispatcherSettings
 
 
@@ -35,5 +39,8 @@ def main() -> None:
     settings = load_settings(DispatcherSettings)
     configure_logging("dispatcher", settings)
     wait_for_dependencies(settings)
-    serve_metrics(settings.metrics_host, settings.metrics_port, Redis.from_url(settings.redis_url, socket_timeout=2))
+    redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    serve_metrics(settings.metrics_host, settings.metrics_port, redis)
+    mongo = MongoClient(**client_options(settings, "dispatcher-reconciler"))
+    Reconciler(settings, redis, mongo[settings.mongo_database][COLLECTION]).start()
     build_pool(settings).start(logging_level=settings.log_level.upper())

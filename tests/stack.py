@@ -55,6 +55,10 @@ class LocalStack:
             "REGISTRY_TTL_SECONDS": "3",
             "AI_TIMEOUT": "20",
             "SIMULATOR_VIDEO_SECONDS": "1",
+            "LEASE_SECONDS": "4",
+            "RECONCILE_INTERVAL_SECONDS": "1",
+            "RECONCILE_MIN_AGE_SECONDS": "2",
+            "WATCH_GRACE_SECONDS": "5",
             # Throwaway data: durability would only slow the tests down.
             "POSTGRES_EXTRA_ARGS": "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
         }

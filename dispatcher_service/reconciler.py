@@ -1,0 +1,90 @@
+"""Finds tasks that MongoDB says are in flight but nothing in Redis will move, and enqueues them again.
+
+MongoDB is the source of truth; Redis may lose a job (a worker dying between
+BLPOP and RQ's registry write, a SIGKILL mid-task, a flush or an empty restart).
+A task is re-enqueued when it is pending or processing, has not changed for a
+while, holds no lease, and its next job is not due in the watch set (or is long
+overdue). A duplicate job is harmless: the lease and conditional updates make
+the second run a no-op, and a stored upstream job id is polled, never paid for again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+from pymongo.collection import Collection
+from redis import Redis
+
+from aitask_common.logging import get_logger
+from aitask_common.queues import WATCH_KEY, enqueue_task
+from aitask_common.tasks import TaskStatus, utcnow
+from dispatcher_service.lease import LEASE_KEY_PREFIX
+from dispatcher_service.settings import DispatcherSettings
+
+log = get_logger(__name__)
+
+LOCK_KEY = "aitask:reconciler:lock"
+BATCH = 1000
+# Watch entries for tasks that were deleted or finished long ago.
+WATCH_RETENTION_SECONDS = 24 * 3600
+
+
+class Reconciler:
+    """One pass re-enqueues stuck tasks; `start()` runs passes on a daemon thread."""
+
+    def __init__(self, settings: DispatcherSettings, redis: Redis, tasks: Collection) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.tasks = tasks
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+
+    def run_once(self) -> int:
+        """Re-enqueue every stuck task; returns how many. Only one replica's reconciler works per interval."""
+        interval_ms = int(self.settings.reconcile_interval_seconds * 1000)
+        if not self.redis.set(LOCK_KEY, self.token, nx=True, px=max(interval_ms - 100, 100)):
+            return 0
+        now = time.time()
+        quiet_since = utcnow() - timedelta(seconds=self.settings.reconcile_min_age_seconds)
+        candidates = list(
+            self.tasks.find(
+                {"status": {"$in": [TaskStatus.PENDING.value, TaskStatus.PROCESSING.value]},
+                 "updated": {"$lt": quiet_since}},
+                {"_id": True, "parameters.priority": True},
+            ).limit(BATCH)
+        )
+        if not candidates:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for task in candidates:
+            pipe.exists(LEASE_KEY_PREFIX + task["_id"])
+            pipe.zscore(WATCH_KEY, task["_id"])
+        answers = pipe.execute()
+        requeued = 0
+        for task, leased, due in zip(candidates, answers[::2], answers[1::2], strict=True):
+            if leased or (due is not None and due > now - self.settings.watch_grace_seconds):
+                continue
+            reason = "no job scheduled" if due is None else f"job overdue by {now - due:.0f} s"
+            log.warning("re-enqueueing stuck task", task_id=task["_id"], reason=reason)
+            enqueue_task(self.redis, task["_id"], task.get("parameters", {}).get("priority", "default"))
+            requeued += 1
+        self.redis.zremrangebyscore(WATCH_KEY, "-inf", now - WATCH_RETENTION_SECONDS)
+        return requeued
+
+    def start(self) -> None:
+        """Run passes every reconcile_interval_seconds until `stop()`."""
+        threading.Thread(target=self._loop, name="reconciler", daemon=True).start()
+
+    def stop(self) -> None:
+        """End the loop after the current pass."""
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reconcile_interval_seconds):
+            try:
+                self.run_once()
+            except Exception as error:  # noqa: BLE001 - an unreachable store must not end the loop
+                log.warning("reconciler pass failed", error=str(error))

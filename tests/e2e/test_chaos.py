@@ -1,0 +1,111 @@
+"""Chaos on real processes: every accepted task ends completed, none is paid for twice upstream."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import httpx
+
+from tests.conftest import wait_for_status, wait_until
+from tests.e2e.helpers import SEEDREAM, waiting_job_task_ids
+from tests.stack import LocalStack
+
+JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
+
+
+def create(rest: httpx.Client, user_id: str, path: str = "image", **fields: object) -> str:
+    body = {"prompt": "chaos", "user_id": user_id, **(SEEDREAM if path == "image" else JIMENG_VIDEO), **fields}
+    response = rest.post(f"/api/v1/ai/{path}/task", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["task_id"]
+
+
+def test_sigkilled_worker_mid_call_task_still_completes(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
+    with stack.sim() as sim:
+        sim.set_faults("ark.images", latency_s=3.0)
+        try:
+            task_id = create(rest, user_id)
+            wait_until(lambda: stack.tasks().find_one({"_id": task_id})["status"] == "processing")
+            stack.kill("dispatcher")
+        finally:
+            sim.clear_faults()
+    stack.start("dispatcher")
+    # Lease (4 s) expires, the reconciler (every 1 s, quiet for 2 s) re-enqueues it.
+    result = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=30)
+    assert result["status"] == "completed" and result["attempts"] == 2
+
+
+def test_sigkilled_worker_never_pays_twice_for_a_stored_video_job(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    with stack.sim() as sim:
+        submits_before = sim.stats()["visual.CVSync2AsyncSubmitTask"]["ok"]
+        sim.set_faults("visual.CVSync2AsyncGetResult", video_seconds=6.0)
+        try:
+            task_id = create(rest, user_id, "video")
+            wait_until(lambda: stack.tasks().find_one({"_id": task_id}).get("upstream_job_id"))
+            stack.kill("dispatcher")
+            stack.start("dispatcher")
+            result = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=40)
+        finally:
+            sim.clear_faults()
+        assert result["status"] == "completed" and result["video_url"]
+        assert sim.stats()["visual.CVSync2AsyncSubmitTask"]["ok"] - submits_before == 1
+
+
+def test_redis_restarted_empty_with_tasks_pending(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
+    stack.stop("dispatcher")
+    task_ids = [create(rest, user_id) for _ in range(5)]
+    stack.stop("redis")
+    shutil.rmtree(stack.data_dir / "redis")
+    (stack.data_dir / "redis").mkdir()
+    stack.start("redis")
+    assert stack.redis().dbsize() == 0
+    stack.start("dispatcher")
+    for task_id in task_ids:
+        assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=40)["status"] == "completed"
+
+
+def test_database_down_create_is_503_and_writes_nothing_to_redis(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    stack.stop("ferretdb")
+    try:
+        response = rest.post("/api/v1/ai/image/task", json={"prompt": "x", "user_id": user_id, **SEEDREAM})
+        assert response.status_code == 503
+        assert response.json()["code"] == "UNAVAILABLE" and response.json()["success"] is False
+        assert not any(stack.redis().scan_iter(match=f"aitask:inflight:{user_id}"))
+        assert stack.redis().zcard("aitask:watch") == len(set(waiting_job_task_ids(stack)) | _watched(stack))
+    finally:
+        stack.start("ferretdb")
+    task_id = wait_until(lambda: _try_create(rest, user_id), timeout=30)
+    assert wait_for_status(rest, task_id, {"completed", "failed"})["status"] == "completed"
+
+
+def test_upstream_429_storm_all_tasks_complete_nothing_duplicated(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    with stack.sim() as sim:
+        sim.reset()
+        sim.set_faults("ark.images", rate_limit_rate=1.0)
+        try:
+            task_ids = [create(rest, user_id, prompt=f"storm {n}") for n in range(20)]
+            time.sleep(4)
+            statuses = {stack.tasks().find_one({"_id": task_id})["status"] for task_id in task_ids}
+            assert "failed" not in statuses and "completed" not in statuses
+        finally:
+            sim.clear_faults()
+        for task_id in task_ids:
+            assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)["status"] == "completed"
+        stats = sim.stats()["ark.images"]
+        assert stats["rate_limited"] > 20 and stats["ok"] == 20
+
+
+def _watched(stack: LocalStack) -> set[str]:
+    return {member.decode() for member in stack.redis().zrange("aitask:watch", 0, -1)}
+
+
+def _try_create(rest: httpx.Client, user_id: str) -> str | None:
+    response = rest.post("/api/v1/ai/image/task", json={"prompt": "back", "user_id": user_id, **SEEDREAM})
+    return response.json()["data"]["task_id"] if response.status_code == 200 else None
