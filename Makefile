@@ -11,7 +11,7 @@ DESCRIPTOR := gateway/aitask.pb
 STAMP := .local/installed.stamp
 PYTEST_ARGS ?=
 
-.PHONY: help install protos run test lint
+.PHONY: help install protos run dev show-logs clean-logs test lint
 
 help: ## List every target with what it does
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
@@ -30,6 +30,16 @@ $(DESCRIPTOR): $(PROTO_FILES) scripts/protoc.py $(STAMP)
 
 run: install ## Start the whole stack locally (simulated upstream when no API keys are set)
 	$(PYTHON) -m devstack
+
+dev: install ## Like run, but restart each Python service when its source changes
+	$(PYTHON) -m devstack --reload
+
+show-logs: ## Follow today's log file of every service (logs/<service>-YYYY-MM-DD.log)
+	@ls logs/*-$$(date +%F).log >/dev/null 2>&1 || { echo "no logs for today under logs/"; exit 0; }
+	tail -n 20 -F logs/*-$$(date +%F).log
+
+clean-logs: ## Delete every service log file under logs/
+	rm -f logs/*.log
 
 test: install ## Run every test against a real stack started on free loopback ports
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -1,10 +1,15 @@
-"""`python -m devstack`: run the whole stack in the foreground under honcho (what `make run` does)."""
+"""`python -m devstack [--reload]`: run the whole stack in the foreground under honcho.
+
+`make run` runs it as is; `make dev` adds --reload, which restarts each Python
+service when a source file it may import changes (watchfiles).
+"""
 
 from __future__ import annotations
 
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from honcho.manager import Manager
 
@@ -20,17 +25,33 @@ from devstack.processes import (
 )
 
 
+# Source folders a change in which restarts the Python services under --reload.
+WATCHED = ["aitask_common", "task_service", "dispatcher_service", "provider_volcengine", "provider_openai",
+           "upstream_simulator", "aitask"]
+
+
+def with_reload(argv: list[str]) -> list[str]:
+    """argv run under watchfiles, restarted on any change in the watched folders (caches ignored)."""
+    watchfiles = str(Path(sys.executable).with_name("watchfiles"))
+    return [watchfiles, "--filter", "default", shlex.join(argv),
+            *(str(ROOT / folder) for folder in WATCHED)]
+
+
 def main() -> None:
     """Start every process with prefixed output; Ctrl-C stops them all."""
+    reload = "--reload" in sys.argv[1:]
     ports = Ports()
     data_dir = LOCAL / "data"
     env = base_environment() | service_environment(ports, ROOT / "logs", dict(os.environ))
     simulated = uses_simulator(dict(os.environ))
     manager = Manager()
-    for process in [*infrastructure(ports, data_dir), *services(ports)]:
+    for process in infrastructure(ports, data_dir):
+        manager.add_process(process.name, shlex.join(process.argv), env=env | process.env)
+    for process in services(ports):
         if process.name == "simulator" and not simulated:
             continue
-        manager.add_process(process.name, shlex.join(process.argv), env=env | process.env)
+        argv = with_reload(process.argv) if reload else process.argv
+        manager.add_process(process.name, shlex.join(argv), env=env | process.env)
     upstream = "the local upstream simulator (no API keys set)" if simulated else "the real vendor APIs"
     print(
         f"aitask: REST and gRPC on http://127.0.0.1:{ports.envoy} (Envoy admin :{ports.envoy_admin}), "
