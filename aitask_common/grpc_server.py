@@ -45,9 +45,7 @@ class GrpcServer:
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING or NOT_SERVING for the server and each of its services."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in [OVERALL, *self.service_names]:
             await self.health.set(name, status)
 
@@ -79,7 +77,9 @@ class GrpcServer:
             except Exception as error:  # noqa: BLE001 - any failure means "not ready"
                 healthy = False
                 if serving:
-                    log.warning("dependency unreachable; reporting NOT_SERVING", error=str(error) or type(error).__name__)
+                    log.warning(
+                        "dependency unreachable; reporting NOT_SERVING", error=str(error) or type(error).__name__
+                    )
             if healthy != serving and not self._stopping:
                 serving = healthy
                 await self.set_serving(healthy)

@@ -30,7 +30,7 @@ class DailyFileHandler(TimedRotatingFileHandler):
         directory.mkdir(parents=True, exist_ok=True)
         now = clock()
         super().__init__(self.path_for(now), when="midnight", encoding="utf-8")
-        self.rolloverAt = self.computeRollover(now)
+        self.rolloverAt = self.computeRollover(int(now))
         self.remove_expired(now)
 
     def path_for(self, moment: float) -> Path:
@@ -46,7 +46,7 @@ class DailyFileHandler(TimedRotatingFileHandler):
         now = self.clock()
         self.baseFilename = str(self.path_for(now).resolve())
         self.stream = self._open()
-        self.rolloverAt = self.computeRollover(now)
+        self.rolloverAt = self.computeRollover(int(now))
         self.remove_expired(now)
 
     def remove_expired(self, now: float) -> None:
@@ -54,6 +54,7 @@ class DailyFileHandler(TimedRotatingFileHandler):
         oldest_kept = date.fromtimestamp(now) - timedelta(days=self.keep_days - 1)
         for path in self.directory.glob(f"{self.service}-*.log"):
             match = DATED_NAME.search(path.name)
-            if match and path.name == f"{self.service}-{match.group(1)}.log":
-                if date.fromisoformat(match.group(1)) < oldest_kept:
-                    path.unlink(missing_ok=True)
+            if match is None or path.name != f"{self.service}-{match.group(1)}.log":
+                continue  # another service's file, or not a dated log
+            if date.fromisoformat(match.group(1)) < oldest_kept:
+                path.unlink(missing_ok=True)

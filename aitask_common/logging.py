@@ -6,8 +6,10 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
+from structlog.typing import EventDict
 
 from aitask_common.logfiles import DailyFileHandler
 from aitask_common.settings import ServiceSettings
@@ -46,7 +48,7 @@ def configure_logging(service: str, settings: ServiceSettings) -> None:
     )
 
 
-def _add_time(_logger: object, _name: str, event: dict) -> dict:
+def _add_time(_logger: Any, _name: str, event: EventDict) -> EventDict:
     # A stdlib record is formatted once per handler: stamp it with its own creation time, not "now".
     record = event.get("_record")
     moment = datetime.fromtimestamp(record.created, UTC) if record is not None else datetime.now(UTC)
@@ -55,7 +57,7 @@ def _add_time(_logger: object, _name: str, event: dict) -> dict:
 
 
 def _add_service(service: str) -> structlog.typing.Processor:
-    def add(_logger: object, _name: str, event: dict) -> dict:
+    def add(_logger: Any, _name: str, event: EventDict) -> EventDict:
         event["service"] = service
         return event
 

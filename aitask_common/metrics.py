@@ -42,8 +42,9 @@ UPSTREAM_CALL = Histogram(
     ["provider", "method", "code"],
     buckets=TASK_BUCKETS,
 )
-RETRIES = Counter("aitask_task_retries_total", "Upstream attempts scheduled again after a retryable error",
-                  ["provider", "model"])
+RETRIES = Counter(
+    "aitask_task_retries_total", "Upstream attempts scheduled again after a retryable error", ["provider", "model"]
+)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):

@@ -83,17 +83,20 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         self.catalogue = catalogue
         self.models = {model.name: model for model in catalogue.models}
 
-    async def DescribeCatalogue(self, request: pb.DescribeCatalogueRequest, context: Any) -> pb.DescribeCatalogueResponse:
+    async def DescribeCatalogue(
+        self, request: pb.DescribeCatalogueRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DescribeCatalogueResponse:
         return self.catalogue
 
-    async def model(self, name: str, context: Any) -> pb.Model:
+    async def model(self, name: str, context: grpc.aio.ServicerContext) -> pb.Model:
         """The catalogue entry for `name`, or abort with INVALID_ARGUMENT."""
-        model = self.models.get(name)
-        if model is None:
+        if name not in self.models:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model {name!r} is not served here")
-        return model
+        return self.models[name]
 
-    async def upstream_input(self, request: pb.GenerationInput, context: Any) -> tuple[pb.Model, pb.GenerationInput]:
+    async def upstream_input(
+        self, request: pb.GenerationInput, context: grpc.aio.ServicerContext
+    ) -> tuple[pb.Model, pb.GenerationInput]:
         """The model's catalogue entry and the input as the vendor must see it (its own model name)."""
         model = await self.model(request.model, context)
         upstream = pb.GenerationInput()
@@ -102,13 +105,14 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         return model, upstream
 
     @staticmethod
-    async def fail(context: Any, error: UpstreamError) -> NoReturn:
+    async def fail(context: grpc.aio.ServicerContext, error: UpstreamError) -> NoReturn:
         """Abort the RPC with the upstream's status, passing Retry-After on as metadata."""
         metadata = [(UPSTREAM_ERROR_METADATA, "1")]
         if error.retry_after_seconds is not None:
             metadata.append((RETRY_AFTER_METADATA, str(int(error.retry_after_seconds * 1000))))
         context.set_trailing_metadata(tuple(metadata))
         await context.abort(error.code, error.message)
+        raise AssertionError("unreachable: abort raises")
 
 
 async def serve_provider(settings: ProviderSettings, servicer: ProviderServicer) -> None:
@@ -122,7 +126,9 @@ async def serve_provider(settings: ProviderSettings, servicer: ProviderServicer)
     provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server.server)
     serve_metrics(settings.metrics_host, settings.metrics_port)
     address = f"{settings.advertise_host or settings.host}:{server.port}"
-    publisher = RegistryPublisher(redis, servicer.catalogue.provider, address, servicer.catalogue, settings.registry_ttl_seconds)
+    publisher = RegistryPublisher(
+        redis, servicer.catalogue.provider, address, servicer.catalogue, settings.registry_ttl_seconds
+    )
     await server.start()
     await publisher.register()
     try:

@@ -45,9 +45,7 @@ def queue(connection: Redis, priority: Priority | str) -> Queue:
     return Queue(str(priority), connection=connection, serializer=JSONSerializer)
 
 
-def enqueue_task(
-    connection: Redis, task_id: str, priority: Priority | str, delay: timedelta | None = None
-) -> Job:
+def enqueue_task(connection: Redis, task_id: str, priority: Priority | str, delay: timedelta | None = None) -> Job:
     """Enqueue the job that processes `task_id` (after `delay`, when given) and note when it is due."""
     due = time.time() + (delay.total_seconds() if delay else 0.0)
     connection.zadd(WATCH_KEY, {task_id: due})

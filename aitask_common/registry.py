@@ -76,7 +76,9 @@ def read_instances(redis: Redis) -> list[ProviderInstance]:
 def read_catalogues(redis: Redis) -> dict[str, provider_service_pb2.DescribeCatalogueResponse]:
     """The last published catalogue of every provider ever registered, by provider name."""
     return {
-        name.decode(): json_format.Parse(raw, provider_service_pb2.DescribeCatalogueResponse())
+        (name.decode() if isinstance(name, bytes) else name): json_format.Parse(
+            raw, provider_service_pb2.DescribeCatalogueResponse()
+        )
         for name, raw in redis.hgetall(CATALOGUES_KEY).items()
     }
 
@@ -108,18 +110,18 @@ class RegistryPublisher:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.delete(self.instance.key).srem(INDEX_KEY, self.instance.key).execute()
+            pipe.delete(self.instance.key)
+            pipe.srem(INDEX_KEY, self.instance.key)
+            await pipe.execute()
         log.info("deregistered provider instance", provider=self.instance.provider)
 
     async def _publish(self) -> None:
         catalogue = json_format.MessageToJson(self.instance.catalogue, preserving_proto_field_name=True)
         async with self.redis.pipeline(transaction=True) as pipe:
-            await (
-                pipe.set(self.instance.key, self.instance.to_json(), px=self.ttl_ms)
-                .sadd(INDEX_KEY, self.instance.key)
-                .hset(CATALOGUES_KEY, self.instance.provider, catalogue)
-                .execute()
-            )
+            pipe.set(self.instance.key, self.instance.to_json(), px=self.ttl_ms)
+            pipe.sadd(INDEX_KEY, self.instance.key)
+            pipe.hset(CATALOGUES_KEY, self.instance.provider, catalogue)
+            await pipe.execute()
 
     async def _beat(self) -> None:
         while True:

@@ -83,7 +83,6 @@ def task_to_proto(document: dict[str, Any], include_payload: bool = True) -> tas
     return task
 
 
-
 def inflight_key(user_id: str) -> str:
     """Redis set of a user's task ids that are not final yet (for the per-user in-flight cap)."""
     return f"aitask:inflight:{user_id}"

@@ -24,17 +24,22 @@ from devstack.processes import (
     uses_simulator,
 )
 
-
 # Source folders a change in which restarts the Python services under --reload.
-WATCHED = ["aitask_common", "task_service", "dispatcher_service", "provider_volcengine", "provider_openai",
-           "upstream_simulator", "aitask"]
+WATCHED = [
+    "aitask_common",
+    "task_service",
+    "dispatcher_service",
+    "provider_volcengine",
+    "provider_openai",
+    "upstream_simulator",
+    "aitask",
+]
 
 
 def with_reload(argv: list[str]) -> list[str]:
     """argv run under watchfiles, restarted on any change in the watched folders (caches ignored)."""
     watchfiles = str(Path(sys.executable).with_name("watchfiles"))
-    return [watchfiles, "--filter", "default", shlex.join(argv),
-            *(str(ROOT / folder) for folder in WATCHED)]
+    return [watchfiles, "--filter", "default", shlex.join(argv), *(str(ROOT / folder) for folder in WATCHED)]
 
 
 def main() -> None:

@@ -219,9 +219,7 @@ class TaskRun:
             return self._fail(f"{message} (gave up after {attempts} attempts)")
         delay = self._backoff(attempts, error.retry_after_seconds)
         # Back to pending so the next attempt (and a reconciler) sees a task waiting to run.
-        self.rt.tasks.transition(
-            self.task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, {"error_message": message}
-        )
+        self.rt.tasks.transition(self.task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, {"error_message": message})
         RETRIES.labels(self.task["provider"], self.task["model"]).inc()
         log.info("retrying after upstream error", error=message, attempt=attempts, delay_seconds=round(delay, 2))
         self._enqueue(delay)
@@ -258,7 +256,9 @@ class TaskRun:
 
     def _finished(self, status: TaskStatus) -> None:
         pipe = self.rt.redis.pipeline(transaction=False)
-        pipe.zrem(WATCH_KEY, self.task_id).srem(inflight_key(self.task["user_id"]), self.task_id).execute()
+        pipe.zrem(WATCH_KEY, self.task_id)
+        pipe.srem(inflight_key(self.task["user_id"]), self.task_id)
+        pipe.execute()
         TASKS_FINISHED.labels(self.task["provider"], self.task["model"], self.task["type"], status.value).inc()
         TASK_DURATION.labels(self.task["type"]).observe((utcnow() - self.task["created"]).total_seconds())
 

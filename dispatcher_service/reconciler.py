@@ -51,8 +51,10 @@ class Reconciler:
         quiet_since = utcnow() - timedelta(seconds=self.settings.reconcile_min_age_seconds)
         candidates = list(
             self.tasks.find(
-                {"status": {"$in": [TaskStatus.PENDING.value, TaskStatus.PROCESSING.value]},
-                 "updated": {"$lt": quiet_since}},
+                {
+                    "status": {"$in": [TaskStatus.PENDING.value, TaskStatus.PROCESSING.value]},
+                    "updated": {"$lt": quiet_since},
+                },
                 {"_id": True, "parameters.priority": True},
             ).limit(BATCH)
         )

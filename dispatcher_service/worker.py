@@ -12,9 +12,9 @@ from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.logging import configure_logging
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
-from aitask_common.tasks import COLLECTION
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
+from aitask_common.tasks import COLLECTION
 from dispatcher_service.reconciler import Reconciler
 from dispatcher_service.settings import DispatcherSettings
 

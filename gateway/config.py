@@ -15,12 +15,17 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 TASK_SERVICE = "aitask.v1.TaskService"
+TYPE_PREFIX = "type.googleapis.com/"
 # Transcoded REST requests carry this header; native gRPC calls do not.
 TRANSCODED = {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}}
 NOT_GRPC = {
     "header_filter": {
-        "header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}, "invert_match": True,
-                   "treat_missing_header_as_empty": True}
+        "header": {
+            "name": "content-type",
+            "string_match": {"prefix": "application/grpc"},
+            "invert_match": True,
+            "treat_missing_header_as_empty": True,
+        }
     }
 }
 # Envoy's own errors (bad JSON, unknown path, body too large, no upstream), in the public error shape.
@@ -40,8 +45,11 @@ def _local_reply_mapper(status: int, code: str) -> dict[str, Any]:
         "filter": {
             "and_filter": {
                 "filters": [
-                    {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": status,
-                                                                                  "runtime_key": "unused"}}}},
+                    {
+                        "status_code_filter": {
+                            "comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": "unused"}}
+                        }
+                    },
                     {"or_filter": {"filters": [TRANSCODED, NOT_GRPC]}},
                 ]
             }
@@ -79,12 +87,15 @@ def render(
     routes = [
         {
             # Native gRPC (including health and reflection): no body buffering, no size cap here.
-            "match": {"prefix": "/", "headers": [{"name": "content-type",
-                                                   "string_match": {"prefix": "application/grpc"}}]},
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}],
+            },
             "route": to_task_service,
             "typed_per_filter_config": {
                 "envoy.filters.http.buffer": {
-                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True,
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                    "disabled": True,
                 },
             },
         },
@@ -93,21 +104,27 @@ def render(
     http_filters = [
         {
             "name": "envoy.filters.http.buffer",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
-                             "max_request_bytes": max_request_bytes},
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": max_request_bytes,
+            },
         },
         {
             # Before the transcoder, so it sees responses after it (encoders run in reverse).
             "name": "envoy.filters.http.lua",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                             "default_source_code": {"inline_string": (HERE / "error_body.lua").read_text()}},
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": (HERE / "error_body.lua").read_text()},
+            },
         },
         {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
-        {"name": "envoy.filters.http.router",
-         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        },
     ]
     connection_manager = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": TYPE_PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "codec_type": "AUTO",
         "route_config": {"name": "aitask", "virtual_hosts": [{"name": "aitask", "domains": ["*"], "routes": routes}]},
@@ -129,26 +146,49 @@ def render(
         },
         "load_assignment": {
             "cluster_name": "task_service",
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": task_service_host, "port_value": task_service_port}}}}]}],
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": task_service_host, "port_value": task_service_port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
         },
-        "health_checks": [{
-            "timeout": "1s",
-            "interval": "5s",
-            "unhealthy_threshold": 2,
-            "healthy_threshold": 1,
-            "grpc_health_check": {"service_name": TASK_SERVICE},
-        }],
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "5s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": TASK_SERVICE},
+            }
+        ],
     }
     return {
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
         "static_resources": {
-            "listeners": [{
-                "name": "aitask",
-                "address": {"socket_address": {"address": listen_host, "port_value": listen_port}},
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                "typed_config": connection_manager}]}],
-            }],
+            "listeners": [
+                {
+                    "name": "aitask",
+                    "address": {"socket_address": {"address": listen_host, "port_value": listen_port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": connection_manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
             "clusters": [cluster],
         },
     }

@@ -33,32 +33,32 @@ class OpenAIServicer(ProviderServicer):
             max_retries=0,
         )
 
-    async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
         model, upstream = await self.upstream_input(request.input, context)
+        if model.upstream_api not in ("openai.images", "openai.chat"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{model.name} is not a synchronous model")
         try:
             if model.upstream_api == "openai.images":
                 return await self._image(upstream, model)
-            if model.upstream_api == "openai.chat":
-                return await self._chat(upstream)
+            return await self._chat(upstream)
         except UpstreamError as error:
             await self.fail(context, error)
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{model.name} is not a synchronous model")
 
-    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> pb.SubmitJobResponse:
         _, upstream = await self.upstream_input(request.input, context)
         try:
             video = await _call(
                 self.client.videos.create(
                     model=upstream.model,
                     prompt=upstream.prompt,
-                    size=VIDEO_SIZES.get(upstream.aspect_ratio, "1280x720"),
+                    size=VIDEO_SIZES.get(upstream.aspect_ratio, "1280x720"),  # type: ignore[arg-type]
                 )
             )
         except UpstreamError as error:
             await self.fail(context, error)
         return pb.SubmitJobResponse(upstream_job_id=video.id)
 
-    async def PollJob(self, request: pb.PollJobRequest, context: Any) -> pb.PollJobResponse:
+    async def PollJob(self, request: pb.PollJobRequest, context: grpc.aio.ServicerContext) -> pb.PollJobResponse:
         await self.model(request.model, context)
         try:
             video = await _call(self.client.videos.retrieve(request.upstream_job_id))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from aitask.provider.v1 import provider_service_pb2 as pb
@@ -32,17 +30,16 @@ class VolcengineServicer(ProviderServicer):
             "visual.cv_process": self.visual.generate_image,
         }
 
-    async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
         model, upstream = await self.upstream_input(request.input, context)
-        generate = self.generators.get(model.upstream_api)
-        if generate is None:
+        if model.upstream_api not in self.generators:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{model.name} is not a synchronous model")
         try:
-            return await generate(upstream)
+            return await self.generators[model.upstream_api](upstream)
         except UpstreamError as error:
             await self.fail(context, error)
 
-    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> pb.SubmitJobResponse:
         model, upstream = await self.upstream_input(request.input, context)
         if model.upstream_api != "visual.async_video":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{model.name} is not an asynchronous model")
@@ -51,7 +48,7 @@ class VolcengineServicer(ProviderServicer):
         except UpstreamError as error:
             await self.fail(context, error)
 
-    async def PollJob(self, request: pb.PollJobRequest, context: Any) -> pb.PollJobResponse:
+    async def PollJob(self, request: pb.PollJobRequest, context: grpc.aio.ServicerContext) -> pb.PollJobResponse:
         model = await self.model(request.model, context)
         try:
             return await self.visual.poll_video(model.upstream_model or model.name, request.upstream_job_id)

@@ -22,15 +22,22 @@ from aitask_common.provider import UpstreamError
 
 SUCCESS = 10000
 # Business codes the vendor documents as worth retrying (rate, concurrency, internal errors).
-RETRYABLE_BUSINESS_CODES = {50429: grpc.StatusCode.RESOURCE_EXHAUSTED, 50430: grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            50500: grpc.StatusCode.UNAVAILABLE, 50501: grpc.StatusCode.UNAVAILABLE,
-                            50511: grpc.StatusCode.UNAVAILABLE, 50519: grpc.StatusCode.UNAVAILABLE}
+RETRYABLE_BUSINESS_CODES = {
+    50429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    50430: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    50500: grpc.StatusCode.UNAVAILABLE,
+    50501: grpc.StatusCode.UNAVAILABLE,
+    50511: grpc.StatusCode.UNAVAILABLE,
+    50519: grpc.StatusCode.UNAVAILABLE,
+}
 # Gateway (ResponseMetadata.Error.Code) failures.
-GATEWAY_CODES = {"InvalidAccessKey": grpc.StatusCode.UNAUTHENTICATED,
-                 "SignatureDoesNotMatch": grpc.StatusCode.UNAUTHENTICATED,
-                 "AccessDenied": grpc.StatusCode.PERMISSION_DENIED,
-                 "InternalError": grpc.StatusCode.UNAVAILABLE,
-                 "InternalServiceTimeout": grpc.StatusCode.UNAVAILABLE}
+GATEWAY_CODES = {
+    "InvalidAccessKey": grpc.StatusCode.UNAUTHENTICATED,
+    "SignatureDoesNotMatch": grpc.StatusCode.UNAUTHENTICATED,
+    "AccessDenied": grpc.StatusCode.PERMISSION_DENIED,
+    "InternalError": grpc.StatusCode.UNAVAILABLE,
+    "InternalServiceTimeout": grpc.StatusCode.UNAVAILABLE,
+}
 RUNNING_STATES = {"in_queue", "generating"}
 
 
@@ -113,7 +120,7 @@ class VisualClient:
 
 
 def _business_error(body: dict[str, Any]) -> UpstreamError:
-    code = body.get("code")
+    code = int(body.get("code") or 0)
     message = f"jimeng {code}: {body.get('message')}"
     return UpstreamError(RETRYABLE_BUSINESS_CODES.get(code, grpc.StatusCode.INVALID_ARGUMENT), message)
 

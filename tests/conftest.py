@@ -53,9 +53,7 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: fl
         time.sleep(interval)
 
 
-def wait_for_status(
-    rest: httpx.Client, task_id: str, statuses: set[str], timeout: float = 30.0
-) -> dict[str, Any]:
+def wait_for_status(rest: httpx.Client, task_id: str, statuses: set[str], timeout: float = 30.0) -> dict[str, Any]:
     """Poll GET /task/result until the task reaches one of `statuses`; return its data."""
 
     def reached() -> dict[str, Any] | None:

@@ -95,7 +95,10 @@ def test_retention_removes_only_this_services_old_files(tmp_path: Path) -> None:
     handler = DailyFileHandler(tmp_path, "svc", keep_days=7, clock=FakeClock(today.timestamp()))
     handler.close()
     assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "other-2026-01-01.log", "svc-2026-05-14.log", "svc-2026-05-20.log", "svc-notes.log",
+        "other-2026-01-01.log",
+        "svc-2026-05-14.log",
+        "svc-2026-05-20.log",
+        "svc-notes.log",
     ]
 
 

@@ -44,7 +44,9 @@ def test_create_rejects_bad_field(
 def test_malformed_json_is_400_in_the_public_error_shape(rest: httpx.Client, stack: LocalStack) -> None:
     before = stack.tasks().count_documents({})
     response = rest.post(
-        "/api/v1/ai/image/task", content=b'{"prompt": "a cat", "user_id": ', headers={"content-type": "application/json"}
+        "/api/v1/ai/image/task",
+        content=b'{"prompt": "a cat", "user_id": ',
+        headers={"content-type": "application/json"},
     )
     assert response.status_code == 400
     error = response.json()
@@ -93,5 +95,7 @@ def test_unknown_task_is_404(rest: httpx.Client) -> None:
     response = rest.get("/api/v1/ai/task/result/01ARZ3NDEKTSV4RRFFQ69G5FAV")
     assert response.status_code == 404
     assert response.json() == {
-        "success": False, "message": "task '01ARZ3NDEKTSV4RRFFQ69G5FAV' not found", "code": "NOT_FOUND"
+        "success": False,
+        "message": "task '01ARZ3NDEKTSV4RRFFQ69G5FAV' not found",
+        "code": "NOT_FOUND",
     }

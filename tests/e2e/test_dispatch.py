@@ -32,7 +32,9 @@ def create(rest: httpx.Client, user_id: str, prompt: str = "a pine forest", **fi
 def generate_calls(port: int) -> float:
     """How many Generate RPCs a provider instance answered, from its Prometheus endpoint."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
-    return sum(float(value) for value in re.findall(r'aitask_grpc_requests_total\{code="OK",method="Generate"\} (\S+)', text))
+    return sum(
+        float(value) for value in re.findall(r'aitask_grpc_requests_total\{code="OK",method="Generate"\} (\S+)', text)
+    )
 
 
 def test_critical_tasks_run_before_a_low_backlog(rest: httpx.Client, stack: LocalStack, user_id: str) -> None:
@@ -60,8 +62,12 @@ def test_rate_limited_task_retries_then_completes(
         task_id = create(rest, user_id)
         # Two attempts have failed (a pending task with attempts recorded waits for its retry).
         waiting = wait_until(
-            lambda: (doc := stack.tasks().find_one({"_id": task_id})) and doc["attempts"] >= 2
-            and doc["status"] == "pending" and doc
+            lambda: (
+                (doc := stack.tasks().find_one({"_id": task_id}))
+                and doc["attempts"] >= 2
+                and doc["status"] == "pending"
+                and doc
+            )
         )
         assert "429" in waiting["error_message"]
         sim.clear_faults()
@@ -122,9 +128,7 @@ def test_two_instances_share_traffic_and_survive_a_kill(
         stack.stop(second.name)
 
 
-def test_a_provider_started_at_run_time_takes_traffic(
-    rest: httpx.Client, stack: LocalStack, user_id: str
-) -> None:
+def test_a_provider_started_at_run_time_takes_traffic(rest: httpx.Client, stack: LocalStack, user_id: str) -> None:
     third = stack.add_provider_instance("provider_volcengine", "provider_volcengine_3")
     stack.start(third.name)
     try:

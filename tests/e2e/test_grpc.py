@@ -17,8 +17,7 @@ from tests.stack import LocalStack
 def test_image_task_lifecycle_over_grpc(stack: LocalStack, user_id: str, via_envoy: bool) -> None:
     stub = stack.task_stub(via_envoy)
     created = stub.CreateImageTask(
-        pb.CreateImageTaskRequest(prompt="a lighthouse at dusk", user_id=user_id, size="1280x720", seed=7,
-                                  **SEEDREAM),
+        pb.CreateImageTaskRequest(prompt="a lighthouse at dusk", user_id=user_id, size="1280x720", seed=7, **SEEDREAM),
         timeout=10,
     )
     assert created.success and created.data.status == "pending"

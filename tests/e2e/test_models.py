@@ -48,8 +48,14 @@ def test_every_model_completes(rest: httpx.Client, user_id: str, provider: str, 
 
 
 def test_openai_image_keeps_revised_prompt(rest: httpx.Client, user_id: str) -> None:
-    body = {"prompt": "a lantern", "user_id": user_id, "provider": "openai", "model": "dall-e-3",
-            "response_format": "b64_json", "size": "1792x1024"}
+    body = {
+        "prompt": "a lantern",
+        "user_id": user_id,
+        "provider": "openai",
+        "model": "dall-e-3",
+        "response_format": "b64_json",
+        "size": "1792x1024",
+    }
     task_id = rest.post("/api/v1/ai/image/task", json=body).json()["data"]["task_id"]
     result = wait_for_status(rest, task_id, {"completed", "failed"})
     assert result["status"] == "completed", result["error_message"]
@@ -57,8 +63,14 @@ def test_openai_image_keeps_revised_prompt(rest: httpx.Client, user_id: str) -> 
 
 
 def test_text_parameters_reach_the_upstream(rest: httpx.Client, user_id: str) -> None:
-    body = {"prompt": "say hi", "user_id": user_id, "provider": "volcengine", "model": "doubao-pro-4k",
-            "max_tokens": 5, "temperature": 0.2}
+    body = {
+        "prompt": "say hi",
+        "user_id": user_id,
+        "provider": "volcengine",
+        "model": "doubao-pro-4k",
+        "max_tokens": 5,
+        "temperature": 0.2,
+    }
     task_id = rest.post("/api/v1/ai/text/task", json=body).json()["data"]["task_id"]
     result = wait_for_status(rest, task_id, {"completed", "failed"})
     assert result["status"] == "completed"
@@ -73,7 +85,9 @@ def test_text_parameters_reach_the_upstream(rest: httpx.Client, user_id: str) ->
         ("text", "jimeng_vgfm_t2v_l20", "is a video model and cannot run a text task"),
     ],
 )
-def test_wrong_task_type_for_model_is_400(rest: httpx.Client, user_id: str, path: str, model: str, fragment: str) -> None:
+def test_wrong_task_type_for_model_is_400(
+    rest: httpx.Client, user_id: str, path: str, model: str, fragment: str
+) -> None:
     body = {"prompt": "p", "user_id": user_id, "provider": "volcengine", "model": model}
     response = rest.post(f"/api/v1/ai/{path}/task", json=body)
     assert response.status_code == 400

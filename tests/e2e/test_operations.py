@@ -83,22 +83,36 @@ def test_sigterm_deregisters_a_provider_at_once(stack: LocalStack) -> None:
 def test_metrics_move_as_tasks_run(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
     labels = {"provider": "volcengine", "model": SEEDREAM["model"], "type": "image"}
     created_before = metric(stack.ports.metrics_task_service, "aitask_tasks_created_total", **labels)
-    finished_before = metric(stack.ports.metrics_dispatcher, "aitask_tasks_finished_total", status="completed", **labels)
+    finished_before = metric(
+        stack.ports.metrics_dispatcher, "aitask_tasks_finished_total", status="completed", **labels
+    )
     rpcs_before = metric(stack.ports.metrics_task_service, "aitask_grpc_requests_total", method="CreateImageTask")
     task_id = rest.post("/api/v1/ai/image/task", json={"prompt": "counted", "user_id": user_id, **SEEDREAM}).json()
     wait_for_status(rest, task_id["data"]["task_id"], {"completed"})
 
     assert metric(stack.ports.metrics_task_service, "aitask_tasks_created_total", **labels) == created_before + 1
-    assert metric(stack.ports.metrics_task_service, "aitask_grpc_requests_total", method="CreateImageTask",
-                  code="OK") >= rpcs_before + 1
-    wait_until(lambda: metric(stack.ports.metrics_dispatcher, "aitask_tasks_finished_total", status="completed",
-                              **labels) >= finished_before + 1)
+    assert (
+        metric(stack.ports.metrics_task_service, "aitask_grpc_requests_total", method="CreateImageTask", code="OK")
+        >= rpcs_before + 1
+    )
+    wait_until(
+        lambda: (
+            metric(stack.ports.metrics_dispatcher, "aitask_tasks_finished_total", status="completed", **labels)
+            >= finished_before + 1
+        )
+    )
     assert metric(stack.ports.metrics_dispatcher, "aitask_task_duration_seconds_count", type="image") >= 1
-    assert metric(stack.ports.metrics_dispatcher, "aitask_upstream_call_duration_seconds_count",
-                  method="Generate", code="OK") >= 1
+    assert (
+        metric(
+            stack.ports.metrics_dispatcher, "aitask_upstream_call_duration_seconds_count", method="Generate", code="OK"
+        )
+        >= 1
+    )
     assert metric(stack.ports.metrics_dispatcher, "aitask_provider_instances", provider="volcengine") >= 1
-    assert re.search(r'aitask_queue_depth\{queue="critical",state="queued"\}',
-                     httpx.get(f"http://127.0.0.1:{stack.ports.metrics_dispatcher}/metrics", trust_env=False).text)
+    assert re.search(
+        r'aitask_queue_depth\{queue="critical",state="queued"\}',
+        httpx.get(f"http://127.0.0.1:{stack.ports.metrics_dispatcher}/metrics", trust_env=False).text,
+    )
     envoy_stats = httpx.get(f"http://127.0.0.1:{stack.ports.envoy_admin}/stats/prometheus", trust_env=False).text
     assert "envoy_cluster_upstream_rq_total" in envoy_stats
 

@@ -29,8 +29,12 @@ def readme_curl_commands() -> list[str]:
 def run(command: str, stack: LocalStack, task_id: str = "") -> dict:
     command = command.replace("127.0.0.1:8080", f"127.0.0.1:{stack.ports.envoy}")
     finished = subprocess.run(
-        ["bash", "-c", command], capture_output=True, text=True, timeout=30,
-        env={"PATH": "/usr/bin:/bin", "TASK_ID": task_id, "NO_PROXY": "127.0.0.1"}, check=True,
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "TASK_ID": task_id, "NO_PROXY": "127.0.0.1"},
+        check=True,
     )
     return json.loads(finished.stdout)
 

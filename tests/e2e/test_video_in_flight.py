@@ -19,7 +19,12 @@ WORKERS = 10
 @pytest.fixture(scope="module")
 def video_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     local = LocalStack(Ports.free(), tmp_path_factory.mktemp("video-stack"), workers=WORKERS)
-    local.env |= {"SIMULATOR_VIDEO_SECONDS": str(VIDEO_SECONDS), "POLL_MAX_SECONDS": "2.5", "POLL_INITIAL_SECONDS": "1"}
+    local.env |= {
+        "SIMULATOR_VIDEO_SECONDS": str(VIDEO_SECONDS),
+        "POLL_MAX_SECONDS": "2.5",
+        "POLL_INITIAL_SECONDS": "1",
+        "MAX_INFLIGHT_TASKS_PER_USER": str(TASKS),
+    }
     try:
         local.start_all()
         yield local
@@ -29,8 +34,13 @@ def video_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
 
 @pytest.mark.slow
 def test_thousand_videos_complete_within_five_seconds_of_upstream(video_stack: LocalStack) -> None:
-    body = {"prompt": "waves on a beach", "user_id": "video-load", "provider": "volcengine",
-            "model": "jimeng_vgfm_t2v_l20", "aspect_ratio": "16:9"}
+    body = {
+        "prompt": "waves on a beach",
+        "user_id": "video-load",
+        "provider": "volcengine",
+        "model": "jimeng_vgfm_t2v_l20",
+        "aspect_ratio": "16:9",
+    }
 
     def create(_: int) -> str:
         with video_stack.rest() as rest:

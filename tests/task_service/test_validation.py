@@ -40,14 +40,30 @@ def test_prompt_is_trimmed_and_seed_kept() -> None:
         (image(seed=-2), TaskType.IMAGE, "seed"),
         (image(user_id="bad user"), TaskType.IMAGE, "user_id"),
         (image(model="jimeng_vgfm_t2v_l20"), TaskType.IMAGE, "model"),
-        (pb.CreateVideoTaskRequest(prompt="p", user_id="u", provider="volcengine", model="jimeng_vgfm_t2v_l20",
-                                   aspect_ratio="2:1"), TaskType.VIDEO, "aspect_ratio"),
-        (pb.CreateTextTaskRequest(prompt="p", user_id="u", provider="volcengine", model="doubao-pro-4k",
-                                  max_tokens=0), TaskType.TEXT, "max_tokens"),
-        (pb.CreateTextTaskRequest(prompt="p", user_id="u", provider="openai", model="gpt-4", temperature=2.5),
-         TaskType.TEXT, "temperature"),
-        (pb.CreateTextTaskRequest(prompt="p" * 200, user_id="u", provider="openai", model="gpt-4"),
-         TaskType.TEXT, "prompt"),
+        (
+            pb.CreateVideoTaskRequest(
+                prompt="p", user_id="u", provider="volcengine", model="jimeng_vgfm_t2v_l20", aspect_ratio="2:1"
+            ),
+            TaskType.VIDEO,
+            "aspect_ratio",
+        ),
+        (
+            pb.CreateTextTaskRequest(
+                prompt="p", user_id="u", provider="volcengine", model="doubao-pro-4k", max_tokens=0
+            ),
+            TaskType.TEXT,
+            "max_tokens",
+        ),
+        (
+            pb.CreateTextTaskRequest(prompt="p", user_id="u", provider="openai", model="gpt-4", temperature=2.5),
+            TaskType.TEXT,
+            "temperature",
+        ),
+        (
+            pb.CreateTextTaskRequest(prompt="p" * 200, user_id="u", provider="openai", model="gpt-4"),
+            TaskType.TEXT,
+            "prompt",
+        ),
     ],
 )
 def test_rejections_name_the_field(request_: object, task_type: TaskType, field: str) -> None:
