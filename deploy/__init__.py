@@ -1,0 +1,1 @@
+"""Deployment artefacts: Dockerfile parsing and the offline checks (`python -m deploy.check`)."""

@@ -1,0 +1,53 @@
+# Deployment: container images, Compose, Kubernetes manifests and their offline checks.
+# Included by the Makefile (`include deploy/deploy.mk`); also works alone: make -f deploy/deploy.mk TARGET.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+
+DOCKER ?= docker
+IMAGE_PREFIX ?=
+IMAGE_TAG ?= dev
+DOCKER_IMAGES := task-service dispatcher provider-volcengine provider-openai upstream-simulator envoy
+# Where docker-run-server / docker-run-worker find MongoDB and Redis (default: on the host).
+DOCKER_MONGO_URL ?= mongodb://host.docker.internal:27017/
+DOCKER_REDIS_URL ?= redis://host.docker.internal:6379/0
+DOCKER_RUN_FLAGS := --rm --add-host host.docker.internal:host-gateway --read-only --tmpfs /tmp \
+	--cap-drop ALL --security-opt no-new-privileges -e MONGO_URL=$(DOCKER_MONGO_URL) -e REDIS_URL=$(DOCKER_REDIS_URL)
+COMPOSE := $(DOCKER) compose -f deploy/compose/compose.yaml $(if $(VENDORS),-f deploy/compose/compose.vendors.yaml)
+KUSTOMIZE_VERSION := v5.8.1
+KUSTOMIZE := .local/bin/kustomize
+
+.PHONY: tools-kustomize deploy-check deploy-envoy-config docker-build-all $(addprefix docker-build-,$(DOCKER_IMAGES)) \
+	docker-run-server docker-run-worker docker-compose-up docker-compose-down
+
+tools-kustomize: ## Install the pinned kustomize into .local/bin (from the Go module proxy) unless it is there
+	@if [[ "$$($(KUSTOMIZE) version 2>/dev/null)" != "$(KUSTOMIZE_VERSION)" ]]; then \
+		echo "installing kustomize $(KUSTOMIZE_VERSION) into .local/bin"; \
+		GOBIN="$(abspath .local/bin)" go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); \
+	fi
+
+deploy-check: tools-kustomize ## Validate the kustomize overlays, Compose files and Envoy configs, offline
+	deploy/check.sh
+
+deploy-envoy-config: ## Re-render the Kubernetes Envoy ConfigMap file from gateway/config.py (the image's arguments)
+	.venv/bin/python -m deploy.check render-envoy deploy/k8s/base/envoy/envoy.json
+
+docker-build-all: $(addprefix docker-build-,$(DOCKER_IMAGES)) ## Build every image (one: docker-build-<name>, names in DOCKER_IMAGES)
+
+$(addprefix docker-build-,$(DOCKER_IMAGES)): docker-build-%:
+	$(DOCKER) build --target $* --tag $(IMAGE_PREFIX)aitask-$*:$(IMAGE_TAG) .
+
+docker-run-server: ## Run the task-service image on 127.0.0.1:50051 (DOCKER_MONGO_URL, DOCKER_REDIS_URL)
+	$(DOCKER) run $(DOCKER_RUN_FLAGS) --name aitask-task-service -p 127.0.0.1:50051:50051 -p 127.0.0.1:9464:9464 \
+		$(IMAGE_PREFIX)aitask-task-service:$(IMAGE_TAG)
+
+docker-run-worker: ## Run the dispatcher (RQ workers) image (DOCKER_MONGO_URL, DOCKER_REDIS_URL)
+	$(DOCKER) run $(DOCKER_RUN_FLAGS) --name aitask-dispatcher --stop-timeout 60 -p 127.0.0.1:9465:9465 \
+		$(IMAGE_PREFIX)aitask-dispatcher:$(IMAGE_TAG)
+
+docker-compose-up: ## Build and start the stack in containers (MONITORING=1: Prometheus, Grafana; VENDORS=1: real APIs)
+	$(COMPOSE) $(if $(MONITORING),--profile monitoring) up --build --detach --wait
+
+docker-compose-down: ## Stop the containers of docker-compose-up (volumes kept; add -v by hand to drop them)
+	$(COMPOSE) --profile monitoring down
