@@ -150,6 +150,17 @@ def code_for_http_status(status: int) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT
 
 
+def chat_result(response: Any) -> pb.GenerateResponse:
+    """The text and token usage of an OpenAI-shaped chat completion (OpenAI's and Ark's SDKs alike)."""
+    usage = response.usage
+    return pb.GenerateResponse(
+        text_result=response.choices[0].message.content or "",
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        total_tokens=usage.total_tokens if usage else 0,
+    )
+
+
 def retry_after_seconds(headers: Any) -> float | None:
     """An upstream's `retry-after-ms` / `Retry-After` (seconds) header, if it sent one."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):

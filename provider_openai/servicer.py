@@ -10,7 +10,13 @@ import openai
 from openai import AsyncOpenAI
 
 from aitask.provider.v1 import provider_service_pb2 as pb
-from aitask_common.provider import ProviderServicer, UpstreamError, code_for_http_status, retry_after_seconds
+from aitask_common.provider import (
+    ProviderServicer,
+    UpstreamError,
+    chat_result,
+    code_for_http_status,
+    retry_after_seconds,
+)
 from provider_openai.settings import OpenAISettings
 
 T = TypeVar("T")
@@ -93,13 +99,7 @@ class OpenAIServicer(ProviderServicer):
         if request.HasField("temperature"):
             options["temperature"] = request.temperature
         response = await _call(self.client.chat.completions.create(**options))
-        usage = response.usage
-        return pb.GenerateResponse(
-            text_result=response.choices[0].message.content or "",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            total_tokens=usage.total_tokens if usage else 0,
-        )
+        return chat_result(response)
 
 
 async def _call(request: Awaitable[T]) -> T:

@@ -10,7 +10,7 @@ from volcenginesdkarkruntime import AsyncArk
 from volcenginesdkarkruntime._exceptions import ArkAPIConnectionError, ArkAPIStatusError, ArkAPITimeoutError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
-from aitask_common.provider import UpstreamError, code_for_http_status, retry_after_seconds
+from aitask_common.provider import UpstreamError, chat_result, code_for_http_status, retry_after_seconds
 
 T = TypeVar("T")
 
@@ -49,13 +49,7 @@ class ArkClient:
                 temperature=request.temperature if request.HasField("temperature") else None,
             )
         )
-        usage = response.usage
-        return pb.GenerateResponse(
-            text_result=response.choices[0].message.content or "",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            total_tokens=usage.total_tokens if usage else 0,
-        )
+        return chat_result(response)
 
 
 async def _call(request: Awaitable[T]) -> T:
