@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
 import httpx
 
+from aitask_common.queues import enqueue_task
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM, waiting_job_task_ids
 from tests.stack import LocalStack
@@ -109,3 +111,14 @@ def _watched(stack: LocalStack) -> set[str]:
 def _try_create(rest: httpx.Client, user_id: str) -> str | None:
     response = rest.post("/api/v1/ai/image/task", json={"prompt": "back", "user_id": user_id, **SEEDREAM})
     return response.json()["data"]["task_id"] if response.status_code == 200 else None
+
+
+def test_a_job_whose_task_does_not_exist_is_dropped_with_a_log_line(stack: LocalStack) -> None:
+    job = enqueue_task(stack.redis(), "01NOSUCHTASK0000000000000", "critical")
+    wait_until(lambda: job.get_status(refresh=True) == "finished")
+    assert job.return_value() == "missing"
+    log_lines = [json.loads(line) for line in stack.log_text("dispatcher").splitlines() if line.startswith("{")]
+    assert any(
+        line.get("task_id") == "01NOSUCHTASK0000000000000" and line["message"] == "job dropped: task does not exist"
+        for line in log_lines
+    )
