@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: help install protos run dev show-logs clean-logs test lint
 
 help: ## List every target with what it does
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-28s\033[0m %s\n", $$1, $$2}'
 
 install: $(STAMP) $(DESCRIPTOR) ## Install Redis, FerretDB and the locked Python environment; generate stubs
 
@@ -50,3 +50,4 @@ lint: install ## ruff and mypy
 	$(VENV)/bin/mypy
 
 include deploy/deploy.mk
+include dispatcher_service/queue_admin.mk

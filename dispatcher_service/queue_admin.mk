@@ -1,0 +1,17 @@
+# Queue tools (issue 4), included by the main Makefile. Redis and MongoDB come from REDIS_URL / MONGO_URL.
+# QUEUE picks one queue (critical, default, low) or all of them: make redis-queue-clear QUEUE=default
+QUEUE ?= all
+
+.PHONY: redis-queue-status redis-queue-clear redis-queue-clear-force redis-queue-requeue-failed
+
+redis-queue-status: install ## Jobs per RQ queue and state, and the oldest queued job's age
+	$(PYTHON) -m dispatcher_service.queue_admin status
+
+redis-queue-clear: install ## Remove QUEUE's queued and scheduled jobs after confirmation; their unfinished tasks fail
+	$(PYTHON) -m dispatcher_service.queue_admin clear $(QUEUE)
+
+redis-queue-clear-force: install ## Same as redis-queue-clear without asking
+	$(PYTHON) -m dispatcher_service.queue_admin clear $(QUEUE) --force
+
+redis-queue-requeue-failed: install ## Put the jobs of QUEUE's RQ failed registry back on their queue
+	$(PYTHON) -m dispatcher_service.queue_admin requeue-failed $(QUEUE)

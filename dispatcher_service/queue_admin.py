@@ -1,0 +1,277 @@
+"""Operator tool for the RQ queues: `python -m dispatcher_service.queue_admin [status|clear|requeue-failed]`.
+
+- `status` (default): jobs per queue and state, and how long the oldest queued job has waited.
+  Read-only: it counts registries without RQ's cleanup, which would move abandoned jobs.
+- `clear QUEUE|all`: after confirmation, removes the queued and scheduled jobs of a queue. MongoDB is
+  the source of truth, so no task may be left waiting on a job that no longer exists: each unfinished
+  task behind a removed job is marked failed (or, with `--requeue`, gets a fresh job).
+- `requeue-failed QUEUE|all`: puts the jobs of RQ's FailedJobRegistry back on their queue.
+
+Settings come from the environment (REDIS_URL, MONGO_URL, MONGO_DATABASE), as for every service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.errors import ConnectionFailure
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+from rq.utils import now, str_to_date
+
+from aitask_common.mongo import client_options
+from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, WATCH_KEY, enqueue_task, queue
+from aitask_common.settings import ServiceSettings, load_settings
+from aitask_common.tasks import TaskStatus, inflight_key
+from dispatcher_service.lease import TaskLease
+from dispatcher_service.storage import TaskTransitions
+
+QUEUE_NAMES = [str(name) for name in QUEUE_ORDER]
+ALL = "all"
+QUEUE_HELP = f"{', '.join(QUEUE_NAMES)} or {ALL}"
+STATES = ("queued", "started", "scheduled", "failed", "finished", "deferred")
+OLDEST_AGE = "oldest_queued_age_seconds"
+CANCEL_MESSAGE = "cancelled by an operator: queue {queue} cleared"
+# Held only around one task's update; the expiry matters only if this tool dies holding it.
+CLEAR_LEASE_SECONDS = 10.0
+
+
+def queue_status(redis: Redis, name: str) -> dict[str, Any]:
+    """Job counts per state for one queue, and the age in seconds of its oldest queued job (None if empty)."""
+    target = queue(redis, name)
+    registries = {
+        "started": target.started_job_registry,
+        "scheduled": target.scheduled_job_registry,
+        "failed": target.failed_job_registry,
+        "finished": target.finished_job_registry,
+        "deferred": target.deferred_job_registry,
+    }
+    counts: dict[str, Any] = {"queued": target.count}
+    counts |= {state: registry.get_job_count(cleanup=False) for state, registry in registries.items()}
+    counts[OLDEST_AGE] = _oldest_queued_age(redis, target)
+    return counts
+
+
+def _oldest_queued_age(redis: Redis, target: Queue) -> float | None:
+    # Every enqueue time, not just the head's: a job put at the front would make the head look young.
+    job_ids = target.get_job_ids()
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id), "enqueued_at")
+        stamps = pipe.execute()
+    enqueued = [str_to_date(stamp) for stamp in stamps if stamp]
+    return round((now() - min(enqueued)).total_seconds(), 3) if enqueued else None
+
+
+def format_status_table(statuses: dict[str, dict[str, Any]]) -> str:
+    """A fixed-width table: one row per queue, one column per state, then the oldest queued age."""
+    header = ["queue", *STATES, "oldest_queued_s"]
+    rows = [header]
+    for name, counts in statuses.items():
+        age = counts[OLDEST_AGE]
+        rows.append([name, *(str(counts[state]) for state in STATES), "-" if age is None else f"{age:.1f}"])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    )
+
+
+@dataclass
+class ClearOutcome:
+    """What clearing one queue did."""
+
+    queue: str
+    removed_jobs: int = 0
+    failed_tasks: int = 0
+    requeued_tasks: int = 0
+    # Jobs left in place because a worker held their task (it may have just enqueued them as its next step).
+    kept_jobs: int = 0
+
+
+def clear_queue(redis: Redis, transitions: TaskTransitions, name: str, requeue: bool) -> ClearOutcome:
+    """Remove the queued and scheduled jobs of queue `name`; fail (or, with `requeue`, re-enqueue) their
+    unfinished tasks. Jobs enqueued after the call starts are left alone."""
+    target = queue(redis, name)
+    # One MULTI: a job the scheduler moves from the schedule to the queue meanwhile is seen exactly once.
+    with redis.pipeline() as pipe:
+        pipe.lrange(target.key, 0, -1)
+        pipe.zrange(target.scheduled_job_registry.key, 0, -1)
+        queued_ids, scheduled_ids = pipe.execute()
+    job_ids = list(dict.fromkeys(raw.decode() for raw in [*queued_ids, *scheduled_ids]))
+    outcome = ClearOutcome(name)
+    handled: set[str] = set()
+    for job_id, job in zip(job_ids, Job.fetch_many(job_ids, redis, serializer=JSONSerializer), strict=True):
+        task_id = _task_id(job)
+        if task_id is None or task_id in handled:
+            outcome.removed_jobs += _remove_job(redis, target, job_id, job)
+            continue
+        # The lease makes sure no worker is mid-step on the task (FerretDB's conditional updates are not atomic).
+        with TaskLease(redis, task_id, CLEAR_LEASE_SECONDS) as lease:
+            if not lease.acquired:
+                outcome.kept_jobs += 1
+                continue
+            handled.add(task_id)
+            task = transitions.get(task_id)
+            waiting = _unfinished_status(task)
+            if task is not None and waiting is not None and not requeue:
+                # Failed before its job goes: if this tool dies in between, the job finds a final task and stops.
+                message = CANCEL_MESSAGE.format(queue=name)
+                if transitions.transition(task_id, waiting, TaskStatus.FAILED, {"error_message": message}):
+                    _forget_finished(redis, task)
+                    outcome.failed_tasks += 1
+            outcome.removed_jobs += _remove_job(redis, target, job_id, job)
+        if waiting is not None and requeue:
+            # Only once the lease is released: a worker would drop a job for a task it finds leased.
+            enqueue_task(redis, task_id, name)
+            outcome.requeued_tasks += 1
+    return outcome
+
+
+def _unfinished_status(task: dict[str, Any] | None) -> TaskStatus | None:
+    """The status of a task that still has to run, None for a final or missing one.
+
+    Processing counts too: a processing task whose next step waits in the queue (a video poll) would stall.
+    """
+    if task is None or TaskStatus(task["status"]).is_final:
+        return None
+    return TaskStatus(task["status"])
+
+
+def _forget_finished(redis: Redis, task: dict[str, Any]) -> None:
+    """What a worker does when a task ends: drop it from the reconciler's watch set and its user's in-flight set."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.zrem(WATCH_KEY, task["_id"])
+        pipe.srem(inflight_key(task["user_id"]), task["_id"])
+        pipe.execute()
+
+
+def _task_id(job: Job | None) -> str | None:
+    """The task a job works for, or None for a vanished or foreign job."""
+    if job is None:
+        return None
+    try:
+        if job.func_name != PROCESS_TASK or not job.args or not isinstance(job.args[0], str):
+            return None
+    except DeserializationError:
+        return None
+    return job.args[0]
+
+
+def _remove_job(redis: Redis, target: Queue, job_id: str, job: Job | None) -> int:
+    """Take a job off the queue and the schedule and delete it; 0 if a worker already took it."""
+    with redis.pipeline() as pipe:
+        pipe.lrem(target.key, 0, job_id)
+        pipe.zrem(target.scheduled_job_registry.key, job_id)
+        in_queue, in_schedule = pipe.execute()
+    if not (in_queue or in_schedule):
+        return 0
+    if job is not None:
+        job.delete(remove_from_queue=False)
+    return 1
+
+
+def requeue_failed(redis: Redis, name: str) -> int:
+    """Move every job of queue `name`'s FailedJobRegistry back onto its queue (RQ's requeue); the count moved."""
+    registry = queue(redis, name).failed_job_registry
+    moved = 0
+    for job_id in registry.get_job_ids():
+        try:
+            registry.requeue(job_id)
+        except NoSuchJobError:
+            # The job's hash expired or was deleted: nothing left to run.
+            registry.remove(job_id)
+        except InvalidJobOperation:
+            # Someone else requeued or removed it meanwhile.
+            continue
+        else:
+            moved += 1
+    return moved
+
+
+def _confirmed(redis: Redis, names: list[str], target: str, requeue: bool) -> bool:
+    queued = sum(queue(redis, name).count for name in names)
+    scheduled = sum(queue(redis, name).scheduled_job_registry.get_job_count(cleanup=False) for name in names)
+    fate = "get a new job" if requeue else "are marked failed"
+    print(
+        f"This removes {queued} queued and {scheduled} scheduled jobs from {', '.join(names)}; "
+        f"their unfinished tasks {fate}."
+    )
+    expected = "yes" if target == ALL else target
+    try:
+        answer = input(f"Type '{expected}' to confirm: ")
+    except EOFError:
+        answer = ""
+    return answer.strip() == expected
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dispatcher_service.queue_admin", description="Inspect and repair the RQ queues."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{status,clear,requeue-failed}")
+    status = commands.add_parser("status", help="jobs per queue and state (the default command)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    clear = commands.add_parser("clear", help="remove the queued and scheduled jobs of a queue")
+    clear.add_argument("queue", choices=[*QUEUE_NAMES, ALL], metavar="QUEUE", help=QUEUE_HELP)
+    clear.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    clear.add_argument("--requeue", action="store_true", help="enqueue unfinished tasks again instead of failing them")
+    failed = commands.add_parser("requeue-failed", help="put the jobs of RQ's failed registry back on their queue")
+    failed.add_argument("queue", choices=[*QUEUE_NAMES, ALL], metavar="QUEUE", help=QUEUE_HELP)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit status is 0 on success, 1 when aborted or a store is unreachable, 2 on bad input."""
+    args = _parser().parse_args(argv)
+    settings = load_settings(ServiceSettings)
+    try:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    except ValueError as error:
+        print(f"invalid configuration: REDIS_URL: {error}", file=sys.stderr)
+        return 2
+    try:
+        if args.command in (None, "status"):
+            statuses = {name: queue_status(redis, name) for name in QUEUE_NAMES}
+            print(json.dumps(statuses) if getattr(args, "json", False) else format_status_table(statuses))
+            return 0
+        names = QUEUE_NAMES if args.queue == ALL else [args.queue]
+        if args.command == "requeue-failed":
+            for name in names:
+                print(f"{name}: requeued {requeue_failed(redis, name)} failed jobs")
+            return 0
+        if not args.force and not _confirmed(redis, names, args.queue, args.requeue):
+            print("aborted: nothing removed")
+            return 1
+        transitions = TaskTransitions(MongoClient(**client_options(settings, "queue-admin")), settings.mongo_database)
+        for name in names:
+            outcome = clear_queue(redis, transitions, name, args.requeue)
+            tasks = f"requeued {outcome.requeued_tasks}" if args.requeue else f"failed {outcome.failed_tasks}"
+            line = f"{name}: removed {outcome.removed_jobs} jobs, {tasks} tasks"
+            if outcome.kept_jobs:
+                line += f", kept {outcome.kept_jobs} jobs whose task a worker holds (clear again later)"
+            print(line)
+        return 0
+    except (RedisConnectionError, RedisTimeoutError) as error:
+        print(f"Redis at REDIS_URL is unavailable: {error}", file=sys.stderr)
+    except ConnectionFailure as error:
+        print(f"MongoDB at MONGO_URL is unavailable: {error}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
