@@ -15,6 +15,8 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from aitask_common.tasks import inflight_key
+
 
 class Priority(StrEnum):
     """Queue names; workers drain them in declaration order."""
@@ -38,6 +40,14 @@ WATCH_KEY = "aitask:watch"
 # Finished job records are only bookkeeping: MongoDB holds the outcome.
 RESULT_TTL_SECONDS = 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
+
+
+def forget_finished(connection: Redis, task_id: str, user_id: str) -> None:
+    """A task reached a final state: drop it from the reconciler's watch set and its user's in-flight set."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.zrem(WATCH_KEY, task_id)
+        pipe.srem(inflight_key(user_id), task_id)
+        pipe.execute()
 
 
 def queue(connection: Redis, priority: Priority | str) -> Queue:

@@ -23,9 +23,9 @@ from aitask_common.logging import get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
 from aitask_common.provider import RETRYABLE_CODES
-from aitask_common.queues import WATCH_KEY, enqueue_task
+from aitask_common.queues import enqueue_task, forget_finished
 from aitask_common.settings import load_settings
-from aitask_common.tasks import TaskStatus, inflight_key, utcnow
+from aitask_common.tasks import TaskStatus, utcnow
 from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
@@ -255,10 +255,7 @@ class TaskRun:
         return "failed"
 
     def _finished(self, status: TaskStatus) -> None:
-        pipe = self.rt.redis.pipeline(transaction=False)
-        pipe.zrem(WATCH_KEY, self.task_id)
-        pipe.srem(inflight_key(self.task["user_id"]), self.task_id)
-        pipe.execute()
+        forget_finished(self.rt.redis, self.task_id, self.task["user_id"])
         TASKS_FINISHED.labels(self.task["provider"], self.task["model"], self.task["type"], status.value).inc()
         TASK_DURATION.labels(self.task["type"]).observe((utcnow() - self.task["created"]).total_seconds())
 

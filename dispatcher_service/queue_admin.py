@@ -31,9 +31,9 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, str_to_date
 
 from aitask_common.mongo import client_options
-from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, WATCH_KEY, enqueue_task, queue
+from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, enqueue_task, forget_finished, queue
 from aitask_common.settings import ServiceSettings, load_settings
-from aitask_common.tasks import TaskStatus, inflight_key
+from aitask_common.tasks import TaskStatus
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.storage import TaskTransitions
 
@@ -132,7 +132,7 @@ def clear_queue(redis: Redis, transitions: TaskTransitions, name: str, requeue: 
                 # Failed before its job goes: if this tool dies in between, the job finds a final task and stops.
                 message = CANCEL_MESSAGE.format(queue=name)
                 if transitions.transition(task_id, waiting, TaskStatus.FAILED, {"error_message": message}):
-                    _forget_finished(redis, task)
+                    forget_finished(redis, task["_id"], task["user_id"])
                     outcome.failed_tasks += 1
             outcome.removed_jobs += _remove_job(redis, target, job_id, job)
         if waiting is not None and requeue:
@@ -150,14 +150,6 @@ def _unfinished_status(task: dict[str, Any] | None) -> TaskStatus | None:
     if task is None or TaskStatus(task["status"]).is_final:
         return None
     return TaskStatus(task["status"])
-
-
-def _forget_finished(redis: Redis, task: dict[str, Any]) -> None:
-    """What a worker does when a task ends: drop it from the reconciler's watch set and its user's in-flight set."""
-    with redis.pipeline(transaction=False) as pipe:
-        pipe.zrem(WATCH_KEY, task["_id"])
-        pipe.srem(inflight_key(task["user_id"]), task["_id"])
-        pipe.execute()
 
 
 def _task_id(job: Job | None) -> str | None:
