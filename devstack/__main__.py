@@ -64,8 +64,16 @@ def main() -> None:
         f"  try: curl -s http://127.0.0.1:{ports.envoy}/api/v1/ai/tasks?user_id=user-1\n",
         flush=True,
     )
-    if env.get("ENVIRONMENT", "development") == "development":
+    environment = env.get("ENVIRONMENT", "development")
+    if environment == "development":
         print("aitask: ENVIRONMENT=development: running without authentication; do not expose this.", flush=True)
+    else:
+        print(
+            f"aitask: ENVIRONMENT={environment}: every request needs an API key ('Authorization: Bearer <key>'); "
+            f"make one with\n  MONGO_URL=mongodb://127.0.0.1:{ports.ferretdb}/ "
+            f"{sys.executable} -m task_service.api_keys create --user-id user-1 --role admin\n",
+            flush=True,
+        )
     manager.loop()
     sys.exit(manager.returncode)
 

@@ -7,20 +7,32 @@ from dataclasses import dataclass
 
 from pymongo import AsyncMongoClient
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aitask.v1 import task_service_pb2, task_service_pb2_grpc
 from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.grpc_server import GrpcServer, run_until_signalled
-from aitask_common.logging import configure_logging
+from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
 from aitask_common.settings import load_settings
+from task_service.api_keys import ApiKeyStore
+from task_service.auth import Guard, GuardedServicer, KeyVerifier
 from task_service.catalogue import CatalogueCache
+from task_service.limits import InflightTasks, RateLimiter
 from task_service.servicer import TaskServicer
 from task_service.settings import TaskServiceSettings
 from task_service.storage import TaskStore
 
 SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
+
+log = get_logger(__name__)
+
+# Retries of a limits command whose connection broke (a retried INCR may count a request twice: harmless).
+LIMITS_REDIS_RETRIES = 2
 
 
 @dataclass
@@ -30,6 +42,7 @@ class TaskService:
     server: GrpcServer
     mongo: AsyncMongoClient
     redis: Redis
+    limits_redis: AsyncRedis
     catalogues: CatalogueCache
 
     async def close(self) -> None:
@@ -37,6 +50,7 @@ class TaskService:
         self.catalogues.stop()
         await self.mongo.close()
         self.redis.close()
+        await self.limits_redis.aclose()
 
 
 async def build_server(settings: TaskServiceSettings) -> TaskService:
@@ -54,10 +68,34 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         await asyncio.to_thread(redis.ping)
 
     server = GrpcServer(f"{settings.host}:{settings.port}", [SERVICE_NAME], dependencies_reachable)
-    task_service_pb2_grpc.add_TaskServiceServicer_to_server(
-        TaskServicer(settings, store, redis, catalogues), server.server
+    # The limits run on every request: an asyncio client, not a thread hop per call like the RQ client.
+    # Retried on broken connections (after a Redis restart the pooled ones are dead until used once), not on
+    # timeouts: a hung Redis costs a request one REDIS_SOCKET_TIMEOUT, as everywhere else.
+    limits_redis = AsyncRedis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        retry=Retry(
+            ExponentialBackoff(cap=0.5, base=0.05), LIMITS_REDIS_RETRIES, supported_errors=(RedisConnectionError,)
+        ),
     )
-    return TaskService(server, mongo, redis, catalogues)
+    inflight = InflightTasks(limits_redis, settings.max_inflight_tasks_per_user)
+    servicer = TaskServicer(settings, store, redis, catalogues, inflight)
+    guard = Guard(
+        _key_verifier(settings, mongo),
+        RateLimiter(limits_redis, settings.rate_limit_requests, settings.rate_limit_window_seconds),
+    )
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(GuardedServicer(servicer, guard), server.server)
+    return TaskService(server, mongo, redis, limits_redis, catalogues)
+
+
+def _key_verifier(settings: TaskServiceSettings, mongo: AsyncMongoClient) -> KeyVerifier | None:
+    """API-key checking, or None (with a warning) when authentication is off."""
+    if not settings.auth_required:
+        log.warning(
+            "authentication is OFF (ENVIRONMENT=development): every caller acts as an admin; do not expose this"
+        )
+        return None
+    return KeyVerifier(ApiKeyStore(mongo, settings.mongo_database), settings.api_key_cache_seconds)
 
 
 async def serve(settings: TaskServiceSettings) -> None:

@@ -1,4 +1,10 @@
-"""The TaskService RPC methods."""
+"""The TaskService RPC methods.
+
+Every method runs behind the guard (task_service.auth), so `current_principal()`
+is the authenticated caller: a user key acts only for its own user, and another
+user's task reads as not found. Client text reaches logs only as structured
+fields (JSON-escaped), never inside a message.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 from typing import Any
 
 import grpc
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from redis import Redis
 from redis.exceptions import RedisError
 from ulid import ULID
@@ -17,10 +23,13 @@ from aitask_common.logging import get_logger
 from aitask_common.metrics import TASKS_CREATED
 from aitask_common.queues import enqueue_task
 from aitask_common.tasks import TaskStatus, TaskType, task_to_proto, utcnow
+from task_service.auth import current_principal, metadata_value
 from task_service.catalogue import CatalogueCache
+from task_service.idempotency import METADATA_NAME, fingerprint, idempotency_key, scoped
+from task_service.limits import InflightTasks
 from task_service.settings import TaskServiceSettings
-from task_service.storage import TaskStore
-from task_service.validation import InvalidRequest, validate_create, validate_user_id
+from task_service.storage import FINGERPRINT_FIELD, IDEMPOTENCY_FIELD, TaskStore
+from task_service.validation import InvalidRequest, ValidatedRequest, is_task_id, validate_create, validate_user_id
 
 log = get_logger(__name__)
 
@@ -29,39 +38,54 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     """Creates, reads, lists and deletes tasks."""
 
     def __init__(
-        self, settings: TaskServiceSettings, store: TaskStore, queue_redis: Redis, catalogues: CatalogueCache
+        self,
+        settings: TaskServiceSettings,
+        store: TaskStore,
+        queue_redis: Redis,
+        catalogues: CatalogueCache,
+        inflight: InflightTasks,
     ) -> None:
         self.settings = settings
         self.store = store
         self.queue_redis = queue_redis
         self.catalogues = catalogues
+        self.inflight = inflight
 
-    async def CreateImageTask(self, request: pb.CreateImageTaskRequest, context: Any) -> pb.CreateImageTaskResponse:
-        created = await self._create(TaskType.IMAGE, request, context)
-        return pb.CreateImageTaskResponse(success=True, data=created, message="image task created")
+    async def CreateImageTask(
+        self, request: pb.CreateImageTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateImageTaskResponse:
+        created, message = await self._create(TaskType.IMAGE, request, context)
+        return pb.CreateImageTaskResponse(success=True, data=created, message=message)
 
-    async def CreateVideoTask(self, request: pb.CreateVideoTaskRequest, context: Any) -> pb.CreateVideoTaskResponse:
-        created = await self._create(TaskType.VIDEO, request, context)
-        return pb.CreateVideoTaskResponse(success=True, data=created, message="video task created")
+    async def CreateVideoTask(
+        self, request: pb.CreateVideoTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateVideoTaskResponse:
+        created, message = await self._create(TaskType.VIDEO, request, context)
+        return pb.CreateVideoTaskResponse(success=True, data=created, message=message)
 
-    async def CreateTextTask(self, request: pb.CreateTextTaskRequest, context: Any) -> pb.CreateTextTaskResponse:
-        created = await self._create(TaskType.TEXT, request, context)
-        return pb.CreateTextTaskResponse(success=True, data=created, message="text task created")
+    async def CreateTextTask(
+        self, request: pb.CreateTextTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateTextTaskResponse:
+        created, message = await self._create(TaskType.TEXT, request, context)
+        return pb.CreateTextTaskResponse(success=True, data=created, message=message)
 
-    async def GetTaskResult(self, request: pb.GetTaskResultRequest, context: Any) -> pb.GetTaskResultResponse:
+    async def GetTaskResult(
+        self, request: pb.GetTaskResultRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTaskResultResponse:
         document = await self._find(request.task_id, context)
         return pb.GetTaskResultResponse(success=True, data=task_to_proto(document), message="ok")
 
-    async def DeleteTask(self, request: pb.DeleteTaskRequest, context: Any) -> pb.DeleteTaskResponse:
-        await self._find(request.task_id, context)
+    async def DeleteTask(
+        self, request: pb.DeleteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteTaskResponse:
+        document = await self._find(request.task_id, context)
         if not await self._database(context, self.store.delete(request.task_id)):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id!r} not found")
+            await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(request.task_id))
+        await self._release_slot(document["user_id"], request.task_id)
         log.info("task deleted", task_id=request.task_id)
-        return pb.DeleteTaskResponse(
-            success=True, data=pb.DeletedTask(task_id=request.task_id), message="task deleted"
-        )
+        return pb.DeleteTaskResponse(success=True, data=pb.DeletedTask(task_id=request.task_id), message="task deleted")
 
-    async def ListTasks(self, request: pb.ListTasksRequest, context: Any) -> pb.ListTasksResponse:
+    async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
         try:
             user_id = validate_user_id(request.user_id)
             if request.type and request.type not in TaskType.__members__.values():
@@ -72,10 +96,9 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                 raise InvalidRequest("offset", "must not be negative")
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        await self._check_acts_for(user_id, context)
         limit = min(request.limit or self.settings.list_limit_default, self.settings.list_limit_max)
-        documents = await self._database(
-            context, self.store.list(user_id, request.type, limit, request.offset)
-        )
+        documents = await self._database(context, self.store.list(user_id, request.type, limit, request.offset))
         page = pb.TaskPage(
             tasks=[task_to_proto(document, include_payload=False) for document in documents],
             limit=limit,
@@ -83,7 +106,40 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         )
         return pb.ListTasksResponse(success=True, data=page, message="ok")
 
-    async def _create(self, task_type: TaskType, request: Any, context: Any) -> pb.TaskCreated:
+    async def _create(
+        self, task_type: TaskType, request: Any, context: grpc.aio.ServicerContext
+    ) -> tuple[pb.TaskCreated, str]:
+        """Validate, authorise, honour the idempotency key and the in-flight cap, store, enqueue."""
+        valid = await self._validate(task_type, request, context)
+        await self._check_acts_for(valid.user_id, context)
+        scoped_key = await self._scoped_idempotency_key(valid.user_id, request, context)
+        digest = fingerprint(valid)
+        if scoped_key is not None:
+            original = await self._database(context, self.store.get_by_idempotency(scoped_key))
+            if original is not None:
+                return await self._replay(original, digest, context)
+        task_id = str(ULID())
+        await self._reserve_slot(valid.user_id, task_id, context)
+        document = _new_task(task_id, valid, scoped_key, digest)
+        original = await self._insert(document, context)
+        if original is not None:
+            return await self._replay(original, digest, context)
+        await self._enqueue(document, context)
+        TASKS_CREATED.labels(valid.provider, valid.model, task_type.value).inc()
+        log.info(
+            "task created",
+            task_id=task_id,
+            type=task_type.value,
+            provider=valid.provider,
+            model=valid.model,
+            user_id=valid.user_id,
+        )
+        created = pb.TaskCreated(
+            task_id=task_id, status=TaskStatus.PENDING.value, provider=valid.provider, model=valid.model
+        )
+        return created, f"{task_type.value} task created"
+
+    async def _validate(self, task_type: TaskType, request: Any, context: grpc.aio.ServicerContext) -> ValidatedRequest:
         try:
             catalogues = await self.catalogues.current(request.provider)
             valid = validate_create(task_type, request, catalogues, self.settings.max_prompt_chars)
@@ -92,47 +148,125 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         except RedisError as error:
             log.error("registry unreachable", error=str(error))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "task registry unavailable, retry later")
-        now = utcnow()
-        task_id = str(ULID())
-        document = {
-            "_id": task_id,
-            "type": task_type.value,
-            "status": TaskStatus.PENDING.value,
-            "user_id": valid.user_id,
-            "provider": valid.provider,
-            "model": valid.model,
-            "prompt": valid.prompt,
-            "parameters": valid.parameters,
-            "attempts": 0,
-            "created": now,
-            "updated": now,
-        }
-        await self._database(context, self.store.insert(document))
+        return valid
+
+    @staticmethod
+    async def _check_acts_for(user_id: str, context: grpc.aio.ServicerContext) -> None:
+        if not current_principal().may_act_for(user_id):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "user_id: this API key may act only for its own user"
+            )
+
+    @staticmethod
+    async def _scoped_idempotency_key(user_id: str, request: Any, context: grpc.aio.ServicerContext) -> str | None:
         try:
-            await asyncio.to_thread(enqueue_task, self.queue_redis, task_id, valid.parameters["priority"])
+            key = idempotency_key(metadata_value(context, METADATA_NAME), request.idempotency_key)
+        except InvalidRequest as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return scoped(user_id, key) if key is not None else None
+
+    async def _insert(self, document: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any] | None:
+        """Store a new task: None once stored, else the task that already holds its idempotency key."""
+        try:
+            await self.store.insert(document)
+        except DuplicateKeyError:
+            # A concurrent create with the same key won the insert (the unique index decides): this is its retry.
+            await self._release_slot(document["user_id"], document["_id"])
+            original = await self._database(context, self.store.get_by_idempotency(document[IDEMPOTENCY_FIELD]))
+            if original is None:
+                await context.abort(grpc.StatusCode.ABORTED, "a concurrent request used this idempotency key; retry")
+            return original
+        except PyMongoError as error:
+            await self._release_slot(document["user_id"], document["_id"])
+            log.error("database unavailable", error=str(error))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "task database unavailable, retry later")
+        return None
+
+    @staticmethod
+    async def _replay(
+        original: dict[str, Any], digest: str, context: grpc.aio.ServicerContext
+    ) -> tuple[pb.TaskCreated, str]:
+        """The answer to a create whose idempotency key is taken: the original task, if it asked the same."""
+        if original.get(FINGERPRINT_FIELD) != digest:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "idempotency_key: already used for a different request")
+        log.info("idempotent create replayed", task_id=original["_id"])
+        created = pb.TaskCreated(
+            task_id=original["_id"], status=original["status"], provider=original["provider"], model=original["model"]
+        )
+        return created, "task already created with this idempotency key"
+
+    async def _reserve_slot(self, user_id: str, task_id: str, context: grpc.aio.ServicerContext) -> None:
+        try:
+            reserved = await self.inflight.reserve(user_id, task_id)
+        except RedisError as error:
+            log.error("in-flight cap unavailable", error=str(error))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "task queue unavailable, retry later")
+        if not reserved:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many tasks in flight: at most {self.inflight.cap} pending or processing per user",
+            )
+
+    async def _release_slot(self, user_id: str, task_id: str) -> None:
+        try:
+            await self.inflight.release(user_id, task_id)
+        except RedisError as error:
+            # Harmless: the dispatcher's reconciler prunes ids whose task is gone.
+            log.warning("could not release in-flight slot", task_id=task_id, error=str(error))
+
+    async def _enqueue(self, document: dict[str, Any], context: grpc.aio.ServicerContext) -> None:
+        task_id = document["_id"]
+        try:
+            await asyncio.to_thread(enqueue_task, self.queue_redis, task_id, document["parameters"]["priority"])
         except RedisError as error:
             # Undo the insert so a rejected create leaves nothing behind.
             log.error("enqueue failed; task withdrawn", task_id=task_id, error=str(error))
             await self._database(context, self.store.delete(task_id))
+            await self._release_slot(document["user_id"], task_id)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "task queue unavailable, retry later")
-        TASKS_CREATED.labels(valid.provider, valid.model, task_type.value).inc()
-        log.info("task created", task_id=task_id, type=task_type.value, provider=valid.provider, model=valid.model)
-        return pb.TaskCreated(task_id=task_id, status=TaskStatus.PENDING.value, provider=valid.provider,
-                              model=valid.model)
 
-    async def _find(self, task_id: str, context: Any) -> dict[str, Any]:
+    async def _find(self, task_id: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        """The task, if it exists and the caller may see it; another user's task is as good as absent."""
         if not task_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "task_id: is required")
+        if not is_task_id(task_id):
+            await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
         document = await self._database(context, self.store.get(task_id))
-        if document is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id!r} not found")
+        if document is None or not current_principal().may_act_for(document.get("user_id", "")):
+            await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
         return document
 
     @staticmethod
-    async def _database(context: Any, operation: Any) -> Any:
+    async def _database(context: grpc.aio.ServicerContext, operation: Any) -> Any:
         """Await a storage call; an unreachable database is UNAVAILABLE, not an internal error."""
         try:
             return await operation
         except PyMongoError as error:
             log.error("database unavailable", error=str(error))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "task database unavailable, retry later")
+
+
+def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, digest: str) -> dict[str, Any]:
+    """The stored form of a new task; the idempotency field only when a key was given (never null)."""
+    now = utcnow()
+    document: dict[str, Any] = {
+        "_id": task_id,
+        "type": valid.task_type.value,
+        "status": TaskStatus.PENDING.value,
+        "user_id": valid.user_id,
+        "provider": valid.provider,
+        "model": valid.model,
+        "prompt": valid.prompt,
+        "parameters": valid.parameters,
+        "attempts": 0,
+        "created": now,
+        "updated": now,
+    }
+    if scoped_key is not None:
+        document[IDEMPOTENCY_FIELD] = scoped_key
+        document[FINGERPRINT_FIELD] = digest
+    return document
+
+
+def _not_found(task_id: str) -> str:
+    return f"task {task_id!r} not found"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
-from aitask_common.settings import ServiceSettings
+from aitask_common.settings import Environment, ServiceSettings
 
 
 class TaskServiceSettings(ServiceSettings):
@@ -20,3 +20,16 @@ class TaskServiceSettings(ServiceSettings):
     list_limit_max: int = Field(default=100, ge=1)
     # How often the provider catalogues are re-read from the registry.
     catalogue_refresh_seconds: float = Field(default=2.0, gt=0)
+    # How long a verified (or rejected) API key is trusted without asking MongoDB again:
+    # a revoked key keeps working for at most this long.
+    api_key_cache_seconds: float = Field(default=30.0, ge=0)
+    # Requests one API key may make per window (a key's own rate limit overrides it); 0 turns the limit off.
+    rate_limit_requests: int = Field(default=600, ge=0)
+    rate_limit_window_seconds: int = Field(default=60, ge=1)
+    # Tasks one user may have pending or processing at once; 0 turns the cap off.
+    max_inflight_tasks_per_user: int = Field(default=100, ge=0)
+
+    @property
+    def auth_required(self) -> bool:
+        """API keys are required everywhere but on a developer's machine (ENVIRONMENT=development)."""
+        return self.environment is not Environment.DEVELOPMENT

@@ -1,4 +1,8 @@
-"""Task storage for the task service (async pymongo); every per-task query is by `_id` only."""
+"""Task storage for the task service (async pymongo); every per-task query is by `_id` only.
+
+Every filter value here comes from a proto string field (task_id, user_id, type) or
+is built by the service: a JSON body cannot smuggle a query operator in.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,12 @@ from typing import Any
 from pymongo import DESCENDING, AsyncMongoClient
 
 from aitask_common.tasks import COLLECTION, INDEXES, PAYLOAD_FIELDS
+
+# "<user_id>:<idempotency key>", written only on tasks created with a key. The field is never null:
+# FerretDB ignores `sparse`, and there two documents lacking the field do not collide but two nulls do.
+IDEMPOTENCY_FIELD = "idempotency"
+# Digest of the validated request that made a task with an idempotency key (tells a retry from a reuse).
+FINGERPRINT_FIELD = "request_fingerprint"
 
 
 class TaskStore:
@@ -19,10 +29,16 @@ class TaskStore:
         """Create the indexes the queries below rely on (idempotent)."""
         for keys in INDEXES:
             await self.collection.create_index(keys)
+        # sparse: so MongoDB skips the documents without a key (FerretDB drops the option; see above).
+        await self.collection.create_index([(IDEMPOTENCY_FIELD, 1)], unique=True, sparse=True)
 
     async def insert(self, document: dict[str, Any]) -> None:
-        """Store a new task."""
+        """Store a new task; DuplicateKeyError when its idempotency key is taken."""
         await self.collection.insert_one(document)
+
+    async def get_by_idempotency(self, scoped_key: str) -> dict[str, Any] | None:
+        """The task created with this scoped idempotency key, or None."""
+        return await self.collection.find_one({IDEMPOTENCY_FIELD: scoped_key})
 
     async def get(self, task_id: str) -> dict[str, Any] | None:
         """One task by id, or None."""

@@ -10,8 +10,12 @@ from aitask.provider.v1 import provider_service_pb2
 from aitask_common.queues import Priority
 from aitask_common.tasks import TaskType
 
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
+USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:-]{1,128}")
 SEED_MIN, SEED_MAX = -1, 2**31 - 1
+# Task ids are ULIDs (Crockford base32); anything else cannot name a task (and NUL cannot even reach PostgreSQL).
+TASK_ID_PATTERN = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+# C0 controls and DEL, but tab, newline and carriage return, which prompts may carry.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 Catalogues = dict[str, provider_service_pb2.DescribeCatalogueResponse]
 
@@ -40,9 +44,15 @@ def validate_user_id(user_id: str) -> str:
     """A user id is required and limited to a safe alphabet."""
     if not user_id:
         raise InvalidRequest("user_id", "is required")
-    if not USER_ID_PATTERN.match(user_id):
+    # fullmatch: with match, "$" would also accept a trailing newline.
+    if not USER_ID_PATTERN.fullmatch(user_id):
         raise InvalidRequest("user_id", "must be 1-128 characters of letters, digits and _ . @ : -")
     return user_id
+
+
+def is_task_id(task_id: str) -> bool:
+    """Whether `task_id` has the shape of an id this service makes."""
+    return TASK_ID_PATTERN.fullmatch(task_id) is not None
 
 
 def find_model(catalogues: Catalogues, provider: str, model: str) -> provider_service_pb2.Model:
@@ -69,12 +79,12 @@ def validate_create(
     prompt = request.prompt.strip()
     if not prompt:
         raise InvalidRequest("prompt", "is required and must not be blank")
+    if CONTROL_CHARACTERS.search(prompt):
+        raise InvalidRequest("prompt", "must not contain control characters (tab and newline are fine)")
     user_id = validate_user_id(request.user_id)
     model = find_model(catalogues, request.provider, request.model)
     if model.task_type != task_type:
-        raise InvalidRequest(
-            "model", f"{model.name!r} is a {model.task_type} model and cannot run a {task_type} task"
-        )
+        raise InvalidRequest("model", f"{model.name!r} is a {model.task_type} model and cannot run a {task_type} task")
     limit = min(max_prompt_chars, model.max_prompt_chars or max_prompt_chars)
     if len(prompt) > limit:
         raise InvalidRequest("prompt", f"is {len(prompt)} characters long; {model.name} accepts at most {limit}")

@@ -7,10 +7,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 import httpx
@@ -19,7 +20,6 @@ from redis import Redis
 
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.registry import read_instances
-from upstream_simulator.control import SimulatorControl
 from devstack.processes import (
     ROOT,
     Ports,
@@ -30,8 +30,11 @@ from devstack.processes import (
     service_environment,
     services,
 )
+from upstream_simulator.control import SimulatorControl
 
 STARTUP_SECONDS = 60.0
+# The user of the admin key every client below sends unless told otherwise.
+ADMIN_USER = "stack-admin"
 
 
 class LocalStack:
@@ -43,29 +46,38 @@ class LocalStack:
         # Outside pytest's private (0700) temp tree: PostgreSQL runs as its own user.
         self.data_dir = Path(tempfile.mkdtemp(prefix="aitask-stack-"))
         self.data_dir.chmod(0o755)
-        self.env = base_environment() | service_environment(ports, workdir / "logs", {}) | {
-            "ENVIRONMENT": "test",
-            "LOG_LEVEL": "INFO",
-            # Short timings so retries, polls and failover happen within a test's patience.
-            "RETRY_BASE_SECONDS": "0.2",
-            "RETRY_MAX_SECONDS": "2",
-            "POLL_INITIAL_SECONDS": "0.3",
-            "POLL_MAX_SECONDS": "1",
-            "PROVIDER_RECHECK_SECONDS": "0.5",
-            "REGISTRY_TTL_SECONDS": "3",
-            "AI_TIMEOUT": "20",
-            "SIMULATOR_VIDEO_SECONDS": "1",
-            "LEASE_SECONDS": "4",
-            "RECONCILE_INTERVAL_SECONDS": "1",
-            "RECONCILE_MIN_AGE_SECONDS": "2",
-            "WATCH_GRACE_SECONDS": "5",
-            # Throwaway data: durability would only slow the tests down.
-            "POSTGRES_EXTRA_ARGS": "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-        }
+        self.env = (
+            base_environment()
+            | service_environment(ports, workdir / "logs", {})
+            | {
+                "ENVIRONMENT": "test",
+                "LOG_LEVEL": "INFO",
+                # Short timings so retries, polls and failover happen within a test's patience.
+                "RETRY_BASE_SECONDS": "0.2",
+                "RETRY_MAX_SECONDS": "2",
+                "POLL_INITIAL_SECONDS": "0.3",
+                "POLL_MAX_SECONDS": "1",
+                "PROVIDER_RECHECK_SECONDS": "0.5",
+                "REGISTRY_TTL_SECONDS": "3",
+                "AI_TIMEOUT": "20",
+                "SIMULATOR_VIDEO_SECONDS": "1",
+                "LEASE_SECONDS": "4",
+                "RECONCILE_INTERVAL_SECONDS": "1",
+                "RECONCILE_MIN_AGE_SECONDS": "2",
+                "WATCH_GRACE_SECONDS": "5",
+                # Auth is on (ENVIRONMENT=test); a short key cache so revocation shows within a test's patience.
+                "API_KEY_CACHE_SECONDS": "2",
+                "MAX_INFLIGHT_TASKS_PER_USER": "30",
+                # Throwaway data: durability would only slow the tests down.
+                "POSTGRES_EXTRA_ARGS": "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            }
+        )
         self.definitions = {process.name: process for process in infrastructure(ports, self.data_dir)}
         self.definitions |= {process.name: process for process in services(ports, workers)}
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
+        # Made by start_all (through the CLI, as an operator would); no rate limit, acts for any user.
+        self.admin_key = ""
 
     # --- process control -------------------------------------------------
     def start(self, name: str, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
@@ -74,8 +86,12 @@ class LocalStack:
         log = self._logs.get(name) or (self.workdir / f"{name}.log").open("ab")
         self._logs[name] = log
         self.running[name] = subprocess.Popen(
-            process.argv, cwd=ROOT, env=self.env | process.env | (extra_env or {}),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            process.argv,
+            cwd=ROOT,
+            env=self.env | process.env | (extra_env or {}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         if wait:
             self.wait_ready(process)
@@ -90,16 +106,25 @@ class LocalStack:
         return self.definitions[name]
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-        """Signal a process (and its group) and wait for it to exit."""
+        """Signal a process and wait for it to exit; SIGKILL its whole group after `timeout`.
+
+        SIGKILL goes to the whole group at once (a crash takes the forked workers
+        too); other signals go to the main process only, as Kubernetes sends them:
+        a second signal to the dispatcher's workers would turn their warm shutdown cold.
+        """
         popen = self.running.pop(name, None)
         if popen is None or popen.poll() is not None:
             return
-        os.killpg(popen.pid, sig)
+        if sig == signal.SIGKILL:
+            os.killpg(popen.pid, sig)
+        else:
+            popen.send_signal(sig)
         try:
             popen.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
+        _wait_for_group_exit(popen.pid)
 
     def terminate_main_process(self, name: str, timeout: float = 60.0) -> int:
         """SIGTERM only the process itself (as Kubernetes does), wait for it to exit, return its code."""
@@ -115,6 +140,7 @@ class LocalStack:
         """Infrastructure first, then the services."""
         for name in self.definitions:
             self.start(name)
+        self.admin_key = self.create_api_key(ADMIN_USER, "admin", name="tests", rate_limit=0)
         self.wait_for_rest()
 
     def stop_all(self) -> None:
@@ -136,12 +162,16 @@ class LocalStack:
         while time.monotonic() < deadline:
             popen = self.running[process.name]
             if popen.poll() is not None:
-                raise RuntimeError(f"{process.name} exited with {popen.returncode}:\n{self.log_text(process.name)[-3000:]}")
-            if process.port is None or _accepts(process.port):
-                if not process.name.startswith("provider_") or self._registered(process.port):
-                    return
+                raise RuntimeError(
+                    f"{process.name} exited with {popen.returncode}:\n{self.log_text(process.name)[-3000:]}"
+                )
+            accepting = process.port is None or _accepts(process.port)
+            if accepting and (not process.name.startswith("provider_") or self._registered(process.port)):
+                return
             time.sleep(0.05)
-        raise RuntimeError(f"{process.name} not ready after {STARTUP_SECONDS} s:\n{self.log_text(process.name)[-3000:]}")
+        raise RuntimeError(
+            f"{process.name} not ready after {STARTUP_SECONDS} s:\n{self.log_text(process.name)[-3000:]}"
+        )
 
     def _registered(self, port: int | None) -> bool:
         return any(instance.address.endswith(f":{port}") for instance in read_instances(self.redis()))
@@ -159,19 +189,49 @@ class LocalStack:
                 time.sleep(0.1)
         raise RuntimeError("REST path through Envoy never became ready:\n" + self.log_text("envoy")[-3000:])
 
+    # --- API keys (through the operator's CLI) ----------------------------
+    def api_keys_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `python -m task_service.api_keys ARGS` against this stack's database."""
+        return subprocess.run(
+            [sys.executable, "-m", "task_service.api_keys", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def create_api_key(self, user_id: str, role: str = "user", name: str = "", rate_limit: int | None = None) -> str:
+        """A new API key for `user_id`, as the CLI prints it."""
+        args = ["create", "--user-id", user_id, "--role", role, "--name", name]
+        if rate_limit is not None:
+            args += ["--rate-limit", str(rate_limit)]
+        created = self.api_keys_cli(*args)
+        if created.returncode != 0:
+            raise RuntimeError(f"api_keys create failed: {created.stderr}")
+        return created.stdout.strip()
+
     # --- clients ---------------------------------------------------------
-    def rest(self) -> httpx.Client:
-        """An HTTP client on Envoy's REST port."""
-        return httpx.Client(base_url=f"http://127.0.0.1:{self.ports.envoy}", timeout=30, trust_env=False)
+    def rest(self, api_key: str | None = None) -> httpx.Client:
+        """An HTTP client on Envoy's REST port sending `api_key` (default: the admin key; "" sends none)."""
+        key = self.admin_key if api_key is None else api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.ports.envoy}", headers=headers, timeout=30, trust_env=False
+        )
 
     def grpc_channel(self, via_envoy: bool = True) -> grpc.Channel:
-        """A gRPC channel to the task service, through Envoy by default."""
+        """A gRPC channel to the task service, through Envoy by default (no API key: health, reflection)."""
         port = self.ports.envoy if via_envoy else self.ports.task_service
         return grpc.insecure_channel(f"127.0.0.1:{port}")
 
-    def task_stub(self, via_envoy: bool = True) -> task_service_pb2_grpc.TaskServiceStub:
-        """A TaskService stub."""
-        return task_service_pb2_grpc.TaskServiceStub(self.grpc_channel(via_envoy))
+    def task_stub(self, via_envoy: bool = True, api_key: str | None = None) -> task_service_pb2_grpc.TaskServiceStub:
+        """A TaskService stub sending `api_key` (default: the admin key; "" sends none)."""
+        key = self.admin_key if api_key is None else api_key
+        channel = self.grpc_channel(via_envoy)
+        if key:
+            channel = grpc.intercept_channel(channel, _Metadata((("authorization", f"Bearer {key}"),)))
+        return task_service_pb2_grpc.TaskServiceStub(channel)
 
     def sim(self) -> SimulatorControl:
         """The upstream simulator's admin API."""
@@ -188,6 +248,45 @@ class LocalStack:
     def tasks(self):  # noqa: ANN201 - pymongo's Collection type is generic noise here
         """The `tasks` collection."""
         return self.mongo()["aitask"]["tasks"]
+
+
+class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds fixed metadata (the API key) to every call of a channel."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def _with_metadata(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), *self.metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_metadata(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_metadata(details), request)
+
+
+def _wait_for_group_exit(group: int, timeout: float = 10.0) -> None:
+    """Wait until no live process of the group is left (a stopped pool's workers exit a moment later)."""
+    deadline = time.monotonic() + timeout
+    while _live_group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _live_group_members(group):
+        os.killpg(group, signal.SIGKILL)
+
+
+def _live_group_members(group: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # fields[0] is the state (Z: a zombie, already dead), fields[2] the process group.
+            if int(fields[2]) == group and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
 
 
 def _accepts(port: int) -> bool:

@@ -86,7 +86,9 @@ def test_metrics_move_as_tasks_run(stack: LocalStack, rest: httpx.Client, user_i
     finished_before = metric(
         stack.ports.metrics_dispatcher, "aitask_tasks_finished_total", status="completed", **labels
     )
-    rpcs_before = metric(stack.ports.metrics_task_service, "aitask_grpc_requests_total", method="CreateImageTask")
+    rpcs_before = metric(
+        stack.ports.metrics_task_service, "aitask_grpc_requests_total", method="CreateImageTask", code="OK"
+    )
     task_id = rest.post("/api/v1/ai/image/task", json={"prompt": "counted", "user_id": user_id, **SEEDREAM}).json()
     wait_for_status(rest, task_id["data"]["task_id"], {"completed"})
 

@@ -33,7 +33,7 @@ def run(command: str, stack: LocalStack, task_id: str = "") -> dict:
         capture_output=True,
         text=True,
         timeout=30,
-        env={"PATH": "/usr/bin:/bin", "TASK_ID": task_id, "NO_PROXY": "127.0.0.1"},
+        env={"PATH": "/usr/bin:/bin", "TASK_ID": task_id, "NO_PROXY": "127.0.0.1", "AITASK_API_KEY": stack.admin_key},
         check=True,
     )
     return json.loads(finished.stdout)

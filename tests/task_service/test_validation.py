@@ -9,7 +9,7 @@ import pytest
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.provider import load_catalogue
 from aitask_common.tasks import TaskType
-from task_service.validation import InvalidRequest, validate_create
+from task_service.validation import InvalidRequest, is_task_id, validate_create
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGUES = {
@@ -39,6 +39,9 @@ def test_prompt_is_trimmed_and_seed_kept() -> None:
     [
         (image(seed=-2), TaskType.IMAGE, "seed"),
         (image(user_id="bad user"), TaskType.IMAGE, "user_id"),
+        (image(user_id="u1\n"), TaskType.IMAGE, "user_id"),
+        (image(prompt="a\x00cat"), TaskType.IMAGE, "prompt"),
+        (image(prompt="a\x1b[31mcat"), TaskType.IMAGE, "prompt"),
         (image(model="jimeng_vgfm_t2v_l20"), TaskType.IMAGE, "model"),
         (
             pb.CreateVideoTaskRequest(
@@ -78,3 +81,24 @@ def test_text_options_are_kept_only_when_set() -> None:
     request = pb.CreateTextTaskRequest(prompt="hi", user_id="u", provider="openai", model="gpt-4", temperature=0.0)
     valid = validate_create(TaskType.TEXT, request, CATALOGUES, 4000)
     assert valid.parameters == {"priority": "default", "temperature": 0.0}
+
+
+def test_prompts_keep_tabs_and_newlines() -> None:
+    assert validate_create(TaskType.IMAGE, image(prompt="a cat\n\tin a hat\r\n"), CATALOGUES, 4000).prompt == (
+        "a cat\n\tin a hat"
+    )
+
+
+@pytest.mark.parametrize(
+    ("task_id", "expected"),
+    [
+        ("01ARZ3NDEKTSV4RRFFQ69G5FAV", True),
+        ("01arz3ndektsv4rrffq69g5fav", False),
+        ("01ARZ3NDEKTSV4RRFFQ69G5FA", False),
+        ("01ARZ3NDEKTSV4RRFFQ69G5FAV\n", False),
+        ("01ARZ3NDEKTSV4RRFFQ69G5FAI", False),
+        ("\x00", False),
+    ],
+)
+def test_task_id_shape(task_id: str, expected: bool) -> None:
+    assert is_task_id(task_id) is expected

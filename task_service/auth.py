@@ -1,0 +1,181 @@
+"""Who is calling: API-key authentication and the guard around every TaskService method.
+
+Clients send `Authorization: Bearer ak_<key id>_<secret>` (an HTTP header over
+REST, the same metadata over gRPC). The guard authenticates each call, applies
+the key's request rate, and makes the caller's `Principal` current for the
+servicer (a contextvar: each RPC runs in its own asyncio task). Only
+TaskService methods are guarded: health checks and reflection stay open for
+probes. Verified keys are cached for API_KEY_CACHE_SECONDS, so a revoked key
+keeps working for at most that long.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
+from structlog.contextvars import bound_contextvars
+
+from aitask_common.logging import get_logger
+from task_service.api_keys import ApiKey, ApiKeyStore, Role, split_key
+from task_service.limits import RateLimiter
+
+log = get_logger(__name__)
+
+# Bounds the cache however many distinct (possibly made-up) key ids clients send.
+MAX_CACHED_KEYS = 10_000
+
+RpcMethod = Callable[[Any, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of one RPC: the key it used, the user it belongs to, and its role."""
+
+    key_id: str
+    user_id: str
+    role: Role
+    # Requests per rate-limit window; None means the service's default, 0 no limit.
+    rate_limit: int | None
+
+    def may_act_for(self, user_id: str) -> bool:
+        """A user key acts only for its own user; an admin key for anyone."""
+        return self.role is Role.ADMIN or user_id == self.user_id
+
+
+# With authentication off (ENVIRONMENT=development) every caller is this.
+UNAUTHENTICATED_ADMIN = Principal(key_id="", user_id="", role=Role.ADMIN, rate_limit=0)
+
+_CURRENT_PRINCIPAL: ContextVar[Principal] = ContextVar("principal")
+
+
+def current_principal() -> Principal:
+    """The caller of the RPC being served (set by the guard)."""
+    return _CURRENT_PRINCIPAL.get()
+
+
+def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    """The first value of invocation metadata `name` (lowercase), or None."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else None
+    return None
+
+
+class AuthenticationFailed(Exception):
+    """The call carries no usable API key; the message says why (safe to show the caller)."""
+
+
+class KeyVerifier:
+    """Checks presented keys against the stored hashes, remembering each key id's record for a short TTL.
+
+    Unknown key ids are remembered too, so made-up keys cannot make every request a MongoDB lookup.
+    """
+
+    def __init__(self, store: ApiKeyStore, ttl_seconds: float) -> None:
+        self.store = store
+        self.ttl_seconds = ttl_seconds
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    async def verify(self, authorization: str | None) -> Principal:
+        """The principal of an `authorization` value; AuthenticationFailed when it is missing or not valid."""
+        if not authorization:
+            raise AuthenticationFailed("missing API key: send it as 'Authorization: Bearer' followed by the key")
+        scheme, _, token = authorization.strip().partition(" ")
+        parts = split_key(token.strip()) if scheme.lower() == "bearer" else None
+        if parts is None:
+            raise AuthenticationFailed("invalid API key")
+        key_id, secret = parts
+        record = await self._record(key_id)
+        if record is None or not record.matches(secret):
+            raise AuthenticationFailed("invalid API key")
+        if record.revoked is not None:
+            raise AuthenticationFailed("API key revoked")
+        return Principal(record.key_id, record.user_id, record.role, record.rate_limit)
+
+    async def _record(self, key_id: str) -> ApiKey | None:
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await self.store.get(key_id)
+        self._cache.pop(key_id, None)
+        if len(self._cache) >= MAX_CACHED_KEYS:
+            del self._cache[next(iter(self._cache))]  # the oldest entry: dicts keep insertion order
+        self._cache[key_id] = (now + self.ttl_seconds, record)
+        return record
+
+
+class Guard:
+    """Admits calls to TaskService methods: authentication (when on), then the per-key rate limit."""
+
+    def __init__(self, verifier: KeyVerifier | None, rate_limiter: RateLimiter) -> None:
+        self.verifier = verifier
+        self.rate_limiter = rate_limiter
+
+    def wrap(self, method: RpcMethod) -> RpcMethod:
+        """`method`, run only for admitted callers, with their principal current."""
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            principal = await self._admit(context)
+            token = _CURRENT_PRINCIPAL.set(principal)
+            try:
+                # Every log line of the call names the key (none when authentication is off).
+                with bound_contextvars(**({"key_id": principal.key_id} if principal.key_id else {})):
+                    return await method(request, context)
+            finally:
+                _CURRENT_PRINCIPAL.reset(token)
+
+        return guarded
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> Principal:
+        principal = await self._authenticate(context)
+        try:
+            retry_after = await self.rate_limiter.retry_after(principal.key_id, principal.rate_limit)
+        except RedisError as error:
+            # Fail open: reads must keep working while Redis is down (MongoDB is the source of truth).
+            log.warning("rate limit unavailable; request admitted", error=str(error))
+            retry_after = None
+        if retry_after is not None:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit exceeded: retry after {retry_after} s",
+                trailing_metadata=(("retry-after", str(retry_after)),),
+            )
+        return principal
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        if self.verifier is None:
+            return UNAUTHENTICATED_ADMIN
+        try:
+            principal = await self.verifier.verify(metadata_value(context, "authorization"))
+        except AuthenticationFailed as error:
+            # Envoy passes trailers-only metadata on as HTTP headers: a 401 names its scheme (RFC 9110).
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, str(error), trailing_metadata=(("www-authenticate", "Bearer"),)
+            )
+        except PyMongoError as error:
+            log.error("api key store unavailable", error=str(error))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "authentication unavailable, retry later")
+        return principal
+
+
+class GuardedServicer:
+    """Stands in for a servicer at registration, so every one of its methods goes through the guard.
+
+    (The shared GrpcServer builds its grpc.aio server with a fixed interceptor list; wrapping the
+    handlers here guards TaskService alone and leaves health and reflection open.)
+    """
+
+    def __init__(self, servicer: object, guard: Guard) -> None:
+        self._servicer = servicer
+        self._guard = guard
+
+    def __getattr__(self, name: str) -> RpcMethod:
+        return self._guard.wrap(getattr(self._servicer, name))
