@@ -190,6 +190,8 @@ def services(ports: Ports, workers: int = 4) -> list[Process]:
             "dispatcher",
             [python, "-m", "dispatcher_service"],
             {"WORKER_CONCURRENCY": str(workers), "METRICS_PORT": str(ports.metrics_dispatcher)},
+            # No gRPC port: its metrics endpoint is what answers once it is up.
+            port=ports.metrics_dispatcher,
         ),
     ]
 

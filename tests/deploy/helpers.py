@@ -120,9 +120,10 @@ def local_image_environment(stage: Stage, environment: dict[str, str], scratch: 
     """The stage's ENV with its WORKDIR mapped onto this checkout and /tmp onto `scratch`."""
     result = {}
     for name, value in stage.env.items():
+        # /tmp first: the checkout itself may live under /tmp.
+        value = re.sub(r"(?<![\w/])/tmp(?=/|$|:)", str(scratch), value)
         value = value.replace("$PATH", environment.get("PATH", ""))
-        value = re.sub(rf"(?<![\w/]){re.escape(stage.workdir)}(?=/|$|:)", str(ROOT), value)
-        result[name] = value.replace("/tmp", str(scratch))
+        result[name] = re.sub(rf"(?<![\w/]){re.escape(stage.workdir)}(?=/|$|:)", str(ROOT), value)
     return result
 
 

