@@ -51,3 +51,4 @@ lint: install ## ruff and mypy
 
 include deploy/deploy.mk
 include dispatcher_service/queue_admin.mk
+include bench/bench.mk

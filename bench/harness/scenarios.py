@@ -1,0 +1,754 @@
+"""The scenarios of `make bench`; bench/README.md says what each one measures.
+
+Scenarios run in four groups, each on a fresh stack (BenchStack):
+  api      floor, create_rest, create_grpc, get_rest   (dispatcher stopped while load runs)
+  e2e      e2e_image, e2e_image_slow_upstream          (10 workers)
+  video    video_in_flight                             (10 workers, 60 s videos)
+  scaling  scaling                                     (1, 2, 4, 8, 16 workers)
+Before every measured load the task collection and the queues are emptied, so each
+measurement starts from the same state, and a warm-up run goes first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rq.registry import FinishedJobRegistry
+from rq.serializers import JSONSerializer
+
+from aitask_common.queues import QUEUE_ORDER, RESULT_TTL_SECONDS, WATCH_KEY, queue
+from aitask_common.tasks import TaskStatus, inflight_key
+from bench.harness import load
+from bench.harness.load import LoadResult
+from bench.harness.profiling import Profiler
+from bench.harness.stack import BenchStack
+from devstack.processes import ROOT
+
+SCENARIOS = (
+    "create_rest",
+    "create_grpc",
+    "floor",
+    "get_rest",
+    "e2e_image",
+    "e2e_image_slow_upstream",
+    "video_in_flight",
+    "scaling",
+)
+GROUPS = {
+    "api": ("floor", "create_rest", "create_grpc", "get_rest"),
+    "e2e": ("e2e_image", "e2e_image_slow_upstream"),
+    "video": ("video_in_flight",),
+    "scaling": ("scaling",),
+}
+
+FLOOR_PROCESSES = 4
+E2E_WORKERS = 10
+SLOW_LATENCY_S = 3.0
+SCALING_WORKERS = (1, 2, 4, 8, 16)
+# Creates are spread over this many users, each far below the per-user cap on tasks in flight;
+# a scenario's tasks are told apart by their prompt.
+USERS = 10_000
+USER_PREFIX = "bench-u"
+GHZ_USER = USER_PREFIX + "{{randomInt 1 " + str(USERS) + "}}"  # ghz template function
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations of a run; `Plan.quick()` is a smoke test whose numbers mean nothing."""
+
+    concurrency: int = 1000
+    load_seconds: float = 30
+    warmup_seconds: float = 5
+    paced_seconds: float = 15
+    read_tasks: int = 1000
+    e2e_tasks: int = 3000
+    slow_tasks: int = 120
+    video_tasks: int = 5000
+    video_seconds: float = 60
+    video_patience_s: float = 240
+    scaling_window_s: float = 12
+    scaling_backlog: int = 8000
+    profile_seconds: float = 15
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            concurrency=100,
+            load_seconds=5,
+            warmup_seconds=2,
+            paced_seconds=3,
+            read_tasks=100,
+            e2e_tasks=200,
+            slow_tasks=20,
+            video_tasks=100,
+            video_seconds=10,
+            video_patience_s=60,
+            scaling_window_s=3,
+            scaling_backlog=1000,
+            profile_seconds=5,
+        )
+
+
+IMAGE = {"provider": "volcengine", "model": "doubao-seedream-3-0-t2i-250415", "size": "1024x1024"}
+VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20", "aspect_ratio": "16:9"}
+
+
+def prompt(scenario: str) -> str:
+    """The prompt of a scenario's tasks: how its tasks are found again."""
+    return f"{scenario}: a lighthouse at dawn, watercolour"
+
+
+@dataclass
+class Bench:
+    """One `make bench` run: tools, options and the results gathered so far."""
+
+    wrk_path: str
+    ghz_path: str
+    plan: Plan = field(default_factory=Plan)
+    profile_dir: Path | None = None
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profiles: dict[str, str] = field(default_factory=dict)
+
+
+# --- small helpers --------------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    """(p50, p95, p99), nearest rank."""
+    if not values:
+        return 0.0, 0.0, 0.0
+    ordered = sorted(values)
+
+    def rank(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, int(round(fraction * len(ordered))) - 1))]
+
+    return rank(0.50), rank(0.95), rank(0.99)
+
+
+def watcher(stack: BenchStack) -> load.Watch:
+    """Registers a load tool's pid with the stack's monitor while it runs."""
+
+    def watch(name: str, pid: int | None) -> None:
+        if pid is None:
+            stack.load_pids.pop(name, None)
+        else:
+            stack.load_pids[name] = pid
+
+    return watch
+
+
+def reset_data(stack: BenchStack) -> None:
+    """Empty the tasks collection, the queues and the per-user in-flight sets.
+
+    The collection is dropped and re-created with the indexes it had (those the task service made
+    at start-up): much faster than deleting every document, and the next scenario inserts into
+    the same index set as a fresh stack does.
+    """
+    tasks = stack.local.tasks()
+    indexes = [spec for name, spec in tasks.index_information().items() if name != "_id_"]
+    tasks.drop()
+    for spec in indexes:
+        options = {key: spec[key] for key in ("unique", "sparse") if key in spec}
+        tasks.create_index(spec["key"], **options)
+    with stack.redis() as redis:
+        for name in QUEUE_ORDER:
+            queue(redis, name).empty()
+        redis.delete(WATCH_KEY, *redis.scan_iter(inflight_key("*"), count=1000))
+
+
+def window(stack: BenchStack) -> Callable[[], dict[str, Any]]:
+    """Start measuring peak RSS, CPU and logged warnings; the returned function closes the window and returns them."""
+    stack.monitor.reset_peaks()
+    stack.monitor.mark_cpu()
+    load_before = os.getloadavg()[0]
+    log_offsets = stack.log_offsets()
+    envoy_before = stack.envoy_counters()
+
+    def close() -> dict[str, Any]:
+        cpu = stack.monitor.cpu_seconds()
+        top, peaks = stack.max_stack_rss()
+        return {
+            "max_rss_mib": top,
+            "rss_mib": peaks,
+            "cpu_s": cpu,
+            "loadavg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+            "log_events": stack.log_events(log_offsets),
+            "envoy": {
+                name.rsplit(".", 1)[-1]: value - envoy_before.get(name, 0)
+                for name, value in stack.envoy_counters().items()
+                if value != envoy_before.get(name, 0)
+            },
+        }
+
+    return close
+
+
+def count(stack: BenchStack, tag: str, status: TaskStatus) -> int:
+    return stack.local.tasks().count_documents({"prompt": tag, "status": status.value})
+
+
+def wait_final(
+    stack: BenchStack, tag: str, expected: int, timeout: float, interval: float = 0.5, progress: bool = False
+) -> int:
+    """Wait until `expected` tasks with prompt `tag` are completed or failed (or the timeout); return how many."""
+    deadline = time.monotonic() + timeout
+    last_report = time.monotonic()
+    while True:
+        final = count(stack, tag, TaskStatus.COMPLETED) + count(stack, tag, TaskStatus.FAILED)
+        if final >= expected or time.monotonic() > deadline:
+            return final
+        if progress and time.monotonic() - last_report > 15:
+            say(f"    {final}/{expected} final")
+            last_report = time.monotonic()
+        time.sleep(interval)
+
+
+def create_tasks(
+    bench: Bench, stack: BenchStack, method: str, body: dict[str, Any], tag: str, total: int, concurrency: int = 100
+) -> LoadResult:
+    """Create `total` tasks with prompt `tag` through Envoy with ghz (set-up or the create phase of e2e)."""
+    return load.ghz(
+        bench.ghz_path,
+        watcher(stack),
+        f"127.0.0.1:{stack.ports.envoy}",
+        method,
+        body | {"prompt": tag, "user_id": GHZ_USER},
+        concurrency=concurrency,
+        connections=max(1, concurrency // 10),
+        total=total,
+    )
+
+
+def create_args(scenario: str) -> list[str]:
+    """create.lua's arguments: the prompt, and the users to spread the creates over."""
+    return [prompt(scenario), USER_PREFIX, str(USERS)]
+
+
+def run_floor(
+    stack: BenchStack, plan: Plan, operation: str, duration: float, ids_file: Path | None = None
+) -> LoadResult:
+    """The floor driver (bench/harness/floor.py): FLOOR_PROCESSES processes sharing plan.concurrency threads."""
+    watch = watcher(stack)
+    threads = plan.concurrency // FLOOR_PROCESSES
+    start_at = time.time() + 3.0  # after every process has imported and connected
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.harness.floor",
+        operation,
+        "--mongo-url",
+        stack.local.env["MONGO_URL"],
+        "--redis-url",
+        stack.local.env["REDIS_URL"],
+        "--threads",
+        str(threads),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(plan.warmup_seconds),
+        "--start-at",
+        str(start_at),
+    ]
+    if ids_file is not None:
+        argv += ["--ids-file", str(ids_file)]
+    processes = [
+        subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(FLOOR_PROCESSES)
+    ]
+    for index, process in enumerate(processes):
+        watch(f"floor-{index}", process.pid)
+    operations, errors, latencies = 0, 0, []
+    cpu_before = load.children_cpu_seconds()
+    for index, process in enumerate(processes):
+        stdout, stderr = process.communicate(timeout=duration + plan.warmup_seconds + 120)
+        watch(f"floor-{index}", None)
+        line = next((line for line in stdout.splitlines() if line.startswith("FLOOR_JSON ")), None)
+        if process.returncode != 0 or line is None:
+            raise RuntimeError(f"floor driver failed ({process.returncode}): {stderr[-2000:]}")
+        data = json.loads(line.removeprefix("FLOOR_JSON "))
+        operations += data["operations"]
+        errors += data["errors"]
+        latencies += data["latencies_ms"]
+    p50, p95, p99 = percentiles(latencies)
+    return LoadResult(
+        operations + errors,
+        errors,
+        duration,
+        p50,
+        p95,
+        p99,
+        {
+            "tool": "bench.harness.floor",
+            "processes": FLOOR_PROCESSES,
+            "threads_per_process": threads,
+            "tool_cpu_s": round(load.children_cpu_seconds() - cpu_before, 1),
+        },
+    )
+
+
+def run_rq_floor(stack: BenchStack, workers: int) -> dict[str, Any]:
+    """RQ's own throughput with `workers` SimpleWorkers running no-op jobs (bench/harness/rqfloor.py)."""
+    jobs = min(3000, 600 * workers)
+    argv = [sys.executable, "-m", "bench.harness.rqfloor", stack.local.env["REDIS_URL"], str(workers), str(jobs)]
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher(stack)("rqfloor", process.pid)
+    stdout, stderr = process.communicate(timeout=300)
+    watcher(stack)("rqfloor", None)
+    line = next((line for line in stdout.splitlines() if line.startswith("RQFLOOR_JSON ")), None)
+    if process.returncode != 0 or line is None:
+        raise RuntimeError(f"rq floor failed ({process.returncode}): {stderr[-2000:]}")
+    return json.loads(line.removeprefix("RQFLOOR_JSON "))
+
+
+def profile_during(
+    bench: Bench,
+    stack: BenchStack,
+    scenario: str,
+    targets: list[tuple[str, bool, bool]],
+    drive: Callable[[], object],
+    delay: float = 3.0,
+) -> None:
+    """Run `drive()` (a load) while py-spy records each target: (process name, with subprocesses, GIL only)."""
+    if bench.profile_dir is None:
+        return
+    roots = stack.roots()
+    profilers: list[Profiler] = []
+
+    def start_profilers() -> None:
+        time.sleep(delay)
+        for name, subprocesses, gil in targets:
+            output = bench.profile_dir / f"{scenario}-{name}-{'cpu' if gil else 'wall'}.raw"
+            profilers.append(Profiler(roots[name], bench.plan.profile_seconds, output, subprocesses, gil))
+
+    say(f"    profiling {', '.join(sorted({name for name, _, _ in targets}))} under a second run of the load")
+    starter = threading.Thread(target=start_profilers)
+    starter.start()
+    drive()
+    starter.join()
+    for profiler in profilers:
+        bench.profiles[f"{scenario}/{profiler.output.stem}"] = profiler.wait()
+        say(f"    wrote {profiler.output.with_suffix('.txt')}")
+
+
+# --- api group: floor, create_rest, create_grpc, get_rest -------------------------------------
+
+
+def api_group(bench: Bench, selected: set[str]) -> None:
+    plan = bench.plan
+    with BenchStack("api", workers=4) as stack:
+        stack.stop_dispatcher()  # measure the create/read path alone; the queue just grows
+        watch = watcher(stack)
+        rest_url = f"http://127.0.0.1:{stack.ports.envoy}"
+        grpc_target = f"127.0.0.1:{stack.ports.envoy}"
+        floor = bench.results.setdefault("floor", {})
+
+        if selected & {"floor", "create_rest", "create_grpc"}:
+            say(
+                f"  floor: insert_one + RQ enqueue, {plan.concurrency} threads in {FLOOR_PROCESSES} processes, "
+                f"{plan.load_seconds} s"
+            )
+            reset_data(stack)
+            close = window(stack)
+            result = run_floor(stack, plan, "create", plan.load_seconds)
+            floor.update(result.summary() | {"detail": result.detail} | close())
+            say(f"    {_line(floor)}")
+
+        if "create_rest" in selected:
+            say(f"  create_rest: wrk POST /api/v1/ai/image/task, {plan.concurrency} connections, {plan.load_seconds} s")
+            reset_data(stack)
+            load.wrk(
+                bench.wrk_path,
+                watch,
+                rest_url,
+                "create.lua",
+                create_args("warmup"),
+                plan.concurrency,
+                plan.warmup_seconds,
+            )
+            close = window(stack)
+            result = load.wrk(
+                bench.wrk_path,
+                watch,
+                rest_url,
+                "create.lua",
+                create_args("create_rest"),
+                plan.concurrency,
+                plan.load_seconds,
+            )
+            entry = result.summary() | {"detail": result.detail} | close()
+            say(f"    {_line(entry)}")
+            paced = load.wrk(
+                bench.wrk_path,
+                watch,
+                rest_url,
+                "create.lua",
+                create_args("paced"),
+                plan.concurrency,
+                plan.paced_seconds,
+                rate=1000,
+            )
+            entry["paced_1000_per_s"] = paced.summary()
+            say(f"    paced at 1000/s: {_line(paced.summary())}")
+            bench.results["create_rest"] = entry
+            profile_during(
+                bench,
+                stack,
+                "create_rest",
+                [("task_service", False, True), ("task_service", False, False)],
+                lambda: load.wrk(
+                    bench.wrk_path,
+                    watch,
+                    rest_url,
+                    "create.lua",
+                    create_args("profile"),
+                    plan.concurrency,
+                    plan.profile_seconds + 5,
+                ),
+            )
+
+        if "create_grpc" in selected:
+            say(
+                f"  create_grpc: ghz CreateImageTask via Envoy, {plan.concurrency} concurrent on {plan.concurrency} "
+                f"connections, {plan.load_seconds} s"
+            )
+            reset_data(stack)
+            body = IMAGE | {"prompt": prompt("create_grpc"), "user_id": GHZ_USER}
+
+            def run_ghz(seconds: float) -> LoadResult:
+                return load.ghz(
+                    bench.ghz_path,
+                    watch,
+                    grpc_target,
+                    "CreateImageTask",
+                    body,
+                    plan.concurrency,
+                    plan.concurrency,
+                    duration_s=seconds,
+                )
+
+            run_ghz(plan.warmup_seconds)
+            close = window(stack)
+            result = run_ghz(plan.load_seconds)
+            entry = result.summary() | {"detail": result.detail} | close()
+            say(f"    {_line(entry)}")
+            bench.results["create_grpc"] = entry
+
+        if selected & {"floor", "get_rest"}:
+            say(f"  seeding {plan.read_tasks} completed image tasks for the read scenarios")
+            reset_data(stack)
+            ids_file = seed_completed(bench, stack, plan.read_tasks)
+            say(
+                f"  floor (read): find_one by _id, {plan.concurrency} threads in {FLOOR_PROCESSES} processes, "
+                f"{plan.load_seconds} s"
+            )
+            close = window(stack)
+            result = run_floor(stack, plan, "read", plan.load_seconds, ids_file)
+            floor["read"] = result.summary() | close()
+            say(f"    {_line(floor['read'])}")
+
+        if "get_rest" in selected:
+            say(
+                f"  get_rest: wrk GET /api/v1/ai/task/result/{{id}}, {plan.concurrency} connections, "
+                f"{plan.load_seconds} s"
+            )
+            args = [str(ids_file)]
+            load.wrk(bench.wrk_path, watch, rest_url, "get.lua", args, plan.concurrency, plan.warmup_seconds)
+            close = window(stack)
+            result = load.wrk(bench.wrk_path, watch, rest_url, "get.lua", args, plan.concurrency, plan.load_seconds)
+            entry = result.summary() | {"detail": result.detail} | close()
+            say(f"    {_line(entry)}")
+            paced = load.wrk(
+                bench.wrk_path, watch, rest_url, "get.lua", args, plan.concurrency, plan.paced_seconds, rate=2000
+            )
+            entry["paced_2000_per_s"] = paced.summary()
+            say(f"    paced at 2000/s: {_line(paced.summary())}")
+            bench.results["get_rest"] = entry
+            profile_during(
+                bench,
+                stack,
+                "get_rest",
+                [("task_service", False, True), ("task_service", False, False)],
+                lambda: load.wrk(
+                    bench.wrk_path, watch, rest_url, "get.lua", args, plan.concurrency, plan.profile_seconds + 5
+                ),
+            )
+
+        if not floor:
+            bench.results.pop("floor")
+
+
+def seed_completed(bench: Bench, stack: BenchStack, total: int) -> Path:
+    """Create `total` image tasks, let the workers complete them, and write their ids to a file."""
+    tag = prompt("get_rest")
+    created = create_tasks(bench, stack, "CreateImageTask", IMAGE, tag, total)
+    if created.errors:
+        raise RuntimeError(f"seeding: {created.errors} creates failed: {created.detail}")
+    stack.start_dispatcher(4)
+    final = wait_final(stack, tag, total, timeout=120)
+    stack.stop_dispatcher()
+    if final < total:
+        raise RuntimeError(f"seeding: only {final} of {total} tasks finished")
+    ids_file = stack.workdir / "task_ids.txt"
+    ids_file.write_text("\n".join(doc["_id"] for doc in stack.local.tasks().find({"prompt": tag}, {"_id": 1})))
+    return ids_file
+
+
+# --- e2e group ---------------------------------------------------------------------------------
+
+
+def e2e_group(bench: Bench, selected: set[str]) -> None:
+    plan = bench.plan
+    with BenchStack("e2e", workers=E2E_WORKERS) as stack:
+        say(f"  RQ floor: no-op jobs on {E2E_WORKERS} SimpleWorkers")
+        rq_floor = run_rq_floor(stack, E2E_WORKERS)
+        say(f"    {rq_floor['throughput_per_s']} jobs/s")
+
+        if "e2e_image" in selected:
+            say(f"  e2e_image: {plan.e2e_tasks} Seedream tasks created with ghz, {E2E_WORKERS} workers, latency 0")
+            reset_data(stack)
+            close = window(stack)
+            entry = run_e2e(bench, stack, prompt("e2e_image"), plan.e2e_tasks)
+            entry |= close() | {"floor": {"rq_noop_jobs": rq_floor}}
+            entry["ratio_to_floor"] = round(entry["throughput_per_s"] / rq_floor["throughput_per_s"], 3)
+            say(f"    {_line(entry)}")
+            bench.results["e2e_image"] = entry
+            profile_during(
+                bench,
+                stack,
+                "e2e_image",
+                [
+                    ("dispatcher", True, True),
+                    ("dispatcher", True, False),
+                    ("provider_volcengine", False, True),
+                    ("simulator", False, True),
+                ],
+                lambda: run_e2e(bench, stack, prompt("profile"), plan.e2e_tasks),
+                delay=2.0,
+            )
+
+        if "e2e_image_slow_upstream" in selected:
+            ideal = E2E_WORKERS / SLOW_LATENCY_S
+            say(
+                f"  e2e_image_slow_upstream: {plan.slow_tasks} tasks, simulator latency {SLOW_LATENCY_S:g} s, "
+                f"{E2E_WORKERS} workers (ideal {ideal:.2f}/s)"
+            )
+            reset_data(stack)
+            with stack.local.sim() as sim:
+                sim.set_faults("ark.images", latency_s=SLOW_LATENCY_S)
+                close = window(stack)
+                entry = run_e2e(bench, stack, prompt("e2e_image_slow_upstream"), plan.slow_tasks)
+                sim.clear_faults()
+            entry |= close() | {"floor": {"workers_over_latency_per_s": round(ideal, 3)}}
+            entry["ratio_to_floor"] = round(entry["throughput_per_s"] / ideal, 3)
+            say(f"    {_line(entry)}")
+            bench.results["e2e_image_slow_upstream"] = entry
+
+
+def run_e2e(bench: Bench, stack: BenchStack, tag: str, total: int) -> dict[str, Any]:
+    """Create `total` image tasks at once, wait for all to finish; throughput and latency from create to completed."""
+    started = time.monotonic()
+    created = create_tasks(bench, stack, "CreateImageTask", IMAGE, tag, total)
+    accepted = total - created.errors
+    final = wait_final(stack, tag, accepted, timeout=60 + total / 20)
+    wall = time.monotonic() - started
+    documents = list(stack.local.tasks().find({"prompt": tag}, {"status": 1, "created": 1, "updated": 1}))
+    completed = [doc for doc in documents if doc["status"] == TaskStatus.COMPLETED.value]
+    span = (
+        (max(doc["updated"] for doc in completed) - min(doc["created"] for doc in documents)).total_seconds()
+        if completed
+        else wall
+    )
+    latencies = [(doc["updated"] - doc["created"]).total_seconds() * 1000 for doc in completed]
+    p50, p95, p99 = percentiles(latencies)
+    return {
+        "throughput_per_s": round(len(completed) / span, 1) if span else 0.0,
+        "p50_ms": round(p50, 1),
+        "p95_ms": round(p95, 1),
+        "p99_ms": round(p99, 1),
+        "errors": total - len(completed),
+        "tasks": total,
+        "completed": len(completed),
+        "unfinished": accepted - final,
+        "create_errors": created.errors,
+        "span_s": round(span, 2),
+        "wall_s": round(wall, 2),
+        "create_throughput_per_s": round(created.throughput_per_s, 1),
+    }
+
+
+# --- video group ---------------------------------------------------------------------------------
+
+
+def video_group(bench: Bench, selected: set[str]) -> None:
+    plan = bench.plan
+    tag = prompt("video_in_flight")
+    env = {"SIMULATOR_VIDEO_SECONDS": str(plan.video_seconds)}
+    say(
+        f"  video_in_flight: {plan.video_tasks} videos of {plan.video_seconds:g} s, {E2E_WORKERS} workers, "
+        f"patience {plan.video_seconds + plan.video_patience_s:g} s after the last create"
+    )
+    with BenchStack("video", workers=E2E_WORKERS, env=env) as stack:
+        close = window(stack)
+        started = time.monotonic()
+        created = create_tasks(bench, stack, "CreateVideoTask", VIDEO, tag, plan.video_tasks)
+        say(f"    created in {time.monotonic() - started:.1f} s ({created.errors} errors)")
+        accepted = plan.video_tasks - created.errors
+        final = wait_final(
+            stack, tag, accepted, timeout=plan.video_seconds + plan.video_patience_s, interval=5, progress=True
+        )
+        wall = time.monotonic() - started
+        with stack.local.sim() as sim:
+            stats = sim.stats()
+        documents = list(
+            stack.local.tasks().find({"prompt": tag}, {"status": 1, "created": 1, "updated": 1, "submitted": 1})
+        )
+        resources = close()
+    completed = [doc for doc in documents if doc["status"] == TaskStatus.COMPLETED.value]
+    lateness = [
+        ((doc["updated"] - doc["submitted"]).total_seconds() - plan.video_seconds) * 1000
+        for doc in completed
+        if doc.get("submitted")
+    ]
+    submit_delays = [(doc["submitted"] - doc["created"]).total_seconds() for doc in documents if doc.get("submitted")]
+    p50, p95, p99 = percentiles(lateness)
+    span = (
+        (max(doc["updated"] for doc in completed) - min(doc["created"] for doc in documents)).total_seconds()
+        if completed
+        else wall
+    )
+    within = sum(1 for value in lateness if value <= 5000)
+    entry = {
+        "throughput_per_s": round(len(completed) / span, 1) if span else 0.0,
+        "p50_ms": round(p50, 1),
+        "p95_ms": round(p95, 1),
+        "p99_ms": round(p99, 1),
+        "errors": plan.video_tasks - len(completed),
+        "latency_measures": "lateness: completed time minus upstream finish (submitted + video seconds)",
+        "tasks": plan.video_tasks,
+        "completed": len(completed),
+        "unfinished": accepted - final,
+        "max_lateness_s": round(max(lateness) / 1000, 1) if lateness else None,
+        "completed_within_5s": within,
+        "max_submit_delay_s": round(max(submit_delays), 1) if submit_delays else None,
+        "upstream_submits": stats.get("visual.CVSync2AsyncSubmitTask", {}).get("ok"),
+        "upstream_polls": stats.get("visual.CVSync2AsyncGetResult", {}).get("requests"),
+        "span_s": round(span, 1),
+        "wall_s": round(wall, 1),
+    } | resources
+    say(
+        f"    {_line(entry)}; {within}/{plan.video_tasks} within 5 s of the upstream; "
+        f"max RSS {resources['max_rss_mib']} MiB"
+    )
+    bench.results["video_in_flight"] = entry
+
+
+# --- scaling group -------------------------------------------------------------------------------
+
+
+def scaling_group(bench: Bench, selected: set[str]) -> None:
+    plan = bench.plan
+    tag = prompt("scaling")
+    say(
+        f"  scaling: drain a backlog of Seedream tasks with {', '.join(map(str, SCALING_WORKERS))} workers, "
+        f"{plan.scaling_window_s:g} s each"
+    )
+    with BenchStack("scaling", workers=1) as stack:
+        stack.stop_dispatcher()
+        close = window(stack)
+        create_tasks(bench, stack, "CreateImageTask", IMAGE, tag, plan.scaling_backlog, concurrency=200)
+        curve = []
+        previous_rate = 50.0
+        for workers in SCALING_WORKERS:
+            rq_floor = run_rq_floor(stack, workers)
+            pending = count(stack, tag, TaskStatus.PENDING)
+            needed = int(previous_rate * 3 * (plan.scaling_window_s + 5))
+            if pending < needed:
+                create_tasks(bench, stack, "CreateImageTask", IMAGE, tag, needed, concurrency=200)
+            stack.start_dispatcher(workers)
+            time.sleep(2.0)  # workers past their first jobs (connections opened)
+            before, began, began_wall = count(stack, tag, TaskStatus.COMPLETED), time.monotonic(), time.time()
+            time.sleep(plan.scaling_window_s)
+            after, ended, ended_wall = count(stack, tag, TaskStatus.COMPLETED), time.monotonic(), time.time()
+            stack.stop_dispatcher()
+            rate = (after - before) / (ended - began)
+            previous_rate = max(rate, 1.0)
+            job_ms = job_durations(stack, began_wall, ended_wall)
+            p50, p95, p99 = percentiles(job_ms)
+            point = {
+                "workers": workers,
+                "throughput_per_s": round(rate, 1),
+                "p50_ms": round(p50, 1),
+                "p95_ms": round(p95, 1),
+                "p99_ms": round(p99, 1),
+                "jobs_timed": len(job_ms),
+                "floor_per_s": rq_floor["throughput_per_s"],
+                "ratio_to_floor": round(rate / rq_floor["throughput_per_s"], 3),
+            }
+            curve.append(point)
+            say(
+                f"    {workers:>2} workers: {rate:7.1f} tasks/s  (RQ no-op floor {rq_floor['throughput_per_s']}/s, "
+                f"job p50 {p50:.0f} ms, p99 {p99:.0f} ms)"
+            )
+        failed = count(stack, tag, TaskStatus.FAILED)
+        resources = close()
+    best = max(curve, key=lambda point: point["throughput_per_s"])
+    base = curve[0]["throughput_per_s"] or 1.0
+    for point in curve:
+        point["speedup"] = round(point["throughput_per_s"] / base, 2)
+    bench.results["scaling"] = {
+        "throughput_per_s": best["throughput_per_s"],
+        "p50_ms": best["p50_ms"],
+        "p95_ms": best["p95_ms"],
+        "p99_ms": best["p99_ms"],
+        "errors": failed,
+        "best_workers": best["workers"],
+        "ratio_to_floor": best["ratio_to_floor"],
+        "latency_measures": "per-job execution time in the worker (RQ started_at to ended_at)",
+        "curve": curve,
+    } | resources
+
+
+def job_durations(stack: BenchStack, began: float, ended: float) -> list[float]:
+    """Execution times (ms) of the dispatcher's jobs that finished between two wall-clock times."""
+    with stack.redis() as redis:
+        key = FinishedJobRegistry("default", connection=redis, serializer=JSONSerializer).key
+        # A finished job's score is its end time plus its result TTL.
+        ids = redis.zrangebyscore(key, began + RESULT_TTL_SECONDS, ended + RESULT_TTL_SECONDS)
+        with redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(b"rq:job:" + job_id, "started_at", "ended_at")
+            rows = pipe.execute()
+    durations = []
+    for started, finished in rows:
+        if started and finished:
+            delta = _rq_time(finished) - _rq_time(started)
+            durations.append(delta.total_seconds() * 1000)
+    return durations
+
+
+def _rq_time(raw: bytes) -> datetime:
+    return datetime.strptime(raw.decode(), "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _line(entry: dict[str, Any]) -> str:
+    return (
+        f"{entry['throughput_per_s']:8.1f}/s  p50 {entry['p50_ms']:7.1f} ms  p95 {entry['p95_ms']:7.1f} ms  "
+        f"p99 {entry['p99_ms']:7.1f} ms  errors {entry['errors']}"
+    )
+
+
+GROUP_RUNNERS = {"api": api_group, "e2e": e2e_group, "video": video_group, "scaling": scaling_group}
