@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from pymongo import AsyncMongoClient
 from redis import Redis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -71,12 +72,17 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
     # The limits run on every request: an asyncio client, not a thread hop per call like the RQ client.
     # Retried on broken connections (after a Redis restart the pooled ones are dead until used once), not on
     # timeouts: a hung Redis costs a request one REDIS_SOCKET_TIMEOUT, as everywhere else.
-    limits_redis = AsyncRedis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_socket_timeout,
-        retry=Retry(
-            ExponentialBackoff(cap=0.5, base=0.05), LIMITS_REDIS_RETRIES, supported_errors=(RedisConnectionError,)
-        ),
+    limits_redis = AsyncRedis(
+        # Under a burst, wait for a pooled connection instead of failing with "Too many connections".
+        connection_pool=BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=200,
+            timeout=settings.redis_socket_timeout,
+            socket_timeout=settings.redis_socket_timeout,
+            retry=Retry(
+                ExponentialBackoff(cap=0.5, base=0.05), LIMITS_REDIS_RETRIES, supported_errors=(RedisConnectionError,)
+            ),
+        )
     )
     inflight = InflightTasks(limits_redis, settings.max_inflight_tasks_per_user)
     servicer = TaskServicer(settings, store, redis, catalogues, inflight)

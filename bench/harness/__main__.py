@@ -11,6 +11,7 @@ import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.harness import report
 from bench.harness.scenarios import GROUP_RUNNERS, GROUPS, SCENARIOS, Bench, Plan, say
@@ -44,7 +45,7 @@ def main() -> None:
     bench = Bench(wrk_path, ghz_path, Plan.quick() if args.quick else Plan(), profile_dir)
 
     started = time.monotonic()
-    meta = {
+    meta: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": report.machine(),
         "revision": report.revision(),

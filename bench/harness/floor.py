@@ -52,7 +52,9 @@ def task_document(user_id: str, prompt: str) -> dict[str, Any]:
 
 def drive(args: argparse.Namespace) -> dict[str, Any]:
     """Run `args.threads` threads of the chosen operation until the deadline; return counts and latencies."""
-    mongo = MongoClient(args.mongo_url, tz_aware=True, maxPoolSize=args.threads, appname="bench-floor")
+    mongo: MongoClient[dict[str, Any]] = MongoClient(
+        args.mongo_url, tz_aware=True, maxPoolSize=args.threads, appname="bench-floor"
+    )
     tasks = mongo[DATABASE][COLLECTION]
     redis = Redis(connection_pool=ConnectionPool.from_url(args.redis_url, max_connections=args.threads))
     ids = [line.strip() for line in open(args.ids_file)] if args.ids_file else []  # noqa: SIM115

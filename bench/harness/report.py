@@ -83,7 +83,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         if "error" in entry:
             rows.append(f"{name:<26}FAILED: {entry['error'][:100]}")
             continue
-        rows.append(row(name, entry))
+        if "throughput_per_s" in entry:
+            rows.append(row(name, entry))
         if name == "floor" and "read" in entry:
             rows.append(row("  floor (read)", entry["read"]))
         for key in ("paced_1000_per_s", "paced_2000_per_s"):

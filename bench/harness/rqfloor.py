@@ -50,18 +50,16 @@ def measure(redis_url: str, workers: int, jobs: int) -> dict[str, float]:
         for job in Job.fetch_many([job.id for job in enqueued], connection=redis, serializer=JSONSerializer)
         if job is not None
     ]
-    done = [job for job in fetched if job.started_at and job.ended_at]
-    first = min(job.started_at for job in done)
-    last = max(job.ended_at for job in done)
-    span = (last - first).total_seconds()
+    spans = [(job.started_at, job.ended_at) for job in fetched if job.started_at and job.ended_at]
+    span = (max(ended for _, ended in spans) - min(started for started, _ in spans)).total_seconds()
     for job in fetched:
         job.delete()
     return {
         "workers": workers,
-        "jobs": len(done),
+        "jobs": len(spans),
         "span_s": round(span, 2),
         "wall_s": round(wall, 2),
-        "throughput_per_s": round(len(done) / span, 1) if span else 0.0,
+        "throughput_per_s": round(len(spans) / span, 1) if span else 0.0,
     }
 
 

@@ -323,7 +323,8 @@ def profile_during(
     delay: float = 3.0,
 ) -> None:
     """Run `drive()` (a load) while py-spy records each target: (process name, with subprocesses, GIL only)."""
-    if bench.profile_dir is None:
+    profile_dir = bench.profile_dir
+    if profile_dir is None:
         return
     roots = stack.roots()
     profilers: list[Profiler] = []
@@ -331,7 +332,7 @@ def profile_during(
     def start_profilers() -> None:
         time.sleep(delay)
         for name, subprocesses, gil in targets:
-            output = bench.profile_dir / f"{scenario}-{name}-{'cpu' if gil else 'wall'}.raw"
+            output = profile_dir / f"{scenario}-{name}-{'cpu' if gil else 'wall'}.raw"
             profilers.append(Profiler(roots[name], bench.plan.profile_seconds, output, subprocesses, gil))
 
     say(f"    profiling {', '.join(sorted({name for name, _, _ in targets}))} under a second run of the load")
