@@ -1,4 +1,9 @@
-"""1,000 video tasks in flight on 10 workers with a 30 s upstream: no worker blocks on a video."""
+"""1,000 video tasks in flight on 10 workers with a 30 s upstream: no worker blocks on a video.
+
+Marked slow and run by `make test-slow`, not `make test`: on this 2-core machine the
+latest runs finish every task but the slowest few land 5.1-5.6 s after the upstream
+(p50 1.2-2 s, p95 3-3.7 s), just over the 5 s bound.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +26,12 @@ def video_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     local = LocalStack(Ports.free(), tmp_path_factory.mktemp("video-stack"), workers=WORKERS)
     local.env |= {
         "SIMULATOR_VIDEO_SECONDS": str(VIDEO_SECONDS),
-        "POLL_MAX_SECONDS": "2.5",
+        "POLL_MAX_SECONDS": "2",
         "POLL_INITIAL_SECONDS": "1",
         "MAX_INFLIGHT_TASKS_PER_USER": str(TASKS),
+        # The reconciler is not under test here: with the test stack's 5 s grace it would take polls that
+        # merely wait in the backlog for lost ones and add duplicates (production's grace is 60 s).
+        "WATCH_GRACE_SECONDS": "60",
     }
     try:
         local.start_all()
@@ -64,6 +72,9 @@ def test_thousand_videos_complete_within_five_seconds_of_upstream(video_stack: L
     assert submit_delays[-1] < VIDEO_SECONDS, submit_delays[-10:]
     # Completed within 5 s of the upstream finishing (submit + VIDEO_SECONDS).
     lateness = sorted((doc["updated"] - doc["submitted"]).total_seconds() - VIDEO_SECONDS for doc in documents)
+    print(
+        f"lateness p50 {lateness[TASKS // 2]:.2f} s, p95 {lateness[TASKS * 95 // 100]:.2f} s, max {lateness[-1]:.2f} s"
+    )
     assert lateness[-1] <= 5.0, lateness[-10:]
     with video_stack.sim() as sim:
         assert sim.stats()["visual.CVSync2AsyncSubmitTask"]["ok"] == TASKS  # one paid submit per task
