@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from upstream_simulator import media
-from upstream_simulator.context import InvalidParam, SimContext, check, param
+from upstream_simulator.context import InvalidParam, SimContext, chat_messages, check, param
 from upstream_simulator.faults import Injection, Rejected, retry_after_headers, wants_video_failure
 from upstream_simulator.jobs import Job, Phase
 from upstream_simulator.text import (
@@ -237,10 +237,7 @@ class ArkAPI:
         await self.ctx.enter(request, "ark.chat")
         self._authenticate(request)
         body = await self._body(request)
-        messages = param(body, "messages", (list,), required=True)
-        check(bool(messages), "messages", "must contain at least one message")
-        for message in messages:
-            check(isinstance(message, dict) and isinstance(message.get("role"), str), "messages", "bad message")
+        messages = chat_messages(body, "must contain at least one message")
         self.ctx.inject("ark.chat", all_text(messages), self._injected(request))
         model = self._model(request, body, None)
         limit = param(body, "max_completion_tokens", (int,)) or param(body, "max_tokens", (int,))

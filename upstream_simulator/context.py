@@ -104,3 +104,12 @@ def check(condition: bool, key: str, message: str) -> None:
     """Raise ``InvalidParam`` for ``key`` unless ``condition`` holds."""
     if not condition:
         raise InvalidParam(key, message)
+
+
+def chat_messages(body: dict[str, Any], empty_message: str) -> list[dict[str, Any]]:
+    """A chat request's `messages`: a non-empty list of dicts with a role (vendors word the empty case apart)."""
+    messages = param(body, "messages", (list,), required=True)
+    check(bool(messages), "messages", empty_message)
+    for message in messages:
+        check(isinstance(message, dict) and isinstance(message.get("role"), str), "messages", "bad message")
+    return messages

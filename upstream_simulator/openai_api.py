@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from upstream_simulator import media
-from upstream_simulator.context import InvalidParam, SimContext, check, param
+from upstream_simulator.context import InvalidParam, SimContext, chat_messages, check, param
 from upstream_simulator.faults import Injection, Rejected, retry_after_headers, wants_video_failure
 from upstream_simulator.jobs import Job, Phase
 from upstream_simulator.text import (
@@ -264,10 +264,7 @@ class OpenAIAPI:
         await self.ctx.enter(request, "openai.chat")
         self._authenticate(request)
         body = await self._json(request)
-        messages = param(body, "messages", (list,), required=True)
-        check(bool(messages), "messages", "empty array. Expected an array with minimum length 1")
-        for message in messages:
-            check(isinstance(message, dict) and isinstance(message.get("role"), str), "messages", "bad message")
+        messages = chat_messages(body, "empty array. Expected an array with minimum length 1")
         self.ctx.inject("openai.chat", all_text(messages), self._injected)
         model = param(body, "model", (str,), required=True)
         if not model.startswith(CHAT_MODEL_PREFIXES):
