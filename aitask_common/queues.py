@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from enum import StrEnum
+from typing import Any
 
 from redis import Redis
 from rq import Queue
@@ -36,6 +37,9 @@ PROCESS_TASK = "dispatcher_service.jobs.process_task"
 # job lost between BLPOP and RQ's registry, a worker killed mid-task, and a Redis
 # that restarted empty (the set is gone too, so nothing counts as scheduled).
 WATCH_KEY = "aitask:watch"
+# Hash of in-flight task id -> id of its latest RQ job, so the reconciler can tell a job that
+# merely waits in a long queue from a lost one.
+WATCH_JOBS_KEY = "aitask:watch-jobs"
 
 # Finished job records are only bookkeeping: MongoDB holds the outcome.
 RESULT_TTL_SECONDS = 3600
@@ -46,6 +50,7 @@ def forget_finished(connection: Redis, task_id: str, user_id: str) -> None:
     """A task reached a final state: drop it from the reconciler's watch set and its user's in-flight set."""
     with connection.pipeline(transaction=False) as pipe:
         pipe.zrem(WATCH_KEY, task_id)
+        pipe.hdel(WATCH_JOBS_KEY, task_id)
         pipe.srem(inflight_key(user_id), task_id)
         pipe.execute()
 
@@ -55,16 +60,33 @@ def queue(connection: Redis, priority: Priority | str) -> Queue:
     return Queue(str(priority), connection=connection, serializer=JSONSerializer)
 
 
-def enqueue_task(connection: Redis, task_id: str, priority: Priority | str, delay: timedelta | None = None) -> Job:
-    """Enqueue the job that processes `task_id` (after `delay`, when given) and note when it is due."""
+def enqueue_task(
+    connection: Redis,
+    task_id: str,
+    priority: Priority | str,
+    delay: timedelta | None = None,
+    poll: dict[str, Any] | None = None,
+) -> Job:
+    """Enqueue the job that processes `task_id` (after `delay`, when given) and note when it is due.
+
+    `poll` makes it a poll of the task's upstream job (see `dispatcher_service.jobs.process_task`).
+    """
     due = time.time() + (delay.total_seconds() if delay else 0.0)
-    connection.zadd(WATCH_KEY, {task_id: due})
     target = queue(connection, priority)
-    options = {
+    options: dict[str, Any] = {} if poll is None else {"poll": poll}
+    options |= {
         "result_ttl": RESULT_TTL_SECONDS,
         "failure_ttl": FAILURE_TTL_SECONDS,
         "description": f"task {task_id}",
     }
-    if delay is not None:
-        return target.enqueue_in(delay, PROCESS_TASK, task_id, **options)
-    return target.enqueue(PROCESS_TASK, task_id, **options)
+    # The watch entry and the job go to Redis in one round trip (one MULTI, so both or neither).
+    with connection.pipeline() as pipe:
+        pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
+        pipe.zadd(WATCH_KEY, {task_id: due})
+        if delay is not None:
+            job = target.enqueue_in(delay, PROCESS_TASK, task_id, pipeline=pipe, **options)
+        else:
+            job = target.enqueue(PROCESS_TASK, task_id, pipeline=pipe, **options)
+        pipe.hset(WATCH_JOBS_KEY, task_id, job.id)
+        pipe.execute()
+    return job

@@ -11,11 +11,15 @@ the finish would only ever observe its own delay, and the estimate would creep.
 
 from __future__ import annotations
 
+import time
+
 from redis import Redis
 
 DURATIONS_KEY = "aitask:upstream-durations"
 # Weight of a new observation in the moving averages.
 SMOOTHING = 0.2
+# How long a worker reuses an estimate it read: every poll asks, and the estimate moves slowly.
+CACHE_SECONDS = 1.0
 
 
 class UpstreamDurations:
@@ -23,13 +27,15 @@ class UpstreamDurations:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._cache: dict[str, tuple[float, tuple[float, float] | None]] = {}
 
     def record(self, model_key: str, seconds: float) -> None:
         """Fold one observed duration into the model's estimate (a lost race only drops one sample)."""
-        mean, deviation = self._estimate(model_key) or (seconds, 0.0)
+        mean, deviation = self._estimate(model_key, fresh=True) or (seconds, 0.0)
         deviation += SMOOTHING * (abs(seconds - mean) - deviation)
         mean += SMOOTHING * (seconds - mean)
         self.redis.hset(DURATIONS_KEY, model_key, f"{mean:.3f} {deviation:.3f}")
+        self._cache[model_key] = (time.monotonic(), (mean, deviation))
 
     def earliest_likely_finish(self, model_key: str) -> float | None:
         """Seconds after submit before which a job of this model has rarely finished, if known."""
@@ -39,9 +45,13 @@ class UpstreamDurations:
         mean, deviation = estimate
         return max(0.0, min(0.8 * mean, mean - 2 * deviation))
 
-    def _estimate(self, model_key: str) -> tuple[float, float] | None:
-        raw = self.redis.hget(DURATIONS_KEY, model_key)
-        if raw is None:
-            return None
-        mean, deviation = (float(part) for part in raw.split())
-        return mean, deviation
+    def _estimate(self, model_key: str, fresh: bool = False) -> tuple[float, float] | None:
+        read_at, estimate = self._cache.get(model_key, (float("-inf"), None))
+        if fresh or time.monotonic() - read_at >= CACHE_SECONDS:
+            raw = self.redis.hget(DURATIONS_KEY, model_key)
+            estimate = None
+            if raw is not None:
+                mean, deviation = raw.split()
+                estimate = float(mean), float(deviation)
+            self._cache[model_key] = (time.monotonic(), estimate)
+        return estimate

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -60,33 +60,84 @@ def runtime() -> Runtime:
     )
 
 
-def process_task(task_id: str) -> str:
-    """RQ entry point; returns a short word saying what happened (kept as the job result)."""
+def process_task(task_id: str, poll: dict[str, Any] | None = None) -> str:
+    """RQ entry point; returns a short word saying what happened (kept as the job result).
+
+    A job from `enqueue_task` without `poll` expects a pending task and starts it in
+    the same round trip that reads it. A poll job carries what a poll needs (see
+    `TaskRun.poll_hint`), so a poll that finds the upstream job still running touches
+    no database; the task document is read only once there is an outcome to write.
+    """
     with structlog.contextvars.bound_contextvars(task_id=task_id):
         rt = runtime()
-        task = rt.tasks.get(task_id)
-        if task is None:
-            log.warning("job dropped: task does not exist")
-            return "missing"
-        if TaskStatus(task["status"]).is_final:
-            return "already-final"
         with TaskLease(rt.redis, task_id, rt.settings.lease_seconds) as lease:
             if not lease.acquired:
                 log.info("task is held by another worker")
                 return "leased-elsewhere"
-            return TaskRun(rt, task).run()
+            if poll is not None:
+                return TaskRun(rt, TaskRun.task_from_hint(task_id, poll), partial=True).run()
+            task = rt.tasks.claim(task_id)
+            claimed = task is not None
+            if task is None:
+                task = rt.tasks.get(task_id)
+            if task is None:
+                log.warning("job dropped: task does not exist")
+                return "missing"
+            if TaskStatus(task["status"]).is_final:
+                return "already-final"
+            return TaskRun(rt, task, claimed=claimed).run()
 
 
 class TaskRun:
     """One step of one task, executed while holding its lease."""
 
-    def __init__(self, rt: Runtime, task: dict[str, Any]) -> None:
+    def __init__(self, rt: Runtime, task: dict[str, Any], claimed: bool = False, partial: bool = False) -> None:
         self.rt = rt
+        # True when process_task already moved the task to processing and counted the attempt.
+        self.claimed = claimed
+        # True while `task` holds only a poll hint's fields (see `_load_whole_task`).
+        self.partial = partial
         self.settings = rt.settings
         self.task = task
         self.task_id: str = task["_id"]
         self.status = TaskStatus(task["status"])
         self.priority: str = task.get("parameters", {}).get("priority", "default")
+
+    @staticmethod
+    def task_from_hint(task_id: str, hint: dict[str, Any]) -> dict[str, Any]:
+        """The fields of a processing task that a poll reads, rebuilt from a poll job's hint."""
+        return {
+            "_id": task_id,
+            "status": TaskStatus.PROCESSING.value,
+            "provider": hint["provider"],
+            "model": hint["model"],
+            "upstream_job_id": hint["upstream_job_id"],
+            "submitted": datetime.fromtimestamp(hint["submitted"], UTC),
+            "parameters": {"priority": hint["priority"]},
+        }
+
+    def poll_hint(self) -> dict[str, Any]:
+        """What the next poll job carries (JSON: the job serializer is JSON)."""
+        return {
+            "provider": self.task["provider"],
+            "model": self.task["model"],
+            "upstream_job_id": self.task["upstream_job_id"],
+            "submitted": self.task["submitted"].timestamp(),
+            "priority": self.priority,
+        }
+
+    def _load_whole_task(self) -> str | None:
+        """Replace a poll hint by the task document before writing an outcome; a word saying why
+        not when the task has moved on (deleted, finished, or resubmitted by another run)."""
+        if not self.partial:
+            return None
+        task = self.rt.tasks.get(self.task_id)
+        if task is None:
+            return "missing"
+        if task["status"] != TaskStatus.PROCESSING.value or task.get("upstream_job_id") != self.task["upstream_job_id"]:
+            return "stale-poll"
+        self.task, self.partial = task, False
+        return None
 
     def run(self) -> str:
         provider = self.task["provider"]
@@ -94,12 +145,14 @@ class TaskRun:
         if model is None:
             return self._fail(f"model {self.task['model']!r} is no longer in provider {provider!r}")
         if not self.rt.providers.has_instance(provider):
-            return self._wait_for_provider()
+            if self.claimed:
+                self._unclaim()
+            return self._load_whole_task() or self._wait_for_provider()
         polling = model.asynchronous and bool(self.task.get("upstream_job_id"))
         try:
             if polling:
                 return self._poll()
-            if not self._start_attempt():
+            if not self.claimed and not self._start_attempt():
                 return "lost-race"
             return self._submit() if model.asynchronous else self._generate()
         except ProviderCallError as error:
@@ -112,6 +165,11 @@ class TaskRun:
         self.task["attempts"] = self.task.get("attempts", 0) + 1
         self.status = TaskStatus.PROCESSING
         return True
+
+    def _unclaim(self) -> None:
+        """Nothing reached the upstream: back to pending, and the attempt does not count."""
+        self.rt.tasks.transition(self.task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, attempts_delta=-1)
+        self.status = TaskStatus.PENDING
 
     def _input(self) -> pb.GenerationInput:
         parameters = self.task.get("parameters", {})
@@ -163,14 +221,14 @@ class TaskRun:
     def _submit(self) -> str:
         response: pb.SubmitJobResponse = self._call("SubmitJob", pb.SubmitJobRequest(input=self._input()))
         # Stored before any poll, so a re-run polls this job instead of paying for a second one.
+        submitted = utcnow()
         self.rt.tasks.record(
-            self.task_id,
-            TaskStatus.PROCESSING,
-            {"upstream_job_id": response.upstream_job_id, "submitted": utcnow()},
+            self.task_id, TaskStatus.PROCESSING, {"upstream_job_id": response.upstream_job_id, "submitted": submitted}
         )
+        self.task |= {"upstream_job_id": response.upstream_job_id, "submitted": submitted}
         log.info("upstream job submitted", upstream_job_id=response.upstream_job_id)
         likely = self.rt.durations.earliest_likely_finish(f"{self.task['provider']}/{self.task['model']}")
-        self._enqueue(max(likely or 0.0, self.settings.poll_initial_seconds))
+        self._enqueue(max(likely or 0.0, self.settings.poll_initial_seconds), poll=True)
         return "submitted"
 
     def _poll(self) -> str:
@@ -186,7 +244,7 @@ class TaskRun:
             return self._fail(response.error_message or "upstream job failed")
         if waited > self.settings.poll_give_up_seconds:
             return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
-        self._enqueue(self._next_poll_delay(waited, model_key, response.poll_after_ms))
+        self._enqueue(self._next_poll_delay(waited, model_key, response.poll_after_ms), poll=True)
         return "polling"
 
     def _next_poll_delay(self, waited: float, model_key: str, poll_after_ms: int) -> float:
@@ -205,14 +263,14 @@ class TaskRun:
     def _handle_error(self, error: ProviderCallError, polling: bool) -> str:
         message = str(error) or error.code.name
         if isinstance(error, NoLiveInstance) and not polling:
-            # Every registered instance was gone: nothing reached the upstream, so the attempt does not count.
-            self.rt.tasks.transition(self.task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, attempts_delta=-1)
+            # Every registered instance was gone: nothing reached the upstream.
+            self._unclaim()
             return self._wait_for_provider()
         if error.code not in RETRYABLE_CODES:
             return self._fail(message)
         if polling:
             # A failed poll costs nothing upstream: poll again; poll_give_up_seconds bounds it.
-            self._enqueue(max(self.settings.poll_max_seconds, error.retry_after_seconds or 0.0))
+            self._enqueue(max(self.settings.poll_max_seconds, error.retry_after_seconds or 0.0), poll=True)
             return "poll-retry"
         attempts = self.task.get("attempts", 0)
         if attempts >= self.settings.max_attempts:
@@ -243,12 +301,16 @@ class TaskRun:
         return "waiting-for-provider"
 
     def _complete(self, fields: dict[str, Any]) -> str:
+        if moved_on := self._load_whole_task():
+            return moved_on
         if self.rt.tasks.transition(self.task_id, TaskStatus.PROCESSING, TaskStatus.COMPLETED, fields):
             self._finished(TaskStatus.COMPLETED)
             log.info("task completed", provider=self.task["provider"], model=self.task["model"])
         return "completed"
 
     def _fail(self, message: str) -> str:
+        if moved_on := self._load_whole_task():
+            return moved_on
         if self.rt.tasks.transition(self.task_id, self.status, TaskStatus.FAILED, {"error_message": message}):
             self._finished(TaskStatus.FAILED)
             log.warning("task failed", error=message)
@@ -259,5 +321,6 @@ class TaskRun:
         TASKS_FINISHED.labels(self.task["provider"], self.task["model"], self.task["type"], status.value).inc()
         TASK_DURATION.labels(self.task["type"]).observe((utcnow() - self.task["created"]).total_seconds())
 
-    def _enqueue(self, delay_seconds: float) -> None:
-        enqueue_task(self.rt.redis, self.task_id, self.priority, timedelta(seconds=delay_seconds))
+    def _enqueue(self, delay_seconds: float, poll: bool = False) -> None:
+        hint = self.poll_hint() if poll else None
+        enqueue_task(self.rt.redis, self.task_id, self.priority, timedelta(seconds=delay_seconds), poll=hint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from types import TracebackType
 
@@ -15,8 +16,57 @@ _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpi
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
+class _Renewer:
+    """One daemon thread per process renews every lease held in it, a third of its TTL after the last renewal.
+
+    A thread per lease cost a thread start and join on every job, which showed
+    in the dispatcher's profile.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[Redis, str, int, float]] = {}  # key: redis, token, ttl_ms, renew_at
+        self._wake = threading.Condition()
+        self._next_wake = float("inf")
+        self._thread: threading.Thread | None = None
+
+    def hold(self, key: str, redis: Redis, token: str, ttl_ms: int) -> None:
+        renew_at = time.monotonic() + ttl_ms / 3000
+        with self._wake:
+            self._held[key] = (redis, token, ttl_ms, renew_at)
+            if self._thread is None or not self._thread.is_alive():
+                # Also after a fork: the parent's thread does not exist in the child.
+                self._thread = threading.Thread(target=self._run, name="lease renewer", daemon=True)
+                self._thread.start()
+            elif renew_at < self._next_wake:
+                self._wake.notify()
+
+    def drop(self, key: str) -> None:
+        with self._wake:
+            self._held.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                due = [(key, lease) for key, lease in self._held.items() if lease[3] <= now]
+                if not due:
+                    self._next_wake = min((lease[3] for lease in self._held.values()), default=now + 60)
+                    self._wake.wait(self._next_wake - now)
+                    continue
+                for key, (redis, token, ttl_ms, _) in due:
+                    self._held[key] = (redis, token, ttl_ms, now + ttl_ms / 3000)
+            for key, (redis, token, ttl_ms, _) in due:
+                try:
+                    redis.eval(_RENEW, 1, key, token, ttl_ms)
+                except Exception:  # noqa: BLE001 - a missed renewal is retried; expiry is the safety net
+                    continue
+
+
+_renewer = _Renewer()
+
+
 class TaskLease:
-    """`with TaskLease(...) as lease:` holds `aitask:lease:<task_id>` and renews it in the background."""
+    """`with TaskLease(...) as lease:` holds `aitask:lease:<task_id>`, renewed in the background."""
 
     def __init__(self, redis: Redis, task_id: str, seconds: float) -> None:
         self.redis = redis
@@ -24,14 +74,11 @@ class TaskLease:
         self.token = uuid.uuid4().hex
         self.ttl_ms = int(seconds * 1000)
         self.acquired = False
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
 
     def __enter__(self) -> TaskLease:
         self.acquired = bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
         if self.acquired:
-            self._renewer = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
-            self._renewer.start()
+            _renewer.hold(self.key, self.redis, self.token, self.ttl_ms)
         return self
 
     def __exit__(
@@ -39,14 +86,5 @@ class TaskLease:
     ) -> None:
         if not self.acquired:
             return
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join()
+        _renewer.drop(self.key)
         self.redis.eval(_RELEASE, 1, self.key, self.token)
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 3000):
-            try:
-                self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
-            except Exception:  # noqa: BLE001 - a missed renewal is retried; expiry is the safety net
-                continue

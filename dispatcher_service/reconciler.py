@@ -3,9 +3,11 @@
 MongoDB is the source of truth; Redis may lose a job (a worker dying between
 BLPOP and RQ's registry write, a SIGKILL mid-task, a flush or an empty restart).
 A task is re-enqueued when it is pending or processing, has not changed for a
-while, holds no lease, and its next job is not due in the watch set (or is long
-overdue). A duplicate job is harmless: the lease and conditional updates make
-the second run a no-op, and a stored upstream job id is polled, never paid for again.
+while, holds no lease, and its next job is not due in the watch set, or is long
+overdue and no longer waiting in its queue or schedule (a job behind a deep
+backlog is late, not lost). A duplicate job is harmless: the lease and conditional
+updates make the second run a no-op, and a stored upstream job id is polled,
+never paid for again.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from datetime import timedelta
 
 from pymongo.collection import Collection
 from redis import Redis
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import ScheduledJobRegistry
 
 from aitask_common.logging import get_logger
-from aitask_common.queues import WATCH_KEY, enqueue_task
+from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY, enqueue_task
 from aitask_common.tasks import TaskStatus, utcnow
 from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.settings import DispatcherSettings
@@ -65,16 +70,55 @@ class Reconciler:
             pipe.exists(LEASE_KEY_PREFIX + task["_id"])
             pipe.zscore(WATCH_KEY, task["_id"])
         answers = pipe.execute()
+        overdue = [
+            (task, due)
+            for task, leased, due in zip(candidates, answers[::2], answers[1::2], strict=True)
+            if not leased and (due is None or due <= now - self.settings.watch_grace_seconds)
+        ]
+        waiting = self._jobs_still_waiting([task["_id"] for task, _ in overdue])
         requeued = 0
-        for task, leased, due in zip(candidates, answers[::2], answers[1::2], strict=True):
-            if leased or (due is not None and due > now - self.settings.watch_grace_seconds):
+        for task, due in overdue:
+            if task["_id"] in waiting:
                 continue
-            reason = "no job scheduled" if due is None else f"job overdue by {now - due:.0f} s"
+            reason = "no job scheduled" if due is None else f"job overdue by {now - due:.0f} s and not queued"
             log.warning("re-enqueueing stuck task", task_id=task["_id"], reason=reason)
             enqueue_task(self.redis, task["_id"], task.get("parameters", {}).get("priority", "default"))
             requeued += 1
-        self.redis.zremrangebyscore(WATCH_KEY, "-inf", now - WATCH_RETENTION_SECONDS)
+        self._prune(now - WATCH_RETENTION_SECONDS)
         return requeued
+
+    def _prune(self, before: float) -> None:
+        """Drop watch entries (and their job ids) of tasks deleted or finished long ago."""
+        stale = self.redis.zrangebyscore(WATCH_KEY, "-inf", before, start=0, num=BATCH)
+        if stale:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(WATCH_KEY, *stale)
+                pipe.hdel(WATCH_JOBS_KEY, *stale)
+                pipe.execute()
+
+    def _jobs_still_waiting(self, task_ids: list[str]) -> set[str]:
+        """The tasks whose latest job is still in its queue or its schedule (three round trips)."""
+        if not task_ids:
+            return set()
+        job_ids = self.redis.hmget(WATCH_JOBS_KEY, task_ids)
+        known = [
+            (task_id, job_id.decode() if isinstance(job_id, bytes) else job_id)
+            for task_id, job_id in zip(task_ids, job_ids, strict=True)
+            if job_id
+        ]
+        pipe = self.redis.pipeline(transaction=False)
+        for _, job_id in known:
+            pipe.hmget(Job.key_for(job_id), "status", "origin")
+        places = pipe.execute()
+        for (_, job_id), (status, origin) in zip(known, places, strict=True):
+            if status == b"queued":
+                pipe.lpos(f"{Queue.redis_queue_namespace_prefix}{origin.decode()}", job_id)
+            elif status == b"scheduled":
+                pipe.zscore(f"{ScheduledJobRegistry.key_template.format(origin.decode())}", job_id)
+            else:
+                pipe.echo("")  # finished, failed, started by a dead worker, or expired: not waiting
+        found = pipe.execute()
+        return {task_id for (task_id, _), place in zip(known, found, strict=True) if place not in (None, b"")}
 
     def start(self) -> None:
         """Run passes every reconcile_interval_seconds until `stop()`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pymongo import MongoClient
+from pymongo import MongoClient, ReturnDocument
 
 from aitask_common.tasks import COLLECTION, TaskStatus, utcnow
 
@@ -18,6 +18,15 @@ class TaskTransitions:
     def get(self, task_id: str) -> dict[str, Any] | None:
         """One task by id."""
         return self.collection.find_one({"_id": task_id})
+
+    def claim(self, task_id: str) -> dict[str, Any] | None:
+        """Move a pending task to processing, counting the attempt, in one round trip; the task after
+        the update, or None if it was not pending."""
+        return self.collection.find_one_and_update(
+            {"_id": task_id, "status": TaskStatus.PENDING.value},
+            {"$set": {"status": TaskStatus.PROCESSING.value, "updated": utcnow()}, "$inc": {"attempts": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
 
     def transition(
         self,

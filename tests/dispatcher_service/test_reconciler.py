@@ -1,0 +1,40 @@
+"""The reconciler tells a job that waits behind a backlog from a lost one (against the stack's real Redis)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from rq import Queue
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
+
+from aitask_common.queues import PROCESS_TASK, WATCH_JOBS_KEY
+from dispatcher_service.reconciler import Reconciler
+from dispatcher_service.settings import DispatcherSettings
+from tests.stack import LocalStack
+
+
+def test_only_jobs_still_in_a_queue_or_schedule_count_as_waiting(stack: LocalStack) -> None:
+    redis = stack.redis()
+    # A queue no worker drains, so nothing moves while we look.
+    backlog = Queue(f"reconciler-test-{uuid.uuid4().hex}", connection=redis, serializer=JSONSerializer)
+    tasks = {name: f"{name}-{uuid.uuid4().hex}" for name in ("queued", "scheduled", "popped", "finished", "unknown")}
+    jobs = {
+        "queued": backlog.enqueue(PROCESS_TASK, tasks["queued"]),
+        "scheduled": backlog.enqueue_in(timedelta(minutes=5), PROCESS_TASK, tasks["scheduled"]),
+        "popped": backlog.enqueue(PROCESS_TASK, tasks["popped"]),
+        "finished": backlog.enqueue(PROCESS_TASK, tasks["finished"]),
+    }
+    redis.lrem(backlog.key, 0, jobs["popped"].id)  # taken off the queue by a worker that then died
+    redis.lrem(backlog.key, 0, jobs["finished"].id)
+    jobs["finished"].set_status(JobStatus.FINISHED)
+    redis.hset(WATCH_JOBS_KEY, mapping={tasks[name]: job.id for name, job in jobs.items()})
+    try:
+        reconciler = Reconciler(DispatcherSettings(), redis, stack.tasks())
+        waiting = reconciler._jobs_still_waiting(list(tasks.values()))
+        assert waiting == {tasks["queued"], tasks["scheduled"]}
+    finally:
+        redis.hdel(WATCH_JOBS_KEY, *tasks.values())
+        backlog.empty()
+        backlog.scheduled_job_registry.remove(jobs["scheduled"])
