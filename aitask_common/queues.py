@@ -7,11 +7,13 @@ can write to Redis could run code in a worker.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -71,6 +73,31 @@ def enqueue_task(
 
     `poll` makes it a poll of the task's upstream job (see `dispatcher_service.jobs.process_task`).
     """
+    with connection.pipeline() as pipe:
+        pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
+        job = _queue_job(pipe, connection, task_id, priority, delay, poll)
+        pipe.execute()
+    return job
+
+
+def enqueue_tasks(connection: Redis, tasks: Iterable[tuple[str, Priority | str]]) -> list[Job]:
+    """Enqueue the first job of each new (task_id, priority), all in one round trip."""
+    with connection.pipeline() as pipe:
+        pipe.multi()
+        jobs = [_queue_job(pipe, connection, task_id, priority) for task_id, priority in tasks]
+        pipe.execute()
+    return jobs
+
+
+def _queue_job(
+    pipe: Pipeline,
+    connection: Redis,
+    task_id: str,
+    priority: Priority | str,
+    delay: timedelta | None = None,
+    poll: dict[str, Any] | None = None,
+) -> Job:
+    """Add a task's job, its watch entry and its job id to a MULTI: all of them are stored, or none."""
     due = time.time() + (delay.total_seconds() if delay else 0.0)
     target = queue(connection, priority)
     options: dict[str, Any] = {} if poll is None else {"poll": poll}
@@ -78,15 +105,12 @@ def enqueue_task(
         "result_ttl": RESULT_TTL_SECONDS,
         "failure_ttl": FAILURE_TTL_SECONDS,
         "description": f"task {task_id}",
+        "pipeline": pipe,
     }
-    # The watch entry and the job go to Redis in one round trip (one MULTI, so both or neither).
-    with connection.pipeline() as pipe:
-        pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
-        pipe.zadd(WATCH_KEY, {task_id: due})
-        if delay is not None:
-            job = target.enqueue_in(delay, PROCESS_TASK, task_id, pipeline=pipe, **options)
-        else:
-            job = target.enqueue(PROCESS_TASK, task_id, pipeline=pipe, **options)
-        pipe.hset(WATCH_JOBS_KEY, task_id, job.id)
-        pipe.execute()
+    pipe.zadd(WATCH_KEY, {task_id: due})
+    if delay is not None:
+        job = target.enqueue_in(delay, PROCESS_TASK, task_id, **options)
+    else:
+        job = target.enqueue(PROCESS_TASK, task_id, **options)
+    pipe.hset(WATCH_JOBS_KEY, task_id, job.id)
     return job

@@ -75,7 +75,7 @@ class Reconciler:
             for task, leased, due in zip(candidates, answers[::2], answers[1::2], strict=True)
             if not leased and (due is None or due <= now - self.settings.watch_grace_seconds)
         ]
-        waiting = self._jobs_still_waiting([task["_id"] for task, _ in overdue])
+        waiting = self._jobs_still_waiting([task["_id"] for task, _ in overdue], now)
         requeued = 0
         for task, due in overdue:
             if task["_id"] in waiting:
@@ -96,8 +96,9 @@ class Reconciler:
                 pipe.hdel(WATCH_JOBS_KEY, *stale)
                 pipe.execute()
 
-    def _jobs_still_waiting(self, task_ids: list[str]) -> set[str]:
-        """The tasks whose latest job is still in its queue or its schedule (three round trips)."""
+    def _jobs_still_waiting(self, task_ids: list[str], now: float) -> set[str]:
+        """The tasks whose latest job is still in its queue, or in its schedule and not overdue there
+        (a schedule stalls while a killed worker's scheduler lock lives on): three round trips."""
         if not task_ids:
             return set()
         job_ids = self.redis.hmget(WATCH_JOBS_KEY, task_ids)
@@ -118,7 +119,12 @@ class Reconciler:
             else:
                 pipe.echo("")  # finished, failed, started by a dead worker, or expired: not waiting
         found = pipe.execute()
-        return {task_id for (task_id, _), place in zip(known, found, strict=True) if place not in (None, b"")}
+        stalled_before = now - self.settings.watch_grace_seconds
+        return {
+            task_id
+            for (task_id, _), (status, _), place in zip(known, places, found, strict=True)
+            if place not in (None, b"") and (status != b"scheduled" or place > stalled_before)
+        }
 
     def start(self) -> None:
         """Run passes every reconcile_interval_seconds until `stop()`."""

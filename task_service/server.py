@@ -22,7 +22,9 @@ from aitask_common.mongo import client_options
 from aitask_common.settings import load_settings
 from task_service.api_keys import ApiKeyStore
 from task_service.auth import Guard, GuardedServicer, KeyVerifier
+from task_service.batching import Batcher
 from task_service.catalogue import CatalogueCache
+from task_service.enqueue import TaskQueue
 from task_service.limits import InflightTasks, RateLimiter
 from task_service.servicer import TaskServicer
 from task_service.settings import TaskServiceSettings
@@ -45,10 +47,13 @@ class TaskService:
     redis: Redis
     limits_redis: AsyncRedis
     catalogues: CatalogueCache
+    batchers: list[Batcher]
 
     async def close(self) -> None:
         """Release connections after the server stopped."""
         self.catalogues.stop()
+        for batcher in self.batchers:
+            await batcher.stop()
         await self.mongo.close()
         self.redis.close()
         await self.limits_redis.aclose()
@@ -85,13 +90,17 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         )
     )
     inflight = InflightTasks(limits_redis, settings.max_inflight_tasks_per_user)
-    servicer = TaskServicer(settings, store, redis, catalogues, inflight)
+    task_queue = TaskQueue(redis)
+    batchers: list[Batcher] = [store.inserts, task_queue.batcher]
+    for batcher in batchers:
+        batcher.start()
+    servicer = TaskServicer(settings, store, task_queue, catalogues, inflight)
     guard = Guard(
         _key_verifier(settings, mongo),
         RateLimiter(limits_redis, settings.rate_limit_requests, settings.rate_limit_window_seconds),
     )
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(GuardedServicer(servicer, guard), server.server)
-    return TaskService(server, mongo, redis, limits_redis, catalogues)
+    return TaskService(server, mongo, redis, limits_redis, catalogues, batchers)
 
 
 def _key_verifier(settings: TaskServiceSettings, mongo: AsyncMongoClient) -> KeyVerifier | None:

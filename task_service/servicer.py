@@ -8,12 +8,10 @@ fields (JSON-escaped), never inside a message.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
 from pymongo.errors import DuplicateKeyError, PyMongoError
-from redis import Redis
 from redis.exceptions import RedisError
 from ulid import ULID
 
@@ -21,10 +19,10 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.logging import get_logger
 from aitask_common.metrics import TASKS_CREATED
-from aitask_common.queues import enqueue_task
 from aitask_common.tasks import TaskStatus, TaskType, task_to_proto, utcnow
 from task_service.auth import current_principal, metadata_value
 from task_service.catalogue import CatalogueCache
+from task_service.enqueue import TaskQueue
 from task_service.idempotency import METADATA_NAME, fingerprint, idempotency_key, scoped
 from task_service.limits import InflightTasks
 from task_service.settings import TaskServiceSettings
@@ -41,13 +39,13 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self,
         settings: TaskServiceSettings,
         store: TaskStore,
-        queue_redis: Redis,
+        queue: TaskQueue,
         catalogues: CatalogueCache,
         inflight: InflightTasks,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.queue_redis = queue_redis
+        self.queue = queue
         self.catalogues = catalogues
         self.inflight = inflight
 
@@ -217,7 +215,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def _enqueue(self, document: dict[str, Any], context: grpc.aio.ServicerContext) -> None:
         task_id = document["_id"]
         try:
-            await asyncio.to_thread(enqueue_task, self.queue_redis, task_id, document["parameters"]["priority"])
+            await self.queue.enqueue(task_id, document["parameters"]["priority"])
         except RedisError as error:
             # Undo the insert so a rejected create leaves nothing behind.
             log.error("enqueue failed; task withdrawn", task_id=task_id, error=str(error))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 
@@ -19,10 +20,13 @@ def test_only_jobs_still_in_a_queue_or_schedule_count_as_waiting(stack: LocalSta
     redis = stack.redis()
     # A queue no worker drains, so nothing moves while we look.
     backlog = Queue(f"reconciler-test-{uuid.uuid4().hex}", connection=redis, serializer=JSONSerializer)
-    tasks = {name: f"{name}-{uuid.uuid4().hex}" for name in ("queued", "scheduled", "popped", "finished", "unknown")}
+    names = ("queued", "scheduled", "stalled", "popped", "finished", "unknown")
+    tasks = {name: f"{name}-{uuid.uuid4().hex}" for name in names}
     jobs = {
         "queued": backlog.enqueue(PROCESS_TASK, tasks["queued"]),
         "scheduled": backlog.enqueue_in(timedelta(minutes=5), PROCESS_TASK, tasks["scheduled"]),
+        # Due ten minutes ago and still in the schedule: no scheduler is moving it.
+        "stalled": backlog.enqueue_in(timedelta(minutes=-10), PROCESS_TASK, tasks["stalled"]),
         "popped": backlog.enqueue(PROCESS_TASK, tasks["popped"]),
         "finished": backlog.enqueue(PROCESS_TASK, tasks["finished"]),
     }
@@ -32,9 +36,10 @@ def test_only_jobs_still_in_a_queue_or_schedule_count_as_waiting(stack: LocalSta
     redis.hset(WATCH_JOBS_KEY, mapping={tasks[name]: job.id for name, job in jobs.items()})
     try:
         reconciler = Reconciler(DispatcherSettings(), redis, stack.tasks())
-        waiting = reconciler._jobs_still_waiting(list(tasks.values()))
+        waiting = reconciler._jobs_still_waiting(list(tasks.values()), time.time())
         assert waiting == {tasks["queued"], tasks["scheduled"]}
     finally:
         redis.hdel(WATCH_JOBS_KEY, *tasks.values())
         backlog.empty()
-        backlog.scheduled_job_registry.remove(jobs["scheduled"])
+        for name in ("scheduled", "stalled"):
+            backlog.scheduled_job_registry.remove(jobs[name])
