@@ -60,7 +60,7 @@ def main() -> None:
     upstream = "the local upstream simulator (no API keys set)" if simulated else "the real vendor APIs"
     print(
         f"aitask: REST and gRPC on http://127.0.0.1:{ports.envoy} (Envoy admin :{ports.envoy_admin}), "
-        f"task service gRPC :{ports.task_service}, upstream: {upstream}.\n"
+        f"task service gRPC :{ports.task_service} and :{ports.task_service_2}, upstream: {upstream}.\n"
         f"  try: curl -s http://127.0.0.1:{ports.envoy}/api/v1/ai/tasks?user_id=user-1\n",
         flush=True,
     )

@@ -1,6 +1,6 @@
 """Render Envoy's config for a local stack, then become Envoy (so signals reach it directly).
 
-python -m devstack.envoy CONFIG_PATH LISTEN_PORT ADMIN_PORT TASK_SERVICE_PORT
+python -m devstack.envoy CONFIG_PATH LISTEN_PORT ADMIN_PORT TASK_SERVICE_PORT...
 """
 
 from __future__ import annotations
@@ -16,8 +16,12 @@ from gateway.config import render
 
 def main() -> None:
     """Write the config and exec envoy on it."""
-    config_path, listen_port, admin_port, task_service_port = sys.argv[1:5]
-    config = render(listen_port=int(listen_port), admin_port=int(admin_port), task_service_port=int(task_service_port))
+    config_path, listen_port, admin_port, *task_service_ports = sys.argv[1:]
+    config = render(
+        listen_port=int(listen_port),
+        admin_port=int(admin_port),
+        task_service_ports=[int(port) for port in task_service_ports],
+    )
     Path(config_path).write_text(json.dumps(config, indent=2))
     os.execv(str(ENVOY), [str(ENVOY), "-c", config_path, "--log-level", "warn", "--disable-hot-restart"])
 

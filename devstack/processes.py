@@ -29,6 +29,7 @@ class Ports:
     envoy: int = 8080
     envoy_admin: int = 9901
     task_service: int = 50051
+    task_service_2: int = 50052
     provider_volcengine: int = 50061
     provider_openai: int = 50062
     simulator: int = 9100
@@ -36,6 +37,7 @@ class Ports:
     postgres: int = 5433
     ferretdb: int = 27018
     metrics_task_service: int = 9464
+    metrics_task_service_2: int = 9468
     metrics_dispatcher: int = 9465
     metrics_provider_volcengine: int = 9466
     metrics_provider_openai: int = 9467
@@ -155,6 +157,7 @@ def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
                 str(ports.envoy),
                 str(ports.envoy_admin),
                 str(ports.task_service),
+                str(ports.task_service_2),
             ],
             port=ports.envoy,
         ),
@@ -180,11 +183,18 @@ def services(ports: Ports, workers: int = 4) -> list[Process]:
             {"METRICS_PORT": str(ports.metrics_provider_openai)},
             ports.provider_openai,
         ),
+        # Two task-service processes behind Envoy: one asyncio process is bound to one core.
         Process(
             "task_service",
             [python, "-m", "task_service"],
             {"METRICS_PORT": str(ports.metrics_task_service)},
             ports.task_service,
+        ),
+        Process(
+            "task_service_2",
+            [python, "-m", "task_service"],
+            {"TASK_SERVICE_PORT": str(ports.task_service_2), "METRICS_PORT": str(ports.metrics_task_service_2)},
+            ports.task_service_2,
         ),
         Process(
             "dispatcher",

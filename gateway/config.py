@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def render(
     admin_host: str = "127.0.0.1",
     admin_port: int = 9901,
     task_service_host: str = "127.0.0.1",
-    task_service_port: int = 50051,
+    task_service_ports: Sequence[int] = (50051,),
     descriptor: str = str(HERE / "aitask.pb"),
     cluster_type: str = "STATIC",
     max_request_bytes: int = 65536,
@@ -136,7 +137,8 @@ def render(
     cluster = {
         "name": "task_service",
         "type": cluster_type,
-        "lb_policy": "ROUND_ROBIN",
+        # Several task-service processes (one per core locally): the least busy gets the next request.
+        "lb_policy": "LEAST_REQUEST",
         "connect_timeout": "2s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -149,13 +151,8 @@ def render(
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": task_service_host, "port_value": task_service_port}
-                                }
-                            }
-                        }
+                        {"endpoint": {"address": {"socket_address": {"address": task_service_host, "port_value": p}}}}
+                        for p in task_service_ports
                     ]
                 }
             ],
@@ -203,7 +200,7 @@ def main() -> None:
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--task-service-host", default="127.0.0.1")
-    parser.add_argument("--task-service-port", type=int, default=50051)
+    parser.add_argument("--task-service-port", dest="task_service_ports", type=int, nargs="+", default=[50051])
     parser.add_argument("--descriptor", default=str(HERE / "aitask.pb"))
     parser.add_argument("--cluster-type", default="STATIC", choices=["STATIC", "STRICT_DNS"])
     options = vars(parser.parse_args())

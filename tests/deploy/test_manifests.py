@@ -174,7 +174,7 @@ def test_envoy_reads_its_configmap_and_reaches_a_headless_task_service(
     assert config == json.loads(K8S_ENVOY_CONFIG.read_text())
 
     cluster = config["static_resources"]["clusters"][0]
-    assert cluster["type"] == "STRICT_DNS" and cluster["lb_policy"] == "ROUND_ROBIN"
+    assert cluster["type"] == "STRICT_DNS" and cluster["lb_policy"] == "LEAST_REQUEST"
     protocol = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert "http2_protocol_options" in protocol["explicit_http_config"]
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]

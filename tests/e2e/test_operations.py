@@ -24,14 +24,20 @@ def health_of(port: int, service: str = "") -> int:
             return -1
 
 
-def metric(port: int, name: str, **labels: str) -> float:
-    """Sum of a Prometheus metric's samples whose labels include `labels`."""
+def metric(port: int | list[int], name: str, **labels: str) -> float:
+    """Sum of a Prometheus metric's samples whose labels include `labels` (over several processes' ports)."""
     total = 0.0
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text.splitlines():
-        match = re.match(rf"{name}(\{{.*\}})? (\S+)$", line)
-        if match and all(f'{key}="{value}"' in (match.group(1) or "") for key, value in labels.items()):
-            total += float(match.group(2))
+    for one_port in port if isinstance(port, list) else [port]:
+        for line in httpx.get(f"http://127.0.0.1:{one_port}/metrics", trust_env=False).text.splitlines():
+            match = re.match(rf"{name}(\{{.*\}})? (\S+)$", line)
+            if match and all(f'{key}="{value}"' in (match.group(1) or "") for key, value in labels.items()):
+                total += float(match.group(2))
     return total
+
+
+def task_service_metrics(stack: LocalStack) -> list[int]:
+    """Both task-service processes' metrics ports (Envoy balances requests between them)."""
+    return [stack.ports.metrics_task_service, stack.ports.metrics_task_service_2]
 
 
 def test_health_is_not_serving_while_redis_is_down(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
@@ -82,19 +88,17 @@ def test_sigterm_deregisters_a_provider_at_once(stack: LocalStack) -> None:
 
 def test_metrics_move_as_tasks_run(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
     labels = {"provider": "volcengine", "model": SEEDREAM["model"], "type": "image"}
-    created_before = metric(stack.ports.metrics_task_service, "aitask_tasks_created_total", **labels)
+    created_before = metric(task_service_metrics(stack), "aitask_tasks_created_total", **labels)
     finished_before = metric(
         stack.ports.metrics_dispatcher, "aitask_tasks_finished_total", status="completed", **labels
     )
-    rpcs_before = metric(
-        stack.ports.metrics_task_service, "aitask_grpc_requests_total", method="CreateImageTask", code="OK"
-    )
+    rpcs_before = metric(task_service_metrics(stack), "aitask_grpc_requests_total", method="CreateImageTask", code="OK")
     task_id = rest.post("/api/v1/ai/image/task", json={"prompt": "counted", "user_id": user_id, **SEEDREAM}).json()
     wait_for_status(rest, task_id["data"]["task_id"], {"completed"})
 
-    assert metric(stack.ports.metrics_task_service, "aitask_tasks_created_total", **labels) == created_before + 1
+    assert metric(task_service_metrics(stack), "aitask_tasks_created_total", **labels) == created_before + 1
     assert (
-        metric(stack.ports.metrics_task_service, "aitask_grpc_requests_total", method="CreateImageTask", code="OK")
+        metric(task_service_metrics(stack), "aitask_grpc_requests_total", method="CreateImageTask", code="OK")
         >= rpcs_before + 1
     )
     wait_until(
