@@ -48,12 +48,14 @@ RESULT_TTL_SECONDS = 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 
 
-def forget_finished(connection: Redis, task_id: str, user_id: str) -> None:
-    """A task reached a final state: drop it from the reconciler's watch set and its user's in-flight set."""
+def forget_finished(connection: Redis, task_id: str, user_id: str | None = None) -> None:
+    """A task reached a final state (or is gone): drop it from the reconciler's watch set and, when
+    its user is known, from the user's in-flight set."""
     with connection.pipeline(transaction=False) as pipe:
         pipe.zrem(WATCH_KEY, task_id)
         pipe.hdel(WATCH_JOBS_KEY, task_id)
-        pipe.srem(inflight_key(user_id), task_id)
+        if user_id is not None:
+            pipe.srem(inflight_key(user_id), task_id)
         pipe.execute()
 
 

@@ -3,7 +3,7 @@
 Polling every job every few seconds from the start would multiply the poll
 jobs by the duration: a 60 s video would cost twenty polls instead of three.
 Each model keeps a moving mean and mean deviation of observed durations in
-Redis (shared by every worker); the first poll waits until at most 80 % of
+Redis (shared by every worker); the first poll waits until at most 90 % of
 the mean (less when durations vary), later polls follow the usual short
 interval. Staying below the mean matters: a first poll that always came after
 the finish would only ever observe its own delay, and the estimate would creep.
@@ -18,6 +18,10 @@ from redis import Redis
 DURATIONS_KEY = "aitask:upstream-durations"
 # Weight of a new observation in the moving averages.
 SMOOTHING = 0.2
+# The first poll comes at most this share of the mean duration after submit. Every second
+# between it and the finish is polled every POLL_MAX_SECONDS; with thousands of videos
+# finishing together, that window is the poll load (0.8 left 5,000 60 s videos ten seconds late).
+FIRST_POLL_SHARE = 0.9
 # How long a worker reuses an estimate it read: every poll asks, and the estimate moves slowly.
 CACHE_SECONDS = 1.0
 
@@ -43,7 +47,7 @@ class UpstreamDurations:
         if estimate is None:
             return None
         mean, deviation = estimate
-        return max(0.0, min(0.8 * mean, mean - 2 * deviation))
+        return max(0.0, min(FIRST_POLL_SHARE * mean, mean - 2 * deviation))
 
     def _estimate(self, model_key: str, fresh: bool = False) -> tuple[float, float] | None:
         read_at, estimate = self._cache.get(model_key, (float("-inf"), None))

@@ -82,8 +82,11 @@ def process_task(task_id: str, poll: dict[str, Any] | None = None) -> str:
                 task = rt.tasks.get(task_id)
             if task is None:
                 log.warning("job dropped: task does not exist")
+                forget_finished(rt.redis, task_id)
                 return "missing"
             if TaskStatus(task["status"]).is_final:
+                # A duplicate job (a reconciler re-enqueue that raced the finish) re-added the watch entry.
+                forget_finished(rt.redis, task_id, task["user_id"])
                 return "already-final"
             return TaskRun(rt, task, claimed=claimed).run()
 
@@ -133,7 +136,11 @@ class TaskRun:
             return None
         task = self.rt.tasks.get(self.task_id)
         if task is None:
+            forget_finished(self.rt.redis, self.task_id)
             return "missing"
+        if TaskStatus(task["status"]).is_final:
+            forget_finished(self.rt.redis, self.task_id, task["user_id"])
+            return "stale-poll"
         if task["status"] != TaskStatus.PROCESSING.value or task.get("upstream_job_id") != self.task["upstream_job_id"]:
             return "stale-poll"
         self.task, self.partial = task, False

@@ -78,7 +78,7 @@ class Reconciler:
         waiting = self._jobs_still_waiting([task["_id"] for task, _ in overdue], now)
         requeued = 0
         for task, due in overdue:
-            if task["_id"] in waiting:
+            if task["_id"] in waiting or (due is None and self._finished_meanwhile(task["_id"])):
                 continue
             reason = "no job scheduled" if due is None else f"job overdue by {now - due:.0f} s and not queued"
             log.warning("re-enqueueing stuck task", task_id=task["_id"], reason=reason)
@@ -86,6 +86,12 @@ class Reconciler:
             requeued += 1
         self._prune(now - WATCH_RETENTION_SECONDS)
         return requeued
+
+    def _finished_meanwhile(self, task_id: str) -> bool:
+        """Whether a task without a watch entry reached a final state after the candidate query read it
+        (finishing removes the entry; that query scans the collection on FerretDB and takes a while)."""
+        task = self.tasks.find_one({"_id": task_id}, {"status": True})
+        return task is None or TaskStatus(task["status"]).is_final
 
     def _prune(self, before: float) -> None:
         """Drop watch entries (and their job ids) of tasks deleted or finished long ago."""

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from aitask_common.queues import enqueue_task
+from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY, enqueue_task
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM, waiting_job_task_ids
 from tests.stack import LocalStack
@@ -122,3 +122,18 @@ def test_a_job_whose_task_does_not_exist_is_dropped_with_a_log_line(stack: Local
         line.get("task_id") == "01NOSUCHTASK0000000000000" and line["message"] == "job dropped: task does not exist"
         for line in log_lines
     )
+    assert stack.redis().zscore(WATCH_KEY, "01NOSUCHTASK0000000000000") is None
+
+
+def test_a_duplicate_job_for_a_finished_task_leaves_nothing_to_watch(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    task_id = create(rest, user_id)
+    assert wait_for_status(rest, task_id, {"completed", "failed"})["status"] == "completed"
+    # As the reconciler does when the task finishes between its query and its enqueue.
+    job = enqueue_task(stack.redis(), task_id, "critical")
+    assert stack.redis().zscore(WATCH_KEY, task_id) is not None
+    wait_until(lambda: job.get_status(refresh=True) == "finished")
+    assert job.return_value() == "already-final"
+    assert stack.redis().zscore(WATCH_KEY, task_id) is None
+    assert stack.redis().hget(WATCH_JOBS_KEY, task_id) is None
