@@ -11,7 +11,7 @@ DESCRIPTOR := gateway/aitask.pb
 STAMP := .local/installed.stamp
 PYTEST_ARGS ?=
 
-.PHONY: help install protos run dev show-logs clean-logs test test-slow lint
+.PHONY: help install protos run dev show-logs clean-logs test lint
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-28s\033[0m %s\n", $$1, $$2}'
@@ -41,11 +41,8 @@ show-logs: ## Follow today's log file of every service (logs/<service>-YYYY-MM-D
 clean-logs: ## Delete every service log file under logs/
 	rm -f logs/*.log
 
-test: install tools-kustomize ## Run the tests against a real stack started on free loopback ports (not the slow ones)
-	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
-
-test-slow: install ## Run the slow load tests (1,000 videos in flight), which miss their 5 s bound by a fraction today
-	$(PYTHON) -m pytest -m slow -s $(PYTEST_ARGS)
+test: install tools-kustomize ## Run the tests against a real stack started on free loopback ports
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .

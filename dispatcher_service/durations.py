@@ -3,10 +3,17 @@
 Polling every job every few seconds from the start would multiply the poll
 jobs by the duration: a 60 s video would cost twenty polls instead of three.
 Each model keeps a moving mean and mean deviation of observed durations in
-Redis (shared by every worker); the first poll waits until at most 90 % of
+Redis (shared by every worker); the first poll waits until at most 80 % of
 the mean (less when durations vary), later polls follow the usual short
 interval. Staying below the mean matters: a first poll that always came after
 the finish would only ever observe its own delay, and the estimate would creep.
+
+Until a model's first job finishes there is no estimate, and a burst of a
+thousand videos would be polled every few seconds each, far more polls than
+workers can run, so every poll queues and the first finishers are seen late.
+The submit times of the model's running jobs fill the gap: a job submitted well
+after the oldest one still running is unlikely to finish first, so it is polled
+less often (at most a few poll intervals apart).
 """
 
 from __future__ import annotations
@@ -16,12 +23,12 @@ import time
 from redis import Redis
 
 DURATIONS_KEY = "aitask:upstream-durations"
+# Per model: sorted set of task ids with an upstream job running, scored by submit time (epoch s).
+RUNNING_KEY_PREFIX = "aitask:upstream-running:"
 # Weight of a new observation in the moving averages.
 SMOOTHING = 0.2
-# The first poll comes at most this share of the mean duration after submit. Every second
-# between it and the finish is polled every POLL_MAX_SECONDS; with thousands of videos
-# finishing together, that window is the poll load (0.8 left 5,000 60 s videos ten seconds late).
-FIRST_POLL_SHARE = 0.9
+# The first poll comes at most this share of the mean duration after submit.
+FIRST_POLL_SHARE = 0.8
 # How long a worker reuses an estimate it read: every poll asks, and the estimate moves slowly.
 CACHE_SECONDS = 1.0
 
@@ -32,6 +39,7 @@ class UpstreamDurations:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._cache: dict[str, tuple[float, tuple[float, float] | None]] = {}
+        self._oldest: dict[str, tuple[float, float | None]] = {}
 
     def record(self, model_key: str, seconds: float) -> None:
         """Fold one observed duration into the model's estimate (a lost race only drops one sample)."""
@@ -48,6 +56,26 @@ class UpstreamDurations:
             return None
         mean, deviation = estimate
         return max(0.0, min(FIRST_POLL_SHARE * mean, mean - 2 * deviation))
+
+    def started(self, model_key: str, task_id: str, submitted: float, forget_before: float) -> None:
+        """Note a submitted upstream job; entries submitted before `forget_before` (given up on) go."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(RUNNING_KEY_PREFIX + model_key, {task_id: submitted})
+            pipe.zremrangebyscore(RUNNING_KEY_PREFIX + model_key, "-inf", forget_before)
+            pipe.execute()
+
+    def stopped(self, model_key: str, task_id: str) -> None:
+        """The task's upstream job is over (or no longer ours to watch)."""
+        self.redis.zrem(RUNNING_KEY_PREFIX + model_key, task_id)
+
+    def oldest_running_age(self, model_key: str) -> float | None:
+        """Seconds since the oldest still-running job of the model was submitted (read at most once a second)."""
+        read_at, submitted = self._oldest.get(model_key, (float("-inf"), None))
+        if time.monotonic() - read_at >= CACHE_SECONDS:
+            oldest = self.redis.zrange(RUNNING_KEY_PREFIX + model_key, 0, 0, withscores=True)
+            submitted = float(oldest[0][1]) if oldest else None
+            self._oldest[model_key] = (time.monotonic(), submitted)
+        return None if submitted is None else time.time() - submitted
 
     def _estimate(self, model_key: str, fresh: bool = False) -> tuple[float, float] | None:
         read_at, estimate = self._cache.get(model_key, (float("-inf"), None))

