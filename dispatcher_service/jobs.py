@@ -14,12 +14,11 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
-import structlog
 from pymongo import MongoClient
 from redis import Redis
 
 from aitask.provider.v1 import provider_service_pb2 as pb
-from aitask_common.logging import get_logger
+from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
 from aitask_common.provider import RETRYABLE_CODES
@@ -71,7 +70,7 @@ def process_task(task_id: str, poll: dict[str, Any] | None = None) -> str:
     `TaskRun.poll_hint`), so a poll that finds the upstream job still running touches
     no database; the task document is read only once there is an outcome to write.
     """
-    with structlog.contextvars.bound_contextvars(task_id=task_id):
+    with bound_log_context(task_id=task_id):
         rt = runtime()
         with TaskLease(rt.redis, task_id, rt.settings.lease_seconds) as lease:
             if not lease.acquired:
@@ -251,18 +250,17 @@ class TaskRun:
             "PollJob", pb.PollJobRequest(model=self.task["model"], upstream_job_id=self.task["upstream_job_id"])
         )
         waited = (utcnow() - self.task["submitted"]).total_seconds()
-        model_key = self.model_key
         if response.state == pb.JOB_STATE_SUCCEEDED:
-            self.rt.durations.record(model_key, waited)
+            self.rt.durations.record(self.model_key, waited)
             return self._complete({"video_url": response.video_url, "error_message": ""})
         if response.state == pb.JOB_STATE_FAILED:
             return self._fail(response.error_message or "upstream job failed")
         if waited > self.settings.poll_give_up_seconds:
             return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
-        self._enqueue(self._next_poll_delay(waited, model_key, response.poll_after_ms), poll=True)
+        self._enqueue(self._next_poll_delay(waited, response.poll_after_ms), poll=True)
         return "polling"
 
-    def _next_poll_delay(self, waited: float, model_key: str, poll_after_ms: int) -> float:
+    def _next_poll_delay(self, waited: float, poll_after_ms: int) -> float:
         """Wait until the job may plausibly be done, then poll every few seconds.
 
         Derived from the submit time and shared duration estimates, so a poll
@@ -270,7 +268,7 @@ class TaskRun:
         """
         if poll_after_ms:
             return min(max(poll_after_ms / 1000, self.settings.poll_initial_seconds), self.settings.poll_max_seconds)
-        likely = self.rt.durations.earliest_likely_finish(model_key)
+        likely = self.rt.durations.earliest_likely_finish(self.model_key)
         if likely is not None and waited < likely:
             return max(likely - waited, self.settings.poll_initial_seconds)
         interval = min(max(waited / 4, self.settings.poll_initial_seconds), self.settings.poll_max_seconds)
@@ -278,7 +276,7 @@ class TaskRun:
             # No job of this model has finished yet: one submitted `gap` s after the oldest running
             # one most likely finishes about that much later (see durations.py). Bounded, in case
             # that oldest one is stuck upstream.
-            gap = max(0.0, (self.rt.durations.oldest_running_age(model_key) or waited) - waited)
+            gap = max(0.0, (self.rt.durations.oldest_running_age(self.model_key) or waited) - waited)
             return max(interval, min(gap / 2, PRE_ESTIMATE_MAX_POLLS * self.settings.poll_max_seconds))
         return interval
 
