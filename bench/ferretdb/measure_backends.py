@@ -113,13 +113,9 @@ class Corpus:
     users: list[str] = field(default_factory=list)
 
 
-def make_task(
-    rng: random.Random, now: dt.datetime, n_users: int, status: str | None = None
-) -> dict[str, Any]:
+def make_task(rng: random.Random, now: dt.datetime, n_users: int, status: str | None = None) -> dict[str, Any]:
     """Build one task document shaped like the project's ``tasks`` collection."""
-    status = status or rng.choices(
-        [s for s, _ in STATUS_WEIGHTS], weights=[w for _, w in STATUS_WEIGHTS]
-    )[0]
+    status = status or rng.choices([s for s, _ in STATUS_WEIGHTS], weights=[w for _, w in STATUS_WEIGHTS])[0]
     if status in ("pending", "processing"):
         # in-flight tasks are recent; about half of the processing ones are "stuck".
         created = now - dt.timedelta(seconds=rng.uniform(0, 3600))
@@ -288,8 +284,9 @@ def run_timings(
 
         return _c
 
-    results.append(time_op("a find_one(_id)", lambda i: coll.find_one({"_id": pick_ids[i]}),
-                           reps, warm, budget, mn, expect(1)))
+    results.append(
+        time_op("a find_one(_id)", lambda i: coll.find_one({"_id": pick_ids[i]}), reps, warm, budget, mn, expect(1))
+    )
 
     def cond_update(i: int) -> Any:
         return coll.update_one(
@@ -297,8 +294,9 @@ def run_timings(
             {"$set": {"status": "processing", "updated": dt.datetime.now(dt.UTC)}},
         )
 
-    results.append(time_op("b update_one(_id,status=pending)", cond_update, reps, warm, budget, mn,
-                           expect(1, exact=True)))
+    results.append(
+        time_op("b update_one(_id,status=pending)", cond_update, reps, warm, budget, mn, expect(1, exact=True))
+    )
 
     def id_update(i: int) -> Any:
         return coll.update_one(
@@ -306,8 +304,7 @@ def run_timings(
             {"$set": {"updated": dt.datetime.now(dt.UTC), "progress": i}},
         )
 
-    results.append(time_op("c update_one(_id)", id_update, reps, warm, budget, mn,
-                           expect(1, exact=True)))
+    results.append(time_op("c update_one(_id)", id_update, reps, warm, budget, mn, expect(1, exact=True)))
 
     ins_rng = random.Random(7)
 
@@ -319,31 +316,44 @@ def run_timings(
     def list_user(i: int) -> Any:
         return list(coll.find({"user_id": ru()}, {"prompt": 0}).sort("created", -1).skip(0).limit(20))
 
-    results.append(time_op("e list user sort created limit 20", list_user, reps, warm, budget, mn,
-                           expect(1)))
+    results.append(time_op("e list user sort created limit 20", list_user, reps, warm, budget, mn, expect(1)))
 
     def list_user_type(i: int) -> Any:
         return list(
-            coll.find({"user_id": ru(), "type": rng.choice(TYPES)}, {"prompt": 0})
-            .sort("created", -1).skip(0).limit(20)
+            coll.find({"user_id": ru(), "type": rng.choice(TYPES)}, {"prompt": 0}).sort("created", -1).skip(0).limit(20)
         )
 
-    results.append(time_op("f list user+type sort limit 20", list_user_type, reps, warm, budget, mn,
-                           expect(1)))
+    results.append(time_op("f list user+type sort limit 20", list_user_type, reps, warm, budget, mn, expect(1)))
 
-    results.append(time_op("g count_documents(user)", lambda i: coll.count_documents({"user_id": ru()}),
-                           reps, warm, budget, mn, expect(1)))
-    results.append(time_op("g2 count command(user)",
-                           lambda i: db.command("count", coll.name, query={"user_id": ru()})["n"],
-                           reps, warm, budget, mn, expect(1)))
+    results.append(
+        time_op(
+            "g count_documents(user)",
+            lambda i: coll.count_documents({"user_id": ru()}),
+            reps,
+            warm,
+            budget,
+            mn,
+            expect(1),
+        )
+    )
+    results.append(
+        time_op(
+            "g2 count command(user)",
+            lambda i: db.command("count", coll.name, query={"user_id": ru()})["n"],
+            reps,
+            warm,
+            budget,
+            mn,
+            expect(1),
+        )
+    )
 
     cutoff = now - dt.timedelta(minutes=15)
 
     def reaper(i: int) -> Any:
         return list(coll.find({"status": "processing", "updated": {"$lt": cutoff}}, {"_id": 1}).limit(100))
 
-    results.append(time_op("h reaper status+updated<t limit 100", reaper, reps, warm, budget, mn,
-                           expect(1)))
+    results.append(time_op("h reaper status+updated<t limit 100", reaper, reps, warm, budget, mn, expect(1)))
     return results
 
 
@@ -364,9 +374,7 @@ def explain_pushdown(db: Database, coll: Collection, corpus: Corpus) -> dict[str
     for name, q in queries.items():
         try:
             res = db.command("explain", {"find": coll.name, **q}, verbosity="queryPlanner")
-            keep: dict[str, Any] = {
-                k: res[k] for k in ("filterPushdown", "sortPushdown", "limitPushdown") if k in res
-            }
+            keep: dict[str, Any] = {k: res[k] for k in ("filterPushdown", "sortPushdown", "limitPushdown") if k in res}
             plan = res.get("queryPlanner", {})
             keep["queryPlanner"] = json.loads(json.dumps(plan, default=str))
             keep["plan_summary"] = plan_summary(plan)
@@ -406,9 +414,15 @@ def idempotency_index_tests(db: Database) -> dict[str, Any]:
     compound = [("user_id", 1), ("idempotency_key", 1)]
     variants: dict[str, tuple[list[tuple[str, int]], dict[str, Any], bool]] = {
         "compound_partial_exists": (
-            compound, {"partialFilterExpression": {"idempotency_key": {"$exists": True}}}, False),
+            compound,
+            {"partialFilterExpression": {"idempotency_key": {"$exists": True}}},
+            False,
+        ),
         "compound_partial_type_string": (
-            compound, {"partialFilterExpression": {"idempotency_key": {"$type": "string"}}}, False),
+            compound,
+            {"partialFilterExpression": {"idempotency_key": {"$type": "string"}}},
+            False,
+        ),
         "compound_sparse": (compound, {"sparse": True}, False),
         "compound_plain": (compound, {}, False),
         "single_field_sparse_idem": ([("idem", 1)], {"sparse": True}, True),
@@ -479,6 +493,7 @@ def idempotency_index_tests(db: Database) -> dict[str, Any]:
 
 def atomicity_test(client: MongoClient, coll: Collection, threads: int, trials: int) -> dict[str, Any]:
     """Race ``threads`` conditional pending→processing updates on one document."""
+
     # warm the connection pool so every thread has its own socket ready.
     def ping() -> None:
         client.admin.command("ping")
@@ -597,8 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the whole measurement for one endpoint."""
     args = parse_args(argv)
     rng = random.Random(args.seed)
-    client: MongoClient = MongoClient(args.mongo_url, maxPoolSize=max(50, args.threads + 5),
-                                      serverSelectionTimeoutMS=10_000, tz_aware=True)
+    client: MongoClient = MongoClient(
+        args.mongo_url, maxPoolSize=max(50, args.threads + 5), serverSelectionTimeoutMS=10_000, tz_aware=True
+    )
     db = client[args.db]
     coll = db["tasks"]
     coll.drop()
@@ -619,16 +635,17 @@ def main(argv: list[str] | None = None) -> int:
     race = atomicity_test(client, db["race"], args.threads, args.trials)
     for mode in ("update_one", "find_one_and_update"):
         r = race[mode]
-        print(f"  race {mode:20} trials with >1 winner: {r['trials_with_multiple_winners']}/{args.trials}"
-              f"  max winners {r['max_winners']}  winners/trial {r['winners_per_trial']}"
-              f"  errors {r['error_count']}")
+        print(
+            f"  race {mode:20} trials with >1 winner: {r['trials_with_multiple_winners']}/{args.trials}"
+            f"  max winners {r['max_winners']}  winners/trial {r['winners_per_trial']}"
+            f"  errors {r['error_count']}"
+        )
     facts = server_facts(client, db, coll)
     out = {
         "label": args.label,
         "mongo_url": args.mongo_url,
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "params": {k: v for k, v in vars(args).items() if k != "json_out"},
         "server": facts,
         "load": load_info,
@@ -638,8 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         "idempotency_index": idem,
         "atomicity": race,
     }
-    path = args.json_out or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                         f"results-{args.label}.json")
+    path = args.json_out or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"results-{args.label}.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=2, default=str)
     print(f"[{args.label}] wrote {path}")
