@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from aitask_common.logfiles import DailyFileHandler
-from aitask_common.logging import configure_logging, get_logger
+from aitask_common.logging import bound_log_context, configure_logging, get_logger
 from aitask_common.settings import ServiceSettings
 
 
@@ -46,7 +46,7 @@ def test_every_line_is_json_with_time_level_message_service_and_task_id(
 ) -> None:
     configure_logging("unit", ServiceSettings(log_dir=str(tmp_path), log_level="INFO"))
     log = get_logger("test")
-    with structlog.contextvars.bound_contextvars(task_id="01TASK"):
+    with bound_log_context(task_id="01TASK"):
         log.info("task created", model="m1")
     log.debug("not shown at INFO")
     logging.getLogger("library").warning("from %s", "stdlib")
