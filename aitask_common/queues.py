@@ -6,6 +6,7 @@ can write to Redis could run code in a worker.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from datetime import timedelta
@@ -43,6 +44,12 @@ WATCH_KEY = "aitask:watch"
 # merely waits in a long queue from a lost one.
 WATCH_JOBS_KEY = "aitask:watch-jobs"
 
+# Polls of running upstream jobs are not RQ jobs: a thread in every worker process claims the
+# due ones from this sorted set (task id scored by due time, epoch seconds) and runs them, so a
+# poll costs no RQ bookkeeping (dispatcher_service/polls.py). The hash holds each poll's hint.
+POLLS_KEY = "aitask:polls"
+POLL_HINTS_KEY = "aitask:poll-hints"
+
 # Finished job records are only bookkeeping: MongoDB holds the outcome.
 RESULT_TTL_SECONDS = 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
@@ -54,6 +61,8 @@ def forget_finished(connection: Redis, task_id: str, user_id: str | None = None)
     with connection.pipeline(transaction=False) as pipe:
         pipe.zrem(WATCH_KEY, task_id)
         pipe.hdel(WATCH_JOBS_KEY, task_id)
+        pipe.zrem(POLLS_KEY, task_id)
+        pipe.hdel(POLL_HINTS_KEY, task_id)
         if user_id is not None:
             pipe.srem(inflight_key(user_id), task_id)
         pipe.execute()
@@ -69,17 +78,27 @@ def enqueue_task(
     task_id: str,
     priority: Priority | str,
     delay: timedelta | None = None,
-    poll: dict[str, Any] | None = None,
 ) -> Job:
-    """Enqueue the job that processes `task_id` (after `delay`, when given) and note when it is due.
-
-    `poll` makes it a poll of the task's upstream job (see `dispatcher_service.jobs.process_task`).
-    """
+    """Enqueue the job that processes `task_id` (after `delay`, when given) and note when it is due."""
     with connection.pipeline() as pipe:
         pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
-        job = _queue_job(pipe, connection, task_id, priority, delay, poll)
+        job = _queue_job(pipe, connection, task_id, priority, delay)
         pipe.execute()
     return job
+
+
+def schedule_poll(connection: Redis, task_id: str, delay_seconds: float, hint: dict[str, Any]) -> None:
+    """Poll the task's upstream job after `delay_seconds`, carrying `hint` (see `dispatcher_service.jobs`).
+
+    The watch entry moves with the poll; the task has no RQ job while it waits for one.
+    """
+    due = time.time() + delay_seconds
+    with connection.pipeline() as pipe:
+        pipe.zadd(POLLS_KEY, {task_id: due})
+        pipe.hset(POLL_HINTS_KEY, task_id, json.dumps(hint))
+        pipe.zadd(WATCH_KEY, {task_id: due})
+        pipe.hdel(WATCH_JOBS_KEY, task_id)
+        pipe.execute()
 
 
 def enqueue_tasks(connection: Redis, tasks: Iterable[tuple[str, Priority | str]]) -> list[Job]:
@@ -97,13 +116,11 @@ def _queue_job(
     task_id: str,
     priority: Priority | str,
     delay: timedelta | None = None,
-    poll: dict[str, Any] | None = None,
 ) -> Job:
     """Add a task's job, its watch entry and its job id to a MULTI: all of them are stored, or none."""
     due = time.time() + (delay.total_seconds() if delay else 0.0)
     target = queue(connection, priority)
-    options: dict[str, Any] = {} if poll is None else {"poll": poll}
-    options |= {
+    options: dict[str, Any] = {
         "result_ttl": RESULT_TTL_SECONDS,
         "failure_ttl": FAILURE_TTL_SECONDS,
         "description": f"task {task_id}",

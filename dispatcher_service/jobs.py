@@ -22,7 +22,7 @@ from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
 from aitask_common.provider import RETRYABLE_CODES
-from aitask_common.queues import enqueue_task, forget_finished
+from aitask_common.queues import enqueue_task, forget_finished, schedule_poll
 from aitask_common.settings import load_settings
 from aitask_common.tasks import TaskStatus, utcnow
 from dispatcher_service.durations import UpstreamDurations
@@ -63,12 +63,13 @@ def runtime() -> Runtime:
 
 
 def process_task(task_id: str, poll: dict[str, Any] | None = None) -> str:
-    """RQ entry point; returns a short word saying what happened (kept as the job result).
+    """RQ entry point, and the poller's (dispatcher_service.polls); returns a short word saying
+    what happened (kept as the job result).
 
-    A job from `enqueue_task` without `poll` expects a pending task and starts it in
-    the same round trip that reads it. A poll job carries what a poll needs (see
-    `TaskRun.poll_hint`), so a poll that finds the upstream job still running touches
-    no database; the task document is read only once there is an outcome to write.
+    A job from `enqueue_task` expects a pending task and starts it in the same round
+    trip that reads it. A poll carries what it needs (see `TaskRun.poll_hint`), so a
+    poll that finds the upstream job still running touches no database; the task
+    document is read only once there is an outcome to write.
     """
     with bound_log_context(task_id=task_id):
         rt = runtime()
@@ -115,7 +116,7 @@ class TaskRun:
 
     @staticmethod
     def task_from_hint(task_id: str, hint: dict[str, Any]) -> dict[str, Any]:
-        """The fields of a processing task that a poll reads, rebuilt from a poll job's hint."""
+        """The fields of a processing task that a poll reads, rebuilt from a poll's hint."""
         return {
             "_id": task_id,
             "status": TaskStatus.PROCESSING.value,
@@ -127,7 +128,7 @@ class TaskRun:
         }
 
     def poll_hint(self) -> dict[str, Any]:
-        """What the next poll job carries (JSON: the job serializer is JSON)."""
+        """What the next poll carries (JSON)."""
         return {
             "provider": self.task["provider"],
             "model": self.task["model"],
@@ -344,5 +345,7 @@ class TaskRun:
         TASK_DURATION.labels(self.task["type"]).observe((utcnow() - self.task["created"]).total_seconds())
 
     def _enqueue(self, delay_seconds: float, poll: bool = False) -> None:
-        hint = self.poll_hint() if poll else None
-        enqueue_task(self.rt.redis, self.task_id, self.priority, timedelta(seconds=delay_seconds), poll=hint)
+        if poll:
+            schedule_poll(self.rt.redis, self.task_id, delay_seconds, self.poll_hint())
+        else:
+            enqueue_task(self.rt.redis, self.task_id, self.priority, timedelta(seconds=delay_seconds))

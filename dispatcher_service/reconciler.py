@@ -3,7 +3,8 @@
 MongoDB is the source of truth; Redis may lose a job (a worker dying between
 BLPOP and RQ's registry write, a SIGKILL mid-task, a flush or an empty restart).
 A task is re-enqueued when it is pending or processing, has not changed for a
-while, holds no lease, and its next job is not due in the watch set, or is long
+while, holds no lease, waits for no poll (a poll entry is never lost: a claimed one
+comes due again), and its next job is not due in the watch set, or is long
 overdue and no longer waiting in its queue or schedule (a job behind a deep
 backlog is late, not lost). A duplicate job is harmless: the lease and conditional
 updates make the second run a no-op, and a stored upstream job id is polled,
@@ -16,6 +17,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from pymongo.collection import Collection
 from redis import Redis
@@ -24,7 +26,7 @@ from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry
 
 from aitask_common.logging import get_logger
-from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY, enqueue_task
+from aitask_common.queues import POLLS_KEY, WATCH_JOBS_KEY, WATCH_KEY, enqueue_task
 from aitask_common.tasks import TaskStatus, utcnow
 from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.settings import DispatcherSettings
@@ -65,16 +67,7 @@ class Reconciler:
         )
         if not candidates:
             return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for task in candidates:
-            pipe.exists(LEASE_KEY_PREFIX + task["_id"])
-            pipe.zscore(WATCH_KEY, task["_id"])
-        answers = pipe.execute()
-        overdue = [
-            (task, due)
-            for task, leased, due in zip(candidates, answers[::2], answers[1::2], strict=True)
-            if not leased and (due is None or due <= now - self.settings.watch_grace_seconds)
-        ]
+        overdue = self._unattended(candidates, now)
         waiting = self._jobs_still_waiting([task["_id"] for task, _ in overdue], now)
         requeued = 0
         for task, due in overdue:
@@ -86,6 +79,21 @@ class Reconciler:
             requeued += 1
         self._prune(now - WATCH_RETENTION_SECONDS)
         return requeued
+
+    def _unattended(self, candidates: list[dict[str, Any]], now: float) -> list[tuple[dict[str, Any], float | None]]:
+        """(task, due) of the candidates without a lease or a poll whose watch entry is missing or
+        overdue by more than the grace: one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task in candidates:
+            pipe.exists(LEASE_KEY_PREFIX + task["_id"])
+            pipe.zscore(POLLS_KEY, task["_id"])
+            pipe.zscore(WATCH_KEY, task["_id"])
+        answers = pipe.execute()
+        return [
+            (task, due)
+            for task, leased, poll, due in zip(candidates, answers[::3], answers[1::3], answers[2::3], strict=True)
+            if not leased and poll is None and (due is None or due <= now - self.settings.watch_grace_seconds)
+        ]
 
     def _finished_meanwhile(self, task_id: str) -> bool:
         """Whether a task without a watch entry reached a final state after the candidate query read it

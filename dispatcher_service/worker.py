@@ -1,10 +1,14 @@
-"""Starts the RQ worker pool: N in-process (SimpleWorker) workers draining critical, default, low."""
+"""Starts the RQ worker pool: N in-process workers draining critical, default, low, each with a poller."""
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
 
 from pymongo import MongoClient
 from redis import Redis
 from rq.serializers import JSONSerializer
+from rq.utils import now
 from rq.worker import SimpleWorker
 from rq.worker_pool import WorkerPool
 
@@ -15,8 +19,43 @@ from aitask_common.mongo import client_options
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
+from dispatcher_service.jobs import process_task, runtime
+from dispatcher_service.polls import Poller
 from dispatcher_service.reconciler import Reconciler
 from dispatcher_service.settings import DispatcherSettings
+
+# RQ refreshes a worker's heartbeat about four times per job; its key lives for minutes.
+HEARTBEAT_EVERY_SECONDS = 1.0
+
+
+class DispatcherWorker(SimpleWorker):
+    """A SimpleWorker that also runs this process's poller, and skips RQ bookkeeping that repeats
+    itself within a job (heartbeats a second apart, an unchanged state)."""
+
+    log_result_lifespan = False
+    poller: Poller | None = None
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        # Connections are opened here, in the worker process, not in the pool's parent before the fork.
+        self.poller = Poller(runtime().redis, process_task)
+        self.poller.start()
+
+    def teardown(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
+        super().teardown()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        last: datetime | None = self.last_heartbeat
+        if timeout is None and pipeline is None and last and (now() - last).total_seconds() < HEARTBEAT_EVERY_SECONDS:
+            return
+        super().heartbeat(timeout, pipeline)
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is None and state == getattr(self, "_state", None):
+            return
+        super().set_state(state, pipeline)
 
 
 def build_pool(settings: DispatcherSettings) -> WorkerPool:
@@ -29,7 +68,7 @@ def build_pool(settings: DispatcherSettings) -> WorkerPool:
         [str(name) for name in QUEUE_ORDER],
         connection=Redis.from_url(settings.redis_url),
         num_workers=settings.worker_concurrency,
-        worker_class=SimpleWorker,
+        worker_class=DispatcherWorker,
         serializer=JSONSerializer,
     )
 

@@ -10,7 +10,7 @@ from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from aitask_common.queues import PROCESS_TASK, WATCH_JOBS_KEY
+from aitask_common.queues import POLLS_KEY, PROCESS_TASK, WATCH_JOBS_KEY, WATCH_KEY
 from dispatcher_service.reconciler import Reconciler
 from dispatcher_service.settings import DispatcherSettings
 from tests.stack import LocalStack
@@ -43,3 +43,21 @@ def test_only_jobs_still_in_a_queue_or_schedule_count_as_waiting(stack: LocalSta
         backlog.empty()
         for name in ("scheduled", "stalled"):
             backlog.scheduled_job_registry.remove(jobs[name])
+
+
+def test_a_task_waiting_for_its_poll_is_not_stuck(stack: LocalStack) -> None:
+    redis = stack.redis()
+    now = time.time()
+    grace = DispatcherSettings().watch_grace_seconds
+    polled, lost = f"polled-{uuid.uuid4().hex}", f"lost-{uuid.uuid4().hex}"
+    # Both watch entries are long overdue; only one task has a poll entry (due in an hour, so no
+    # poller of the stack takes it).
+    redis.zadd(WATCH_KEY, {polled: now - 10 * grace, lost: now - 10 * grace})
+    redis.zadd(POLLS_KEY, {polled: now + 3600})
+    try:
+        reconciler = Reconciler(DispatcherSettings(), redis, stack.tasks())
+        unattended = reconciler._unattended([{"_id": polled}, {"_id": lost}], now)
+        assert [task["_id"] for task, _ in unattended] == [lost]
+    finally:
+        redis.zrem(WATCH_KEY, polled, lost)
+        redis.zrem(POLLS_KEY, polled)

@@ -1,0 +1,75 @@
+"""The poller claims due polls exactly once and leaves nothing behind (against a real Redis).
+
+It runs on a database of the stack's Redis that the stack's own pollers do not watch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from aitask_common.queues import POLL_HINTS_KEY, POLLS_KEY, WATCH_JOBS_KEY, WATCH_KEY, schedule_poll
+from dispatcher_service.polls import CLAIM_SECONDS, Poller
+from tests.stack import LocalStack
+
+HINT = {"provider": "volcengine", "model": "m", "upstream_job_id": "u-1", "submitted": 1.0, "priority": "default"}
+
+
+@pytest.fixture
+def redis(stack: LocalStack) -> Iterator[Redis]:
+    client = Redis(port=stack.ports.redis, db=9)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def test_only_due_polls_are_claimed_and_each_once(redis: Redis) -> None:
+    schedule_poll(redis, "due", 0, HINT)
+    schedule_poll(redis, "later", 60, HINT)
+    first, second = Poller(redis, lambda *_: None), Poller(redis, lambda *_: None)
+    until, claimed = first.claim()
+    assert claimed == [("due", HINT)]
+    assert second.claim()[1] == []  # hidden while claimed
+    assert redis.zscore(POLLS_KEY, "due") == pytest.approx(until)
+    assert until >= time.time() + CLAIM_SECONDS - 1
+    # The watch entry follows the poll, and a polled task has no RQ job.
+    assert redis.zscore(WATCH_KEY, "later") == pytest.approx(redis.zscore(POLLS_KEY, "later"))
+    assert not redis.hexists(WATCH_JOBS_KEY, "later")
+
+
+def test_a_run_that_reschedules_keeps_the_poll_and_one_that_does_not_drops_it(redis: Redis) -> None:
+    runs: list[tuple[str, dict[str, Any] | None]] = []
+
+    def run(task_id: str, hint: dict[str, Any] | None) -> None:
+        runs.append((task_id, hint))
+        if task_id == "still-running":
+            schedule_poll(redis, task_id, 5, HINT | {"upstream_job_id": "u-2"})
+
+    schedule_poll(redis, "still-running", 0, HINT)
+    schedule_poll(redis, "moved-on", 0, HINT)
+    assert Poller(redis, run).run_once() == 2
+    assert sorted(runs) == [("moved-on", HINT), ("still-running", HINT)]
+    due = redis.zscore(POLLS_KEY, "still-running")
+    assert due is not None and time.time() < due <= time.time() + 5
+    assert redis.hget(POLL_HINTS_KEY, "still-running") is not None
+    assert redis.zscore(POLLS_KEY, "moved-on") is None
+    assert redis.hget(POLL_HINTS_KEY, "moved-on") is None
+
+
+def test_a_poll_that_fails_comes_due_again_after_its_claim(redis: Redis) -> None:
+    def run(task_id: str, hint: dict[str, Any] | None) -> None:
+        raise ConnectionError("database unreachable")
+
+    schedule_poll(redis, "unlucky", 0, HINT)
+    started = time.time()
+    assert Poller(redis, run).run_once() == 1
+    due = redis.zscore(POLLS_KEY, "unlucky")
+    assert due is not None and due >= started + CLAIM_SECONDS
+    assert redis.hget(POLL_HINTS_KEY, "unlucky") is not None
+    # Once the claim lapses, any poller takes it again, hint and all.
+    redis.zadd(POLLS_KEY, {"unlucky": time.time() - 1})
+    assert Poller(redis, lambda *_: None).claim()[1] == [("unlucky", HINT)]
