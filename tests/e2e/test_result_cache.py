@@ -15,6 +15,7 @@ import pytest
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
+from aitask_common.registry import read_instances
 from devstack.processes import Process, free_port
 from task_service.result_cache import TOMBSTONE, result_key
 from tests.conftest import wait_for_status, wait_until
@@ -192,3 +193,30 @@ def test_results_over_result_cache_max_bytes_are_read_from_mongodb(stack: LocalS
     assert large_task[0].ByteSize() > 1024
     assert cached(stack, task_ids[0]) == small_task[0].SerializeToString()
     assert cached(stack, task_ids[1]) is None
+
+
+def test_with_redis_down_reads_fall_back_to_mongodb_and_deletes_are_refused(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    task_id = create(rest, user_id)
+    completed_and_cached(stack, rest, task_id)
+    # Directly: Envoy takes a replica out while its health check sees Redis down.
+    stub = replica_stubs(stack)[0]
+    expected = get_result(stub, task_id, stack.admin_key)
+    stack.tasks().update_one({"_id": task_id}, {"$set": {"text_result": "read from MongoDB"}})
+    stack.stop("redis")
+    try:
+        assert get_result(stub, task_id, stack.admin_key).text_result == "read from MongoDB"
+        with pytest.raises(grpc.RpcError) as error:
+            stub.DeleteTask(pb.DeleteTaskRequest(task_id=task_id), metadata=bearer(stack.admin_key), timeout=10)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert stack.tasks().find_one({"_id": task_id}) is not None
+    finally:
+        stack.start("redis")
+    # Redis kept its data (append-only file): the cached copy is back, and a delete now succeeds.
+    assert get_result(stub, task_id, stack.admin_key) == expected
+    stub.DeleteTask(pb.DeleteTaskRequest(task_id=task_id), metadata=bearer(stack.admin_key), timeout=10)
+    assert cached(stack, task_id) == TOMBSTONE
+    # Leave the stack as found: providers registered again, Envoy routing to both replicas.
+    wait_until(lambda: len(read_instances(stack.redis())) >= 2)
+    stack.wait_for_rest()
