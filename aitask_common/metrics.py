@@ -45,6 +45,11 @@ UPSTREAM_CALL = Histogram(
 RETRIES = Counter(
     "aitask_task_retries_total", "Upstream attempts scheduled again after a retryable error", ["provider", "model"]
 )
+RESULT_CACHE_LOOKUPS = Counter(
+    "aitask_result_cache_lookups_total",
+    "Task service result cache lookups by outcome (hit, deleted, miss, error)",
+    ["outcome"],
+)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):

@@ -26,6 +26,7 @@ from task_service.batching import Batcher
 from task_service.catalogue import CatalogueCache
 from task_service.enqueue import TaskQueue
 from task_service.limits import InflightTasks, RateLimiter
+from task_service.result_cache import FinalResultCache
 from task_service.servicer import TaskServicer
 from task_service.settings import TaskServiceSettings
 from task_service.storage import TaskStore
@@ -34,8 +35,9 @@ SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_
 
 log = get_logger(__name__)
 
-# Retries of a limits command whose connection broke (a retried INCR may count a request twice: harmless).
-LIMITS_REDIS_RETRIES = 2
+# Retries of an asyncio-client command whose connection broke (a retried INCR may count a request twice, the
+# cache's commands are idempotent: harmless).
+ASYNC_REDIS_RETRIES = 2
 
 
 @dataclass
@@ -45,7 +47,7 @@ class TaskService:
     server: GrpcServer
     mongo: AsyncMongoClient
     redis: Redis
-    limits_redis: AsyncRedis
+    async_redis: AsyncRedis
     catalogues: CatalogueCache
     batchers: list[Batcher]
 
@@ -56,7 +58,7 @@ class TaskService:
             await batcher.stop()
         await self.mongo.close()
         self.redis.close()
-        await self.limits_redis.aclose()
+        await self.async_redis.aclose()
 
 
 async def build_server(settings: TaskServiceSettings) -> TaskService:
@@ -74,10 +76,10 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         await asyncio.to_thread(redis.ping)
 
     server = GrpcServer(f"{settings.host}:{settings.port}", [SERVICE_NAME], dependencies_reachable)
-    # The limits run on every request: an asyncio client, not a thread hop per call like the RQ client.
-    # Retried on broken connections (after a Redis restart the pooled ones are dead until used once), not on
-    # timeouts: a hung Redis costs a request one REDIS_SOCKET_TIMEOUT, as everywhere else.
-    limits_redis = AsyncRedis(
+    # The limits and the result cache run on every request: an asyncio client, not a thread hop per call like
+    # the RQ client. Retried on broken connections (after a Redis restart the pooled ones are dead until used
+    # once), not on timeouts: a hung Redis costs a request one REDIS_SOCKET_TIMEOUT, as everywhere else.
+    async_redis = AsyncRedis(
         # Under a burst, wait for a pooled connection instead of failing with "Too many connections".
         connection_pool=BlockingConnectionPool.from_url(
             settings.redis_url,
@@ -85,22 +87,23 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
             timeout=settings.redis_socket_timeout,
             socket_timeout=settings.redis_socket_timeout,
             retry=Retry(
-                ExponentialBackoff(cap=0.5, base=0.05), LIMITS_REDIS_RETRIES, supported_errors=(RedisConnectionError,)
+                ExponentialBackoff(cap=0.5, base=0.05), ASYNC_REDIS_RETRIES, supported_errors=(RedisConnectionError,)
             ),
         )
     )
-    inflight = InflightTasks(limits_redis, settings.max_inflight_tasks_per_user)
+    inflight = InflightTasks(async_redis, settings.max_inflight_tasks_per_user)
+    results = FinalResultCache(async_redis, settings.result_cache_seconds, settings.result_cache_max_bytes)
     task_queue = TaskQueue(redis)
     batchers: list[Batcher] = [store.inserts, task_queue.batcher]
     for batcher in batchers:
         batcher.start()
-    servicer = TaskServicer(settings, store, task_queue, catalogues, inflight)
+    servicer = TaskServicer(settings, store, task_queue, catalogues, inflight, results)
     guard = Guard(
         _key_verifier(settings, mongo),
-        RateLimiter(limits_redis, settings.rate_limit_requests, settings.rate_limit_window_seconds),
+        RateLimiter(async_redis, settings.rate_limit_requests, settings.rate_limit_window_seconds),
     )
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(GuardedServicer(servicer, guard), server.server)
-    return TaskService(server, mongo, redis, limits_redis, catalogues, batchers)
+    return TaskService(server, mongo, redis, async_redis, catalogues, batchers)
 
 
 def _key_verifier(settings: TaskServiceSettings, mongo: AsyncMongoClient) -> KeyVerifier | None:

@@ -25,6 +25,7 @@ from task_service.catalogue import CatalogueCache
 from task_service.enqueue import TaskQueue
 from task_service.idempotency import METADATA_NAME, fingerprint, idempotency_key, scoped
 from task_service.limits import InflightTasks
+from task_service.result_cache import FinalResultCache, Lookup
 from task_service.settings import TaskServiceSettings
 from task_service.storage import FINGERPRINT_FIELD, IDEMPOTENCY_FIELD, TaskStore
 from task_service.validation import InvalidRequest, ValidatedRequest, is_task_id, validate_create, validate_user_id
@@ -42,12 +43,14 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         queue: TaskQueue,
         catalogues: CatalogueCache,
         inflight: InflightTasks,
+        results: FinalResultCache,
     ) -> None:
         self.settings = settings
         self.store = store
         self.queue = queue
         self.catalogues = catalogues
         self.inflight = inflight
+        self.results = results
 
     async def CreateImageTask(
         self, request: pb.CreateImageTaskRequest, context: grpc.aio.ServicerContext
@@ -70,15 +73,34 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def GetTaskResult(
         self, request: pb.GetTaskResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetTaskResultResponse:
-        document = await self._find(request.task_id, context)
-        return pb.GetTaskResultResponse(success=True, data=task_to_proto(document), message="ok")
+        task_id = request.task_id
+        await self._check_task_id(task_id, context)
+        cached = await self.results.get(task_id)
+        if isinstance(cached, pb.Task):
+            # Exactly what `_find` answers for another user's task.
+            if not current_principal().may_act_for(cached.user_id):
+                await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
+            return pb.GetTaskResultResponse(success=True, data=cached, message="ok")
+        if cached is Lookup.DELETED:
+            await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
+        document = await self._find_valid(task_id, context)
+        task = task_to_proto(document)
+        if TaskStatus(document["status"]).is_final:
+            await self.results.put(task)
+        return pb.GetTaskResultResponse(success=True, data=task, message="ok")
 
     async def DeleteTask(
         self, request: pb.DeleteTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteTaskResponse:
         document = await self._find(request.task_id, context)
+        # Against a read that missed the result cache and found the task in MongoDB before the delete: its SET NX
+        # lands before the tombstone (which overwrites it) or after (NX refuses it); a read of MongoDB after the
+        # delete caches nothing. DEL first, so that if the tombstone write fails only such a racing read, not an
+        # earlier one, can have left a copy (served for up to RESULT_CACHE_SECONDS). A failed DEL refuses the delete.
+        await self._forget_cached(request.task_id, context)
         if not await self._database(context, self.store.delete(request.task_id)):
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(request.task_id))
+        await self.results.mark_deleted(request.task_id)
         await self._release_slot(document["user_id"], request.task_id)
         log.info("task deleted", task_id=request.task_id)
         return pb.DeleteTaskResponse(success=True, data=pb.DeletedTask(task_id=request.task_id), message="task deleted")
@@ -223,12 +245,27 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             await self._release_slot(document["user_id"], task_id)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "task queue unavailable, retry later")
 
+    async def _forget_cached(self, task_id: str, context: grpc.aio.ServicerContext) -> None:
+        try:
+            await self.results.forget(task_id)
+        except RedisError as error:
+            log.error("result cache unavailable; task not deleted", task_id=task_id, error=str(error))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "task cache unavailable, retry later")
+
     async def _find(self, task_id: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
         """The task, if it exists and the caller may see it; another user's task is as good as absent."""
+        await self._check_task_id(task_id, context)
+        return await self._find_valid(task_id, context)
+
+    @staticmethod
+    async def _check_task_id(task_id: str, context: grpc.aio.ServicerContext) -> None:
         if not task_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "task_id: is required")
         if not is_task_id(task_id):
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
+
+    async def _find_valid(self, task_id: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        """`_find` for an id already checked."""
         document = await self._database(context, self.store.get(task_id))
         if document is None or not current_principal().may_act_for(document.get("user_id", "")):
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))

@@ -28,6 +28,11 @@ class TaskServiceSettings(ServiceSettings):
     rate_limit_window_seconds: int = Field(default=60, ge=1)
     # Tasks one user may have pending or processing at once; 0 turns the cap off.
     max_inflight_tasks_per_user: int = Field(default=100, ge=0)
+    # How long a final task result (or a deleted task's tombstone) stays in Redis; 0 turns the cache off.
+    # Replicas sharing a Redis must agree: one with the cache off leaves no tombstone when it deletes.
+    result_cache_seconds: int = Field(default=3600, ge=0)
+    # Larger serialized results (big base64 images) are always read from MongoDB.
+    result_cache_max_bytes: int = Field(default=65536, ge=0)
 
     @property
     def auth_required(self) -> bool:
