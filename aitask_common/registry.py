@@ -8,6 +8,7 @@ SCAN the keyspace (which also holds every RQ job).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -54,8 +55,10 @@ class ProviderInstance:
         )
 
     @classmethod
+    @functools.lru_cache(maxsize=256)
     def from_json(cls, raw: str | bytes) -> ProviderInstance:
-        """Parse what `to_json` wrote."""
+        """Parse what `to_json` wrote (memoised: readers re-read the registry every second, and
+        parsing a catalogue costs more than reading it; callers must not modify the result)."""
         data = json.loads(raw)
         catalogue = json_format.ParseDict(data["catalogue"], provider_service_pb2.DescribeCatalogueResponse())
         return cls(data["provider"], data["instance_id"], data["address"], catalogue)
@@ -76,11 +79,15 @@ def read_instances(redis: Redis) -> list[ProviderInstance]:
 def read_catalogues(redis: Redis) -> dict[str, provider_service_pb2.DescribeCatalogueResponse]:
     """The last published catalogue of every provider ever registered, by provider name."""
     return {
-        (name.decode() if isinstance(name, bytes) else name): json_format.Parse(
-            raw, provider_service_pb2.DescribeCatalogueResponse()
-        )
+        (name.decode() if isinstance(name, bytes) else name): _parse_catalogue(raw)
         for name, raw in redis.hgetall(CATALOGUES_KEY).items()
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_catalogue(raw: str | bytes) -> provider_service_pb2.DescribeCatalogueResponse:
+    """A published catalogue, parsed once per distinct text (callers must not modify it)."""
+    return json_format.Parse(raw, provider_service_pb2.DescribeCatalogueResponse())
 
 
 class RegistryPublisher:

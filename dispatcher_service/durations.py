@@ -3,10 +3,13 @@
 Polling every job every few seconds from the start would multiply the poll
 jobs by the duration: a 60 s video would cost twenty polls instead of three.
 Each model keeps a moving mean and mean deviation of observed durations in
-Redis (shared by every worker); the first poll waits until at most 80 % of
-the mean (less when durations vary), later polls follow the usual short
-interval. Staying below the mean matters: a first poll that always came after
-the finish would only ever observe its own delay, and the estimate would creep.
+Redis (shared by every worker). The first poll comes at most 80 % of the mean
+after submit (earlier when durations vary), the second at the mean, later ones
+at the usual short interval. A duration is observed as the middle of the span
+between the last poll that found the job running and the one that found it
+done. Both matter: the success time alone only ever overstates the duration
+(by the poll's own delay), and an estimate fed with it would creep upwards; the
+first poll, well before the mean, makes sure that span has a start.
 
 Until a model's first job finishes there is no estimate, and a burst of a
 thousand videos would be polled every few seconds each, far more polls than
@@ -31,6 +34,9 @@ SMOOTHING = 0.2
 FIRST_POLL_SHARE = 0.8
 # How long a worker reuses an estimate it read: every poll asks, and the estimate moves slowly.
 CACHE_SECONDS = 1.0
+# Before a model has an estimate, a job much younger than the oldest running one is polled less
+# often, but at least every this many poll intervals.
+PRE_ESTIMATE_MAX_POLLS = 8
 
 
 class UpstreamDurations:
@@ -49,6 +55,25 @@ class UpstreamDurations:
         self.redis.hset(DURATIONS_KEY, model_key, f"{mean:.3f} {deviation:.3f}")
         self._cache[model_key] = (time.monotonic(), (mean, deviation))
 
+    def finished(self, model_key: str, last_polled: float | None, waited: float) -> None:
+        """A job found done `waited` s after submit; the previous poll, if any, found it running."""
+        self.record(model_key, waited if last_polled is None else (last_polled + waited) / 2)
+
+    def next_poll_in(self, model_key: str, waited: float, initial: float, interval: float) -> float:
+        """Seconds until the next poll of a job submitted `waited` s ago: once well before its likely
+        finish, once at it, then every `interval` (sooner while `waited` is short)."""
+        for planned in (self.earliest_likely_finish(model_key), self.likely_duration(model_key)):
+            if planned is not None and waited < planned - initial:
+                return planned - waited
+        every = min(max(waited / 4, initial), interval)
+        if self.likely_duration(model_key) is None:
+            # No job of this model has finished yet: one submitted `gap` s after the oldest running
+            # one most likely finishes about that much after it, so not within `gap` s from now.
+            # Bounded, in case that oldest one is stuck upstream.
+            gap = max(0.0, (self.oldest_running_age(model_key) or waited) - waited)
+            return max(every, min(gap, PRE_ESTIMATE_MAX_POLLS * interval))
+        return every
+
     def earliest_likely_finish(self, model_key: str) -> float | None:
         """Seconds after submit before which a job of this model has rarely finished, if known."""
         estimate = self._estimate(model_key)
@@ -56,6 +81,11 @@ class UpstreamDurations:
             return None
         mean, deviation = estimate
         return max(0.0, min(FIRST_POLL_SHARE * mean, mean - 2 * deviation))
+
+    def likely_duration(self, model_key: str) -> float | None:
+        """The mean duration of the model's jobs, if known."""
+        estimate = self._estimate(model_key)
+        return None if estimate is None else estimate[0]
 
     def started(self, model_key: str, task_id: str, submitted: float, forget_before: float) -> None:
         """Note a submitted upstream job; entries submitted before `forget_before` (given up on) go."""

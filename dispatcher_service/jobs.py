@@ -35,9 +35,6 @@ log = get_logger(__name__)
 
 # Extra gRPC deadline beyond AI_TIMEOUT, so the provider's own timeout answers first.
 DEADLINE_MARGIN_SECONDS = 5.0
-# Before a model has a duration estimate, a job much younger than the oldest running one is
-# polled less often, but at least every this many poll_max_seconds.
-PRE_ESTIMATE_MAX_POLLS = 4
 
 
 @dataclass
@@ -125,6 +122,7 @@ class TaskRun:
             "upstream_job_id": hint["upstream_job_id"],
             "submitted": datetime.fromtimestamp(hint["submitted"], UTC),
             "parameters": {"priority": hint["priority"]},
+            "last_polled": hint.get("last_polled"),
         }
 
     def poll_hint(self) -> dict[str, Any]:
@@ -135,6 +133,7 @@ class TaskRun:
             "upstream_job_id": self.task["upstream_job_id"],
             "submitted": self.task["submitted"].timestamp(),
             "priority": self.priority,
+            "last_polled": self.task.get("last_polled"),
         }
 
     def _load_whole_task(self) -> str | None:
@@ -252,34 +251,23 @@ class TaskRun:
         )
         waited = (utcnow() - self.task["submitted"]).total_seconds()
         if response.state == pb.JOB_STATE_SUCCEEDED:
-            self.rt.durations.record(self.model_key, waited)
+            self.rt.durations.finished(self.model_key, self.task.get("last_polled"), waited)
             return self._complete({"video_url": response.video_url, "error_message": ""})
         if response.state == pb.JOB_STATE_FAILED:
             return self._fail(response.error_message or "upstream job failed")
         if waited > self.settings.poll_give_up_seconds:
             return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
+        self.task["last_polled"] = waited
         self._enqueue(self._next_poll_delay(waited, response.poll_after_ms), poll=True)
         return "polling"
 
     def _next_poll_delay(self, waited: float, poll_after_ms: int) -> float:
-        """Wait until the job may plausibly be done, then poll every few seconds.
-
-        Derived from the submit time and shared duration estimates, so a poll
-        writes nothing to the task.
-        """
+        """The upstream's own hint if it gave one, else the shared duration estimates' plan
+        (durations.py): derived from the submit time, so a poll writes nothing to the task."""
+        initial, poll_max = self.settings.poll_initial_seconds, self.settings.poll_max_seconds
         if poll_after_ms:
-            return min(max(poll_after_ms / 1000, self.settings.poll_initial_seconds), self.settings.poll_max_seconds)
-        likely = self.rt.durations.earliest_likely_finish(self.model_key)
-        if likely is not None and waited < likely:
-            return max(likely - waited, self.settings.poll_initial_seconds)
-        interval = min(max(waited / 4, self.settings.poll_initial_seconds), self.settings.poll_max_seconds)
-        if likely is None:
-            # No job of this model has finished yet: one submitted `gap` s after the oldest running
-            # one most likely finishes about that much later (see durations.py). Bounded, in case
-            # that oldest one is stuck upstream.
-            gap = max(0.0, (self.rt.durations.oldest_running_age(self.model_key) or waited) - waited)
-            return max(interval, min(gap / 2, PRE_ESTIMATE_MAX_POLLS * self.settings.poll_max_seconds))
-        return interval
+            return min(max(poll_after_ms / 1000, initial), poll_max)
+        return self.rt.durations.next_poll_in(self.model_key, waited, initial, poll_max)
 
     def _handle_error(self, error: ProviderCallError, polling: bool) -> str:
         message = str(error) or error.code.name

@@ -32,19 +32,31 @@ def finalize(results: dict[str, dict[str, Any]]) -> None:
             entry["targets"] = {text: met for text, met in _targets(name, entry)}
 
 
+def _paced_p99_within(e: dict[str, Any], key: str, rate: float, limit_ms: float) -> bool | None:
+    """The latency target, judged at the target rate offered (closed loop, Little's law decides it:
+    bench/README.md); a paced run that fell 5 % short of the rate it offered does not count."""
+    paced = e.get(key)
+    if paced is None:
+        return None
+    return paced["throughput_per_s"] >= 0.95 * rate and paced["p99_ms"] <= limit_ms
+
+
 def _targets(name: str, e: dict[str, Any]) -> list[tuple[str, bool | None]]:
     rss = e.get("max_rss_mib")
     if name == "create_rest":
         return [
             ("throughput >= 1000/s", e["throughput_per_s"] >= 1000),
             ("0 errors", e["errors"] == 0),
-            ("p99 <= 250 ms", e["p99_ms"] <= 250),
+            ("p99 <= 250 ms paced at 1000/s", _paced_p99_within(e, "paced_1000_per_s", 1000, 250)),
             ("ratio_to_floor >= 0.5", None if "ratio_to_floor" not in e else e["ratio_to_floor"] >= 0.5),
         ]
     if name == "create_grpc":
         return [("REST >= 0.8 of gRPC", None if "rest_to_grpc" not in e else e["rest_to_grpc"] >= 0.8)]
     if name == "get_rest":
-        return [("throughput >= 2000/s", e["throughput_per_s"] >= 2000), ("p99 <= 100 ms", e["p99_ms"] <= 100)]
+        return [
+            ("throughput >= 2000/s", e["throughput_per_s"] >= 2000),
+            ("p99 <= 100 ms paced at 2000/s", _paced_p99_within(e, "paced_2000_per_s", 2000, 100)),
+        ]
     if name == "e2e_image":
         return [("throughput >= 150/s", e["throughput_per_s"] >= 150)]
     if name == "e2e_image_slow_upstream":

@@ -37,3 +37,24 @@ def test_the_oldest_running_job_of_a_model_is_tracked_until_it_stops(stack: Loca
     assert 19 <= UpstreamDurations(stack.redis()).oldest_running_age(key) <= 22
     durations.stopped(key, "old")
     assert 4 <= UpstreamDurations(stack.redis()).oldest_running_age(key) <= 7
+
+
+def test_polls_follow_the_estimate_without_creeping(stack: LocalStack) -> None:
+    """Jobs of a steady 30 s, each poll running 0.4 s after it was due: after the first finish, a job
+    takes about three polls, is seen at most one interval late, and the estimate stays on 30 s (a
+    success time alone would overstate every duration, and an estimate fed with it would creep)."""
+    durations, key = UpstreamDurations(stack.redis()), f"p/{uuid.uuid4()}"
+    true_duration, delay, initial, interval = 30.0, 0.4, 1.0, 2.5
+    polls_per_job, lateness = [], []
+    for _ in range(150):
+        waited, last_polled, polls = durations.next_poll_in(key, 0.0, initial, interval) + delay, None, 1
+        while waited < true_duration:
+            last_polled, waited = waited, waited + durations.next_poll_in(key, waited, initial, interval) + delay
+            polls += 1
+        durations.finished(key, last_polled, waited)
+        polls_per_job.append(polls)
+        lateness.append(waited - true_duration)
+    settled = slice(20, None)
+    assert sum(polls_per_job[settled]) / len(polls_per_job[settled]) <= 3.2
+    assert max(lateness[settled]) <= interval + delay
+    assert 28.5 <= durations.likely_duration(key) <= 31.0
