@@ -56,6 +56,15 @@ if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) == tonumber(ARGV[2]) then
 end
 return 0
 """
+# Make KEYS[1]'s entries ARGV[3..] due at ARGV[2] again if they still hold the claim score ARGV[1].
+_UNCLAIM = """
+for i = 3, #ARGV do
+  if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i])) == tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
+  end
+end
+return 0
+"""
 
 RunPoll = Callable[[str, dict[str, Any] | None], object]
 
@@ -68,6 +77,7 @@ class Poller:
         self.run_poll = run_poll
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._unclaim = redis.register_script(_UNCLAIM)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -87,9 +97,12 @@ class Poller:
         """Claim one batch and run it; how many polls were claimed."""
         claimed_at = time.monotonic()
         until, batch = self.claim()
-        for task_id, hint in batch:
-            if time.monotonic() - claimed_at > CLAIM_SECONDS / 2:
-                break  # the rest may be claimed by another poller soon; leave them to it
+        for done, (task_id, hint) in enumerate(batch):
+            if self._stop.is_set() or time.monotonic() - claimed_at > CLAIM_SECONDS / 2:
+                # Stopping, or the claim is running out: hand the rest back at once.
+                rest = [task_id for task_id, _ in batch[done:]]
+                self._unclaim(keys=[POLLS_KEY], args=[until, time.time(), *rest])
+                break
             try:
                 self.run_poll(task_id, hint)
             except Exception as error:  # noqa: BLE001 - the claimed entry comes due again

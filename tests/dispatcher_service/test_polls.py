@@ -73,3 +73,21 @@ def test_a_poll_that_fails_comes_due_again_after_its_claim(redis: Redis) -> None
     # Once the claim lapses, any poller takes it again, hint and all.
     redis.zadd(POLLS_KEY, {"unlucky": time.time() - 1})
     assert Poller(redis, lambda *_: None).claim()[1] == [("unlucky", HINT)]
+
+
+def test_a_stopping_poller_hands_back_what_it_has_not_run(redis: Redis) -> None:
+    poller: Poller
+
+    def run(task_id: str, hint: dict[str, Any] | None) -> None:
+        poller.stop()  # a shutdown arrives while the first poll runs
+
+    for number in range(3):
+        schedule_poll(redis, f"video-{number}", 0, HINT)
+    poller = Poller(redis, run)
+    assert poller.run_once() == 3
+    ran, handed_back = [], []
+    for number in range(3):
+        due = redis.zscore(POLLS_KEY, f"video-{number}")
+        (handed_back if due is not None and due <= time.time() else ran).append(due)
+    # One ran (and, not rescheduled, was dropped); the two it never started are due again now.
+    assert ran == [None] and len(handed_back) == 2

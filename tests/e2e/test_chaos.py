@@ -64,7 +64,7 @@ def test_redis_restarted_empty_with_tasks_pending(stack: LocalStack, rest: httpx
     (stack.data_dir / "redis").mkdir()
     stack.start("redis")
     # Only a provider's heartbeat may have re-registered it since: no job, watch entry or poll survived.
-    assert [key for key in stack.redis().keys() if not key.startswith(b"aitask:registry:")] == []
+    assert [key for key in stack.redis().scan_iter() if not key.startswith(b"aitask:registry:")] == []
     stack.start("dispatcher")
     for task_id in task_ids:
         assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=40)["status"] == "completed"
