@@ -24,3 +24,14 @@ def test_task_lookups_by_id_and_user_use_an_index_not_a_table_scan(stack: LocalS
         plan = psql(stack, f"SET enable_seqscan = off; {query}")
         assert "Index Scan" in plan and "Seq Scan" not in plan, plan
     assert psql(stack, "SHOW plan_cache_mode").strip() == "force_custom_plan"
+
+
+def test_gin_twins_skip_the_pending_list(stack: LocalStack) -> None:
+    # With fastupdate on, every lookup scans GIN's pending list, which grows with each write until a vacuum.
+    options = psql(
+        stack,
+        "SELECT coalesce(array_to_string(c.reloptions, ','), '') FROM pg_index i JOIN pg_class c "
+        "ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'gin' "
+        "AND c.relnamespace = 'aitask'::regnamespace",
+    ).split()
+    assert options and all(option == "fastupdate=off" for option in options), options
