@@ -14,9 +14,10 @@ first poll, well before the mean, makes sure that span has a start.
 Until a model's first job finishes there is no estimate, and a burst of a
 thousand videos would be polled every few seconds each, far more polls than
 workers can run, so every poll queues and the first finishers are seen late.
-The submit times of the model's running jobs fill the gap: a job submitted well
-after the oldest one still running is unlikely to finish first, so it is polled
-less often (at most a few poll intervals apart).
+The submit times of the model's running jobs fill the gap: only the jobs
+submitted within a poll interval of the oldest one still running are polled
+often; the others wait, and the first finish brings their polls forward to the
+plan the new estimate gives them.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ SMOOTHING = 0.2
 FIRST_POLL_SHARE = 0.8
 # How long a worker reuses an estimate it read: every poll asks, and the estimate moves slowly.
 CACHE_SECONDS = 1.0
-# Before a model has an estimate, a job much younger than the oldest running one is polled less
-# often, but at least every this many poll intervals.
-PRE_ESTIMATE_MAX_POLLS = 8
+# Before a model has an estimate, a job younger than the oldest running one is polled every this
+# many poll intervals (its poll is brought forward when the model's first job finishes).
+PRE_ESTIMATE_MAX_POLLS = 12
 
 
 class UpstreamDurations:
@@ -47,17 +48,21 @@ class UpstreamDurations:
         self._cache: dict[str, tuple[float, tuple[float, float] | None]] = {}
         self._oldest: dict[str, tuple[float, float | None]] = {}
 
-    def record(self, model_key: str, seconds: float) -> None:
-        """Fold one observed duration into the model's estimate (a lost race only drops one sample)."""
-        mean, deviation = self._estimate(model_key, fresh=True) or (seconds, 0.0)
+    def record(self, model_key: str, seconds: float) -> bool:
+        """Fold one observed duration into the model's estimate (a lost race only drops one sample);
+        True if it is the model's first."""
+        previous = self._estimate(model_key, fresh=True)
+        mean, deviation = previous or (seconds, 0.0)
         deviation += SMOOTHING * (abs(seconds - mean) - deviation)
         mean += SMOOTHING * (seconds - mean)
         self.redis.hset(DURATIONS_KEY, model_key, f"{mean:.3f} {deviation:.3f}")
         self._cache[model_key] = (time.monotonic(), (mean, deviation))
+        return previous is None
 
-    def finished(self, model_key: str, last_polled: float | None, waited: float) -> None:
-        """A job found done `waited` s after submit; the previous poll, if any, found it running."""
-        self.record(model_key, waited if last_polled is None else (last_polled + waited) / 2)
+    def finished(self, model_key: str, last_polled: float | None, waited: float) -> bool:
+        """A job found done `waited` s after submit; the previous poll, if any, found it running.
+        True if it gave the model its first estimate."""
+        return self.record(model_key, waited if last_polled is None else (last_polled + waited) / 2)
 
     def next_poll_in(self, model_key: str, waited: float, initial: float, interval: float) -> float:
         """Seconds until the next poll of a job submitted `waited` s ago: once well before its likely
@@ -67,11 +72,11 @@ class UpstreamDurations:
                 return planned - waited
         every = min(max(waited / 4, initial), interval)
         if self.likely_duration(model_key) is None:
-            # No job of this model has finished yet: one submitted `gap` s after the oldest running
-            # one most likely finishes about that much after it, so not within `gap` s from now.
-            # Bounded, in case that oldest one is stuck upstream.
+            # No job of this model has finished yet. Only the oldest running ones are polled often;
+            # a job submitted later most likely finishes later, and the first finish brings its
+            # poll forward (`replan` in polls.py). Bounded, in case that oldest one is stuck upstream.
             gap = max(0.0, (self.oldest_running_age(model_key) or waited) - waited)
-            return max(every, min(gap, PRE_ESTIMATE_MAX_POLLS * interval))
+            return every if gap < interval else PRE_ESTIMATE_MAX_POLLS * interval
         return every
 
     def earliest_likely_finish(self, model_key: str) -> float | None:

@@ -27,6 +27,7 @@ from aitask_common.settings import load_settings
 from aitask_common.tasks import TaskStatus, utcnow
 from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.lease import TaskLease
+from dispatcher_service.polls import replan
 from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.storage import TaskTransitions
@@ -251,7 +252,8 @@ class TaskRun:
         )
         waited = (utcnow() - self.task["submitted"]).total_seconds()
         if response.state == pb.JOB_STATE_SUCCEEDED:
-            self.rt.durations.finished(self.model_key, self.task.get("last_polled"), waited)
+            if self.rt.durations.finished(self.model_key, self.task.get("last_polled"), waited):
+                self._replan_waiting_polls()
             return self._complete({"video_url": response.video_url, "error_message": ""})
         if response.state == pb.JOB_STATE_FAILED:
             return self._fail(response.error_message or "upstream job failed")
@@ -260,6 +262,19 @@ class TaskRun:
         self.task["last_polled"] = waited
         self._enqueue(self._next_poll_delay(waited, response.poll_after_ms), poll=True)
         return "polling"
+
+    def _replan_waiting_polls(self) -> None:
+        """The model's first finish gave it an estimate: the jobs that waited for one poll by it now."""
+        durations = self.rt.durations
+        offsets = [durations.earliest_likely_finish(self.model_key), durations.likely_duration(self.model_key)]
+        moved = replan(
+            self.rt.redis,
+            self.task["provider"],
+            self.task["model"],
+            [offset for offset in offsets if offset is not None],
+            self.settings.poll_initial_seconds,
+        )
+        log.info("first duration estimate: polls brought forward", model=self.task["model"], polls=moved)
 
     def _next_poll_delay(self, waited: float, poll_after_ms: int) -> float:
         """The upstream's own hint if it gave one, else the shared duration estimates' plan

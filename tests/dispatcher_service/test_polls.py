@@ -13,7 +13,7 @@ import pytest
 from redis import Redis
 
 from aitask_common.queues import POLL_HINTS_KEY, POLLS_KEY, WATCH_JOBS_KEY, WATCH_KEY, schedule_poll
-from dispatcher_service.polls import CLAIM_SECONDS, Poller
+from dispatcher_service.polls import CLAIM_SECONDS, Poller, replan
 from tests.stack import LocalStack
 
 HINT = {"provider": "volcengine", "model": "m", "upstream_job_id": "u-1", "submitted": 1.0, "priority": "default"}
@@ -91,3 +91,19 @@ def test_a_stopping_poller_hands_back_what_it_has_not_run(redis: Redis) -> None:
         (handed_back if due is not None and due <= time.time() else ran).append(due)
     # One ran (and, not rescheduled, was dropped); the two it never started are due again now.
     assert ran == [None] and len(handed_back) == 2
+
+
+def test_the_first_estimate_brings_the_models_waiting_polls_forward(redis: Redis) -> None:
+    now = time.time()
+    video = {**HINT, "model": "video"}
+    # Submitted 10 s ago, all waiting 30 s for their next poll; planned offsets 15 s and 25 s after submit.
+    schedule_poll(redis, "young", 30, video | {"submitted": now - 10})
+    schedule_poll(redis, "older", 30, video | {"submitted": now - 20})  # 15 s is past: the 25 s one
+    schedule_poll(redis, "oldest", 30, video | {"submitted": now - 40})  # both past: left alone
+    schedule_poll(redis, "soon", 1, video | {"submitted": now - 10})  # already due sooner: left alone
+    schedule_poll(redis, "other-model", 30, HINT | {"submitted": now - 10})
+    before = {task_id: redis.zscore(POLLS_KEY, task_id) for task_id in ("oldest", "soon", "other-model")}
+    assert replan(redis, "volcengine", "video", [15.0, 25.0], initial=1.0) == 2
+    assert redis.zscore(POLLS_KEY, "young") == pytest.approx(now + 5, abs=0.01)
+    assert redis.zscore(POLLS_KEY, "older") == pytest.approx(now + 5, abs=0.01)
+    assert {task_id: redis.zscore(POLLS_KEY, task_id) for task_id in before} == before
