@@ -87,9 +87,9 @@ class UpstreamDurations:
         mean, deviation = estimate
         return max(0.0, min(FIRST_POLL_SHARE * mean, mean - 2 * deviation))
 
-    def likely_duration(self, model_key: str) -> float | None:
-        """The mean duration of the model's jobs, if known."""
-        estimate = self._estimate(model_key)
+    def likely_duration(self, model_key: str, fresh: bool = False) -> float | None:
+        """The mean duration of the model's jobs, if known (`fresh`: read now, not from the cache)."""
+        estimate = self._estimate(model_key, fresh)
         return None if estimate is None else estimate[0]
 
     def started(self, model_key: str, task_id: str, submitted: float, forget_before: float) -> None:

@@ -260,7 +260,12 @@ class TaskRun:
         if waited > self.settings.poll_give_up_seconds:
             return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
         self.task["last_polled"] = waited
+        estimated = self.rt.durations.likely_duration(self.model_key) is not None
         self._enqueue(self._next_poll_delay(waited, response.poll_after_ms), poll=True)
+        if not estimated and self.rt.durations.likely_duration(self.model_key, fresh=True) is not None:
+            # The model's first finish came while this poll was planned without it (or from a cached
+            # read): its pass over the poll set may have missed this one, so plan it again.
+            self._enqueue(self._next_poll_delay(waited, response.poll_after_ms), poll=True)
         return "polling"
 
     def _replan_waiting_polls(self) -> None:

@@ -67,8 +67,9 @@ return 0
 """
 
 # Bring forward the polls of one model (ARGV[1] provider, ARGV[2] model) to the first of the offsets
-# ARGV[5..] after their submit time that is still more than ARGV[4] s after ARGV[3] (now), if earlier
-# than their current due time; returns how many moved. Hints are JSON (cjson is built into Redis).
+# ARGV[5..] after their submit time that is more than ARGV[4] s after ARGV[3] (now), or to then if all
+# are past, when that is earlier than their current due time; returns how many moved. Hints are JSON
+# (cjson is built into Redis).
 _REPLAN = """
 local now, initial = tonumber(ARGV[3]), tonumber(ARGV[4])
 local moved = 0
@@ -78,15 +79,17 @@ for i = 1, #due, 2 do
   if raw then
     local hint = cjson.decode(raw)
     if hint.provider == ARGV[1] and hint.model == ARGV[2] then
+      local planned = now + initial
       for j = 5, #ARGV do
-        local planned = hint.submitted + tonumber(ARGV[j])
-        if planned > now + initial then
-          if planned < tonumber(due[i + 1]) then
-            redis.call('ZADD', KEYS[1], planned, due[i])
-            moved = moved + 1
-          end
+        local offset = hint.submitted + tonumber(ARGV[j])
+        if offset > now + initial then
+          planned = offset
           break
         end
+      end
+      if planned < tonumber(due[i + 1]) then
+        redis.call('ZADD', KEYS[1], planned, due[i])
+        moved = moved + 1
       end
     end
   end
@@ -99,8 +102,9 @@ RunPoll = Callable[[str, dict[str, Any] | None], object]
 
 def replan(redis: Redis, provider: str, model: str, offsets: list[float], initial: float) -> int:
     """Bring the model's waiting polls forward to the first of `offsets` (seconds after submit, in
-    order) that is still ahead, once its first job finished and gave it a duration estimate (see
-    dispatcher_service/durations.py); how many moved. One pass over the poll set, inside Redis."""
+    order) that is still ahead, or to `initial` s from now if none is, once its first job finished
+    and gave it a duration estimate (see dispatcher_service/durations.py); how many moved. One pass
+    over the poll set, inside Redis."""
     args: list[str | float] = [provider, model, time.time(), initial, *offsets]
     return int(redis.eval(_REPLAN, 2, POLLS_KEY, POLL_HINTS_KEY, *args))
 

@@ -4,7 +4,7 @@ QUEUE ?= all
 
 .PHONY: redis-queue-status redis-queue-clear redis-queue-clear-force redis-queue-requeue-failed
 
-redis-queue-status: install ## Jobs per RQ queue and state, and the oldest queued job's age
+redis-queue-status: install ## Jobs per RQ queue and state, the oldest queued job's age, the polls waiting
 	$(PYTHON) -m dispatcher_service.queue_admin status
 
 redis-queue-clear: install ## Remove QUEUE's queued and scheduled jobs after confirmation; their unfinished tasks fail

@@ -1,6 +1,7 @@
 """Operator tool for the RQ queues: `python -m dispatcher_service.queue_admin [status|clear|requeue-failed]`.
 
-- `status` (default): jobs per queue and state, and how long the oldest queued job has waited.
+- `status` (default): jobs per queue and state, how long the oldest queued job has waited, and how
+  many polls of running upstream jobs wait (and are due).
   Read-only: it counts registries without RQ's cleanup, which would move abandoned jobs.
 - `clear QUEUE|all`: after confirmation, removes the queued and scheduled jobs of a queue. MongoDB is
   the source of truth, so no task may be left waiting on a job that no longer exists: each unfinished
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +33,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, str_to_date
 
 from aitask_common.mongo import client_options
-from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, enqueue_task, forget_finished, queue
+from aitask_common.queues import POLLS_KEY, PROCESS_TASK, QUEUE_ORDER, enqueue_task, forget_finished, queue
 from aitask_common.settings import ServiceSettings, load_settings
 from aitask_common.tasks import TaskStatus
 from dispatcher_service.lease import TaskLease
@@ -72,6 +74,15 @@ def _oldest_queued_age(redis: Redis, target: Queue) -> float | None:
         stamps = pipe.execute()
     enqueued = [str_to_date(stamp) for stamp in stamps if stamp]
     return round((now() - min(enqueued)).total_seconds(), 3) if enqueued else None
+
+
+def poll_status(redis: Redis) -> dict[str, int]:
+    """Polls of running upstream jobs (dispatcher_service/polls.py): how many wait, how many are due."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(POLLS_KEY)
+        pipe.zcount(POLLS_KEY, "-inf", time.time())
+        waiting, due = pipe.execute()
+    return {"waiting": waiting, "due": due}
 
 
 def format_status_table(statuses: dict[str, dict[str, Any]]) -> str:
@@ -239,7 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in (None, "status"):
             statuses = {name: queue_status(redis, name) for name in QUEUE_NAMES}
-            print(json.dumps(statuses) if getattr(args, "json", False) else format_status_table(statuses))
+            if getattr(args, "json", False):
+                print(json.dumps(statuses))
+            else:
+                polls = poll_status(redis)
+                print(format_status_table(statuses))
+                print(f"polls of running upstream jobs: {polls['waiting']} waiting, {polls['due']} due")
             return 0
         names = QUEUE_NAMES if args.queue == ALL else [args.queue]
         if args.command == "requeue-failed":

@@ -14,6 +14,7 @@ from redis import Redis
 
 from aitask_common.queues import POLL_HINTS_KEY, POLLS_KEY, WATCH_JOBS_KEY, WATCH_KEY, schedule_poll
 from dispatcher_service.polls import CLAIM_SECONDS, Poller, replan
+from dispatcher_service.queue_admin import poll_status
 from tests.stack import LocalStack
 
 HINT = {"provider": "volcengine", "model": "m", "upstream_job_id": "u-1", "submitted": 1.0, "priority": "default"}
@@ -99,11 +100,18 @@ def test_the_first_estimate_brings_the_models_waiting_polls_forward(redis: Redis
     # Submitted 10 s ago, all waiting 30 s for their next poll; planned offsets 15 s and 25 s after submit.
     schedule_poll(redis, "young", 30, video | {"submitted": now - 10})
     schedule_poll(redis, "older", 30, video | {"submitted": now - 20})  # 15 s is past: the 25 s one
-    schedule_poll(redis, "oldest", 30, video | {"submitted": now - 40})  # both past: left alone
-    schedule_poll(redis, "soon", 1, video | {"submitted": now - 10})  # already due sooner: left alone
+    schedule_poll(redis, "oldest", 30, video | {"submitted": now - 40})  # both past: it may be done, poll soon
+    schedule_poll(redis, "soon", 0.5, video | {"submitted": now - 40})  # already due sooner: left alone
     schedule_poll(redis, "other-model", 30, HINT | {"submitted": now - 10})
-    before = {task_id: redis.zscore(POLLS_KEY, task_id) for task_id in ("oldest", "soon", "other-model")}
-    assert replan(redis, "volcengine", "video", [15.0, 25.0], initial=1.0) == 2
+    before = {task_id: redis.zscore(POLLS_KEY, task_id) for task_id in ("soon", "other-model")}
+    assert replan(redis, "volcengine", "video", [15.0, 25.0], initial=1.0) == 3
     assert redis.zscore(POLLS_KEY, "young") == pytest.approx(now + 5, abs=0.01)
     assert redis.zscore(POLLS_KEY, "older") == pytest.approx(now + 5, abs=0.01)
+    assert redis.zscore(POLLS_KEY, "oldest") == pytest.approx(now + 1, abs=0.05)
     assert {task_id: redis.zscore(POLLS_KEY, task_id) for task_id in before} == before
+
+
+def test_the_queue_status_counts_waiting_and_due_polls(redis: Redis) -> None:
+    schedule_poll(redis, "due", 0, HINT)
+    schedule_poll(redis, "later", 60, HINT)
+    assert poll_status(redis) == {"waiting": 2, "due": 1}
