@@ -67,17 +67,26 @@ class UpstreamDurations:
     def next_poll_in(self, model_key: str, waited: float, initial: float, interval: float) -> float:
         """Seconds until the next poll of a job submitted `waited` s ago: once well before its likely
         finish, once at it, then every `interval` (sooner while `waited` is short)."""
-        for planned in (self.earliest_likely_finish(model_key), self.likely_duration(model_key)):
-            if planned is not None and waited < planned - initial:
+        plan = self.planned_polls(model_key)
+        for planned in plan:
+            if waited < planned - initial:
                 return planned - waited
         every = min(max(waited / 4, initial), interval)
-        if self.likely_duration(model_key) is None:
+        if not plan:
             # No job of this model has finished yet. Only the oldest running ones are polled often;
             # a job submitted later most likely finishes later, and the first finish brings its
             # poll forward (`replan` in polls.py). Bounded, in case that oldest one is stuck upstream.
             gap = max(0.0, (self.oldest_running_age(model_key) or waited) - waited)
             return every if gap < interval else PRE_ESTIMATE_MAX_POLLS * interval
         return every
+
+    def planned_polls(self, model_key: str) -> list[float]:
+        """Seconds after submit of the planned polls (well before the likely finish, at it); none
+        while the model has no estimate."""
+        estimate = self._estimate(model_key)
+        if estimate is None:
+            return []
+        return [self.earliest_likely_finish(model_key) or 0.0, estimate[0]]
 
     def earliest_likely_finish(self, model_key: str) -> float | None:
         """Seconds after submit before which a job of this model has rarely finished, if known."""

@@ -270,13 +270,11 @@ class TaskRun:
 
     def _replan_waiting_polls(self) -> None:
         """The model's first finish gave it an estimate: the jobs that waited for one poll by it now."""
-        durations = self.rt.durations
-        offsets = [durations.earliest_likely_finish(self.model_key), durations.likely_duration(self.model_key)]
         moved = replan(
             self.rt.redis,
             self.task["provider"],
             self.task["model"],
-            [offset for offset in offsets if offset is not None],
+            self.rt.durations.planned_polls(self.model_key),
             self.settings.poll_initial_seconds,
         )
         log.info("first duration estimate: polls brought forward", model=self.task["model"], polls=moved)

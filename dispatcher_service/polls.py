@@ -157,7 +157,7 @@ class Poller:
         self._thread.start()
 
     def stop(self) -> None:
-        """End the loop after the current batch."""
+        """End the loop after the current poll (the rest of its batch is handed back)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=CLAIM_SECONDS)
