@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -26,14 +27,16 @@ from dispatcher_service.settings import DispatcherSettings
 
 # RQ refreshes a worker's heartbeat about four times per job; its key lives for minutes.
 HEARTBEAT_EVERY_SECONDS = 1.0
+SUSPENSION_CHECK_EVERY_SECONDS = 1.0
 
 
 class DispatcherWorker(SimpleWorker):
     """A SimpleWorker that also runs this process's poller, and skips RQ bookkeeping that repeats
-    itself within a job (heartbeats a second apart, an unchanged state)."""
+    itself from job to job (heartbeats and suspension checks less than a second apart, an unchanged state)."""
 
     log_result_lifespan = False
     poller: Poller | None = None
+    _next_suspension_check = 0.0
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
@@ -51,6 +54,14 @@ class DispatcherWorker(SimpleWorker):
         if timeout is None and pipeline is None and last and (now() - last).total_seconds() < HEARTBEAT_EVERY_SECONDS:
             return
         super().heartbeat(timeout, pipeline)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        # RQ asks Redis before every job (a heartbeat plus EXISTS rq:suspended); `rq suspend` still takes
+        # effect within a second.
+        if time.monotonic() < self._next_suspension_check:
+            return
+        self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_EVERY_SECONDS
+        super().check_for_suspension(burst)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         if pipeline is None and state == getattr(self, "_state", None):

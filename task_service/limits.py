@@ -11,6 +11,7 @@ import math
 from redis.asyncio import Redis
 
 from aitask_common.tasks import inflight_key
+from task_service.batching import Batcher
 
 # Fixed window that opens at a key's first request. The TTL is re-set when missing, so a counter can
 # never outlive its window (which would lock a key out for good).
@@ -23,7 +24,11 @@ return {count, redis.call('PTTL', KEYS[1])}
 """
 
 # Adds the task id only while the user is under the cap (0 = no cap): a refused create writes nothing.
+# A task id already in the set is a yes, so a pipeline re-sent after a broken connection changes nothing.
 _RESERVE_SLOT = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return 1
+end
 local cap = tonumber(ARGV[2])
 if cap > 0 and redis.call('SCARD', KEYS[1]) >= cap then
   return 0
@@ -60,6 +65,14 @@ class RateLimiter:
         return max(1, math.ceil(ttl_ms / 1000))
 
 
+# Most slots one pipeline reserves.
+RESERVE_BATCH_MAX = 256
+
+
+class AtCap(Exception):
+    """A reservation's outcome in its batch: the user already has the most tasks in flight."""
+
+
 class InflightTasks:
     """The set of each user's non-final task ids, capped per user.
 
@@ -70,11 +83,27 @@ class InflightTasks:
     def __init__(self, redis: Redis, cap: int) -> None:
         self.redis = redis
         self.cap = cap
-        self._reserve = redis.register_script(_RESERVE_SLOT)
+        # Started and stopped with the server (task_service.server).
+        self.reserves = Batcher("reserve", self._reserve_many, RESERVE_BATCH_MAX)
 
     async def reserve(self, user_id: str, task_id: str) -> bool:
         """Count `task_id` as in flight for `user_id`; False (and nothing written) when the user is at the cap."""
-        return bool(await self._reserve(keys=[inflight_key(user_id)], args=[task_id, self.cap]))
+        try:
+            await self.reserves.submit((user_id, task_id))
+        except AtCap:
+            return False
+        return True
+
+    async def _reserve_many(self, slots: list[tuple[str, str]]) -> list[AtCap | None]:
+        """One round trip for concurrent creates; each script runs atomically on its own, in order.
+
+        EVAL, not EVALSHA: a pipeline of registered scripts first asks SCRIPT EXISTS, a second round trip.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, task_id in slots:
+                pipe.eval(_RESERVE_SLOT, 1, inflight_key(user_id), task_id, self.cap)
+            replies = await pipe.execute()
+        return [None if reply else AtCap() for reply in replies]
 
     async def release(self, user_id: str, task_id: str) -> None:
         """Stop counting `task_id` (a withdrawn create or a deleted task)."""

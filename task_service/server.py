@@ -94,7 +94,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
     inflight = InflightTasks(async_redis, settings.max_inflight_tasks_per_user)
     results = FinalResultCache(async_redis, settings.result_cache_seconds, settings.result_cache_max_bytes)
     task_queue = TaskQueue(redis)
-    batchers: list[Batcher] = [store.inserts, task_queue.batcher]
+    batchers: list[Batcher] = [inflight.reserves, store.inserts, task_queue.batcher]
     for batcher in batchers:
         batcher.start()
     servicer = TaskServicer(settings, store, task_queue, catalogues, inflight, results)

@@ -1,0 +1,77 @@
+"""The per-user cap on tasks in flight against the test stack's Redis (its own Redis db: no service sees these keys)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from aitask_common.tasks import inflight_key
+from task_service.limits import InflightTasks
+from tests.stack import LocalStack
+
+REDIS_DB = 3  # the services use db 0, the batching tests db 1, the result-cache tests db 2
+CAP = 5
+
+T = TypeVar("T")
+
+
+def run(stack: LocalStack, scenario: Callable[[InflightTasks], Awaitable[T]]) -> T:
+    """Run `scenario` with a running InflightTasks (cap 5) on the stack's Redis."""
+
+    async def main() -> T:
+        redis = AsyncRedis(port=stack.ports.redis, db=REDIS_DB)
+        inflight = InflightTasks(redis, CAP)
+        inflight.reserves.start()
+        try:
+            return await scenario(inflight)
+        finally:
+            await inflight.reserves.stop()
+            await redis.aclose()
+
+    return asyncio.run(main())
+
+
+def members(stack: LocalStack, user_id: str) -> set[bytes]:
+    return Redis(port=stack.ports.redis, db=REDIS_DB).smembers(inflight_key(user_id))  # type: ignore[return-value]
+
+
+def test_concurrent_reservations_share_a_round_trip_and_stop_at_the_cap(stack: LocalStack) -> None:
+    alice, bob = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
+    wanted = [(alice, f"a{n}") for n in range(8)] + [(bob, f"b{n}") for n in range(3)]
+
+    async def scenario(inflight: InflightTasks) -> list[bool]:
+        return await asyncio.gather(*(inflight.reserve(user, task) for user, task in wanted))
+
+    granted = run(stack, scenario)
+    # In order within the batch: alice's first five get a slot, her last three do not; bob is not affected.
+    assert granted == [True] * CAP + [False] * 3 + [True] * 3
+    assert members(stack, alice) == {f"a{n}".encode() for n in range(CAP)}
+    assert members(stack, bob) == {b"b0", b"b1", b"b2"}
+
+
+def test_a_reservation_sent_twice_keeps_its_slot(stack: LocalStack) -> None:
+    """What a pipeline re-sent after a broken connection does: the second run of a granted slot says yes again."""
+    user = f"carol-{uuid.uuid4().hex}"
+
+    async def scenario(inflight: InflightTasks) -> list[bool]:
+        first = [await inflight.reserve(user, f"c{n}") for n in range(CAP)]
+        return first + [await inflight.reserve(user, f"c{CAP - 1}"), await inflight.reserve(user, "one more")]
+
+    assert run(stack, scenario) == [True] * CAP + [True, False]
+    assert len(members(stack, user)) == CAP
+
+
+def test_no_cap_grants_every_reservation(stack: LocalStack) -> None:
+    user = f"dave-{uuid.uuid4().hex}"
+
+    async def scenario(inflight: InflightTasks) -> list[bool]:
+        inflight.cap = 0
+        return await asyncio.gather(*(inflight.reserve(user, f"d{n}") for n in range(CAP * 2)))
+
+    assert run(stack, scenario) == [True] * (CAP * 2)
+    assert len(members(stack, user)) == CAP * 2
