@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
+from requests.adapters import HTTPAdapter
 from volcengine.visual.VisualService import VisualService
 
 from aitask.provider.v1 import provider_service_pb2 as pb
@@ -58,6 +59,11 @@ class VisualClient:
         self.service.set_sk(secret_key)
         self.service.set_connection_timeout(timeout)
         self.service.set_socket_timeout(timeout)
+        # requests keeps 10 connections per host by default: with more threads than that, every call past
+        # the tenth opened a connection and threw it away after.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=concurrency)
+        for scheme in ("http://", "https://"):
+            self.service.session.mount(scheme, adapter)
 
     async def generate_image(self, request: pb.GenerationInput) -> pb.GenerateResponse:
         """CVProcess: one image, URL or base64."""
