@@ -1,4 +1,5 @@
-"""Session-wide fixtures: one real stack (Redis, FerretDB, Envoy, services, simulator) on loopback."""
+"""Session-wide fixtures: one real stack (Redis, FerretDB, Envoy, services, simulator) on loopback, and one
+in-process simulator for the tests of the SDK clients (upstream_simulator, provider_volcengine)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import pytest
 
 from devstack.processes import Ports
 from tests.stack import LocalStack
+from tests.upstream_simulator.helpers import ARK_KEY, OPENAI_KEY, VOLC_AK, VOLC_SK
+from upstream_simulator import SimulatorSettings, SimulatorThread
+from upstream_simulator.control import SimulatorControl
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
@@ -39,6 +43,47 @@ def rest(stack: LocalStack) -> Iterator[httpx.Client]:
 def user_id() -> str:
     """A fresh user per test, so tests never see each other's tasks."""
     return f"user-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_proxy() -> Iterator[None]:
+    """Keep SDK traffic to 127.0.0.1 away from any proxy configured in the environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        mp.setenv("no_proxy", "127.0.0.1,localhost")
+        yield
+
+
+@pytest.fixture(scope="session")
+def sim(_no_proxy: None) -> Iterator[SimulatorThread]:
+    """The simulator, on a free port, with 0.5 s video jobs and test credentials."""
+    settings = SimulatorSettings(
+        host="127.0.0.1",
+        port=0,
+        video_seconds=0.5,
+        ark_api_key=ARK_KEY,
+        openai_api_key=OPENAI_KEY,
+        volc_access_key=VOLC_AK,
+        volc_secret_key=VOLC_SK,
+    )
+    with SimulatorThread(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def control(sim: SimulatorThread) -> Iterator[SimulatorControl]:
+    """Admin client of the shared simulator."""
+    with SimulatorControl(sim.url) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def _clean(request: pytest.FixtureRequest) -> None:
+    """Every test starts without faults, stats or jobs (only for tests that use the shared simulator)."""
+    if "sim" in request.fixturenames:
+        ctl: SimulatorControl = request.getfixturevalue("control")
+        ctl.clear_faults()
+        ctl.reset()
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
