@@ -84,17 +84,12 @@ class UpstreamDurations:
         """Seconds after submit of the planned polls (well before the likely finish, at it); none
         while the model has no estimate."""
         estimate = self._estimate(model_key)
-        if estimate is None:
-            return []
-        return [self.earliest_likely_finish(model_key) or 0.0, estimate[0]]
+        return [] if estimate is None else [_earliest_finish(*estimate), estimate[0]]
 
     def earliest_likely_finish(self, model_key: str) -> float | None:
         """Seconds after submit before which a job of this model has rarely finished, if known."""
         estimate = self._estimate(model_key)
-        if estimate is None:
-            return None
-        mean, deviation = estimate
-        return max(0.0, min(FIRST_POLL_SHARE * mean, mean - 2 * deviation))
+        return None if estimate is None else _earliest_finish(*estimate)
 
     def likely_duration(self, model_key: str, fresh: bool = False) -> float | None:
         """The mean duration of the model's jobs, if known (`fresh`: read now, not from the cache)."""
@@ -131,3 +126,8 @@ class UpstreamDurations:
                 estimate = float(mean), float(deviation)
             self._cache[model_key] = (time.monotonic(), estimate)
         return estimate
+
+
+def _earliest_finish(mean: float, deviation: float) -> float:
+    """Seconds after submit before which a job with this duration estimate has rarely finished."""
+    return max(0.0, min(FIRST_POLL_SHARE * mean, mean - 2 * deviation))
