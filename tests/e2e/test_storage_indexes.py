@@ -12,11 +12,16 @@ def psql(stack: LocalStack, sql: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
-def test_task_lookups_by_id_and_user_use_an_index_not_a_table_scan(stack: LocalStack) -> None:
+def tasks_table(stack: LocalStack) -> str:
     table = psql(
         stack, "SELECT _jsonb->>'table' FROM aitask._ferretdb_database_metadata WHERE _jsonb->>'_id' = 'tasks'"
     ).strip()
     assert table, "the task service creates the tasks collection at start-up"
+    return table
+
+
+def test_task_lookups_by_id_and_user_use_an_index_not_a_table_scan(stack: LocalStack) -> None:
+    table = tasks_table(stack)
     for field in ("_id", "user_id"):
         # The shape of FerretDB 1.x's pushed-down equality filter, with the key as a constant as in a custom plan.
         # enable_seqscan=off: the table is small, so only "no usable index" would still give a Seq Scan.
@@ -24,6 +29,17 @@ def test_task_lookups_by_id_and_user_use_an_index_not_a_table_scan(stack: LocalS
         plan = psql(stack, f"SET enable_seqscan = off; {query}")
         assert "Index Scan" in plan and "Seq Scan" not in plan, plan
     assert psql(stack, "SHOW plan_cache_mode").strip() == "force_custom_plan"
+
+
+def test_a_transition_finds_its_task_by_id_alone(stack: LocalStack) -> None:
+    # The dispatcher's conditional updates filter on _id and status. With an index on status the planner
+    # intersected the two, or read every pending task to find one.
+    table = tasks_table(stack)
+    condition = "_jsonb->'_id' @> '\"x\"' AND _jsonb->'status' @> '\"pending\"'"
+    query = f'EXPLAIN SELECT _jsonb FROM aitask."{table}" WHERE {condition}'
+    plan = psql(stack, f"SET enable_seqscan = off; {query}")
+    conditions = [line for line in plan.splitlines() if "Index Cond" in line]
+    assert conditions and all("'_id'" in line and "'status'" not in line for line in conditions), plan
 
 
 def test_gin_twins_skip_the_pending_list(stack: LocalStack) -> None:
