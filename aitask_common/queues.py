@@ -56,17 +56,20 @@ RESULT_TTL_SECONDS = 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 
 
-def forget_finished(connection: Redis, task_id: str, user_id: str | None = None) -> None:
+def forget_finished(connection: Redis | Pipeline, task_id: str, user_id: str | None = None) -> None:
     """A task reached a final state (or is gone): drop it from the reconciler's watch set and, when
-    its user is known, from the user's in-flight set."""
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.zrem(WATCH_KEY, task_id)
-        pipe.hdel(WATCH_JOBS_KEY, task_id)
-        pipe.zrem(POLLS_KEY, task_id)
-        pipe.hdel(POLL_HINTS_KEY, task_id)
-        if user_id is not None:
-            pipe.srem(inflight_key(user_id), task_id)
-        pipe.execute()
+    its user is known, from the user's in-flight set. Given a pipeline, only adds the commands to it."""
+    if not isinstance(connection, Pipeline):
+        with connection.pipeline(transaction=False) as pipe:
+            forget_finished(pipe, task_id, user_id)
+            pipe.execute()
+        return
+    connection.zrem(WATCH_KEY, task_id)
+    connection.hdel(WATCH_JOBS_KEY, task_id)
+    connection.zrem(POLLS_KEY, task_id)
+    connection.hdel(POLL_HINTS_KEY, task_id)
+    if user_id is not None:
+        connection.srem(inflight_key(user_id), task_id)
 
 
 def queue(connection: Redis, priority: Priority | str) -> Queue:

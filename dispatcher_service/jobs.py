@@ -76,7 +76,7 @@ def process_task(task_id: str, poll: dict[str, Any] | None = None) -> str:
                 log.info("task is held by another worker")
                 return "leased-elsewhere"
             if poll is not None:
-                return TaskRun(rt, TaskRun.task_from_hint(task_id, poll), partial=True).run()
+                return TaskRun(rt, lease, TaskRun.task_from_hint(task_id, poll), partial=True).run()
             task = rt.tasks.claim(task_id)
             claimed = task is not None
             if task is None:
@@ -89,14 +89,17 @@ def process_task(task_id: str, poll: dict[str, Any] | None = None) -> str:
                 # A duplicate job (a reconciler re-enqueue that raced the finish) re-added the watch entry.
                 forget_finished(rt.redis, task_id, task["user_id"])
                 return "already-final"
-            return TaskRun(rt, task, claimed=claimed).run()
+            return TaskRun(rt, lease, task, claimed=claimed).run()
 
 
 class TaskRun:
     """One step of one task, executed while holding its lease."""
 
-    def __init__(self, rt: Runtime, task: dict[str, Any], claimed: bool = False, partial: bool = False) -> None:
+    def __init__(
+        self, rt: Runtime, lease: TaskLease, task: dict[str, Any], claimed: bool = False, partial: bool = False
+    ) -> None:
         self.rt = rt
+        self.lease = lease
         # True when process_task already moved the task to processing and counted the attempt.
         self.claimed = claimed
         # True while `task` holds only a poll hint's fields (see `_load_whole_task`).
@@ -344,7 +347,10 @@ class TaskRun:
         return "failed"
 
     def _finished(self, status: TaskStatus) -> None:
-        forget_finished(self.rt.redis, self.task_id, self.task["user_id"])
+        with self.rt.redis.pipeline(transaction=False) as pipe:
+            forget_finished(pipe, self.task_id, self.task["user_id"])
+            self.lease.release_in(pipe)  # nothing below touches the task
+            pipe.execute()
         if self.task.get("upstream_job_id"):
             self.rt.durations.stopped(self.model_key, self.task_id)
         TASKS_FINISHED.labels(self.task["provider"], self.task["model"], self.task["type"], status.value).inc()

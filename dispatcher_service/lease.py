@@ -8,6 +8,7 @@ import uuid
 from types import TracebackType
 
 from redis import Redis
+from redis.client import Pipeline
 
 LEASE_KEY_PREFIX = "aitask:lease:"
 
@@ -84,7 +85,12 @@ class TaskLease:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        if not self.acquired:
-            return
+        if self.acquired:
+            self.release_in(self.redis)
+
+    def release_in(self, connection: Redis | Pipeline) -> None:
+        """Let go now; given a pipeline, with the caller's last writes in one round trip (if that
+        pipeline never runs, the lease expires on its own)."""
         _renewer.drop(self.key)
-        self.redis.eval(_RELEASE, 1, self.key, self.token)
+        self.acquired = False
+        connection.eval(_RELEASE, 1, self.key, self.token)

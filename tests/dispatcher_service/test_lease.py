@@ -34,3 +34,19 @@ def test_a_lease_taken_over_after_expiry_is_not_released_by_its_old_holder(stack
         redis.set(LEASE_KEY_PREFIX + task_id, "new-holder")  # as if it expired and another worker took it
         assert old.acquired
     assert redis.get(LEASE_KEY_PREFIX + task_id) == b"new-holder"
+
+
+def test_a_lease_released_in_a_pipeline_goes_with_the_pipeline(stack: LocalStack) -> None:
+    redis, task_id = stack.redis(), f"lease-{uuid.uuid4()}"
+    key = LEASE_KEY_PREFIX + task_id
+    with TaskLease(redis, task_id, 30) as lease:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.set(f"{key}:outcome", "written")
+            lease.release_in(pipe)
+            assert redis.exists(key)  # queued, not sent
+            pipe.execute()
+        assert not redis.exists(key) and redis.get(f"{key}:outcome") == b"written"
+        assert not lease.acquired  # so leaving the block sends nothing more
+        with TaskLease(redis, task_id, 30) as successor:
+            assert successor.acquired  # free while the first block is still open
+    redis.delete(f"{key}:outcome")
