@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.collection import Collection
@@ -39,6 +39,16 @@ BATCH = 1000
 WATCH_RETENTION_SECONDS = 24 * 3600
 
 
+def in_flight_queries(quiet_since: datetime) -> list[dict[str, Any]]:
+    """The tasks in flight and unchanged since `quiet_since`, one query per status: FerretDB hands an
+    equality on status to PostgreSQL, but filters a `$in` itself, after reading every document of the
+    collection (the (status, updated) index serves both shapes on MongoDB)."""
+    return [
+        {"status": status.value, "updated": {"$lt": quiet_since}}
+        for status in (TaskStatus.PENDING, TaskStatus.PROCESSING)
+    ]
+
+
 class Reconciler:
     """One pass re-enqueues stuck tasks; `start()` runs passes on a daemon thread."""
 
@@ -56,15 +66,11 @@ class Reconciler:
             return 0
         now = time.time()
         quiet_since = utcnow() - timedelta(seconds=self.settings.reconcile_min_age_seconds)
-        candidates = list(
-            self.tasks.find(
-                {
-                    "status": {"$in": [TaskStatus.PENDING.value, TaskStatus.PROCESSING.value]},
-                    "updated": {"$lt": quiet_since},
-                },
-                {"_id": True, "parameters.priority": True},
-            ).limit(BATCH)
-        )
+        candidates = [
+            task
+            for query in in_flight_queries(quiet_since)
+            for task in self.tasks.find(query, {"_id": True, "parameters.priority": True}).limit(BATCH)
+        ]
         if not candidates:
             return 0
         overdue = self._unattended(candidates, now)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from aitask_common.queues import POLLS_KEY, PROCESS_TASK, WATCH_JOBS_KEY, WATCH_KEY
-from dispatcher_service.reconciler import Reconciler
+from dispatcher_service.reconciler import Reconciler, in_flight_queries
 from dispatcher_service.settings import DispatcherSettings
 from tests.stack import LocalStack
 
@@ -61,3 +61,11 @@ def test_a_task_waiting_for_its_poll_is_not_stuck(stack: LocalStack) -> None:
     finally:
         redis.zrem(WATCH_KEY, polled, lost)
         redis.zrem(POLLS_KEY, polled)
+
+
+def test_the_stuck_task_queries_are_filtered_inside_postgresql(stack: LocalStack) -> None:
+    # A filter FerretDB cannot push down makes it read and decode every task in the collection on each pass.
+    tasks = stack.tasks()
+    for query in in_flight_queries(datetime.now(UTC)):
+        plan = tasks.database.command("explain", {"find": tasks.name, "filter": query})
+        assert plan["filterPushdown"] is True, (query, plan)
