@@ -107,7 +107,6 @@ class DispatcherWorker(SimpleWorker):
         assert job.started_at is not None and job.ended_at is not None
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         with self.connection.pipeline() as pipeline:
-            pipeline.multi()
             self.increment_successful_job_count(pipeline=pipeline)
             self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
             job._handle_success(
