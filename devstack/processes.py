@@ -7,9 +7,11 @@ on free ports, so both exercise one configuration.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import sys
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,15 +46,37 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        """A stack of ports the OS reports free right now (for tests)."""
-        return cls(**{name: free_port() for name in cls.__dataclass_fields__})
+        """A stack of distinct ports the OS reports free right now (for tests)."""
+        chosen: list[int] = []
+        for _ in cls.__dataclass_fields__:
+            chosen.append(free_port(avoid=chosen))
+        return cls(*chosen)
 
 
-def free_port() -> int:
-    """A currently free loopback TCP port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# Test ports come from below the kernel's range for outgoing connections: a port from inside it
+# (what binding port 0 gives) can be taken by any client's connection before the server it was
+# chosen for binds it, which once killed a task service at start-up ("Address already in use").
+LOWEST_TEST_PORT = 10000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def free_port(avoid: Container[int] = ()) -> int:
+    """A loopback TCP port that is free now, below the ephemeral range, and not in `avoid`."""
+    try:
+        first_ephemeral = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768  # Linux's default; macOS starts at 49152
+    for _ in range(1000):
+        port = random.randrange(LOWEST_TEST_PORT, max(first_ephemeral, LOWEST_TEST_PORT + 1000))
+        if port in avoid:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free loopback port between {LOWEST_TEST_PORT} and {first_ephemeral}")
 
 
 @dataclass
