@@ -25,17 +25,13 @@ from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.grpc_server import GrpcServer, run_until_signalled
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
+from aitask_common.provider_errors import RETRY_AFTER_METADATA, UPSTREAM_ERROR_METADATA
 from aitask_common.registry import RegistryPublisher
 from aitask_common.settings import ServiceSettings, load_settings
 
 log = get_logger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ProviderService"].full_name
-# Trailing metadata key carrying an upstream's Retry-After, in milliseconds.
-RETRY_AFTER_METADATA = "retry-after-ms"
-# Set on every error that came from the upstream, so the dispatcher can tell an
-# upstream's UNAVAILABLE (retry later) from a dead instance (fail over now).
-UPSTREAM_ERROR_METADATA = "aitask-upstream-error"
 
 
 class ProviderSettings(ServiceSettings):
@@ -68,12 +64,6 @@ class UpstreamError(Exception):
 
     def __str__(self) -> str:
         return self.message
-
-
-# Which gRPC codes the dispatcher may retry (DESIGN.md: everything else is final).
-RETRYABLE_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
-)
 
 
 class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):

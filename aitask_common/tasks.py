@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from aitask.v1 import task_service_pb2
 
@@ -45,6 +45,57 @@ class TaskType(StrEnum):
     IMAGE = "image"
     VIDEO = "video"
     TEXT = "text"
+
+
+class TaskParameters(TypedDict, total=False):
+    """What the client asked for beyond the prompt, validated against the model's catalogue entry."""
+
+    priority: str
+    size: str
+    aspect_ratio: str
+    seed: int
+    max_tokens: int
+    temperature: float
+    response_format: str
+
+
+class TokenUsage(TypedDict):
+    """Tokens a text task used, as the upstream reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TaskDocument(TypedDict):
+    """A task as stored in the `tasks` collection: every field name and type in one place (mypy checks
+    each `task["..."]` against it). The first group is written at create; the rest as the task moves."""
+
+    _id: str
+    type: str
+    status: str
+    user_id: str
+    provider: str
+    model: str
+    prompt: str
+    parameters: TaskParameters
+    attempts: int
+    created: datetime
+    updated: datetime
+    # "<user_id>:<idempotency key>" and the digest of the request that made it (only with a key).
+    idempotency: NotRequired[str]
+    request_fingerprint: NotRequired[str]
+    # Asynchronous (video) models: the vendor's job id, stored before any poll, and when it was submitted.
+    upstream_job_id: NotRequired[str]
+    submitted: NotRequired[datetime]
+    # Outcome.
+    image_url: NotRequired[str]
+    image_base64: NotRequired[str]
+    video_url: NotRequired[str]
+    text_result: NotRequired[str]
+    revised_prompt: NotRequired[str]
+    usage: NotRequired[TokenUsage]
+    error_message: NotRequired[str]
 
 
 def utcnow() -> datetime:

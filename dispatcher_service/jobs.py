@@ -21,7 +21,7 @@ from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
-from aitask_common.provider import RETRYABLE_CODES
+from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import enqueue_task, forget_finished, schedule_poll
 from aitask_common.settings import load_settings
 from aitask_common.tasks import TaskStatus, utcnow

@@ -13,7 +13,7 @@ from redis import Redis
 from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask.provider.v1 import provider_service_pb2_grpc
 from aitask_common.logging import get_logger
-from aitask_common.provider import RETRY_AFTER_METADATA, UPSTREAM_ERROR_METADATA
+from aitask_common.provider_errors import RETRY_AFTER_METADATA, UPSTREAM_ERROR_METADATA
 from aitask_common.registry import ProviderInstance, read_catalogues, read_instances
 
 log = get_logger(__name__)
