@@ -20,17 +20,20 @@ class SimulatorControl:
         self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, trust_env=False)
 
     def set_faults(self, endpoint: str = "*", **faults: Any) -> dict[str, dict[str, Any]]:
-        """Update faults of ``endpoint`` (or all with ``*``); keys: latency_s, error_rate,
-        error_status, rate_limit_rate, retry_after_s, video_seconds. Returns the full config."""
+        """Update faults of ``endpoint`` (or all with ``*``); keys: latency_s, error_rate, error_status,
+        rate_limit_rate, retry_after_s, video_seconds, rate_limit, rate_window_s, concurrency_limit,
+        quota_exhausted, transport, transport_rate, url_lifetime_s (``FaultSpec``). Returns the full config."""
         response = self._client.post("/_sim/faults", json={"endpoint": endpoint, **faults})
         response.raise_for_status()
-        return response.json()
+        config: dict[str, dict[str, Any]] = response.json()
+        return config
 
     def faults(self) -> dict[str, dict[str, Any]]:
         """The current fault configuration of every endpoint."""
         response = self._client.get("/_sim/faults")
         response.raise_for_status()
-        return response.json()
+        config: dict[str, dict[str, Any]] = response.json()
+        return config
 
     def clear_faults(self) -> None:
         """Remove every injected fault."""
@@ -40,7 +43,8 @@ class SimulatorControl:
         """Per-endpoint counters: requests, ok, errors, rate_limited."""
         response = self._client.get("/_sim/stats")
         response.raise_for_status()
-        return response.json()
+        stats: dict[str, dict[str, int]] = response.json()
+        return stats
 
     def reset(self) -> None:
         """Clear statistics and jobs (faults are kept)."""

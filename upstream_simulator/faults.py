@@ -3,10 +3,13 @@
 Each simulated endpoint has a name (see ``ENDPOINTS``) and a ``FaultConfig``:
 added latency, a random error rate with a chosen status, a random rate-limit
 rate, a ``Retry-After`` value and, for asynchronous video endpoints, how long a
-job takes. Vendor modules ask ``FaultRegistry.roll`` whether a request should
-fail and render the failure in their own wire shape; ``Stats`` counts what
-reached the "upstream" so tests can assert, e.g., how many paid submits
-happened.
+job takes; counted limits (requests per window and concurrent requests, per API
+key, answered as the vendor answers them), an exhausted quota, transport faults
+(a connection reset mid-response, a truncated body, an HTML 502 page, a 408,
+Ark's per-image error) and the lifetime of the media URLs the endpoint issues.
+Vendor modules ask ``FaultRegistry.roll`` whether a request should fail and
+render the failure in their own wire shape; ``Stats`` counts what reached the
+"upstream" so tests can assert, e.g., how many paid submits happened.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +38,8 @@ ENDPOINTS: tuple[str, ...] = (
     "openai.videos.create",
     "openai.videos.retrieve",
     "openai.videos.content",
+    "openai.videos.list",
+    "openai.videos.delete",
 )
 ALL = "*"
 
@@ -57,6 +62,18 @@ class FaultSpec(BaseModel):
     rate_limit_rate: float | None = Field(default=None, ge=0, le=1)
     retry_after_s: float | None = Field(default=None, ge=0)
     video_seconds: float | None = Field(default=None, ge=0)
+    # Counted limits, per API key: at most `rate_limit` requests per `rate_window_s` seconds (sliding
+    # window), at most `concurrency_limit` in flight. 0 turns a limit off.
+    rate_limit: int | None = Field(default=None, ge=0)
+    rate_window_s: float | None = Field(default=None, gt=0, le=3600)
+    concurrency_limit: int | None = Field(default=None, ge=0)
+    # The account's quota is used up (OpenAI 429 insufficient_quota, Ark 403 AccountOverdueError).
+    quota_exhausted: bool | None = None
+    # A transport fault on `transport_rate` of the requests (see TRANSPORT_FAULTS).
+    transport: Literal["reset", "truncate", "html_502", "timeout_408", "image_error"] | None = None
+    transport_rate: float | None = Field(default=None, ge=0, le=1)
+    # Lifetime of the media URLs (and OpenAI video assets) this endpoint issues; None: the vendor's.
+    url_lifetime_s: float | None = Field(default=None, gt=0)
 
 
 class FaultUpdate(FaultSpec):
@@ -75,10 +92,35 @@ class FaultConfig:
     rate_limit_rate: float = 0.0
     retry_after_s: float | None = None
     video_seconds: float | None = None  # None: use the global VIDEO_SECONDS
+    rate_limit: int = 0
+    rate_window_s: float = 1.0
+    concurrency_limit: int = 0
+    quota_exhausted: bool = False
+    transport: str | None = None
+    transport_rate: float = 1.0
+    url_lifetime_s: float | None = None
 
 
 # Fields where an explicit JSON null means "back to the default" rather than "None".
-_NON_NULLABLE = {"latency_s": 0.0, "error_rate": 0.0, "error_status": 500, "rate_limit_rate": 0.0}
+_NON_NULLABLE = {
+    "latency_s": 0.0,
+    "error_rate": 0.0,
+    "error_status": 500,
+    "rate_limit_rate": 0.0,
+    "rate_limit": 0,
+    "rate_window_s": 1.0,
+    "concurrency_limit": 0,
+    "quota_exhausted": False,
+    "transport_rate": 1.0,
+}
+# What each transport fault does to a response:
+TRANSPORT_FAULTS = {
+    "reset": "the status line, headers and half the body are sent, then the connection is reset (TCP RST)",
+    "truncate": "the headers announce the whole body, half of it is sent, then the connection is closed",
+    "html_502": "an HTML '502 Bad Gateway' page from a proxy in front of the vendor (not JSON)",
+    "timeout_408": "a proxy's '408 Request Timeout' (plain text), as when a request body is too slow",
+    "image_error": "ark.images only: HTTP 200 whose data[0] is {'error': {code, message}} instead of an image",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +183,16 @@ class FaultRegistry:
         """Apply the keys present in ``spec`` to ``endpoint`` (or to all endpoints for ``*``)."""
         check_endpoint(endpoint)
         changes = spec.model_dump(exclude_unset=True, exclude={"endpoint"})
+        if changes.get("transport") == "image_error" and endpoint != "ark.images":
+            raise ValueError("transport 'image_error' exists on ark.images only (Ark's per-image data[].error)")
+        if changes.get("quota_exhausted") and endpoint.startswith("visual."):
+            raise ValueError("the visual API documents no quota answer: quota_exhausted is for ark.* and openai.*")
         targets = ENDPOINTS if endpoint == ALL else (endpoint,)
         for name in targets:
             cfg = self._configs[name]
             for key, value in changes.items():
+                if key == "quota_exhausted" and name.startswith("visual."):
+                    continue  # only reachable through "*"
                 if value is None and key in _NON_NULLABLE:
                     value = _NON_NULLABLE[key]
                 setattr(cfg, key, value)
@@ -168,6 +216,13 @@ class FaultRegistry:
         if cfg.error_rate and self._rng.random() < cfg.error_rate:
             return Injection(cfg.error_status, cfg.retry_after_s, "error")
         return None
+
+    def transport_fault(self, endpoint: str) -> str | None:
+        """The transport fault to apply to this request, if one is configured and its rate says so."""
+        cfg = self._configs[endpoint]
+        if cfg.transport is None or self._rng.random() >= cfg.transport_rate:
+            return None
+        return cfg.transport
 
     def video_seconds(self, create_endpoint: str, get_endpoint: str, default: float) -> float:
         """How long a new async job takes: the create endpoint's setting, else the get endpoint's."""

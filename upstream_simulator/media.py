@@ -1,30 +1,100 @@
-"""Generated media: real PNG images and small MP4-like video blobs, served at ``/files/{name}``.
+"""Generated media served at ``/files/{name}``: real PNG and JPEG images, a real MP4, URLs that expire.
 
 Nothing is stored. A file name encodes everything needed to regenerate its
-bytes (size and colours for images, a token for videos), so a million
-generated URLs cost no memory. PNGs are 1-bit palette images: the pixel data
-depends only on the size (and is cached), the colours live in the palette, so
-even a 2048x2048 image costs microseconds to produce.
+bytes (size and colours for images) and ends with a MAC of itself, so only
+names this simulator issued are served (any other is 404, as a bucket answers
+for a key it does not hold). The URL's query carries its expiry and a MAC over
+name and expiry, like the vendors' presigned links (Ark's and the visual API's
+TOS URLs, OpenAI's image URLs): after it expires the link answers 403, and a
+link whose expiry was altered answers 403 too. A million issued URLs cost no
+memory.
+
+* PNGs (OpenAI, visual API) are 1-bit palette images: the pixel data depends
+  only on the size (and is cached), the colours live in the palette.
+* JPEGs (Ark Seedream, whose URLs point at ``….jpeg`` files) are baseline
+  JPEGs of one colour, written by a tiny encoder: every 8x8 block after the
+  first is "same DC, no AC", so even a 4096x4096 image costs milliseconds.
+* Every video is the same few-KB H.264 MP4 (``fixtures/video.mp4``, 1 s,
+  160x90, made once with ffmpeg; ``moov`` before ``mdat``), which real players decode.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import json
+import math
 import re
 import secrets
 import struct
+import time
 import zlib
 from functools import lru_cache
+from pathlib import Path
 
 from aiohttp import web
 
 MAX_DIMENSION = 4096  # refuse absurd sizes in /files names rather than allocate them
-_IMAGE_NAME = re.compile(r"^img-(\d{1,4})x(\d{1,4})-([0-9a-f]{6})-([0-9a-f]{6})-[0-9a-z]{1,32}\.png$")
-_VIDEO_NAME = re.compile(r"^vid-([0-9a-z]{1,64})\.mp4$")
+_IMAGE_NAME = re.compile(
+    r"^(img-(\d{1,4})x(\d{1,4})-([0-9a-f]{6})-([0-9a-f]{6})-[0-9a-f]{16})-([0-9a-f]{20})\.(png|jpeg)$"
+)
+_VIDEO_NAME = re.compile(r"^(vid-[0-9a-f]{16})-([0-9a-f]{20})\.mp4$")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+VIDEO_FIXTURE = Path(__file__).with_name("fixtures") / "video.mp4"
 
 Rgb = tuple[int, int, int]
+
+
+class MediaSigner:
+    """Issues file names and presigned URLs, and checks them when they come back.
+
+    ``secret`` must be stable across restarts of one deployment so that URLs
+    issued before a restart stay valid (the server derives it from its keys).
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _mac(self, text: str) -> str:
+        return hmac.new(self._secret, text.encode("ascii"), hashlib.sha256).hexdigest()[:20]
+
+    def image_name(self, width: int, height: int, key: str, fmt: str = "png") -> str:
+        """A name for a ``width``x``height`` image (``png`` or ``jpeg``) whose colours derive from ``key``."""
+        background, accent = colours_for(key)
+        stem = f"img-{width}x{height}-{bytes(background).hex()}-{bytes(accent).hex()}-{new_token()}"
+        return f"{stem}-{self._mac(stem + '.' + fmt)}.{fmt}"
+
+    def video_name(self) -> str:
+        """A name for a new generated video."""
+        stem = f"vid-{new_token()}"
+        return f"{stem}-{self._mac(stem + '.mp4')}.mp4"
+
+    def issued(self, name: str) -> bool:
+        """True when ``name`` is one this signer issued."""
+        match = _IMAGE_NAME.match(name) or _VIDEO_NAME.match(name)
+        if match is None:
+            return False
+        stem, mac = match.group(1), match.group(6) if match.re is _IMAGE_NAME else match.group(2)
+        return hmac.compare_digest(mac, self._mac(stem + name[name.rindex(".") :]))
+
+    def presign(self, name: str, expires_at: float) -> str:
+        """The query string of a link to ``name`` valid until ``expires_at`` (unix seconds)."""
+        expires = math.ceil(expires_at)  # never sooner than asked
+        return f"X-Expires={expires}&X-Signature={self._mac(f'{name}|{expires}')}"
+
+    def check(self, name: str, expires: str | None, signature: str | None, now: float | None = None) -> str | None:
+        """Why a link may not be served (``NoSuchKey``, ``SignatureDoesNotMatch``, ``Expired``), or None."""
+        if not self.issued(name):
+            return "NoSuchKey"
+        if not expires or not signature or not expires.isdigit():
+            return "SignatureDoesNotMatch"
+        if not hmac.compare_digest(signature, self._mac(f"{name}|{int(expires)}")):
+            return "SignatureDoesNotMatch"
+        if (time.time() if now is None else now) >= int(expires):
+            return "Expired"
+        return None
 
 
 def colours_for(key: str) -> tuple[Rgb, Rgb]:
@@ -33,6 +103,14 @@ def colours_for(key: str) -> tuple[Rgb, Rgb]:
     background = (digest[0], digest[1], digest[2])
     accent = (255 - digest[0], 255 - digest[1], (digest[2] + 128) % 256)
     return background, accent
+
+
+def new_token() -> str:
+    """A random lowercase token that makes each generated name unique."""
+    return secrets.token_hex(8)
+
+
+# ----------------------------------------------------------------------------- PNG
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -52,10 +130,14 @@ def _idat(width: int, height: int) -> bytes:
     return zlib.compress(raw, 9)
 
 
-def png_bytes(width: int, height: int, background: Rgb, accent: Rgb) -> bytes:
-    """A valid ``width``x``height`` PNG (1-bit palette) in the two given colours."""
+def _check_size(width: int, height: int) -> None:
     if not (1 <= width <= MAX_DIMENSION and 1 <= height <= MAX_DIMENSION):
         raise ValueError(f"bad image size {width}x{height}")
+
+
+def png_bytes(width: int, height: int, background: Rgb, accent: Rgb) -> bytes:
+    """A valid ``width``x``height`` PNG (1-bit palette) in the two given colours."""
+    _check_size(width, height)
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 3, 0, 0, 0)  # depth 1, colour type 3 (palette)
     plte = bytes(background) + bytes(accent)
     return (
@@ -67,43 +149,85 @@ def png_bytes(width: int, height: int, background: Rgb, accent: Rgb) -> bytes:
     )
 
 
-def _box(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", 8 + len(payload)) + kind + payload
+# ----------------------------------------------------------------------------- JPEG
+
+# The standard luminance DC table (ITU T.81 K.3), used for all three components.
+_DC_BITS = (0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0)
+_DC_VALUES = tuple(range(12))
+# An AC table holding one symbol, end-of-block (0x00), coded "0": no block has AC coefficients.
+_AC_BITS = (1,) + (0,) * 15
+_AC_VALUES = (0x00,)
 
 
-def mp4_bytes(token: str) -> bytes:
-    """A small MP4-like blob: ``ftyp`` box, ``free`` box and an ``mdat`` of bytes derived from ``token``."""
-    ftyp = _box(b"ftyp", b"isom" + struct.pack(">I", 0x200) + b"isomiso2avc1mp41")
-    seed = hashlib.sha256(token.encode("ascii")).digest()
-    payload = b"".join(hashlib.sha256(seed + i.to_bytes(2, "big")).digest() for i in range(64))
-    return ftyp + _box(b"free", b"") + _box(b"mdat", payload)
+def _huffman_codes(bits: tuple[int, ...], values: tuple[int, ...]) -> dict[int, str]:
+    """Canonical Huffman codes (as bit strings) from a DHT table's counts and symbols."""
+    codes, code, index = {}, 0, 0
+    for length, count in enumerate(bits, start=1):
+        for _ in range(count):
+            codes[values[index]] = format(code, f"0{length}b")
+            code += 1
+            index += 1
+        code <<= 1
+    return codes
 
 
-def new_token() -> str:
-    """A random lowercase token that makes each generated URL unique."""
-    return secrets.token_hex(8)
+_DC_CODES = _huffman_codes(_DC_BITS, _DC_VALUES)
+_EOB = _huffman_codes(_AC_BITS, _AC_VALUES)[0]
 
 
-def image_name(width: int, height: int, key: str) -> str:
-    """A file name for a ``width``x``height`` image whose colours derive from ``key``."""
-    background, accent = colours_for(key)
-    return f"img-{width}x{height}-{bytes(background).hex()}-{bytes(accent).hex()}-{new_token()}.png"
+def _segment(marker: int, payload: bytes) -> bytes:
+    return struct.pack(">HH", marker, len(payload) + 2) + payload
 
 
-def video_name() -> str:
-    """A file name for a new generated video."""
-    return f"vid-{new_token()}.mp4"
+def _dc_bits(diff: int) -> str:
+    """A DC difference: its category's code, then the category's bits (one's complement when negative)."""
+    category = abs(diff).bit_length()
+    extra = format(diff if diff >= 0 else diff + (1 << category) - 1, f"0{category}b") if category else ""
+    return _DC_CODES[category] + extra
 
 
-def image_for_name(name: str) -> bytes | None:
-    """Regenerate the PNG bytes for an ``image_name`` result (None if the name is not one)."""
-    match = _IMAGE_NAME.match(name)
-    if match is None:
-        return None
-    width, height = int(match.group(1)), int(match.group(2))
-    if not (1 <= width <= MAX_DIMENSION and 1 <= height <= MAX_DIMENSION):
-        return None
-    return png_bytes(width, height, _rgb(match.group(3)), _rgb(match.group(4)))
+@lru_cache(maxsize=64)
+def _jpeg_headers(width: int, height: int) -> bytes:
+    dqt = b"".join(bytes([table]) + b"\x01" * 64 for table in (0, 1))  # quantiser 1: DC is exact
+    sof = struct.pack(">BHHB", 8, height, width, 3) + b"\x01\x11\x00\x02\x11\x01\x03\x11\x01"
+    dht = b"\x00" + bytes(_DC_BITS) + bytes(_DC_VALUES) + b"\x10" + bytes(_AC_BITS) + bytes(_AC_VALUES)
+    sos = b"\x03\x01\x00\x02\x00\x03\x00\x00\x3f\x00"
+    return (
+        b"\xff\xd8"
+        + _segment(0xFFE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+        + _segment(0xFFDB, dqt)
+        + _segment(0xFFC0, sof)
+        + _segment(0xFFC4, dht)
+        + _segment(0xFFDA, sos)
+    )
+
+
+def jpeg_bytes(width: int, height: int, colour: Rgb) -> bytes:
+    """A valid baseline ``width``x``height`` JPEG (YCbCr 4:4:4) filled with ``colour``."""
+    _check_size(width, height)
+    red, green, blue = colour
+    y = 0.299 * red + 0.587 * green + 0.114 * blue
+    cb = 128 - 0.168736 * red - 0.331264 * green + 0.5 * blue
+    cr = 128 + 0.5 * red - 0.418688 * green - 0.081312 * blue
+    blocks = ((width + 7) // 8) * ((height + 7) // 8)
+    # The first MCU sets each component's DC; every later block repeats it (difference 0) with no AC.
+    first = "".join(_dc_bits(round(8 * (value - 128))) + _EOB for value in (y, cb, cr))
+    bits = first + (_DC_CODES[0] + _EOB) * (3 * (blocks - 1))
+    bits += "1" * (-len(bits) % 8)  # pad the last byte with ones
+    scan = int(bits, 2).to_bytes(len(bits) // 8, "big").replace(b"\xff", b"\xff\x00")
+    return _jpeg_headers(width, height) + scan + b"\xff\xd9"
+
+
+# ----------------------------------------------------------------------------- MP4
+
+
+@lru_cache(maxsize=1)
+def mp4_bytes() -> bytes:
+    """The generated video: an H.264 MP4 that decodes (``ftyp``, ``moov``, ``mdat``)."""
+    return VIDEO_FIXTURE.read_bytes()
+
+
+# ----------------------------------------------------------------------------- names to bytes
 
 
 def _rgb(hex_colour: str) -> Rgb:
@@ -111,25 +235,45 @@ def _rgb(hex_colour: str) -> Rgb:
     return red, green, blue
 
 
-def image_b64(width: int, height: int, key: str) -> str:
-    """Base64 of a PNG like ``image_name`` would serve (for ``b64_json`` responses)."""
+def image_b64(width: int, height: int, key: str, fmt: str = "png") -> str:
+    """Base64 of an image like ``image_name`` would serve (for ``b64_json`` responses)."""
     background, accent = colours_for(key)
-    return base64.b64encode(png_bytes(width, height, background, accent)).decode("ascii")
+    data = jpeg_bytes(width, height, background) if fmt == "jpeg" else png_bytes(width, height, background, accent)
+    return base64.b64encode(data).decode("ascii")
 
 
-def video_for_name(name: str) -> bytes | None:
-    """Regenerate the video bytes for a ``video_name`` result (None if the name is not one)."""
-    match = _VIDEO_NAME.match(name)
-    return mp4_bytes(match.group(1)) if match else None
+def bytes_for_name(name: str) -> tuple[bytes, str] | None:
+    """Regenerate the bytes and content type of an issued file name (None if ``name`` is not one)."""
+    match = _IMAGE_NAME.match(name)
+    if match is not None:
+        width, height = int(match.group(2)), int(match.group(3))
+        if not (1 <= width <= MAX_DIMENSION and 1 <= height <= MAX_DIMENSION):
+            return None
+        if match.group(7) == "jpeg":
+            return jpeg_bytes(width, height, _rgb(match.group(4))), "image/jpeg"
+        return png_bytes(width, height, _rgb(match.group(4)), _rgb(match.group(5))), "image/png"
+    if _VIDEO_NAME.match(name):
+        return mp4_bytes(), "video/mp4"
+    return None
 
 
-async def serve_file(request: web.Request) -> web.Response:
-    """``GET /files/{name}``: the generated image or video, or 404 for unknown names."""
+_TOS_ERRORS = {
+    "NoSuchKey": (404, "The specified key does not exist."),
+    "SignatureDoesNotMatch": (403, "The request signature we calculated does not match the signature you provided."),
+    "Expired": (403, "Request has expired."),
+}
+
+
+def serve(request: web.Request, signer: MediaSigner) -> web.Response:
+    """``GET /files/{name}?X-Expires&X-Signature``: the file, 404 for a name never issued, 403 once expired."""
     name = request.match_info["name"]
-    body = image_for_name(name)
-    if body is not None:
-        return web.Response(body=body, content_type="image/png")
-    body = video_for_name(name)
-    if body is not None:
-        return web.Response(body=body, content_type="video/mp4")
-    return web.Response(status=404, text="NoSuchKey: The specified key does not exist.")
+    problem = signer.check(name, request.query.get("X-Expires"), request.query.get("X-Signature"))
+    found = bytes_for_name(name) if problem is None else None
+    if problem is not None or found is None:
+        problem = problem or "NoSuchKey"
+        status, message = _TOS_ERRORS[problem]
+        code = "AccessDenied" if problem == "Expired" else problem
+        error = {"Code": code, "Message": message, "RequestId": secrets.token_hex(12), "Key": name}
+        return web.Response(status=status, text=json.dumps(error), content_type="application/json")
+    data, content_type = found
+    return web.Response(body=data, content_type=content_type)

@@ -3,13 +3,36 @@
 Wire format per upstream_apis.md §3: Bearer API key, JSON bodies (multipart
 form for ``POST /v1/videos``), an ``x-request-id`` response header on every
 answer, and errors as ``{"error": {"message", "type", "param", "code"}}``.
-Rate-limit answers carry ``retry-after`` and ``retry-after-ms`` when
-configured, which the openai SDK honours.
+
+As strict as the vendor:
+
+* Models: only those ``catalogue.toml`` lists as served today; an unknown one
+  is 404 ``model_not_found``, a retired one 404 ``model_not_found`` saying it
+  has been deprecated (the catalogue's ``grace`` keeps the gateway's seed
+  models served for now).
+* Parameters: only those the API defines (the SDK's ``*CreateParams``); an
+  unknown one is 400 — chat: "Unrecognized request argument supplied: X",
+  images and videos: "Unknown parameter: 'X'." (``unknown_parameter``). Per
+  model: ``max_tokens`` is refused by reasoning models (gpt-5.x, o-series:
+  "Use 'max_completion_tokens' instead."), ``reasoning_effort`` by the
+  others; DALL·E-only parameters (``response_format``, ``style``, quality
+  ``standard``/``hd``) by GPT image models and GPT-image-only ones by DALL·E.
+  A JSON endpoint needs ``Content-Type: application/json``.
+* Limits: counted per API key (``rate_limit``/``rate_window_s``,
+  ``concurrency_limit``): 429 ``rate_limit_exceeded``; an exhausted quota
+  (``quota_exhausted``) is 429 ``insufficient_quota`` (not worth retrying).
+  Counted refusals carry no ``Retry-After``: upstream_apis.md confirms the SDK
+  honours ``retry-after(-ms)`` but not that the vendor sends it. Injected
+  faults with ``retry_after_s`` still send both headers (a test knob).
+* Videos: ``GET /v1/videos`` (cursor page), ``DELETE /v1/videos/{id}`` (only a
+  completed or failed video, as the SDK documents; there is no cancel of a
+  running one), and content downloads refused once ``expires_at`` has passed.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +41,16 @@ from typing import Any
 from aiohttp import web
 
 from upstream_simulator import media
-from upstream_simulator.context import InvalidParam, SimContext, chat_messages, check, param
+from upstream_simulator.catalogue import ModelEntry
+from upstream_simulator.context import (
+    InvalidParam,
+    Refusal,
+    SimContext,
+    api_key_of,
+    chat_messages,
+    check,
+    param,
+)
 from upstream_simulator.faults import Injection, Rejected, retry_after_headers, wants_video_failure
 from upstream_simulator.jobs import Job, Phase
 from upstream_simulator.text import (
@@ -32,11 +64,95 @@ from upstream_simulator.text import (
 
 BASE = "/v1"
 VENDOR = "openai"
-CHAT_MODEL_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-")
-VIDEO_MODELS = ("sora-2", "sora-2-pro")
 VIDEO_SECONDS = ("4", "8", "12")
 VIDEO_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024")
-VIDEO_URL_TTL_S = 3600
+VIDEO_ASSETS_TTL_S = 3600  # how long a completed video's assets stay downloadable (expires_at)
+IMAGE_URL_TTL_S = 3600  # DALL·E URLs are valid 60 min (upstream_apis.md §3.2)
+DEPRECATIONS_URL = "https://platform.openai.com/docs/deprecations"
+_WXH = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+
+# The request bodies the API defines (openai 3.57: CompletionCreateParams, ImageGenerateParams,
+# VideoCreateParams); tests/upstream_simulator keeps these in step with the installed SDK.
+CHAT_PARAMS = frozenset(
+    [
+        "messages",
+        "model",
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "metadata",
+        "modalities",
+        "moderation",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+    ]
+)
+IMAGE_PARAMS = frozenset(
+    [
+        "prompt",
+        "background",
+        "complexity",
+        "frame_count",
+        "frame_duration_ms",
+        "model",
+        "moderation",
+        "n",
+        "output_compression",
+        "output_format",
+        "partial_images",
+        "quality",
+        "response_format",
+        "safety_identifier",
+        "size",
+        "style",
+        "svg",
+        "user",
+        "stream",
+    ]
+)
+VIDEO_PARAMS = frozenset(["prompt", "input_reference", "model", "seconds", "size"])
+# Parameters only GPT image models take, and only DALL·E models take.
+GPT_IMAGE_ONLY = frozenset(
+    [
+        "background",
+        "complexity",
+        "frame_count",
+        "frame_duration_ms",
+        "moderation",
+        "output_compression",
+        "output_format",
+        "partial_images",
+        "svg",
+    ]
+)
+DALL_E_ONLY = frozenset({"response_format", "style"})
 
 
 class _ImageModel:
@@ -53,6 +169,17 @@ DALL_E_3 = _ImageModel(("1024x1024", "1792x1024", "1024x1792"), 1, ("standard", 
 GPT_IMAGE = _ImageModel(
     ("auto", "1024x1024", "1536x1024", "1024x1536"), 10, ("auto", "low", "medium", "high"), 32000, gpt=True
 )
+# gpt-image-2 and 2.5: any WIDTHxHEIGHT (multiples of 16, aspect 1:3 .. 3:1, at most 3840x2160's pixels)
+# besides the standard sizes, and two more qualities.
+GPT_IMAGE_2 = _ImageModel(
+    ("auto", "1024x1024", "1536x1024", "1024x1536"),
+    10,
+    ("auto", "low", "medium", "high", "xhigh", "max"),
+    32000,
+    gpt=True,
+)
+IMAGE_FAMILIES = {"dall-e-2": DALL_E_2, "dall-e-3": DALL_E_3, "gpt-image": GPT_IMAGE, "gpt-image-2": GPT_IMAGE_2}
+MAX_PIXELS = 3840 * 2160
 
 # What an injected failure of each status looks like: (type, code, message).
 _INJECTED: dict[int, tuple[str, str | None, str]] = {
@@ -94,7 +221,9 @@ class OpenAIAPI:
             web.post(f"{BASE}/images/generations", self._guard(self.images)),
             web.post(f"{BASE}/chat/completions", self._guard(self.chat)),
             web.post(f"{BASE}/videos", self._guard(self.create_video)),
+            web.get(f"{BASE}/videos", self._guard(self.list_videos), allow_head=False),
             web.get(f"{BASE}/videos/{{video_id}}", self._guard(self.retrieve_video), allow_head=False),
+            web.delete(f"{BASE}/videos/{{video_id}}", self._guard(self.delete_video)),
             web.get(f"{BASE}/videos/{{video_id}}/content", self._guard(self.video_content), allow_head=False),
         ]
 
@@ -156,11 +285,60 @@ class OpenAIAPI:
             )
             raise Rejected(self._error(401, "invalid_request_error", "invalid_api_key", message))
 
+    async def _admit(self, request: web.Request, endpoint: str) -> None:
+        """Authenticate, then apply the counted limits and the quota of the caller's key."""
+        self._authenticate(request)
+        await self.ctx.admit(request, endpoint, api_key_of(request), self._limited)
+
+    def _limited(self, refusal: Refusal, limit: int) -> web.Response:
+        if refusal == "quota":
+            message = (
+                "You exceeded your current quota, please check your plan and billing details. For more "
+                "information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors."
+            )
+            return self._error(429, "insufficient_quota", "insufficient_quota", message)
+        what = "concurrent requests" if refusal == "concurrency" else "requests"
+        message = f"Rate limit reached for {what}: Limit {limit}, Used {limit}, Requested 1. Please try again later."
+        return self._error(429, "requests", "rate_limit_exceeded", message)
+
+    def _unknown(self, body: dict[str, Any], allowed: frozenset[str], *, chat: bool = False) -> None:
+        """Refuse the first parameter the API does not define, as the API words it."""
+        for name in body:
+            if name not in allowed:
+                if chat:
+                    raise Rejected(
+                        self._error(
+                            400, "invalid_request_error", None, f"Unrecognized request argument supplied: {name}"
+                        )
+                    )
+                raise self._unknown_parameter(name)
+
+    def _unknown_parameter(self, name: str) -> Rejected:
+        return Rejected(
+            self._error(400, "invalid_request_error", "unknown_parameter", f"Unknown parameter: '{name}'.", name)
+        )
+
+    def _unsupported(self, name: str, hint: str = "") -> Rejected:
+        message = f"Unsupported parameter: '{name}' is not supported with this model.{hint}"
+        return Rejected(self._error(400, "invalid_request_error", "unsupported_parameter", message, name))
+
+    def _model(self, api: str, name: str) -> ModelEntry:
+        """The catalogue entry of a model served today; 404 ``model_not_found`` otherwise."""
+        found = self.ctx.catalogue.lookup(VENDOR, api, name)
+        if found.status == "served" and found.entry is not None:
+            return found.entry
+        if found.status == "retired":
+            message = f"The model `{name}` has been deprecated, learn more here: {DEPRECATIONS_URL}"
+            raise Rejected(self._error(404, "invalid_request_error", "model_not_found", message))
+        raise self._model_not_found(name)
+
     async def _json(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body: Any = None
+        if request.content_type == "application/json":
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
         if not isinstance(body, dict):
             raise Rejected(
                 self._error(
@@ -168,7 +346,8 @@ class OpenAIAPI:
                     "invalid_request_error",
                     None,
                     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
-                    "your HTTP library correctly.)",
+                    "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
+                    "valid JSON.)",
                 )
             )
         return body
@@ -188,19 +367,19 @@ class OpenAIAPI:
     async def images(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/images/generations`` (dall-e-2, dall-e-3, gpt-image-*)."""
         await self.ctx.enter(request, "openai.images")
-        self._authenticate(request)
+        await self._admit(request, "openai.images")
         body = await self._json(request)
+        self._unknown(body, IMAGE_PARAMS)
         prompt = param(body, "prompt", (str,), required=True)
         self.ctx.inject("openai.images", prompt, self._injected)
-        model = param(body, "model", (str,), "dall-e-2")
-        if model == "dall-e-2":
-            spec = DALL_E_2
-        elif model == "dall-e-3":
-            spec = DALL_E_3
-        elif model.startswith(("gpt-image", "chatgpt-image")):
-            spec = GPT_IMAGE
-        else:
-            raise self._model_not_found(model)
+        # The SDK documents no default model any more ("Specify a model explicitly").
+        model = param(body, "model", (str,), required=True)
+        spec = IMAGE_FAMILIES[self._model("images", model).family]
+        given = {name for name, value in body.items() if value is not None}
+        for name in sorted(given & (DALL_E_ONLY if spec.gpt else GPT_IMAGE_ONLY)):
+            if spec.gpt:
+                raise self._unknown_parameter(name)  # what GPT image models answer for response_format
+            raise self._unsupported(name)
         check(
             0 < len(prompt) <= spec.max_prompt,
             "prompt",
@@ -211,31 +390,34 @@ class OpenAIAPI:
             check(n == 1, "n", "you must provide n=1 for this model")
         check(1 <= n <= spec.max_n, "n", f"expected a value between 1 and {spec.max_n}, but got {n} instead")
         size = param(body, "size", (str,), "auto" if spec.gpt else "1024x1024")
-        check(size in spec.sizes, "size", f"'{size}' is not one of {', '.join(repr(s) for s in spec.sizes)}")
+        if spec is GPT_IMAGE_2 and size not in spec.sizes:
+            _check_free_size(size)
+        else:
+            check(size in spec.sizes, "size", f"'{size}' is not one of {', '.join(repr(s) for s in spec.sizes)}")
         quality = param(body, "quality", (str,), spec.qualities[0])
         check(quality in spec.qualities, "quality", f"'{quality}' is not one of {', '.join(spec.qualities)}")
         style = param(body, "style", (str,))
         if style is not None:
             check(model == "dall-e-3", "style", "style is only supported for dall-e-3")
             check(style in ("vivid", "natural"), "style", "must be one of 'vivid', 'natural'")
-        response_format = param(body, "response_format", (str,))
-        if spec.gpt:
-            # GPT image models always answer base64 and reject the legacy parameter.
-            check(response_format is None, "response_format", "unknown parameter for GPT image models")
-            response_format = "b64_json"
-        response_format = response_format or "url"
+        output_format = param(body, "output_format", (str,), "png")
+        # The simulator draws PNG and JPEG only: webp, gif and svg are refused rather than faked.
+        check(output_format in ("png", "jpeg"), "output_format", f"'{output_format}' is not served by the simulator")
+        # GPT image models always answer base64 (the legacy parameter was refused above).
+        response_format = "b64_json" if spec.gpt else param(body, "response_format", (str,), "url")
         check(response_format in ("url", "b64_json"), "response_format", "must be one of 'url', 'b64_json'")
 
         width, height = (1024, 1024) if size == "auto" else (int(x) for x in size.split("x"))
         created = int(time.time())
+        expires_at = time.time() + self.ctx.url_lifetime("openai.images", IMAGE_URL_TTL_S)
         data = []
         for index in range(n):
             key = f"{prompt}|{created}|{index}|{secrets.token_hex(4)}"
             item: dict[str, Any] = {}
             if response_format == "url":
-                item["url"] = self.ctx.file_url(media.image_name(width, height, key))
+                item["url"] = self.ctx.file_url(self.ctx.signer.image_name(width, height, key), expires_at)
             else:
-                item["b64_json"] = media.image_b64(width, height, key)
+                item["b64_json"] = media.image_b64(width, height, key, output_format)
             if model == "dall-e-3":
                 item["revised_prompt"] = f"A detailed, high-quality image of {prompt.strip()}"
             data.append(item)
@@ -245,7 +427,7 @@ class OpenAIAPI:
             output_tokens = {"low": 272, "medium": 1056, "high": 4160}.get(quality, 1056) * n
             payload.update(
                 background=param(body, "background", (str,), "opaque"),
-                output_format=param(body, "output_format", (str,), "png"),
+                output_format=output_format,
                 quality="medium" if quality == "auto" else quality,
                 size=f"{width}x{height}",
                 usage={
@@ -262,13 +444,17 @@ class OpenAIAPI:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``."""
         await self.ctx.enter(request, "openai.chat")
-        self._authenticate(request)
+        await self._admit(request, "openai.chat")
         body = await self._json(request)
+        self._unknown(body, CHAT_PARAMS, chat=True)
         messages = chat_messages(body, "empty array. Expected an array with minimum length 1")
         self.ctx.inject("openai.chat", all_text(messages), self._injected)
         model = param(body, "model", (str,), required=True)
-        if not model.startswith(CHAT_MODEL_PREFIXES):
-            raise self._model_not_found(model)
+        family = self._model("chat", model).family
+        if family == "reasoning" and body.get("max_tokens") is not None:
+            raise self._unsupported("max_tokens", " Use 'max_completion_tokens' instead.")
+        if family != "reasoning" and body.get("reasoning_effort") is not None:
+            raise self._unsupported("reasoning_effort")
         limit = param(body, "max_completion_tokens", (int,)) or param(body, "max_tokens", (int,))
         check(limit is None or limit >= 1, "max_tokens", "expected a value >= 1")
         temperature = param(body, "temperature", (int, float), 1)
@@ -319,19 +505,22 @@ class OpenAIAPI:
     async def create_video(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/videos``: multipart form (prompt, model, seconds, size, input_reference)."""
         await self.ctx.enter(request, "openai.videos.create")
-        self._authenticate(request)
+        await self._admit(request, "openai.videos.create")
         if request.content_type == "application/json":
             form: dict[str, Any] = await self._json(request)
-        else:
-            # multipart/form-data (what the SDK sends) or urlencoded; file parts are read and dropped.
+            self._unknown(form, VIDEO_PARAMS)
+        elif request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            # multipart/form-data is what the SDK sends; file parts are read and dropped.
             posted = await request.post()
+            self._unknown(dict(posted), VIDEO_PARAMS)
             form = {k: v for k, v in posted.items() if isinstance(v, str)}
+        else:
+            raise self._bad_body()
         prompt = param(form, "prompt", (str,), required=True)
         self.ctx.inject("openai.videos.create", prompt, self._injected)
         check(bool(prompt.strip()), "prompt", "must not be empty")
         model = param(form, "model", (str,), "sora-2")
-        if model not in VIDEO_MODELS and not model.startswith("sora-2-20"):  # dated snapshots
-            raise self._model_not_found(model)
+        self._model("videos", model)
         seconds = str(param(form, "seconds", (str, int), "4"))
         check(seconds in VIDEO_SECONDS, "seconds", f"'{seconds}' is not one of {', '.join(VIDEO_SECONDS)}")
         size = param(form, "size", (str,), "720x1280")
@@ -342,7 +531,13 @@ class OpenAIAPI:
             vendor=VENDOR,
             duration_s=self.ctx.video_seconds("openai.videos.create", "openai.videos.retrieve"),
             fail=wants_video_failure(prompt),
-            data={"model": model, "seconds": seconds, "size": size, "prompt": prompt, "video": media.video_name()},
+            data={
+                "model": model,
+                "seconds": seconds,
+                "size": size,
+                "prompt": prompt,
+                "assets_ttl": self.ctx.url_lifetime("openai.videos.create", VIDEO_ASSETS_TTL_S),
+            },
         )
         self.ctx.jobs.add(job)
         return self._respond(self._video_view(job))
@@ -350,7 +545,7 @@ class OpenAIAPI:
     async def retrieve_video(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/videos/{id}``, with ``openai-poll-after-ms`` while the job is not finished."""
         await self.ctx.enter(request, "openai.videos.retrieve")
-        self._authenticate(request)
+        await self._admit(request, "openai.videos.retrieve")
         self.ctx.inject("openai.videos.retrieve", None, self._injected)
         job = self._job(request)
         view = self._video_view(job)
@@ -363,7 +558,7 @@ class OpenAIAPI:
     async def video_content(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/videos/{id}/content[?variant=video|thumbnail|spritesheet]``: raw bytes."""
         await self.ctx.enter(request, "openai.videos.content")
-        self._authenticate(request)
+        await self._admit(request, "openai.videos.content")
         self.ctx.inject("openai.videos.content", None, self._injected)
         job = self._job(request)
         variant = request.query.get("variant", "video")
@@ -379,13 +574,77 @@ class OpenAIAPI:
                     f"Video is not ready for download (status: {status}).",
                 )
             )
+        expires_at = self._expires_at(job)
+        if expires_at is not None and time.time() >= expires_at:
+            message = f"The assets of video '{job.id}' expired at {expires_at} and can no longer be downloaded."
+            raise Rejected(self._error(404, "invalid_request_error", None, message))
         if variant == "video":
-            return web.Response(body=media.video_for_name(job.data["video"]), content_type="video/mp4",
-                                headers=self._headers())  # fmt: skip
+            return web.Response(body=media.mp4_bytes(), content_type="video/mp4", headers=self._headers())
         width, height = (int(x) for x in job.data["size"].split("x"))
         # Thumbnails are served as PNG (the real service sends WebP/JPEG); only the video is byte-faithful.
         body = media.png_bytes(width // 4, height // 4, *media.colours_for(job.data["prompt"]))
         return web.Response(body=body, content_type="image/png", headers=self._headers())
+
+    async def list_videos(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/videos?after&limit&order``: a cursor page of videos, newest first by default."""
+        await self.ctx.enter(request, "openai.videos.list")
+        await self._admit(request, "openai.videos.list")
+        self.ctx.inject("openai.videos.list", None, self._injected)
+        for name in request.query:
+            if name not in ("after", "limit", "order"):
+                raise self._unknown_parameter(name)
+        raw_limit = request.query.get("limit", "20")
+        check(raw_limit.isdigit() and 1 <= int(raw_limit) <= 100, "limit", "expected an integer between 1 and 100")
+        order = request.query.get("order", "desc")
+        check(order in ("asc", "desc"), "order", "must be one of 'asc', 'desc'")
+        jobs = self.ctx.jobs.of_vendor(VENDOR)  # newest first
+        if order == "asc":
+            jobs.reverse()
+        after = request.query.get("after")
+        if after:
+            ids = [job.id for job in jobs]
+            check(after in ids, "after", f"no video with id '{after}'")
+            jobs = jobs[ids.index(after) + 1 :]
+        page = jobs[: int(raw_limit)]
+        data = [self._video_view(job) for job in page]
+        payload = {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(jobs) > len(page),
+        }
+        return self._respond(payload)
+
+    async def delete_video(self, request: web.Request) -> web.StreamResponse:
+        """``DELETE /v1/videos/{id}``: a completed or failed video and its assets; a running one is refused."""
+        await self.ctx.enter(request, "openai.videos.delete")
+        await self._admit(request, "openai.videos.delete")
+        self.ctx.inject("openai.videos.delete", None, self._injected)
+        job = self._job(request)
+        status = self._video_view(job)["status"]
+        if status not in ("completed", "failed"):
+            message = f"Video '{job.id}' is {status}: only a completed or failed video can be deleted."
+            raise Rejected(self._error(400, "invalid_request_error", None, message))
+        self.ctx.jobs.remove(job.id)
+        return self._respond({"id": job.id, "object": "video.deleted", "deleted": True})
+
+    def _bad_body(self) -> Rejected:
+        return Rejected(
+            self._error(
+                400,
+                "invalid_request_error",
+                None,
+                "We could not parse the body of your request: expected multipart/form-data or application/json.",
+            )
+        )
+
+    @staticmethod
+    def _expires_at(job: Job) -> int | None:
+        """When a completed video's assets expire (unix seconds); None until it completes."""
+        if job.phase() is not Phase.SUCCEEDED:
+            return None
+        return int(job.created_wall + job.duration_s + job.data["assets_ttl"])
 
     def _job(self, request: web.Request) -> Job:
         video_id = request.match_info["video_id"]
@@ -425,10 +684,21 @@ class OpenAIAPI:
             "progress": progress,
             "created_at": int(job.created_wall),
             "completed_at": completed_at,
-            "expires_at": completed_at + VIDEO_URL_TTL_S if completed_at and phase is Phase.SUCCEEDED else None,
+            "expires_at": self._expires_at(job),
             "size": job.data["size"],
             "seconds": job.data["seconds"],
             "prompt": job.data["prompt"],
             "remixed_from_video_id": None,
             "error": error,
         }
+
+
+def _check_free_size(size: str) -> None:
+    """gpt-image-2 / 2.5 sizes: WIDTHxHEIGHT, both multiples of 16, aspect 1:3 .. 3:1, at most 3840x2160 pixels."""
+    match = _WXH.match(size)
+    check(match is not None, "size", f"'{size}' is not 'auto' or WIDTHxHEIGHT")
+    assert match is not None
+    width, height = int(match.group(1)), int(match.group(2))
+    check(width % 16 == 0 and height % 16 == 0, "size", "width and height must both be divisible by 16")
+    check(max(width, height) <= 3 * min(width, height), "size", "the aspect ratio must be between 1:3 and 3:1")
+    check(width * height <= MAX_PIXELS and max(width, height) <= 3840, "size", "at most 3840x2160")

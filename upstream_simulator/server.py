@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import threading
 from types import TracebackType
 from typing import Any
@@ -18,7 +20,7 @@ from pydantic import ValidationError
 
 from upstream_simulator import media
 from upstream_simulator.ark import ArkAPI
-from upstream_simulator.context import ENDPOINT_KEY, SimContext
+from upstream_simulator.context import ENDPOINT_KEY, INFLIGHT_KEY, TRANSPORT_KEY, SimContext
 from upstream_simulator.faults import ENDPOINTS, FaultUpdate, Rejected
 from upstream_simulator.openai_api import OpenAIAPI
 from upstream_simulator.settings import SimulatorSettings
@@ -41,24 +43,53 @@ def _outcome_middleware(ctx: SimContext) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
-            response = await handler(request)
-        except Rejected as exc:
-            response = exc.response
-        except web.HTTPException as exc:
-            if ENDPOINT_KEY in request:
-                ctx.stats.finish(request[ENDPOINT_KEY], exc.status)
-            raise
-        except Exception:
-            log.exception("simulator handler failed: %s %s", request.method, request.path_qs)
-            if ENDPOINT_KEY in request:
-                ctx.stats.finish(request[ENDPOINT_KEY], 500)
-            raise
-        endpoint = request.get(ENDPOINT_KEY)
-        if endpoint is not None:
-            ctx.stats.finish(endpoint, response.status)
-        return response
+            try:
+                response: web.StreamResponse = await handler(request)
+            except Rejected as exc:
+                response = exc.response
+            except web.HTTPException as exc:
+                if ENDPOINT_KEY in request:
+                    ctx.stats.finish(request[ENDPOINT_KEY], exc.status)
+                raise
+            except Exception:
+                log.exception("simulator handler failed: %s %s", request.method, request.path_qs)
+                if ENDPOINT_KEY in request:
+                    ctx.stats.finish(request[ENDPOINT_KEY], 500)
+                raise
+            endpoint = request.get(ENDPOINT_KEY)
+            if endpoint is not None:
+                ctx.stats.finish(endpoint, response.status)
+            cut = request.get(TRANSPORT_KEY)
+            if cut in ("reset", "truncate") and isinstance(response, web.Response):
+                return await _cut_short(request, response, reset=cut == "reset")
+            return response
+        finally:
+            if INFLIGHT_KEY in request:
+                ctx.limiter.release(request[INFLIGHT_KEY])
 
     return middleware
+
+
+async def _cut_short(request: web.Request, response: web.Response, *, reset: bool) -> web.StreamResponse:
+    """Send the status, the headers (announcing the whole body) and half the body, then drop the connection.
+
+    ``reset``: abort with a TCP RST (SO_LINGER 0), as a crashed peer or middlebox does; otherwise close
+    the connection cleanly, leaving the body short of its Content-Length.
+    """
+    body = bytes(response.body) if isinstance(response.body, bytes | bytearray) else b""
+    stream = web.StreamResponse(status=response.status, headers=response.headers)
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    await stream.write(body[: len(body) // 2])
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if reset and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        else:
+            transport.close()
+    return stream
 
 
 class _Admin:
@@ -116,7 +147,11 @@ def build_app(settings: SimulatorSettings | None = None) -> web.Application:
     app = web.Application(middlewares=[_outcome_middleware(ctx)], client_max_size=MAX_BODY_BYTES)
     app[CONTEXT_KEY] = ctx
     app.add_routes(_Admin(ctx).routes())
-    app.add_routes([web.get("/files/{name}", media.serve_file)])
+
+    async def serve_file(request: web.Request) -> web.Response:
+        return media.serve(request, ctx.signer)
+
+    app.add_routes([web.get("/files/{name}", serve_file)])
     app.add_routes(ArkAPI(ctx).routes())
     app.add_routes(OpenAIAPI(ctx).routes())
     app.add_routes(VisualAPI(ctx).routes())

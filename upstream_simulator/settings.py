@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,17 +17,30 @@ class SimulatorSettings(BaseSettings):
     ``SIMULATOR_FAULTS='{"*": {"latency_s": 0.05}, "ark.images": {"error_rate": 0.1}}'``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="SIMULATOR_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SIMULATOR_", extra="ignore", use_attribute_docstrings=True)
 
     host: str = "127.0.0.1"
-    port: int = Field(default=9100, ge=0, le=65535)  # 0 picks a free port (tests)
-    public_url: str | None = None  # base of returned media URLs; default http://HOST:PORT
+    """Address the simulator binds."""
+    port: int = Field(default=9100, ge=0, le=65535)
+    """Port of every simulated vendor API (0 picks a free port: tests)."""
+    public_url: str | None = None
+    """Base of returned media URLs; default http://HOST:PORT."""
     ark_api_key: str = "sim-ark-key"
+    """The Ark key the simulator accepts."""
     volc_access_key: str = "sim-ak"
+    """The visual API access key the simulator accepts."""
     volc_secret_key: str = "sim-sk"
+    """The visual API secret key the simulator checks signatures with."""
     openai_api_key: str = "sim-openai-key"
+    """The OpenAI key the simulator accepts."""
     video_seconds: float = Field(default=5.0, ge=0)
+    """How long a simulated video job runs."""
+    catalogue_path: Path | None = None
+    """The vendors' model catalogue (default: upstream_simulator/catalogue.toml)."""
+    retired_grace: bool = True
+    """Serve retired models the catalogue marks `grace` (the gateway's seed models); false: refuse them too."""
     faults: dict[str, FaultSpec] = Field(default_factory=dict)
+    """Faults per endpoint name (or *) as JSON, e.g. {"ark.images": {"error_rate": 0.1}}."""
 
     @field_validator("faults")
     @classmethod

@@ -6,6 +6,25 @@ gateway's ``ResponseMetadata`` error shape), bodies are JSON, and results use
 the business envelope ``{"code", "message", "data", "request_id", "status",
 "time_elapsed"}`` with HTTP 200 / code 10000 on success and HTTP 400/429/500
 with the error code otherwise.
+
+As strict as the vendor:
+
+* The V4 check (``verify_signature``) also refuses an ``X-Content-Sha256``
+  that is not the SHA-256 of the body, a ``SignedHeaders`` without ``host``
+  and ``x-date``, and a credential scope other than ``<AK>/<date of
+  X-Date>/cn-north-1/cv/request`` (``SignatureDoesNotMatch``, 401).
+* ``req_key`` must be one ``catalogue.toml`` lists for the action (else 50200).
+* Limits are counted per access key: over ``rate_limit`` per ``rate_window_s``
+  is HTTP 429 code 50429, over ``concurrency_limit`` HTTP 429 code 50430 (no
+  ``Retry-After``: upstream_apis.md §2.6/2.7 documents none). The visual API
+  documents no quota answer, so ``quota_exhausted`` cannot be set here.
+* There is **no cancel**: a ``jimeng_vgfm_t2v_l20`` job, once submitted, runs
+  to its end and is paid for; ``CVSync2AsyncGetResult`` is the only call on
+  it. (The SDK's ``cv_cancel_task`` is ``CVCancelTask`` of another API family,
+  Version 2024-06-06; the simulator answers it, like any action it does not
+  serve, with the gateway's 404 ``InvalidActionOrVersion``.)
+* Media links (images with ``return_url``, finished videos) expire 1 h after
+  they are issued (⚠ the 1 h is a 3P figure; ``url_lifetime_s`` shortens it).
 """
 
 from __future__ import annotations
@@ -24,15 +43,14 @@ from urllib.parse import parse_qsl, quote
 from aiohttp import web
 
 from upstream_simulator import media
-from upstream_simulator.context import InvalidParam, SimContext, check, param
+from upstream_simulator.context import InvalidParam, Refusal, SimContext, check, param
 from upstream_simulator.faults import Injection, retry_after_headers, wants_video_failure
 from upstream_simulator.jobs import Job, Phase
 
 VERSION = "2022-08-31"
 VENDOR = "visual"
 REGION, SERVICE = "cn-north-1", "cv"
-IMAGE_REQ_KEY = "jimeng_high_aes_general_v21_L"
-VIDEO_REQ_KEY = "jimeng_vgfm_t2v_l20"
+URL_TTL_S = 3600  # ⚠ 3P: "the video URL is valid for 1 h"
 ACTIONS = {
     "CVProcess": "visual.CVProcess",
     "CVSync2AsyncSubmitTask": "visual.CVSync2AsyncSubmitTask",
@@ -103,9 +121,16 @@ def verify_signature(
         return "InvalidTimestamp"
     if not hmac.compare_digest(credential.split("/", 1)[0].encode(), access_key.encode()):
         return "InvalidAccessKey"
+    if credential != f"{access_key}/{x_date[:8]}/{REGION}/{SERVICE}/request":
+        return "SignatureDoesNotMatch"
 
     signed = signed_names.split(";")
-    if any(name not in headers for name in signed):
+    # The host and the time must be signed, or a signature could be replayed elsewhere or later.
+    if any(name not in headers for name in signed) or not {"host", "x-date"} <= set(signed):
+        return "SignatureDoesNotMatch"
+    body_hash = hashlib.sha256(body).hexdigest()
+    claimed = headers.get("x-content-sha256")
+    if claimed is not None and not hmac.compare_digest(claimed.lower(), body_hash):
         return "SignatureDoesNotMatch"
 
     def header_value(name: str) -> str:
@@ -117,7 +142,6 @@ def verify_signature(
 
     query = sorted(parse_qsl(raw_query, keep_blank_values=True))
     canonical_query = "&".join(quote(k, safe="-_.~") + "=" + quote(v, safe="-_.~") for k, v in query)
-    body_hash = hashlib.sha256(body).hexdigest()
     canonical = "\n".join(
         [
             method,
@@ -206,6 +230,22 @@ class VisualAPI:
 
         return render
 
+    def _limited(self, request: web.Request) -> Callable[[Refusal, int], web.Response]:
+        def render(refusal: Refusal, limit: int) -> web.Response:
+            if refusal == "concurrency":
+                return self._envelope(
+                    request, 50430, "Request Has Reached API Concurrent Limit, Please Try Later", None, 429
+                )
+            return self._envelope(request, 50429, "Request Has Reached API Limit, Please Try Later", None, 429)
+
+        return render
+
+    def _req_key(self, form: dict[str, Any], api: str) -> str:
+        req_key: str = param(form, "req_key", (str,), required=True)
+        found = self.ctx.catalogue.lookup(VENDOR, api, req_key)
+        check(found.status == "served", "req_key", f"unsupported req_key {req_key}")
+        return req_key
+
     def _invalid(self, request: web.Request, exc: InvalidParam) -> web.Response:
         code = {"missing": MISSING_PARAM, "type": PARAM_TYPE_ERROR}.get(exc.reason, PARAM_ERROR)
         return self._envelope(request, code, f"Invalid Parameter: {exc.param}: {exc.message}", None, 400)
@@ -232,6 +272,7 @@ class VisualAPI:
         )
         if problem is not None:
             return self._gateway_error(request, problem)
+        await self.ctx.admit(request, endpoint, settings.volc_access_key, self._limited(request))
         try:
             form = json.loads(raw)
         except ValueError:
@@ -253,8 +294,7 @@ class VisualAPI:
 
     def _cv_process(self, request: web.Request, form: dict[str, Any]) -> web.Response:
         """CVProcess with req_key jimeng_high_aes_general_v21_L: synchronous text-to-image."""
-        req_key = param(form, "req_key", (str,), required=True)
-        check(req_key == IMAGE_REQ_KEY, "req_key", f"unsupported req_key {req_key}")
+        self._req_key(form, "CVProcess")
         prompt = param(form, "prompt", (str,), required=True)
         check(bool(prompt.strip()), "prompt", "must not be empty")
         width = param(form, "width", (int,), 512)
@@ -272,12 +312,13 @@ class VisualAPI:
         # Super-resolution doubles the output size.
         out_w, out_h = (width * 2, height * 2) if use_sr else (width, height)
         key = f"{prompt}|{seed if seed >= 0 else random.randint(0, 2**31 - 1)}"
-        name = media.image_name(out_w, out_h, key)
+        name = self.ctx.signer.image_name(out_w, out_h, key)
+        expires_at = time.time() + self.ctx.url_lifetime("visual.CVProcess", URL_TTL_S)
         request_id = _request_id()
         data = {
             "algorithm_base_resp": {"status_code": 0, "status_message": "Success"},
             "binary_data_base64": [media.image_b64(out_w, out_h, key)],
-            "image_urls": [self.ctx.file_url(name)] if return_url else None,
+            "image_urls": [self.ctx.file_url(name, expires_at)] if return_url else None,
             "llm_result": "",
             "pe_result": "",
             "predict_tags_result": "",
@@ -289,8 +330,7 @@ class VisualAPI:
 
     def _submit(self, request: web.Request, form: dict[str, Any]) -> web.Response:
         """CVSync2AsyncSubmitTask with req_key jimeng_vgfm_t2v_l20: starts a video job."""
-        req_key = param(form, "req_key", (str,), required=True)
-        check(req_key == VIDEO_REQ_KEY, "req_key", f"unsupported req_key {req_key}")
+        req_key = self._req_key(form, "CVSync2Async")
         prompt = param(form, "prompt", (str,), required=True)
         check(bool(prompt.strip()), "prompt", "must not be empty")
         param(form, "seed", (int,), -1)
@@ -303,15 +343,19 @@ class VisualAPI:
             vendor=VENDOR,
             duration_s=self.ctx.video_seconds("visual.CVSync2AsyncSubmitTask", "visual.CVSync2AsyncGetResult"),
             fail=wants_video_failure(prompt),
-            data={"req_key": req_key, "video": media.video_name(), "aspect_ratio": aspect_ratio},
+            data={
+                "req_key": req_key,
+                "video": self.ctx.signer.video_name(),
+                "aspect_ratio": aspect_ratio,
+                "url_ttl": self.ctx.url_lifetime("visual.CVSync2AsyncSubmitTask", URL_TTL_S),
+            },
         )
         self.ctx.jobs.add(job)
         return self._envelope(request, SUCCESS, "Success", {"task_id": task_id})
 
     def _get_result(self, request: web.Request, form: dict[str, Any]) -> web.Response:
         """CVSync2AsyncGetResult: in_queue → generating → done; unknown ids are not_found."""
-        req_key = param(form, "req_key", (str,), required=True)
-        check(req_key == VIDEO_REQ_KEY, "req_key", f"unsupported req_key {req_key}")
+        self._req_key(form, "CVSync2Async")
         task_id = param(form, "task_id", (str,), required=True)
         req_json = param(form, "req_json", (str,))
         if req_json:
@@ -334,6 +378,6 @@ class VisualAPI:
             # A finished-but-failed task reports its error in the outer code, with data null.
             code, message = VIDEO_FAILURE
             return self._envelope(request, code, message, None, 400)
-        url = self.ctx.file_url(job.data["video"])
+        url = self.ctx.file_url(job.data["video"], job.created_wall + job.duration_s + job.data["url_ttl"])
         result.update(status="done", video_url=url, resp_data=json.dumps({"urls": [url]}))
         return self._envelope(request, SUCCESS, "Success", result)

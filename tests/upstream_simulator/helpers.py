@@ -41,9 +41,40 @@ def decode_png(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+def decode_jpeg(data: bytes) -> tuple[int, int]:
+    """Validate a baseline JPEG's structure (SOI, segments, SOF0, SOS, EOI) and return (width, height)."""
+    assert data[:2] == b"\xff\xd8", "not a JPEG (no SOI)"
+    assert data[-2:] == b"\xff\xd9", "no EOI: truncated JPEG"
+    pos, size = 2, None
+    while True:
+        marker, length = data[pos : pos + 2], struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        assert marker[0] == 0xFF, f"bad marker at {pos}"
+        if marker == b"\xff\xc0":
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            size = (width, height)
+        if marker == b"\xff\xda":
+            break
+        pos += 2 + length
+    assert size is not None, "no SOF0"
+    return size
+
+
+def mp4_boxes(data: bytes) -> list[bytes]:
+    """The top-level ISO-BMFF box types of ``data``, checking that their sizes add up to its length."""
+    pos, boxes = 0, []
+    while pos < len(data):
+        (size,) = struct.unpack(">I", data[pos : pos + 4])
+        assert size >= 8, f"bad box size at {pos}"
+        boxes.append(data[pos + 4 : pos + 8])
+        pos += size
+    assert pos == len(data), "box sizes do not add up to the file length"
+    return boxes
+
+
 def is_mp4(data: bytes) -> bool:
-    """True when ``data`` starts with an ISO-BMFF ``ftyp`` box."""
-    return len(data) > 12 and data[4:8] == b"ftyp"
+    """True when ``data`` is an MP4 a player can open: ``ftyp`` first, a ``moov`` and an ``mdat`` box."""
+    boxes = mp4_boxes(data)
+    return boxes[0] == b"ftyp" and b"moov" in boxes and b"mdat" in boxes
 
 
 def visual_error(exc: BaseException) -> dict[str, Any]:

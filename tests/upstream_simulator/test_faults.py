@@ -28,7 +28,7 @@ def test_runtime_rate_limit_with_retry_after_on_ark(ark: Ark, control: Simulator
     assert info.value.type == "TooManyRequests"
     assert info.value.response.headers["Retry-After"] == "3"  # whole seconds, rounded up
     # Other endpoints are unaffected.
-    ark.chat.completions.create(model="doubao-x", messages=[{"role": "user", "content": "hi"}])
+    ark.chat.completions.create(model="doubao-1-5-pro-32k-250115", messages=[{"role": "user", "content": "hi"}])
     stats = control.stats()
     assert stats["ark.images"] == {"requests": 1, "ok": 0, "errors": 0, "rate_limited": 1}
     assert stats["ark.chat"]["ok"] == 1
@@ -61,7 +61,7 @@ def test_injected_latency(oai: OpenAI, ark: Ark, control: SimulatorControl) -> N
     oai.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
     assert time.monotonic() - started >= 0.4
     started = time.monotonic()
-    ark.chat.completions.create(model="doubao-x", messages=[{"role": "user", "content": "hi"}])
+    ark.chat.completions.create(model="doubao-1-5-pro-32k-250115", messages=[{"role": "user", "content": "hi"}])
     assert time.monotonic() - started < 0.3
 
 
@@ -96,6 +96,13 @@ def test_wildcard_and_partial_updates(control: SimulatorControl) -> None:
         "rate_limit_rate": 0.0,
         "retry_after_s": None,
         "video_seconds": None,
+        "rate_limit": 0,
+        "rate_window_s": 1.0,
+        "concurrency_limit": 0,
+        "quota_exhausted": False,
+        "transport": None,
+        "transport_rate": 1.0,
+        "url_lifetime_s": None,
     }
     control.clear_faults()
     assert control.faults()["ark.images"]["latency_s"] == 0.0

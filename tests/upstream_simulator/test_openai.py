@@ -42,14 +42,14 @@ def test_dalle3_constraints(oai: OpenAI, kwargs: dict[str, object], param: str) 
     assert info.value.type == "invalid_request_error"
 
 
-def test_dalle2_several_images(oai: OpenAI) -> None:
-    resp = oai.images.generate(model="dall-e-2", prompt="a cat", size="256x256", n=3)
-    assert len(resp.data) == 3 and len({item.url for item in resp.data}) == 3
-    assert all(item.revised_prompt is None for item in resp.data)
+def test_gpt_image_several_images(oai: OpenAI) -> None:
+    resp = oai.images.generate(model="gpt-image-2.5-flare", prompt="a cat", size="1024x1024", n=3)
+    assert len(resp.data) == 3 and len({item.b64_json for item in resp.data}) == 3
+    assert all(item.revised_prompt is None and item.url is None for item in resp.data)
 
 
 def test_gpt_image_returns_base64_and_usage(oai: OpenAI) -> None:
-    resp = oai.images.generate(model="gpt-image-1", prompt="a cat", size="1536x1024", quality="low")
+    resp = oai.images.generate(model="gpt-image-2.5-sunburst", prompt="a cat", size="1536x1024", quality="low")
     assert decode_png(base64.b64decode(resp.data[0].b64_json)) == (1536, 1024)
     assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
     assert resp.size == "1536x1024"
@@ -106,10 +106,10 @@ def test_prompt_fail_triggers(oai: OpenAI, status: int, exc_type: type[Exception
 
 def test_video_lifecycle_with_progress_and_poll_header(oai: OpenAI, control: SimulatorControl) -> None:
     control.set_faults("openai.videos.create", video_seconds=1.0)
-    video = oai.videos.create(model="sora-2-pro", prompt="a dog", seconds="8", size="1280x720")
+    video = oai.videos.create(model="sora-2", prompt="a dog", seconds="8", size="1280x720")
     # The multipart form fields were parsed.
     assert (video.status, video.progress, video.model, video.seconds, video.size) == (
-        "queued", 0, "sora-2-pro", "8", "1280x720"
+        "queued", 0, "sora-2", "8", "1280x720"
     )  # fmt: skip
     raw = oai.videos.with_raw_response.retrieve(video.id)
     assert 50 <= int(raw.headers["openai-poll-after-ms"]) <= 1000

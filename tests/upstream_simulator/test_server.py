@@ -19,7 +19,7 @@ import pytest
 from pydantic import ValidationError
 from volcenginesdkarkruntime import Ark
 
-from tests.upstream_simulator.helpers import decode_png, is_mp4, png_palette
+from tests.upstream_simulator.helpers import decode_jpeg, decode_png, is_mp4, png_palette
 from upstream_simulator import SimulatorSettings, SimulatorThread, media
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,13 +37,20 @@ def test_png_generator_makes_valid_images_of_any_size() -> None:
 
 
 def test_media_names_round_trip() -> None:
-    name = media.image_name(640, 480, "prompt|1")
-    assert decode_png(media.image_for_name(name)) == (640, 480)
-    assert png_palette(media.image_for_name(name))[:3] == bytes(media.colours_for("prompt|1")[0])
-    video = media.video_for_name(media.video_name())
-    assert is_mp4(video) and video[8:12] == b"isom"
-    assert media.image_for_name("img-99999x1-000000-000000-x.png") is None
-    assert media.video_for_name("../etc/passwd") is None
+    signer = media.MediaSigner(b"secret")
+    name = signer.image_name(640, 480, "prompt|1")
+    body, content_type = media.bytes_for_name(name)
+    assert content_type == "image/png" and decode_png(body) == (640, 480)
+    assert png_palette(body)[:3] == bytes(media.colours_for("prompt|1")[0])
+    body, content_type = media.bytes_for_name(signer.image_name(64, 48, "prompt|1", "jpeg"))
+    assert content_type == "image/jpeg" and decode_jpeg(body) == (64, 48)
+    video, content_type = media.bytes_for_name(signer.video_name())
+    assert content_type == "video/mp4" and is_mp4(video) and video[8:12] == b"isom"
+    assert media.bytes_for_name("img-99999x1-000000-000000-0000000000000000-00000000000000000000.png") is None
+    assert media.bytes_for_name("../etc/passwd") is None
+    # Only names this signer issued are served; a name from another signer (or made up) is not.
+    assert signer.issued(name) and not media.MediaSigner(b"other").issued(name)
+    assert not signer.issued(name.replace("img-640", "img-641"))
 
 
 def test_unknown_file_is_404() -> None:
@@ -123,7 +130,7 @@ def test_hundreds_of_concurrent_requests_and_thousands_of_jobs() -> None:
                         return response.status
 
                 image = {"model": "doubao-seedream-3-0-t2i-250415", "prompt": "p", "response_format": "b64_json"}
-                chat = {"model": "doubao-x", "messages": [{"role": "user", "content": "hi"}]}
+                chat = {"model": "doubao-1-5-pro-32k-250115", "messages": [{"role": "user", "content": "hi"}]}
                 started = time.monotonic()
                 statuses = await asyncio.gather(
                     *[post("/api/v3/images/generations", image) for _ in range(200)],
@@ -155,3 +162,21 @@ def test_hundreds_of_concurrent_requests_and_thousands_of_jobs() -> None:
         # earlier tests, e.g. a collected MongoClient's monitors, may end meanwhile: only new ones count.)
         assert set(threading.enumerate()) - threads_before == set()
         assert ctx.stats.snapshot()["ark.tasks.create"]["ok"] == 5000
+
+
+def test_help_prints_help_instead_of_serving() -> None:
+    port = _free_port()
+    env = {**os.environ, "SIMULATOR_PORT": str(port)}
+    result = subprocess.run(
+        [sys.executable, "-m", "upstream_simulator", "--help"], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m upstream_simulator")
+    for fragment in ("SIMULATOR_PORT", "SIMULATOR_FAULTS", "SIMULATOR_RETIRED_GRACE", "transport", "/_sim/faults"):
+        assert fragment in result.stdout
+    with socket.socket() as sock:  # nothing was left listening on the port
+        sock.bind(("127.0.0.1", port))
+    unknown = subprocess.run([sys.executable, "-m", "upstream_simulator", "--port", "1"], cwd=REPO,
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert unknown.returncode == 2 and "unrecognized arguments" in unknown.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import time
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from volcengine.visual.VisualService import VisualService
 
-from tests.upstream_simulator.helpers import decode_png, fetch, is_mp4, visual_error, wait_for
+from tests.upstream_simulator.helpers import VOLC_AK, VOLC_SK, decode_png, fetch, is_mp4, visual_error, wait_for
 from upstream_simulator import SimulatorThread
 from upstream_simulator.control import SimulatorControl
 from upstream_simulator.visual import verify_signature
@@ -166,3 +167,92 @@ def test_unknown_action_is_gateway_404(sim: SimulatorThread) -> None:
     response = httpx.post(sim.url + "/?Action=Nope&Version=2022-08-31", content=b"{}", trust_env=False)
     assert response.status_code == 404
     assert response.json()["ResponseMetadata"]["Error"]["Code"] == "InvalidActionOrVersion"
+
+
+# ----------------------------------------------------------------------------- V4 strictness (issue 29, item 7)
+
+
+def _sign(
+    body: bytes,
+    signed: list[str],
+    *,
+    content_sha: str | None = None,
+    region: str = "cn-north-1",
+    host: str = "visual.test",
+    access_key: str = "ak",
+    secret_key: str = "sk",
+) -> dict[str, str]:
+    """Headers of a request signed with Volcengine V4 (upstream_apis.md §2.3) over ``signed`` headers only."""
+    x_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    headers = {
+        "content-type": "application/json",
+        "host": host,
+        "x-date": x_date,
+        "x-content-sha256": content_sha or hashlib.sha256(body).hexdigest(),
+    }
+    canonical = "\n".join(
+        [
+            "POST",
+            "/",
+            "Action=CVProcess&Version=2022-08-31",
+            "".join(f"{name}:{headers[name]}\n" for name in signed),
+            ";".join(signed),
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
+    date = x_date[:8]
+    scope = f"{date}/{region}/cv/request"
+    to_sign = "\n".join(["HMAC-SHA256", x_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = hmac.new(secret_key.encode(), date.encode(), hashlib.sha256).digest()
+    for part in (region, "cv", "request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={';'.join(signed)}, Signature={signature}"
+    )
+    return headers
+
+
+def _verify(body: bytes, headers: dict[str, str]) -> str | None:
+    return verify_signature("POST", "/", "Action=CVProcess&Version=2022-08-31", headers, body, "ak", "sk")
+
+
+ALL_SIGNED = ["content-type", "host", "x-content-sha256", "x-date"]
+
+
+def test_v4_test_signer_agrees_with_the_verifier() -> None:
+    body = b'{"req_key": "x"}'
+    assert _verify(body, _sign(body, ALL_SIGNED)) is None
+    assert _verify(body, _sign(body, ["content-type", "host", "x-date"])) is None
+
+
+def test_v4_refuses_a_false_content_sha256() -> None:
+    """The header is not signed here, so the signature itself is valid: only the body-hash check can refuse it."""
+    body = b'{"req_key": "x"}'
+    headers = _sign(body, ["content-type", "host", "x-date"], content_sha=hashlib.sha256(b"other").hexdigest())
+    assert _verify(body, headers) == "SignatureDoesNotMatch"
+
+
+@pytest.mark.parametrize("missing", ["host", "x-date"])
+def test_v4_refuses_signed_headers_without_host_or_x_date(missing: str) -> None:
+    body = b'{"req_key": "x"}'
+    signed = [name for name in ALL_SIGNED if name != missing]
+    assert _verify(body, _sign(body, signed)) == "SignatureDoesNotMatch"
+
+
+def test_v4_refuses_a_foreign_credential_scope() -> None:
+    body = b'{"req_key": "x"}'
+    assert _verify(body, _sign(body, ALL_SIGNED, region="cn-beijing")) == "SignatureDoesNotMatch"
+
+
+def test_v4_false_content_sha256_over_http(sim: SimulatorThread) -> None:
+    body = json.dumps(image_form("a cat")).encode()
+    url = sim.url + "/?Action=CVProcess&Version=2022-08-31"
+    host = sim.url.removeprefix("http://")
+    signed = ["content-type", "host", "x-date"]
+    good = _sign(body, signed, host=host, access_key=VOLC_AK, secret_key=VOLC_SK)
+    assert httpx.post(url, content=body, headers=good, trust_env=False).status_code == 200
+    bad = _sign(body, signed, host=host, access_key=VOLC_AK, secret_key=VOLC_SK, content_sha="0" * 64)
+    refused = httpx.post(url, content=body, headers=bad, trust_env=False)
+    assert refused.status_code == 401
+    assert refused.json()["ResponseMetadata"]["Error"]["Code"] == "SignatureDoesNotMatch"
