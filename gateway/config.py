@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,98 @@ NOT_GRPC = {
         }
     }
 }
-# Envoy's own errors (bad JSON, unknown path, body too large, no upstream), in the public error shape.
+# Envoy's own errors (bad JSON or an unknown field, unknown path, a request too slow or too large, no
+# upstream), in the public error shape.
 LOCAL_REPLY_CODES = {
     400: "INVALID_ARGUMENT",
     404: "NOT_FOUND",
+    408: "REQUEST_TIMEOUT",
     413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
+    431: "HEADERS_TOO_LARGE",
     429: "RESOURCE_EXHAUSTED",
     502: "UNAVAILABLE",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+
+
+# Envoy asks each task service for its health this often: a stopping one reports NOT_SERVING and goes on
+# serving for longer than interval + timeout (aitask_common.grpc_server.BALANCED_DRAIN_SECONDS), so Envoy
+# has stopped sending it requests before it stops listening. A NOT_SERVING answer takes a host out at once.
+HEALTH_CHECK_INTERVAL_SECONDS = 1
+HEALTH_CHECK_TIMEOUT_SECONDS = 1
+# A request that never reached a task service (refused connection, stream refused or reset before the request
+# went out) is safe to send again, even a create: to another host.
+RETRY_POLICY = {
+    "retry_on": "connect-failure,refused-stream,reset-before-request",
+    "num_retries": 3,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 3,
+}
+# A task service that refuses or resets connections (killed, restarting) is taken out for a few seconds after
+# two such failures, before its health check notices. Only failures of Envoy's own connection to it count: a
+# 503 the service answers (its MongoDB or Redis is down) is the same on every host, and ejecting one would
+# only load the others.
+OUTLIER_DETECTION = {
+    "split_external_local_origin_errors": True,
+    "consecutive_local_origin_failure": 2,
+    "enforcing_consecutive_local_origin_failure": 100,
+    "enforcing_consecutive_5xx": 0,
+    "enforcing_consecutive_gateway_failure": 0,
+    "enforcing_success_rate": 0,
+    "enforcing_local_origin_success_rate": 0,
+    "interval": "1s",
+    "base_ejection_time": "5s",
+    "max_ejection_percent": 50,
+}
+
+
+def body_fields() -> list[dict[str, Any]]:
+    """Per REST method and path of TaskService whose body is the request message: the path as a Lua
+    pattern, every field name the transcoder accepts (proto and JSON spellings) and the proto names."""
+    from google.api import annotations_pb2  # the stubs exist wherever the config is rendered
+
+    from aitask.v1 import task_service_pb2
+
+    routes = []
+    for method in task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].methods:
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        verb = rule.WhichOneof("pattern")
+        if rule.body != "*" or verb not in ("post", "put", "patch"):
+            continue
+        # Literal parts escaped for a Lua pattern, each {variable} one path segment.
+        literal_parts = re.split(r"\{[^}]*\}", getattr(rule, verb))
+        path = "[^/]+".join(re.sub(r"([%^$().\[\]*+\-?])", r"%\1", part) for part in literal_parts)
+        names = [field.name for field in method.input_type.fields]
+        accepted = sorted({*names, *(field.json_name for field in method.input_type.fields)})
+        routes.append({"method": verb.upper(), "pattern": f"^{path}$", "fields": accepted, "names": names})
+    return routes
+
+
+def _lua_source() -> str:
+    """The Lua filter: the unknown-field check on requests, the error envelope on responses."""
+    rows = []
+    for route in body_fields():
+        fields = ", ".join(f"[{json.dumps(name)}] = true" for name in route["fields"])
+        names = ", ".join(json.dumps(name) for name in route["names"])
+        method, pattern = json.dumps(route["method"]), json.dumps(route["pattern"])
+        rows.append(f"  {{method = {method}, pattern = {pattern}, fields = {{{fields}}}, names = {{{names}}}}}")
+    table = ",\n".join(rows)
+    return "\n".join(
+        [
+            f"BODY_FIELDS = {{\n{table}\n}}",
+            (HERE / "unknown_fields.lua").read_text(),
+            (HERE / "error_body.lua").read_text(),
+        ]
+    )
 
 
 def _local_reply_mapper(status: int, code: str) -> dict[str, Any]:
@@ -73,6 +156,7 @@ def render(
     cluster_type: str = "STATIC",
     max_request_bytes: int = 65536,
     max_response_bytes: int = 32 * 1024 * 1024,
+    request_timeout_seconds: float = 30.0,
 ) -> dict[str, Any]:
     """The whole Envoy bootstrap as a dict."""
     transcoder = {
@@ -84,7 +168,7 @@ def render(
         "request_validation_options": {"reject_unknown_method": True, "reject_unknown_query_parameters": True},
         "max_response_body_size": max_response_bytes,
     }
-    to_task_service = {"cluster": "task_service", "timeout": "60s"}
+    to_task_service = {"cluster": "task_service", "timeout": "60s", "retry_policy": RETRY_POLICY}
     routes = [
         {
             # Native gRPC (including health and reflection): no body buffering, no size cap here.
@@ -111,11 +195,12 @@ def render(
             },
         },
         {
-            # Before the transcoder, so it sees responses after it (encoders run in reverse).
+            # Before the transcoder: it sees request bodies as the client sent them, and responses after
+            # the transcoder made them (encoders run in reverse).
             "name": "envoy.filters.http.lua",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": (HERE / "error_body.lua").read_text()},
+                "default_source_code": {"inline_string": _lua_source()},
             },
         },
         {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
@@ -130,6 +215,8 @@ def render(
         "codec_type": "AUTO",
         "route_config": {"name": "aitask", "virtual_hosts": [{"name": "aitask", "domains": ["*"], "routes": routes}]},
         "http_filters": http_filters,
+        # A client that does not finish sending its request in time gets a 408 (and frees the connection).
+        "request_timeout": f"{request_timeout_seconds:g}s",
         "local_reply_config": {
             "mappers": [_local_reply_mapper(status, code) for status, code in LOCAL_REPLY_CODES.items()]
         },
@@ -140,6 +227,7 @@ def render(
         # Several task-service processes (one per core locally): the least busy gets the next request.
         "lb_policy": "LEAST_REQUEST",
         "connect_timeout": "2s",
+        "outlier_detection": OUTLIER_DETECTION,
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -159,8 +247,8 @@ def render(
         },
         "health_checks": [
             {
-                "timeout": "1s",
-                "interval": "5s",
+                "timeout": f"{HEALTH_CHECK_TIMEOUT_SECONDS}s",
+                "interval": f"{HEALTH_CHECK_INTERVAL_SECONDS}s",
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 "grpc_health_check": {"service_name": TASK_SERVICE},

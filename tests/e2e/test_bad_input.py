@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from devstack.stack import LocalStack
 from tests.e2e.helpers import SEEDREAM, assert_every_waiting_job_has_a_task
-from tests.stack import LocalStack
 
 VALID = {"prompt": "a quiet harbour", **SEEDREAM, "size": "1024x1024"}
 
@@ -39,6 +39,32 @@ def test_create_rejects_bad_field(
     assert error["message"].startswith(f"{field}: ") and fragment in error["message"], error["message"]
     assert stack.tasks().count_documents({"user_id": body.get("user_id", "")}) == 0
     assert_every_waiting_job_has_a_task(stack)
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "message"),
+    [
+        ("/api/v1/ai/image/task", {"sise": "1792x1024"}, "sise: unknown field, did you mean 'size'?"),
+        ("/api/v1/ai/image/task", {"status": "completed"}, "status: unknown field (fields: prompt, user_id,"),
+        (
+            "/api/v1/ai/video/task",
+            {"aspect_ration": "9:16"},
+            "aspect_ration: unknown field, did you mean 'aspect_ratio'?",
+        ),
+    ],
+)
+def test_create_with_an_unknown_field_is_400_and_stores_nothing(
+    rest: httpx.Client, stack: LocalStack, user_id: str, path: str, extra: dict, message: str
+) -> None:
+    model = VALID if "image" in path else {"prompt": "waves", "provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
+    response = rest.post(path, json={"user_id": user_id, **model, **extra})
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["success"] is False and error["code"] == "INVALID_ARGUMENT"
+    assert error["message"].startswith(message), error["message"]
+    assert stack.tasks().count_documents({"user_id": user_id}) == 0
+    # The same body without the stray field is accepted: the check is about that field alone.
+    assert rest.post(path, json={"user_id": user_id, **model}).status_code == 200
 
 
 def test_malformed_json_is_400_in_the_public_error_shape(rest: httpx.Client, stack: LocalStack) -> None:
