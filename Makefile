@@ -11,7 +11,7 @@ DESCRIPTOR := gateway/aitask.pb
 STAMP := .local/installed.stamp
 PYTEST_ARGS ?=
 
-.PHONY: help install protos run dev show-logs clean-logs test lint
+.PHONY: help install protos run dev show-logs clean-logs api-key doctor test test-fast lint
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-28s\033[0m %s\n", $$1, $$2}'
@@ -41,8 +41,17 @@ show-logs: ## Follow today's log file of every service (logs/<service>-YYYY-MM-D
 clean-logs: ## Delete every service log file under logs/
 	rm -f logs/*.log
 
-test: install tools-kustomize ## Run the tests against a real stack started on free loopback ports
+doctor: ## Check what make run needs (tools, builds, free ports, keys); prints the fix for each problem, changes nothing
+	@python3 -m devstack.doctor
+
+api-key: install ## Create, list or revoke API keys: make api-key ARGS="create --user-id user-1" (list; revoke KEY_ID)
+	$(PYTHON) -m task_service.api_keys $(or $(ARGS),--help)
+
+test: install tools-kustomize ## Run every test (both tiers), the stack tier against a real stack on free loopback ports
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-fast: install tools-kustomize ## Run the fast tier only: no stack, at most a lone Redis (-m "not stack and not slow")
+	$(PYTHON) -m pytest -m "not stack and not slow" $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .

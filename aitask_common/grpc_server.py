@@ -1,10 +1,10 @@
-"""gRPC server bootstrap shared by every service: health, reflection, graceful shutdown."""
+"""gRPC server bootstrap shared by every service: health, reflection, interceptors, graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,10 +17,18 @@ log = get_logger(__name__)
 
 # Empty service name = the server as a whole (what probes and Envoy ask about).
 OVERALL = ""
+# How long a server behind a health-checking balancer (the task service behind Envoy) goes on serving after
+# it reports NOT_SERVING on SIGTERM, so the balancer stops sending it requests before it stops listening:
+# more than Envoy's health-check interval plus its timeout (gateway/config.py), as a test checks.
+BALANCED_DRAIN_SECONDS = 2.5
 
 
 class GrpcServer:
-    """A grpc.aio server with health and reflection wired in, bound to one address."""
+    """A grpc.aio server with health and reflection wired in, bound to one address.
+
+    Every RPC goes through the metrics interceptor first, then through `interceptors` in their order:
+    metrics is outermost, so it also counts the calls an inner interceptor rejects (UNAUTHENTICATED, ...).
+    """
 
     def __init__(
         self,
@@ -28,11 +36,16 @@ class GrpcServer:
         service_names: Iterable[str],
         dependency_check: Callable[[], Awaitable[object]] | None = None,
         check_interval: float = 2.0,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        drain_seconds: float = 0.0,
     ) -> None:
         # so_reuseport off: two instances must not silently share one port.
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor()], options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(), *interceptors], options=[("grpc.so_reuseport", 0)]
+        )
         self.dependency_check = dependency_check
         self.check_interval = check_interval
+        self.drain_seconds = drain_seconds
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
         self.health = health.aio.HealthServicer()
@@ -58,11 +71,15 @@ class GrpcServer:
         log.info("serving", port=self.port)
 
     async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, then let in-flight RPCs finish for up to `grace` seconds."""
+        """Report NOT_SERVING, go on serving for `drain_seconds` (while a balancer notices), then stop
+        listening and let in-flight RPCs finish for up to `grace` seconds."""
         self._stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
         await self.set_serving(False)
+        if self.drain_seconds:
+            log.info("draining: reporting NOT_SERVING before closing", drain_seconds=self.drain_seconds)
+            await asyncio.sleep(self.drain_seconds)
         await self.server.stop(grace)
 
     async def _watch_dependencies(self) -> None:

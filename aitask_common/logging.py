@@ -68,7 +68,8 @@ def _add_service(service: str) -> structlog.typing.Processor:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A structured logger; bind task_id with `bound_log_context`."""
-    return structlog.get_logger(name)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""Prometheus metrics of every service: RPCs, tasks, upstream calls, retries, queues, providers.
+"""Prometheus metrics of every service: RPCs, tasks, upstream calls, retries (the dispatcher adds queues and
+providers, dispatcher_service/metrics.py).
 
 Each process serves them on METRICS_PORT at /metrics. The dispatcher runs its
 workers in forked processes, so it uses prometheus_client's multiprocess mode
@@ -9,18 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from redis import Redis
-
-from aitask_common.queues import QUEUE_ORDER, queue
-from aitask_common.registry import read_instances
 
 # Task durations span sub-second images to many-minute videos.
 TASK_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -82,41 +78,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-class QueueAndRegistryCollector(Collector):
-    """Queue depth per priority and live provider instances, read from Redis at scrape time."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("aitask_queue_depth", "Jobs per queue and state", labels=["queue", "state"])
-        instances = GaugeMetricFamily("aitask_provider_instances", "Live provider instances", labels=["provider"])
-        try:
-            for name in QUEUE_ORDER:
-                rq_queue = queue(self.redis, name)
-                depth.add_metric([str(name), "queued"], rq_queue.count)
-                depth.add_metric([str(name), "started"], rq_queue.started_job_registry.count)
-                depth.add_metric([str(name), "scheduled"], rq_queue.scheduled_job_registry.count)
-                depth.add_metric([str(name), "failed"], rq_queue.failed_job_registry.count)
-            counts: dict[str, int] = {}
-            for instance in read_instances(self.redis):
-                counts[instance.provider] = counts.get(instance.provider, 0) + 1
-            for provider, count in counts.items():
-                instances.add_metric([provider], count)
-        except Exception:  # noqa: BLE001, S110 - Redis down: scrape what we can, health reports the outage
-            pass
-        yield depth
-        yield instances
-
-
-def serve_metrics(host: str, port: int, redis: Redis | None = None) -> None:
-    """Serve /metrics on host:port (port 0 disables); with `redis`, add queue and registry gauges."""
+def serve_metrics(host: str, port: int, collectors: Iterable[Collector] = ()) -> None:
+    """Serve /metrics on host:port (port 0 disables), with this process's `collectors` beside the metrics above."""
     if port == 0:
         return
     registry = REGISTRY
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-    if redis is not None:
-        registry.register(QueueAndRegistryCollector(redis))
+    for collector in collectors:
+        registry.register(collector)
     start_http_server(port, addr=host, registry=registry)

@@ -1,4 +1,5 @@
-"""What every provider package shares: settings, the catalogue, error mapping, serving and registration.
+"""What every provider package shares: settings, the catalogue, error mapping, serving and registration,
+and the calls through OpenAI-shaped vendor SDKs (OpenAI's and Ark's): their errors and the chat call.
 
 A provider package supplies its catalogue file and the upstream calls; this
 module turns them into an aitask.provider.v1.ProviderService server that
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format
@@ -38,14 +39,17 @@ class ProviderSettings(ServiceSettings):
     """Settings every provider process shares."""
 
     host: str = "127.0.0.1"
+    """Address the provider's gRPC server binds."""
     port: int = Field(default=0, ge=0, le=65535)
-    # Host the dispatcher should dial; defaults to `host` (set it to the pod IP in Kubernetes).
+    """Port of the provider's gRPC server."""
     advertise_host: str = ""
-    # An instance that misses heartbeats for this long drops out of the registry.
+    """Host the dispatcher should dial; defaults to HOST (set it to the pod IP in Kubernetes)."""
     registry_ttl_seconds: float = Field(default=6.0, gt=0)
+    """An instance that misses heartbeats for this long drops out of the registry."""
 
 
 SettingsT = TypeVar("SettingsT", bound=ProviderSettings)
+T = TypeVar("T")
 
 
 def load_catalogue(path: Path) -> pb.DescribeCatalogueResponse:
@@ -149,6 +153,83 @@ def chat_result(response: Any) -> pb.GenerateResponse:
         completion_tokens=usage.completion_tokens if usage else 0,
         total_tokens=usage.total_tokens if usage else 0,
     )
+
+
+class _Headers(Protocol):
+    def get(self, name: str) -> str | None: ...
+
+
+class _Response(Protocol):
+    @property
+    def headers(self) -> _Headers: ...
+
+
+class _StatusError(Protocol):
+    """What OpenAI's `APIStatusError` and Ark's `ArkAPIStatusError` both carry."""
+
+    status_code: int
+    code: str | None
+    message: str
+    body: object
+
+    @property
+    def response(self) -> _Response: ...
+
+
+@dataclass(frozen=True)
+class OpenAIShapedSdk:
+    """A vendor SDK built like OpenAI's (Ark's is a fork of it): its name in error messages and its exceptions.
+
+    One mapping of their failures for every provider: an HTTP error status becomes the gRPC code the
+    dispatcher acts on (`code_for_http_status`) with the vendor's own message and Retry-After; a timeout
+    DEADLINE_EXCEEDED; a failed connection UNAVAILABLE. (Build the clients with max_retries=0: the dispatcher
+    owns retries.)
+    """
+
+    vendor: str
+    status_error: type[Exception]
+    timeout_error: type[Exception]
+    # The SDKs' timeout error is a connection error too: the timeout is told apart first.
+    connection_error: type[Exception]
+
+    def upstream_error(self, error: Exception) -> UpstreamError | None:
+        """The UpstreamError an SDK exception means, or None when it is not one of the SDK's call failures."""
+        if isinstance(error, self.status_error):
+            status = cast(_StatusError, error)
+            # The vendor's own words when its error body has them, else what the SDK made of the answer.
+            message = status.body.get("message") if isinstance(status.body, dict) else None
+            detail = message if isinstance(message, str) and message else status.message
+            label = f"{self.vendor} {status.status_code}" + (f" {status.code}" if status.code else "")
+            return UpstreamError(
+                code_for_http_status(status.status_code),
+                f"{label}: {detail}",
+                retry_after_seconds(status.response.headers),
+            )
+        if isinstance(error, self.timeout_error):
+            return UpstreamError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.vendor}: request timed out")
+        if isinstance(error, self.connection_error):
+            return UpstreamError(grpc.StatusCode.UNAVAILABLE, f"{self.vendor}: connection failed: {error}")
+        return None
+
+    async def call(self, request: Awaitable[T]) -> T:
+        """Await an SDK call, turning its failures into UpstreamError with the vendor's message."""
+        try:
+            return await request
+        except (self.status_error, self.connection_error) as error:
+            upstream = self.upstream_error(error)
+            if upstream is None:  # pragma: no cover - both classes are mapped above
+                raise
+            raise upstream from error
+
+    async def chat(self, create: Callable[..., Awaitable[Any]], request: pb.GenerationInput) -> pb.GenerateResponse:
+        """One chat completion through the SDK's `chat.completions.create`: the prompt as one user message,
+        max_tokens and temperature only when the request sets them."""
+        options: dict[str, Any] = {"model": request.model, "messages": [{"role": "user", "content": request.prompt}]}
+        if request.HasField("max_tokens"):
+            options["max_tokens"] = request.max_tokens
+        if request.HasField("temperature"):
+            options["temperature"] = request.temperature
+        return chat_result(await self.call(create(**options)))
 
 
 def retry_after_seconds(headers: Any) -> float | None:

@@ -1,13 +1,16 @@
 """Typed settings read once at start-up from the environment (and `.env`).
 
 Every service subclasses `ServiceSettings`; a bad value stops the process with
-pydantic's message, which names the variable.
+pydantic's message, which names the variable. The operator tools (queue admin,
+API-key CLI) also read `.local/stack.env`, where `make run` writes the local
+stack's URLs, so they find that stack with no variables set; services never do.
 """
 
 from __future__ import annotations
 
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import TypeVar
 
 from pydantic import Field, ValidationError
@@ -25,32 +28,54 @@ class Environment(StrEnum):
 class ServiceSettings(BaseSettings):
     """Settings every aitask process shares."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # Field docstrings are the settings' descriptions: `.env.example` and the README's table are made from them.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, use_attribute_docstrings=True
+    )
 
     environment: Environment = Environment.DEVELOPMENT
+    """development, test or production; any but development requires API keys."""
     log_level: str = Field(default="INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$")
+    """DEBUG, INFO, WARNING, ERROR or CRITICAL."""
     log_keep_days: int = Field(default=7, ge=1)
+    """Daily log files older than this are removed."""
     log_dir: str = "logs"
+    """Folder of the daily log files (beside the JSON lines on stdout)."""
     mongo_url: str = "mongodb://127.0.0.1:27017/"
+    """MongoDB (or FerretDB) connection string."""
     mongo_database: str = "aitask"
+    """Database holding the tasks and API keys."""
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Timeout for a single Redis command: a dead Redis must fail a request, not hang it.
+    """Redis: the queue, leases, the registry, limits and caches."""
     redis_socket_timeout: float = Field(default=5.0, gt=0)
-    # Deadline of one upstream AI call, in seconds.
+    """Timeout of a single Redis command: a dead Redis must fail a request, not hang it."""
     ai_timeout: float = Field(default=120.0, gt=0)
-    # Seconds a stopping server lets in-flight RPCs finish.
+    """Deadline of one upstream AI call, in seconds."""
     shutdown_grace: float = Field(default=10.0, ge=0)
-    # Prometheus /metrics; each service has its own default port, 0 turns it off.
+    """Seconds a stopping server lets in-flight RPCs finish."""
     metrics_host: str = "127.0.0.1"
+    """Address of the Prometheus /metrics server."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of /metrics; each service has its own default, 0 turns it off."""
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
+# Written by `make run` (devstack) relative to the checkout: REDIS_URL, MONGO_URL and the gateway's addresses.
+LOCAL_STACK_ENV = Path(".local") / "stack.env"
 
-def load_settings(settings_class: type[SettingsT]) -> SettingsT:
-    """Build the settings or exit with a message naming each bad variable."""
+
+def load_settings(settings_class: type[SettingsT], *, local_stack: bool = False) -> SettingsT:
+    """Build the settings or exit with a message naming each bad variable.
+
+    `local_stack` is for the operator CLIs alone: `.local/stack.env` (relative to the working directory,
+    as `.env` is) fills what the environment does not set, ahead of `.env`; a missing file is ignored.
+    """
     try:
+        if local_stack:
+            configured = settings_class.model_config.get("env_file")
+            files = [configured] if isinstance(configured, str | Path) else list(configured or [])
+            return settings_class(_env_file=(*files, LOCAL_STACK_ENV))
         return settings_class()
     except ValidationError as error:
         lines = [f"invalid configuration for {settings_class.__name__}:"]

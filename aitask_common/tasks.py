@@ -104,9 +104,12 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def task_to_proto(document: dict[str, Any], include_payload: bool = True) -> task_service_pb2.Task:
+def task_to_proto(document: TaskDocument, include_payload: bool = True) -> task_service_pb2.Task:
     """Render a stored task as the public message (base64 payloads only when asked)."""
-    parameters = document.get("parameters", {})
+    # A parameter stored as null is left unset.
+    parameters: dict[str, Any] = {
+        key: value for key, value in document.get("parameters", {}).items() if value is not None
+    }
     usage = document.get("usage")
     task = task_service_pb2.Task(
         task_id=document["_id"],
@@ -123,9 +126,7 @@ def task_to_proto(document: dict[str, Any], include_payload: bool = True) -> tas
         revised_prompt=document.get("revised_prompt", ""),
         error_message=document.get("error_message", ""),
         attempts=document.get("attempts", 0),
-        parameters=task_service_pb2.TaskParameters(
-            **{key: value for key, value in parameters.items() if value is not None}
-        ),
+        parameters=task_service_pb2.TaskParameters(**parameters),
     )
     if usage:
         task.usage.CopyFrom(task_service_pb2.TokenUsage(**usage))

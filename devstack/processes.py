@@ -94,6 +94,14 @@ def uses_simulator(environment: dict[str, str]) -> bool:
     return not any(environment.get(variable) for variable in REAL_KEY_VARIABLES)
 
 
+def dotenv(path: Path) -> dict[str, str]:
+    """The KEY=VALUE lines of a `.env` file (the services read it too; the environment wins over it)."""
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    return {key.strip(): value.strip().strip("'\"") for key, value in pairs}
+
+
 def service_environment(ports: Ports, log_dir: Path, environment: dict[str, str]) -> dict[str, str]:
     """Variables every aitask service gets in a local stack."""
     env = {
@@ -126,31 +134,10 @@ def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
     the SQLite backend scans the whole collection for every filter but a bare
     `_id` (a conditional update: 229 ms vs 6 ms; a user's task list: 552 ms vs 5 ms).
     """
-    for sub in ("redis", "envoy"):
-        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    (data_dir / "envoy").mkdir(parents=True, exist_ok=True)
     envoy_config = data_dir / "envoy" / "envoy.json"
     return [
-        Process(
-            "redis",
-            [
-                shutil.which("redis-server") or "/usr/bin/redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(ports.redis),
-                "--dir",
-                str(data_dir / "redis"),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--loglevel",
-                "warning",
-            ],
-            port=ports.redis,
-        ),
+        redis_server(ports.redis, data_dir / "redis"),
         Process(
             "postgres",
             [sys.executable, "-m", "devstack.postgres", str(data_dir / "postgres"), str(ports.postgres)],
@@ -186,6 +173,32 @@ def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
             port=ports.envoy,
         ),
     ]
+
+
+def redis_server(port: int, data_dir: Path) -> Process:
+    """Redis on 127.0.0.1:`port`, its append-only file under `data_dir` (no snapshots)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Process(
+        "redis",
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--loglevel",
+            "warning",
+        ],
+        port=port,
+    )
 
 
 def services(ports: Ports, workers: int = 4) -> list[Process]:

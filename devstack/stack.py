@@ -1,4 +1,9 @@
-"""A whole aitask stack on free loopback ports, started and stopped by the tests."""
+"""A whole aitask stack on free loopback ports, supervised from Python: the tests' `stack` fixture and bench.
+
+`LocalStack` starts the processes `devstack.processes` defines (the ones `make run` hands to honcho),
+waits until each answers, and can stop, kill and restart any of them. Its environment carries the
+tests' short timings; bench/harness replaces it with `make run`'s.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import IO, Any
 import grpc
 import httpx
 from pymongo import MongoClient
+from pymongo.collection import Collection
 from redis import Redis
 
 from aitask.v1 import task_service_pb2_grpc
@@ -27,6 +33,7 @@ from devstack.processes import (
     base_environment,
     free_port,
     infrastructure,
+    redis_server,
     service_environment,
     services,
 )
@@ -241,13 +248,56 @@ class LocalStack:
         """A client on the stack's Redis."""
         return Redis(port=self.ports.redis)
 
-    def mongo(self) -> MongoClient:
+    def mongo(self) -> MongoClient[dict[str, Any]]:
         """A client on the stack's FerretDB."""
         return MongoClient(self.env["MONGO_URL"], tz_aware=True)
 
-    def tasks(self):  # noqa: ANN201 - pymongo's Collection type is generic noise here
+    def tasks(self) -> Collection[dict[str, Any]]:
         """The `tasks` collection."""
         return self.mongo()["aitask"]["tasks"]
+
+
+class LoneRedis:
+    """One redis-server on a free loopback port and nothing else: for tests that need a real Redis only.
+
+    `with LoneRedis(data_dir) as server:` starts it and waits until it accepts connections.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.process = redis_server(self.port, data_dir)
+        self._log_path = data_dir / "redis.log"
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def redis(self, db: int = 0) -> Redis:
+        """A client on database `db`."""
+        return Redis(port=self.port, db=db)
+
+    def __enter__(self) -> LoneRedis:
+        with self._log_path.open("ab") as log:
+            self._popen = subprocess.Popen(
+                self.process.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not _accepts(self.port):
+            if self._popen.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"redis-server did not start:\n{self._log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.terminate()
+            try:
+                self._popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait()
 
 
 class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):

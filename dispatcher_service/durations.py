@@ -26,6 +26,8 @@ import time
 
 from redis import Redis
 
+from dispatcher_service.read_cache import ReadThroughCache
+
 DURATIONS_KEY = "aitask:upstream-durations"
 # Per model: sorted set of task ids with an upstream job running, scored by submit time (epoch s).
 RUNNING_KEY_PREFIX = "aitask:upstream-running:"
@@ -45,18 +47,19 @@ class UpstreamDurations:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._cache: dict[str, tuple[float, tuple[float, float] | None]] = {}
-        self._oldest: dict[str, tuple[float, float | None]] = {}
+        # Per model: (mean, deviation) or None, and the oldest running job's submit time or None.
+        self._estimates = ReadThroughCache(self._read_estimate, CACHE_SECONDS)
+        self._oldest = ReadThroughCache(self._read_oldest, CACHE_SECONDS)
 
     def record(self, model_key: str, seconds: float) -> bool:
         """Fold one observed duration into the model's estimate (a lost race only drops one sample);
         True if it is the model's first."""
-        previous = self._estimate(model_key, fresh=True)
+        previous = self._estimates.get(model_key, fresh=True)
         mean, deviation = previous or (seconds, 0.0)
         deviation += SMOOTHING * (abs(seconds - mean) - deviation)
         mean += SMOOTHING * (seconds - mean)
         self.redis.hset(DURATIONS_KEY, model_key, f"{mean:.3f} {deviation:.3f}")
-        self._cache[model_key] = (time.monotonic(), (mean, deviation))
+        self._estimates.put(model_key, (mean, deviation))
         return previous is None
 
     def finished(self, model_key: str, last_polled: float | None, waited: float) -> bool:
@@ -75,7 +78,7 @@ class UpstreamDurations:
         if not plan:
             # No job of this model has finished yet. Only the oldest running ones are polled often;
             # a job submitted later most likely finishes later, and the first finish brings its
-            # poll forward (`replan` in polls.py). Bounded, in case that oldest one is stuck upstream.
+            # poll forward (`replan` in schedule.py). Bounded, in case that oldest one is stuck upstream.
             gap = max(0.0, (self.oldest_running_age(model_key) or waited) - waited)
             return every if gap < interval else PRE_ESTIMATE_MAX_POLLS * interval
         return every
@@ -83,17 +86,17 @@ class UpstreamDurations:
     def planned_polls(self, model_key: str) -> list[float]:
         """Seconds after submit of the planned polls (well before the likely finish, at it); none
         while the model has no estimate."""
-        estimate = self._estimate(model_key)
+        estimate = self._estimates.get(model_key)
         return [] if estimate is None else [_earliest_finish(*estimate), estimate[0]]
 
     def earliest_likely_finish(self, model_key: str) -> float | None:
         """Seconds after submit before which a job of this model has rarely finished, if known."""
-        estimate = self._estimate(model_key)
+        estimate = self._estimates.get(model_key)
         return None if estimate is None else _earliest_finish(*estimate)
 
     def likely_duration(self, model_key: str, fresh: bool = False) -> float | None:
         """The mean duration of the model's jobs, if known (`fresh`: read now, not from the cache)."""
-        estimate = self._estimate(model_key, fresh)
+        estimate = self._estimates.get(model_key, fresh)
         return None if estimate is None else estimate[0]
 
     def started(self, model_key: str, task_id: str, submitted: float, forget_before: float) -> None:
@@ -109,23 +112,19 @@ class UpstreamDurations:
 
     def oldest_running_age(self, model_key: str) -> float | None:
         """Seconds since the oldest still-running job of the model was submitted (read at most once a second)."""
-        read_at, submitted = self._oldest.get(model_key, (float("-inf"), None))
-        if time.monotonic() - read_at >= CACHE_SECONDS:
-            oldest = self.redis.zrange(RUNNING_KEY_PREFIX + model_key, 0, 0, withscores=True)
-            submitted = float(oldest[0][1]) if oldest else None
-            self._oldest[model_key] = (time.monotonic(), submitted)
+        submitted = self._oldest.get(model_key)
         return None if submitted is None else time.time() - submitted
 
-    def _estimate(self, model_key: str, fresh: bool = False) -> tuple[float, float] | None:
-        read_at, estimate = self._cache.get(model_key, (float("-inf"), None))
-        if fresh or time.monotonic() - read_at >= CACHE_SECONDS:
-            raw = self.redis.hget(DURATIONS_KEY, model_key)
-            estimate = None
-            if raw is not None:
-                mean, deviation = raw.split()
-                estimate = float(mean), float(deviation)
-            self._cache[model_key] = (time.monotonic(), estimate)
-        return estimate
+    def _read_oldest(self, model_key: str) -> float | None:
+        oldest = self.redis.zrange(RUNNING_KEY_PREFIX + model_key, 0, 0, withscores=True)
+        return float(oldest[0][1]) if oldest else None
+
+    def _read_estimate(self, model_key: str) -> tuple[float, float] | None:
+        raw = self.redis.hget(DURATIONS_KEY, model_key)
+        if raw is None:
+            return None
+        mean, deviation = raw.split()
+        return float(mean), float(deviation)
 
 
 def _earliest_finish(mean: float, deviation: float) -> float:

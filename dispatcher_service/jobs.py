@@ -1,34 +1,50 @@
-"""The RQ job: run one task a step further (call, submit, or poll) and write the outcome.
+"""What runs: one step of one task, from "due" to "ran", read top to bottom.
 
-A job carries only a task id. Whatever happened before (a crash, a duplicate
-delivery, a reconciler re-enqueue), the task document and its lease decide
-what to do, so running the same job twice is harmless.
+Two things come due (schedule.py says when):
+- an RQ job, `process_task(task_id)`: the task's first run, a retry, a re-check for a provider, or a
+  reconciler's re-run. It claims the pending task (processing, the attempt counted) in the round trip
+  that reads it.
+- a poll, `run_poll(task_id, hint)`, from the poller thread of the worker process (polls.py). Its hint
+  carries the task as the run needs it, so a poll that finds the upstream job still running touches no
+  database.
+Both make the one `Task` a run works on and hand it, under the task's lease, to `TaskRun.run`: generate,
+submit or poll through the provider, then write the outcome or schedule the next step (a poll, a retry, a
+re-check for a provider). The outcome is a conditional update: whatever happened before (a crash, a
+duplicate delivery, a reconciler re-run), the task document and its lease decide, so running the same
+step twice is harmless.
+
+What a run has in hand when the database is unreachable (a paid result, a submitted upstream job) is not
+lost: the write is retried with backoff while the lease is renewed, and past `outcome_write_seconds` it is
+kept in Redis (`aitask:kept-write:<task_id>`) with a job due shortly; the task's next run, whichever
+worker takes it, finds it with the lease (the same round trip) and stores it instead of calling the
+upstream again.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any
 
+from bson import json_util
 from pymongo import MongoClient
+from pymongo.errors import ConnectionFailure
 from redis import Redis
+from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
 from aitask_common.provider_errors import RETRYABLE_CODES
-from aitask_common.queues import enqueue_task, forget_finished, schedule_poll
-from aitask_common.settings import load_settings
-from aitask_common.tasks import TaskStatus, utcnow
+from aitask_common.queues import Priority
+from aitask_common.tasks import TaskDocument, TaskParameters, TaskStatus, utcnow
 from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.lease import TaskLease
-from dispatcher_service.polls import replan
 from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
+from dispatcher_service.schedule import PollHint, enqueue_task, forget_finished, replan, schedule_poll
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.storage import TaskTransitions
 
@@ -37,10 +53,68 @@ log = get_logger(__name__)
 # Extra gRPC deadline beyond AI_TIMEOUT, so the provider's own timeout answers first.
 DEADLINE_MARGIN_SECONDS = 5.0
 
+# A write a run could not make while the database was unreachable, kept for the task's next run.
+KEPT_WRITE_KEY_PREFIX = "aitask:kept-write:"
+# Long enough for any outage; the next run deletes it once stored.
+KEPT_WRITE_SECONDS = 7 * 24 * 3600
+# How soon the next run tries a kept write again.
+KEPT_WRITE_RETRY_SECONDS = 5.0
+# Backoff between attempts of a write while the database is unreachable.
+WRITE_RETRY_FIRST_SECONDS = 0.25
+WRITE_RETRY_MAX_SECONDS = 4.0
+_JSON_OPTIONS = json_util.JSONOptions(tz_aware=True, tzinfo=UTC)
+
+
+def kept_write_key(task_id: str) -> str:
+    """Redis key of the write a run kept for the task's next run."""
+    return KEPT_WRITE_KEY_PREFIX + task_id
+
+
+@dataclass(frozen=True)
+class KeptWrite:
+    """A write of a processing task that must not be lost: its final outcome (`status`), or (`status`
+    None) the fields of its submitted upstream job. `user_id` and `priority` let a later run re-enqueue
+    or forget the task without reading it."""
+
+    status: TaskStatus | None
+    fields: dict[str, Any]
+    upstream_job_id: str | None
+    user_id: str
+    priority: str
+
+    def dumps(self) -> str:
+        """JSON (MongoDB's extended JSON: datetimes survive)."""
+        return json_util.dumps(
+            {
+                "status": self.status.value if self.status else None,
+                "fields": self.fields,
+                "upstream_job_id": self.upstream_job_id,
+                "user_id": self.user_id,
+                "priority": self.priority,
+            }
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> KeptWrite:
+        """What `dumps` wrote."""
+        data = json_util.loads(raw, json_options=_JSON_OPTIONS)
+        status = data["status"]
+        return cls(
+            TaskStatus(status) if status else None,
+            data["fields"],
+            data["upstream_job_id"],
+            data["user_id"],
+            data["priority"],
+        )
+
+
+class WriteKept(Exception):
+    """The database stayed unreachable: the run's write is kept in Redis for the task's next run."""
+
 
 @dataclass
 class Runtime:
-    """Connections of one worker process, opened on its first job (after any fork)."""
+    """Settings and connections of one worker process (one MongoDB client, one Redis pool, pooled gRPC channels)."""
 
     settings: DispatcherSettings
     redis: Redis
@@ -48,151 +122,241 @@ class Runtime:
     providers: ProviderDirectory
     durations: UpstreamDurations
 
-
-@cache
-def runtime() -> Runtime:
-    """This process's runtime (one MongoDB client, one Redis pool, pooled gRPC channels)."""
-    settings = load_settings(DispatcherSettings)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
-    tasks = TaskTransitions(MongoClient(**client_options(settings, "dispatcher")), settings.mongo_database)
-    return Runtime(
-        settings, redis, tasks, ProviderDirectory(redis, settings.registry_cache_seconds), UpstreamDurations(redis)
-    )
+    @classmethod
+    def open(cls, settings: DispatcherSettings) -> Runtime:
+        """Connect, in the process that will use the connections (after any fork)."""
+        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+        tasks = TaskTransitions(MongoClient(**client_options(settings, "dispatcher")), settings.mongo_database)
+        providers = ProviderDirectory(redis, settings.registry_cache_seconds)
+        return cls(settings, redis, tasks, providers, UpstreamDurations(redis))
 
 
-def process_task(task_id: str, poll: dict[str, Any] | None = None) -> str:
-    """RQ entry point, and the poller's (dispatcher_service.polls); returns a short word saying
-    what happened (kept as the job result).
+@dataclass(frozen=True)
+class UpstreamJob:
+    """An asynchronous model's job at the vendor, stored on the task before any poll."""
 
-    A job from `enqueue_task` expects a pending task and starts it in the same round
-    trip that reads it. A poll carries what it needs (see `TaskRun.poll_hint`), so a
-    poll that finds the upstream job still running touches no database; the task
-    document is read only once there is an outcome to write.
-    """
-    with bound_log_context(task_id=task_id):
-        rt = runtime()
-        with TaskLease(rt.redis, task_id, rt.settings.lease_seconds) as lease:
-            if not lease.acquired:
-                log.info("task is held by another worker")
-                return "leased-elsewhere"
-            if poll is not None:
-                return TaskRun(rt, lease, TaskRun.task_from_hint(task_id, poll), partial=True).run()
-            task = rt.tasks.claim(task_id)
-            claimed = task is not None
-            if task is None:
-                task = rt.tasks.get(task_id)
-            if task is None:
-                log.warning("job dropped: task does not exist")
-                forget_finished(rt.redis, task_id)
-                return "missing"
-            if TaskStatus(task["status"]).is_final:
-                # A duplicate job (a reconciler re-enqueue that raced the finish) re-added the watch entry.
-                forget_finished(rt.redis, task_id, task["user_id"])
-                return "already-final"
-            return TaskRun(rt, lease, task, claimed=claimed).run()
+    job_id: str
+    submitted: datetime
 
 
-class TaskRun:
-    """One step of one task, executed while holding its lease."""
+@dataclass
+class Task:
+    """The one shape of a task a run works on, made from its document or from a poll's hint."""
 
-    def __init__(
-        self, rt: Runtime, lease: TaskLease, task: dict[str, Any], claimed: bool = False, partial: bool = False
-    ) -> None:
-        self.rt = rt
-        self.lease = lease
-        # True when process_task already moved the task to processing and counted the attempt.
-        self.claimed = claimed
-        # True while `task` holds only a poll hint's fields (see `_load_whole_task`).
-        self.partial = partial
-        self.settings = rt.settings
-        self.task = task
-        self.task_id: str = task["_id"]
-        self.status = TaskStatus(task["status"])
-        self.priority: str = task.get("parameters", {}).get("priority", "default")
+    id: str
+    user_id: str
+    type: str
+    provider: str
+    model: str
+    priority: str
+    created: datetime
+    attempts: int
+    upstream: UpstreamJob | None = None
+    # Seconds after submit of the previous poll, which found the upstream job running.
+    last_polled: float | None = None
+    # The request, sent by Generate and SubmitJob: a poll's hint leaves it out (a job is never submitted twice).
+    prompt: str = ""
+    parameters: TaskParameters = field(default_factory=lambda: TaskParameters())
 
     @property
     def model_key(self) -> str:
         """The key of the task's model in the shared duration estimates."""
-        return f"{self.task['provider']}/{self.task['model']}"
+        return f"{self.provider}/{self.model}"
 
-    @staticmethod
-    def task_from_hint(task_id: str, hint: dict[str, Any]) -> dict[str, Any]:
-        """The fields of a processing task that a poll reads, rebuilt from a poll's hint."""
-        return {
-            "_id": task_id,
-            "status": TaskStatus.PROCESSING.value,
-            "provider": hint["provider"],
-            "model": hint["model"],
-            "upstream_job_id": hint["upstream_job_id"],
-            "submitted": datetime.fromtimestamp(hint["submitted"], UTC),
-            "parameters": {"priority": hint["priority"]},
-            "last_polled": hint.get("last_polled"),
-        }
+    @classmethod
+    def from_document(cls, document: TaskDocument) -> Task:
+        """The task an RQ job runs, as MongoDB holds it."""
+        parameters = document.get("parameters", TaskParameters())
+        upstream_job_id, submitted = document.get("upstream_job_id"), document.get("submitted")
+        return cls(
+            id=document["_id"],
+            user_id=document["user_id"],
+            type=document["type"],
+            provider=document["provider"],
+            model=document["model"],
+            priority=parameters.get("priority", Priority.DEFAULT.value),
+            created=document["created"],
+            attempts=document.get("attempts", 0),
+            upstream=UpstreamJob(upstream_job_id, submitted) if upstream_job_id and submitted else None,
+            prompt=document["prompt"],
+            parameters=parameters,
+        )
 
-    def poll_hint(self) -> dict[str, Any]:
-        """What the next poll carries (JSON)."""
-        return {
-            "provider": self.task["provider"],
-            "model": self.task["model"],
-            "upstream_job_id": self.task["upstream_job_id"],
-            "submitted": self.task["submitted"].timestamp(),
-            "priority": self.priority,
-            "last_polled": self.task.get("last_polled"),
-        }
+    @classmethod
+    def from_hint(cls, task_id: str, hint: PollHint) -> Task:
+        """The task a poll runs, from what its hint carries."""
+        return cls(
+            id=task_id,
+            user_id=hint["user_id"],
+            type=hint["type"],
+            provider=hint["provider"],
+            model=hint["model"],
+            priority=hint["priority"],
+            created=datetime.fromtimestamp(hint["created"], UTC),
+            attempts=hint["attempts"],
+            upstream=UpstreamJob(hint["upstream_job_id"], datetime.fromtimestamp(hint["submitted"], UTC)),
+            last_polled=hint["last_polled"],
+        )
 
-    def _load_whole_task(self) -> str | None:
-        """Replace a poll hint by the task document before writing an outcome; a word saying why
-        not when the task has moved on (deleted, finished, or resubmitted by another run)."""
-        if not self.partial:
-            return None
-        task = self.rt.tasks.get(self.task_id)
-        if task is None or TaskStatus(task["status"]).is_final:
-            self.rt.durations.stopped(self.model_key, self.task_id)
-            forget_finished(self.rt.redis, self.task_id, task["user_id"] if task else None)
-            return "missing" if task is None else "stale-poll"
-        if task["status"] != TaskStatus.PROCESSING.value or task.get("upstream_job_id") != self.task["upstream_job_id"]:
-            return "stale-poll"
-        self.task, self.partial = task, False
-        return None
+    def poll_hint(self, upstream: UpstreamJob) -> PollHint:
+        """What the next poll of `upstream` carries."""
+        return PollHint(
+            user_id=self.user_id,
+            type=self.type,
+            provider=self.provider,
+            model=self.model,
+            priority=self.priority,
+            created=self.created.timestamp(),
+            attempts=self.attempts,
+            upstream_job_id=upstream.job_id,
+            submitted=upstream.submitted.timestamp(),
+            last_polled=self.last_polled,
+        )
+
+
+# RQ calls `process_task` by name with only a task id: the runtime is the process's, installed once by the
+# worker's bootstrap (dispatcher_service/worker.py) from the settings the dispatcher's main read.
+_runtime: Runtime | None = None
+
+
+def install_runtime(runtime: Runtime) -> None:
+    """Make `runtime` the one every run in this process uses."""
+    global _runtime
+    _runtime = runtime
+
+
+def process_task(task_id: str) -> str:
+    """RQ's entry point; returns a short word saying what happened (kept as the job result)."""
+    return _run(task_id, None)
+
+
+def run_poll(task_id: str, hint: PollHint | None) -> str:
+    """The poller's entry point; without a hint (gone, or from an older dispatcher) it runs as a job does."""
+    return _run(task_id, hint)
+
+
+def _run(task_id: str, hint: PollHint | None) -> str:
+    if _runtime is None:
+        raise RuntimeError("no dispatcher runtime in this process: the worker's bootstrap installs it")
+    rt = _runtime
+    lease = TaskLease(rt.redis, task_id, rt.settings.lease_seconds, also_read=kept_write_key(task_id))
+    with bound_log_context(task_id=task_id), lease:
+        if not lease.acquired:
+            log.info("task is held by another worker")
+            return "leased-elsewhere"
+        if lease.read is not None:
+            return _store_kept(rt, lease, task_id, KeptWrite.loads(lease.read))
+        task = Task.from_hint(task_id, hint) if hint is not None else _claim(rt, task_id)
+        return task if isinstance(task, str) else TaskRun(rt, lease, task).run()
+
+
+def _store_kept(rt: Runtime, lease: TaskLease, task_id: str, kept: KeptWrite) -> str:
+    """An earlier run had this task's outcome (or its upstream job) in hand but could not store it: store it
+    now (the upstream is not called for it again), then carry on from there."""
+    try:
+        document = rt.tasks.get(task_id)
+    except ConnectionFailure:
+        log.warning("database still unreachable; the kept write waits")
+        enqueue_task(rt.redis, task_id, kept.priority, timedelta(seconds=KEPT_WRITE_RETRY_SECONDS))
+        return "write-kept"
+    if document is None or TaskStatus(document["status"]).is_final:
+        with rt.redis.pipeline(transaction=False) as pipe:
+            forget_finished(pipe, task_id, kept.user_id)
+            pipe.delete(kept_write_key(task_id))
+            pipe.execute()
+        return "missing" if document is None else "already-final"
+    log.info("storing the write an earlier run kept", status=kept.status or "upstream job")
+    return TaskRun(rt, lease, Task.from_document(document), TaskStatus(document["status"])).resume(kept)
+
+
+def _claim(rt: Runtime, task_id: str) -> Task | str:
+    """The task, now processing, or a word saying why there is nothing to run.
+
+    A pending task is claimed (its attempt counted) and read in one round trip. A processing one either
+    waits on its upstream job (it is polled, no attempt counted) or was left by a worker that died
+    mid-call (it runs again, as a new attempt).
+    """
+    document = rt.tasks.claim(task_id)
+    if document is not None:
+        return Task.from_document(document)
+    document = rt.tasks.get(task_id)
+    if document is None:
+        log.warning("job dropped: task does not exist")
+        forget_finished(rt.redis, task_id)
+        return "missing"
+    status = TaskStatus(document["status"])
+    if status.is_final:
+        # A duplicate job (a reconciler re-enqueue that raced the finish) re-added the watch entry.
+        forget_finished(rt.redis, task_id, document["user_id"])
+        return "already-final"
+    task = Task.from_document(document)
+    if task.upstream is None:
+        # Processing from a dead owner (or pending again since the claim): counted as a new attempt.
+        if not rt.tasks.transition(task_id, status, TaskStatus.PROCESSING, attempts_delta=1):
+            return "lost-race"
+        task.attempts += 1
+    return task
+
+
+class TaskRun:
+    """One step of one task, executed while holding its lease; the task is processing when it starts."""
+
+    def __init__(self, rt: Runtime, lease: TaskLease, task: Task, status: TaskStatus = TaskStatus.PROCESSING) -> None:
+        self.rt = rt
+        self.settings = rt.settings
+        self.lease = lease
+        self.task = task
+        # The task's status as this run left it: the precondition of the run's next write.
+        self.status = status
+        # Whether this run stores a write an earlier run kept in Redis (deleted once stored).
+        self.resuming = False
 
     def run(self) -> str:
-        provider = self.task["provider"]
-        model = self.rt.providers.model(provider, self.task["model"])
-        if model is None:
-            return self._fail(f"model {self.task['model']!r} is no longer in provider {provider!r}")
-        if not self.rt.providers.has_instance(provider):
-            if self.claimed:
-                self._unclaim()
-            return self._load_whole_task() or self._wait_for_provider()
-        polling = model.asynchronous and bool(self.task.get("upstream_job_id"))
         try:
-            if polling:
-                return self._poll()
-            if not self.claimed and not self._start_attempt():
-                return "lost-race"
+            return self._step()
+        except WriteKept:
+            return "write-kept"
+
+    def resume(self, kept: KeptWrite) -> str:
+        """Store `kept`, then go on as the run that kept it would have."""
+        self.resuming = True
+        try:
+            if kept.status is not None:
+                return self._finish(kept.status, kept.fields)
+            self._store(kept)
+            upstream = UpstreamJob(kept.fields["upstream_job_id"], kept.fields["submitted"])
+            self.task.upstream = upstream
+            return self._submitted(upstream)
+        except WriteKept:
+            return "write-kept"
+
+    def _step(self) -> str:
+        task = self.task
+        model = self.rt.providers.model(task.provider, task.model)
+        if model is None:
+            return self._fail(f"model {task.model!r} is no longer in provider {task.provider!r}")
+        if not self.rt.providers.has_instance(task.provider):
+            if task.upstream is None:
+                self._unclaim()
+            return self._wait_for_provider()
+        try:
+            if task.upstream is not None:
+                return self._poll(task.upstream)
             return self._submit() if model.asynchronous else self._generate()
         except ProviderCallError as error:
-            return self._handle_error(error, polling)
-
-    def _start_attempt(self) -> bool:
-        """Move to processing and count the attempt (from processing too: its owner crashed)."""
-        if not self.rt.tasks.transition(self.task_id, self.status, TaskStatus.PROCESSING, attempts_delta=1):
-            return False
-        self.task["attempts"] = self.task.get("attempts", 0) + 1
-        self.status = TaskStatus.PROCESSING
-        return True
+            return self._handle_error(error)
 
     def _unclaim(self) -> None:
         """Nothing reached the upstream: back to pending, and the attempt does not count."""
-        self.rt.tasks.transition(self.task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, attempts_delta=-1)
+        self.rt.tasks.transition(self.task.id, TaskStatus.PROCESSING, TaskStatus.PENDING, attempts_delta=-1)
         self.status = TaskStatus.PENDING
 
     def _input(self) -> pb.GenerationInput:
-        parameters = self.task.get("parameters", {})
+        parameters = self.task.parameters
         return pb.GenerationInput(
-            task_id=self.task_id,
-            model=self.task["model"],
-            prompt=self.task["prompt"],
+            task_id=self.task.id,
+            model=self.task.model,
+            prompt=self.task.prompt,
             size=parameters.get("size", ""),
             aspect_ratio=parameters.get("aspect_ratio", ""),
             seed=parameters.get("seed"),
@@ -206,7 +370,7 @@ class TaskRun:
         code = "OK"
         try:
             return self.rt.providers.call(
-                self.task["provider"],
+                self.task.provider,
                 lambda stub: getattr(stub, method),
                 request,
                 timeout=self.settings.ai_timeout + DEADLINE_MARGIN_SECONDS,
@@ -215,7 +379,7 @@ class TaskRun:
             code = error.code.name
             raise
         finally:
-            UPSTREAM_CALL.labels(self.task["provider"], method, code).observe(time.perf_counter() - started)
+            UPSTREAM_CALL.labels(self.task.provider, method, code).observe(time.perf_counter() - started)
 
     def _generate(self) -> str:
         result: pb.GenerateResponse = self._call("Generate", pb.GenerateRequest(input=self._input()))
@@ -236,51 +400,56 @@ class TaskRun:
 
     def _submit(self) -> str:
         response: pb.SubmitJobResponse = self._call("SubmitJob", pb.SubmitJobRequest(input=self._input()))
+        upstream = UpstreamJob(response.upstream_job_id, utcnow())
         # Stored before any poll, so a re-run polls this job instead of paying for a second one.
-        submitted = utcnow()
-        self.rt.tasks.record(
-            self.task_id, TaskStatus.PROCESSING, {"upstream_job_id": response.upstream_job_id, "submitted": submitted}
-        )
-        self.task |= {"upstream_job_id": response.upstream_job_id, "submitted": submitted}
-        log.info("upstream job submitted", upstream_job_id=response.upstream_job_id)
-        give_up = submitted.timestamp() - self.settings.poll_give_up_seconds
-        self.rt.durations.started(self.model_key, self.task_id, submitted.timestamp(), forget_before=give_up)
-        likely = self.rt.durations.earliest_likely_finish(self.model_key)
-        self._enqueue(max(likely or 0.0, self.settings.poll_initial_seconds), poll=True)
+        fields = {"upstream_job_id": upstream.job_id, "submitted": upstream.submitted}
+        self._store(KeptWrite(None, fields, None, self.task.user_id, self.task.priority))
+        self.task.upstream = upstream
+        log.info("upstream job submitted", upstream_job_id=upstream.job_id)
+        return self._submitted(upstream)
+
+    def _submitted(self, upstream: UpstreamJob) -> str:
+        """The upstream job is stored on the task: plan its first poll."""
+        submitted = upstream.submitted.timestamp()
+        give_up = submitted - self.settings.poll_give_up_seconds
+        self.rt.durations.started(self.task.model_key, self.task.id, submitted, forget_before=give_up)
+        likely = self.rt.durations.earliest_likely_finish(self.task.model_key)
+        self._schedule_poll(upstream, max(likely or 0.0, self.settings.poll_initial_seconds))
         return "submitted"
 
-    def _poll(self) -> str:
+    def _poll(self, upstream: UpstreamJob) -> str:
         response: pb.PollJobResponse = self._call(
-            "PollJob", pb.PollJobRequest(model=self.task["model"], upstream_job_id=self.task["upstream_job_id"])
+            "PollJob", pb.PollJobRequest(model=self.task.model, upstream_job_id=upstream.job_id)
         )
-        waited = (utcnow() - self.task["submitted"]).total_seconds()
+        waited = (utcnow() - upstream.submitted).total_seconds()
+        durations, model_key = self.rt.durations, self.task.model_key
         if response.state == pb.JOB_STATE_SUCCEEDED:
-            if self.rt.durations.finished(self.model_key, self.task.get("last_polled"), waited):
+            if durations.finished(model_key, self.task.last_polled, waited):
                 self._replan_waiting_polls()
             return self._complete({"video_url": response.video_url, "error_message": ""})
         if response.state == pb.JOB_STATE_FAILED:
             return self._fail(response.error_message or "upstream job failed")
         if waited > self.settings.poll_give_up_seconds:
             return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
-        self.task["last_polled"] = waited
-        estimated = self.rt.durations.likely_duration(self.model_key) is not None
-        self._enqueue(self._next_poll_delay(waited, response.poll_after_ms), poll=True)
-        if not estimated and self.rt.durations.likely_duration(self.model_key, fresh=True) is not None:
+        self.task.last_polled = waited
+        estimated = durations.likely_duration(model_key) is not None
+        self._schedule_poll(upstream, self._next_poll_delay(waited, response.poll_after_ms))
+        if not estimated and durations.likely_duration(model_key, fresh=True) is not None:
             # The model's first finish came while this poll was planned without it (or from a cached
             # read): its pass over the poll set may have missed this one, so plan it again.
-            self._enqueue(self._next_poll_delay(waited, response.poll_after_ms), poll=True)
+            self._schedule_poll(upstream, self._next_poll_delay(waited, response.poll_after_ms))
         return "polling"
 
     def _replan_waiting_polls(self) -> None:
         """The model's first finish gave it an estimate: the jobs that waited for one poll by it now."""
         moved = replan(
             self.rt.redis,
-            self.task["provider"],
-            self.task["model"],
-            self.rt.durations.planned_polls(self.model_key),
+            self.task.provider,
+            self.task.model,
+            self.rt.durations.planned_polls(self.task.model_key),
             self.settings.poll_initial_seconds,
         )
-        log.info("first duration estimate: polls brought forward", model=self.task["model"], polls=moved)
+        log.info("first duration estimate: polls brought forward", model=self.task.model, polls=moved)
 
     def _next_poll_delay(self, waited: float, poll_after_ms: int) -> float:
         """The upstream's own hint if it gave one, else the shared duration estimates' plan
@@ -288,29 +457,30 @@ class TaskRun:
         initial, poll_max = self.settings.poll_initial_seconds, self.settings.poll_max_seconds
         if poll_after_ms:
             return min(max(poll_after_ms / 1000, initial), poll_max)
-        return self.rt.durations.next_poll_in(self.model_key, waited, initial, poll_max)
+        return self.rt.durations.next_poll_in(self.task.model_key, waited, initial, poll_max)
 
-    def _handle_error(self, error: ProviderCallError, polling: bool) -> str:
+    def _handle_error(self, error: ProviderCallError) -> str:
         message = str(error) or error.code.name
-        if isinstance(error, NoLiveInstance) and not polling:
+        upstream = self.task.upstream
+        if isinstance(error, NoLiveInstance) and upstream is None:
             # Every registered instance was gone: nothing reached the upstream.
             self._unclaim()
             return self._wait_for_provider()
         if error.code not in RETRYABLE_CODES:
             return self._fail(message)
-        if polling:
+        if upstream is not None:
             # A failed poll costs nothing upstream: poll again; poll_give_up_seconds bounds it.
-            self._enqueue(max(self.settings.poll_max_seconds, error.retry_after_seconds or 0.0), poll=True)
+            self._schedule_poll(upstream, max(self.settings.poll_max_seconds, error.retry_after_seconds or 0.0))
             return "poll-retry"
-        attempts = self.task.get("attempts", 0)
+        attempts = self.task.attempts
         if attempts >= self.settings.max_attempts:
             return self._fail(f"{message} (gave up after {attempts} attempts)")
         delay = self._backoff(attempts, error.retry_after_seconds)
         # Back to pending so the next attempt (and a reconciler) sees a task waiting to run.
-        self.rt.tasks.transition(self.task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, {"error_message": message})
-        RETRIES.labels(self.task["provider"], self.task["model"]).inc()
+        self.rt.tasks.transition(self.task.id, TaskStatus.PROCESSING, TaskStatus.PENDING, {"error_message": message})
+        RETRIES.labels(self.task.provider, self.task.model).inc()
         log.info("retrying after upstream error", error=message, attempt=attempts, delay_seconds=round(delay, 2))
-        self._enqueue(delay)
+        self._enqueue_job(delay)
         return "retry-scheduled"
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
@@ -320,44 +490,101 @@ class TaskRun:
         return max(delay, retry_after or 0.0)
 
     def _wait_for_provider(self) -> str:
-        provider = self.task["provider"]
-        waited = (utcnow() - self.task["created"]).total_seconds()
+        provider = self.task.provider
+        waited = (utcnow() - self.task.created).total_seconds()
         if waited > self.settings.provider_wait_seconds:
             return self._fail(
                 f"no live instance of provider {provider!r} for {self.settings.provider_wait_seconds:g} s"
             )
         log.warning("provider has no live instance; task waits", provider=provider)
-        self._enqueue(self.settings.provider_recheck_seconds)
+        self._enqueue_job(self.settings.provider_recheck_seconds)
         return "waiting-for-provider"
 
     def _complete(self, fields: dict[str, Any]) -> str:
-        if moved_on := self._load_whole_task():
-            return moved_on
-        if self.rt.tasks.transition(self.task_id, TaskStatus.PROCESSING, TaskStatus.COMPLETED, fields):
-            self._finished(TaskStatus.COMPLETED)
-            log.info("task completed", provider=self.task["provider"], model=self.task["model"])
-        return "completed"
+        return self._finish(TaskStatus.COMPLETED, fields)
 
     def _fail(self, message: str) -> str:
-        if moved_on := self._load_whole_task():
-            return moved_on
-        if self.rt.tasks.transition(self.task_id, self.status, TaskStatus.FAILED, {"error_message": message}):
-            self._finished(TaskStatus.FAILED)
-            log.warning("task failed", error=message)
-        return "failed"
+        return self._finish(TaskStatus.FAILED, {"error_message": message})
+
+    def _finish(self, status: TaskStatus, fields: dict[str, Any]) -> str:
+        """Finish the task if it is still as this run left it (and still on the upstream job this run polled)."""
+        upstream_job_id = self.task.upstream.job_id if self.task.upstream else None
+        if not self._store(KeptWrite(status, fields, upstream_job_id, self.task.user_id, self.task.priority)):
+            return self._moved_on()
+        self._finished(status)
+        if status is TaskStatus.COMPLETED:
+            log.info("task completed", provider=self.task.provider, model=self.task.model)
+        else:
+            log.warning("task failed", error=fields.get("error_message", ""))
+        return status.value
+
+    def _store(self, write: KeptWrite) -> bool:
+        """Make `write`; True if the task was still as this run left it. While the database is unreachable
+        the write is retried with backoff (the lease is renewed meanwhile); past outcome_write_seconds it is
+        kept in Redis for the task's next run, due shortly, and WriteKept is raised."""
+        deadline = time.monotonic() + self.settings.outcome_write_seconds
+        delay = WRITE_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                written = self._write(write)
+                break
+            except ConnectionFailure as error:
+                if time.monotonic() + delay > deadline:
+                    self._keep(write, error)
+                    raise WriteKept from error
+                if delay == WRITE_RETRY_FIRST_SECONDS:
+                    log.warning("database unreachable; retrying the write", error=str(error))
+                time.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX_SECONDS)
+        if delay != WRITE_RETRY_FIRST_SECONDS:
+            log.info("database reachable again; write stored")
+        if self.resuming:
+            self.rt.redis.delete(kept_write_key(self.task.id))
+        return written
+
+    def _write(self, write: KeptWrite) -> bool:
+        if write.status is None:
+            return self.rt.tasks.record(self.task.id, self.status, write.fields)
+        return self.rt.tasks.transition(
+            self.task.id, self.status, write.status, write.fields, upstream_job_id=write.upstream_job_id
+        )
+
+    def _keep(self, write: KeptWrite, error: ConnectionFailure) -> None:
+        log.error(
+            "database unreachable; the write is kept in Redis for the task's next run",
+            error=str(error),
+            waited_seconds=self.settings.outcome_write_seconds,
+        )
+        self.rt.redis.set(kept_write_key(self.task.id), write.dumps(), ex=KEPT_WRITE_SECONDS)
+        self._enqueue_job(KEPT_WRITE_RETRY_SECONDS)
+
+    def _moved_on(self) -> str:
+        """The outcome was not written: the task was deleted, finished meanwhile, or (a stale poll) resubmitted."""
+        document = self.rt.tasks.get(self.task.id)
+        if document is None or TaskStatus(document["status"]).is_final:
+            if self.task.upstream is not None:
+                self.rt.durations.stopped(self.task.model_key, self.task.id)
+            forget_finished(self.rt.redis, self.task.id, self.task.user_id)
+            return "missing" if document is None else "already-final"
+        return "moved-on"
 
     def _finished(self, status: TaskStatus) -> None:
-        with self.rt.redis.pipeline(transaction=False) as pipe:
-            forget_finished(pipe, self.task_id, self.task["user_id"])
-            self.lease.release_in(pipe)  # nothing below touches the task
-            pipe.execute()
-        if self.task.get("upstream_job_id"):
-            self.rt.durations.stopped(self.model_key, self.task_id)
-        TASKS_FINISHED.labels(self.task["provider"], self.task["model"], self.task["type"], status.value).inc()
-        TASK_DURATION.labels(self.task["type"]).observe((utcnow() - self.task["created"]).total_seconds())
+        try:
+            with self.rt.redis.pipeline(transaction=False) as pipe:
+                forget_finished(pipe, self.task.id, self.task.user_id)
+                self.lease.release_in(pipe)  # nothing below touches the task
+                pipe.execute()
+            if self.task.upstream is not None:
+                self.rt.durations.stopped(self.task.model_key, self.task.id)
+        except RedisError as error:
+            # The outcome is in MongoDB: the reconciler prunes the user's slot and the task's watch entry
+            # (reconciler.py), and the lease expires.
+            log.warning("task finished, but Redis is unreachable: the reconciler forgets it", error=str(error))
+        TASKS_FINISHED.labels(self.task.provider, self.task.model, self.task.type, status.value).inc()
+        TASK_DURATION.labels(self.task.type).observe((utcnow() - self.task.created).total_seconds())
 
-    def _enqueue(self, delay_seconds: float, poll: bool = False) -> None:
-        if poll:
-            schedule_poll(self.rt.redis, self.task_id, delay_seconds, self.poll_hint())
-        else:
-            enqueue_task(self.rt.redis, self.task_id, self.priority, timedelta(seconds=delay_seconds))
+    def _schedule_poll(self, upstream: UpstreamJob, delay_seconds: float) -> None:
+        schedule_poll(self.rt.redis, self.task.id, delay_seconds, self.task.poll_hint(upstream))
+
+    def _enqueue_job(self, delay_seconds: float) -> None:
+        enqueue_task(self.rt.redis, self.task.id, self.task.priority, timedelta(seconds=delay_seconds))

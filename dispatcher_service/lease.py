@@ -67,17 +67,29 @@ _renewer = _Renewer()
 
 
 class TaskLease:
-    """`with TaskLease(...) as lease:` holds `aitask:lease:<task_id>`, renewed in the background."""
+    """`with TaskLease(...) as lease:` holds `aitask:lease:<task_id>`, renewed in the background.
 
-    def __init__(self, redis: Redis, task_id: str, seconds: float) -> None:
+    Given `also_read`, taking the lease also reads that key, in the same round trip (`lease.read`).
+    """
+
+    def __init__(self, redis: Redis, task_id: str, seconds: float, also_read: str | None = None) -> None:
         self.redis = redis
         self.key = LEASE_KEY_PREFIX + task_id
         self.token = uuid.uuid4().hex
         self.ttl_ms = int(seconds * 1000)
         self.acquired = False
+        self.also_read = also_read
+        self.read: bytes | None = None
 
     def __enter__(self) -> TaskLease:
-        self.acquired = bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        if self.also_read is None:
+            self.acquired = bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        else:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(self.key, self.token, nx=True, px=self.ttl_ms)
+                pipe.get(self.also_read)
+                acquired, self.read = pipe.execute()
+            self.acquired = bool(acquired)
         if self.acquired:
             _renewer.hold(self.key, self.redis, self.token, self.ttl_ms)
         return self

@@ -3,11 +3,11 @@
 A poll used to be an RQ job of its own: about twenty Redis round trips of RQ
 bookkeeping around one cheap status request, so with thousands of videos in
 flight, finishing them cost the workers more than starting them and lateness
-grew with the backlog. Now `schedule_poll` puts the task in a sorted set scored
-by when its poll is due. Each worker process's poller claims a few due entries
-at a time, moving their score CLAIM_SECONDS ahead so no other poller takes them
-meanwhile, and runs `process_task` on each, which finishes the task or schedules
-its next poll. An entry still holding the claim after that is one the run left
+grew with the backlog. Now `schedule_poll` (schedule.py) puts the task in a
+sorted set scored by when its poll is due. Each worker process's poller claims a
+few due entries at a time, moving their score CLAIM_SECONDS ahead so no other
+poller takes them meanwhile, and runs `jobs.run_poll` on each, which finishes
+the task or schedules its next poll. An entry still holding the claim after that is one the run left
 to someone else (the task moved on, or another run holds its lease) and goes.
 A poller that dies mid-batch leaves its claimed entries to come due again:
 nothing is lost, at worst polled twice, and the task lease turns the second run
@@ -16,17 +16,15 @@ into a no-op.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from redis import Redis
 
 from aitask_common.logging import get_logger
-from aitask_common.queues import POLL_HINTS_KEY, POLLS_KEY
+from dispatcher_service.schedule import POLL_HINTS_KEY, POLLS_KEY, PollHint, parse_hint
 
 log = get_logger(__name__)
 
@@ -66,47 +64,7 @@ end
 return 0
 """
 
-# Bring forward the polls of one model (ARGV[1] provider, ARGV[2] model) to the first of the offsets
-# ARGV[5..] after their submit time that is more than ARGV[4] s after ARGV[3] (now), or to then if all
-# are past, when that is earlier than their current due time; returns how many moved. Hints are JSON
-# (cjson is built into Redis).
-_REPLAN = """
-local now, initial = tonumber(ARGV[3]), tonumber(ARGV[4])
-local moved = 0
-local due = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-for i = 1, #due, 2 do
-  local raw = redis.call('HGET', KEYS[2], due[i])
-  if raw then
-    local hint = cjson.decode(raw)
-    if hint.provider == ARGV[1] and hint.model == ARGV[2] then
-      local planned = now + initial
-      for j = 5, #ARGV do
-        local offset = hint.submitted + tonumber(ARGV[j])
-        if offset > now + initial then
-          planned = offset
-          break
-        end
-      end
-      if planned < tonumber(due[i + 1]) then
-        redis.call('ZADD', KEYS[1], planned, due[i])
-        moved = moved + 1
-      end
-    end
-  end
-end
-return moved
-"""
-
-RunPoll = Callable[[str, dict[str, Any] | None], object]
-
-
-def replan(redis: Redis, provider: str, model: str, offsets: list[float], initial: float) -> int:
-    """Bring the model's waiting polls forward to the first of `offsets` (seconds after submit, in
-    order) that is still ahead, or to `initial` s from now if none is, once its first job finished
-    and gave it a duration estimate (see dispatcher_service/durations.py); how many moved. One pass
-    over the poll set, inside Redis."""
-    args: list[str | float] = [provider, model, time.time(), initial, *offsets]
-    return int(redis.eval(_REPLAN, 2, POLLS_KEY, POLL_HINTS_KEY, *args))
+RunPoll = Callable[[str, PollHint | None], object]
 
 
 class Poller:
@@ -121,16 +79,13 @@ class Poller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def claim(self, limit: int = BATCH) -> tuple[float, list[tuple[str, dict[str, Any] | None]]]:
-        """The claim score and up to `limit` due polls, each with its hint (None if the hint is gone:
-        the run then reads the task)."""
+    def claim(self, limit: int = BATCH) -> tuple[float, list[tuple[str, PollHint | None]]]:
+        """The claim score and up to `limit` due polls, each with its hint (None if the hint is gone or
+        outdated: the run then reads the task)."""
         now = time.time()
         until = now + CLAIM_SECONDS
         flat = self._claim(keys=[POLLS_KEY, POLL_HINTS_KEY], args=[now, until, limit])
-        polls = [
-            (task_id.decode(), json.loads(hint) if hint else None)
-            for task_id, hint in zip(flat[::2], flat[1::2], strict=True)
-        ]
+        polls = [(task_id.decode(), parse_hint(hint)) for task_id, hint in zip(flat[::2], flat[1::2], strict=True)]
         return until, polls
 
     def run_once(self) -> int:
@@ -163,10 +118,17 @@ class Poller:
             self._thread.join(timeout=CLAIM_SECONDS)
 
     def _loop(self) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
-                if self.run_once():
+                claimed = self.run_once()
+                if failing:
+                    log.info("poller claims polls again")
+                failing = False
+                if claimed:
                     continue
             except Exception as error:  # noqa: BLE001 - an unreachable Redis must not end the loop
-                log.warning("poller could not claim polls", error=str(error))
+                if not failing:  # once per outage, not five times a second
+                    log.warning("poller could not claim polls", error=str(error))
+                failing = True
             self._stop.wait(IDLE_SECONDS * random.uniform(0.5, 1.5))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -15,6 +15,7 @@ from aitask.provider.v1 import provider_service_pb2_grpc
 from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRY_AFTER_METADATA, UPSTREAM_ERROR_METADATA
 from aitask_common.registry import ProviderInstance, read_catalogues, read_instances
+from dispatcher_service.read_cache import ReadThroughCache
 
 log = get_logger(__name__)
 
@@ -37,37 +38,40 @@ class NoLiveInstance(ProviderCallError):
         super().__init__(grpc.StatusCode.UNAVAILABLE, f"no live instance of provider {provider!r} answered")
 
 
+@dataclass(frozen=True)
+class _Registry:
+    """One read of the registry: live instances and the catalogues they published."""
+
+    instances: list[ProviderInstance]
+    catalogues: dict[str, pb.DescribeCatalogueResponse]
+
+
+# The registry is read whole, under this one cache key.
+_REGISTRY = "registry"
+
+
 class ProviderDirectory:
     """Per-process view of the registry plus one gRPC channel per instance address."""
 
     def __init__(self, redis: Redis, cache_seconds: float) -> None:
         self.redis = redis
-        self.cache_seconds = cache_seconds
-        self._instances: list[ProviderInstance] = []
-        self._catalogues: dict[str, pb.DescribeCatalogueResponse] = {}
-        self._read_at = float("-inf")
+        self._registry = ReadThroughCache(self._read_registry, cache_seconds, maxsize=1)
         self._channels: dict[str, grpc.Channel] = {}
         self._turn = itertools.count()
 
-    def _refresh(self, force: bool = False) -> None:
-        if force or time.monotonic() - self._read_at >= self.cache_seconds:
-            self._instances = read_instances(self.redis)
-            self._catalogues = read_catalogues(self.redis)
-            self._read_at = time.monotonic()
+    def _read_registry(self, _: str) -> _Registry:
+        return _Registry(read_instances(self.redis), read_catalogues(self.redis))
 
     def model(self, provider: str, name: str) -> pb.Model | None:
         """The catalogue entry of provider/name as last published."""
-        self._refresh()
-        catalogue = self._catalogues.get(provider)
+        catalogue = self._registry.get(_REGISTRY).catalogues.get(provider)
         return next((model for model in catalogue.models if model.name == name), None) if catalogue else None
 
     def _candidates(self, provider: str) -> list[ProviderInstance]:
-        self._refresh()
-        candidates = [instance for instance in self._instances if instance.provider == provider]
+        candidates = [i for i in self._registry.get(_REGISTRY).instances if i.provider == provider]
         if not candidates:
             # A provider that just started should not wait out the cache.
-            self._refresh(force=True)
-            candidates = [instance for instance in self._instances if instance.provider == provider]
+            candidates = [i for i in self._registry.get(_REGISTRY, fresh=True).instances if i.provider == provider]
         return candidates
 
     def has_instance(self, provider: str) -> bool:
@@ -106,4 +110,4 @@ class ProviderDirectory:
         channel = self._channels.pop(address, None)
         if channel is not None:
             channel.close()
-        self._read_at = float("-inf")
+        self._registry.clear()

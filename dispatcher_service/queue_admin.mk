@@ -1,4 +1,5 @@
-# Queue tools (issue 4), included by the main Makefile. Redis and MongoDB come from REDIS_URL / MONGO_URL.
+# Queue tools (issue 4), included by the main Makefile. Redis and MongoDB come from REDIS_URL / MONGO_URL;
+# unset, from .local/stack.env, where `make run` writes the local stack's URLs.
 # QUEUE picks one queue (critical, default, low) or all of them: make redis-queue-clear QUEUE=default
 QUEUE ?= all
 

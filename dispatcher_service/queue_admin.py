@@ -8,7 +8,8 @@
   task behind a removed job is marked failed (or, with `--requeue`, gets a fresh job).
 - `requeue-failed QUEUE|all`: puts the jobs of RQ's FailedJobRegistry back on their queue.
 
-Settings come from the environment (REDIS_URL, MONGO_URL, MONGO_DATABASE), as for every service.
+Settings come from the environment (REDIS_URL, MONGO_URL, MONGO_DATABASE), as for every service; what it
+leaves unset comes from `.local/stack.env`, where `make run` writes the local stack's URLs.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, str_to_date
 
 from aitask_common.mongo import client_options
-from aitask_common.queues import POLLS_KEY, PROCESS_TASK, QUEUE_ORDER, enqueue_task, forget_finished, queue
+from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER
 from aitask_common.settings import ServiceSettings, load_settings
-from aitask_common.tasks import TaskStatus
+from aitask_common.tasks import TaskDocument, TaskStatus
 from dispatcher_service.lease import TaskLease
+from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished, queue
 from dispatcher_service.storage import TaskTransitions
 
 QUEUE_NAMES = [str(name) for name in QUEUE_ORDER]
@@ -77,7 +79,7 @@ def _oldest_queued_age(redis: Redis, target: Queue) -> float | None:
 
 
 def poll_status(redis: Redis) -> dict[str, int]:
-    """Polls of running upstream jobs (dispatcher_service/polls.py): how many wait, how many are due."""
+    """Polls of running upstream jobs (dispatcher_service/schedule.py): how many wait, how many are due."""
     with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(POLLS_KEY)
         pipe.zcount(POLLS_KEY, "-inf", time.time())
@@ -153,7 +155,7 @@ def clear_queue(redis: Redis, transitions: TaskTransitions, name: str, requeue: 
     return outcome
 
 
-def _unfinished_status(task: dict[str, Any] | None) -> TaskStatus | None:
+def _unfinished_status(task: TaskDocument | None) -> TaskStatus | None:
     """The status of a task that still has to run, None for a final or missing one.
 
     Processing counts too: a processing task whose next step waits in the queue (a video poll) would stall.
@@ -241,7 +243,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status is 0 on success, 1 when aborted or a store is unreachable, 2 on bad input."""
     args = _parser().parse_args(argv)
-    settings = load_settings(ServiceSettings)
+    # REDIS_URL / MONGO_URL from the environment, else from the local stack's .local/stack.env (make run).
+    settings = load_settings(ServiceSettings, local_stack=True)
     try:
         redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
     except ValueError as error:

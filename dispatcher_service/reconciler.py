@@ -8,7 +8,13 @@ comes due again), and its next job is not due in the watch set, or is long
 overdue and no longer waiting in its queue or schedule (a job behind a deep
 backlog is late, not lost). A duplicate job is harmless: the lease and conditional
 updates make the second run a no-op, and a stored upstream job id is polled,
-never paid for again.
+never paid for again. A processing task (its worker died mid-call) goes back at
+the front of its queue: its work was already started, perhaps paid for.
+
+Each pass also prunes the users' in-flight sets (task_service/limits.py) of tasks
+that are final or gone, whatever left them there (a Redis outage during a task's
+cleanup, a create withdrawn while Redis was down, a crash): a user's count of
+tasks in flight heals within a pass (a few, over a large keyspace).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,11 +31,13 @@ from redis import Redis
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry
+from ulid import ULID
 
 from aitask_common.logging import get_logger
-from aitask_common.queues import POLLS_KEY, WATCH_JOBS_KEY, WATCH_KEY, enqueue_task
-from aitask_common.tasks import TaskStatus, utcnow
+from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
+from aitask_common.tasks import TaskStatus, inflight_key, utcnow
 from dispatcher_service.lease import LEASE_KEY_PREFIX
+from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished
 from dispatcher_service.settings import DispatcherSettings
 
 log = get_logger(__name__)
@@ -37,6 +46,31 @@ LOCK_KEY = "aitask:reconciler:lock"
 BATCH = 1000
 # Watch entries for tasks that were deleted or finished long ago.
 WATCH_RETENTION_SECONDS = 24 * 3600
+# The users' in-flight sets: one pass SCANs at most INFLIGHT_SCANS_PER_PASS pages of the keyspace (from
+# where the last pass stopped) for up to INFLIGHT_SETS_PER_PASS sets and reads up to
+# INFLIGHT_MEMBERS_PER_SET members of each; it reads at most INFLIGHT_LOOKUPS_PER_PASS tasks by _id.
+INFLIGHT_PREFIX = inflight_key("")
+INFLIGHT_SCAN_PAGE = 1000
+INFLIGHT_SCANS_PER_PASS = 20
+INFLIGHT_SETS_PER_PASS = 100
+INFLIGHT_MEMBERS_PER_SET = 1000
+INFLIGHT_LOOKUPS_PER_PASS = 500
+# A member whose task does not exist is pruned only once its id (a ULID) is this old: the task service
+# reserves the slot before it inserts the task.
+CREATE_GRACE_SECONDS = 60.0
+
+
+def user_in_flight_queries(user_id: str) -> list[dict[str, Any]]:
+    """A user's tasks in flight, one equality query per status (FerretDB filters them inside PostgreSQL)."""
+    return [{"user_id": user_id, "status": status.value} for status in (TaskStatus.PENDING, TaskStatus.PROCESSING)]
+
+
+def created_at(task_id: str) -> float | None:
+    """Epoch seconds in a task id (a ULID, as the task service makes them), or None for another id."""
+    try:
+        return ULID.from_str(task_id).timestamp
+    except ValueError:
+        return None
 
 
 def in_flight_queries(quiet_since: datetime) -> list[dict[str, Any]]:
@@ -52,12 +86,14 @@ def in_flight_queries(quiet_since: datetime) -> list[dict[str, Any]]:
 class Reconciler:
     """One pass re-enqueues stuck tasks; `start()` runs passes on a daemon thread."""
 
-    def __init__(self, settings: DispatcherSettings, redis: Redis, tasks: Collection) -> None:
+    def __init__(self, settings: DispatcherSettings, redis: Redis, tasks: Collection[dict[str, Any]]) -> None:
         self.settings = settings
         self.redis = redis
         self.tasks = tasks
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
+        # Where the next pass's SCAN for in-flight sets starts.
+        self._inflight_cursor = 0
 
     def run_once(self) -> int:
         """Re-enqueue every stuck task; returns how many. Only one replica's reconciler works per interval."""
@@ -65,11 +101,16 @@ class Reconciler:
         if not self.redis.set(LOCK_KEY, self.token, nx=True, px=max(interval_ms - 100, 100)):
             return 0
         now = time.time()
+        requeued = self._requeue_stuck(now)
+        self._prune(now - WATCH_RETENTION_SECONDS)
+        self._prune_inflight(now)
+        return requeued
+
+    def _requeue_stuck(self, now: float) -> int:
         quiet_since = utcnow() - timedelta(seconds=self.settings.reconcile_min_age_seconds)
+        fields = {"_id": True, "status": True, "parameters.priority": True}
         candidates = [
-            task
-            for query in in_flight_queries(quiet_since)
-            for task in self.tasks.find(query, {"_id": True, "parameters.priority": True}).limit(BATCH)
+            task for query in in_flight_queries(quiet_since) for task in self.tasks.find(query, fields).limit(BATCH)
         ]
         if not candidates:
             return 0
@@ -80,11 +121,63 @@ class Reconciler:
             if task["_id"] in waiting or (due is None and self._finished_meanwhile(task["_id"])):
                 continue
             reason = "no job scheduled" if due is None else f"job overdue by {now - due:.0f} s and not queued"
-            log.warning("re-enqueueing stuck task", task_id=task["_id"], reason=reason)
-            enqueue_task(self.redis, task["_id"], task.get("parameters", {}).get("priority", "default"))
+            started = task.get("status") == TaskStatus.PROCESSING.value
+            log.warning("re-enqueueing stuck task", task_id=task["_id"], reason=reason, at_front=started)
+            priority = task.get("parameters", {}).get("priority", "default")
+            enqueue_task(self.redis, task["_id"], priority, at_front=started)
             requeued += 1
-        self._prune(now - WATCH_RETENTION_SECONDS)
         return requeued
+
+    def _prune_inflight(self, now: float) -> int:
+        """Drop the members of users' in-flight sets whose task is final or gone; how many.
+
+        Per set, the user's tasks in flight (two equality queries); each member not among them is read by
+        _id (those are the leaks, normally none) and dropped, with the rest of what Redis keeps for it, if
+        its task is final, or gone and older than CREATE_GRACE_SECONDS."""
+        keys = self._inflight_sets()
+        if not keys:
+            return 0
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.sscan(key, 0, count=INFLIGHT_MEMBERS_PER_SET)
+            pages = pipe.execute()
+        suspects: list[tuple[str, str]] = []
+        for key, (_, members) in zip(keys, pages, strict=True):
+            user_id = key[len(INFLIGHT_PREFIX) :]
+            in_flight = {task["_id"] for task in self._find(user_in_flight_queries(user_id))}
+            suspects += [(user_id, task_id) for task_id in _decoded(members) if task_id not in in_flight]
+        stale = []
+        for user_id, task_id in suspects[:INFLIGHT_LOOKUPS_PER_PASS]:
+            task = self.tasks.find_one({"_id": task_id}, {"status": True})
+            created = created_at(task_id)
+            if task is None and (created is None or created < now - CREATE_GRACE_SECONDS):
+                stale.append((user_id, task_id, "gone"))
+            elif task is not None and TaskStatus(task["status"]).is_final:
+                stale.append((user_id, task_id, task["status"]))
+        if stale:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for user_id, task_id, _ in stale:
+                    forget_finished(pipe, task_id, user_id)
+                pipe.execute()
+            for user_id, task_id, why in stale:
+                log.warning("released an in-flight slot left behind", task_id=task_id, user_id=user_id, task=why)
+        return len(stale)
+
+    def _inflight_sets(self) -> list[str]:
+        """Up to INFLIGHT_SETS_PER_PASS in-flight set keys, continuing the SCAN where the last pass stopped."""
+        keys: list[str] = []
+        for _ in range(INFLIGHT_SCANS_PER_PASS):
+            self._inflight_cursor, page = self.redis.scan(
+                self._inflight_cursor, match=INFLIGHT_PREFIX + "*", count=INFLIGHT_SCAN_PAGE, _type="set"
+            )
+            keys += _decoded(page)
+            if self._inflight_cursor == 0 or len(keys) >= INFLIGHT_SETS_PER_PASS:
+                break
+        return keys
+
+    def _find(self, queries: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        for query in queries:
+            yield from self.tasks.find(query, {"_id": True})
 
     def _unattended(self, candidates: list[dict[str, Any]], now: float) -> list[tuple[dict[str, Any], float | None]]:
         """(task, due) of the candidates without a lease or a poll whose watch entry is missing or
@@ -155,8 +248,19 @@ class Reconciler:
         self._stop.set()
 
     def _loop(self) -> None:
+        failing = False
         while not self._stop.wait(self.settings.reconcile_interval_seconds):
             try:
                 self.run_once()
             except Exception as error:  # noqa: BLE001 - an unreachable store must not end the loop
-                log.warning("reconciler pass failed", error=str(error))
+                if not failing:  # once per outage, not every pass
+                    log.warning("reconciler pass failed; retrying every interval", error=str(error))
+                failing = True
+                continue
+            if failing:
+                log.info("reconciler passes work again")
+            failing = False
+
+
+def _decoded(values: Iterable[bytes | str]) -> list[str]:
+    return [value.decode() if isinstance(value, bytes) else value for value in values]

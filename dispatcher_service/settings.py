@@ -11,26 +11,37 @@ class DispatcherSettings(ServiceSettings):
     """Environment of `python -m dispatcher_service`."""
 
     metrics_port: int = Field(default=9465, ge=0, le=65535)
+    """Port of /metrics (0: off)."""
 
     worker_concurrency: int = Field(default=4, ge=1, validation_alias=AliasChoices("WORKER_CONCURRENCY", "WORKERS"))
-    # Upstream attempts per task before a retryable error becomes final.
+    """Worker processes, each running one task at a time and polling upstream jobs."""
     max_attempts: int = Field(default=8, ge=1)
+    """Upstream attempts per task before a retryable error becomes final."""
     retry_base_seconds: float = Field(default=2.0, gt=0)
+    """First retry backoff; it doubles per attempt (with jitter), never below the upstream's Retry-After."""
     retry_max_seconds: float = Field(default=60.0, gt=0)
-    # How long a task waits, pending, for a live instance of its provider before failing.
+    """Longest retry backoff."""
     provider_wait_seconds: float = Field(default=300.0, ge=0)
+    """How long a task waits, pending, for a live instance of its provider before failing."""
     provider_recheck_seconds: float = Field(default=2.0, gt=0)
-    # Async (video) jobs: first poll after this, then backoff up to poll_max_seconds.
+    """How often a task waiting for a provider looks for a live instance again."""
     poll_initial_seconds: float = Field(default=1.0, gt=0)
+    """Video jobs: the earliest first poll after submit."""
     poll_max_seconds: float = Field(default=2.5, gt=0)
-    # Give up on an upstream job that has not finished after this long.
+    """Video jobs: the longest gap between polls once the job's likely finish has passed."""
     poll_give_up_seconds: float = Field(default=3600.0, gt=0)
-    # Ownership lease on a task while a worker holds it; renewed while working.
+    """Give up on an upstream job that has not finished after this long."""
     lease_seconds: float = Field(default=30.0, gt=1)
-    # Reconciler: how often it looks, how long a task must be quiet before it counts as
-    # stuck, and how late its scheduled job may be before it is enqueued again.
+    """Ownership lease on a task while a worker holds it; renewed while working."""
+    outcome_write_seconds: float = Field(default=30.0, ge=0)
+    """How long a run retries the write of an outcome it has in hand (a paid result, a submitted upstream job)
+    while the database is unreachable, before it keeps the write in Redis for the task's next run. With
+    AI_TIMEOUT, within RQ's 180 s job timeout."""
     reconcile_interval_seconds: float = Field(default=10.0, gt=0)
+    """How often the reconciler looks for in-flight tasks that nothing in Redis will move."""
     reconcile_min_age_seconds: float = Field(default=30.0, ge=0)
+    """How long a task must be unchanged before the reconciler counts it as stuck."""
     watch_grace_seconds: float = Field(default=60.0, ge=0)
-    # How long the registry read is reused before re-reading Redis.
+    """How late a task's scheduled job may be before the reconciler enqueues it again."""
     registry_cache_seconds: float = Field(default=1.0, ge=0)
+    """How long a read of the provider registry is reused before reading Redis again."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pymongo import MongoClient
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -18,20 +20,27 @@ from rq.worker import SimpleWorker, WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from aitask_common.dependencies import wait_for_dependencies
-from aitask_common.logging import configure_logging
+from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
-from dispatcher_service.jobs import process_task, runtime
+from dispatcher_service.jobs import Runtime, install_runtime, run_poll
+from dispatcher_service.metrics import QueueAndRegistryCollector
 from dispatcher_service.polls import Poller
 from dispatcher_service.reconciler import Reconciler
 from dispatcher_service.settings import DispatcherSettings
 
+log = get_logger(__name__)
+
 # RQ refreshes a worker's heartbeat about four times per job; its key lives for minutes.
 HEARTBEAT_EVERY_SECONDS = 1.0
 SUSPENSION_CHECK_EVERY_SECONDS = 1.0
+# What Redis going away raises, and how a worker waits for it to come back (backoff between pings).
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+REDIS_WAIT_FIRST_SECONDS = 0.5
+REDIS_WAIT_MAX_SECONDS = 5.0
 
 
 class DispatcherWorker(SimpleWorker):
@@ -44,28 +53,45 @@ class DispatcherWorker(SimpleWorker):
     never enqueues with `depends_on`, and runs no callbacks between the job's end and its result);
     heartbeats and suspension checks less than a second apart are skipped. The failure path is
     RQ's own. The overrides follow rq 2.12's worker (pinned in pyproject.toml).
+
+    RQ's work loop quits on any Redis error outside its BLPOP (marking the worker idle, a heartbeat,
+    the suspension check, recording a job's end): here each of those waits for Redis with backoff,
+    logging once, and carries on. A job whose end RQ could not record has its outcome in MongoDB (or
+    kept in Redis, jobs.py); the reconciler sees to its task. The scheduler RQ forked for this worker
+    dies on the outage and is started again.
     """
 
     log_result_lifespan = False
+    # What main read at start-up, set by `build_pool`.
+    settings: ClassVar[DispatcherSettings]
     poller: Poller | None = None
     _next_suspension_check = 0.0
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
         # Connections are opened here, in the worker process, not in the pool's parent before the fork.
-        self.poller = Poller(runtime().redis, process_task)
+        runtime = Runtime.open(self.settings)
+        install_runtime(runtime)
+        self.poller = Poller(runtime.redis, run_poll)
         self.poller.start()
 
     def teardown(self) -> None:
         if self.poller is not None:
             self.poller.stop()
-        super().teardown()
+        super().teardown()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         last: datetime | None = self.last_heartbeat
         if timeout is None and pipeline is None and last and (now() - last).total_seconds() < HEARTBEAT_EVERY_SECONDS:
             return
-        super().heartbeat(timeout, pipeline)
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        try:
+            super().heartbeat(timeout, pipeline)
+        except REDIS_DOWN as error:
+            self._wait_for_redis(error)
+            super().heartbeat(timeout, pipeline)
 
     def check_for_suspension(self, burst: bool) -> None:
         # RQ asks Redis before every job (a heartbeat plus EXISTS rq:suspended); `rq suspend` still takes
@@ -73,7 +99,61 @@ class DispatcherWorker(SimpleWorker):
         if time.monotonic() < self._next_suspension_check:
             return
         self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_EVERY_SECONDS
-        super().check_for_suspension(burst)
+        try:
+            self._restart_dead_scheduler()
+            super().check_for_suspension(burst)
+        except REDIS_DOWN as error:
+            self._wait_for_redis(error)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except REDIS_DOWN as error:
+                self._wait_for_redis(error)
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+        except REDIS_DOWN as error:
+            self._wait_for_redis(error)
+
+    def _wait_for_redis(self, error: Exception) -> None:
+        """Ping Redis with backoff until it answers, or a stop is requested; log once each way."""
+        log.warning("Redis unreachable; the worker waits for it", worker=self.name, error=str(error))
+        started = time.monotonic()
+        delay = REDIS_WAIT_FIRST_SECONDS
+        while not self._stop_requested:
+            time.sleep(delay)
+            try:
+                self.connection.ping()
+                break
+            except REDIS_DOWN:
+                delay = min(delay * 2, REDIS_WAIT_MAX_SECONDS)
+        if self._stop_requested:
+            return
+        log.info("Redis reachable again", worker=self.name, waited_seconds=round(time.monotonic() - started, 1))
+        # The scheduler touches Redis every second, so it died during the wait: now, not at this worker's next
+        # job (an idle worker sits in BLPOP for minutes), or delayed jobs would wait for the reconciler.
+        try:
+            self._restart_dead_scheduler()
+        except REDIS_DOWN as again:
+            log.warning("could not restart the RQ scheduler yet", worker=self.name, error=str(again))
+
+    def _restart_dead_scheduler(self) -> None:
+        """Start the scheduler this worker forked again if it died (as it does when Redis goes away): a local
+        check; RQ itself would look only at its next maintenance, minutes later."""
+        scheduler = self.scheduler
+        process = scheduler._process if scheduler is not None else None
+        # A warm shutdown stops the scheduler first: it must stay stopped (a worker that dies with a scheduler
+        # running leaves it holding the locks, and delayed jobs to it alone).
+        if self._stop_requested:
+            return
+        if scheduler is not None and process is not None and not process.is_alive():
+            log.info("restarting the RQ scheduler", worker=self.name)
+            scheduler.acquire_locks(auto_start=True)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         if pipeline is None and state == getattr(self, "_state", None):
@@ -82,7 +162,11 @@ class DispatcherWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         # SimpleWorker's, less prepare_execution: prepare_job_execution records the execution too.
-        self.perform_job(job, queue)
+        try:
+            self.perform_job(job, queue)
+        except REDIS_DOWN as error:
+            # RQ could not record the job's start or end; the task's state is in MongoDB.
+            self._wait_for_redis(error)
         self.set_state(WorkerStatus.IDLE)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
@@ -129,11 +213,16 @@ def build_pool(settings: DispatcherSettings) -> WorkerPool:
     SimpleWorker (no fork per job) keeps each process's MongoDB client, Redis
     pool and gRPC channels alive across jobs; the pool restarts a dead worker.
     """
+
+    class PoolWorker(DispatcherWorker):
+        """A DispatcherWorker with this pool's settings: RQ builds each worker itself, from its class."""
+
+    PoolWorker.settings = settings
     return WorkerPool(
         [str(name) for name in QUEUE_ORDER],
         connection=Redis.from_url(settings.redis_url),
         num_workers=settings.worker_concurrency,
-        worker_class=DispatcherWorker,
+        worker_class=PoolWorker,
         serializer=JSONSerializer,
     )
 
@@ -144,7 +233,7 @@ def main() -> None:
     configure_logging("dispatcher", settings)
     wait_for_dependencies(settings)
     redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
-    serve_metrics(settings.metrics_host, settings.metrics_port, redis)
+    serve_metrics(settings.metrics_host, settings.metrics_port, [QueueAndRegistryCollector(redis)])
     mongo = MongoClient(**client_options(settings, "dispatcher-reconciler"))
     Reconciler(settings, redis, mongo[settings.mongo_database][COLLECTION]).start()
     build_pool(settings).start(logging_level=settings.log_level.upper())

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import openai
 from openai import AsyncOpenAI
 
 from aitask.provider.v1 import provider_service_pb2 as pb
-from aitask_common.provider import (
-    ProviderServicer,
-    UpstreamError,
-    chat_result,
-    code_for_http_status,
-    retry_after_seconds,
-)
+from aitask_common.provider import OpenAIShapedSdk, ProviderServicer, UpstreamError
 from provider_openai.settings import OpenAISettings
 
-T = TypeVar("T")
+# How the OpenAI SDK fails, for the mapping every OpenAI-shaped provider shares.
+OPENAI = OpenAIShapedSdk("openai", openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)
 
 # Sora takes a resolution, clients an aspect ratio.
 VIDEO_SIZES = {"16:9": "1280x720", "9:16": "720x1280"}
@@ -46,14 +40,21 @@ class OpenAIServicer(ProviderServicer):
         try:
             if model.upstream_api == "openai.images":
                 return await self._image(upstream, model)
-            return await self._chat(upstream)
+            return await OPENAI.chat(self._chat_create, upstream)
         except UpstreamError as error:
             await self.fail(context, error)
+
+    def _chat_create(self, **options: Any) -> Any:
+        """`chat.completions.create` with `max_completion_tokens` for `max_tokens`: OpenAI deprecated
+        `max_tokens`, every chat model takes its successor, and reasoning models (gpt-5.x, o-series) refuse it."""
+        if "max_tokens" in options:
+            options["max_completion_tokens"] = options.pop("max_tokens")
+        return self.client.chat.completions.create(**options)
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> pb.SubmitJobResponse:
         _, upstream = await self.upstream_input(request.input, context)
         try:
-            video = await _call(
+            video = await OPENAI.call(
                 self.client.videos.create(
                     model=upstream.model,
                     prompt=upstream.prompt,
@@ -67,7 +68,7 @@ class OpenAIServicer(ProviderServicer):
     async def PollJob(self, request: pb.PollJobRequest, context: grpc.aio.ServicerContext) -> pb.PollJobResponse:
         await self.model(request.model, context)
         try:
-            video = await _call(self.client.videos.retrieve(request.upstream_job_id))
+            video = await OPENAI.call(self.client.videos.retrieve(request.upstream_job_id))
         except UpstreamError as error:
             await self.fail(context, error)
         if video.status in RUNNING_STATES:
@@ -86,33 +87,8 @@ class OpenAIServicer(ProviderServicer):
         # GPT image models reject response_format: they always answer base64.
         if len(model.response_formats) > 1:
             options["response_format"] = request.response_format or "url"
-        response = await _call(self.client.images.generate(**options))
+        response = await OPENAI.call(self.client.images.generate(**options))
         image = response.data[0]
         return pb.GenerateResponse(
             image_url=image.url or "", image_base64=image.b64_json or "", revised_prompt=image.revised_prompt or ""
         )
-
-    async def _chat(self, request: pb.GenerationInput) -> pb.GenerateResponse:
-        options: dict[str, Any] = {"model": request.model, "messages": [{"role": "user", "content": request.prompt}]}
-        if request.HasField("max_tokens"):
-            options["max_tokens"] = request.max_tokens
-        if request.HasField("temperature"):
-            options["temperature"] = request.temperature
-        response = await _call(self.client.chat.completions.create(**options))
-        return chat_result(response)
-
-
-async def _call(request: Awaitable[T]) -> T:
-    """Await an SDK call, turning its exceptions into UpstreamError with the vendor's message."""
-    try:
-        return await request
-    except openai.APIStatusError as error:
-        raise UpstreamError(
-            code_for_http_status(error.status_code),
-            f"openai {error.status_code} {error.code or ''}: {error.message}".replace("  ", " "),
-            retry_after_seconds(error.response.headers),
-        ) from error
-    except openai.APITimeoutError as error:
-        raise UpstreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "openai: request timed out") from error
-    except openai.APIConnectionError as error:
-        raise UpstreamError(grpc.StatusCode.UNAVAILABLE, f"openai: connection failed: {error}") from error

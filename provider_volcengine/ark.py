@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TypeVar
-
 import grpc
 from volcenginesdkarkruntime import AsyncArk
 from volcenginesdkarkruntime._exceptions import ArkAPIConnectionError, ArkAPIStatusError, ArkAPITimeoutError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
-from aitask_common.provider import UpstreamError, chat_result, code_for_http_status, retry_after_seconds
+from aitask_common.provider import OpenAIShapedSdk, UpstreamError
 
-T = TypeVar("T")
+# How the Ark SDK (a fork of OpenAI's) fails, for the mapping every OpenAI-shaped provider shares.
+ARK = OpenAIShapedSdk("ark", ArkAPIStatusError, ArkAPITimeoutError, ArkAPIConnectionError)
 
 
 class ArkClient:
@@ -23,7 +21,7 @@ class ArkClient:
 
     async def generate_image(self, request: pb.GenerationInput) -> pb.GenerateResponse:
         """POST /images/generations; one image, URL or base64."""
-        response = await _call(
+        response = await ARK.call(
             self.client.images.generate(
                 model=request.model,
                 prompt=request.prompt,
@@ -41,29 +39,4 @@ class ArkClient:
 
     async def chat(self, request: pb.GenerationInput) -> pb.GenerateResponse:
         """POST /chat/completions with the prompt as one user message."""
-        response = await _call(
-            self.client.chat.completions.create(
-                model=request.model,
-                messages=[{"role": "user", "content": request.prompt}],
-                max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
-                temperature=request.temperature if request.HasField("temperature") else None,
-            )
-        )
-        return chat_result(response)
-
-
-async def _call(request: Awaitable[T]) -> T:
-    """Await an SDK call, turning its exceptions into UpstreamError with the vendor's message."""
-    try:
-        return await request
-    except ArkAPIStatusError as error:
-        message = (error.body or {}).get("message") if isinstance(error.body, dict) else None
-        raise UpstreamError(
-            code_for_http_status(error.status_code),
-            f"ark {error.status_code} {error.code or ''}: {message or error}".replace("  ", " "),
-            retry_after_seconds(error.response.headers),
-        ) from error
-    except ArkAPITimeoutError as error:
-        raise UpstreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "ark: request timed out") from error
-    except ArkAPIConnectionError as error:
-        raise UpstreamError(grpc.StatusCode.UNAVAILABLE, f"ark: connection failed: {error}") from error
+        return await ARK.chat(self.client.chat.completions.create, request)

@@ -23,6 +23,7 @@ apt_install redis-server postgresql curl
 if ! command -v uv >/dev/null; then
   python3 -m pip install --quiet 'uv==0.13.9'
 fi
+# The default groups ([tool.uv] in pyproject.toml): build (stub generation), local (make run) and dev (make test).
 uv sync --frozen --python python3.11 --quiet
 
 # FerretDB 1.24.2, built from the Go module proxy through tools/ferretdb (see main.go there for why).

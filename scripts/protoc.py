@@ -2,6 +2,8 @@
 
 Include paths come from installed wheels (grpc_tools for google/protobuf,
 googleapis-common-protos for google/api), never from vendored copies.
+`make protos` and the Dockerfile run it on the checkout; the wheel's build hook
+(hatch_build.py) calls `compile_protos` to generate the stubs into the wheel.
 """
 
 from __future__ import annotations
@@ -13,35 +15,44 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
 DESCRIPTOR = ROOT / "gateway" / "aitask.pb"
 
 
-def main(proto_files: list[str]) -> int:
-    """Run protoc once for stubs and descriptor set; return its exit status."""
-    googleapis = Path(resources.files("google.api").joinpath("annotations.proto")).parent.parent.parent
-    well_known = Path(resources.files("grpc_tools").joinpath("_proto"))
-    relative = [str(Path(path).resolve().relative_to(ROOT / "protos")) for path in proto_files]
+def compile_protos(proto_files: list[str], out: Path = ROOT, descriptor: Path | None = DESCRIPTOR) -> int:
+    """Run protoc once: stubs under `out` (plus the descriptor set, unless None); return its exit status."""
+    googleapis = Path(str(resources.files("google.api").joinpath("annotations.proto"))).parent.parent.parent
+    well_known = Path(str(resources.files("grpc_tools").joinpath("_proto")))
+    relative = [str(Path(path).resolve().relative_to(PROTOS)) for path in proto_files]
     arguments = [
         "protoc",
-        f"-I{ROOT / 'protos'}",
+        f"-I{PROTOS}",
         f"-I{googleapis}",
         f"-I{well_known}",
-        f"--python_out={ROOT}",
-        f"--pyi_out={ROOT}",
-        f"--grpc_python_out={ROOT}",
-        f"--descriptor_set_out={DESCRIPTOR}",
-        "--include_imports",
-        "--include_source_info",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *([f"--descriptor_set_out={descriptor}", "--include_imports", "--include_source_info"] if descriptor else []),
         *relative,
     ]
     status = protoc.main(arguments)
     if status == 0:
         # Regular packages (not namespace ones) keep mypy and importlib happy.
-        for directory in (ROOT / "aitask").rglob("*"):
+        for directory in (out / "aitask").rglob("*"):
             if directory.is_dir():
                 (directory / "__init__.py").touch()
-        (ROOT / "aitask" / "__init__.py").touch()
+        (out / "aitask" / "__init__.py").touch()
     return status
+
+
+def all_protos() -> list[str]:
+    """Every .proto file under protos/, sorted."""
+    return sorted(str(path) for path in PROTOS.rglob("*.proto"))
+
+
+def main(proto_files: list[str]) -> int:
+    """`python scripts/protoc.py FILE.proto...`: stubs into the checkout, descriptor set into gateway/."""
+    return compile_protos(proto_files)
 
 
 if __name__ == "__main__":

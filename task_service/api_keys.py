@@ -102,7 +102,7 @@ def hash_secret(secret: str) -> str:
 class ApiKeyStore:
     """Reads and writes the `api_keys` collection."""
 
-    def __init__(self, client: AsyncMongoClient, database: str) -> None:
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], database: str) -> None:
         self.collection = client[database][COLLECTION]
 
     async def create(
@@ -142,7 +142,7 @@ class ApiKeyStore:
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m task_service.api_keys",
-        description="Create, list and revoke API keys (MONGO_URL, MONGO_DATABASE).",
+        description="Create, list and revoke API keys (MONGO_URL, MONGO_DATABASE; unset: .local/stack.env).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="create a key and print it (once)")
@@ -197,7 +197,7 @@ async def _run(arguments: argparse.Namespace, store: ApiKeyStore) -> int:
 
 
 async def _main(arguments: argparse.Namespace, settings: TaskServiceSettings) -> int:
-    client: AsyncMongoClient = AsyncMongoClient(**client_options(settings, "api_keys_cli"))
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(**client_options(settings, "api_keys_cli"))
     try:
         return await _run(arguments, ApiKeyStore(client, settings.mongo_database))
     finally:
@@ -207,7 +207,8 @@ async def _main(arguments: argparse.Namespace, settings: TaskServiceSettings) ->
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m task_service.api_keys`."""
     arguments = _arguments(argv)
-    settings = load_settings(TaskServiceSettings)
+    # MONGO_URL from the environment, else from the local stack's .local/stack.env (make run), else .env.
+    settings = load_settings(TaskServiceSettings, local_stack=True)
     try:
         code = asyncio.run(_main(arguments, settings))
     except InvalidRequest as error:

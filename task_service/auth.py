@@ -1,9 +1,9 @@
-"""Who is calling: API-key authentication and the guard around every TaskService method.
+"""Who is calling: API-key authentication and the interceptor that guards every TaskService method.
 
 Clients send `Authorization: Bearer ak_<key id>_<secret>` (an HTTP header over
-REST, the same metadata over gRPC). The guard authenticates each call, applies
-the key's request rate, and makes the caller's `Principal` current for the
-servicer (a contextvar: each RPC runs in its own asyncio task). Only
+REST, the same metadata over gRPC). The interceptor authenticates each call,
+applies the key's request rate, and makes the caller's `Principal` current for
+the servicer (a contextvar: each RPC runs in its own asyncio task). Only
 TaskService methods are guarded: health checks and reflection stay open for
 probes. Verified keys are cached for API_KEY_CACHE_SECONDS, so a revoked key
 keeps working for at most that long.
@@ -11,26 +11,45 @@ keeps working for at most that long.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
+from cachetools import TTLCache
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
+from aitask.v1 import task_service_pb2
 from aitask_common.logging import bound_log_context, get_logger
-from task_service.api_keys import ApiKey, ApiKeyStore, Role, split_key
-from task_service.limits import RateLimiter
+from task_service.api_keys import ApiKey, Role, split_key
 
 log = get_logger(__name__)
 
-# Bounds the cache however many distinct (possibly made-up) key ids clients send.
+# Most key ids the verifier remembers at once.
 MAX_CACHED_KEYS = 10_000
 
-RpcMethod = Callable[[Any, Any], Awaitable[Any]]
+# The service the interceptor guards; every other one (health, reflection) stays open.
+GUARDED_SERVICE = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
+
+RpcMethod = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class KeyRecords(Protocol):
+    """Where API keys are stored (task_service.api_keys.ApiKeyStore)."""
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        """The record of `key_id`, or None."""
+        ...
+
+
+class RequestRate(Protocol):
+    """The per-key request rate (task_service.limits.RateLimiter)."""
+
+    async def retry_after(self, key_id: str, limit: int | None) -> int | None:
+        """Count one request; seconds until the key may call again when over its limit, else None."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -55,7 +74,7 @@ _CURRENT_PRINCIPAL: ContextVar[Principal] = ContextVar("principal")
 
 
 def current_principal() -> Principal:
-    """The caller of the RPC being served (set by the guard)."""
+    """The caller of the RPC being served (set by AuthInterceptor)."""
     return _CURRENT_PRINCIPAL.get()
 
 
@@ -77,10 +96,11 @@ class KeyVerifier:
     Unknown key ids are remembered too, so made-up keys cannot make every request a MongoDB lookup.
     """
 
-    def __init__(self, store: ApiKeyStore, ttl_seconds: float) -> None:
+    def __init__(self, store: KeyRecords, ttl_seconds: float) -> None:
         self.store = store
         self.ttl_seconds = ttl_seconds
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        # Bounded however many distinct (possibly made-up) key ids clients send.
+        self._cache: TTLCache[str, ApiKey | None] = TTLCache(maxsize=MAX_CACHED_KEYS, ttl=ttl_seconds)
 
     async def verify(self, authorization: str | None) -> Principal:
         """The principal of an `authorization` value; AuthenticationFailed when it is missing or not valid."""
@@ -99,26 +119,53 @@ class KeyVerifier:
         return Principal(record.key_id, record.user_id, record.role, record.rate_limit)
 
     async def _record(self, key_id: str) -> ApiKey | None:
-        now = time.monotonic()
-        cached = self._cache.get(key_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        try:
+            return self._cache[key_id]
+        except KeyError:
+            pass  # not cached, or expired
         record = await self.store.get(key_id)
-        self._cache.pop(key_id, None)
-        if len(self._cache) >= MAX_CACHED_KEYS:
-            del self._cache[next(iter(self._cache))]  # the oldest entry: dicts keep insertion order
-        self._cache[key_id] = (now + self.ttl_seconds, record)
+        self._cache[key_id] = record
         return record
 
 
-class Guard:
-    """Admits calls to TaskService methods: authentication (when on), then the per-key rate limit."""
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Admits calls to TaskService methods: authentication (when on), then the per-key rate limit.
 
-    def __init__(self, verifier: KeyVerifier | None, rate_limiter: RateLimiter) -> None:
+    An admitted call runs with its caller's principal current and its key id in every log line; a
+    refused one is aborted before the servicer sees it.
+    """
+
+    def __init__(self, verifier: KeyVerifier | None, rate_limiter: RequestRate) -> None:
         self.verifier = verifier
         self.rate_limiter = rate_limiter
+        self._prefix = f"/{GUARDED_SERVICE}/"
+        # The guarded handler of each method, built once: (the servicer's handler, its guarded stand-in).
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    def wrap(self, method: RpcMethod) -> RpcMethod:
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        method: str = details.method
+        known = self._guarded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        if handler.unary_unary is None:
+            # Fail closed: a streaming TaskService method would otherwise run unguarded.
+            raise NotImplementedError(f"{method}: only unary methods can be guarded")
+        guarded = grpc.unary_unary_rpc_method_handler(
+            self._wrap(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._guarded[method] = (handler, guarded)
+        return guarded
+
+    def _wrap(self, method: RpcMethod) -> RpcMethod:
         """`method`, run only for admitted callers, with their principal current."""
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -153,7 +200,7 @@ class Guard:
         if self.verifier is None:
             return UNAUTHENTICATED_ADMIN
         try:
-            principal = await self.verifier.verify(metadata_value(context, "authorization"))
+            return await self.verifier.verify(metadata_value(context, "authorization"))
         except AuthenticationFailed as error:
             # Envoy passes trailers-only metadata on as HTTP headers: a 401 names its scheme (RFC 9110).
             await context.abort(
@@ -162,19 +209,4 @@ class Guard:
         except PyMongoError as error:
             log.error("api key store unavailable", error=str(error))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "authentication unavailable, retry later")
-        return principal
-
-
-class GuardedServicer:
-    """Stands in for a servicer at registration, so every one of its methods goes through the guard.
-
-    (The shared GrpcServer builds its grpc.aio server with a fixed interceptor list; wrapping the
-    handlers here guards TaskService alone and leaves health and reflection open.)
-    """
-
-    def __init__(self, servicer: object, guard: Guard) -> None:
-        self._servicer = servicer
-        self._guard = guard
-
-    def __getattr__(self, name: str) -> RpcMethod:
-        return self._guard.wrap(getattr(self._servicer, name))
+        raise AssertionError("unreachable: abort raises")

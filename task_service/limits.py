@@ -62,7 +62,7 @@ class RateLimiter:
         count, ttl_ms = await self._count(keys=[rate_limit_key(key_id)], args=[self.window_ms])
         if count <= limit:
             return None
-        return max(1, math.ceil(ttl_ms / 1000))
+        return max(1, math.ceil(int(ttl_ms) / 1000))
 
 
 # Most slots one pipeline reserves.

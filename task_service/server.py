@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from pymongo import AsyncMongoClient
 from redis import Redis
@@ -15,13 +16,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aitask.v1 import task_service_pb2, task_service_pb2_grpc
 from aitask_common.dependencies import wait_for_dependencies
-from aitask_common.grpc_server import GrpcServer, run_until_signalled
+from aitask_common.grpc_server import BALANCED_DRAIN_SECONDS, GrpcServer, run_until_signalled
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
 from aitask_common.settings import load_settings
 from task_service.api_keys import ApiKeyStore
-from task_service.auth import Guard, GuardedServicer, KeyVerifier
+from task_service.auth import AuthInterceptor, KeyVerifier
 from task_service.batching import Batcher
 from task_service.catalogue import CatalogueCache
 from task_service.enqueue import TaskQueue
@@ -45,11 +46,11 @@ class TaskService:
     """The running pieces of one task-service process."""
 
     server: GrpcServer
-    mongo: AsyncMongoClient
+    mongo: AsyncMongoClient[dict[str, Any]]
     redis: Redis
     async_redis: AsyncRedis
     catalogues: CatalogueCache
-    batchers: list[Batcher]
+    batchers: list[Batcher[Any]]
 
     async def close(self) -> None:
         """Release connections after the server stopped."""
@@ -63,7 +64,7 @@ class TaskService:
 
 async def build_server(settings: TaskServiceSettings) -> TaskService:
     """Wire storage, queue and catalogue into a gRPC server bound to settings.host:port."""
-    mongo: AsyncMongoClient = AsyncMongoClient(**client_options(settings, "task_service"))
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(**client_options(settings, "task_service"))
     store = TaskStore(mongo, settings.mongo_database)
     await store.ensure_indexes()
     redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
@@ -75,7 +76,6 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         await mongo.admin.command("ping")
         await asyncio.to_thread(redis.ping)
 
-    server = GrpcServer(f"{settings.host}:{settings.port}", [SERVICE_NAME], dependencies_reachable)
     # The limits and the result cache run on every request: an asyncio client, not a thread hop per call like
     # the RQ client. Retried on broken connections (after a Redis restart the pooled ones are dead until used
     # once), not on timeouts: a hung Redis costs a request one REDIS_SOCKET_TIMEOUT, as everywhere else.
@@ -91,22 +91,31 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
             ),
         )
     )
-    inflight = InflightTasks(async_redis, settings.max_inflight_tasks_per_user)
-    results = FinalResultCache(async_redis, settings.result_cache_seconds, settings.result_cache_max_bytes)
-    task_queue = TaskQueue(redis)
-    batchers: list[Batcher] = [inflight.reserves, store.inserts, task_queue.batcher]
-    for batcher in batchers:
-        batcher.start()
-    servicer = TaskServicer(settings, store, task_queue, catalogues, inflight, results)
-    guard = Guard(
+    # Authentication and the per-key rate limit guard every TaskService method; health and reflection stay open.
+    auth = AuthInterceptor(
         _key_verifier(settings, mongo),
         RateLimiter(async_redis, settings.rate_limit_requests, settings.rate_limit_window_seconds),
     )
-    task_service_pb2_grpc.add_TaskServiceServicer_to_server(GuardedServicer(servicer, guard), server.server)
+    # Envoy balances over task services: on SIGTERM it must see NOT_SERVING before this one stops listening.
+    server = GrpcServer(
+        f"{settings.host}:{settings.port}",
+        [SERVICE_NAME],
+        dependencies_reachable,
+        interceptors=[auth],
+        drain_seconds=BALANCED_DRAIN_SECONDS,
+    )
+    inflight = InflightTasks(async_redis, settings.max_inflight_tasks_per_user)
+    results = FinalResultCache(async_redis, settings.result_cache_seconds, settings.result_cache_max_bytes)
+    task_queue = TaskQueue(redis)
+    batchers: list[Batcher[Any]] = [inflight.reserves, store.inserts, task_queue.batcher]
+    for batcher in batchers:
+        batcher.start()
+    servicer = TaskServicer(settings, store, task_queue, catalogues, inflight, results)
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server.server)
     return TaskService(server, mongo, redis, async_redis, catalogues, batchers)
 
 
-def _key_verifier(settings: TaskServiceSettings, mongo: AsyncMongoClient) -> KeyVerifier | None:
+def _key_verifier(settings: TaskServiceSettings, mongo: AsyncMongoClient[dict[str, Any]]) -> KeyVerifier | None:
     """API-key checking, or None (with a warning) when authentication is off."""
     if not settings.auth_required:
         log.warning(

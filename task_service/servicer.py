@@ -1,6 +1,6 @@
 """The TaskService RPC methods.
 
-Every method runs behind the guard (task_service.auth), so `current_principal()`
+Every method runs behind the AuthInterceptor (task_service.auth), so `current_principal()`
 is the authenticated caller: a user key acts only for its own user, and another
 user's task reads as not found. Client text reaches logs only as structured
 fields (JSON-escaped), never inside a message.
@@ -8,7 +8,8 @@ fields (JSON-escaped), never inside a message.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import grpc
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -19,7 +20,7 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.logging import get_logger
 from aitask_common.metrics import TASKS_CREATED
-from aitask_common.tasks import TaskStatus, TaskType, task_to_proto, utcnow
+from aitask_common.tasks import TaskDocument, TaskStatus, TaskType, task_to_proto, utcnow
 from task_service.auth import current_principal, metadata_value
 from task_service.catalogue import CatalogueCache
 from task_service.enqueue import TaskQueue
@@ -31,6 +32,8 @@ from task_service.storage import FINGERPRINT_FIELD, IDEMPOTENCY_FIELD, TaskStore
 from task_service.validation import InvalidRequest, ValidatedRequest, is_task_id, validate_create, validate_user_id
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
@@ -185,7 +188,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return scoped(user_id, key) if key is not None else None
 
-    async def _insert(self, document: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any] | None:
+    async def _insert(self, document: TaskDocument, context: grpc.aio.ServicerContext) -> TaskDocument | None:
         """Store a new task: None once stored, else the task that already holds its idempotency key."""
         try:
             await self.store.insert(document)
@@ -204,7 +207,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
 
     @staticmethod
     async def _replay(
-        original: dict[str, Any], digest: str, context: grpc.aio.ServicerContext
+        original: TaskDocument, digest: str, context: grpc.aio.ServicerContext
     ) -> tuple[pb.TaskCreated, str]:
         """The answer to a create whose idempotency key is taken: the original task, if it asked the same."""
         if original.get(FINGERPRINT_FIELD) != digest:
@@ -234,7 +237,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             # Harmless: the dispatcher's reconciler prunes ids whose task is gone.
             log.warning("could not release in-flight slot", task_id=task_id, error=str(error))
 
-    async def _enqueue(self, document: dict[str, Any], context: grpc.aio.ServicerContext) -> None:
+    async def _enqueue(self, document: TaskDocument, context: grpc.aio.ServicerContext) -> None:
         task_id = document["_id"]
         try:
             await self.queue.enqueue(task_id, document["parameters"]["priority"])
@@ -252,7 +255,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             log.error("result cache unavailable; task not deleted", task_id=task_id, error=str(error))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "task cache unavailable, retry later")
 
-    async def _find(self, task_id: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    async def _find(self, task_id: str, context: grpc.aio.ServicerContext) -> TaskDocument:
         """The task, if it exists and the caller may see it; another user's task is as good as absent."""
         await self._check_task_id(task_id, context)
         return await self._find_valid(task_id, context)
@@ -264,27 +267,29 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         if not is_task_id(task_id):
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
 
-    async def _find_valid(self, task_id: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    async def _find_valid(self, task_id: str, context: grpc.aio.ServicerContext) -> TaskDocument:
         """`_find` for an id already checked."""
         document = await self._database(context, self.store.get(task_id))
-        if document is None or not current_principal().may_act_for(document.get("user_id", "")):
-            await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
-        return document
+        if document is not None and current_principal().may_act_for(document.get("user_id", "")):
+            return document
+        await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
+        raise AssertionError("unreachable: abort raises")
 
     @staticmethod
-    async def _database(context: grpc.aio.ServicerContext, operation: Any) -> Any:
+    async def _database(context: grpc.aio.ServicerContext, operation: Awaitable[T]) -> T:
         """Await a storage call; an unreachable database is UNAVAILABLE, not an internal error."""
         try:
             return await operation
         except PyMongoError as error:
             log.error("database unavailable", error=str(error))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "task database unavailable, retry later")
+            raise AssertionError("unreachable: abort raises") from error
 
 
-def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, digest: str) -> dict[str, Any]:
+def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, digest: str) -> TaskDocument:
     """The stored form of a new task; the idempotency field only when a key was given (never null)."""
     now = utcnow()
-    document: dict[str, Any] = {
+    document: TaskDocument = {
         "_id": task_id,
         "type": valid.task_type.value,
         "status": TaskStatus.PENDING.value,

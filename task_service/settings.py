@@ -11,28 +11,34 @@ class TaskServiceSettings(ServiceSettings):
     """Environment of `python -m task_service`."""
 
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """Port of /metrics (0: off)."""
 
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("TASK_SERVICE_HOST", "HOST"))
+    """Address the gRPC server binds."""
     port: int = Field(default=50051, ge=0, le=65535, validation_alias=AliasChoices("TASK_SERVICE_PORT", "PORT"))
-    # Hard cap on prompt length whatever a model's catalogue allows.
+    """Port of the gRPC server (Envoy's upstream)."""
     max_prompt_chars: int = Field(default=4000, ge=1)
+    """Hard cap on prompt length whatever a model's catalogue allows."""
     list_limit_default: int = Field(default=20, ge=1)
+    """Tasks per list page when the client gives no limit."""
     list_limit_max: int = Field(default=100, ge=1)
-    # How often the provider catalogues are re-read from the registry.
+    """Largest list page a client may ask for."""
     catalogue_refresh_seconds: float = Field(default=2.0, gt=0)
-    # How long a verified (or rejected) API key is trusted without asking MongoDB again:
-    # a revoked key keeps working for at most this long.
+    """How often the provider catalogues are re-read from the registry."""
     api_key_cache_seconds: float = Field(default=30.0, ge=0)
-    # Requests one API key may make per window (a key's own rate limit overrides it); 0 turns the limit off.
+    """How long a verified (or rejected) API key is trusted without asking MongoDB again: a revoked key keeps
+    working for at most this long."""
     rate_limit_requests: int = Field(default=600, ge=0)
+    """Requests one API key may make per window (a key's own rate limit overrides it); 0 turns the limit off."""
     rate_limit_window_seconds: int = Field(default=60, ge=1)
-    # Tasks one user may have pending or processing at once; 0 turns the cap off.
+    """The rate limit's window."""
     max_inflight_tasks_per_user: int = Field(default=100, ge=0)
-    # How long a final task result (or a deleted task's tombstone) stays in Redis; 0 turns the cache off.
-    # Replicas sharing a Redis must agree: one with the cache off leaves no tombstone when it deletes.
+    """Tasks one user may have pending or processing at once; 0 turns the cap off."""
     result_cache_seconds: int = Field(default=3600, ge=0)
-    # Larger serialized results (big base64 images) are always read from MongoDB.
+    """How long a final task result (or a deleted task's tombstone) stays in Redis; 0 turns the cache off.
+    Replicas sharing a Redis must agree: one with the cache off leaves no tombstone when it deletes."""
     result_cache_max_bytes: int = Field(default=65536, ge=0)
+    """Larger serialized results (big base64 images) are always read from MongoDB."""
 
     @property
     def auth_required(self) -> bool:

@@ -6,19 +6,20 @@ is built by the service: a JSON body cannot smuggle a query operator in.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, cast
 
 from pymongo import DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteError
 
-from aitask_common.tasks import COLLECTION, INDEXES, PAYLOAD_FIELDS
+from aitask_common.tasks import COLLECTION, INDEXES, PAYLOAD_FIELDS, TaskDocument
 from task_service.batching import Batcher
 
 # "<user_id>:<idempotency key>", written only on tasks created with a key. The field is never null:
 # FerretDB ignores `sparse`, and there two documents lacking the field do not collide but two nulls do.
-IDEMPOTENCY_FIELD = "idempotency"
+IDEMPOTENCY_FIELD: Final = "idempotency"
 # Digest of the validated request that made a task with an idempotency key (tells a retry from a reuse).
-FINGERPRINT_FIELD = "request_fingerprint"
+FINGERPRINT_FIELD: Final = "request_fingerprint"
 # Most new tasks one insert_many carries.
 INSERT_BATCH_MAX = 256
 DUPLICATE_KEY = 11000
@@ -27,8 +28,9 @@ DUPLICATE_KEY = 11000
 class TaskStore:
     """Reads and writes the `tasks` collection."""
 
-    def __init__(self, client: AsyncMongoClient, database: str) -> None:
-        self.collection = client[database][COLLECTION]
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], database: str) -> None:
+        # Every document in the collection is a TaskDocument: mypy checks the fields read and written here.
+        self.collection = cast(AsyncCollection[TaskDocument], client[database][COLLECTION])
         # Started and stopped with the server (task_service.server).
         self.inserts = Batcher("insert", self._insert_many, INSERT_BATCH_MAX)
 
@@ -39,14 +41,14 @@ class TaskStore:
         # sparse: so MongoDB skips the documents without a key (FerretDB drops the option; see above).
         await self.collection.create_index([(IDEMPOTENCY_FIELD, 1)], unique=True, sparse=True)
 
-    async def insert(self, document: dict[str, Any]) -> None:
+    async def insert(self, document: TaskDocument) -> None:
         """Store a new task; DuplicateKeyError when its idempotency key is taken.
 
         Concurrent inserts share one insert_many: on FerretDB one multi-row INSERT costs about what one row does.
         """
         await self.inserts.submit(document)
 
-    async def _insert_many(self, documents: list[dict[str, Any]]) -> list[PyMongoError | None]:
+    async def _insert_many(self, documents: list[TaskDocument]) -> list[PyMongoError | None]:
         """Insert a batch; unordered, so one document's error leaves the others stored."""
         try:
             await self.collection.insert_many(documents, ordered=False)
@@ -59,11 +61,11 @@ class TaskStore:
             return outcomes
         return [None] * len(documents)
 
-    async def get_by_idempotency(self, scoped_key: str) -> dict[str, Any] | None:
+    async def get_by_idempotency(self, scoped_key: str) -> TaskDocument | None:
         """The task created with this scoped idempotency key, or None."""
         return await self.collection.find_one({IDEMPOTENCY_FIELD: scoped_key})
 
-    async def get(self, task_id: str) -> dict[str, Any] | None:
+    async def get(self, task_id: str) -> TaskDocument | None:
         """One task by id, or None."""
         return await self.collection.find_one({"_id": task_id})
 
@@ -72,7 +74,7 @@ class TaskStore:
         result = await self.collection.delete_one({"_id": task_id})
         return result.deleted_count == 1
 
-    async def list(self, user_id: str, task_type: str, limit: int, offset: int) -> list[dict[str, Any]]:
+    async def list(self, user_id: str, task_type: str, limit: int, offset: int) -> list[TaskDocument]:
         """A user's tasks, newest first, without base64 payloads."""
         query: dict[str, Any] = {"user_id": user_id}
         if task_type:

@@ -8,7 +8,7 @@ from typing import Any
 
 from aitask.provider.v1 import provider_service_pb2
 from aitask_common.queues import Priority
-from aitask_common.tasks import TaskType
+from aitask_common.tasks import TaskParameters, TaskType
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:-]{1,128}")
 SEED_MIN, SEED_MAX = -1, 2**31 - 1
@@ -37,7 +37,7 @@ class ValidatedRequest:
     provider: str
     model: str
     prompt: str
-    parameters: dict[str, Any]
+    parameters: TaskParameters
 
 
 def validate_user_id(user_id: str) -> str:
@@ -88,7 +88,7 @@ def validate_create(
     limit = min(max_prompt_chars, model.max_prompt_chars or max_prompt_chars)
     if len(prompt) > limit:
         raise InvalidRequest("prompt", f"is {len(prompt)} characters long; {model.name} accepts at most {limit}")
-    parameters: dict[str, Any] = {"priority": _priority(request.priority)}
+    parameters: TaskParameters = {"priority": _priority(request.priority)}
     if task_type is not TaskType.TEXT and request.HasField("seed"):
         parameters["seed"] = _seed(model, request.seed)
     if task_type is TaskType.IMAGE:

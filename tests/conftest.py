@@ -1,5 +1,10 @@
-"""Session-wide fixtures: one real stack (Redis, FerretDB, Envoy, services, simulator) on loopback, and one
-in-process simulator for the tests of the SDK clients (upstream_simulator, provider_volcengine)."""
+"""Session-wide fixtures: one real stack (Redis, FerretDB, Envoy, services, simulator) on loopback, one lone
+Redis for the fast tier's tests that need Redis and nothing else, and one in-process simulator for the tests of
+the SDK clients (upstream_simulator, provider_volcengine).
+
+Two tiers: every test that uses the `stack` fixture (or `datastores`, a stack's infrastructure) is marked
+`stack`; long-running tests are marked `slow` by hand. `make test-fast` runs `-m "not stack and not slow"`.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,22 @@ import httpx
 import pytest
 
 from devstack.processes import Ports
-from tests.stack import LocalStack
+from devstack.stack import LocalStack, LoneRedis
 from tests.upstream_simulator.helpers import ARK_KEY, OPENAI_KEY, VOLC_AK, VOLC_SK
 from upstream_simulator import SimulatorSettings, SimulatorThread
 from upstream_simulator.control import SimulatorControl
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+# Fixtures that start (part of) a whole LocalStack: a test using any of them, directly or not, is in the stack tier.
+STACK_FIXTURES = frozenset({"stack", "datastores"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs a LocalStack `stack`, so `-m "not stack"` leaves the fast tier."""
+    for item in items:
+        if STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +45,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield local
     finally:
         local.stop_all()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneRedis]:
+    """One redis-server on a free loopback port, without the rest of the stack (fast tier).
+
+    Tests share it: each keeps to its own database number or to uuid-named keys.
+    """
+    with LoneRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture

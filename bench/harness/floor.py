@@ -1,7 +1,7 @@
 """Floors: the storage work of a request issued straight from Python, with no gRPC, Envoy or service code.
 
 Create floor: what `TaskService._create` does to storage (one `insert_one` of the
-same document into FerretDB, then `aitask_common.queues.enqueue_task`, RQ's own
+same document into FerretDB, then `dispatcher_service.schedule.enqueue_task`, RQ's own
 enqueue with the JSON serializer) at the benchmark's concurrency. Read floor:
 one `find_one({_id})`, what GetTaskResult does. Each is driven by PROCESSES
 separate Python processes of CONCURRENCY / PROCESSES threads each, so the
@@ -26,8 +26,9 @@ from pymongo import MongoClient
 from redis import ConnectionPool, Redis
 from ulid import ULID
 
-from aitask_common.queues import Priority, enqueue_task
+from aitask_common.queues import Priority
 from aitask_common.tasks import COLLECTION, TaskStatus, TaskType, utcnow
+from dispatcher_service.schedule import enqueue_task
 
 DATABASE = "aitask"
 

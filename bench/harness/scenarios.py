@@ -26,13 +26,14 @@ from typing import Any
 from rq.registry import FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
-from aitask_common.queues import QUEUE_ORDER, RESULT_TTL_SECONDS, WATCH_KEY, queue
+from aitask_common.queues import QUEUE_ORDER, RESULT_TTL_SECONDS, WATCH_KEY
 from aitask_common.tasks import TaskStatus, inflight_key
 from bench.harness import load
 from bench.harness.load import LoadResult
 from bench.harness.profiling import Profiler
 from bench.harness.stack import BenchStack
 from devstack.processes import ROOT
+from dispatcher_service.schedule import queue
 
 SCENARIOS = (
     "create_rest",

@@ -1,4 +1,4 @@
-"""One benchmark stack: tests.stack.LocalStack with `make run`'s settings, plus process monitoring."""
+"""One benchmark stack: devstack.stack.LocalStack with `make run`'s settings, plus process monitoring."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rq import Worker
 
 from bench.harness.procs import ProcessMonitor
 from devstack.processes import Ports, base_environment, service_environment
-from tests.stack import LocalStack
+from devstack.stack import LocalStack
 
 WORKERS_READY_SECONDS = 60.0
 DISPATCHER_STOP_SECONDS = 5.0

@@ -11,7 +11,7 @@ import pytest
 from deploy.check import OVERLAYS, kustomize_build
 from deploy.dockerfile import ROOT
 from devstack.processes import Ports, infrastructure
-from tests.stack import LocalStack
+from devstack.stack import LocalStack
 
 
 @pytest.fixture(scope="session")

@@ -82,3 +82,17 @@ def test_runtime_image_holds_every_package_the_project_ships() -> None:
     # The generated stubs come from the build stage's protoc run, as `make protos` makes them.
     build = stages()["build"]
     assert any("scripts/protoc.py" in run for run in build.runs)
+
+
+def test_images_install_no_local_or_dev_dependency_group() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    default_groups = set(pyproject["tool"]["uv"]["default-groups"])
+    assert {"local", "dev"} <= default_groups  # what a checkout's `uv sync` installs, and an image must not
+    syncs = [shlex.split(run) for run in stages()["build"].runs if "uv sync" in run]
+    assert syncs, "the build stage installs nothing with uv sync"
+    for words in syncs:
+        assert "--no-default-groups" in words and "--frozen" in words, " ".join(words)
+        groups = {words[index + 1] for index, word in enumerate(words) if word == "--group"}
+        assert groups <= {"build"}, f"an image gets the dependency groups {groups}"
+    # The last sync, the environment the runtime stage copies, has no group at all (no grpcio-tools).
+    assert "--group" not in syncs[-1]

@@ -33,6 +33,7 @@ from aitask_common.registry import read_instances
 from deploy.check import ENVOY, image_envoy_arguments
 from deploy.dockerfile import ROOT, stages
 from devstack.processes import free_port
+from devstack.stack import LocalStack
 from tests.deploy.helpers import (
     compose_service_for,
     container_to_local_ports,
@@ -42,7 +43,6 @@ from tests.deploy.helpers import (
     objects,
     service_stages,
 )
-from tests.stack import LocalStack
 
 STAGES = stages()
 SERVICE_TARGETS = sorted(service_stages(STAGES))
@@ -254,6 +254,7 @@ def image_envoy(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, 
             popen.wait()
 
 
+@pytest.mark.slow  # waits out the preStop drain: 15 s by design
 def test_envoy_image_command_health_check_and_prestop_drain(
     image_envoy: tuple[subprocess.Popen[bytes], int, int], rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
@@ -290,7 +291,8 @@ def test_dashboard_queries_metrics_that_exist(image_envoy: tuple[subprocess.Pope
     _, _, admin_port = image_envoy
     exposed = httpx.get(f"http://127.0.0.1:{admin_port}/stats/prometheus", timeout=5, trust_env=False).text
     envoy_names = set(re.findall(r"^# TYPE (\S+)", exposed, re.MULTILINE))
-    source = (ROOT / "aitask_common" / "metrics.py").read_text()
+    # Every service's metrics module: the shared one and the dispatcher's queue and registry gauges.
+    source = "\n".join(path.read_text() for path in ROOT.glob("*/metrics.py"))
     aitask_names = set(re.findall(r'"(aitask_[a-z_]+)"', source))
     histograms = set(re.findall(r'Histogram\(\s*"(aitask_[a-z_]+)"', source))
     dashboard = json.loads((ROOT / "deploy" / "compose" / "grafana" / "dashboards" / "aitask.json").read_text())

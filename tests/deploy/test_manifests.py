@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from aitask_common.queues import QUEUE_ORDER, queue
+from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import ServiceSettings
 from deploy.check import K8S_ENVOY_CONFIG
 from deploy.dockerfile import stages
+from dispatcher_service.schedule import queue
 from dispatcher_service.settings import DispatcherSettings
 from provider_openai.settings import OpenAISettings
 from provider_volcengine.settings import VolcengineSettings

@@ -1,10 +1,10 @@
-"""FerretDB's lookups by field are served by an index in the local PostgreSQL (devstack.postgres)."""
+"""FerretDB's lookups by field are served by an index in the local PostgreSQL (devstack.postgres; needs the stack)."""
 
 from __future__ import annotations
 
 import subprocess
 
-from tests.stack import LocalStack
+from devstack.stack import LocalStack
 
 
 def psql(stack: LocalStack, sql: str) -> str:

@@ -5,45 +5,45 @@ from __future__ import annotations
 import time
 import uuid
 
+from devstack.stack import LoneRedis
 from dispatcher_service.durations import UpstreamDurations
-from tests.stack import LocalStack
 
 
-def test_unknown_model_has_no_estimate(stack: LocalStack) -> None:
-    assert UpstreamDurations(stack.redis()).earliest_likely_finish(f"p/{uuid.uuid4()}") is None
+def test_unknown_model_has_no_estimate(redis_server: LoneRedis) -> None:
+    assert UpstreamDurations(redis_server.redis()).earliest_likely_finish(f"p/{uuid.uuid4()}") is None
 
 
-def test_steady_durations_put_the_first_poll_before_the_finish(stack: LocalStack) -> None:
-    durations, key = UpstreamDurations(stack.redis()), f"p/{uuid.uuid4()}"
+def test_steady_durations_put_the_first_poll_before_the_finish(redis_server: LoneRedis) -> None:
+    durations, key = UpstreamDurations(redis_server.redis()), f"p/{uuid.uuid4()}"
     for _ in range(30):
         durations.record(key, 30.0)
     assert 23.9 <= durations.earliest_likely_finish(key) <= 24.1
 
 
-def test_varying_durations_poll_earlier(stack: LocalStack) -> None:
-    durations, key = UpstreamDurations(stack.redis()), f"p/{uuid.uuid4()}"
+def test_varying_durations_poll_earlier(redis_server: LoneRedis) -> None:
+    durations, key = UpstreamDurations(redis_server.redis()), f"p/{uuid.uuid4()}"
     for seconds in [10.0, 50.0] * 20:
         durations.record(key, seconds)
     assert durations.earliest_likely_finish(key) < 15.0
 
 
-def test_the_oldest_running_job_of_a_model_is_tracked_until_it_stops(stack: LocalStack) -> None:
-    durations, key = UpstreamDurations(stack.redis()), f"p/{uuid.uuid4()}"
+def test_the_oldest_running_job_of_a_model_is_tracked_until_it_stops(redis_server: LoneRedis) -> None:
+    durations, key = UpstreamDurations(redis_server.redis()), f"p/{uuid.uuid4()}"
     assert durations.oldest_running_age(key) is None
     now = time.time()
     durations.started(key, "old", now - 20, forget_before=now - 3600)
     durations.started(key, "young", now - 5, forget_before=now - 3600)
     durations.started(key, "abandoned", now - 7200, forget_before=now - 3600)  # given up on: dropped
-    assert 19 <= UpstreamDurations(stack.redis()).oldest_running_age(key) <= 22
+    assert 19 <= UpstreamDurations(redis_server.redis()).oldest_running_age(key) <= 22
     durations.stopped(key, "old")
-    assert 4 <= UpstreamDurations(stack.redis()).oldest_running_age(key) <= 7
+    assert 4 <= UpstreamDurations(redis_server.redis()).oldest_running_age(key) <= 7
 
 
-def test_polls_follow_the_estimate_without_creeping(stack: LocalStack) -> None:
+def test_polls_follow_the_estimate_without_creeping(redis_server: LoneRedis) -> None:
     """Jobs of a steady 30 s, each poll running 0.4 s after it was due: after the first finish, a job
     takes about three polls, is seen at most one interval late, and the estimate stays on 30 s (a
     success time alone would overstate every duration, and an estimate fed with it would creep)."""
-    durations, key = UpstreamDurations(stack.redis()), f"p/{uuid.uuid4()}"
+    durations, key = UpstreamDurations(redis_server.redis()), f"p/{uuid.uuid4()}"
     true_duration, delay, initial, interval = 30.0, 0.4, 1.0, 2.5
     polls_per_job, lateness = [], []
     for _ in range(150):

@@ -1,28 +1,39 @@
 """The poller claims due polls exactly once and leaves nothing behind (against a real Redis).
 
-It runs on a database of the stack's Redis that the stack's own pollers do not watch.
+It runs on a database of its own on a lone Redis.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from redis import Redis
 
-from aitask_common.queues import POLL_HINTS_KEY, POLLS_KEY, WATCH_JOBS_KEY, WATCH_KEY, schedule_poll
-from dispatcher_service.polls import CLAIM_SECONDS, Poller, replan
+from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
+from devstack.stack import LoneRedis
+from dispatcher_service.polls import CLAIM_SECONDS, Poller
 from dispatcher_service.queue_admin import poll_status
-from tests.stack import LocalStack
+from dispatcher_service.schedule import POLL_HINTS_KEY, POLLS_KEY, PollHint, replan, schedule_poll
 
-HINT = {"provider": "volcengine", "model": "m", "upstream_job_id": "u-1", "submitted": 1.0, "priority": "default"}
+HINT = PollHint(
+    user_id="user-1",
+    type="video",
+    provider="volcengine",
+    model="m",
+    priority="default",
+    created=1.0,
+    attempts=1,
+    upstream_job_id="u-1",
+    submitted=1.0,
+    last_polled=None,
+)
 
 
 @pytest.fixture
-def redis(stack: LocalStack) -> Iterator[Redis]:
-    client = Redis(port=stack.ports.redis, db=9)
+def redis(redis_server: LoneRedis) -> Iterator[Redis]:
+    client = Redis(port=redis_server.port, db=9)
     client.flushdb()
     yield client
     client.flushdb()
@@ -43,9 +54,9 @@ def test_only_due_polls_are_claimed_and_each_once(redis: Redis) -> None:
 
 
 def test_a_run_that_reschedules_keeps_the_poll_and_one_that_does_not_drops_it(redis: Redis) -> None:
-    runs: list[tuple[str, dict[str, Any] | None]] = []
+    runs: list[tuple[str, PollHint | None]] = []
 
-    def run(task_id: str, hint: dict[str, Any] | None) -> None:
+    def run(task_id: str, hint: PollHint | None) -> None:
         runs.append((task_id, hint))
         if task_id == "still-running":
             schedule_poll(redis, task_id, 5, HINT | {"upstream_job_id": "u-2"})
@@ -62,7 +73,7 @@ def test_a_run_that_reschedules_keeps_the_poll_and_one_that_does_not_drops_it(re
 
 
 def test_a_poll_that_fails_comes_due_again_after_its_claim(redis: Redis) -> None:
-    def run(task_id: str, hint: dict[str, Any] | None) -> None:
+    def run(task_id: str, hint: PollHint | None) -> None:
         raise ConnectionError("database unreachable")
 
     schedule_poll(redis, "unlucky", 0, HINT)
@@ -79,7 +90,7 @@ def test_a_poll_that_fails_comes_due_again_after_its_claim(redis: Redis) -> None
 def test_a_stopping_poller_hands_back_what_it_has_not_run(redis: Redis) -> None:
     poller: Poller
 
-    def run(task_id: str, hint: dict[str, Any] | None) -> None:
+    def run(task_id: str, hint: PollHint | None) -> None:
         poller.stop()  # a shutdown arrives while the first poll runs
 
     for number in range(3):

@@ -23,14 +23,15 @@ from rq.registry import clean_registries
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from aitask_common.queues import WATCH_KEY, enqueue_task, queue
+from aitask_common.queues import WATCH_KEY
 from aitask_common.tasks import inflight_key
 from devstack.processes import ROOT
+from devstack.stack import LocalStack
 from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.queue_admin import OLDEST_AGE, QUEUE_NAMES, STATES
+from dispatcher_service.schedule import enqueue_task, queue
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM
-from tests.stack import LocalStack
 
 ADMIN = [sys.executable, "-m", "dispatcher_service.queue_admin"]
 # A job no worker can import: running it is a real way into RQ's FailedJobRegistry.

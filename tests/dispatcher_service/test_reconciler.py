@@ -6,14 +6,18 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from redis import Redis
 from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
+from ulid import ULID
 
-from aitask_common.queues import POLLS_KEY, PROCESS_TASK, WATCH_JOBS_KEY, WATCH_KEY
-from dispatcher_service.reconciler import Reconciler, in_flight_queries
+from aitask_common.queues import PROCESS_TASK, WATCH_JOBS_KEY, WATCH_KEY
+from aitask_common.tasks import inflight_key, utcnow
+from devstack.stack import LocalStack
+from dispatcher_service.reconciler import CREATE_GRACE_SECONDS, Reconciler, in_flight_queries, user_in_flight_queries
+from dispatcher_service.schedule import POLLS_KEY, queue
 from dispatcher_service.settings import DispatcherSettings
-from tests.stack import LocalStack
 
 
 def test_only_jobs_still_in_a_queue_or_schedule_count_as_waiting(stack: LocalStack) -> None:
@@ -69,3 +73,75 @@ def test_the_stuck_task_queries_are_filtered_inside_postgresql(stack: LocalStack
     for query in in_flight_queries(datetime.now(UTC)):
         plan = tasks.database.command("explain", {"find": tasks.name, "filter": query})
         assert plan["filterPushdown"] is True, (query, plan)
+
+
+RECONCILER_DB = 7  # a Redis database no service uses, so the stack's own reconciler never sees these keys
+
+
+def test_in_flight_sets_lose_final_and_long_gone_tasks_and_keep_the_rest(stack: LocalStack) -> None:
+    redis = Redis(port=stack.ports.redis, db=RECONCILER_DB)
+    redis.flushdb()
+    tasks = stack.mongo()["aitask_reconciler_test"]["tasks"]
+    now = time.time()
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    ids = {
+        name: str(ULID.from_timestamp(now - age))
+        for name, age in [
+            ("pending", 600),
+            ("processing", 600),
+            ("completed", 600),
+            ("failed", 5),
+            ("gone", CREATE_GRACE_SECONDS + 10),
+            ("being-created", 5),
+        ]
+    }
+    documents = [
+        {"_id": ids[status], "user_id": user, "status": status, "updated": utcnow()}
+        for status in ("pending", "processing", "completed", "failed")
+    ]
+    tasks.insert_many(documents)
+    redis.sadd(inflight_key(user), *ids.values())
+    redis.zadd(WATCH_KEY, {ids["completed"]: now - 100})
+    try:
+        reconciler = Reconciler(DispatcherSettings(), redis, tasks)
+        assert reconciler._prune_inflight(now) == 3
+        left = {member.decode() for member in redis.smembers(inflight_key(user))}
+        assert left == {ids["pending"], ids["processing"], ids["being-created"]}
+        assert redis.zscore(WATCH_KEY, ids["completed"]) is None  # forgotten altogether
+        assert reconciler._prune_inflight(now) == 0
+    finally:
+        redis.flushdb()
+        tasks.database.client.drop_database(tasks.database.name)
+
+
+def test_the_in_flight_set_queries_are_filtered_inside_postgresql(stack: LocalStack) -> None:
+    tasks = stack.tasks()
+    for query in user_in_flight_queries("user-1"):
+        plan = tasks.database.command("explain", {"find": tasks.name, "filter": query})
+        assert plan["filterPushdown"] is True, (query, plan)
+
+
+def test_a_task_left_processing_goes_back_at_the_front_of_its_queue(stack: LocalStack) -> None:
+    redis = Redis(port=stack.ports.redis, db=RECONCILER_DB)
+    redis.flushdb()
+    tasks = stack.mongo()["aitask_reconciler_test"]["tasks"]
+    backlog = queue(redis, "default")
+    waiting = [backlog.enqueue(PROCESS_TASK, f"backlog-{n}").id for n in range(3)]
+    long_ago = utcnow() - timedelta(minutes=10)
+    orphan, lost = f"orphan-{uuid.uuid4().hex}", f"lost-{uuid.uuid4().hex}"
+    tasks.insert_many(
+        [
+            {"_id": orphan, "status": "processing", "updated": long_ago, "parameters": {"priority": "default"}},
+            {"_id": lost, "status": "pending", "updated": long_ago, "parameters": {"priority": "default"}},
+        ]
+    )
+    try:
+        reconciler = Reconciler(DispatcherSettings(reconcile_min_age_seconds=0), redis, tasks)
+        assert reconciler.run_once() == 2
+        order = [job.args[0] for job in backlog.get_jobs()]
+        # The started one before everything already waiting, the merely lost one after it.
+        assert order[0] == orphan and order[-1] == lost
+        assert [job_id for job_id in backlog.get_job_ids() if job_id in waiting] == waiting
+    finally:
+        redis.flushdb()
+        tasks.database.client.drop_database(tasks.database.name)

@@ -1,7 +1,6 @@
 """The dispatcher's RQ worker keeps RQ's bookkeeping of a job intact while sending less of it.
 
-Jobs run in-process through `execute_job` (what RQ's work loop calls after a dequeue) on the test
-stack's Redis, in a db of their own: no service sees these queues.
+Jobs run in-process through `execute_job` (what RQ's work loop calls after a dequeue) on a lone Redis.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
+from devstack.stack import LoneRedis
 from dispatcher_service.worker import DispatcherWorker
-from tests.stack import LocalStack
 
 REDIS_DB = 4  # the services use db 0, the batching tests db 1, the result cache db 2, the limit tests db 3
 RESULT_TTL = 600
@@ -33,8 +32,8 @@ def fail(word: str) -> str:
 
 
 @pytest.fixture
-def redis(stack: LocalStack) -> Iterator[Redis]:
-    connection = Redis(port=stack.ports.redis, db=REDIS_DB)
+def redis(redis_server: LoneRedis) -> Iterator[Redis]:
+    connection = Redis(port=redis_server.port, db=REDIS_DB)
     connection.flushdb()
     yield connection
     connection.flushdb()

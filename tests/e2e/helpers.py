@@ -6,8 +6,9 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from aitask_common.queues import QUEUE_ORDER, queue
-from tests.stack import LocalStack
+from aitask_common.queues import QUEUE_ORDER
+from devstack.stack import LocalStack
+from dispatcher_service.schedule import queue
 
 SEEDREAM = {"provider": "volcengine", "model": "doubao-seedream-3-0-t2i-250415"}
 

@@ -16,10 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from devstack.processes import Process, free_port
+from devstack.stack import LocalStack
 from task_service.api_keys import format_key, new_key, split_key
 from tests.conftest import wait_until
 from tests.e2e.helpers import SEEDREAM
-from tests.stack import LocalStack
 
 
 def image_body(user_id: str) -> dict:

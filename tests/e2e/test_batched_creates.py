@@ -9,9 +9,9 @@ import grpc
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.queues import WATCH_KEY
+from devstack.stack import LocalStack
 from tests.conftest import wait_until
 from tests.e2e.helpers import SEEDREAM, waiting_job_task_ids
-from tests.stack import LocalStack
 
 USERS = 10
 TASKS_PER_USER = 20  # under the stack's in-flight cap of 30 per user

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from datetime import timedelta
 
 import httpx
 
-from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY, enqueue_task
+from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
+from devstack.stack import LocalStack
+from dispatcher_service.schedule import enqueue_task
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM, waiting_job_task_ids
-from tests.stack import LocalStack
 
 JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
 
@@ -131,8 +133,9 @@ def test_a_duplicate_job_for_a_finished_task_leaves_nothing_to_watch(
 ) -> None:
     task_id = create(rest, user_id)
     assert wait_for_status(rest, task_id, {"completed", "failed"})["status"] == "completed"
-    # As the reconciler does when the task finishes between its query and its enqueue.
-    job = enqueue_task(stack.redis(), task_id, "critical")
+    # As the reconciler does when the task finishes between its query and its enqueue (due in a second, so
+    # the watch entry is seen before a worker runs the job).
+    job = enqueue_task(stack.redis(), task_id, "critical", timedelta(seconds=1))
     assert stack.redis().zscore(WATCH_KEY, task_id) is not None
     wait_until(lambda: job.get_status(refresh=True) == "finished")
     assert job.return_value() == "already-final"

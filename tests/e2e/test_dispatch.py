@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM
-from tests.stack import LocalStack
 
 
 @pytest.fixture

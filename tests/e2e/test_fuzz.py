@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from aitask_common.provider import load_catalogue
+from devstack.stack import LocalStack
 from tests.e2e.helpers import assert_every_waiting_job_has_a_task
-from tests.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = [

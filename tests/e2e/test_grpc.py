@@ -8,9 +8,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from aitask.v1 import task_service_pb2 as pb
+from devstack.stack import LocalStack
 from tests.conftest import wait_until
 from tests.e2e.helpers import SEEDREAM
-from tests.stack import LocalStack
 
 
 @pytest.mark.parametrize("via_envoy", [True, False], ids=["via-envoy", "direct"])

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from aitask.v1 import task_service_pb2 as pb
+from devstack.stack import LocalStack
 from tests.conftest import wait_for_status
 from tests.e2e.helpers import SEEDREAM, waiting_job_task_ids
-from tests.stack import LocalStack
 
 PATH = "/api/v1/ai/image/task"
 

@@ -7,11 +7,12 @@ import re
 
 import httpx
 
+from devstack.stack import LocalStack
 from tests.conftest import wait_for_status
 from tests.e2e.helpers import SEEDREAM
-from tests.stack import LocalStack
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Seedream answers JPEG (its links end in .jpeg); the simulator does too.
+JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
 def create_image(rest: httpx.Client, user_id: str, **fields: object) -> dict:
@@ -33,7 +34,7 @@ def test_create_returns_pending_task_in_seed_shape(rest: httpx.Client, user_id: 
     assert re.fullmatch(r"[0-9A-Z]{26}", data["task_id"])
 
 
-def test_image_task_completes_with_a_fetchable_png_url(rest: httpx.Client, user_id: str) -> None:
+def test_image_task_completes_with_a_fetchable_jpeg_url(rest: httpx.Client, user_id: str) -> None:
     task_id = create_image(rest, user_id)["data"]["task_id"]
     result = wait_for_status(rest, task_id, {"completed", "failed"})
     assert result["status"] == "completed", result
@@ -44,7 +45,7 @@ def test_image_task_completes_with_a_fetchable_png_url(rest: httpx.Client, user_
     assert result["created"].endswith("Z") and result["updated"] >= result["created"]
     image = httpx.get(result["image_url"], trust_env=False)
     assert image.status_code == 200
-    assert image.content.startswith(PNG_SIGNATURE)
+    assert image.content.startswith(JPEG_SIGNATURE)
 
 
 def test_image_task_can_return_base64(rest: httpx.Client, user_id: str) -> None:
@@ -52,7 +53,7 @@ def test_image_task_can_return_base64(rest: httpx.Client, user_id: str) -> None:
     result = wait_for_status(rest, task_id, {"completed", "failed"})
     assert result["status"] == "completed", result
     assert result["image_url"] == ""
-    assert base64.b64decode(result["image_base64"]).startswith(PNG_SIGNATURE)
+    assert base64.b64decode(result["image_base64"]).startswith(JPEG_SIGNATURE)
 
 
 def test_list_filters_by_type_newest_first_without_payloads(rest: httpx.Client, user_id: str) -> None:

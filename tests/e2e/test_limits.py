@@ -7,9 +7,9 @@ import httpx
 import pytest
 
 from aitask.v1 import task_service_pb2 as pb
+from devstack.stack import LocalStack
 from tests.conftest import wait_until
 from tests.e2e.helpers import SEEDREAM
-from tests.stack import LocalStack
 
 INFLIGHT_CAP = 30  # MAX_INFLIGHT_TASKS_PER_USER in the test stack
 

@@ -10,9 +10,9 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aitask_common.registry import read_instances
+from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM
-from tests.stack import LocalStack
 
 
 def health_of(port: int, service: str = "") -> int:

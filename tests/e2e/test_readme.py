@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from devstack.stack import LocalStack
 from tests.conftest import wait_for_status
-from tests.stack import LocalStack
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

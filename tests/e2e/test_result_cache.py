@@ -17,10 +17,10 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.registry import read_instances
 from devstack.processes import Process, free_port
+from devstack.stack import LocalStack
 from task_service.result_cache import TOMBSTONE, result_key
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM
-from tests.stack import LocalStack
 
 HIT_COUNTER = re.compile(r'^aitask_result_cache_lookups_total\{outcome="hit"\} (\S+)$', re.M)
 

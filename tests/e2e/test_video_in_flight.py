@@ -10,8 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from devstack.processes import Ports
+from devstack.stack import LocalStack
 from tests.conftest import wait_until
-from tests.stack import LocalStack
+
+# Its own stack (ten workers, a 30 s upstream), so the conftest hook does not see the `stack` fixture.
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 TASKS = 1000
 VIDEO_SECONDS = 30.0

@@ -6,9 +6,9 @@ import time
 
 import httpx
 
+from devstack.stack import LocalStack
 from tests.conftest import wait_for_status
 from tests.e2e.helpers import SEEDREAM
-from tests.stack import LocalStack
 
 
 def test_tasks_wait_pending_while_worker_is_stopped(rest: httpx.Client, stack: LocalStack, user_id: str) -> None:

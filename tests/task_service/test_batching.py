@@ -13,16 +13,18 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError, ServerSelectionTimeoutError
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from aitask_common.queues import QUEUE_ORDER, WATCH_KEY, queue
+from aitask_common.queues import QUEUE_ORDER, WATCH_KEY
 from devstack.processes import free_port
+from devstack.stack import LocalStack, LoneRedis
 from task_service.batching import Batcher
-from task_service.enqueue import TaskQueue
+from task_service.enqueue import TaskQueue, queue
 from task_service.storage import IDEMPOTENCY_FIELD, TaskStore
-from tests.stack import LocalStack
 
 DATABASE = "aitask_batching_test"
 REDIS_DB = 1  # the services use db 0
@@ -101,8 +103,8 @@ def test_a_failed_batch_fails_each_of_its_callers_and_the_batcher_keeps_serving(
     asyncio.run(scenario())
 
 
-def test_concurrent_enqueues_share_one_pipeline(stack: LocalStack) -> None:
-    redis = Redis(port=stack.ports.redis, db=REDIS_DB)
+def test_concurrent_enqueues_share_one_pipeline(redis_server: LoneRedis) -> None:
+    redis = Redis(port=redis_server.port, db=REDIS_DB)
     redis.flushdb()
     tasks = [(uuid.uuid4().hex, QUEUE_ORDER[n % len(QUEUE_ORDER)]) for n in range(60)]
     task_queue = TaskQueue(redis)
@@ -128,7 +130,8 @@ def test_concurrent_enqueues_share_one_pipeline(stack: LocalStack) -> None:
 
 
 def test_a_failed_pipeline_fails_each_task_of_its_batch() -> None:
-    task_queue = TaskQueue(Redis(port=free_port(), socket_timeout=1))
+    # No retries: redis-py's default backs off for seconds on every call to a dead port.
+    task_queue = TaskQueue(Redis(port=free_port(), socket_timeout=1, retry=Retry(NoBackoff(), 0)))
 
     async def scenario() -> list[BaseException | None]:
         async with running(task_queue.batcher) as sizes:

@@ -1,0 +1,40 @@
+"""The dispatcher's own Prometheus gauges: queue depth and live provider instances, read from Redis at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis import Redis
+
+from aitask_common.queues import QUEUE_ORDER
+from aitask_common.registry import read_instances
+from dispatcher_service.schedule import queue
+
+
+class QueueAndRegistryCollector(Collector):
+    """Queue depth per priority and state, and live provider instances (served by the dispatcher's main process)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("aitask_queue_depth", "Jobs per queue and state", labels=["queue", "state"])
+        instances = GaugeMetricFamily("aitask_provider_instances", "Live provider instances", labels=["provider"])
+        try:
+            for name in QUEUE_ORDER:
+                rq_queue = queue(self.redis, name)
+                depth.add_metric([str(name), "queued"], rq_queue.count)
+                depth.add_metric([str(name), "started"], rq_queue.started_job_registry.count)
+                depth.add_metric([str(name), "scheduled"], rq_queue.scheduled_job_registry.count)
+                depth.add_metric([str(name), "failed"], rq_queue.failed_job_registry.count)
+            counts: dict[str, int] = {}
+            for instance in read_instances(self.redis):
+                counts[instance.provider] = counts.get(instance.provider, 0) + 1
+            for provider, count in counts.items():
+                instances.add_metric([provider], count)
+        except Exception:  # noqa: BLE001, S110 - Redis down: scrape what we can, health reports the outage
+            pass
+        yield depth
+        yield instances

@@ -1,0 +1,168 @@
+"""What runs when: the dispatcher's writes of a task's next step, and the keys they use.
+
+A task's next step is one of two things:
+- an RQ job on the queue its priority names (`enqueue_task`): its first run (enqueued by the task
+  service, task_service/enqueue.py), a retry after backoff, a re-check for a provider, or a reconciler's
+  re-run. RQ's scheduler holds a delayed one until it is due.
+- a poll of its running upstream job (`schedule_poll`): an entry in a sorted set scored by when it is
+  due, which a thread in each worker process drains (polls.py) without RQ's per-job bookkeeping, about
+  twenty Redis round trips a poll would cost as an RQ job. Its hint carries what the run needs, so a
+  poll that finds the job still running reads no task document.
+Either way the watch set (aitask_common.queues) says when the task is next due, so the reconciler can
+tell a lost task from a waiting one, and `forget_finished` drops all of it once the task is final. What a
+step does is dispatcher_service/jobs.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from datetime import timedelta
+from typing import TypedDict, cast
+
+from redis import Redis
+from redis.client import Pipeline
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from aitask_common.queues import PROCESS_TASK, WATCH_JOBS_KEY, WATCH_KEY, Priority, job_options, watch_job
+from aitask_common.tasks import inflight_key
+
+# Sorted set of task ids scored by when their next poll is due (epoch seconds), and the hash of their hints.
+POLLS_KEY = "aitask:polls"
+POLL_HINTS_KEY = "aitask:poll-hints"
+
+
+class PollHint(TypedDict):
+    """What a poll carries (JSON in POLL_HINTS_KEY): the task as a poll run needs it, less the request,
+    which is never sent again once the upstream job exists. `_REPLAN` reads provider, model, submitted."""
+
+    user_id: str
+    type: str
+    provider: str
+    model: str
+    priority: str
+    created: float  # epoch seconds
+    attempts: int
+    upstream_job_id: str
+    submitted: float  # epoch seconds
+    # Seconds after submit of the previous poll, which found the upstream job running.
+    last_polled: float | None
+
+
+def parse_hint(raw: bytes | str | None) -> PollHint | None:
+    """A stored hint, or None if it is gone or lacks a field (an older dispatcher wrote it): the poll then
+    runs from the task document."""
+    hint = json.loads(raw) if raw else None
+    if isinstance(hint, dict) and PollHint.__required_keys__ <= hint.keys():
+        return cast(PollHint, hint)
+    return None
+
+
+def queue(connection: Redis, priority: Priority | str) -> Queue:
+    """The RQ queue for a priority, with the JSON serializer (one object per connection and priority)."""
+    return _queue(connection, str(priority))
+
+
+# Building a Queue checks its serializer against a typing.Protocol, which walks the protocol's MRO on every
+# isinstance: worth sparing on every retry.
+@functools.lru_cache(maxsize=64)
+def _queue(connection: Redis, name: str) -> Queue:
+    return Queue(name, connection=connection, serializer=JSONSerializer)
+
+
+def enqueue_task(
+    connection: Redis,
+    task_id: str,
+    priority: Priority | str,
+    delay: timedelta | None = None,
+    at_front: bool = False,
+) -> Job:
+    """Enqueue the job that runs `task_id` again (after `delay`, when given) and its watch entry, in one MULTI.
+
+    `at_front` puts the job ahead of everything waiting in its queue (work already started, resumed)."""
+    due = time.time() + (delay.total_seconds() if delay else 0.0)
+    target = queue(connection, priority)
+    with connection.pipeline() as pipe:
+        pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
+        options = job_options(task_id) | {"pipeline": pipe}
+        if delay is not None:
+            job = target.enqueue_in(delay, PROCESS_TASK, task_id, **options)
+        else:
+            job = target.enqueue(PROCESS_TASK, task_id, at_front=at_front, **options)
+        watch_job(pipe, task_id, job.id, due)
+        pipe.execute()
+    return job
+
+
+def schedule_poll(connection: Redis, task_id: str, delay_seconds: float, hint: PollHint) -> None:
+    """Poll the task's upstream job after `delay_seconds`, carrying `hint`.
+
+    The watch entry moves with the poll; the task has no RQ job while it waits for one.
+    """
+    due = time.time() + delay_seconds
+    with connection.pipeline() as pipe:
+        pipe.zadd(POLLS_KEY, {task_id: due})
+        pipe.hset(POLL_HINTS_KEY, task_id, json.dumps(hint))
+        pipe.zadd(WATCH_KEY, {task_id: due})
+        pipe.hdel(WATCH_JOBS_KEY, task_id)
+        pipe.execute()
+
+
+def forget_finished(connection: Redis | Pipeline, task_id: str, user_id: str | None = None) -> None:
+    """A task reached a final state (or is gone): drop it from the watch set and the poll set and, when its
+    user is known, from the user's in-flight set. Given a pipeline, only adds the commands to it."""
+    if not isinstance(connection, Pipeline):
+        with connection.pipeline(transaction=False) as pipe:
+            forget_finished(pipe, task_id, user_id)
+            pipe.execute()
+        return
+    connection.zrem(WATCH_KEY, task_id)
+    connection.hdel(WATCH_JOBS_KEY, task_id)
+    connection.zrem(POLLS_KEY, task_id)
+    connection.hdel(POLL_HINTS_KEY, task_id)
+    if user_id is not None:
+        connection.srem(inflight_key(user_id), task_id)
+
+
+# Bring forward the polls of one model (ARGV[1] provider, ARGV[2] model) to the first of the offsets
+# ARGV[5..] after their submit time that is more than ARGV[4] s after ARGV[3] (now), or to then if all
+# are past, when that is earlier than their current due time; returns how many moved. Hints are JSON
+# (cjson is built into Redis).
+_REPLAN = """
+local now, initial = tonumber(ARGV[3]), tonumber(ARGV[4])
+local moved = 0
+local due = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #due, 2 do
+  local raw = redis.call('HGET', KEYS[2], due[i])
+  if raw then
+    local hint = cjson.decode(raw)
+    if hint.provider == ARGV[1] and hint.model == ARGV[2] then
+      local planned = now + initial
+      for j = 5, #ARGV do
+        local offset = hint.submitted + tonumber(ARGV[j])
+        if offset > now + initial then
+          planned = offset
+          break
+        end
+      end
+      if planned < tonumber(due[i + 1]) then
+        redis.call('ZADD', KEYS[1], planned, due[i])
+        moved = moved + 1
+      end
+    end
+  end
+end
+return moved
+"""
+
+
+def replan(redis: Redis, provider: str, model: str, offsets: list[float], initial: float) -> int:
+    """Bring the model's waiting polls forward to the first of `offsets` (seconds after submit, in
+    order) that is still ahead, or to `initial` s from now if none is, once its first job finished
+    and gave it a duration estimate (see dispatcher_service/durations.py); how many moved. One pass
+    over the poll set, inside Redis."""
+    args: list[str | float] = [provider, model, time.time(), initial, *offsets]
+    return int(redis.eval(_REPLAN, 2, POLLS_KEY, POLL_HINTS_KEY, *args))
