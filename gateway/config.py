@@ -124,6 +124,26 @@ def _lua_source() -> str:
     )
 
 
+def _local_rate_limit(per_second: int) -> list[dict[str, Any]]:
+    """Envoy's own flood guard: one token bucket for the whole listener, before any other work (none when 0).
+    Per-key limits are the task service's; this only caps what one Envoy lets through at all."""
+    if per_second <= 0:
+        return []
+    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "unused"}
+    return [
+        {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "local_rate_limit",
+                "token_bucket": {"max_tokens": per_second, "tokens_per_fill": per_second, "fill_interval": "1s"},
+                "filter_enabled": always,
+                "filter_enforced": always,
+            },
+        }
+    ]
+
+
 def _local_reply_mapper(status: int, code: str) -> dict[str, Any]:
     return {
         "filter": {
@@ -157,6 +177,7 @@ def render(
     max_request_bytes: int = 65536,
     max_response_bytes: int = 32 * 1024 * 1024,
     request_timeout_seconds: float = 30.0,
+    local_rate_limit_per_second: int = 0,
 ) -> dict[str, Any]:
     """The whole Envoy bootstrap as a dict."""
     transcoder = {
@@ -186,7 +207,8 @@ def render(
         },
         {"match": {"prefix": "/"}, "route": to_task_service},
     ]
-    http_filters = [
+    http_filters = [*_local_rate_limit(local_rate_limit_per_second)]
+    http_filters += [
         {
             "name": "envoy.filters.http.buffer",
             "typed_config": {
@@ -291,6 +313,7 @@ def main() -> None:
     parser.add_argument("--task-service-port", dest="task_service_ports", type=int, nargs="+", default=[50051])
     parser.add_argument("--descriptor", default=str(HERE / "aitask.pb"))
     parser.add_argument("--cluster-type", default="STATIC", choices=["STATIC", "STRICT_DNS"])
+    parser.add_argument("--local-rate-limit-per-second", type=int, default=0, help="Envoy-wide request cap (0: off)")
     options = vars(parser.parse_args())
     out = options.pop("out")
     out.parent.mkdir(parents=True, exist_ok=True)

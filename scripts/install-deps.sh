@@ -18,7 +18,8 @@ apt_install() {
   fi
 }
 
-apt_install redis-server postgresql curl
+# ffmpeg: the tests decode the simulator's media with it (tests/upstream_simulator/test_media.py).
+apt_install redis-server postgresql curl ffmpeg
 
 if ! command -v uv >/dev/null; then
   python3 -m pip install --quiet 'uv==0.13.9'

@@ -4,12 +4,14 @@ does not have is a 400 that names the field (and the one probably meant)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,17 +24,13 @@ VIDEO = "/api/v1/ai/video/task"
 REQUEST_TIMEOUT_SECONDS = 1.0
 
 
-@pytest.fixture(scope="module")
-def envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Envoy on a free port, its task-service cluster pointing at a port nothing listens on."""
+@contextlib.contextmanager
+def running_envoy(workdir: Path, **options: Any) -> Iterator[str]:
+    """Envoy on a free port with the rendered config, its task-service cluster pointing at a port nothing
+    listens on; yields its base URL."""
     listen, admin, dead = free_port(), free_port(), free_port()
-    config = render(
-        listen_port=listen,
-        admin_port=admin,
-        task_service_ports=[dead],
-        request_timeout_seconds=REQUEST_TIMEOUT_SECONDS,
-    )
-    path: Path = tmp_path_factory.mktemp("envoy") / "envoy.json"
+    config = render(listen_port=listen, admin_port=admin, task_service_ports=[dead], **options)
+    path = workdir / "envoy.json"
     path.write_text(json.dumps(config))
     process = subprocess.Popen(
         [str(ENVOY), "-c", str(path), "--log-level", "error", "--disable-hot-restart"],
@@ -53,6 +51,12 @@ def envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_envoy(tmp_path_factory.mktemp("envoy"), request_timeout_seconds=REQUEST_TIMEOUT_SECONDS) as url:
+        yield url
 
 
 def envelope(response: httpx.Response, status: int, code: str) -> str:
@@ -162,3 +166,11 @@ def test_request_not_finished_in_time_is_408(envoy: str) -> None:
     status, body = raw_exchange(envoy, request.encode(), wait=REQUEST_TIMEOUT_SECONDS + 0.5)
     assert status.startswith("HTTP/1.1 408"), status
     assert body["success"] is False and body["code"] == "REQUEST_TIMEOUT", body
+
+
+def test_envoys_flood_guard_is_429(tmp_path: Path) -> None:
+    with running_envoy(tmp_path, local_rate_limit_per_second=1) as url:
+        responses = [httpx.get(url + "/api/v1/ai/tasks") for _ in range(5)]
+    limited = [response for response in responses if response.status_code == 429]
+    assert limited, [response.status_code for response in responses]
+    envelope(limited[0], 429, "RESOURCE_EXHAUSTED")
