@@ -51,7 +51,7 @@ test: install tools-kustomize ## Run every test (both tiers), the stack tier aga
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-fast: install tools-kustomize ## Run the fast tier only: no stack, at most a lone Redis (-m "not stack and not slow")
-	$(PYTHON) -m pytest -m "not stack and not slow" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -m "not stack and not slow" -n 2 $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .
