@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypedDict, cast
 
 from redis import Redis
@@ -89,7 +90,10 @@ def enqueue_task(
         pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
         options = job_options(task_id) | {"pipeline": pipe}
         if delay is not None:
-            job = target.enqueue_in(delay, PROCESS_TASK, task_id, **options)
+            # RQ's schedule keeps whole seconds, cutting the fraction off (a retry could come up to a second
+            # before an upstream's Retry-After): due at the next whole second instead.
+            due = math.ceil(due)
+            job = cast(Job, target.enqueue_at(datetime.fromtimestamp(due, UTC), PROCESS_TASK, task_id, **options))
         else:
             job = target.enqueue(PROCESS_TASK, task_id, at_front=at_front, **options)
         watch_job(pipe, task_id, job.id, due)

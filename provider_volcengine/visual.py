@@ -11,6 +11,7 @@ import ast
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +32,9 @@ RETRYABLE_BUSINESS_CODES = {
     50511: grpc.StatusCode.UNAVAILABLE,
     50519: grpc.StatusCode.UNAVAILABLE,
 }
+# Moderation refusals of a job's output: a poll of that job gets the same answer however often it asks, even
+# where a new submit might pass (50511, 50519), so when a poll gets one the job is over.
+REFUSED_OUTPUT_CODES = frozenset({50411, 50412, 50413, 50511, 50512, 50518, 50519, 50520, 50521, 50522})
 # Gateway (ResponseMetadata.Error.Code) failures.
 GATEWAY_CODES = {
     "InvalidAccessKey": grpc.StatusCode.UNAUTHENTICATED,
@@ -104,10 +108,15 @@ class VisualClient:
 
     async def poll_video(self, model: str, upstream_job_id: str) -> pb.PollJobResponse:
         """CVSync2AsyncGetResult, mapped onto the provider contract's job states."""
-        data = await self._call(
-            self.service.cv_sync2async_get_result,
-            {"req_key": model, "task_id": upstream_job_id, "req_json": json.dumps({"return_url": True})},
-        )
+        try:
+            data = await self._call(
+                self.service.cv_sync2async_get_result,
+                {"req_key": model, "task_id": upstream_job_id, "req_json": json.dumps({"return_url": True})},
+            )
+        except BusinessError as error:
+            if error.business_code in REFUSED_OUTPUT_CODES:
+                return pb.PollJobResponse(state=pb.JOB_STATE_FAILED, error_message=error.message)
+            raise
         status = data.get("status")
         if status in RUNNING_STATES:
             return pb.PollJobResponse(state=pb.JOB_STATE_RUNNING)
@@ -125,10 +134,17 @@ class VisualClient:
         return body.get("data") or {}
 
 
-def _business_error(body: dict[str, Any]) -> UpstreamError:
+@dataclass
+class BusinessError(UpstreamError):
+    """A failure the visual API reports in its `code`/`message` envelope, with that code."""
+
+    business_code: int = 0
+
+
+def _business_error(body: dict[str, Any]) -> BusinessError:
     code = int(body.get("code") or 0)
     message = f"jimeng {code}: {body.get('message')}"
-    return UpstreamError(RETRYABLE_BUSINESS_CODES.get(code, grpc.StatusCode.INVALID_ARGUMENT), message)
+    return BusinessError(RETRYABLE_BUSINESS_CODES.get(code, grpc.StatusCode.INVALID_ARGUMENT), message, None, code)
 
 
 def _upstream_error(text: str) -> UpstreamError:

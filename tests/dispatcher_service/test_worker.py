@@ -5,8 +5,10 @@ Jobs run in-process through `execute_job` (what RQ's work loop calls after a deq
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,9 +16,11 @@ from redis import Redis
 from redis.connection import Connection
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from devstack.stack import LoneRedis
+from dispatcher_service.schedule import enqueue_task
 from dispatcher_service.worker import DispatcherWorker
 
 REDIS_DB = 4  # the services use db 0, the batching tests db 1, the result cache db 2, the limit tests db 3
@@ -97,3 +101,14 @@ def test_a_failed_job_goes_to_the_failed_registry_and_frees_the_worker(
     assert redis.hget(worker.key, "state") == b"idle"
     assert redis.hget(worker.key, "current_job") is None
     assert redis.hget(worker.key, "failed_job_count") == b"1"
+
+
+def test_a_delayed_job_is_never_due_before_its_delay(redis_server: LoneRedis) -> None:
+    # RQ's schedule keeps whole seconds: a 2.3 s delay (an upstream's Retry-After) must not become 2 s.
+    connection = redis_server.redis(db=REDIS_DB)
+    for delay in (2.3, 0.01, 4.999):
+        asked_at = time.time()
+        job = enqueue_task(connection, f"task-{uuid.uuid4().hex}", "default", timedelta(seconds=delay))
+        registry = ScheduledJobRegistry("default", connection=connection, serializer=JSONSerializer)
+        due = connection.zscore(registry.key, job.id)
+        assert due is not None and asked_at + delay <= due < asked_at + delay + 1.1

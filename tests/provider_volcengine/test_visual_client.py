@@ -35,3 +35,20 @@ def test_concurrent_calls_reuse_their_connections(sim: SimulatorThread, control:
     assert 1 < opened <= CONCURRENCY  # the calls did overlap
     # Every connection of the first round was kept and reused: the second round opened none.
     assert pool.num_connections == opened
+
+
+def test_a_video_refused_by_moderation_is_a_failed_job_not_a_retry(sim: SimulatorThread) -> None:
+    # The simulator answers the poll of a refused job with 50511 (Post Img Risk Not Pass), as the vendor does:
+    # retryable for a new submit, but polling the same job again gets the same answer for an hour.
+    client = VisualClient(sim.url, VOLC_AK, VOLC_SK, timeout=10, concurrency=2)
+    request = pb.GenerationInput(model="jimeng_vgfm_t2v_l20", prompt="waves [[fail:video]]", aspect_ratio="16:9")
+
+    async def run() -> pb.PollJobResponse:
+        job_id = await client.submit_video(request)
+        while (answer := await client.poll_video(request.model, job_id)).state == pb.JOB_STATE_RUNNING:
+            await asyncio.sleep(0.1)
+        return answer
+
+    answer = asyncio.run(run())
+    assert answer.state == pb.JOB_STATE_FAILED
+    assert answer.error_message.startswith("jimeng 50511: "), answer.error_message

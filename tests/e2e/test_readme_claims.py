@@ -1,0 +1,164 @@
+"""README claims nothing else proves (issue 29), each on the real stack.
+
+- "If Redis is down the insert is undone and the client gets 503" (with Redis wholly down the create stops at the
+  in-flight reservation, before the insert: what a client sees, 503 and nothing stored, is what this checks).
+- "Retryable upstream errors (429, 5xx, timeouts)" retry; "final errors (400, 401, 403) fail at once with the
+  upstream's message".
+- A task "waits, pending, for a live instance of its provider" for PROVIDER_WAIT_SECONDS, then fails.
+- A video the upstream fails ends `failed` with the upstream's message, its submit paid once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aitask_common.tasks import inflight_key
+from devstack.stack import LocalStack
+from tests.conftest import wait_for_status, wait_until
+from tests.e2e.helpers import SEEDREAM
+from upstream_simulator.control import SimulatorControl
+
+IMAGES = "ark.images"
+SORA = {"provider": "openai", "model": "sora-2"}
+
+
+@pytest.fixture
+def upstream(stack: LocalStack) -> Iterator[SimulatorControl]:
+    """The stack's simulator, without faults afterwards."""
+    with stack.sim() as control:
+        try:
+            yield control
+        finally:
+            control.clear_faults()
+
+
+def create(rest: httpx.Client, user_id: str, prompt: str, path: str = "image", **fields: object) -> httpx.Response:
+    body = {"prompt": prompt, "user_id": user_id, **(SEEDREAM if path == "image" else SORA), **fields}
+    return rest.post(f"/api/v1/ai/{path}/task", json=body)
+
+
+def created(rest: httpx.Client, user_id: str, prompt: str, path: str = "image", **fields: object) -> str:
+    response = create(rest, user_id, prompt, path, **fields)
+    assert response.status_code == 200, response.text
+    return str(response.json()["data"]["task_id"])
+
+
+def test_an_upstream_timeout_is_retried(
+    stack: LocalStack, rest: httpx.Client, user_id: str, upstream: SimulatorControl
+) -> None:
+    # The provider gives the upstream 1 s (AI_TIMEOUT) instead of the stack's 20 s.
+    stack.stop("provider_volcengine")
+    stack.start("provider_volcengine", extra_env={"AI_TIMEOUT": "1"})
+    try:
+        upstream.set_faults(IMAGES, latency_s=3.0)
+        requests_before = upstream.stats()[IMAGES]["requests"]
+        task_id = created(rest, user_id, "a slow harbour")
+        waiting = wait_until(
+            lambda: (
+                (doc := stack.tasks().find_one({"_id": task_id}))
+                and doc["attempts"] >= 2
+                and doc["status"] == "pending"
+                and doc
+            ),
+            timeout=30,
+        )
+        assert "timed out" in waiting["error_message"], waiting["error_message"]
+        upstream.clear_faults()
+        result = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)
+        assert result["status"] == "completed" and result["attempts"] >= 3
+        assert upstream.stats()[IMAGES]["requests"] - requests_before >= 3
+    finally:
+        upstream.clear_faults()
+        stack.stop("provider_volcengine")
+        stack.start("provider_volcengine")
+
+
+def test_a_403_fails_at_once_with_the_upstreams_message(
+    stack: LocalStack, rest: httpx.Client, user_id: str, upstream: SimulatorControl
+) -> None:
+    requests_before = upstream.stats()[IMAGES]["requests"]
+    task_id = created(rest, user_id, "a locked door [[fail:403]]")
+    result = wait_for_status(rest, task_id, {"completed", "failed"})
+    assert result["status"] == "failed" and result["attempts"] == 1
+    assert result["error_message"].startswith("ark 403"), result["error_message"]
+    assert "you do not have access to the requested resource" in result["error_message"]
+    time.sleep(1.5)  # longer than any backoff the stack would use for a retry
+    assert upstream.stats()[IMAGES]["requests"] - requests_before == 1
+
+
+def test_a_task_fails_after_provider_wait_seconds_without_a_live_provider(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    wait_seconds = 4.0
+    stack.stop("dispatcher")
+    stack.start("dispatcher", extra_env={"PROVIDER_WAIT_SECONDS": str(wait_seconds)})
+    stack.stop("provider_openai")
+    try:
+        body = {"prompt": "hello", "user_id": user_id, "provider": "openai", "model": "gpt-4"}
+        sent = time.monotonic()
+        response = rest.post("/api/v1/ai/text/task", json=body)
+        assert response.status_code == 200, response.text
+        task_id = response.json()["data"]["task_id"]
+        time.sleep(wait_seconds / 2)
+        waiting = rest.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]
+        assert waiting["status"] == "pending" and waiting["attempts"] == 0
+        result = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=30)
+        failed_after = time.monotonic() - sent
+    finally:
+        stack.start("provider_openai")
+        stack.stop("dispatcher")
+        stack.start("dispatcher")
+    print(f"failed {failed_after:.1f} s after the create (PROVIDER_WAIT_SECONDS {wait_seconds:g})")
+    assert result["status"] == "failed" and result["attempts"] == 0
+    assert result["error_message"] == f"no live instance of provider 'openai' for {wait_seconds:g} s"
+    assert wait_seconds <= failed_after < wait_seconds + 10
+
+
+def test_a_video_the_upstream_fails_ends_failed_with_its_message_paid_once(
+    stack: LocalStack, rest: httpx.Client, user_id: str, upstream: SimulatorControl
+) -> None:
+    submits = "openai.videos.create"
+    before = upstream.stats()[submits]["ok"]
+    task_id = created(rest, user_id, "a stormy coast [[fail:video]]", path="video")
+    result = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)
+    assert result["status"] == "failed", result
+    assert result["error_message"] == "openai: The generated video was blocked by our content moderation system."
+    assert not result.get("video_url")
+    assert stack.tasks().find_one({"_id": task_id})["upstream_job_id"]
+    time.sleep(1.5)  # a retry would submit again within the stack's backoff
+    assert upstream.stats()[submits]["ok"] - before == 1
+
+
+def test_a_create_while_redis_is_down_is_503_and_stores_nothing(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    stack.stop("redis")
+    try:
+        responses = [create(rest, user_id, f"no queue {n}") for n in range(3)]
+        for response in responses:
+            assert response.status_code == 503, response.text
+            assert response.json()["success"] is False and response.json()["code"] == "UNAVAILABLE"
+        # MongoDB is up the whole time, yet no task of the user is there.
+        assert stack.tasks().count_documents({"user_id": user_id}) == 0
+    finally:
+        stack.start("redis")
+    assert stack.redis().scard(inflight_key(user_id)) == 0
+    task_id = wait_until(lambda: (answer := create(rest, user_id, "back")).status_code == 200 and answer, timeout=30)
+    task_id = task_id.json()["data"]["task_id"]
+    assert wait_for_status(rest, task_id, {"completed", "failed"})["status"] == "completed"
+    assert stack.tasks().count_documents({"user_id": user_id}) == 1
+    # Leave the stack as found: both task services report SERVING again (they say NOT_SERVING while Redis is
+    # unreachable, and notice its return within their check interval).
+    wait_until(lambda: all(serving(port) for port in (stack.ports.task_service, stack.ports.task_service_2)))
+
+
+def serving(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
