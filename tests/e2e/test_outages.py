@@ -152,7 +152,9 @@ def test_a_database_outage_with_ten_paid_calls_in_flight_pays_for_none_twice(
     ten_workers({"OUTCOME_WRITE_SECONDS": write_seconds})
     user = new_user()
     before = paid(upstream)
-    upstream.set_faults(IMAGES, latency_s=3.0)
+    # Calls long enough that all ten are still in flight when the outage starts, however slowly the ten workers
+    # claimed them, and end inside it.
+    upstream.set_faults(IMAGES, latency_s=6.0)
     task_ids = [create(rest, user, f"blip {n}") for n in range(10)]
     wait_until(lambda: count(stack, task_ids, "processing") == 10, timeout=30)
     stack.stop("ferretdb")
