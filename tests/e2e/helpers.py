@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
@@ -9,6 +11,7 @@ from rq.serializers import JSONSerializer
 from aitask_common.queues import QUEUE_ORDER
 from devstack.stack import LocalStack
 from dispatcher_service.schedule import queue
+from tests.conftest import wait_until
 
 SEEDREAM = {"provider": "volcengine", "model": "doubao-seedream-3-0-t2i-250415"}
 
@@ -29,3 +32,15 @@ def assert_every_waiting_job_has_a_task(stack: LocalStack) -> None:
     task_ids = waiting_job_task_ids(stack)
     existing = {document["_id"] for document in stack.tasks().find({"_id": {"$in": task_ids}}, {"_id": 1})}
     assert set(task_ids) <= existing, f"jobs without tasks: {set(task_ids) - existing}"
+
+
+def wait_for_retry(stack: LocalStack, task_id: str) -> dict[str, Any]:
+    """The task once two attempts have failed and it waits, pending, for its retry (its document)."""
+    return wait_until(
+        lambda: (
+            (doc := stack.tasks().find_one({"_id": task_id}))
+            and doc["attempts"] >= 2
+            and doc["status"] == "pending"
+            and doc
+        )
+    )

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from devstack.stack import LocalStack
-from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM
+from tests.conftest import wait_for_status
+from tests.e2e.helpers import SEEDREAM, wait_for_retry
 
 
 @pytest.fixture
@@ -61,14 +61,7 @@ def test_rate_limited_task_retries_then_completes(
         sim.set_faults("ark.images", rate_limit_rate=1.0, retry_after_s=0.3)
         task_id = create(rest, user_id)
         # Two attempts have failed (a pending task with attempts recorded waits for its retry).
-        waiting = wait_until(
-            lambda: (
-                (doc := stack.tasks().find_one({"_id": task_id}))
-                and doc["attempts"] >= 2
-                and doc["status"] == "pending"
-                and doc
-            )
-        )
+        waiting = wait_for_retry(stack, task_id)
         assert "429" in waiting["error_message"]
         sim.clear_faults()
     result = wait_for_status(rest, task_id, {"completed", "failed"})

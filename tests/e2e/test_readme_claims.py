@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from aitask_common.tasks import inflight_key
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM
+from tests.e2e.helpers import SEEDREAM, wait_for_retry
 from upstream_simulator.control import SimulatorControl
 
 IMAGES = "ark.images"
@@ -59,15 +59,7 @@ def test_an_upstream_timeout_is_retried(
         upstream.set_faults(IMAGES, latency_s=3.0)
         requests_before = upstream.stats()[IMAGES]["requests"]
         task_id = created(rest, user_id, "a slow harbour")
-        waiting = wait_until(
-            lambda: (
-                (doc := stack.tasks().find_one({"_id": task_id}))
-                and doc["attempts"] >= 2
-                and doc["status"] == "pending"
-                and doc
-            ),
-            timeout=30,
-        )
+        waiting = wait_for_retry(stack, task_id)
         assert "timed out" in waiting["error_message"], waiting["error_message"]
         upstream.clear_faults()
         result = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)
