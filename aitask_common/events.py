@@ -45,4 +45,4 @@ def publish(redis: Redis, task_id: str, kind: EventKind) -> None:
     try:
         redis.publish(channel(task_id), kind.value)
     except RedisError as error:
-        log.warning("task event not published", task_id=task_id, event=kind.value, error=str(error))
+        log.warning("task event not published", task_id=task_id, kind=kind.value, error=str(error))
