@@ -10,6 +10,9 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 ARG ENVOY_IMAGE=envoyproxy/envoy:v1.40.0
+# OCI labels (make docker-build-* passes them): the release and the commit an image was built from.
+ARG IMAGE_VERSION=dev
+ARG IMAGE_REVISION=unknown
 
 FROM ${UV_IMAGE} AS uv
 
@@ -28,9 +31,14 @@ COPY scripts/protoc.py scripts/protoc.py
 COPY gateway/ gateway/
 # Stubs and descriptor set are not committed: generate them, in one step as `make protos` does.
 RUN find protos -name '*.proto' -print0 | xargs -0 .venv/bin/python scripts/protoc.py
+# The edge (gateway/edge.py): admin on loopback only, probes and metrics on their own listener (9902), JSON
+# access logs, a per-IP limit for requests without credentials, the client address taken from the one proxy in
+# front (Ingress or Gateway), a heap budget under the pod's 512 MiB limit.
 RUN .venv/bin/python -m gateway.config --out /build/envoy.json --listen-host 0.0.0.0 --listen-port 8080 \
-        --admin-host 0.0.0.0 --admin-port 9901 --task-service-host task-service --task-service-port 50051 \
-        --cluster-type STRICT_DNS --descriptor /etc/aitask/aitask.pb
+        --admin-host 127.0.0.1 --admin-port 9901 --task-service-host task-service --task-service-port 50051 \
+        --cluster-type STRICT_DNS --descriptor /etc/aitask/aitask.pb \
+        --probe-host 0.0.0.0 --probe-port 9902 --access-log --anonymous-rate-limit-per-ip 20 \
+        --xff-trusted-hops 1 --max-heap-bytes 419430400
 # grpcio-tools was needed only to generate the stubs: an exact sync without the group removes it.
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-default-groups --no-install-project
@@ -64,14 +72,21 @@ COPY --from=build /app/provider_volcengine provider_volcengine
 COPY --from=build /app/provider_openai provider_openai
 COPY --from=build /app/upstream_simulator upstream_simulator
 COPY --from=build /app/healthcheck.py healthcheck.py
-# Containers listen on every interface; logs go to stdout, and LOG_DIR to a writable /tmp mount.
+# Containers listen on every interface; logs go to stdout only (the runtime collects them; no files to fill a
+# volume).
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     METRICS_HOST=0.0.0.0 \
-    LOG_DIR=/tmp/logs
+    LOG_FILE=off
+ARG IMAGE_VERSION
+ARG IMAGE_REVISION
+LABEL org.opencontainers.image.title="aitask" \
+      org.opencontainers.image.description="aitask: async AI-generation gateway services" \
+      org.opencontainers.image.version="${IMAGE_VERSION}" \
+      org.opencontainers.image.revision="${IMAGE_REVISION}"
 USER 10001:10001
 
 FROM runtime AS task-service
@@ -100,9 +115,15 @@ CMD ["python", "-m", "upstream_simulator"]
 # --- envoy: the official image with our config and descriptor set (Kubernetes mounts the
 # same config from a ConfigMap over /etc/envoy).
 FROM ${ENVOY_IMAGE} AS envoy
+ARG IMAGE_VERSION
+ARG IMAGE_REVISION
+LABEL org.opencontainers.image.title="aitask-envoy" \
+      org.opencontainers.image.description="aitask: Envoy edge (REST transcoding and native gRPC)" \
+      org.opencontainers.image.version="${IMAGE_VERSION}" \
+      org.opencontainers.image.revision="${IMAGE_REVISION}"
 COPY --from=build /app/gateway/aitask.pb /etc/aitask/aitask.pb
 COPY --from=build /build/envoy.json /etc/envoy/envoy.json
 USER 101:101
-EXPOSE 8080 9901
+EXPOSE 8080 9902
 # Hot restart is for VMs; in a container a new pod replaces the old one.
 CMD ["envoy", "-c", "/etc/envoy/envoy.json", "--disable-hot-restart", "--log-level", "info"]

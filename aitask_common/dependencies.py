@@ -1,4 +1,8 @@
-"""Start-up wait for MongoDB and Redis, so processes may start in any order (Compose, Kubernetes, honcho)."""
+"""Start-up wait for MongoDB and Redis, so processes may start in any order (Compose, Kubernetes, honcho).
+
+It waits as long as it takes: a datastore down when a pod starts is an outage to ride out, not a reason to exit
+(which Kubernetes would turn into CrashLoopBackOff, with ever longer back-offs after the datastore returns).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import logging
 
 from pymongo import MongoClient
 from redis import Redis
-from tenacity import before_sleep_log, retry, stop_after_delay, wait_exponential
+from tenacity import before_sleep_log, retry, wait_exponential
 
 from aitask_common.mongo import client_options
 from aitask_common.settings import ServiceSettings
@@ -14,14 +18,9 @@ from aitask_common.settings import ServiceSettings
 _log = logging.getLogger(__name__)
 
 
-@retry(
-    stop=stop_after_delay(60),
-    wait=wait_exponential(multiplier=0.2, max=3),
-    before_sleep=before_sleep_log(_log, logging.WARNING),
-    reraise=True,
-)
+@retry(wait=wait_exponential(multiplier=0.2, max=3), before_sleep=before_sleep_log(_log, logging.WARNING))
 def wait_for_dependencies(settings: ServiceSettings, mongo: bool = True) -> None:
-    """Block until Redis (and MongoDB, unless `mongo` is False) answer a ping; give up after a minute."""
+    """Block until Redis (and MongoDB, unless `mongo` is False) answer a ping, however long that takes."""
     Redis.from_url(settings.redis_url, socket_timeout=2).ping()
     if mongo:
         with MongoClient(**client_options(settings, "startup-check")) as client:

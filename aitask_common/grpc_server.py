@@ -15,8 +15,12 @@ from aitask_common.metrics import MetricsInterceptor
 
 log = get_logger(__name__)
 
-# Empty service name = the server as a whole (what probes and Envoy ask about).
+# Empty service name = the server as a whole: readiness (what readiness probes, Compose and Envoy ask about).
 OVERALL = ""
+# Liveness: SERVING from start() until the process stops, whatever its dependencies do. Kubernetes' liveness and
+# startup probes ask for it (`grpc.service`), so an outage of MongoDB or Redis takes pods out of rotation but
+# never restarts them.
+LIVENESS = "liveness"
 # How long a server behind a health-checking balancer (the task service behind Envoy) goes on serving after
 # it reports NOT_SERVING on SIGTERM, so the balancer stops sending it requests before it stops listening:
 # more than Envoy's health-check interval plus its timeout (gateway/config.py), as a test checks.
@@ -25,6 +29,10 @@ BALANCED_DRAIN_SECONDS = 2.5
 
 class GrpcServer:
     """A grpc.aio server with health and reflection wired in, bound to one address.
+
+    Health has two answers: LIVENESS (the process runs) and readiness (OVERALL and each service name), which
+    follows `start_up` (run until it succeeds once: indexes, caches) and then `dependency_check`, both retried
+    every `check_interval`: a dependency down at start-up is waited for, not fatal.
 
     Every RPC goes through the metrics interceptor first, then through `interceptors` in their order:
     metrics is outermost, so it also counts the calls an inner interceptor rejects (UNAUTHENTICATED, ...).
@@ -38,12 +46,16 @@ class GrpcServer:
         check_interval: float = 2.0,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         drain_seconds: float = 0.0,
+        start_up: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         # so_reuseport off: two instances must not silently share one port.
         self.server = grpc.aio.server(
             interceptors=[MetricsInterceptor(), *interceptors], options=[("grpc.so_reuseport", 0)]
         )
         self.dependency_check = dependency_check
+        # Public: a provider sets it after construction (its registration needs the bound port).
+        self.start_up = start_up
+        self._started_up = False
         self.check_interval = check_interval
         self.drain_seconds = drain_seconds
         self._watcher: asyncio.Task[None] | None = None
@@ -63,11 +75,16 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def start(self) -> None:
-        """Start accepting RPCs and report SERVING."""
+        """Start accepting RPCs, report live, and ready once start-up and the dependencies are fine (one
+        attempt here; the watcher retries)."""
         await self.server.start()
-        await self.set_serving(True)
-        if self.dependency_check is not None:
-            self._watcher = asyncio.create_task(self._watch_dependencies())
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        if self.dependency_check is None and self.start_up is None:
+            await self.set_serving(True)
+        else:
+            serving = await self._ready()
+            await self.set_serving(serving)
+            self._watcher = asyncio.create_task(self._watch_dependencies(serving))
         log.info("serving", port=self.port)
 
     async def stop(self, grace: float) -> None:
@@ -82,21 +99,26 @@ class GrpcServer:
             await asyncio.sleep(self.drain_seconds)
         await self.server.stop(grace)
 
-    async def _watch_dependencies(self) -> None:
-        """NOT_SERVING while a dependency (MongoDB, Redis) is unreachable, SERVING again when it returns."""
-        assert self.dependency_check is not None
-        serving = True
+    async def _ready(self, was_serving: bool = True) -> bool:
+        """One readiness attempt: start-up (until it once succeeded), then the dependency check."""
+        try:
+            if self.start_up is not None and not self._started_up:
+                await self.start_up()
+                self._started_up = True
+            if self.dependency_check is not None:
+                await asyncio.wait_for(self.dependency_check(), timeout=self.check_interval)
+            return True
+        except Exception as error:  # noqa: BLE001 - any failure means "not ready"
+            if was_serving:
+                log.warning("dependency unreachable; reporting NOT_SERVING", error=str(error) or type(error).__name__)
+            return False
+
+    async def _watch_dependencies(self, serving: bool) -> None:
+        """NOT_SERVING while start-up has not succeeded or a dependency (MongoDB, Redis) is unreachable, SERVING
+        again when it returns."""
         while not self._stopping:
             await asyncio.sleep(self.check_interval)
-            try:
-                await asyncio.wait_for(self.dependency_check(), timeout=self.check_interval)
-                healthy = True
-            except Exception as error:  # noqa: BLE001 - any failure means "not ready"
-                healthy = False
-                if serving:
-                    log.warning(
-                        "dependency unreachable; reporting NOT_SERVING", error=str(error) or type(error).__name__
-                    )
+            healthy = await self._ready(serving)
             if healthy != serving and not self._stopping:
                 serving = healthy
                 await self.set_serving(healthy)

@@ -19,7 +19,7 @@ from aitask_common.settings import ServiceSettings
 
 def configure_logging(service: str, settings: ServiceSettings) -> None:
     """Send every log record (ours and libraries') as one JSON object per line to stdout
-    and to the service's daily file under LOG_DIR."""
+    and, unless LOG_FILE is off, to the service's daily file under LOG_DIR."""
     shared_processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -35,12 +35,13 @@ def configure_logging(service: str, settings: ServiceSettings) -> None:
             structlog.processors.JSONRenderer(),
         ],
     )
-    console = logging.StreamHandler(sys.stdout)
-    daily_file = DailyFileHandler(Path(settings.log_dir), service, settings.log_keep_days)
-    for handler in (console, daily_file):
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if settings.log_file:
+        handlers.append(DailyFileHandler(Path(settings.log_dir), service, settings.log_keep_days))
+    for handler in handlers:
         handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [console, daily_file]
+    root.handlers[:] = handlers
     root.setLevel(settings.log_level.upper())
     structlog.configure(
         processors=[*shared_processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

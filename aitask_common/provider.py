@@ -22,11 +22,11 @@ from redis import asyncio as aioredis
 
 from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask.provider.v1 import provider_service_pb2_grpc
-from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.grpc_server import GrpcServer, run_until_signalled
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.provider_errors import RETRY_AFTER_METADATA, UPSTREAM_ERROR_METADATA
+from aitask_common.provider_keys import available_models
 from aitask_common.registry import RegistryPublisher
 from aitask_common.settings import ServiceSettings, load_settings
 
@@ -123,8 +123,9 @@ async def serve_provider(settings: ProviderSettings, servicer: ProviderServicer)
     publisher = RegistryPublisher(
         redis, servicer.catalogue.provider, address, servicer.catalogue, settings.registry_ttl_seconds
     )
+    # Registered once Redis answers (a Redis down at start-up is waited for, live but not ready meanwhile).
+    server.start_up = publisher.register
     await server.start()
-    await publisher.register()
     try:
         await run_until_signalled(server, settings.shutdown_grace, on_stop=publisher.deregister)
     finally:
@@ -253,6 +254,6 @@ def run_provider(
     """Entry point shared by every provider package's `__main__`."""
     settings = load_settings(settings_class)
     configure_logging(service, settings)
-    wait_for_dependencies(settings, mongo=False)
-    servicer = servicer_class(load_catalogue(catalogue_path), settings)
+    catalogue = available_models(load_catalogue(catalogue_path), settings)
+    servicer = servicer_class(catalogue, settings)
     asyncio.run(serve_provider(settings, servicer))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format
 from redis import Redis
 from redis import asyncio as aioredis
+from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2
 from aitask_common.logging import get_logger
@@ -116,10 +117,15 @@ class RegistryPublisher:
         """Stop the heartbeat and remove the instance at once."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.instance.key)
-            pipe.srem(INDEX_KEY, self.instance.key)
-            await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self.instance.key)
+                pipe.srem(INDEX_KEY, self.instance.key)
+                await pipe.execute()
+        except RedisError as error:
+            # Stopping while Redis is down must still stop cleanly; the entry expires with its TTL.
+            log.warning("could not deregister: Redis unreachable", error=str(error))
+            return
         log.info("deregistered provider instance", provider=self.instance.provider)
 
     async def _publish(self) -> None:

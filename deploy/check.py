@@ -5,8 +5,10 @@
 
 - kubernetes: `kustomize build` of every overlay, each object validated strictly
   against the Kubernetes schemas that ship in the kubernetes-validate wheel (at
-  the oldest and newest versions we support), KEDA ScaledObjects against
-  deploy/schemas/keda-scaledobject-v1alpha1.json; a kind with no schema fails.
+  the oldest and newest versions we support), custom resources (KEDA,
+  prometheus-operator, Gateway API) against their CRDs' schemas in
+  deploy/schemas/; a kind with no schema fails. PrometheusRules also pass
+  `promtool check rules`.
 - compose: every Compose file against deploy/schemas/compose-spec.json.
 - envoy: `envoy --mode validate` on the config the image renders (same
   arguments as the Dockerfile, only the descriptor path made local) and on the
@@ -17,9 +19,11 @@ deploy/check.sh runs this after installing kustomize; tests/deploy runs that.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +48,18 @@ COMPOSE_FILES = sorted((DEPLOY / "compose").glob("compose*.yaml"))
 K8S_ENVOY_CONFIG = DEPLOY / "k8s" / "base" / "envoy" / "envoy.json"
 # Native preStop `sleep` is on by default from 1.30; the newest is whatever the wheel ships.
 KUBERNETES_VERSIONS = ("1.30", latest_version())
-CRD_SCHEMAS = {("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "keda-scaledobject-v1alpha1.json"}
+# Custom resources, each against its CRD's schema (deploy/schemas/README.md says where each came from).
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "keda-scaledobject-v1alpha1.json",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): SCHEMAS / "keda-triggerauthentication-v1alpha1.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): SCHEMAS / "monitoring-podmonitor-v1.json",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SCHEMAS / "monitoring-servicemonitor-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS / "monitoring-prometheusrule-v1.json",
+    ("gateway.networking.k8s.io/v1", "Gateway"): SCHEMAS / "gateway-gateway-v1.json",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): SCHEMAS / "gateway-httproute-v1.json",
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): SCHEMAS / "gateway-grpcroute-v1.json",
+}
+PROMTOOL = "promtool"
 
 
 # --- Kubernetes -----------------------------------------------------------
@@ -66,6 +81,8 @@ def _crd_validator(path: Path) -> jsonschema.Draft202012Validator:
 
 def _scaled_object_rules(document: dict[str, Any]) -> list[str]:
     """The CEL rule of KEDA's CRD that JSON Schema cannot state."""
+    if document.get("kind") != "ScaledObject":
+        return []
     spec = document.get("spec", {})
     if spec.get("minReplicaCount", 0) > spec.get("maxReplicaCount", 100):
         return ["spec: minReplicaCount must be less than or equal to maxReplicaCount"]
@@ -74,7 +91,7 @@ def _scaled_object_rules(document: dict[str, Any]) -> list[str]:
 
 def kubernetes_errors(documents: Iterable[dict[str, Any]], versions: Iterable[str] = KUBERNETES_VERSIONS) -> list[str]:
     """Why each object is invalid (empty when all are valid), strictly, with no schema fetched."""
-    crd_validators = {key: _crd_validator(path) for key, path in CRD_SCHEMAS.items()}
+    crd_validators = _crd_validators()
     errors: list[str] = []
     for document in documents:
         name = f"{document.get('kind')}/{document.get('metadata', {}).get('name')}"
@@ -98,12 +115,36 @@ def kubernetes_errors(documents: Iterable[dict[str, Any]], versions: Iterable[st
     return errors
 
 
+@functools.cache
+def _crd_validators() -> dict[tuple[str, str], jsonschema.Draft202012Validator]:
+    return {key: _crd_validator(path) for key, path in CRD_SCHEMAS.items()}
+
+
+def prometheus_rule_errors(documents: Iterable[dict[str, Any]]) -> list[str]:
+    """`promtool check rules` on every PrometheusRule's groups: PromQL that parses, valid durations."""
+    rules = [document for document in documents if document.get("kind") == "PrometheusRule"]
+    if not rules:
+        return []
+    if shutil.which(PROMTOOL) is None:
+        return [f"{PROMTOOL} is missing: run `make tools-promtool`"]
+    errors: list[str] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for document in rules:
+            path = Path(scratch) / f"{document['metadata']['name']}.yaml"
+            path.write_text(yaml.safe_dump({"groups": document["spec"]["groups"]}))
+            result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True)
+            if result.returncode != 0:
+                output = (result.stdout + result.stderr).strip()
+                errors.append(f"PrometheusRule/{document['metadata']['name']}: {output}")
+    return errors
+
+
 def check_kubernetes() -> list[str]:
     """Render and validate every overlay."""
     errors: list[str] = []
     for overlay in OVERLAYS:
         documents = kustomize_build(overlay)
-        problems = kubernetes_errors(documents)
+        problems = kubernetes_errors(documents) + prometheus_rule_errors(documents)
         print(
             f"kubernetes: overlay {overlay.name}: {len(documents)} objects, {len(problems)} problems "
             f"(Kubernetes {', '.join(KUBERNETES_VERSIONS)})"

@@ -17,8 +17,11 @@ DOCKER_RUN_FLAGS := --rm --add-host host.docker.internal:host-gateway --read-onl
 COMPOSE := $(DOCKER) compose -f deploy/compose/compose.yaml $(if $(VENDORS),-f deploy/compose/compose.vendors.yaml)
 KUSTOMIZE_VERSION := v5.8.1
 KUSTOMIZE := .local/bin/kustomize
+# BuildKit's metadata of each build (its image digest), for deploy-pin-images.
+IMAGE_METADATA := .local/images
+IMAGE_REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
-.PHONY: tools-kustomize deploy-check deploy-envoy-config docker-build-all $(addprefix docker-build-,$(DOCKER_IMAGES)) \
+.PHONY: tools-kustomize tools-promtool deploy-pin-images deploy-check deploy-envoy-config docker-build-all $(addprefix docker-build-,$(DOCKER_IMAGES)) \
 	docker-run-server docker-run-worker docker-compose-up docker-compose-down
 
 tools-kustomize: ## Install the pinned kustomize into .local/bin (from the Go module proxy) unless it is there
@@ -27,8 +30,15 @@ tools-kustomize: ## Install the pinned kustomize into .local/bin (from the Go mo
 		GOBIN="$(abspath .local/bin)" go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); \
 	fi
 
-deploy-check: tools-kustomize ## Validate the kustomize overlays, Compose files and Envoy configs, offline
+tools-promtool: ## Install promtool (Debian's prometheus package) unless it is there: deploy-check runs it on the alert rules
+	@command -v promtool >/dev/null || { echo "installing promtool (apt-get install prometheus)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+deploy-check: tools-kustomize tools-promtool ## Validate the kustomize overlays, Compose files and Envoy configs, offline
 	deploy/check.sh
+
+deploy-pin-images: ## After docker-build-all and docker push: pin the prod overlay's images to the built digests
+	.venv/bin/python -m deploy.pin_images $(IMAGE_METADATA)
 
 deploy-envoy-config: ## Re-render the Kubernetes Envoy ConfigMap file from gateway/config.py (the image's arguments)
 	.venv/bin/python -m deploy.check render-envoy deploy/k8s/base/envoy/envoy.json
@@ -36,14 +46,17 @@ deploy-envoy-config: ## Re-render the Kubernetes Envoy ConfigMap file from gatew
 docker-build-all: $(addprefix docker-build-,$(DOCKER_IMAGES)) ## Build every image (one: docker-build-<name>, names in DOCKER_IMAGES)
 
 $(addprefix docker-build-,$(DOCKER_IMAGES)): docker-build-%:
-	$(DOCKER) build --target $* --tag $(IMAGE_PREFIX)aitask-$*:$(IMAGE_TAG) .
+	@mkdir -p $(IMAGE_METADATA)
+	$(DOCKER) build --target $* --tag $(IMAGE_PREFIX)aitask-$*:$(IMAGE_TAG) \
+		--build-arg IMAGE_VERSION=$(IMAGE_TAG) --build-arg IMAGE_REVISION=$(IMAGE_REVISION) \
+		--metadata-file $(IMAGE_METADATA)/$*.json .
 
 docker-run-server: ## Run the task-service image on 127.0.0.1:50051 (DOCKER_MONGO_URL, DOCKER_REDIS_URL)
 	$(DOCKER) run $(DOCKER_RUN_FLAGS) --name aitask-task-service -p 127.0.0.1:50051:50051 -p 127.0.0.1:9464:9464 \
 		$(IMAGE_PREFIX)aitask-task-service:$(IMAGE_TAG)
 
 docker-run-worker: ## Run the dispatcher (RQ workers) image (DOCKER_MONGO_URL, DOCKER_REDIS_URL)
-	$(DOCKER) run $(DOCKER_RUN_FLAGS) --name aitask-dispatcher --stop-timeout 60 -p 127.0.0.1:9465:9465 \
+	$(DOCKER) run $(DOCKER_RUN_FLAGS) --name aitask-dispatcher --stop-timeout 210 -p 127.0.0.1:9465:9465 \
 		$(IMAGE_PREFIX)aitask-dispatcher:$(IMAGE_TAG)
 
 docker-compose-up: ## Build and start the stack in containers (MONITORING=1: Prometheus, Grafana; VENDORS=1: real APIs)

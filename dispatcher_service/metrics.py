@@ -10,7 +10,11 @@ from redis import Redis
 
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.registry import read_instances
+from dispatcher_service.queue_admin import oldest_queued_age
 from dispatcher_service.schedule import queue
+
+# The queue-age gauge reads the enqueue times of this many jobs at the head of each queue per scrape, not all.
+AGE_SAMPLE_JOBS = 100
 
 
 class QueueAndRegistryCollector(Collector):
@@ -22,6 +26,11 @@ class QueueAndRegistryCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("aitask_queue_depth", "Jobs per queue and state", labels=["queue", "state"])
         instances = GaugeMetricFamily("aitask_provider_instances", "Live provider instances", labels=["provider"])
+        oldest = GaugeMetricFamily(
+            "aitask_queue_oldest_job_age_seconds",
+            "How long the oldest job at the head of each queue has waited (0 when empty)",
+            labels=["queue"],
+        )
         try:
             for name in QUEUE_ORDER:
                 rq_queue = queue(self.redis, name)
@@ -29,6 +38,7 @@ class QueueAndRegistryCollector(Collector):
                 depth.add_metric([str(name), "started"], rq_queue.started_job_registry.count)
                 depth.add_metric([str(name), "scheduled"], rq_queue.scheduled_job_registry.count)
                 depth.add_metric([str(name), "failed"], rq_queue.failed_job_registry.count)
+                oldest.add_metric([str(name)], oldest_queued_age(self.redis, rq_queue, AGE_SAMPLE_JOBS) or 0.0)
             counts: dict[str, int] = {}
             for instance in read_instances(self.redis):
                 counts[instance.provider] = counts.get(instance.provider, 0) + 1
@@ -38,3 +48,4 @@ class QueueAndRegistryCollector(Collector):
             pass
         yield depth
         yield instances
+        yield oldest

@@ -43,6 +43,9 @@ def strict(schema: dict[str, Any]) -> dict[str, Any]:
             result[key] = strict(value)
         elif key in ("anyOf", "allOf", "oneOf"):
             result[key] = [strict(child) for child in value]
+        elif key == "pattern" and isinstance(value, str) and "(?i)" in value[1:]:
+            # Go's RE2 takes flags anywhere (`^(?i)...`); Python's `re`, which jsonschema uses, only first.
+            result[key] = "(?i)" + value.replace("(?i)", "")
         elif key != "nullable":
             result[key] = value
     if (

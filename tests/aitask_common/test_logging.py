@@ -63,6 +63,17 @@ def test_every_line_is_json_with_time_level_message_service_and_task_id(
     assert second["message"] == "from stdlib" and second["level"] == "warning" and "task_id" not in second
 
 
+def test_log_file_off_writes_stdout_only(
+    tmp_path: Path, restore_logging: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Containers set LOG_FILE=off: a file per pod fills its emptyDir under load and gets it evicted.
+    monkeypatch.setenv("LOG_FILE", "off")
+    configure_logging("container", ServiceSettings(log_dir=str(tmp_path / "logs")))
+    get_logger("test").info("to stdout")
+    assert json.loads(capsys.readouterr().out)["message"] == "to stdout"
+    assert not (tmp_path / "logs").exists()
+
+
 def test_log_level_is_respected(tmp_path: Path, restore_logging: None) -> None:
     configure_logging("quiet", ServiceSettings(log_dir=str(tmp_path), log_level="ERROR"))
     get_logger("test").warning("dropped")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from deploy.dockerfile import ROOT, Stage
+from deploy.check import ENVOY, image_envoy_arguments
+from deploy.dockerfile import ROOT, Stage, stages
 from devstack.processes import Ports
 
 Manifest = dict[str, Any]
@@ -145,3 +149,85 @@ def compose_service_for(target: str) -> tuple[str, Manifest]:
         if service.get("build", {}).get("target") == target:
             return name, service
     raise KeyError(f"no Compose service builds target {target}")
+
+
+def _port_matches(entry: Manifest, number: int, target: Pod | None, protocol: str) -> bool:
+    if entry.get("protocol", "TCP") != protocol:
+        return False
+    wanted = entry.get("port")
+    if wanted is None:
+        return True
+    if isinstance(wanted, str):  # a named port: resolved on the destination pod
+        return target is not None and target.ports.get(wanted) == number
+    return int(wanted) == number
+
+
+def egress_allowed(
+    documents: list[Manifest],
+    source: Pod,
+    port: int,
+    *,
+    target: Pod | None = None,
+    ip: str | None = None,
+    protocol: str = "TCP",
+) -> bool:
+    """Kubernetes NetworkPolicy semantics for one connection from `source` to a pod (`target`) or to an
+    address outside the cluster (`ip`). ipBlocks are taken to match outside addresses only, as the
+    Kubernetes documentation advises relying on."""
+    policies = [
+        policy
+        for policy in objects(documents, "NetworkPolicy").values()
+        if policy["metadata"]["namespace"] == source.namespace
+        and "Egress" in policy["spec"].get("policyTypes", ["Ingress"])
+        and selects(policy["spec"]["podSelector"], source.labels)
+    ]
+    if not policies:
+        return True
+
+    def peer_matches(peer: Manifest) -> bool:
+        if "ipBlock" in peer:
+            if ip is None:
+                return False
+            address = ipaddress.ip_address(ip)
+            block = peer["ipBlock"]
+            return address in ipaddress.ip_network(block["cidr"]) and not any(
+                address in ipaddress.ip_network(excluded) for excluded in block.get("except", [])
+            )
+        if target is None:
+            return False
+        if "namespaceSelector" in peer:
+            if not selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": target.namespace}):
+                return False
+        elif target.namespace != source.namespace:
+            return False
+        return "podSelector" not in peer or selects(peer["podSelector"], target.labels)
+
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            peers_ok = "to" not in rule or any(peer_matches(peer) for peer in rule["to"])
+            ports_ok = "ports" not in rule or any(
+                _port_matches(entry, port, target, protocol) for entry in rule["ports"]
+            )
+            if peers_ok and ports_ok:
+                return True
+    return False
+
+
+# --- Envoy with the image's config --------------------------------------------------------
+def render_image_envoy(out: Path, overrides: dict[str, str], extra: list[str] | None = None) -> None:
+    """Render Envoy's config with the Dockerfile's arguments, `overrides` (option → value) replacing some of
+    them and `extra` arguments appended: the image's edge, on local ports and the local descriptor."""
+    arguments = image_envoy_arguments()
+    for option, value in {"--out": str(out), "--descriptor": str(ROOT / "gateway" / "aitask.pb"), **overrides}.items():
+        arguments[arguments.index(option) + 1] = value
+    subprocess.run([sys.executable, "-m", "gateway.config", *arguments, *(extra or [])], cwd=ROOT, check=True)
+
+
+def start_image_envoy(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Envoy with the image's command line on `config`, output (access log included) to `log_path`."""
+    command = stages()["envoy"].command
+    assert command[:3] == ["envoy", "-c", "/etc/envoy/envoy.json"]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [str(ENVOY), "-c", str(config), *command[3:]], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )

@@ -21,7 +21,10 @@ Documents = list[dict[str, Any]]
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("kubernetes", ["kubernetes: overlay dev:", "kubernetes: overlay prod:"]),
+        (
+            "kubernetes",
+            ["kubernetes: overlay dev:", "kubernetes: overlay prod:", "kubernetes: overlay prod-gateway-api:"],
+        ),
         ("compose", ["compose: deploy/compose/compose.yaml: 0 problems"]),
         ("envoy", ["envoy: image config: OK", "envoy: kubernetes config: OK"]),
     ],
@@ -40,7 +43,7 @@ def test_check_script_fails_on_an_unknown_check() -> None:
 
 
 def test_every_overlay_is_checked(rendered: dict[str, Documents]) -> None:
-    assert {overlay.name for overlay in check.OVERLAYS} == {"dev", "prod"} == set(rendered)
+    assert {overlay.name for overlay in check.OVERLAYS} == {"dev", "prod", "prod-gateway-api"} == set(rendered)
     assert {path.name for path in check.COMPOSE_FILES} == {"compose.yaml", "compose.vendors.yaml"}
 
 
@@ -56,7 +59,7 @@ def test_kubernetes_validation_is_strict(rendered: dict[str, Documents]) -> None
     wrong_type["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = 50051
     assert check.kubernetes_errors([wrong_type])
 
-    no_schema = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": {"name": "x"}}
+    no_schema = {"apiVersion": "monitoring.coreos.com/v1", "kind": "Probe", "metadata": {"name": "x"}}
     assert any("no schema" in error for error in check.kubernetes_errors([no_schema]))
 
 
@@ -77,6 +80,53 @@ def test_scaled_objects_are_validated_against_the_keda_schema(rendered: dict[str
     inverted = copy.deepcopy(scaled)
     inverted["spec"]["minReplicaCount"] = 50
     assert any("minReplicaCount" in error for error in check.kubernetes_errors([inverted]))
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value"),
+    [
+        ("TriggerAuthentication", ["spec", "secretTargetRef", 0, "secret"], "aitask-datastores"),
+        ("PodMonitor", ["spec", "podMetricsEndpoints", 0, "targetPort"], {"not": "a port"}),
+        ("PrometheusRule", ["spec", "groups", 0, "rules", 0, "for"], "ten minutes"),
+        ("GRPCRoute", ["spec", "rules", 0, "matches", 0, "method", "verb"], "GET"),
+        ("HTTPRoute", ["spec", "rules", 0, "backendRefs", 0, "port"], "eighty"),
+        ("Gateway", ["spec", "listeners", 0, "protocol"], 443),
+    ],
+)
+def test_custom_resources_are_validated_against_their_crds(
+    rendered: dict[str, Documents], kind: str, path: list[Any], value: Any
+) -> None:
+    overlay = "prod-gateway-api" if kind in ("GRPCRoute", "HTTPRoute", "Gateway") else "prod"
+    document = copy.deepcopy(next(iter(objects(rendered[overlay], kind).values())))
+    assert check.kubernetes_errors([document]) == []
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    assert check.kubernetes_errors([document]), f"a broken {kind} passed"
+
+
+def test_alert_rules_go_through_promtool(rendered: dict[str, Documents]) -> None:
+    rule = copy.deepcopy(objects(rendered["prod"], "PrometheusRule")["aitask"])
+    assert check.prometheus_rule_errors([rule]) == []
+    rule["spec"]["groups"][0]["rules"][0]["expr"] = "max by (queue (aitask_queue_depth)"
+    errors = check.prometheus_rule_errors([rule])
+    assert len(errors) == 1 and "PrometheusRule/aitask" in errors[0]
+
+
+def test_compose_publishes_on_loopback_and_requires_api_keys_with_vendor_keys() -> None:
+    for name, service in COMPOSE["services"].items():
+        for port in service.get("ports", []):
+            # Envoy may be opened to the network on purpose (ENVOY_BIND); nothing is by default.
+            assert port.startswith(("127.0.0.1:", "${ENVOY_BIND:-127.0.0.1}:")), (name, port)
+    assert any(port.startswith("${ENVOY_BIND:-127.0.0.1}:") for port in COMPOSE["services"]["envoy"]["ports"])
+    vendors = yaml.safe_load((ROOT / "deploy" / "compose" / "compose.vendors.yaml").read_text())
+    # Real vendor keys mean real bills: the task service then requires API keys, whatever ENVIRONMENT says.
+    assert vendors["services"]["task-service"]["environment"]["ENVIRONMENT"] == "production"
+    keyed = {
+        name for name, service in vendors["services"].items() if any("KEY" in key for key in service["environment"])
+    }
+    assert keyed == {"provider-volcengine", "provider-openai"}
 
 
 def test_compose_validation_rejects_what_docker_compose_would(tmp_path: Path) -> None:
@@ -144,7 +194,7 @@ def test_prometheus_scrapes_every_service_and_envoy() -> None:
         port = service.get("environment", {}).get("METRICS_PORT")
         if port:
             expected[f"{name}:{port}"] = "/metrics"
-    expected["envoy:9901"] = "/stats/prometheus"
+    expected["envoy:9902"] = "/stats/prometheus"
     assert len(expected) == 5
     assert targets == expected
     assert COMPOSE["services"]["prometheus"]["profiles"] == ["monitoring"]

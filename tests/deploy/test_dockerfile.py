@@ -96,3 +96,25 @@ def test_images_install_no_local_or_dev_dependency_group() -> None:
         assert groups <= {"build"}, f"an image gets the dependency groups {groups}"
     # The last sync, the environment the runtime stage copies, has no group at all (no grpcio-tools).
     assert "--group" not in syncs[-1]
+
+
+def test_every_final_image_carries_oci_labels_from_the_build() -> None:
+    labelled: dict[str, set[str]] = {}
+    stage = ""
+    for keyword, arguments in instructions(DOCKERFILE.read_text()):
+        if keyword == "FROM":
+            stage = arguments.split()[-1]
+        elif keyword == "LABEL":
+            labelled.setdefault(stage, set()).update(word.split("=")[0] for word in shlex.split(arguments))
+    # Every Python image inherits the runtime stage's labels; Envoy's image has its own.
+    for name in ("runtime", "envoy"):
+        assert {
+            "org.opencontainers.image.title",
+            "org.opencontainers.image.version",
+            "org.opencontainers.image.revision",
+        } <= labelled.get(name, set()), name
+    makefile = (ROOT / "deploy" / "deploy.mk").read_text()
+    assert "--build-arg IMAGE_VERSION=$(IMAGE_TAG) --build-arg IMAGE_REVISION=$(IMAGE_REVISION)" in makefile
+    # The metadata each build writes is what deploy-pin-images reads.
+    assert "--metadata-file $(IMAGE_METADATA)/$*.json" in makefile
+    assert "deploy.pin_images $(IMAGE_METADATA)" in makefile

@@ -28,12 +28,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis import Redis
 from rq import Worker
 
+from aitask_common.grpc_server import LIVENESS
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.registry import read_instances
-from deploy.check import ENVOY, image_envoy_arguments
 from deploy.dockerfile import ROOT, stages
 from devstack.processes import free_port
 from devstack.stack import LocalStack
+from tests.conftest import wait_until
 from tests.deploy.helpers import (
     compose_service_for,
     container_to_local_ports,
@@ -41,7 +42,9 @@ from tests.deploy.helpers import (
     local_image_environment,
     localise_ports,
     objects,
+    render_image_envoy,
     service_stages,
+    start_image_envoy,
 )
 
 STAGES = stages()
@@ -79,7 +82,7 @@ def _rss_kib(pid: int) -> int:
 class ImageProcess:
     """One Dockerfile target's command running locally."""
 
-    def __init__(self, target: str, stack: LocalStack, scratch: Path) -> None:
+    def __init__(self, target: str, stack: LocalStack, scratch: Path, overrides: dict[str, str] | None = None) -> None:
         self.target = target
         self.stage = STAGES[target]
         self.mapping = container_to_local_ports(stack.ports)
@@ -99,6 +102,10 @@ class ImageProcess:
                 "WORKER_CONCURRENCY": "2",
             }
         )
+        self.scratch = scratch
+        if target == "dispatcher":
+            self.env["WORKER_DEADLINE_DIR"] = str(scratch / "worker-deadlines")
+        self.env |= overrides or {}
         if "METRICS_PORT" in compose_env:
             self.env["METRICS_PORT"] = str(self.mapping[int(compose_env["METRICS_PORT"])])
         argv = list(self.stage.command)
@@ -152,6 +159,10 @@ class ImageProcess:
         return status, True
 
 
+def _container_of(documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(container for deployment, _, container in containers(documents) if deployment == name)
+
+
 def _grpc_status(port: int) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
@@ -185,6 +196,16 @@ def test_image_command_starts_a_healthy_service(
             workers = Worker.all(connection=Redis(port=datastores.ports.redis))
             assert len(workers) == int(process.env["WORKER_CONCURRENCY"])
             assert all(worker.queue_names() == [str(name) for name in QUEUE_ORDER] for worker in workers)
+            # Kubernetes' liveness command passes: each worker keeps a deadline file, none is overdue.
+            liveness = _container_of(rendered["prod"], "dispatcher")["livenessProbe"]["exec"]["command"]
+            deadlines = Path(process.env["WORKER_DEADLINE_DIR"])
+            wait_until(lambda: len(list(deadlines.glob("[0-9]*"))) == len(workers))
+            local = [
+                str(HEALTHCHECK_SCRIPT) if word == "/app/healthcheck.py" else word.replace("/tmp", str(process.scratch))
+                for word in liveness
+            ]
+            assert local[-1] == str(deadlines)
+            assert subprocess.run([sys.executable, *local[1:]], capture_output=True, timeout=30).returncode == 0
         if target == "upstream-simulator":
             assert "upstream simulator listening on http://127.0.0.1:" in process.log()
         # The memory limit in Kubernetes leaves room above what the process uses at rest.
@@ -209,6 +230,31 @@ def test_image_command_starts_a_healthy_service(
     assert process.healthcheck().returncode != 0
 
 
+@pytest.mark.parametrize("target", ["task-service", "provider-openai"])
+def test_with_its_datastores_down_a_service_is_live_and_waits_unready(
+    target: str, datastores: LocalStack, tmp_path: Path
+) -> None:
+    # Nothing listens on these ports: the pod would have been restarted in a loop before.
+    dead = {"MONGO_URL": f"mongodb://127.0.0.1:{free_port()}/", "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    process = ImageProcess(target, datastores, tmp_path, dead)
+    try:
+        readiness = _compose_healthcheck(target, process.mapping)
+        liveness = [*readiness, LIVENESS]
+
+        def live() -> bool:
+            assert process.popen.poll() is None, f"{target} exited:\n{process.log()}"
+            return subprocess.run(liveness, env=process.env, capture_output=True, timeout=30).returncode == 0
+
+        wait_until(live, timeout=STARTUP_SECONDS)
+        # Several readiness checks later: still running, still live, still not ready.
+        time.sleep(5)
+        assert live()
+        assert subprocess.run(readiness, env=process.env, capture_output=True, timeout=30).returncode == 1
+    finally:
+        status, _ = process.terminate(timeout=float(process.env.get("SHUTDOWN_GRACE", "10")) + 10)
+    assert status == 0, process.log()
+
+
 # --- Envoy: the image's command, its Compose health check and the Kubernetes preStop drain ---------
 def _admin_ready(admin_port: int) -> int:
     try:
@@ -221,26 +267,19 @@ def _admin_ready(admin_port: int) -> int:
 def image_envoy(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
     """Envoy started with the image's command on a config rendered with the image's arguments,
     except loopback addresses, free ports and the local descriptor."""
-    listen_port, admin_port = free_port(), free_port()
-    arguments = image_envoy_arguments()
+    listen_port, admin_port, probe_port = free_port(), free_port(), free_port()
     overrides = {
-        "--out": str(tmp_path / "envoy.json"),
         "--listen-host": "127.0.0.1",
         "--listen-port": str(listen_port),
         "--admin-host": "127.0.0.1",
         "--admin-port": str(admin_port),
+        "--probe-host": "127.0.0.1",
+        "--probe-port": str(probe_port),
         "--task-service-host": "localhost",
-        "--descriptor": str(ROOT / "gateway" / "aitask.pb"),
     }
-    for option, value in overrides.items():
-        arguments[arguments.index(option) + 1] = value
-    subprocess.run([sys.executable, "-m", "gateway.config", *arguments], cwd=ROOT, check=True)
-    command = STAGES["envoy"].command
-    assert command[:3] == ["envoy", "-c", "/etc/envoy/envoy.json"]
-    argv = [str(ENVOY), "-c", str(tmp_path / "envoy.json"), *command[3:]]
+    render_image_envoy(tmp_path / "envoy.json", overrides)
     log_path = tmp_path / "envoy.log"
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    popen = start_image_envoy(tmp_path / "envoy.json", log_path)
     deadline = time.monotonic() + STARTUP_SECONDS
     while _admin_ready(admin_port) != 200:
         if popen.poll() is not None or time.monotonic() > deadline:
@@ -287,7 +326,9 @@ def test_envoy_image_command_health_check_and_prestop_drain(
     assert time.monotonic() - started < pod["terminationGracePeriodSeconds"]
 
 
-def test_dashboard_queries_metrics_that_exist(image_envoy: tuple[subprocess.Popen[bytes], int, int]) -> None:
+def test_dashboard_alerts_and_autoscaler_query_metrics_that_exist(
+    image_envoy: tuple[subprocess.Popen[bytes], int, int], rendered: dict[str, list[dict[str, Any]]]
+) -> None:
     _, _, admin_port = image_envoy
     exposed = httpx.get(f"http://127.0.0.1:{admin_port}/stats/prometheus", timeout=5, trust_env=False).text
     envoy_names = set(re.findall(r"^# TYPE (\S+)", exposed, re.MULTILINE))
@@ -298,6 +339,17 @@ def test_dashboard_queries_metrics_that_exist(image_envoy: tuple[subprocess.Pope
     dashboard = json.loads((ROOT / "deploy" / "compose" / "grafana" / "dashboards" / "aitask.json").read_text())
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     assert expressions
+    # The alert rules and KEDA's Prometheus trigger too: a renamed metric would silence an alert.
+    (alerts,) = objects(rendered["prod"], "PrometheusRule").values()
+    rule_expressions = [rule["expr"] for group in alerts["spec"]["groups"] for rule in group["rules"]]
+    scaled = objects(rendered["prod"], "ScaledObject")["dispatcher"]["spec"]["triggers"]
+    rule_expressions += [trigger["metadata"]["query"] for trigger in scaled if trigger["type"] == "prometheus"]
+    # Their `job` labels are the pods' names (the PodMonitor's jobLabel).
+    jobs = set(objects(rendered["prod"], "Deployment"))
+    for expression in rule_expressions:
+        for job in re.findall(r'job=~?"([^"]+)"', expression):
+            assert any(re.fullmatch(job, name) for name in jobs), (job, expression)
+    expressions += rule_expressions
     queried: set[str] = set()
     for expression in expressions:
         # Metric names only: drop label matchers and grouping clauses, which hold label names.

@@ -10,26 +10,42 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis import Redis
+from rq.queue import Queue
 
+from aitask_common.grpc_server import LIVENESS, OVERALL
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import ServiceSettings
-from deploy.check import K8S_ENVOY_CONFIG
-from deploy.dockerfile import stages
+from deploy import pin_images
+from deploy.check import K8S_ENVOY_CONFIG, kustomize_build
+from deploy.dockerfile import ROOT, stages
 from dispatcher_service.schedule import queue
 from dispatcher_service.settings import DispatcherSettings
 from provider_openai.settings import OpenAISettings
 from provider_volcengine.settings import VolcengineSettings
 from task_service.settings import TaskServiceSettings
-from tests.deploy.helpers import Pod, containers, env_value, ingress_allowed, objects, pods, port_number, selects
+from tests.deploy.helpers import (
+    COMPOSE,
+    Pod,
+    containers,
+    egress_allowed,
+    env_value,
+    ingress_allowed,
+    objects,
+    pods,
+    port_number,
+    selects,
+)
 from upstream_simulator.settings import SimulatorSettings
 
 Documents = list[dict[str, Any]]
 OVERLAYS = ["dev", "prod"]
+PRODUCTION = ["prod", "prod-gateway-api"]
 # The aitask services every overlay deploys, with the settings class each runs with.
 SETTINGS: dict[str, type[ServiceSettings]] = {
     "task-service": TaskServiceSettings,
@@ -90,32 +106,52 @@ def test_images_run_as_the_user_their_dockerfile_target_sets(rendered: dict[str,
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_logs_and_temporary_files_go_to_emptydirs(rendered: dict[str, Documents], overlay: str) -> None:
+def test_logs_go_to_stdout_only_and_temporary_files_to_a_bounded_emptydir(
+    rendered: dict[str, Documents], overlay: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Log files in an emptyDir filled it in hours under load and got pods evicted.
     config = _aitask_config(rendered[overlay])
-    assert config["data"]["LOG_DIR"] == "/tmp/logs"
+    assert "LOG_DIR" not in config["data"]
+    monkeypatch.chdir(tmp_path)
+    for source in (config["data"], stages()["task-service"].env):
+        monkeypatch.setenv("LOG_FILE", source["LOG_FILE"])
+        assert ServiceSettings().log_file is False
     for name in SETTINGS:
         pod = _deployment(rendered[overlay], name)["spec"]["template"]["spec"]
         mounts = {mount["mountPath"]: mount["name"] for mount in pod["containers"][0]["volumeMounts"]}
-        empty_dirs = {volume["name"] for volume in pod["volumes"] if "emptyDir" in volume}
-        assert mounts.get("/tmp") in empty_dirs and mounts.get("/tmp/logs") in empty_dirs, name
+        assert set(mounts) == {"/tmp"}, name
+        (tmp,) = [volume for volume in pod["volumes"] if volume["name"] == mounts["/tmp"]]
+        assert "sizeLimit" in tmp["emptyDir"], name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_grpc_services_probe_native_grpc_health_on_their_port(rendered: dict[str, Documents], overlay: str) -> None:
+def test_grpc_services_probe_liveness_and_readiness_separately(rendered: dict[str, Documents], overlay: str) -> None:
     for name in GRPC_SERVICES:
         container = _container(rendered[overlay], name)
         grpc_port = port_number(container, "grpc")
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == grpc_port, (name, probe)
-        # A dependency outage takes a pod out of rotation well before it gets it restarted.
+        # A datastore outage (or one at start-up, which is waited for) must never restart a pod: liveness and
+        # start-up ask for the health name that only says the process works; readiness for the overall one.
+        assert container["livenessProbe"]["grpc"]["service"] == LIVENESS, name
+        assert container["startupProbe"]["grpc"]["service"] == LIVENESS, name
+        assert container["readinessProbe"]["grpc"].get("service", OVERALL) == OVERALL, name
         readiness, liveness = container["readinessProbe"], container["livenessProbe"]
         assert (
             readiness["periodSeconds"] * readiness["failureThreshold"]
             < liveness["periodSeconds"] * liveness["failureThreshold"]
         ), name
-        # The start-up probe outlasts the 60 s the services wait for MongoDB and Redis.
-        startup = container["startupProbe"]
-        assert startup["periodSeconds"] * startup["failureThreshold"] > 60, name
+
+
+def test_dispatcher_liveness_reads_the_workers_deadlines(rendered: dict[str, Documents]) -> None:
+    for overlay in OVERLAYS:
+        container = _container(rendered[overlay], "dispatcher")
+        command = container["livenessProbe"]["exec"]["command"]
+        assert command[:3] == ["python", "/app/healthcheck.py", "workers"]
+        assert command[3] == env_value(container, "WORKER_DEADLINE_DIR")
+        assert command[3].startswith("/tmp/"), "the root filesystem is read-only"
+        # The parent's /metrics, served before the wait for the datastores, is only the start-up probe.
+        assert container["startupProbe"]["httpGet"]["port"] == "metrics"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -150,14 +186,25 @@ def test_each_pod_environment_parses_into_the_ports_it_declares(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_envoy_is_scraped_on_its_admin_port(rendered: dict[str, Documents], overlay: str) -> None:
+def test_envoy_admin_stays_on_loopback_and_probes_use_the_stats_listener(
+    rendered: dict[str, Documents], overlay: str
+) -> None:
     envoy = _deployment(rendered[overlay], "envoy")
-    admin = json.loads(K8S_ENVOY_CONFIG.read_text())["admin"]["address"]["socket_address"]
-    assert admin["address"] == "0.0.0.0"
-    assert port_number(envoy["spec"]["template"]["spec"]["containers"][0], "admin") == admin["port_value"]
+    config = json.loads(K8S_ENVOY_CONFIG.read_text())
+    # /quitquitquit and friends were reachable from the monitoring namespace.
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    container = envoy["spec"]["template"]["spec"]["containers"][0]
+    assert {port["name"] for port in container["ports"]} == {"http", "stats"}
+    (probes,) = [listener for listener in config["static_resources"]["listeners"] if listener["name"] == "probes"]
+    address = probes["address"]["socket_address"]
+    assert address["port_value"] == port_number(container, "stats") and address["address"] == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "stats"}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "stats"}
     annotations = envoy["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(admin["port_value"])
+    assert annotations["prometheus.io/port"] == str(address["port_value"])
     assert annotations["prometheus.io/path"] == "/stats/prometheus"
+    service = objects(rendered[overlay], "Service")["envoy"]
+    assert service["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -196,9 +243,14 @@ def test_termination_grace_covers_prestop_and_shutdown_grace(rendered: dict[str,
         pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
         shutdown_grace = float(env_value(container, "SHUTDOWN_GRACE"))
         assert pod["terminationGracePeriodSeconds"] > pre_stop + shutdown_grace, name
-    assert (
-        _deployment(rendered[overlay], "dispatcher")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
-    )
+    # A scale-down must not kill a worker mid-call (the vendor would be paid twice): the grace outlasts RQ's job
+    # timeout, which holds the upstream call (AI_TIMEOUT) and the outcome's write.
+    dispatcher = _deployment(rendered[overlay], "dispatcher")["spec"]["template"]["spec"]
+    outcome_write_seconds = DispatcherSettings.model_fields["outcome_write_seconds"].default
+    ai_timeout = float(_aitask_config(rendered[overlay])["data"]["AI_TIMEOUT"])
+    assert ai_timeout + outcome_write_seconds <= Queue.DEFAULT_TIMEOUT
+    assert dispatcher["terminationGracePeriodSeconds"] >= Queue.DEFAULT_TIMEOUT + 15
+    assert COMPOSE["services"]["dispatcher"]["stop_grace_period"] == f"{dispatcher['terminationGracePeriodSeconds']}s"
     # Envoy leaves rotation only after Envoy's DNS refresh would drop a stopping task-service pod.
     task_service = _container(rendered[overlay], "task-service")
     assert task_service["lifecycle"]["preStop"]["sleep"]["seconds"] >= 5
@@ -235,23 +287,41 @@ def test_task_service_scales_on_cpu(rendered: dict[str, Documents]) -> None:
         assert "replicas" not in _deployment(rendered[overlay], "task-service")["spec"], "the autoscaler owns it"
 
 
-def test_keda_scales_the_dispatcher_on_every_rq_queue(rendered: dict[str, Documents]) -> None:
-    documents = rendered["prod"]
+@pytest.mark.parametrize("overlay", PRODUCTION)
+def test_keda_scales_the_dispatcher_on_jobs_queued_and_running(rendered: dict[str, Documents], overlay: str) -> None:
+    documents = rendered[overlay]
     scaled = objects(documents, "ScaledObject")["dispatcher"]["spec"]
     assert scaled["scaleTargetRef"]["name"] == "dispatcher"
-    redis_triggers = [trigger["metadata"] for trigger in scaled["triggers"] if trigger["type"] == "redis"]
+    # Jobs running count too, or a scale-down could pick a pod whose workers are all busy.
+    (prometheus,) = [trigger["metadata"] for trigger in scaled["triggers"] if trigger["type"] == "prometheus"]
+    assert 'state=~"queued|started"' in prometheus["query"] and "aitask_queue_depth" in prometheus["query"]
+    assert "max by" in prometheus["query"], "every dispatcher pod exports the same depth: never sum over pods"
+    assert 'job="dispatcher"' in prometheus["query"]
+    assert scaled["fallback"]["replicas"] >= 1 and scaled["fallback"]["failureThreshold"] >= 1
+    redis_triggers = [trigger for trigger in scaled["triggers"] if trigger["type"] == "redis"]
     # The list keys RQ really uses, from the code that enqueues (the client never connects here).
     unconnected = Redis()
-    assert [trigger["listName"] for trigger in redis_triggers] == [queue(unconnected, name).key for name in QUEUE_ORDER]
-    dispatcher = _container(documents, "dispatcher")
+    assert [trigger["metadata"]["listName"] for trigger in redis_triggers] == [
+        queue(unconnected, name).key for name in QUEUE_ORDER
+    ]
+    # Redis credentials come through a TriggerAuthentication from the datastores Secret, not the pod's env.
+    authentications = objects(documents, "TriggerAuthentication")
     for trigger in redis_triggers:
-        assert env_value(dispatcher, trigger["addressFromEnv"]) == {
-            "secretKeyRef": {"name": "aitask-datastores", "key": "REDIS_ADDRESS"}
+        assert "addressFromEnv" not in trigger["metadata"] and int(trigger["metadata"]["listLength"]) > 0
+        auth = authentications[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]
+        assert {(ref["parameter"], ref["name"], ref["key"]) for ref in auth} == {
+            ("address", "aitask-datastores", "REDIS_ADDRESS"),
+            ("password", "aitask-datastores", "REDIS_PASSWORD"),
         }
-        assert int(trigger["listLength"]) > 0
+    dispatcher = _container(documents, "dispatcher")
+    assert not [
+        entry for entry in dispatcher["env"] if entry["name"].startswith("REDIS_") and entry["name"] != "REDIS_URL"
+    ]
     assert "replicas" not in _deployment(documents, "dispatcher")["spec"], "KEDA owns it"
-    # Development clusters need not run KEDA.
-    assert "ScaledObject" not in {document["kind"] for document in rendered["dev"]}
+
+
+def test_development_runs_without_keda(rendered: dict[str, Documents]) -> None:
+    assert not {"ScaledObject", "TriggerAuthentication"} & {document["kind"] for document in rendered["dev"]}
 
 
 def test_production_references_secrets_it_does_not_contain(rendered: dict[str, Documents]) -> None:
@@ -264,7 +334,9 @@ def test_production_references_secrets_it_does_not_contain(rendered: dict[str, D
             if reference:
                 assert entry["name"] == reference["key"]
                 referenced.setdefault(reference["name"], set()).add(reference["key"])
-    assert referenced == {"aitask-api-keys": API_KEYS, "aitask-datastores": {"MONGO_URL", "REDIS_URL", "REDIS_ADDRESS"}}
+                # A provider pod starts with the keys it has: a missing vendor key must not block it.
+                assert reference.get("optional", False) is (reference["name"] == "aitask-api-keys"), entry
+    assert referenced == {"aitask-api-keys": API_KEYS, "aitask-datastores": {"MONGO_URL", "REDIS_URL"}}
     # Each key is a setting some provider reads.
     provider_fields = set(VolcengineSettings.model_fields) | set(OpenAISettings.model_fields)
     assert {key.lower() for key in API_KEYS} <= provider_fields
@@ -299,7 +371,6 @@ def test_network_policies_allow_only_the_intended_callers(rendered: dict[str, Do
 
     providers = ["provider-volcengine", "provider-openai"]
     assert allowed(outside, "envoy", "http")
-    assert not allowed(outside, "envoy", "admin")
     assert allowed("envoy", "task-service", "grpc")
     not_envoy: list[str | Pod] = ["dispatcher", *providers, outside]
     for caller in not_envoy:
@@ -312,12 +383,60 @@ def test_network_policies_allow_only_the_intended_callers(rendered: dict[str, Do
     for name in SETTINGS:
         assert allowed(MONITORING, name, "metrics"), name
         assert not allowed(Pod(namespace, {}, {}), name, "metrics"), name
-    assert allowed(MONITORING, "envoy", "admin")
+    assert allowed(MONITORING, "envoy", "stats")
+    assert not allowed(outside, "envoy", "stats")
     if overlay == "dev":
         for store, port in (("mongodb", "mongodb"), ("redis", "redis")):
             assert allowed("task-service", store, port)
             assert not allowed(outside, store, port)
+            # Only the services that use a datastore reach it.
+            for caller in ("envoy", "upstream-simulator"):
+                assert not allowed(caller, store, port), (caller, store)
         assert allowed("provider-openai", "upstream-simulator", "http")
+        assert not allowed("envoy", "upstream-simulator", "http")
+
+
+KUBE_DNS = Pod("kube-system", {"k8s-app": "kube-dns"}, {"dns": 53})
+VENDOR_IP, PRIVATE_IP, DATASTORE_IP = "203.0.113.10", "10.20.30.40", "198.51.100.7"
+
+
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "prod-gateway-api"])
+def test_egress_reaches_dns_datastores_and_vendors_only(rendered: dict[str, Documents], overlay: str) -> None:
+    documents = rendered[overlay]
+    workload = pods(documents)
+
+    def reaches(source: str, port: int | str, target: str | None = None, ip: str | None = None) -> bool:
+        pod = workload[target] if target else None
+        number = pod.ports[port] if pod is not None and isinstance(port, str) else int(port)
+        return egress_allowed(documents, workload[source], number, target=pod, ip=ip)
+
+    for name in workload:
+        assert egress_allowed(documents, workload[name], 53, target=KUBE_DNS, protocol="UDP"), name
+        assert not reaches(name, 443, ip=PRIVATE_IP), name
+    assert reaches("envoy", "grpc", "task-service")
+    for port in (443, 27017, 6379):
+        assert not reaches("envoy", port, ip=VENDOR_IP), port
+    assert not reaches("envoy", "grpc", "provider-openai")
+    assert reaches("dispatcher", "grpc", "provider-openai") and reaches("dispatcher", "grpc", "provider-volcengine")
+    assert not reaches("task-service", "grpc", "provider-openai")
+    providers = ["provider-openai", "provider-volcengine"]
+    if overlay == "dev":
+        for name in ("task-service", "dispatcher", *providers):
+            assert reaches(name, "redis", "redis"), name
+        assert reaches("task-service", "mongodb", "mongodb") and reaches("dispatcher", "mongodb", "mongodb")
+        for name in ("envoy", "upstream-simulator"):
+            assert not reaches(name, "mongodb", "mongodb") and not reaches(name, "redis", "redis"), name
+        for name in providers:
+            assert reaches(name, "http", "upstream-simulator") and not reaches(name, 443, ip=VENDOR_IP), name
+        assert not reaches("upstream-simulator", 443, ip=VENDOR_IP)
+    else:
+        for name in ("task-service", "dispatcher", *providers):
+            assert reaches(name, 6379, ip=DATASTORE_IP), name
+        assert reaches("task-service", 27017, ip=DATASTORE_IP) and reaches("dispatcher", 27017, ip=DATASTORE_IP)
+        for name in providers:
+            assert reaches(name, 443, ip=VENDOR_IP) and not reaches(name, 80, ip=VENDOR_IP), name
+        for name in ("task-service", "dispatcher"):
+            assert not reaches(name, 443, ip=VENDOR_IP), name
 
 
 def test_images_are_pinned_per_environment(rendered: dict[str, Documents]) -> None:
@@ -327,3 +446,82 @@ def test_images_are_pinned_per_environment(rendered: dict[str, Documents]) -> No
             assert ":" in image and not image.endswith(":latest"), (overlay, name, image)
             if name in {"envoy", *SETTINGS}:
                 assert image.endswith(tag), (overlay, name, image)
+
+
+def test_production_image_names_are_the_ones_the_build_tags(rendered: dict[str, Documents]) -> None:
+    # deploy.mk tags $(IMAGE_PREFIX)aitask-<target>:$(IMAGE_TAG); the overlay must name the same images.
+    makefile = (ROOT / "deploy" / "deploy.mk").read_text()
+    assert "--tag $(IMAGE_PREFIX)aitask-$*:$(IMAGE_TAG)" in makefile
+    for name, _, container in containers(rendered["prod"]):
+        assert container["image"] == f"registry.example.com/aitask-{name}:0.1.0", container["image"]
+
+
+def test_production_serves_https_through_an_ingress_or_the_gateway_api(rendered: dict[str, Documents]) -> None:
+    service = objects(rendered["prod"], "Service")["envoy"]
+    service_port = service["spec"]["ports"][0]
+    ingresses = objects(rendered["prod"], "Ingress")
+    assert ingresses
+    for name, ingress in ingresses.items():
+        assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"], name
+        hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
+        assert hosts <= {host for tls in ingress["spec"]["tls"] for host in tls["hosts"]} and hosts, name
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"] == {"name": "envoy", "port": {"name": service_port["name"]}}
+    grpc_paths = {path["path"] for rule in ingresses["aitask-grpc"]["spec"]["rules"] for path in rule["http"]["paths"]}
+    assert "/aitask.v1.TaskService/" in grpc_paths
+    assert ingresses["aitask-grpc"]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+
+    documents = rendered["prod-gateway-api"]
+    assert not objects(documents, "Ingress")
+    gateway = objects(documents, "Gateway")["aitask"]
+    assert gateway["metadata"]["annotations"]["cert-manager.io/cluster-issuer"]
+    (listener,) = gateway["spec"]["listeners"]
+    assert listener["protocol"] == "HTTPS" and listener["tls"]["certificateRefs"]
+    routes = [*objects(documents, "HTTPRoute").values(), *objects(documents, "GRPCRoute").values()]
+    assert {route["kind"] for route in routes} == {"HTTPRoute", "GRPCRoute"}
+    for route in routes:
+        assert route["spec"]["parentRefs"] == [{"name": "aitask", "sectionName": listener["name"]}]
+        for rule in route["spec"]["rules"]:
+            assert rule["backendRefs"] == [{"name": "envoy", "port": service_port["port"]}]
+    (grpc_route,) = objects(documents, "GRPCRoute").values()
+    methods = {match["method"]["service"] for rule in grpc_route["spec"]["rules"] for match in rule["matches"]}
+    assert "aitask.v1.TaskService" in methods
+
+
+@pytest.mark.parametrize("overlay", PRODUCTION)
+def test_a_pod_monitor_scrapes_every_pod(rendered: dict[str, Documents], overlay: str) -> None:
+    documents = rendered[overlay]
+    (monitor,) = objects(documents, "PodMonitor").values()
+    endpoints = {endpoint["port"]: endpoint["path"] for endpoint in monitor["spec"]["podMetricsEndpoints"]}
+    assert endpoints == {"metrics": "/metrics", "stats": "/stats/prometheus"}
+    # `job` is the pod's name label: what the alerts and KEDA's query select on.
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    for name, pod in pods(documents).items():
+        assert selects(monitor["spec"]["selector"], pod.labels), name
+        assert set(pod.ports) & set(endpoints), f"{name} has no port the PodMonitor scrapes"
+        assert pod.labels["app.kubernetes.io/name"] == name
+    assert "PodMonitor" not in {document["kind"] for document in rendered["dev"]}
+
+
+def test_prod_overlay_images_can_be_pinned_to_build_digests(tmp_path: Path) -> None:
+    k8s = tmp_path / "k8s"
+    shutil.copytree(ROOT / "deploy" / "k8s", k8s)
+    metadata = tmp_path / "images"
+    metadata.mkdir()
+    digests = {}
+    for number, target in enumerate(["envoy", "task-service", "dispatcher", "provider-volcengine", "provider-openai"]):
+        digests[target] = f"sha256:{number:064x}"
+        (metadata / f"{target}.json").write_text(json.dumps({"containerimage.digest": digests[target]}))
+    kustomization = k8s / "overlays" / "prod" / "kustomization.yaml"
+    before = kustomization.read_text()
+    assert pin_images.main([str(metadata), str(kustomization)]) == 0
+    pinned = kustomization.read_text()
+    # Comments stay; running it again replaces the digests instead of adding lines.
+    assert [line for line in before.splitlines() if line.lstrip().startswith("#")] == [
+        line for line in pinned.splitlines() if line.lstrip().startswith("#")
+    ]
+    assert pin_images.main([str(metadata), str(kustomization)]) == 0
+    assert kustomization.read_text() == pinned
+    for name, _, container in containers(kustomize_build(k8s / "overlays" / "prod")):
+        assert container["image"] == f"registry.example.com/aitask-{name}:0.1.0@{digests[name]}"
