@@ -12,7 +12,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from redis import Redis
 from redis.client import Pipeline
+
+from aitask_common.tasks import inflight_key
 
 
 class Priority(StrEnum):
@@ -54,3 +57,97 @@ def watch_job(pipe: Pipeline, task_id: str, job_id: str, due: float) -> None:
     the job: both are stored, or neither."""
     pipe.zadd(WATCH_KEY, {task_id: due})
     pipe.hset(WATCH_JOBS_KEY, task_id, job_id)
+
+
+# Sorted set of task ids scored by when their next poll is due (epoch seconds), and the hash of their hints
+# (dispatcher_service/schedule.py). Here because a cancel in the task service takes a video out of them at once.
+POLLS_KEY = "aitask:polls"
+POLL_HINTS_KEY = "aitask:poll-hints"
+# A task's owner while a step runs (dispatcher_service/lease.py); a cancel takes it too, when it is free.
+LEASE_KEY_PREFIX = "aitask:lease:"
+
+# Cancels (task_service/cancel.py). The job that cancels or deletes a cancelled video's upstream job, run by a
+# dispatcher on the critical queue with (task_id, provider, model, upstream_job_id, first tried: epoch seconds).
+CANCEL_UPSTREAM = "dispatcher_service.jobs.cancel_upstream"
+# Set before a cancel's MongoDB write: a poll that was already running when the task left the poll set must
+# not plan another one (schedule_poll checks it in the same round trip).
+CANCELLED_KEY_PREFIX = "aitask:cancelled:"
+# Long enough for any poll that was in flight at the cancel to have ended.
+CANCELLED_MARK_SECONDS = 24 * 3600
+
+
+def cancelled_key(task_id: str) -> str:
+    """Redis key saying the task was cancelled (its value: the reason)."""
+    return CANCELLED_KEY_PREFIX + task_id
+
+
+def forget_task(pipe: Pipeline | Any, task_id: str, user_id: str | None = None) -> None:
+    """Add to `pipe` (sync or asyncio) the commands that drop a final (or gone) task from the watch set, the poll
+    set and, when its user is known, from the user's in-flight set."""
+    pipe.zrem(WATCH_KEY, task_id)
+    pipe.hdel(WATCH_JOBS_KEY, task_id)
+    pipe.zrem(POLLS_KEY, task_id)
+    pipe.hdel(POLL_HINTS_KEY, task_id)
+    if user_id is not None:
+        pipe.srem(inflight_key(user_id), task_id)
+
+
+# Queue positions, best effort and O(1) per read: every first job a create enqueues takes the next number
+# of its priority's `enqueued` counter, kept with the priority under the task's sequence key; the first time
+# the dispatcher picks up that task (whatever it then finds: pending, cancelled, deleted), it deletes the key
+# and bumps the priority's `started` counter. A pending task's position is then its number less the started
+# count, less one. Approximate: retries, re-checks and orphan re-runs share the queues without a number, and
+# a Redis that restarts empty loses every number (the position is then unknown, not wrong).
+QUEUE_SEQUENCE_PREFIX = "aitask:queue-seq:"
+STARTED_KEY_PREFIX = f"{QUEUE_SEQUENCE_PREFIX}started:"
+# A task pending longer than this loses its number.
+SEQUENCE_TTL_SECONDS = FAILURE_TTL_SECONDS
+
+_TAKE_NUMBER = """
+local number = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. number, 'EX', ARGV[2])
+return number
+"""
+# The started counter's name is built here from the priority the entry holds: the dispatcher's job knows
+# only the task id.
+_LEAVE_QUEUE = """
+local entry = redis.call('GET', KEYS[1])
+if not entry then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('INCR', ARGV[1] .. string.match(entry, '^(%S+)'))
+return 1
+"""
+
+
+def enqueued_key(priority: Priority | str) -> str:
+    """Counter of first jobs a create enqueued at `priority`."""
+    return f"{QUEUE_SEQUENCE_PREFIX}enqueued:{priority}"
+
+
+def started_key(priority: Priority | str) -> str:
+    """Counter of numbered tasks at `priority` the dispatcher has picked up."""
+    return f"{STARTED_KEY_PREFIX}{priority}"
+
+
+def task_number_key(task_id: str) -> str:
+    """The task's place in its queue while it waits for its first run: "<priority> <number>"."""
+    return f"{QUEUE_SEQUENCE_PREFIX}task:{task_id}"
+
+
+def take_number(pipe: Pipeline, task_id: str, priority: Priority | str) -> None:
+    """Number the task in its priority's queue, in the MULTI that enqueues its first job."""
+    pipe.eval(_TAKE_NUMBER, 2, enqueued_key(priority), task_number_key(task_id), str(priority), SEQUENCE_TTL_SECONDS)
+
+
+def leave_queue(redis: Redis, task_id: str) -> None:
+    """The dispatcher picked up the task's job: if it was numbered, it no longer waits (one Redis call)."""
+    redis.eval(_LEAVE_QUEUE, 1, task_number_key(task_id), STARTED_KEY_PREFIX)
+
+
+def queue_position(entry: bytes | str | None, started: bytes | str | None) -> int | None:
+    """How many tasks of its priority are ahead of a numbered task, from its entry and the started count;
+    None when it has no number (Redis lost it, or the task already ran)."""
+    if entry is None:
+        return None
+    number = int(entry.split()[-1])
+    return max(0, number - 1 - int(started or 0))

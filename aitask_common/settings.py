@@ -41,6 +41,8 @@ class ServiceSettings(BaseSettings):
     """Daily log files older than this are removed."""
     log_dir: str = "logs"
     """Folder of the daily log files (beside the JSON lines on stdout)."""
+    log_file: bool = True
+    """Also write the daily files under LOG_DIR; `off` in containers, where stdout is collected."""
     mongo_url: str = "mongodb://127.0.0.1:27017/"
     """MongoDB (or FerretDB) connection string."""
     mongo_database: str = "aitask"

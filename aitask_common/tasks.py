@@ -18,6 +18,8 @@ INDEXES: list[list[tuple[str, int]]] = [
     [("user_id", 1), ("created", -1)],
     [("user_id", 1), ("type", 1), ("created", -1)],
     [("status", 1), ("updated", 1)],
+    # The reconciler's sweep of pending tasks past their deadline.
+    [("status", 1), ("deadline", 1)],
 ]
 
 # Fields too large for list responses.
@@ -37,6 +39,13 @@ class TaskStatus(StrEnum):
     def is_final(self) -> bool:
         """Whether no further transition is allowed."""
         return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class CancelReason(StrEnum):
+    """Why a task was cancelled (`cancel_reason`)."""
+
+    USER = "user"
+    DEADLINE = "deadline"
 
 
 class TaskType(StrEnum):
@@ -88,6 +97,8 @@ class TaskDocument(TypedDict):
     # Asynchronous (video) models: the vendor's job id, stored before any poll, and when it was submitted.
     upstream_job_id: NotRequired[str]
     submitted: NotRequired[datetime]
+    # While processing: the upstream's progress, 0-100, where it reports one.
+    progress: NotRequired[int]
     # Outcome.
     image_url: NotRequired[str]
     image_base64: NotRequired[str]
@@ -96,6 +107,13 @@ class TaskDocument(TypedDict):
     revised_prompt: NotRequired[str]
     usage: NotRequired[TokenUsage]
     error_message: NotRequired[str]
+    # Who really serves the task (API.md "Which model served a task"), written at create; absent on older tasks.
+    served_provider: NotRequired[str]
+    served_model: NotRequired[str]
+    # When a task not started upstream by then is cancelled (the create's deadline_seconds), and why a
+    # cancelled task was cancelled (CancelReason).
+    deadline: NotRequired[datetime]
+    cancel_reason: NotRequired[str]
 
 
 def utcnow() -> datetime:
@@ -127,11 +145,18 @@ def task_to_proto(document: TaskDocument, include_payload: bool = True) -> task_
         error_message=document.get("error_message", ""),
         attempts=document.get("attempts", 0),
         parameters=task_service_pb2.TaskParameters(**parameters),
+        served_provider=document.get("served_provider", ""),
+        served_model=document.get("served_model", ""),
+        cancel_reason=document.get("cancel_reason", ""),
     )
     if usage:
         task.usage.CopyFrom(task_service_pb2.TokenUsage(**usage))
+    if "progress" in document and document["status"] == TaskStatus.PROCESSING:
+        task.progress = document["progress"]
     task.created.FromDatetime(document["created"])
     task.updated.FromDatetime(document["updated"])
+    if "deadline" in document:
+        task.deadline.FromDatetime(document["deadline"])
     return task
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from bson import json_util
 from pymongo import MongoClient
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -39,8 +39,9 @@ from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
 from aitask_common.provider_errors import RETRYABLE_CODES
-from aitask_common.queues import Priority
+from aitask_common.queues import Priority, leave_queue
 from aitask_common.tasks import TaskDocument, TaskParameters, TaskStatus, utcnow
+from dispatcher_service.cancels import cancel_upstream_job, deadline_passed, enqueue_upstream_cancel, expire
 from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
@@ -126,7 +127,7 @@ class Runtime:
     def open(cls, settings: DispatcherSettings) -> Runtime:
         """Connect, in the process that will use the connections (after any fork)."""
         redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
-        tasks = TaskTransitions(MongoClient(**client_options(settings, "dispatcher")), settings.mongo_database)
+        tasks = TaskTransitions(MongoClient(**client_options(settings, "dispatcher")), settings.mongo_database, redis)
         providers = ProviderDirectory(redis, settings.registry_cache_seconds)
         return cls(settings, redis, tasks, providers, UpstreamDurations(redis))
 
@@ -154,6 +155,8 @@ class Task:
     upstream: UpstreamJob | None = None
     # Seconds after submit of the previous poll, which found the upstream job running.
     last_polled: float | None = None
+    # The upstream's progress (0-100) last stored on the task.
+    progress: int | None = None
     # The request, sent by Generate and SubmitJob: a poll's hint leaves it out (a job is never submitted twice).
     prompt: str = ""
     parameters: TaskParameters = field(default_factory=lambda: TaskParameters())
@@ -178,6 +181,7 @@ class Task:
             created=document["created"],
             attempts=document.get("attempts", 0),
             upstream=UpstreamJob(upstream_job_id, submitted) if upstream_job_id and submitted else None,
+            progress=document.get("progress"),
             prompt=document["prompt"],
             parameters=parameters,
         )
@@ -196,11 +200,12 @@ class Task:
             attempts=hint["attempts"],
             upstream=UpstreamJob(hint["upstream_job_id"], datetime.fromtimestamp(hint["submitted"], UTC)),
             last_polled=hint["last_polled"],
+            progress=hint.get("progress"),
         )
 
     def poll_hint(self, upstream: UpstreamJob) -> PollHint:
         """What the next poll of `upstream` carries."""
-        return PollHint(
+        hint = PollHint(
             user_id=self.user_id,
             type=self.type,
             provider=self.provider,
@@ -212,6 +217,9 @@ class Task:
             submitted=upstream.submitted.timestamp(),
             last_polled=self.last_polled,
         )
+        if self.progress is not None:
+            hint["progress"] = self.progress
+        return hint
 
 
 # RQ calls `process_task` by name with only a task id: the runtime is the process's, installed once by the
@@ -227,12 +235,33 @@ def install_runtime(runtime: Runtime) -> None:
 
 def process_task(task_id: str) -> str:
     """RQ's entry point; returns a short word saying what happened (kept as the job result)."""
+    if _runtime is not None:
+        _leave_queue(_runtime.redis, task_id)
     return _run(task_id, None)
+
+
+def _leave_queue(redis: Redis, task_id: str) -> None:
+    """The task no longer waits in its queue (queue positions, aitask_common.queues); best effort."""
+    try:
+        leave_queue(redis, task_id)
+    except RedisError as error:
+        log.warning("queue position not updated", error=str(error))
 
 
 def run_poll(task_id: str, hint: PollHint | None) -> str:
     """The poller's entry point; without a hint (gone, or from an older dispatcher) it runs as a job does."""
     return _run(task_id, hint)
+
+
+def cancel_upstream(task_id: str, provider: str, model: str, upstream_job_id: str, first_tried: float) -> str:
+    """RQ's entry point for cancelling a cancelled task's upstream job (dispatcher_service/cancels.py)."""
+    if _runtime is None:
+        raise RuntimeError("no dispatcher runtime in this process: the worker's bootstrap installs it")
+    rt = _runtime
+    with bound_log_context(task_id=task_id):
+        return cancel_upstream_job(
+            rt.settings, rt.redis, rt.providers, task_id, provider, model, upstream_job_id, first_tried
+        )
 
 
 def _run(task_id: str, hint: PollHint | None) -> str:
@@ -264,6 +293,10 @@ def _store_kept(rt: Runtime, lease: TaskLease, task_id: str, kept: KeptWrite) ->
             forget_finished(pipe, task_id, kept.user_id)
             pipe.delete(kept_write_key(task_id))
             pipe.execute()
+        if document is not None and document["status"] == TaskStatus.CANCELLED and kept.status is None:
+            # Cancelled while its upstream job's record waited here: nothing will poll that job; stop it.
+            upstream_job_id = kept.fields["upstream_job_id"]
+            enqueue_upstream_cancel(rt.redis, task_id, document["provider"], document["model"], upstream_job_id)
         return "missing" if document is None else "already-final"
     log.info("storing the write an earlier run kept", status=kept.status or "upstream job")
     return TaskRun(rt, lease, Task.from_document(document), TaskStatus(document["status"])).resume(kept)
@@ -289,6 +322,9 @@ def _claim(rt: Runtime, task_id: str) -> Task | str:
         # A duplicate job (a reconciler re-enqueue that raced the finish) re-added the watch entry.
         forget_finished(rt.redis, task_id, document["user_id"])
         return "already-final"
+    if status is TaskStatus.PENDING and deadline_passed(document):
+        # The claim refused it: not started upstream by its deadline.
+        return "deadline-passed" if expire(rt.tasks.collection, rt.redis, task_id, document["user_id"]) else "lost-race"
     task = Task.from_document(document)
     if task.upstream is None:
         # Processing from a dead owner (or pending again since the claim): counted as a new attempt.
@@ -403,7 +439,11 @@ class TaskRun:
         upstream = UpstreamJob(response.upstream_job_id, utcnow())
         # Stored before any poll, so a re-run polls this job instead of paying for a second one.
         fields = {"upstream_job_id": upstream.job_id, "submitted": upstream.submitted}
-        self._store(KeptWrite(None, fields, None, self.task.user_id, self.task.priority))
+        if not self._store(KeptWrite(None, fields, None, self.task.user_id, self.task.priority)):
+            # Cancelled (or deleted) while the submit was in flight: nothing will poll this job; stop it.
+            log.info("upstream job submitted after a cancel: cancelling it", upstream_job_id=upstream.job_id)
+            enqueue_upstream_cancel(self.rt.redis, self.task.id, self.task.provider, self.task.model, upstream.job_id)
+            return self._moved_on()
         self.task.upstream = upstream
         log.info("upstream job submitted", upstream_job_id=upstream.job_id)
         return self._submitted(upstream)
@@ -432,6 +472,7 @@ class TaskRun:
         if waited > self.settings.poll_give_up_seconds:
             return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
         self.task.last_polled = waited
+        self._record_progress(response.progress)
         estimated = durations.likely_duration(model_key) is not None
         self._schedule_poll(upstream, self._next_poll_delay(waited, response.poll_after_ms))
         if not estimated and durations.likely_duration(model_key, fresh=True) is not None:
@@ -439,6 +480,17 @@ class TaskRun:
             # read): its pass over the poll set may have missed this one, so plan it again.
             self._schedule_poll(upstream, self._next_poll_delay(waited, response.poll_after_ms))
         return "polling"
+
+    def _record_progress(self, progress: int) -> None:
+        """Store the upstream's progress on the task when it changed (watchers are told by the write);
+        best effort: a database outage only delays it to a later poll."""
+        if not progress or progress == self.task.progress:
+            return
+        try:
+            if self.rt.tasks.record(self.task.id, TaskStatus.PROCESSING, {"progress": progress}):
+                self.task.progress = progress
+        except PyMongoError as error:
+            log.warning("progress not stored", error=str(error))
 
     def _replan_waiting_polls(self) -> None:
         """The model's first finish gave it an estimate: the jobs that waited for one poll by it now."""

@@ -10,7 +10,7 @@ from types import TracebackType
 from redis import Redis
 from redis.client import Pipeline
 
-LEASE_KEY_PREFIX = "aitask:lease:"
+from aitask_common.queues import LEASE_KEY_PREFIX as LEASE_KEY_PREFIX  # re-exported: the dispatcher's name for it
 
 # Renew or release only while we still hold the lease (compare-and-set).
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"

@@ -5,7 +5,7 @@ QUEUE ?= all
 
 .PHONY: redis-queue-status redis-queue-clear redis-queue-clear-force redis-queue-requeue-failed
 
-redis-queue-status: install ## Jobs per RQ queue and state, the oldest queued job's age, the polls waiting
+redis-queue-status: install ## Jobs per RQ queue and state, the oldest queued job's age, the polls waiting, the cancelled tasks
 	$(PYTHON) -m dispatcher_service.queue_admin status
 
 redis-queue-clear: install ## Remove QUEUE's queued and scheduled jobs after confirmation; their unfinished tasks fail
@@ -14,5 +14,5 @@ redis-queue-clear: install ## Remove QUEUE's queued and scheduled jobs after con
 redis-queue-clear-force: install ## Same as redis-queue-clear without asking
 	$(PYTHON) -m dispatcher_service.queue_admin clear $(QUEUE) --force
 
-redis-queue-requeue-failed: install ## Put the jobs of QUEUE's RQ failed registry back on their queue
+redis-queue-requeue-failed: install ## Put the jobs of QUEUE's RQ failed registry back on their queue, never a cancelled (or final) task's
 	$(PYTHON) -m dispatcher_service.queue_admin requeue-failed $(QUEUE)

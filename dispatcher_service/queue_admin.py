@@ -6,7 +6,10 @@
 - `clear QUEUE|all`: after confirmation, removes the queued and scheduled jobs of a queue. MongoDB is
   the source of truth, so no task may be left waiting on a job that no longer exists: each unfinished
   task behind a removed job is marked failed (or, with `--requeue`, gets a fresh job).
-- `requeue-failed QUEUE|all`: puts the jobs of RQ's FailedJobRegistry back on their queue.
+- `requeue-failed QUEUE|all`: puts the jobs of RQ's FailedJobRegistry back on their queue, but never the job of a
+  task that is already final (a cancelled one above all: it must never run).
+- `status` also counts the cancelled tasks, by reason (a user's cancel, a deadline): their jobs may still wait in
+  the queues above, and end at once, without running, when a worker takes them.
 
 Settings come from the environment (REDIS_URL, MONGO_URL, MONGO_DATABASE), as for every service; what it
 leaves unset comes from `.local/stack.env`, where `make run` writes the local stack's URLs.
@@ -34,9 +37,9 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, str_to_date
 
 from aitask_common.mongo import client_options
-from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER
+from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, leave_queue
 from aitask_common.settings import ServiceSettings, load_settings
-from aitask_common.tasks import TaskDocument, TaskStatus
+from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished, queue
 from dispatcher_service.storage import TaskTransitions
@@ -46,6 +49,8 @@ ALL = "all"
 QUEUE_HELP = f"{', '.join(QUEUE_NAMES)} or {ALL}"
 STATES = ("queued", "started", "scheduled", "failed", "finished", "deferred")
 OLDEST_AGE = "oldest_queued_age_seconds"
+# `status --json`: cancelled tasks per cancel_reason, beside the queues.
+CANCELLED_TASKS = "cancelled_tasks"
 CANCEL_MESSAGE = "cancelled by an operator: queue {queue} cleared"
 # Held only around one task's update; the expiry matters only if this tool dies holding it.
 CLEAR_LEASE_SECONDS = 10.0
@@ -63,13 +68,14 @@ def queue_status(redis: Redis, name: str) -> dict[str, Any]:
     }
     counts: dict[str, Any] = {"queued": target.count}
     counts |= {state: registry.get_job_count(cleanup=False) for state, registry in registries.items()}
-    counts[OLDEST_AGE] = _oldest_queued_age(redis, target)
+    counts[OLDEST_AGE] = oldest_queued_age(redis, target)
     return counts
 
 
-def _oldest_queued_age(redis: Redis, target: Queue) -> float | None:
+def oldest_queued_age(redis: Redis, target: Queue, first: int = -1) -> float | None:
+    """Seconds the oldest of the queue's first `first` jobs (all: -1) has waited; None if empty."""
     # Every enqueue time, not just the head's: a job put at the front would make the head look young.
-    job_ids = target.get_job_ids()
+    job_ids = target.get_job_ids(0, first)
     with redis.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.hget(Job.key_for(job_id), "enqueued_at")
@@ -85,6 +91,16 @@ def poll_status(redis: Redis) -> dict[str, int]:
         pipe.zcount(POLLS_KEY, "-inf", time.time())
         waiting, due = pipe.execute()
     return {"waiting": waiting, "due": due}
+
+
+def cancelled_counts(transitions: TaskTransitions) -> dict[str, int]:
+    """Cancelled tasks per cancel_reason (one equality query each, which FerretDB hands to PostgreSQL)."""
+    return {
+        reason.value: transitions.collection.count_documents(
+            {"status": TaskStatus.CANCELLED.value, "cancel_reason": reason.value}
+        )
+        for reason in CancelReason
+    }
 
 
 def format_status_table(statuses: dict[str, dict[str, Any]]) -> str:
@@ -187,14 +203,33 @@ def _remove_job(redis: Redis, target: Queue, job_id: str, job: Job | None) -> in
         return 0
     if job is not None:
         job.delete(remove_from_queue=False)
+    task_id = _task_id(job)
+    if task_id is not None:
+        # No worker will pick it up: the tasks behind it move up (queue positions).
+        leave_queue(redis, task_id)
     return 1
 
 
-def requeue_failed(redis: Redis, name: str) -> int:
-    """Move every job of queue `name`'s FailedJobRegistry back onto its queue (RQ's requeue); the count moved."""
+@dataclass
+class RequeueOutcome:
+    """What requeueing one queue's failed jobs did."""
+
+    moved: int = 0
+    # Left in the failed registry: their task is final (cancelled, completed or failed) and must not run.
+    skipped_final: int = 0
+
+
+def requeue_failed(redis: Redis, name: str, transitions: TaskTransitions) -> RequeueOutcome:
+    """Move every job of queue `name`'s FailedJobRegistry back onto its queue (RQ's requeue), but the jobs
+    of tasks already final."""
     registry = queue(redis, name).failed_job_registry
-    moved = 0
-    for job_id in registry.get_job_ids():
+    outcome = RequeueOutcome()
+    job_ids = registry.get_job_ids()
+    for job_id, job in zip(job_ids, Job.fetch_many(job_ids, redis, serializer=JSONSerializer), strict=True):
+        task_id = _task_id(job)
+        if task_id is not None and _unfinished_status(transitions.get(task_id)) is None:
+            outcome.skipped_final += 1
+            continue
         try:
             registry.requeue(job_id)
         except NoSuchJobError:
@@ -204,8 +239,8 @@ def requeue_failed(redis: Redis, name: str) -> int:
             # Someone else requeued or removed it meanwhile.
             continue
         else:
-            moved += 1
-    return moved
+            outcome.moved += 1
+    return outcome
 
 
 def _confirmed(redis: Redis, names: list[str], target: str, requeue: bool) -> bool:
@@ -235,7 +270,9 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("queue", choices=[*QUEUE_NAMES, ALL], metavar="QUEUE", help=QUEUE_HELP)
     clear.add_argument("--force", action="store_true", help="do not ask for confirmation")
     clear.add_argument("--requeue", action="store_true", help="enqueue unfinished tasks again instead of failing them")
-    failed = commands.add_parser("requeue-failed", help="put the jobs of RQ's failed registry back on their queue")
+    failed = commands.add_parser(
+        "requeue-failed", help="put the jobs of RQ's failed registry back on their queue (never a final task's)"
+    )
     failed.add_argument("queue", choices=[*QUEUE_NAMES, ALL], metavar="QUEUE", help=QUEUE_HELP)
     return parser
 
@@ -251,24 +288,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"invalid configuration: REDIS_URL: {error}", file=sys.stderr)
         return 2
     try:
+        transitions = TaskTransitions(
+            MongoClient(**client_options(settings, "queue-admin")), settings.mongo_database, redis
+        )
         if args.command in (None, "status"):
             statuses = {name: queue_status(redis, name) for name in QUEUE_NAMES}
+            cancelled = cancelled_counts(transitions)
             if getattr(args, "json", False):
-                print(json.dumps(statuses))
+                print(json.dumps({**statuses, CANCELLED_TASKS: cancelled}))
             else:
                 polls = poll_status(redis)
                 print(format_status_table(statuses))
                 print(f"polls of running upstream jobs: {polls['waiting']} waiting, {polls['due']} due")
+                print(
+                    f"cancelled tasks: {cancelled[CancelReason.USER]} by their user, "
+                    f"{cancelled[CancelReason.DEADLINE]} past their deadline (a job of theirs still queued never runs)"
+                )
             return 0
         names = QUEUE_NAMES if args.queue == ALL else [args.queue]
         if args.command == "requeue-failed":
             for name in names:
-                print(f"{name}: requeued {requeue_failed(redis, name)} failed jobs")
+                requeued = requeue_failed(redis, name, transitions)
+                line = f"{name}: requeued {requeued.moved} failed jobs"
+                if requeued.skipped_final:
+                    line += f", skipped {requeued.skipped_final} whose task is final (cancelled, completed or failed)"
+                print(line)
             return 0
         if not args.force and not _confirmed(redis, names, args.queue, args.requeue):
             print("aborted: nothing removed")
             return 1
-        transitions = TaskTransitions(MongoClient(**client_options(settings, "queue-admin")), settings.mongo_database)
         for name in names:
             outcome = clear_queue(redis, transitions, name, args.requeue)
             tasks = f"requeued {outcome.requeued_tasks}" if args.requeue else f"failed {outcome.failed_tasks}"

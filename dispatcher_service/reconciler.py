@@ -11,6 +11,9 @@ updates make the second run a no-op, and a stored upstream job id is polled,
 never paid for again. A processing task (its worker died mid-call) goes back at
 the front of its queue: its work was already started, perhaps paid for.
 
+Each pass first cancels the pending tasks past their deadline (dispatcher_service/cancels.py), so they end
+at about their deadline even behind a deep backlog, not when a worker reaches their job.
+
 Each pass also prunes the users' in-flight sets (task_service/limits.py) of tasks
 that are final or gone, whatever left them there (a Redis outage during a task's
 cleanup, a create withdrawn while Redis was down, a crash): a user's count of
@@ -36,6 +39,7 @@ from ulid import ULID
 from aitask_common.logging import get_logger
 from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
 from aitask_common.tasks import TaskStatus, inflight_key, utcnow
+from dispatcher_service.cancels import expire_overdue
 from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished
 from dispatcher_service.settings import DispatcherSettings
@@ -101,6 +105,7 @@ class Reconciler:
         if not self.redis.set(LOCK_KEY, self.token, nx=True, px=max(interval_ms - 100, 100)):
             return 0
         now = time.time()
+        expire_overdue(self.tasks, self.redis, BATCH)
         requeued = self._requeue_stuck(now)
         self._prune(now - WATCH_RETENTION_SECONDS)
         self._prune_inflight(now)

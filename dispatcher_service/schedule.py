@@ -28,15 +28,29 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from aitask_common.queues import PROCESS_TASK, WATCH_JOBS_KEY, WATCH_KEY, Priority, job_options, watch_job
-from aitask_common.tasks import inflight_key
+from aitask_common.queues import POLL_HINTS_KEY as POLL_HINTS_KEY  # re-exported: the dispatcher's name for them
+from aitask_common.queues import POLLS_KEY as POLLS_KEY
+from aitask_common.queues import (
+    PROCESS_TASK,
+    WATCH_JOBS_KEY,
+    WATCH_KEY,
+    Priority,
+    cancelled_key,
+    forget_task,
+    job_options,
+    watch_job,
+)
 
-# Sorted set of task ids scored by when their next poll is due (epoch seconds), and the hash of their hints.
-POLLS_KEY = "aitask:polls"
-POLL_HINTS_KEY = "aitask:poll-hints"
+
+class OptionalPollHint(TypedDict, total=False):
+    """PollHint's optional fields (`total=False`: NotRequired is not seen in postponed annotations), which
+    a hint from an older dispatcher lacks."""
+
+    # The upstream's progress (0-100) the task last stored, so an unchanged one is not written again.
+    progress: int
 
 
-class PollHint(TypedDict):
+class PollHint(OptionalPollHint):
     """What a poll carries (JSON in POLL_HINTS_KEY): the task as a poll run needs it, less the request,
     which is never sent again once the upstream job exists. `_REPLAN` reads provider, model, submitted."""
 
@@ -104,15 +118,12 @@ def enqueue_task(
 def schedule_poll(connection: Redis, task_id: str, delay_seconds: float, hint: PollHint) -> None:
     """Poll the task's upstream job after `delay_seconds`, carrying `hint`.
 
-    The watch entry moves with the poll; the task has no RQ job while it waits for one.
+    The watch entry moves with the poll; the task has no RQ job while it waits for one. A task cancelled
+    meanwhile (the task service took it out of the poll set while this run polled) gets no poll.
     """
     due = time.time() + delay_seconds
-    with connection.pipeline() as pipe:
-        pipe.zadd(POLLS_KEY, {task_id: due})
-        pipe.hset(POLL_HINTS_KEY, task_id, json.dumps(hint))
-        pipe.zadd(WATCH_KEY, {task_id: due})
-        pipe.hdel(WATCH_JOBS_KEY, task_id)
-        pipe.execute()
+    keys = [POLLS_KEY, POLL_HINTS_KEY, WATCH_KEY, WATCH_JOBS_KEY, cancelled_key(task_id)]
+    connection.eval(_SCHEDULE_POLL, len(keys), *keys, task_id, due, json.dumps(hint))
 
 
 def forget_finished(connection: Redis | Pipeline, task_id: str, user_id: str | None = None) -> None:
@@ -123,12 +134,19 @@ def forget_finished(connection: Redis | Pipeline, task_id: str, user_id: str | N
             forget_finished(pipe, task_id, user_id)
             pipe.execute()
         return
-    connection.zrem(WATCH_KEY, task_id)
-    connection.hdel(WATCH_JOBS_KEY, task_id)
-    connection.zrem(POLLS_KEY, task_id)
-    connection.hdel(POLL_HINTS_KEY, task_id)
-    if user_id is not None:
-        connection.srem(inflight_key(user_id), task_id)
+    forget_task(connection, task_id, user_id)
+
+
+# schedule_poll in one round trip, unless the task was cancelled (KEYS[5] exists): KEYS polls, hints, watch,
+# watch jobs; ARGV task id, due, hint.
+_SCHEDULE_POLL = """
+if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return 1
+"""
 
 
 # Bring forward the polls of one model (ARGV[1] provider, ARGV[2] model) to the first of the offsets

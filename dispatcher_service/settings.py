@@ -45,3 +45,6 @@ class DispatcherSettings(ServiceSettings):
     """How late a task's scheduled job may be before the reconciler enqueues it again."""
     registry_cache_seconds: float = Field(default=1.0, ge=0)
     """How long a read of the provider registry is reused before reading Redis again."""
+    worker_deadline_dir: str = ""
+    """Folder where each worker writes when it will next show progress, for the liveness probe
+    (`healthcheck.py workers DIR`) to notice a stuck one; empty: off."""

@@ -1,19 +1,35 @@
-"""Task transitions for the dispatcher (sync pymongo): each one is a conditional update."""
+"""Task transitions for the dispatcher (sync pymongo): each one is a conditional update.
+
+Every update that changes what a client sees publishes a task change notice (aitask_common.events) after the
+write, for the task service's waiters and watchers.
+"""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
 from pymongo import MongoClient, ReturnDocument
+from redis import Redis
 
+from aitask_common.events import EventKind, publish
 from aitask_common.tasks import COLLECTION, TaskDocument, TaskStatus, utcnow
+
+# Fields `record` may write that no client sees: storing them alone publishes no notice.
+INTERNAL_FIELDS = frozenset({"upstream_job_id", "submitted"})
 
 
 class TaskTransitions:
     """Moves tasks through their lifecycle; an update whose precondition fails changes nothing."""
 
-    def __init__(self, client: MongoClient[dict[str, Any]], database: str) -> None:
+    def __init__(self, client: MongoClient[dict[str, Any]], database: str, redis: Redis | None = None) -> None:
         self.collection = client[database][COLLECTION]
+        # Where change notices go; None publishes none.
+        self.redis = redis
+
+    def notify(self, task_id: str, kind: EventKind) -> None:
+        """Publish a change notice for `task_id` (best effort; nothing without a Redis)."""
+        if self.redis is not None:
+            publish(self.redis, task_id, kind)
 
     def get(self, task_id: str) -> TaskDocument | None:
         """One task by id."""
@@ -21,12 +37,19 @@ class TaskTransitions:
 
     def claim(self, task_id: str) -> TaskDocument | None:
         """Move a pending task to processing, counting the attempt, in one round trip; the task after
-        the update, or None if it was not pending."""
+        the update, or None if it was not pending or its deadline has passed."""
+        now = utcnow()
         document = self.collection.find_one_and_update(
-            {"_id": task_id, "status": TaskStatus.PENDING.value},
-            {"$set": {"status": TaskStatus.PROCESSING.value, "updated": utcnow()}, "$inc": {"attempts": 1}},
+            {
+                "_id": task_id,
+                "status": TaskStatus.PENDING.value,
+                "$or": [{"deadline": None}, {"deadline": {"$gt": now}}],
+            },
+            {"$set": {"status": TaskStatus.PROCESSING.value, "updated": now}, "$inc": {"attempts": 1}},
             return_document=ReturnDocument.AFTER,
         )
+        if document is not None:
+            self.notify(task_id, EventKind.STATUS)
         return cast(TaskDocument | None, document)
 
     def transition(
@@ -46,9 +69,17 @@ class TaskTransitions:
         condition = {"_id": task_id, "status": expected.value}
         if upstream_job_id is not None:
             condition["upstream_job_id"] = upstream_job_id
-        return self.collection.update_one(condition, update).modified_count == 1
+        changed = self.collection.update_one(condition, update).modified_count == 1
+        if changed:
+            self.notify(task_id, EventKind.FINAL if new.is_final else EventKind.STATUS)
+        return changed
 
     def record(self, task_id: str, expected: TaskStatus, fields: dict[str, Any]) -> bool:
         """Store fields (e.g. an upstream job id) without changing status, if still `expected`."""
         update = {"$set": {**fields, "updated": utcnow()}}
-        return self.collection.update_one({"_id": task_id, "status": expected.value}, update).modified_count == 1
+        changed = self.collection.update_one({"_id": task_id, "status": expected.value}, update).modified_count == 1
+        if changed and "progress" in fields:
+            self.notify(task_id, EventKind.PROGRESS)
+        elif changed and not INTERNAL_FIELDS.issuperset(fields):
+            self.notify(task_id, EventKind.STATUS)
+        return changed

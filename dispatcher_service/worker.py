@@ -27,6 +27,7 @@ from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
 from dispatcher_service.jobs import Runtime, install_runtime, run_poll
+from dispatcher_service.liveness import IDLE_BEAT_SECONDS, WorkerDeadline
 from dispatcher_service.metrics import QueueAndRegistryCollector
 from dispatcher_service.polls import Poller
 from dispatcher_service.reconciler import Reconciler
@@ -41,6 +42,9 @@ SUSPENSION_CHECK_EVERY_SECONDS = 1.0
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 REDIS_WAIT_FIRST_SECONDS = 0.5
 REDIS_WAIT_MAX_SECONDS = 5.0
+# How often a worker without the scheduler tries for its locks: a dispatcher killed with SIGKILL holds
+# them until they expire (RQ's 61 s), and RQ itself tries again only at its 10-minute maintenance.
+SCHEDULER_LOCK_RETRY_SECONDS = 5.0
 
 
 class DispatcherWorker(SimpleWorker):
@@ -66,6 +70,9 @@ class DispatcherWorker(SimpleWorker):
     settings: ClassVar[DispatcherSettings]
     poller: Poller | None = None
     _next_suspension_check = 0.0
+    _next_scheduler_lock_try = 0.0
+    # Replaced in bootstrap by this process's file (liveness.py); a no-op until then.
+    deadline = WorkerDeadline("")
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
@@ -74,8 +81,11 @@ class DispatcherWorker(SimpleWorker):
         install_runtime(runtime)
         self.poller = Poller(runtime.redis, run_poll)
         self.poller.start()
+        self.deadline = WorkerDeadline(self.settings.worker_deadline_dir)
+        self.deadline.idle()
 
     def teardown(self) -> None:
+        self.deadline.remove()
         if self.poller is not None:
             self.poller.stop()
         super().teardown()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
@@ -87,6 +97,7 @@ class DispatcherWorker(SimpleWorker):
         if pipeline is not None:
             super().heartbeat(timeout, pipeline)
             return
+        self.deadline.idle()
         try:
             super().heartbeat(timeout, pipeline)
         except REDIS_DOWN as error:
@@ -108,6 +119,9 @@ class DispatcherWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
+        # BLPOP rounds of IDLE_BEAT_SECONDS, not RQ's 405 s: each round's heartbeat moves the liveness deadline.
+        if timeout is not None:
+            timeout = min(timeout, IDLE_BEAT_SECONDS)
         while True:
             try:
                 return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
@@ -126,6 +140,7 @@ class DispatcherWorker(SimpleWorker):
         started = time.monotonic()
         delay = REDIS_WAIT_FIRST_SECONDS
         while not self._stop_requested:
+            self.deadline.idle()  # waiting out an outage is progress: it must not get the pod restarted
             time.sleep(delay)
             try:
                 self.connection.ping()
@@ -143,17 +158,25 @@ class DispatcherWorker(SimpleWorker):
             log.warning("could not restart the RQ scheduler yet", worker=self.name, error=str(again))
 
     def _restart_dead_scheduler(self) -> None:
-        """Start the scheduler this worker forked again if it died (as it does when Redis goes away): a local
-        check; RQ itself would look only at its next maintenance, minutes later."""
+        """Start the scheduler this worker forked again if it died (as it does when Redis goes away), or take
+        the scheduler locks a dead worker left: a local check; RQ itself would look only at its next
+        maintenance, minutes later."""
         scheduler = self.scheduler
         process = scheduler._process if scheduler is not None else None
         # A warm shutdown stops the scheduler first: it must stay stopped (a worker that dies with a scheduler
         # running leaves it holding the locks, and delayed jobs to it alone).
         if self._stop_requested:
             return
-        if scheduler is not None and process is not None and not process.is_alive():
+        if scheduler is None or (process is not None and process.is_alive()):
+            return
+        if process is None:
+            # Another worker held the locks when this one started; they may have died with it since.
+            if time.monotonic() < self._next_scheduler_lock_try:
+                return
+            self._next_scheduler_lock_try = time.monotonic() + SCHEDULER_LOCK_RETRY_SECONDS
+        else:
             log.info("restarting the RQ scheduler", worker=self.name)
-            scheduler.acquire_locks(auto_start=True)
+        scheduler.acquire_locks(auto_start=True)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         if pipeline is None and state == getattr(self, "_state", None):
@@ -162,11 +185,13 @@ class DispatcherWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         # SimpleWorker's, less prepare_execution: prepare_job_execution records the execution too.
+        self.deadline.busy(job.timeout)
         try:
             self.perform_job(job, queue)
         except REDIS_DOWN as error:
             # RQ could not record the job's start or end; the task's state is in MongoDB.
             self._wait_for_redis(error)
+        self.deadline.idle()
         self.set_state(WorkerStatus.IDLE)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
@@ -231,9 +256,10 @@ def main() -> None:
     """Entry point of `python -m dispatcher_service`."""
     settings = load_settings(DispatcherSettings)
     configure_logging("dispatcher", settings)
-    wait_for_dependencies(settings)
     redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    # Metrics first: the process is up (its start-up probe passes) while it waits for the datastores.
     serve_metrics(settings.metrics_host, settings.metrics_port, [QueueAndRegistryCollector(redis)])
+    wait_for_dependencies(settings)
     mongo = MongoClient(**client_options(settings, "dispatcher-reconciler"))
     Reconciler(settings, redis, mongo[settings.mongo_database][COLLECTION]).start()
     build_pool(settings).start(logging_level=settings.log_level.upper())

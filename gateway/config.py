@@ -12,8 +12,11 @@ import argparse
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from gateway.edge import EdgeOptions, add_edge_arguments, apply_edge, edge_options
 
 HERE = Path(__file__).resolve().parent
 TASK_SERVICE = "aitask.v1.TaskService"
@@ -44,6 +47,24 @@ LOCAL_REPLY_CODES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+
+
+# A create or get may wait up to this long for its task (task_service.prefer.MAX_WAIT_SECONDS): the route's
+# timeout leaves room for the work around the wait.
+MAX_WAIT_SECONDS = 60
+ROUTE_TIMEOUT_SECONDS = MAX_WAIT_SECONDS + 15
+# WatchTask streams last as long as their task: no route timeout, no idle timeout (a video may run for many
+# minutes between two events, and the transcoder cannot send an SSE comment to keep a stream busy). The task
+# service ends every stream when its task is final or deleted; a client that goes away resets it.
+WATCH_METHOD_PATH = f"/{TASK_SERVICE}/WatchTask"
+WATCH_EVENTS_PATH = r"^/api/v1/ai/task/[^/]+/events$"
+
+
+# The REST API's OpenAPI document, served by Envoy (`_openapi_route`); Envoy's default cap on a direct
+# response is 4 KiB.
+OPENAPI_PATH = "/api/v1/openapi.json"
+OPENAPI_DOCUMENT = HERE / "openapi.json"
+OPENAPI_MAX_BYTES = 256 * 1024
 
 
 # Envoy asks each task service for its health this often: a stopping one reports NOT_SERVING and goes on
@@ -144,6 +165,31 @@ def _local_rate_limit(per_second: int) -> list[dict[str, Any]]:
     ]
 
 
+def _openapi_route() -> dict[str, Any]:
+    """GET /api/v1/openapi.json: the committed document (scripts/openapi.py), answered by Envoy itself and
+    inline, so the image and the Kubernetes ConfigMap need no extra file. No API key: it is public."""
+    document = json.dumps(json.loads(OPENAPI_DOCUMENT.read_text()), separators=(",", ":"))
+    if len(document) > OPENAPI_MAX_BYTES:
+        raise ValueError(f"{OPENAPI_DOCUMENT.name} is {len(document)} bytes: raise OPENAPI_MAX_BYTES")
+    return {
+        "match": {"path": OPENAPI_PATH, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+        "direct_response": {"status": 200, "body": {"inline_string": document}},
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        # The transcoder would refuse a path that is no RPC's.
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                "disabled": True,
+            }
+        },
+    }
+
+
 def _local_reply_mapper(status: int, code: str) -> dict[str, Any]:
     return {
         "filter": {
@@ -178,33 +224,68 @@ def render(
     max_response_bytes: int = 32 * 1024 * 1024,
     request_timeout_seconds: float = 30.0,
     local_rate_limit_per_second: int = 0,
+    edge: EdgeOptions | None = None,
 ) -> dict[str, Any]:
-    """The whole Envoy bootstrap as a dict."""
+    """The whole Envoy bootstrap as a dict, hardened for the edge (gateway/edge.py; `edge` adds the optional
+    parts: probe listener, access log, CORS, per-IP limit)."""
+    print_options = {"preserve_proto_field_names": True, "always_print_primitive_fields": True}
     transcoder = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
         "proto_descriptor": descriptor,
         "services": [TASK_SERVICE],
-        "print_options": {"preserve_proto_field_names": True, "always_print_primitive_fields": True},
+        "print_options": print_options,
         "convert_grpc_status": True,
         "request_validation_options": {"reject_unknown_method": True, "reject_unknown_query_parameters": True},
         "max_response_body_size": max_response_bytes,
     }
-    to_task_service = {"cluster": "task_service", "timeout": "60s", "retry_policy": RETRY_POLICY}
+    to_task_service = {"cluster": "task_service", "timeout": f"{ROUTE_TIMEOUT_SECONDS}s", "retry_policy": RETRY_POLICY}
+    to_watch = to_task_service | {"timeout": "0s", "idle_timeout": "0s"}
+    no_buffer = {
+        "envoy.filters.http.buffer": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "disabled": True,
+        }
+    }
     routes = [
         {
-            # Native gRPC (including health and reflection): no body buffering, no size cap here.
+            # WatchTask, native or transcoded (the transcoder rewrites the path to this one and routes again).
+            "match": {"path": WATCH_METHOD_PATH},
+            "route": to_watch,
+            "typed_per_filter_config": no_buffer,
+        },
+        {
+            # GET .../events with `Accept: text/event-stream`: Server-Sent Events, one `data:` line per TaskEvent.
+            # A per-route transcoder config replaces the filter's whole config, so it repeats all of it. Without
+            # that Accept header the path gets the transcoder's default, one JSON array streamed message by message.
+            "match": {
+                "safe_regex": {"regex": WATCH_EVENTS_PATH},
+                "headers": [{"name": "accept", "string_match": {"contains": "text/event-stream"}}],
+            },
+            "route": to_watch,
+            "typed_per_filter_config": no_buffer
+            | {
+                "envoy.filters.http.grpc_json_transcoder": transcoder
+                | {"print_options": print_options | {"stream_sse_style_delimited": True}}
+            },
+        },
+        {
+            # Reflection is a bidirectional stream (grpcurl keeps it open): it cannot be buffered.
+            "match": {
+                "prefix": "/grpc.reflection.",
+                "headers": [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}],
+            },
+            "route": to_task_service,
+            "typed_per_filter_config": no_buffer,
+        },
+        {
+            # Native gRPC: unary requests, buffered like REST bodies, so max_request_bytes caps them too.
             "match": {
                 "prefix": "/",
                 "headers": [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}],
             },
             "route": to_task_service,
-            "typed_per_filter_config": {
-                "envoy.filters.http.buffer": {
-                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                    "disabled": True,
-                },
-            },
         },
+        _openapi_route(),
         {"match": {"prefix": "/"}, "route": to_task_service},
     ]
     http_filters = [*_local_rate_limit(local_rate_limit_per_second)]
@@ -235,7 +316,11 @@ def render(
         "@type": TYPE_PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "codec_type": "AUTO",
-        "route_config": {"name": "aitask", "virtual_hosts": [{"name": "aitask", "domains": ["*"], "routes": routes}]},
+        "route_config": {
+            "name": "aitask",
+            "virtual_hosts": [{"name": "aitask", "domains": ["*"], "routes": routes}],
+            "max_direct_response_body_size_bytes": OPENAPI_MAX_BYTES,
+        },
         "http_filters": http_filters,
         # A client that does not finish sending its request in time gets a 408 (and frees the connection).
         "request_timeout": f"{request_timeout_seconds:g}s",
@@ -277,7 +362,7 @@ def render(
             }
         ],
     }
-    return {
+    bootstrap = {
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
         "static_resources": {
             "listeners": [
@@ -299,6 +384,7 @@ def render(
             "clusters": [cluster],
         },
     }
+    return apply_edge(bootstrap, replace(edge or EdgeOptions(), admin_port=admin_port))
 
 
 def main() -> None:
@@ -314,7 +400,9 @@ def main() -> None:
     parser.add_argument("--descriptor", default=str(HERE / "aitask.pb"))
     parser.add_argument("--cluster-type", default="STATIC", choices=["STATIC", "STRICT_DNS"])
     parser.add_argument("--local-rate-limit-per-second", type=int, default=0, help="Envoy-wide request cap (0: off)")
+    add_edge_arguments(parser)
     options = vars(parser.parse_args())
+    options["edge"] = edge_options(options)
     out = options.pop("out")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(render(**options), indent=2))

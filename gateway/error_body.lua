@@ -9,6 +9,10 @@ local CODE_NAMES = {
   [13] = "INTERNAL", [14] = "UNAVAILABLE", [15] = "DATA_LOSS", [16] = "UNAUTHENTICATED",
 }
 
+-- Envoy maps FAILED_PRECONDITION to 400; the state of the resource, not the request, is wrong (e.g. a cancel of a
+-- finished task): 409 Conflict.
+local HTTP_STATUS_OVERRIDES = {[9] = "409"}
+
 -- Returns the raw (still JSON-escaped) contents of the string value of `key`.
 local function json_string_field(body, key)
   local start = string.find(body, '"' .. key .. '":"', 1, true)
@@ -52,4 +56,7 @@ function envoy_on_response(response_handle)
     '","code":"' .. (CODE_NAMES[code] or "UNKNOWN") .. '"}'
   body:setBytes(rewritten)
   response_handle:headers():replace("content-length", tostring(string.len(rewritten)))
+  if HTTP_STATUS_OVERRIDES[code] ~= nil then
+    response_handle:headers():replace(":status", HTTP_STATUS_OVERRIDES[code])
+  end
 end

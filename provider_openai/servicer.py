@@ -80,6 +80,28 @@ class OpenAIServicer(ProviderServicer):
         reason = video.error.message if video.error else video.status
         return pb.PollJobResponse(state=pb.JOB_STATE_FAILED, error_message=f"openai: {reason}")
 
+    async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.CancelJobResponse:
+        """`videos.delete`: the Videos API has no cancel, and deletes a video (with its assets) only once it is
+        completed or failed. A running one is refused with FAILED_PRECONDITION, so the caller tries again later."""
+        await self.model(request.model, context)
+        video_id = request.upstream_job_id
+        try:
+            await self.client.videos.delete(video_id)
+        except openai.NotFoundError:
+            return pb.CancelJobResponse(cancelled=True, detail=f"openai: video {video_id} is already gone")
+        except openai.BadRequestError as error:
+            message = OPENAI.upstream_error(error) or error
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"openai deletes only a completed or failed video; try again once it has finished ({message})",
+            )
+        except (openai.APIStatusError, openai.APIConnectionError) as error:
+            upstream = OPENAI.upstream_error(error)
+            if upstream is None:  # pragma: no cover - both classes are mapped
+                raise
+            await self.fail(context, upstream)
+        return pb.CancelJobResponse(cancelled=True, detail=f"openai: video {video_id} and its assets deleted")
+
     async def _image(self, request: pb.GenerationInput, model: pb.Model) -> pb.GenerateResponse:
         options: dict[str, Any] = {"model": request.model, "prompt": request.prompt, "n": 1}
         if request.size:

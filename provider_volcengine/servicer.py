@@ -54,3 +54,13 @@ class VolcengineServicer(ProviderServicer):
             return await self.visual.poll_video(model.upstream_model or model.name, request.upstream_job_id)
         except UpstreamError as error:
             await self.fail(context, error)
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.CancelJobResponse:
+        """The visual API's CVSync2Async jobs (Jimeng video) have no cancel or delete: CVCancelTask, in the SDK,
+        belongs to the other async API (CVSubmitTask / CVGetResult, version 2024-06-06). The job runs to the end;
+        the gateway only stops polling it."""
+        await self.model(request.model, context)
+        return pb.CancelJobResponse(
+            cancelled=False,
+            detail="the visual API has no cancel for CVSync2Async jobs: the job was left to finish, unpolled",
+        )

@@ -19,7 +19,8 @@ apt_install() {
 }
 
 # ffmpeg: the tests decode the simulator's media with it (tests/upstream_simulator/test_media.py).
-apt_install redis-server postgresql curl ffmpeg
+# prometheus: its promtool checks the alert rules (deploy/check.py, tests/deploy).
+apt_install redis-server postgresql curl ffmpeg prometheus
 
 if ! command -v uv >/dev/null; then
   python3 -m pip install --quiet 'uv==0.13.9'
@@ -32,4 +33,12 @@ if [[ ! -x .local/bin/ferretdb || tools/ferretdb/go.sum -nt .local/bin/ferretdb 
   echo "building FerretDB (first time: a minute or two)"
   mkdir -p .local/bin
   (cd tools/ferretdb && go build -trimpath -o ../../.local/bin/ferretdb .)
+fi
+
+# gnostic's protoc-gen-openapi, pinned: `make protos` generates gateway/openapi.json with it (scripts/openapi.py).
+GNOSTIC_VERSION=v0.7.0
+if ! go version -m .local/bin/protoc-gen-openapi 2>/dev/null | grep -q "github.com/google/gnostic[[:space:]]*${GNOSTIC_VERSION}"; then
+  echo "building protoc-gen-openapi ${GNOSTIC_VERSION}"
+  mkdir -p .local/bin
+  GOBIN="$PWD/.local/bin" go install "github.com/google/gnostic/cmd/protoc-gen-openapi@${GNOSTIC_VERSION}"
 fi

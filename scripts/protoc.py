@@ -19,16 +19,19 @@ PROTOS = ROOT / "protos"
 DESCRIPTOR = ROOT / "gateway" / "aitask.pb"
 
 
-def compile_protos(proto_files: list[str], out: Path = ROOT, descriptor: Path | None = DESCRIPTOR) -> int:
-    """Run protoc once: stubs under `out` (plus the descriptor set, unless None); return its exit status."""
+def include_options() -> list[str]:
+    """protoc's -I options: our protos, google/api from its wheel, the well-known types from grpc_tools."""
     googleapis = Path(str(resources.files("google.api").joinpath("annotations.proto"))).parent.parent.parent
     well_known = Path(str(resources.files("grpc_tools").joinpath("_proto")))
+    return [f"-I{PROTOS}", f"-I{googleapis}", f"-I{well_known}"]
+
+
+def compile_protos(proto_files: list[str], out: Path = ROOT, descriptor: Path | None = DESCRIPTOR) -> int:
+    """Run protoc once: stubs under `out` (plus the descriptor set, unless None); return its exit status."""
     relative = [str(Path(path).resolve().relative_to(PROTOS)) for path in proto_files]
     arguments = [
         "protoc",
-        f"-I{PROTOS}",
-        f"-I{googleapis}",
-        f"-I{well_known}",
+        *include_options(),
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",

@@ -11,7 +11,7 @@ keeps working for at most that long.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ MAX_CACHED_KEYS = 10_000
 GUARDED_SERVICE = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
 
 RpcMethod = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+StreamingRpcMethod = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 class KeyRecords(Protocol):
@@ -154,14 +155,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return known[1]
         if handler is None or not method.startswith(self._prefix):
             return handler
-        if handler.unary_unary is None:
-            # Fail closed: a streaming TaskService method would otherwise run unguarded.
-            raise NotImplementedError(f"{method}: only unary methods can be guarded")
-        guarded = grpc.unary_unary_rpc_method_handler(
-            self._wrap(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler.unary_unary is not None:
+            guarded = grpc.unary_unary_rpc_method_handler(
+                self._wrap(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.unary_stream is not None:
+            guarded = grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            # Fail closed: a client-streaming TaskService method would otherwise run unguarded.
+            raise NotImplementedError(f"{method}: only unary and server-streaming methods can be guarded")
         self._guarded[method] = (handler, guarded)
         return guarded
 
@@ -175,6 +183,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 # Every log line of the call names the key (none when authentication is off).
                 with bound_log_context(**({"key_id": principal.key_id} if principal.key_id else {})):
                     return await method(request, context)
+            finally:
+                _CURRENT_PRINCIPAL.reset(token)
+
+        return guarded
+
+    def _wrap_stream(self, method: StreamingRpcMethod) -> StreamingRpcMethod:
+        """`_wrap` for a server-streaming method: admitted once, its principal current for the whole stream."""
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            principal = await self._admit(context)
+            token = _CURRENT_PRINCIPAL.set(principal)
+            try:
+                with bound_log_context(**({"key_id": principal.key_id} if principal.key_id else {})):
+                    async for response in method(request, context):
+                        yield response
             finally:
                 _CURRENT_PRINCIPAL.reset(token)
 

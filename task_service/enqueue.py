@@ -12,7 +12,7 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from aitask_common.queues import PROCESS_TASK, Priority, job_options, watch_job
+from aitask_common.queues import PROCESS_TASK, Priority, job_options, take_number, watch_job
 from task_service.batching import Batcher
 
 # Most jobs one pipeline carries.
@@ -37,7 +37,8 @@ class TaskQueue:
 
 
 def enqueue_tasks(connection: Redis, tasks: Iterable[tuple[str, Priority | str]]) -> list[Job]:
-    """Enqueue the first job of each new (task_id, priority), with its watch entry, all in one MULTI."""
+    """Enqueue the first job of each new (task_id, priority), with its watch entry and its number in the queue
+    (aitask_common.queues), all in one MULTI."""
     now = time.time()
     with connection.pipeline() as pipe:
         pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
@@ -45,6 +46,7 @@ def enqueue_tasks(connection: Redis, tasks: Iterable[tuple[str, Priority | str]]
         for task_id, priority in tasks:
             job = queue(connection, priority).enqueue(PROCESS_TASK, task_id, **job_options(task_id), pipeline=pipe)
             watch_job(pipe, task_id, job.id, now)
+            take_number(pipe, task_id, priority)
             jobs.append(job)
         pipe.execute()
     return jobs

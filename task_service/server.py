@@ -11,11 +11,11 @@ from redis import Redis
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from aitask.v1 import task_service_pb2, task_service_pb2_grpc
-from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.grpc_server import BALANCED_DRAIN_SECONDS, GrpcServer, run_until_signalled
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
@@ -27,10 +27,12 @@ from task_service.batching import Batcher
 from task_service.catalogue import CatalogueCache
 from task_service.enqueue import TaskQueue
 from task_service.limits import InflightTasks, RateLimiter
+from task_service.queue_position import QueuePositions
 from task_service.result_cache import FinalResultCache
 from task_service.servicer import TaskServicer
 from task_service.settings import TaskServiceSettings
 from task_service.storage import TaskStore
+from task_service.watch import WatchHub, task_reader
 
 SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
 
@@ -51,9 +53,11 @@ class TaskService:
     async_redis: AsyncRedis
     catalogues: CatalogueCache
     batchers: list[Batcher[Any]]
+    watch_hub: WatchHub
 
     async def close(self) -> None:
         """Release connections after the server stopped."""
+        await self.watch_hub.stop()
         self.catalogues.stop()
         for batcher in self.batchers:
             await batcher.stop()
@@ -66,15 +70,23 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
     """Wire storage, queue and catalogue into a gRPC server bound to settings.host:port."""
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(**client_options(settings, "task_service"))
     store = TaskStore(mongo, settings.mongo_database)
-    await store.ensure_indexes()
     redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
     catalogues = CatalogueCache(redis, settings.catalogue_refresh_seconds)
-    await catalogues.refresh()
     catalogues.start()
 
+    async def start_up() -> None:
+        # Retried by the server (not ready meanwhile) until MongoDB answers; an unreachable Redis only delays the
+        # catalogues, which the periodic and on-demand refreshes read later.
+        await store.ensure_indexes()
+        try:
+            await catalogues.refresh()
+        except RedisError as error:
+            log.warning("catalogues not read yet: Redis unreachable", error=str(error))
+
     async def dependencies_reachable() -> None:
+        # MongoDB alone: with Redis down, reads are still served from MongoDB (creates get 503), so the pod stays
+        # in rotation.
         await mongo.admin.command("ping")
-        await asyncio.to_thread(redis.ping)
 
     # The limits and the result cache run on every request: an asyncio client, not a thread hop per call like
     # the RQ client. Retried on broken connections (after a Redis restart the pooled ones are dead until used
@@ -103,6 +115,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         dependencies_reachable,
         interceptors=[auth],
         drain_seconds=BALANCED_DRAIN_SECONDS,
+        start_up=start_up,
     )
     inflight = InflightTasks(async_redis, settings.max_inflight_tasks_per_user)
     results = FinalResultCache(async_redis, settings.result_cache_seconds, settings.result_cache_max_bytes)
@@ -110,9 +123,19 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
     batchers: list[Batcher[Any]] = [inflight.reserves, store.inserts, task_queue.batcher]
     for batcher in batchers:
         batcher.start()
-    servicer = TaskServicer(settings, store, task_queue, catalogues, inflight, results)
+    positions = QueuePositions(async_redis)
+    # Its own client: the hub holds one pub/sub connection and reconnects it itself (no retries underneath).
+    watch_redis = AsyncRedis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+    )
+    watch_hub = WatchHub(watch_redis, task_reader(store, positions))
+    watch_hub.start()
+    servicer = TaskServicer(settings, store, task_queue, catalogues, inflight, results, positions, watch_hub)
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server.server)
-    return TaskService(server, mongo, redis, async_redis, catalogues, batchers)
+    return TaskService(server, mongo, redis, async_redis, catalogues, batchers, watch_hub)
 
 
 def _key_verifier(settings: TaskServiceSettings, mongo: AsyncMongoClient[dict[str, Any]]) -> KeyVerifier | None:
@@ -140,5 +163,5 @@ def main() -> None:
     """Entry point of `python -m task_service`."""
     settings = load_settings(TaskServiceSettings)
     configure_logging("task_service", settings)
-    wait_for_dependencies(settings)
+    # No start-up wait: the server is live at once and ready when MongoDB answers (GrpcServer's start_up).
     asyncio.run(serve(settings))

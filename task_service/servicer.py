@@ -8,7 +8,8 @@ fields (JSON-escaped), never inside a message.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -18,18 +19,24 @@ from ulid import ULID
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
+from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
 from aitask_common.metrics import TASKS_CREATED
 from aitask_common.tasks import TaskDocument, TaskStatus, TaskType, task_to_proto, utcnow
 from task_service.auth import current_principal, metadata_value
+from task_service.cancel import CancelRefused, CancelUnavailable, TaskCanceller
 from task_service.catalogue import CatalogueCache
 from task_service.enqueue import TaskQueue
 from task_service.idempotency import METADATA_NAME, fingerprint, idempotency_key, scoped
 from task_service.limits import InflightTasks
+from task_service.model_catalogue import list_models
+from task_service.prefer import PREFER_METADATA, PREFERENCE_APPLIED_METADATA, Wait, requested_wait
+from task_service.queue_position import QueuePositions
 from task_service.result_cache import FinalResultCache, Lookup
 from task_service.settings import TaskServiceSettings
 from task_service.storage import FINGERPRINT_FIELD, IDEMPOTENCY_FIELD, TaskStore
 from task_service.validation import InvalidRequest, ValidatedRequest, is_task_id, validate_create, validate_user_id
+from task_service.watch import Follower, StoreUnavailable, WatchHub, task_events
 
 log = get_logger(__name__)
 
@@ -47,6 +54,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         catalogues: CatalogueCache,
         inflight: InflightTasks,
         results: FinalResultCache,
+        positions: QueuePositions,
+        watch_hub: WatchHub,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -54,23 +63,26 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self.catalogues = catalogues
         self.inflight = inflight
         self.results = results
+        self.positions = positions
+        self.watch_hub = watch_hub
+        self.canceller = TaskCanceller(store, results.redis, queue.connection, results, watch_hub.publish)
 
     async def CreateImageTask(
         self, request: pb.CreateImageTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateImageTaskResponse:
-        created, message = await self._create(TaskType.IMAGE, request, context)
+        created, message = await self._create_and_wait(TaskType.IMAGE, request, context)
         return pb.CreateImageTaskResponse(success=True, data=created, message=message)
 
     async def CreateVideoTask(
         self, request: pb.CreateVideoTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateVideoTaskResponse:
-        created, message = await self._create(TaskType.VIDEO, request, context)
+        created, message = await self._create_and_wait(TaskType.VIDEO, request, context)
         return pb.CreateVideoTaskResponse(success=True, data=created, message=message)
 
     async def CreateTextTask(
         self, request: pb.CreateTextTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateTextTaskResponse:
-        created, message = await self._create(TaskType.TEXT, request, context)
+        created, message = await self._create_and_wait(TaskType.TEXT, request, context)
         return pb.CreateTextTaskResponse(success=True, data=created, message=message)
 
     async def GetTaskResult(
@@ -78,19 +90,39 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     ) -> pb.GetTaskResultResponse:
         task_id = request.task_id
         await self._check_task_id(task_id, context)
+        wait = await self._requested_wait(request, context)
         cached = await self.results.get(task_id)
         if isinstance(cached, pb.Task):
             # Exactly what `_find` answers for another user's task.
             if not current_principal().may_act_for(cached.user_id):
                 await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
+            await self._preference_applied(wait, context)
             return pb.GetTaskResultResponse(success=True, data=cached, message="ok")
         if cached is Lookup.DELETED:
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
-        document = await self._find_valid(task_id, context)
-        task = task_to_proto(document)
-        if TaskStatus(document["status"]).is_final:
+        if wait is not None:
+            # Only final states are cached: a wait that ended before the task did leaves nothing behind.
+            task = await self._wait_for(task_id, wait.seconds, context)
+        else:
+            task = task_to_proto(await self._find_valid(task_id, context))
+        if TaskStatus(task.status).is_final:
             await self.results.put(task)
+        await self.positions.fill_in(task)
+        await self._preference_applied(wait, context)
         return pb.GetTaskResultResponse(success=True, data=task, message="ok")
+
+    async def WatchTask(
+        self, request: pb.WatchTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TaskEvent]:
+        task_id = request.task_id
+        await self._check_task_id(task_id, context)
+        async with self.watch_hub.follow(task_id) as follower:
+            current = await self._followed_state(follower, task_id, context)
+            async for event in task_events(follower, current):
+                yield event
+                if not event.success:
+                    # The stream has begun: its last message said so (for SSE clients); the status says it too.
+                    await context.abort(grpc.StatusCode.NOT_FOUND, event.message)
 
     async def DeleteTask(
         self, request: pb.DeleteTaskRequest, context: grpc.aio.ServicerContext
@@ -104,9 +136,25 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         if not await self._database(context, self.store.delete(request.task_id)):
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(request.task_id))
         await self.results.mark_deleted(request.task_id)
+        await self.watch_hub.publish(request.task_id, EventKind.FINAL)
         await self._release_slot(document["user_id"], request.task_id)
         log.info("task deleted", task_id=request.task_id)
         return pb.DeleteTaskResponse(success=True, data=pb.DeletedTask(task_id=request.task_id), message="task deleted")
+
+    async def CancelTask(
+        self, request: pb.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelTaskResponse:
+        document = await self._find(request.task_id, context)
+        try:
+            task, cancelled_now = await self.canceller.cancel(document)
+        except CancelRefused as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except CancelUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        except LookupError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(request.task_id))
+        message = "task cancelled" if cancelled_now else "task already cancelled"
+        return pb.CancelTaskResponse(success=True, data=task_to_proto(task), message=message)
 
     async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
         try:
@@ -128,6 +176,69 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             offset=request.offset,
         )
         return pb.ListTasksResponse(success=True, data=page, message="ok")
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        try:
+            models = await list_models(self.catalogues, request.type)
+        except InvalidRequest as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except RedisError as error:
+            log.error("registry unreachable", error=str(error))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "task registry unavailable, retry later")
+        return pb.ListModelsResponse(success=True, data=models, message="ok")
+
+    async def _create_and_wait(
+        self, task_type: TaskType, request: Any, context: grpc.aio.ServicerContext
+    ) -> tuple[pb.TaskCreated, str]:
+        """`_create`, then, when the request asks to wait, the task once final or after the wait."""
+        wait = await self._requested_wait(request, context)
+        created, message = await self._create(task_type, request, context)
+        if wait is not None:
+            task = await self._wait_for(created.task_id, wait.seconds, context)
+            created.task.CopyFrom(task)
+            created.status = task.status
+            await self._preference_applied(wait, context)
+        return created, message
+
+    async def _requested_wait(self, request: Any, context: grpc.aio.ServicerContext) -> Wait | None:
+        try:
+            return requested_wait(request, metadata_value(context, PREFER_METADATA))
+        except InvalidRequest as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable: abort raises") from error
+
+    @staticmethod
+    async def _preference_applied(wait: Wait | None, context: grpc.aio.ServicerContext) -> None:
+        """Say which `Prefer: wait` was applied (Envoy turns initial metadata into response headers)."""
+        if wait is not None and wait.applied is not None:
+            await context.send_initial_metadata(((PREFERENCE_APPLIED_METADATA, wait.applied),))
+
+    async def _wait_for(self, task_id: str, seconds: int, context: grpc.aio.ServicerContext) -> pb.Task:
+        """The task once final, or after `seconds`: its state then (a copy, free to change)."""
+        async with self.watch_hub.follow(task_id) as follower:
+            current = await self._followed_state(follower, task_id, context)
+            ended = await follower.until_final(current, seconds)
+        if ended is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
+            raise AssertionError("unreachable: abort raises")
+        task = pb.Task()
+        task.CopyFrom(ended)
+        return task
+
+    @staticmethod
+    async def _followed_state(follower: Follower, task_id: str, context: grpc.aio.ServicerContext) -> pb.Task:
+        """A follower's first state, if the task exists and the caller may see it."""
+        try:
+            state = await follower.next()
+        except StoreUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            raise AssertionError("unreachable: abort raises") from error
+        if state is None or not current_principal().may_act_for(state.user_id):
+            await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
+            raise AssertionError("unreachable: abort raises")
+        return state
 
     async def _create(
         self, task_type: TaskType, request: Any, context: grpc.aio.ServicerContext
@@ -296,12 +407,16 @@ def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, dig
         "user_id": valid.user_id,
         "provider": valid.provider,
         "model": valid.model,
+        "served_provider": valid.provider,
+        "served_model": valid.served_model or valid.model,
         "prompt": valid.prompt,
         "parameters": valid.parameters,
         "attempts": 0,
         "created": now,
         "updated": now,
     }
+    if valid.deadline_seconds is not None:
+        document["deadline"] = now + timedelta(seconds=valid.deadline_seconds)
     if scoped_key is not None:
         document[IDEMPOTENCY_FIELD] = scoped_key
         document[FINGERPRINT_FIELD] = digest

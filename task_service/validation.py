@@ -12,6 +12,8 @@ from aitask_common.tasks import TaskParameters, TaskType
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:-]{1,128}")
 SEED_MIN, SEED_MAX = -1, 2**31 - 1
+# A create's deadline_seconds: at least a second, at most a week.
+DEADLINE_SECONDS_MIN, DEADLINE_SECONDS_MAX = 1, 7 * 24 * 3600
 # Task ids are ULIDs (Crockford base32); anything else cannot name a task (and NUL cannot even reach PostgreSQL).
 TASK_ID_PATTERN = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 # C0 controls and DEL, but tab, newline and carriage return, which prompts may carry.
@@ -38,6 +40,10 @@ class ValidatedRequest:
     model: str
     prompt: str
     parameters: TaskParameters
+    # The vendor's model that will serve the task: the catalogue alias target (`upstream_model`), else `model`.
+    served_model: str = ""
+    # Cancel the task if it has not started upstream within this many seconds; None: no deadline.
+    deadline_seconds: int | None = None
 
 
 def validate_user_id(user_id: str) -> str:
@@ -72,6 +78,16 @@ def find_model(catalogues: Catalogues, provider: str, model: str) -> provider_se
     raise InvalidRequest("model", f"unknown model {model!r} for provider {provider!r} (known: {known})")
 
 
+def check_served(provider: str, model: provider_service_pb2.Model) -> None:
+    """A model the vendor retired with no successor stays listed but is refused, naming what to use instead."""
+    if model.retired:
+        reason = f" ({model.note})" if model.note else ""
+        instead = f"; use {model.alternative} instead" if model.alternative else ""
+        raise InvalidRequest(
+            "model", f"{model.name!r} was retired by the vendor and {provider!r} no longer serves it{reason}{instead}"
+        )
+
+
 def validate_create(
     task_type: TaskType, request: Any, catalogues: Catalogues, max_prompt_chars: int
 ) -> ValidatedRequest:
@@ -83,6 +99,7 @@ def validate_create(
         raise InvalidRequest("prompt", "must not contain control characters (tab and newline are fine)")
     user_id = validate_user_id(request.user_id)
     model = find_model(catalogues, request.provider, request.model)
+    check_served(request.provider, model)
     if model.task_type != task_type:
         raise InvalidRequest("model", f"{model.name!r} is a {model.task_type} model and cannot run a {task_type} task")
     limit = min(max_prompt_chars, model.max_prompt_chars or max_prompt_chars)
@@ -93,8 +110,10 @@ def validate_create(
         parameters["seed"] = _seed(model, request.seed)
     if task_type is TaskType.IMAGE:
         parameters["size"] = _choice("size", request.size, model.sizes, model.default_size, model.name)
+        # "url" unless the model answers base64 only (GPT image models and their aliases).
+        default_format = "url" if "url" in model.response_formats or not model.response_formats else "b64_json"
         parameters["response_format"] = _choice(
-            "response_format", request.response_format, model.response_formats, "url", model.name
+            "response_format", request.response_format, model.response_formats, default_format, model.name
         )
     elif task_type is TaskType.VIDEO:
         parameters["aspect_ratio"] = _choice(
@@ -105,7 +124,27 @@ def validate_create(
             parameters["max_tokens"] = _max_tokens(model, request.max_tokens)
         if request.HasField("temperature"):
             parameters["temperature"] = _temperature(model, request.temperature)
-    return ValidatedRequest(task_type, user_id, request.provider, model.name, prompt, parameters)
+    return ValidatedRequest(
+        task_type,
+        user_id,
+        request.provider,
+        model.name,
+        prompt,
+        parameters,
+        model.upstream_model or model.name,
+        deadline_seconds=_deadline_seconds(request),
+    )
+
+
+def _deadline_seconds(request: Any) -> int | None:
+    if not request.HasField("deadline_seconds"):
+        return None
+    seconds: int = request.deadline_seconds
+    if not DEADLINE_SECONDS_MIN <= seconds <= DEADLINE_SECONDS_MAX:
+        raise InvalidRequest(
+            "deadline_seconds", f"must be between {DEADLINE_SECONDS_MIN} and {DEADLINE_SECONDS_MAX} (got {seconds})"
+        )
+    return seconds
 
 
 def _priority(value: str) -> str:

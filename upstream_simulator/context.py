@@ -27,6 +27,7 @@ from upstream_simulator.catalogue import Catalogue
 from upstream_simulator.faults import FaultRegistry, Injection, Rejected, Stats
 from upstream_simulator.jobs import JobStore
 from upstream_simulator.media import MediaSigner
+from upstream_simulator.request_log import RequestLog
 from upstream_simulator.settings import SimulatorSettings
 
 # Key under which a request remembers which endpoint it was counted for.
@@ -100,6 +101,7 @@ class SimContext:
         self.stats = Stats()
         self.jobs = JobStore()
         self.limiter = Limiter()
+        self.requests = RequestLog()
         self.catalogue = Catalogue.load(settings.catalogue_path, retired_grace=settings.retired_grace)
         # Stable across restarts of one deployment, so links issued before a restart keep working.
         secret = "|".join(
@@ -122,6 +124,7 @@ class SimContext:
         """Count the request against ``endpoint``; a proxy-level transport fault answers it here."""
         request[ENDPOINT_KEY] = endpoint
         self.stats.begin(endpoint)
+        await self.requests.record(request, endpoint)
         fault = self.faults.transport_fault(endpoint)
         if fault == "html_502":
             raise Rejected(web.Response(status=502, text=_HTML_502, content_type="text/html"))
@@ -155,8 +158,9 @@ class SimContext:
         return self.faults.video_seconds(create_endpoint, get_endpoint, self.settings.video_seconds)
 
     def reset(self) -> None:
-        """Clear statistics, jobs and limit counters (fault settings are kept)."""
+        """Clear statistics, jobs, limit counters and the request log (fault settings are kept)."""
         self.stats.clear()
+        self.requests.clear()
         self.jobs.clear()
         self.limiter.clear()
 

@@ -46,6 +46,15 @@ class SimulatorControl:
         stats: dict[str, dict[str, int]] = response.json()
         return stats
 
+    def requests(self, contains: str) -> list[dict[str, Any]]:
+        """The vendor requests received whose body or query contains ``contains`` (a marker the test put in its
+        prompt), oldest first: each has endpoint, method, path, query, json (the parsed body), text, at (arrival,
+        unix seconds) and status (the HTTP status answered; None while in flight or if the connection was cut)."""
+        response = self._client.get("/_sim/requests", params={"contains": contains})
+        response.raise_for_status()
+        found: list[dict[str, Any]] = response.json()
+        return found
+
     def reset(self) -> None:
         """Clear statistics and jobs (faults are kept)."""
         self._client.post("/_sim/reset").raise_for_status()

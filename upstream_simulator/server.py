@@ -50,15 +50,18 @@ def _outcome_middleware(ctx: SimContext) -> Any:
             except web.HTTPException as exc:
                 if ENDPOINT_KEY in request:
                     ctx.stats.finish(request[ENDPOINT_KEY], exc.status)
+                    ctx.requests.finish(request, exc.status)
                 raise
             except Exception:
                 log.exception("simulator handler failed: %s %s", request.method, request.path_qs)
                 if ENDPOINT_KEY in request:
                     ctx.stats.finish(request[ENDPOINT_KEY], 500)
+                    ctx.requests.finish(request, 500)
                 raise
             endpoint = request.get(ENDPOINT_KEY)
             if endpoint is not None:
                 ctx.stats.finish(endpoint, response.status)
+                ctx.requests.finish(request, response.status)
             cut = request.get(TRANSPORT_KEY)
             if cut in ("reset", "truncate") and isinstance(response, web.Response):
                 return await _cut_short(request, response, reset=cut == "reset")
@@ -105,6 +108,7 @@ class _Admin:
             web.post("/_sim/faults", self.set_faults),
             web.delete("/_sim/faults", self.clear_faults),
             web.get("/_sim/stats", self.stats),
+            web.get("/_sim/requests", self.requests),
             web.post("/_sim/reset", self.reset),
         ]
 
@@ -133,6 +137,15 @@ class _Admin:
     async def stats(self, request: web.Request) -> web.Response:
         """Per-endpoint counters."""
         return web.json_response(self.ctx.stats.snapshot())
+
+    async def requests(self, request: web.Request) -> web.Response:
+        """The logged vendor requests whose body or query contains ``?contains=`` (upstream_simulator.request_log)."""
+        contains = request.query.get("contains", "")
+        if not contains:
+            return web.json_response(
+                {"error": "contains: is required (a marker the test put in its prompt)"}, status=400
+            )
+        return web.json_response(self.ctx.requests.find(contains))
 
     async def reset(self, request: web.Request) -> web.Response:
         """Clear statistics and jobs (faults are kept)."""

@@ -67,6 +67,11 @@ def _targets(name: str, e: dict[str, Any]) -> list[tuple[str, bool | None]]:
             ("each within 5 s of the upstream", e["completed_within_5s"] == e["tasks"]),
             (f"no process above {RSS_LIMIT_MIB} MiB", rss is not None and rss <= RSS_LIMIT_MIB),
         ]
+    if name == "watch":
+        return [
+            ("every watcher got every event", e["errors"] == 0),
+            (f"no process above {RSS_LIMIT_MIB} MiB", rss is not None and rss <= RSS_LIMIT_MIB),
+        ]
     return []
 
 

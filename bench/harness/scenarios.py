@@ -1,10 +1,11 @@
 """The scenarios of `make bench`; bench/README.md says what each one measures.
 
-Scenarios run in four groups, each on a fresh stack (BenchStack):
+Scenarios run in five groups, each on a fresh stack (BenchStack):
   api      floor, create_rest, create_grpc, get_rest   (dispatcher stopped while load runs)
   e2e      e2e_image, e2e_image_slow_upstream          (10 workers)
   video    video_in_flight                             (10 workers, 60 s videos)
   scaling  scaling                                     (1, 2, 4, 8, 16 workers)
+  watch    watch                                       (1,000 WatchTask streams on one task, one task service)
 Before every measured load the task collection and the queues are emptied, so each
 measurement starts from the same state, and a warm-up run goes first.
 """
@@ -17,15 +18,19 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 from rq.registry import FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
+from aitask.v1 import task_service_pb2 as pb
+from aitask.v1 import task_service_pb2_grpc
 from aitask_common.queues import QUEUE_ORDER, RESULT_TTL_SECONDS, WATCH_KEY
 from aitask_common.tasks import TaskStatus, inflight_key
 from bench.harness import load
@@ -44,18 +49,22 @@ SCENARIOS = (
     "e2e_image_slow_upstream",
     "video_in_flight",
     "scaling",
+    "watch",
 )
 GROUPS = {
     "api": ("floor", "create_rest", "create_grpc", "get_rest"),
     "e2e": ("e2e_image", "e2e_image_slow_upstream"),
     "video": ("video_in_flight",),
     "scaling": ("scaling",),
+    "watch": ("watch",),
 }
 
 FLOOR_PROCESSES = 4
 E2E_WORKERS = 10
 SLOW_LATENCY_S = 3.0
 SCALING_WORKERS = (1, 2, 4, 8, 16)
+WATCH_LATENCY_S = 2.0
+WATCH_READS_METRIC = "aitask_task_reads_for_watchers_total"
 # Creates are spread over this many users, each far below the per-user cap on tasks in flight;
 # a scenario's tasks are told apart by their prompt.
 USERS = 10_000
@@ -80,6 +89,7 @@ class Plan:
     scaling_window_s: float = 12
     scaling_backlog: int = 8000
     profile_seconds: float = 15
+    watchers: int = 1000
 
     @classmethod
     def quick(cls) -> Plan:
@@ -97,6 +107,7 @@ class Plan:
             scaling_window_s=3,
             scaling_backlog=1000,
             profile_seconds=5,
+            watchers=100,
         )
 
 
@@ -770,4 +781,109 @@ def _line(entry: dict[str, Any]) -> str:
     )
 
 
-GROUP_RUNNERS = {"api": api_group, "e2e": e2e_group, "video": video_group, "scaling": scaling_group}
+# --- watch group ---------------------------------------------------------------------------------
+
+
+def watch_group(bench: Bench, selected: set[str]) -> None:
+    """plan.watchers WatchTask streams on one image task, all on ONE task-service process (no Envoy between):
+    its RSS before, with every stream open, and after they closed; and how long each status change took from
+    its MongoDB write (the event's `updated`) to each watcher (bench/harness/watchers.py)."""
+    plan = bench.plan
+    say(
+        f"  watch: {plan.watchers} WatchTask streams on one task, one task-service process; the task goes "
+        f"pending -> processing -> completed (simulator latency {WATCH_LATENCY_S:g} s)"
+    )
+    with BenchStack("watch", workers=2) as stack:
+        stack.stop_dispatcher()  # the task stays pending until every watcher has its first event
+        task_service = stack.local.running["task_service"].pid
+        target = f"127.0.0.1:{stack.ports.task_service}"
+        metrics_url = f"http://127.0.0.1:{stack.ports.metrics_task_service}/metrics"
+        with stack.local.sim() as sim:
+            sim.set_faults("ark.images", latency_s=WATCH_LATENCY_S)
+            with grpc.insecure_channel(target) as channel:
+                created = task_service_pb2_grpc.TaskServiceStub(channel).CreateImageTask(
+                    pb.CreateImageTaskRequest(
+                        prompt=prompt("watch"),
+                        user_id=USER_PREFIX + "1",
+                        provider=IMAGE["provider"],
+                        model=IMAGE["model"],
+                        size=IMAGE["size"],
+                    ),
+                    timeout=10,
+                )
+            task_id = created.data.task_id
+            rss_before, reads_before = read_rss_mib(task_service), counter(metrics_url, WATCH_READS_METRIC)
+            close = window(stack)
+            argv = [sys.executable, "-m", "bench.harness.watchers", "--target", target, "--task-id", task_id]
+            client = subprocess.Popen(
+                [*argv, "--watchers", str(plan.watchers)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+            )
+            watcher(stack)("watchers", client.pid)
+            assert client.stdout is not None
+            ready = client.stdout.readline().split()
+            if not ready or ready[0] != "WATCHERS_READY":
+                raise RuntimeError(f"watchers did not connect: {ready}")
+            rss_watching = read_rss_mib(task_service)
+            stack.start_dispatcher(2)
+            stdout, _ = client.communicate(timeout=120)
+            watcher(stack)("watchers", None)
+            sim.clear_faults()
+        line = next((line for line in stdout.splitlines() if line.startswith("WATCHERS_JSON ")), None)
+        if client.returncode != 0 or line is None:
+            raise RuntimeError(f"watchers failed ({client.returncode})")
+        summary = json.loads(line.removeprefix("WATCHERS_JSON "))
+        time.sleep(1.0)  # the streams' memory is released
+        rss_after, reads = read_rss_mib(task_service), counter(metrics_url, WATCH_READS_METRIC) - reads_before
+        resources = close()
+    delays = summary["delays_ms"]
+    every = [delay for values in delays.values() for delay in values]
+    # Fan-out rate: events delivered over the time each change took to reach its last watcher.
+    spread_s = sum(max(values) - min(values) for values in delays.values()) / 1000
+    p50, p95, p99 = percentiles(every)
+    entry = {
+        "throughput_per_s": round(len(every) / spread_s, 1) if spread_s else 0.0,
+        "p50_ms": round(p50, 1),
+        "p95_ms": round(p95, 1),
+        "p99_ms": round(p99, 1),
+        "errors": summary["errors"] + sum(plan.watchers - len(values) for values in delays.values()),
+        "latency_measures": "event latency: the task's update (its MongoDB write) to each watcher's receipt",
+        "throughput_measures": "events delivered per second while a change fans out to every watcher",
+        "watchers": plan.watchers,
+        "connect_s": float(ready[2]),
+        "events": {
+            kind: {"received": len(values)}
+            | dict(zip(("p50_ms", "p95_ms", "p99_ms"), percentiles(values), strict=True))
+            for kind, values in delays.items()
+        },
+        "task_service_rss_mib": {"before": rss_before, "watching": rss_watching, "after": rss_after},
+        "task_reads_for_watchers": reads,
+    } | resources
+    say(
+        f"    {_line(entry)}; RSS {rss_before:.0f} -> {rss_watching:.0f} -> {rss_after:.0f} MiB; "
+        f"{reads:.0f} MongoDB reads for {plan.watchers} watchers"
+    )
+    bench.results["watch"] = entry
+
+
+def read_rss_mib(pid: int) -> float:
+    """A process's resident set size now (VmRSS), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def counter(metrics_url: str, name: str) -> float:
+    """The sum of a Prometheus counter's samples at a /metrics endpoint."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - loopback metrics port
+        text = response.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+GROUP_RUNNERS = {
+    "api": api_group,
+    "e2e": e2e_group,
+    "video": video_group,
+    "scaling": scaling_group,
+    "watch": watch_group,
+}

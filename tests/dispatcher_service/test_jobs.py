@@ -265,6 +265,7 @@ class UnreachableFor(TaskTransitions):
 
     def __init__(self, store: TaskTransitions, failures: int) -> None:
         self.collection = store.collection
+        self.redis = store.redis
         self.failures = failures
 
     def _down(self) -> None:

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from devstack.stack import LocalStack
-from tests.conftest import wait_for_status
-from tests.e2e.helpers import SEEDREAM, wait_for_retry
+from tests.conftest import wait_for_status, wait_until
+from tests.e2e.helpers import SEEDREAM, upstream_calls, wait_for_retry
 
 
 @pytest.fixture
@@ -74,10 +74,9 @@ def test_server_errors_retry_until_the_budget_is_spent(
 ) -> None:
     with stack.sim() as sim:
         sim.set_faults("ark.images", error_rate=1.0, error_status=500)
-        before = sim.stats()["ark.images"]["requests"]
-        task_id = create(rest, user_id)
+        task_id = create(rest, user_id, f"a pine forest {user_id}")
         result = wait_for_status(rest, task_id, {"completed", "failed"})
-        calls = sim.stats()["ark.images"]["requests"] - before
+    calls = upstream_calls(stack, user_id, "ark.images")
     assert result["status"] == "failed"
     assert result["attempts"] == 8 and calls == 8  # MAX_ATTEMPTS default, one upstream call each
     assert "ark 500" in result["error_message"] and "gave up after 8 attempts" in result["error_message"]
@@ -107,15 +106,26 @@ def test_two_instances_share_traffic_and_survive_a_kill(
             wait_for_status(rest, task_id, {"completed"})
         assert generate_calls(first_metrics) > before[0] and generate_calls(second_metrics) > before[1]
 
-        # In flight: the upstream is slow, so calls are inside the instance when it dies.
+        # Calls in flight inside the first instance when it dies: with the second stopped, every call goes to the
+        # first, and the upstream (slow) has received each one, by its marker, before the kill. The second comes
+        # back after it and takes the calls sent again.
+        stack.stop(second.name)
         with stack.sim() as sim:
-            sim.set_faults("ark.images", latency_s=1.5)
-        in_flight = [create(rest, user_id, f"in flight {n}") for n in range(4)]
-        time.sleep(0.7)
-        stack.kill("provider_volcengine")
-        later = [create(rest, user_id, f"after kill {n}") for n in range(4)]
-        for task_id in in_flight + later:
-            assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)["status"] == "completed"
+            sim.set_faults("ark.images", latency_s=3.0)
+            marks = [f"{user_id}-inflight{n}" for n in range(3)]
+            in_flight = [create(rest, user_id, f"in flight {mark}") for mark in marks]
+            wait_until(lambda: all(len(sim.requests(mark)) == 1 for mark in marks), interval=0.05)
+            killed_at = time.time()
+            stack.kill("provider_volcengine")
+            sim.clear_faults()
+            stack.start(second.name)
+            later = [create(rest, user_id, f"after kill {n}") for n in range(4)]
+            for task_id in in_flight + later:
+                assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)["status"] == "completed"
+            # Each in-flight call was cut by the kill and sent again, to the surviving instance, after it.
+            for mark in marks:
+                calls = sim.requests(mark)
+                assert len(calls) >= 2 and calls[0]["at"] < killed_at < calls[-1]["at"], calls
     finally:
         stack.start("provider_volcengine")
         stack.stop(second.name)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import time
 
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from aitask_common.registry import read_instances
+from aitask_common.grpc_server import LIVENESS
+from aitask_common.registry import ProviderInstance, read_instances
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM
@@ -40,17 +43,24 @@ def task_service_metrics(stack: LocalStack) -> list[int]:
     return [stack.ports.metrics_task_service, stack.ports.metrics_task_service_2]
 
 
-def test_health_is_not_serving_while_redis_is_down(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
+def test_health_while_redis_is_down_unready_where_it_matters_never_dead(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    ports = [stack.ports.task_service, stack.ports.provider_volcengine]
-    assert all(health_of(port) == serving for port in ports)
+    task_service, provider = stack.ports.task_service, stack.ports.provider_volcengine
+    assert health_of(task_service) == serving and health_of(provider) == serving
     stack.stop("redis")
     try:
-        wait_until(lambda: all(health_of(port) == not_serving for port in ports), timeout=15)
-        assert health_of(stack.ports.task_service, "aitask.v1.TaskService") == not_serving
+        # The provider cannot be found without its registry: not ready. The task service still serves reads
+        # from MongoDB: ready. Neither is dead (liveness), so Kubernetes restarts nothing.
+        wait_until(lambda: health_of(provider) == not_serving, timeout=15)
+        assert health_of(task_service) == serving
+        assert health_of(task_service, "aitask.v1.TaskService") == serving
+        for port in (task_service, provider):
+            assert health_of(port, LIVENESS) == serving
     finally:
         stack.start("redis")
-    wait_until(lambda: all(health_of(port) == serving for port in ports), timeout=15)
+    wait_until(lambda: health_of(provider) == serving, timeout=15)
     # The whole pipeline works again.
     task_id = rest.post("/api/v1/ai/image/task", json={"prompt": "after", "user_id": user_id, **SEEDREAM}).json()
     assert wait_for_status(rest, task_id["data"]["task_id"], {"completed", "failed"})["status"] == "completed"
@@ -78,46 +88,65 @@ def test_sigterm_to_the_dispatcher_finishes_the_task_in_hand(
 
 
 def test_sigterm_deregisters_a_provider_at_once(stack: LocalStack) -> None:
+    # "At once": far sooner than the registry TTL, after which a silent instance would drop out anyway.
+    ttl_seconds = 30.0
     extra = stack.add_provider_instance("provider_openai", "provider_openai_term")
-    stack.start(extra.name)
+    stack.start(extra.name, extra_env={"REGISTRY_TTL_SECONDS": str(ttl_seconds)})
     address = f"127.0.0.1:{extra.port}"
-    assert address in {instance.address for instance in read_instances(stack.redis())}
-    assert stack.terminate_main_process(extra.name, timeout=30) == 0
-    assert address not in {instance.address for instance in read_instances(stack.redis())}
+    redis = stack.redis()
+
+    def registered() -> list[ProviderInstance]:
+        return [instance for instance in read_instances(redis) if instance.address == address]
+
+    (instance,) = registered()
+    assert redis.ttl(instance.key) > ttl_seconds / 2  # without the deregistration it would linger this long
+    process = stack.running.pop(extra.name)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    wait_until(lambda: not registered(), timeout=ttl_seconds, interval=0.02)
+    gone_after = time.monotonic() - signalled
+    assert process.wait(30) == 0
+    print(f"deregistered {gone_after:.2f} s after SIGTERM (REGISTRY_TTL_SECONDS {ttl_seconds:g})")
+    assert gone_after < 2.0
+    assert not redis.exists(instance.key)
 
 
-def test_metrics_move_as_tasks_run(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
-    labels = {"provider": "volcengine", "model": SEEDREAM["model"], "type": "image"}
-    created_before = metric(task_service_metrics(stack), "aitask_tasks_created_total", **labels)
-    finished_before = metric(
-        stack.ports.metrics_dispatcher, "aitask_tasks_finished_total", status="completed", **labels
-    )
-    rpcs_before = metric(task_service_metrics(stack), "aitask_grpc_requests_total", method="CreateImageTask", code="OK")
-    task_id = rest.post("/api/v1/ai/image/task", json={"prompt": "counted", "user_id": user_id, **SEEDREAM}).json()
-    wait_for_status(rest, task_id["data"]["task_id"], {"completed"})
+def test_metrics_move_by_exact_deltas(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
+    # A model no other test's background work uses, three tasks that complete and one the upstream refuses (a
+    # final error: one attempt, no retry); every counter moves by exactly what they did.
+    model = "jimeng_high_aes_general_v21_L"
+    labels = {"provider": "volcengine", "model": model, "type": "image"}
+    calls = {"provider": "volcengine", "method": "Generate"}
+    tasks, dispatcher = task_service_metrics(stack), stack.ports.metrics_dispatcher
 
-    assert metric(task_service_metrics(stack), "aitask_tasks_created_total", **labels) == created_before + 1
-    assert (
-        metric(task_service_metrics(stack), "aitask_grpc_requests_total", method="CreateImageTask", code="OK")
-        >= rpcs_before + 1
-    )
-    wait_until(
-        lambda: (
-            metric(stack.ports.metrics_dispatcher, "aitask_tasks_finished_total", status="completed", **labels)
-            >= finished_before + 1
-        )
-    )
-    assert metric(stack.ports.metrics_dispatcher, "aitask_task_duration_seconds_count", type="image") >= 1
-    assert (
-        metric(
-            stack.ports.metrics_dispatcher, "aitask_upstream_call_duration_seconds_count", method="Generate", code="OK"
-        )
-        >= 1
-    )
-    assert metric(stack.ports.metrics_dispatcher, "aitask_provider_instances", provider="volcengine") >= 1
+    def counts() -> dict[str, float]:
+        return {
+            "created": metric(tasks, "aitask_tasks_created_total", **labels),
+            "create_rpcs": metric(tasks, "aitask_grpc_requests_total", method="CreateImageTask", code="OK"),
+            "completed": metric(dispatcher, "aitask_tasks_finished_total", status="completed", **labels),
+            "failed": metric(dispatcher, "aitask_tasks_finished_total", status="failed", **labels),
+            "retries": metric(dispatcher, "aitask_task_retries_total", provider="volcengine", model=model),
+            "durations": metric(dispatcher, "aitask_task_duration_seconds_count", type="image"),
+            "calls": metric(dispatcher, "aitask_upstream_call_duration_seconds_count", **calls),
+            "calls_ok": metric(dispatcher, "aitask_upstream_call_duration_seconds_count", code="OK", **calls),
+        }
+
+    before = counts()
+    prompts = ["counted 1", "counted 2", "counted 3", "refused [[fail:400]]"]
+    bodies = [{"prompt": prompt, "user_id": user_id, "provider": "volcengine", "model": model} for prompt in prompts]
+    task_ids = [rest.post("/api/v1/ai/image/task", json=body).json()["data"]["task_id"] for body in bodies]
+    results = [wait_for_status(rest, task_id, {"completed", "failed"})["status"] for task_id in task_ids]
+    assert results == ["completed"] * 3 + ["failed"]
+    expected = {"created": 4, "create_rpcs": 4, "completed": 3, "failed": 1, "retries": 0, "durations": 4}
+    expected |= {"calls": 4, "calls_ok": 3}
+    # The dispatcher counts a task after writing its outcome: the last increments may trail the reads above.
+    wait_until(lambda: all(counts()[name] - before[name] >= delta for name, delta in expected.items()))
+    assert {name: value - before[name] for name, value in counts().items()} == expected
+
+    assert metric(dispatcher, "aitask_provider_instances", provider="volcengine") >= 1
     assert re.search(
         r'aitask_queue_depth\{queue="critical",state="queued"\}',
-        httpx.get(f"http://127.0.0.1:{stack.ports.metrics_dispatcher}/metrics", trust_env=False).text,
+        httpx.get(f"http://127.0.0.1:{dispatcher}/metrics", trust_env=False).text,
     )
     envoy_stats = httpx.get(f"http://127.0.0.1:{stack.ports.envoy_admin}/stats/prometheus", trust_env=False).text
     assert "envoy_cluster_upstream_rq_total" in envoy_stats

@@ -22,7 +22,7 @@ from aitask_common.tasks import inflight_key
 from devstack.stack import LocalStack
 from gateway.config import HEALTH_CHECK_INTERVAL_SECONDS, HEALTH_CHECK_TIMEOUT_SECONDS
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM
+from tests.e2e.helpers import SEEDREAM, restart_after_a_crash
 from upstream_simulator.control import SimulatorControl
 
 IMAGES = "ark.images"
@@ -35,14 +35,18 @@ def new_user() -> str:
 
 
 def create(rest: httpx.Client, user_id: str, prompt: str) -> str:
-    response = rest.post("/api/v1/ai/image/task", json={"prompt": prompt, "user_id": user_id, **SEEDREAM})
+    # The user id in the prompt finds the task's upstream calls in the simulator's request log (`paid`).
+    body = {"prompt": f"{prompt} {user_id}", "user_id": user_id, **SEEDREAM}
+    response = rest.post("/api/v1/ai/image/task", json=body)
     assert response.status_code == 200, response.text
     return str(response.json()["data"]["task_id"])
 
 
-def paid(upstream: SimulatorControl) -> int:
-    """Image calls the upstream answered (and charged for)."""
-    return upstream.stats().get(IMAGES, {}).get("ok", 0)
+def paid(upstream: SimulatorControl, *users: str) -> int:
+    """Image calls for `users`' tasks the upstream answered (and charged for)."""
+    return sum(
+        call["endpoint"] == IMAGES and call["status"] == 200 for user in users for call in upstream.requests(user)
+    )
 
 
 def count(stack: LocalStack, task_ids: list[str], status: str) -> int:
@@ -80,7 +84,6 @@ def test_a_redis_outage_leaks_no_slot_and_ends_no_worker(
     stack: LocalStack, rest: httpx.Client, upstream: SimulatorControl, dispatcher_log: Callable[[], str]
 ) -> None:
     users = [new_user() for _ in range(3)]
-    before = paid(upstream)
     upstream.set_faults(IMAGES, latency_s=2.0)
     task_ids = [create(rest, user, f"outage {n}") for n in range(4) for user in users]
     # The four workers are mid-call: their tasks finish while Redis is down.
@@ -102,7 +105,7 @@ def test_a_redis_outage_leaks_no_slot_and_ends_no_worker(
     for task_id in task_ids:
         assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=30)["status"] == "completed"
     assert all(slots(stack, user) == set() for user in users)
-    assert paid(upstream) - before == len(task_ids)
+    assert paid(upstream, *users) == len(task_ids)
     log = dispatcher_log()
     # Those slots were left behind by the tasks that finished during the outage, and the reconciler freed them.
     assert log.count("task finished, but Redis is unreachable") == 4
@@ -151,7 +154,6 @@ def test_a_database_outage_with_ten_paid_calls_in_flight_pays_for_none_twice(
     # Redis and the task's next run writes it).
     ten_workers({"OUTCOME_WRITE_SECONDS": write_seconds})
     user = new_user()
-    before = paid(upstream)
     # Calls long enough that all ten are still in flight when the outage starts, however slowly the ten workers
     # claimed them, and end inside it.
     upstream.set_faults(IMAGES, latency_s=6.0)
@@ -170,7 +172,7 @@ def test_a_database_outage_with_ten_paid_calls_in_flight_pays_for_none_twice(
         assert "database unreachable; retrying the write" in log and "write is kept" not in log
     else:
         assert "write is kept in Redis" in log and "storing the write an earlier run kept" in log
-    double_payments = paid(upstream) - before - len(task_ids)
+    double_payments = paid(upstream, user) - len(task_ids)
     print(f"10 calls in flight across a 6 s database outage: {double_payments} double payments")
     assert double_payments == 0
     assert slots(stack, user) == set()
@@ -183,11 +185,13 @@ def test_orphans_of_a_killed_dispatcher_resume_before_the_backlog(
     orphans = [create(rest, new_user(), f"orphan {n}") for n in range(4)]
     wait_until(lambda: count(stack, orphans, "processing") == 4, timeout=15)
     stack.kill("dispatcher")
-    # A backlog of 120 (users stay under the in-flight cap), ~15 s of work for four workers.
-    upstream.set_faults(IMAGES, latency_s=0.5)
-    users = [new_user() for _ in range(5)]
-    backlog = [create(rest, users[n % 5], f"backlog {n}") for n in range(120)]
-    stack.start("dispatcher")
+    try:
+        # A backlog of 120 (users stay under the in-flight cap), ~15 s of work for four workers.
+        upstream.set_faults(IMAGES, latency_s=0.5)
+        users = [new_user() for _ in range(5)]
+        backlog = [create(rest, users[n % 5], f"backlog {n}") for n in range(120)]
+    finally:
+        restart_after_a_crash(stack)
     for task_id in orphans + backlog:
         assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=90)["status"] == "completed"
     finished = {task["_id"]: task["updated"] for task in stack.tasks().find({"_id": {"$in": orphans + backlog}})}

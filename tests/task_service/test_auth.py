@@ -270,9 +270,10 @@ def test_the_key_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert keys.lookups == [f"{n:016x}" for n in range(3)] + [f"{0:016x}"]
 
 
-def test_a_streaming_task_service_method_is_refused_rather_than_left_unguarded() -> None:
+def test_a_client_streaming_task_service_method_is_refused_rather_than_left_unguarded() -> None:
     interceptor = AuthInterceptor(None, Rate())
     streaming = grpc.unary_stream_rpc_method_handler(lambda request, context: iter(()))
+    client_streaming = grpc.stream_unary_rpc_method_handler(lambda requests, context: None)
     open_method = grpc.unary_unary_rpc_method_handler(lambda request, context: None)
 
     async def intercept(method: str, handler: grpc.RpcMethodHandler) -> Any:
@@ -282,7 +283,10 @@ def test_a_streaming_task_service_method_is_refused_rather_than_left_unguarded()
         return await interceptor.intercept_service(continuation, SimpleNamespace(method=method))
 
     with pytest.raises(NotImplementedError):
-        asyncio.run(intercept(f"/{GUARDED_SERVICE}/WatchTasks", streaming))
+        asyncio.run(intercept(f"/{GUARDED_SERVICE}/Upload", client_streaming))
+    # A server-streaming TaskService method (WatchTask) is guarded like a unary one.
+    guarded = asyncio.run(intercept(f"/{GUARDED_SERVICE}/WatchTask", streaming))
+    assert guarded is not streaming and guarded.unary_stream is not None
     # Another service's methods, streaming or not, are passed on untouched.
     assert asyncio.run(intercept("/grpc.health.v1.Health/Watch", streaming)) is streaming
     assert asyncio.run(intercept("/grpc.health.v1.Health/Check", open_method)) is open_method

@@ -102,3 +102,35 @@ def test_prompts_keep_tabs_and_newlines() -> None:
 )
 def test_task_id_shape(task_id: str, expected: bool) -> None:
     assert is_task_id(task_id) is expected
+
+
+@pytest.mark.parametrize(("model", "served"), [("gpt-4", "gpt-5.5"), ("gpt-5.5", "gpt-5.5")])
+def test_an_alias_records_the_model_that_serves_it(model: str, served: str) -> None:
+    request = pb.CreateTextTaskRequest(prompt="hi", user_id="u", provider="openai", model=model)
+    valid = validate_create(TaskType.TEXT, request, CATALOGUES, 4000)
+    assert (valid.model, valid.served_model) == (model, served)
+
+
+def test_an_alias_takes_its_successors_parameters() -> None:
+    dalle = image(provider="openai", model="dall-e-3")
+    valid = validate_create(TaskType.IMAGE, dalle, CATALOGUES, 4000)
+    # The successor answers base64 only: that is the default, and "url" is refused naming what is allowed.
+    assert valid.served_model == "gpt-image-2.5-sunburst" and valid.parameters["response_format"] == "b64_json"
+    with pytest.raises(
+        InvalidRequest, match=r"response_format: 'url' is not allowed for dall-e-3 \(allowed: b64_json\)"
+    ):
+        validate_create(
+            TaskType.IMAGE, image(provider="openai", model="dall-e-3", response_format="url"), CATALOGUES, 4000
+        )
+    with pytest.raises(InvalidRequest, match="size: '1792x1024' is not allowed"):
+        validate_create(TaskType.IMAGE, image(provider="openai", model="dall-e-3", size="1792x1024"), CATALOGUES, 4000)
+
+
+@pytest.mark.parametrize("model", ["sora", "sora-2"])
+def test_a_retired_model_is_refused_naming_the_alternative(model: str) -> None:
+    request = pb.CreateVideoTaskRequest(prompt="a cat", user_id="u", provider="openai", model=model)
+    with pytest.raises(InvalidRequest) as error:
+        validate_create(TaskType.VIDEO, request, CATALOGUES, 4000)
+    assert error.value.field == "model"
+    assert f"'{model}' was retired by the vendor" in str(error.value)
+    assert str(error.value).endswith("use volcengine/jimeng_vgfm_t2v_l20 instead")

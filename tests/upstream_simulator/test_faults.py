@@ -39,7 +39,7 @@ def test_openai_sdk_honours_retry_after_ms(sim: SimulatorThread, control: Simula
     client = OpenAI(api_key=OPENAI_KEY, base_url=sim.url + "/v1", max_retries=1)
     started = time.monotonic()
     with pytest.raises(openai.RateLimitError) as info:
-        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model="gpt-5.5", messages=[{"role": "user", "content": "hi"}])
     elapsed = time.monotonic() - started
     assert info.value.code == "rate_limit_exceeded"
     assert info.value.response.headers["retry-after-ms"] == "400"
@@ -58,7 +58,7 @@ def test_rate_limit_on_visual_is_50429_with_retry_after(visual: VisualService, c
 def test_injected_latency(oai: OpenAI, ark: Ark, control: SimulatorControl) -> None:
     control.set_faults("openai.chat", latency_s=0.4)
     started = time.monotonic()
-    oai.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    oai.chat.completions.create(model="gpt-5.5", messages=[{"role": "user", "content": "hi"}])
     assert time.monotonic() - started >= 0.4
     started = time.monotonic()
     ark.chat.completions.create(model="doubao-1-5-pro-32k-250115", messages=[{"role": "user", "content": "hi"}])
@@ -76,7 +76,7 @@ def test_error_rate_with_chosen_status(ark: Ark, control: SimulatorControl) -> N
 def test_partial_error_rate_is_roughly_honoured(sim: SimulatorThread, control: SimulatorControl) -> None:
     control.set_faults("openai.chat", error_rate=0.5)
     headers = {"Authorization": f"Bearer {OPENAI_KEY}"}
-    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client(base_url=sim.url, headers=headers, trust_env=False) as client:
         statuses = [client.post("/v1/chat/completions", json=body).status_code for _ in range(200)]
     assert set(statuses) == {200, 500}

@@ -10,36 +10,12 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.upstream_simulator.helpers import OPENAI_KEY, decode_png, fetch, is_mp4
+from tests.upstream_simulator.helpers import OPENAI_KEY, decode_png, is_mp4
 from upstream_simulator import SimulatorThread
 from upstream_simulator.control import SimulatorControl
 
 # The SDK marks every videos.* method deprecated (Sora shutdown); the simulator still serves them.
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
-
-
-def test_dalle3_url_with_revised_prompt(oai: OpenAI) -> None:
-    resp = oai.images.generate(
-        model="dall-e-3", prompt="a cat", size="1792x1024", quality="hd", style="vivid", response_format="url", n=1
-    )
-    assert resp.created > 1_700_000_000
-    assert "a cat" in resp.data[0].revised_prompt
-    assert decode_png(fetch(resp.data[0].url).content) == (1792, 1024)
-    assert resp._request_id.startswith("req_")
-
-
-def test_dalle3_b64_json(oai: OpenAI) -> None:
-    resp = oai.images.generate(model="dall-e-3", prompt="a dog", response_format="b64_json")
-    assert resp.data[0].url is None
-    assert decode_png(base64.b64decode(resp.data[0].b64_json)) == (1024, 1024)
-
-
-@pytest.mark.parametrize(("kwargs", "param"), [({"size": "512x512"}, "size"), ({"n": 2}, "n")])
-def test_dalle3_constraints(oai: OpenAI, kwargs: dict[str, object], param: str) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        oai.images.generate(model="dall-e-3", prompt="a cat", **kwargs)
-    assert info.value.param == param
-    assert info.value.type == "invalid_request_error"
 
 
 def test_gpt_image_several_images(oai: OpenAI) -> None:
@@ -63,7 +39,10 @@ def test_unknown_image_model_is_not_found(oai: OpenAI) -> None:
 
 def test_chat_completion(oai: OpenAI) -> None:
     resp = oai.chat.completions.create(
-        model="gpt-4", messages=[{"role": "user", "content": "what is a simulator?"}], max_tokens=100, temperature=0.7
+        model="gpt-5.5",
+        messages=[{"role": "user", "content": "what is a simulator?"}],
+        max_completion_tokens=100,
+        temperature=0.7,
     )
     assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
     assert "what is a simulator?" in resp.choices[0].message.content
@@ -72,14 +51,14 @@ def test_chat_completion(oai: OpenAI) -> None:
 
 def test_chat_temperature_out_of_range(oai: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        oai.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], temperature=3)
+        oai.chat.completions.create(model="gpt-5.5", messages=[{"role": "user", "content": "hi"}], temperature=3)
     assert info.value.param == "temperature"
 
 
 def test_wrong_key_is_authentication_error(sim: SimulatorThread) -> None:
     client = OpenAI(api_key="sk-wrong-key-123456", base_url=sim.url + "/v1", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as info:
-        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model="gpt-5.5", messages=[{"role": "user", "content": "hi"}])
     assert info.value.code == "invalid_api_key"
     assert info.value.status_code == 401
 
@@ -95,11 +74,11 @@ def test_wrong_key_is_authentication_error(sim: SimulatorThread) -> None:
 )
 def test_prompt_fail_triggers(oai: OpenAI, status: int, exc_type: type[Exception]) -> None:
     with pytest.raises(exc_type) as info:
-        oai.images.generate(model="dall-e-3", prompt=f"a cat [[fail:{status}]]")
+        oai.images.generate(model="gpt-image-2.5-sunburst", prompt=f"a cat [[fail:{status}]]")
     assert info.value.status_code == status
     assert info.value.request_id.startswith("req_")
     with pytest.raises(exc_type):
-        oai.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": f"[[fail:{status}]]"}])
+        oai.chat.completions.create(model="gpt-5.5", messages=[{"role": "user", "content": f"[[fail:{status}]]"}])
     with pytest.raises(exc_type):
         oai.videos.create(prompt=f"[[fail:{status}]]")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,9 +19,12 @@ from volcengine.visual.VisualService import VisualService
 from volcenginesdkarkruntime import Ark
 from volcenginesdkarkruntime._exceptions import ArkBadRequestError, ArkNotFoundError
 
+from aitask_common.provider import load_catalogue
 from tests.upstream_simulator.helpers import ARK_KEY, OPENAI_KEY, decode_jpeg, decode_png, visual_error
 from upstream_simulator import SimulatorSettings, SimulatorThread, ark, openai_api
-from upstream_simulator.catalogue import Catalogue
+from upstream_simulator.catalogue import DEFAULT_PATH, Catalogue
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
 
@@ -40,7 +44,7 @@ def test_openai_chat_refuses_a_model_it_does_not_serve(oai: OpenAI) -> None:
     assert "gpt-totally-made-up" in info.value.message
 
 
-@pytest.mark.parametrize("model", ["gpt-4-0314", "gpt-3.5-turbo", "o1-mini"])
+@pytest.mark.parametrize("model", ["gpt-4", "gpt-4-0314", "gpt-3.5-turbo", "o1-mini"])
 def test_openai_chat_refuses_retired_models_as_deprecated(oai: OpenAI, model: str) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         oai.chat.completions.create(model=model, messages=HI)
@@ -49,31 +53,29 @@ def test_openai_chat_refuses_retired_models_as_deprecated(oai: OpenAI, model: st
 
 
 def test_retired_image_and_video_models_are_refused(oai: OpenAI) -> None:
-    for model in ("dall-e-2", "gpt-image-1"):
+    for model in ("dall-e-3", "dall-e-2", "gpt-image-1"):
         with pytest.raises(openai.NotFoundError, match="has been deprecated"):
             oai.images.generate(model=model, prompt="a cat")
     with pytest.raises(openai.NotFoundError, match="has been deprecated"):
         oai.videos.create(model="sora-2-pro", prompt="a cat")
 
 
-def test_seed_models_are_served_in_grace_and_refused_without_it() -> None:
-    """dall-e-3, gpt-4 and sora-2 are retired but the gateway's seed lists them: served unless grace is off."""
+def test_sora_2_is_served_in_grace_and_refused_without_it() -> None:
+    """sora-2 is retired; only the simulator's and the provider's own video tests use it (the gateway refuses it)."""
     for grace in (True, False):
         settings = SimulatorSettings(port=0, openai_api_key=OPENAI_KEY, retired_grace=grace)
         with SimulatorThread(settings) as sim:
             client = OpenAI(api_key=OPENAI_KEY, base_url=sim.url + "/v1", max_retries=0)
-            calls = [
-                (client.chat.completions.create, {"model": "gpt-4", "messages": HI}),
-                (client.images.generate, {"model": "dall-e-3", "prompt": "a cat"}),
-                (client.videos.create, {"model": "sora-2", "prompt": "a cat"}),
-            ]
-            for call, kwargs in calls:
-                if grace:
-                    call(**kwargs)
-                else:
-                    with pytest.raises(openai.NotFoundError, match="has been deprecated"):
-                        call(**kwargs)
-            # Current models are served either way.
+            if grace:
+                client.videos.create(model="sora-2", prompt="a cat")
+            else:
+                with pytest.raises(openai.NotFoundError, match="has been deprecated"):
+                    client.videos.create(model="sora-2", prompt="a cat")
+            # The gateway's retired seed names are no longer in grace: it sends their successors.
+            with pytest.raises(openai.NotFoundError, match="has been deprecated"):
+                client.chat.completions.create(model="gpt-4", messages=HI)
+            with pytest.raises(openai.NotFoundError, match="has been deprecated"):
+                client.images.generate(model="dall-e-3", prompt="a cat")
             client.chat.completions.create(model="gpt-5.5", messages=HI)
 
 
@@ -91,19 +93,19 @@ def test_every_seed_model_of_the_gateway_is_served() -> None:
     """The seed models of provider_*/catalogue.toml must keep working against the simulator."""
     catalogue = Catalogue.load()
     for vendor, api, name in [
-        ("openai", "images", "dall-e-3"),
-        ("openai", "images", "gpt-image-2.5-sunburst"),
-        ("openai", "images", "gpt-image-2.5-flare"),
-        ("openai", "chat", "gpt-4"),
-        ("openai", "chat", "gpt-5.5"),
-        ("openai", "chat", "gpt-5.4-mini"),
-        ("openai", "videos", "sora-2"),
         ("ark", "images", "doubao-seedream-3-0-t2i-250415"),
         ("ark", "chat", "doubao-pro-4k"),
         ("visual", "CVProcess", "jimeng_high_aes_general_v21_L"),
         ("visual", "CVSync2Async", "jimeng_vgfm_t2v_l20"),
     ]:
         assert catalogue.lookup(vendor, api, name).status == "served", name
+    # What provider_openai sends: each listed model's own name, or the successor it is an alias of. None of it
+    # may need grace: only sora / sora-2 (retired, refused by the gateway) would, and they are never sent.
+    strict = Catalogue.load(retired_grace=False)
+    for model in load_catalogue(ROOT / "provider_openai" / "catalogue.toml").models:
+        if not model.retired:
+            api = model.upstream_api.removeprefix("openai.")
+            assert strict.lookup("openai", api, model.upstream_model or model.name).status == "served", model.name
 
 
 def test_ark_refuses_models_it_does_not_serve(ark: Ark) -> None:
@@ -160,10 +162,19 @@ def test_reasoning_models_refuse_max_tokens(oai: OpenAI) -> None:
         reply = oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "x " * 50}],
                                             max_completion_tokens=5)  # fmt: skip
         assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens <= 5
-    # A non-reasoning model takes max_tokens, and refuses reasoning_effort.
-    oai.chat.completions.create(model="gpt-4", messages=HI, max_tokens=5)
-    with pytest.raises(openai.BadRequestError) as info:
-        oai.chat.completions.create(model="gpt-4", messages=HI, reasoning_effort="low")
+
+
+def test_chat_models_take_max_tokens_and_refuse_reasoning_effort(tmp_path: Path) -> None:
+    # Every OpenAI chat-family model has a shutdown date (gpt-4.1 and gpt-4o on 2027-01-14): a probe model
+    # without one keeps this test independent of the calendar.
+    catalogue = tmp_path / "catalogue.toml"
+    probe = '\n[[openai.models]]\nnames = ["chat-family-probe"]\napi = "chat"\nfamily = "chat"\n'
+    catalogue.write_text(DEFAULT_PATH.read_text(encoding="utf-8") + probe, encoding="utf-8")
+    with SimulatorThread(SimulatorSettings(port=0, openai_api_key=OPENAI_KEY, catalogue_path=catalogue)) as sim:
+        client = OpenAI(api_key=OPENAI_KEY, base_url=sim.url + "/v1", max_retries=0)
+        client.chat.completions.create(model="chat-family-probe", messages=HI, max_tokens=5)
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="chat-family-probe", messages=HI, reasoning_effort="low")
     assert info.value.param == "reasoning_effort"
 
 
@@ -176,8 +187,6 @@ def test_reasoning_models_refuse_max_tokens(oai: OpenAI) -> None:
         ("gpt-image-2.5-sunburst", {"size": "1000x1000"}, "size", "invalid_value"),  # not multiples of 16
         ("gpt-image-2.5-sunburst", {"size": "3200x800"}, "size", "invalid_value"),  # 4:1
         ("gpt-image-2.6-flare", {"size": "1536x864"}, "size", "invalid_value"),  # free sizes: 2 / 2.5 only
-        ("dall-e-3", {"output_format": "jpeg"}, "output_format", "unsupported_parameter"),
-        ("dall-e-3", {"background": "transparent"}, "background", "unsupported_parameter"),
     ],
 )
 def test_openai_image_parameters_per_model(
