@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -71,6 +72,24 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A structured logger; bind task_id with `bound_log_context`."""
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
+
+
+class QuietWarnings:
+    """Warns about a failing dependency at most once per `interval_seconds` and logs the rest at debug level:
+    a Redis outage must not flood the logs with one warning per request."""
+
+    def __init__(self, logger: structlog.stdlib.BoundLogger, interval_seconds: float = 60.0) -> None:
+        self.logger = logger
+        self.interval_seconds = interval_seconds
+        self._quiet_until = 0.0
+
+    def __call__(self, message: str, error: BaseException) -> None:
+        now = time.monotonic()
+        if now >= self._quiet_until:
+            self._quiet_until = now + self.interval_seconds
+            self.logger.warning(message, error=str(error))
+        else:
+            self.logger.debug(message, error=str(error))
 
 
 @contextmanager

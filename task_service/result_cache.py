@@ -10,7 +10,6 @@ Redis stays optional for reads: any Redis error is a miss, and the caller reads 
 
 from __future__ import annotations
 
-import time
 from enum import Enum
 
 from google.protobuf.message import DecodeError
@@ -18,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aitask.v1 import task_service_pb2 as pb
-from aitask_common.logging import get_logger
+from aitask_common.logging import QuietWarnings, get_logger
 from aitask_common.metrics import RESULT_CACHE_LOOKUPS
 
 log = get_logger(__name__)
@@ -48,7 +47,7 @@ class FinalResultCache:
         self.redis = redis
         self.ttl_seconds = ttl_seconds
         self.max_bytes = max_bytes
-        self._quiet_until = 0.0
+        self._warn = QuietWarnings(log, WARNING_INTERVAL_SECONDS)
 
     @property
     def enabled(self) -> bool:
@@ -105,12 +104,3 @@ class FinalResultCache:
             await self.redis.set(result_key(task_id), TOMBSTONE, ex=self.ttl_seconds)
         except RedisError as error:
             log.warning("could not write result cache tombstone", task_id=task_id, error=str(error))
-
-    def _warn(self, message: str, error: RedisError) -> None:
-        """Warn about a failing Redis at most once per WARNING_INTERVAL_SECONDS; reads go on from MongoDB."""
-        now = time.monotonic()
-        if now >= self._quiet_until:
-            self._quiet_until = now + WARNING_INTERVAL_SECONDS
-            log.warning(message, error=str(error))
-        else:
-            log.debug(message, error=str(error))

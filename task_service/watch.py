@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.events import EventKind, channel, task_id_of
-from aitask_common.logging import get_logger
+from aitask_common.logging import QuietWarnings, get_logger
 from aitask_common.tasks import TaskStatus, task_to_proto
 from task_service.queue_position import QueuePositions
 from task_service.storage import TaskStore
@@ -187,7 +187,7 @@ class WatchHub:
         self._pump: asyncio.Task[None] | None = None
         # Background subscribe/unsubscribe calls, referenced until done.
         self._background: set[asyncio.Task[Any]] = set()
-        self._quiet_until = 0.0
+        self._warn = QuietWarnings(log, WARNING_INTERVAL_SECONDS)
 
     def start(self) -> None:
         """Start the pub/sub connection (in the running event loop)."""
@@ -323,12 +323,3 @@ class WatchHub:
             entry.subscribed.set()
         else:
             entry.dirty.set()
-
-    def _warn(self, message: str, error: BaseException) -> None:
-        """Warn at most once per WARNING_INTERVAL_SECONDS while Redis is failing."""
-        now = time.monotonic()
-        if now >= self._quiet_until:
-            self._quiet_until = now + WARNING_INTERVAL_SECONDS
-            log.warning(message, error=str(error))
-        else:
-            log.debug(message, error=str(error))

@@ -46,7 +46,12 @@ NO_POLL_WINDOW_SECONDS = 3.0
 
 
 def create(rest: httpx.Client, user_id: str, path: str = "image", **fields: object) -> str:
-    body = {"prompt": "cancel me", "user_id": user_id, **(SEEDREAM if path == "image" else JIMENG_VIDEO), **fields}
+    body = {
+        "prompt": f"cancel me {user_id}",
+        "user_id": user_id,
+        **(SEEDREAM if path == "image" else JIMENG_VIDEO),
+        **fields,
+    }
     response = rest.post(f"/api/v1/ai/{path}/task", json=body)
     assert response.status_code == 200, response.text
     return str(response.json()["data"]["task_id"])
@@ -56,10 +61,13 @@ def cancel(rest: httpx.Client, task_id: str, **options: object) -> httpx.Respons
     return rest.post(f"/api/v1/ai/task/{task_id}/cancel", **options)  # type: ignore[arg-type]
 
 
-def requests_to(stack: LocalStack, endpoint: str) -> int:
-    """How many requests the simulator's `endpoint` has had."""
+def requests_to(stack: LocalStack, endpoint: str, marker: str | None = None) -> int:
+    """How many requests the simulator's `endpoint` has had: those whose body holds `marker` (the test's
+    user id, which `create` puts in every prompt), or all of them."""
     with stack.sim() as sim:
-        return sim.stats().get(endpoint, {}).get("requests", 0)
+        if marker is None:
+            return int(sim.stats().get(endpoint, {}).get("requests", 0))
+        return sum(1 for request in sim.requests(marker) if request["endpoint"] == endpoint)
 
 
 def stored(stack: LocalStack, task_id: str) -> dict[str, Any]:
@@ -128,7 +136,7 @@ def assert_forgotten(stack: LocalStack, task_id: str, user_id: str) -> None:
 def test_a_queued_task_cancelled_over_rest_never_reaches_the_upstream(
     stack: LocalStack, rest: httpx.Client, user_id: str
 ) -> None:
-    calls_before = requests_to(stack, IMAGES)
+    calls_before = requests_to(stack, IMAGES, user_id)
     with dispatcher_stopped(stack):
         task_id = create(rest, user_id)
         job = waiting_job(stack, task_id)
@@ -140,7 +148,7 @@ def test_a_queued_task_cancelled_over_rest_never_reaches_the_upstream(
         assert_forgotten(stack, task_id, user_id)
     # Its job was still queued: a worker takes it and ends it without a call.
     assert wait_until(lambda: finished(job)) == "already-final"
-    assert requests_to(stack, IMAGES) == calls_before
+    assert requests_to(stack, IMAGES, user_id) == calls_before
     assert wait_for_status(rest, task_id, {"cancelled"})["cancel_reason"] == "user"
 
 
@@ -154,12 +162,12 @@ def test_a_task_waiting_for_its_retry_cancelled_over_grpc_never_reaches_the_upst
         wait_until(lambda: stack.redis().hget(WATCH_JOBS_KEY, task_id) not in (None, first.id.encode()))
         retry = waiting_job(stack, task_id)
         assert status_of(stack, task_id) == "pending"
-        calls_before = requests_to(stack, IMAGES)
+        calls_before = requests_to(stack, IMAGES, user_id)
         response = stack.task_stub(via_envoy=False).CancelTask(pb.CancelTaskRequest(task_id=task_id), timeout=10)
     assert response.data.status == "cancelled" and response.data.cancel_reason == "user"
     # The retry comes due (Retry-After 4 s) and ends without a call.
     assert wait_until(lambda: finished(retry), timeout=15) == "already-final"
-    assert requests_to(stack, IMAGES) == calls_before
+    assert requests_to(stack, IMAGES, user_id) == calls_before
     assert status_of(stack, task_id) == "cancelled"
 
 
@@ -169,11 +177,11 @@ def test_a_task_waiting_for_its_retry_cancelled_over_grpc_never_reaches_the_upst
 def test_a_processing_image_stays_cancelled_when_its_result_arrives(
     stack: LocalStack, rest: httpx.Client, user_id: str
 ) -> None:
-    calls_before = requests_to(stack, IMAGES)
+    calls_before = requests_to(stack, IMAGES, user_id)
     with faults(stack, IMAGES, latency_s=3.0):
         task_id = create(rest, user_id)
         job = waiting_job(stack, task_id)
-        wait_until(lambda: requests_to(stack, IMAGES) > calls_before)  # the call is in flight
+        wait_until(lambda: requests_to(stack, IMAGES, user_id) > calls_before)  # the call is in flight
         response = cancel(rest, task_id, json={})
         assert response.status_code == 200, response.text
         assert response.json()["data"]["status"] == "cancelled"
@@ -182,7 +190,7 @@ def test_a_processing_image_stays_cancelled_when_its_result_arrives(
     document = stored(stack, task_id)
     assert document["status"] == "cancelled" and document["cancel_reason"] == "user"
     assert "image_url" not in document
-    assert requests_to(stack, IMAGES) == calls_before + 1  # the one call in flight at the cancel, and no other
+    assert requests_to(stack, IMAGES, user_id) == calls_before + 1  # the one call in flight at the cancel, and no other
     assert wait_for_status(rest, task_id, {"cancelled", "completed", "failed"})["status"] == "cancelled"
     assert_forgotten(stack, task_id, user_id)
 
@@ -333,12 +341,15 @@ def test_the_queue_tools_count_cancelled_tasks_and_never_requeue_one(
 def test_tasks_behind_a_backlog_end_cancelled_at_their_deadline_without_an_upstream_call(
     stack: LocalStack, rest: httpx.Client, user_id: str
 ) -> None:
-    calls_before = requests_to(stack, IMAGES)
+    calls_before = requests_to(stack, IMAGES, user_id)
     with faults(stack, IMAGES, latency_s=4.0):
         # Four workers, eight slow tasks: the queue is busy for about eight seconds.
-        backlog = [create(rest, user_id, prompt=f"backlog {n}", priority="low") for n in range(8)]
+        backlog = [create(rest, user_id, prompt=f"backlog {n} {user_id}", priority="low") for n in range(8)]
         created = time.time()
-        late = [create(rest, user_id, prompt=f"deadline {n}", priority="low", deadline_seconds=1) for n in range(3)]
+        late = [
+            create(rest, user_id, prompt=f"deadline {n} {user_id}", priority="low", deadline_seconds=1)
+            for n in range(3)
+        ]
         for task_id in late:
             assert (
                 wait_for_status(rest, task_id, {"cancelled", "completed", "failed"}, timeout=6)["status"] == "cancelled"
@@ -352,7 +363,7 @@ def test_tasks_behind_a_backlog_end_cancelled_at_their_deadline_without_an_upstr
             assert document["updated"] >= deadline
         for task_id in backlog:
             assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=30)["status"] == "completed"
-    assert requests_to(stack, IMAGES) - calls_before == len(backlog)
+    assert requests_to(stack, IMAGES, user_id) - calls_before == len(backlog)
 
 
 def test_a_deadline_is_returned_and_a_task_that_meets_it_completes(rest: httpx.Client, user_id: str) -> None:
@@ -367,7 +378,7 @@ def test_a_job_reaching_a_task_past_its_deadline_cancels_it_without_an_upstream_
 ) -> None:
     """The claim-time check, run in-process on the stack (the reconciler's sweep is the other way in)."""
     rt = in_process_runtime
-    calls_before = requests_to(stack, IMAGES)
+    calls_before = requests_to(stack, IMAGES, user_id)
     overdue = insert_task(rt, user_id, IMAGE, IMAGE_PARAMETERS, deadline=utcnow() - timedelta(seconds=1))
     assert process_task(overdue) == "deadline-passed"
     document = rt.tasks.get(overdue)
@@ -377,7 +388,7 @@ def test_a_job_reaching_a_task_past_its_deadline_cancels_it_without_an_upstream_
     # A deadline still ahead does not stop the task.
     ahead = insert_task(rt, user_id, IMAGE, IMAGE_PARAMETERS, deadline=utcnow() + timedelta(seconds=60))
     assert process_task(ahead) == "completed"
-    assert requests_to(stack, IMAGES) == calls_before + 1
+    assert requests_to(stack, IMAGES, user_id) == calls_before + 1
 
 
 @pytest.mark.parametrize("deadline", [0, -5, 604801, 10**12])
@@ -397,17 +408,17 @@ def test_a_bad_deadline_is_400_naming_the_field_and_stores_nothing(
 def test_cancel_while_the_worker_is_killed_mid_call_pays_for_nothing_more(
     stack: LocalStack, rest: httpx.Client, user_id: str
 ) -> None:
-    calls_before = requests_to(stack, IMAGES)
+    calls_before = requests_to(stack, IMAGES, user_id)
     with faults(stack, IMAGES, latency_s=3.0):
         task_id = create(rest, user_id)
-        wait_until(lambda: requests_to(stack, IMAGES) > calls_before)  # the call is in flight
+        wait_until(lambda: requests_to(stack, IMAGES, user_id) > calls_before)  # the call is in flight
         stack.kill("dispatcher")
         assert cancel(rest, task_id).json()["data"]["status"] == "cancelled"
     restart_after_a_crash(stack)
     # The killed worker's lease (4 s) expires and reconciler passes (every 1 s) go by: nothing runs it again.
     wait_until(lambda: not stack.redis().exists(f"aitask:lease:{task_id}"), timeout=10)
     time.sleep(NO_POLL_WINDOW_SECONDS)  # nothing to wait for: the point is that nothing happens
-    assert requests_to(stack, IMAGES) == calls_before + 1
+    assert requests_to(stack, IMAGES, user_id) == calls_before + 1
     assert status_of(stack, task_id) == "cancelled"
     assert_forgotten(stack, task_id, user_id)
 
@@ -415,7 +426,7 @@ def test_cancel_while_the_worker_is_killed_mid_call_pays_for_nothing_more(
 def test_cancel_while_redis_restarts_ends_cancelled_and_never_paid(
     stack: LocalStack, rest: httpx.Client, user_id: str
 ) -> None:
-    calls_before = requests_to(stack, IMAGES)
+    calls_before = requests_to(stack, IMAGES, user_id)
     with dispatcher_stopped(stack):
         task_id = create(rest, user_id)
         job = waiting_job(stack, task_id)
@@ -428,7 +439,7 @@ def test_cancel_while_redis_restarts_ends_cancelled_and_never_paid(
         assert response.json()["data"]["status"] == "cancelled"
     # The job survived the restart (append-only file): a worker takes it and ends it without a call.
     assert wait_until(lambda: finished(job), timeout=20) == "already-final"
-    assert requests_to(stack, IMAGES) == calls_before
+    assert requests_to(stack, IMAGES, user_id) == calls_before
     assert status_of(stack, task_id) == "cancelled"
     # Its in-flight slot, left while Redis was down, is pruned by the reconciler.
     wait_until(lambda: not stack.redis().sismember(inflight_key(user_id), task_id), timeout=15)
