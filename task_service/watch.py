@@ -293,6 +293,9 @@ class WatchHub:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.connect()  # type: ignore[no-untyped-call]
+                # redis-py reconnects and resubscribes by itself when it can: notices lost meanwhile need a re-read.
+                if pubsub.connection is not None:
+                    pubsub.connection.register_connect_callback(self._reconnected)
                 followed = list(self._followed.values())
                 if followed:
                     await pubsub.subscribe(*(channel(entry.task_id) for entry in followed))
@@ -312,6 +315,11 @@ class WatchHub:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _reconnected(self, connection: Any) -> None:
+        """redis-py re-established the pub/sub connection on its own: re-read every followed task."""
+        for entry in self._followed.values():
+            entry.dirty.set()
 
     def _route(self, message: dict[str, Any] | None) -> None:
         if message is None or message.get("type") not in ("message", "subscribe"):

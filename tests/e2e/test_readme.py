@@ -15,9 +15,16 @@ from tests.conftest import wait_for_status
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def readme_curl_commands() -> list[str]:
-    """Every `curl …` command (with continuation lines) in the README's bash blocks."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+def readme_section(heading: str) -> str:
+    """The README's text under `heading` (a whole "## …" line), up to the next section of that level."""
+    level = heading.split(" ")[0]
+    text = README.read_text().split(f"\n{heading}\n", 1)[1]
+    return re.split(rf"\n{level} ", text, maxsplit=1)[0]
+
+
+def readme_curl_commands(heading: str = "## Try it") -> list[str]:
+    """Every `curl …` command (with continuation lines) in the bash blocks of one README section."""
+    blocks = re.findall(r"```bash\n(.*?)```", readme_section(heading), re.S)
     commands = []
     for block in blocks:
         for command in re.split(r"(?<!\\)\n", block):
@@ -27,7 +34,12 @@ def readme_curl_commands() -> list[str]:
 
 
 def run(command: str, stack: LocalStack, task_id: str = "") -> dict:
-    command = command.replace("127.0.0.1:8080", f"127.0.0.1:{stack.ports.envoy}")
+    return json.loads(run_raw(command, stack, task_id))  # type: ignore[no-any-return]
+
+
+def run_raw(command: str, stack: LocalStack, task_id: str = "") -> str:
+    """What the command prints, run as printed (the port swapped, `<task_id>` read as $TASK_ID)."""
+    command = command.replace("127.0.0.1:8080", f"127.0.0.1:{stack.ports.envoy}").replace("<task_id>", "$TASK_ID")
     finished = subprocess.run(
         ["bash", "-c", command],
         capture_output=True,
@@ -36,7 +48,7 @@ def run(command: str, stack: LocalStack, task_id: str = "") -> dict:
         env={"PATH": "/usr/bin:/bin", "TASK_ID": task_id, "NO_PROXY": "127.0.0.1", "AITASK_API_KEY": stack.admin_key},
         check=True,
     )
-    return json.loads(finished.stdout)
+    return finished.stdout
 
 
 def test_readme_examples_work_as_printed(stack: LocalStack, rest: httpx.Client) -> None:
@@ -55,3 +67,38 @@ def test_readme_examples_work_as_printed(stack: LocalStack, rest: httpx.Client) 
 
     assert run(delete, stack, task_id) == {"success": True, "data": {"task_id": task_id}, "message": "task deleted"}
     assert run(result, stack, task_id)["code"] == "NOT_FOUND"
+
+
+def test_the_lifecycle_and_model_examples_answer_as_the_readme_says(stack: LocalStack, rest: httpx.Client) -> None:
+    """Every curl line of "Task lifecycle" and "Models" runs against a completed task and answers in the envelope
+    (or as Server-Sent Events, or the OpenAPI document); the refusals the text promises are refusals."""
+    created = rest.post(
+        "/api/v1/ai/image/task",
+        json={
+            "prompt": "readme",
+            "user_id": "readme-user",
+            "provider": "volcengine",
+            "model": "doubao-seedream-3-0-t2i-250415",
+        },
+    )
+    task_id = created.json()["data"]["task_id"]
+    wait_for_status(rest, task_id, {"completed"})
+    commands = readme_curl_commands("## Task lifecycle") + readme_curl_commands("## Models")
+    assert len(commands) >= 12
+    for command in commands:
+        printed = run_raw(command, stack, task_id)
+        if "text/event-stream" in command:
+            events = [
+                json.loads(line.removeprefix("data: ")) for line in printed.splitlines() if line.startswith("data: ")
+            ]
+            assert [event["event"] for event in events] == ["final"], printed
+        elif "openapi.json" in command:
+            assert '"openapi": "3' in printed
+        elif "/cancel" in command:  # the task is completed: a cancel is refused, naming its status
+            answer = json.loads(printed)
+            assert answer["code"] == "FAILED_PRECONDITION" and "completed" in answer["message"], command
+        elif '"model":"sora"' in command:
+            answer = json.loads(printed)
+            assert answer["code"] == "INVALID_ARGUMENT" and "volcengine/jimeng_vgfm_t2v_l20" in answer["message"]
+        else:
+            assert json.loads(printed)["success"] is True, (command, printed)
