@@ -7,7 +7,11 @@
 # tests/deploy runs each target's CMD locally and checks its health, and
 # deploy/check.py validates the Envoy config rendered below.
 
+# The base images are build arguments: `make images-offline` (deploy/images/offline.sh) passes local ones made
+# from Debian's packages where no image registry can be reached. PYTHON_BIN is PYTHON_IMAGE's interpreter (the
+# venv links to it, so the build and runtime stages share the base).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG PYTHON_BIN=/usr/local/bin/python3.11
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 ARG ENVOY_IMAGE=envoyproxy/envoy:v1.40.0
 # OCI labels (make docker-build-* passes them): the release and the commit an image was built from.
@@ -18,8 +22,9 @@ FROM ${UV_IMAGE} AS uv
 
 # --- build: locked dependencies, generated stubs and descriptor set, Envoy's config
 FROM ${PYTHON_IMAGE} AS build
+ARG PYTHON_BIN
 COPY --from=uv /uv /usr/local/bin/uv
-ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PYTHON=/usr/local/bin/python3.11
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PYTHON=${PYTHON_BIN}
 WORKDIR /app
 COPY pyproject.toml uv.lock ./
 # The runtime dependencies and the `build` group (grpcio-tools, for the stubs). None of the default

@@ -22,7 +22,7 @@ IMAGE_METADATA := .local/images
 IMAGE_REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
 .PHONY: tools-kustomize tools-promtool deploy-pin-images deploy-check deploy-envoy-config docker-build-all $(addprefix docker-build-,$(DOCKER_IMAGES)) \
-	docker-run-server docker-run-worker docker-compose-up docker-compose-down
+	docker-run-server docker-run-worker docker-compose-up docker-compose-down images-offline
 
 tools-kustomize: ## Install the pinned kustomize into .local/bin (from the Go module proxy) unless it is there
 	@if [[ "$$($(KUSTOMIZE) version 2>/dev/null)" != "$(KUSTOMIZE_VERSION)" ]]; then \
@@ -50,6 +50,9 @@ $(addprefix docker-build-,$(DOCKER_IMAGES)): docker-build-%:
 	$(DOCKER) build --target $* --tag $(IMAGE_PREFIX)aitask-$*:$(IMAGE_TAG) \
 		--build-arg IMAGE_VERSION=$(IMAGE_TAG) --build-arg IMAGE_REVISION=$(IMAGE_REVISION) \
 		--metadata-file $(IMAGE_METADATA)/$*.json .
+
+images-offline: ## Build every image with podman on bases from Debian's packages (no registry); check sizes, start task-service's, validate Envoy's (root)
+	deploy/images/offline.sh $(DOCKER_IMAGES)
 
 docker-run-server: ## Run the task-service image on 127.0.0.1:50051 (DOCKER_MONGO_URL, DOCKER_REDIS_URL)
 	$(DOCKER) run $(DOCKER_RUN_FLAGS) --name aitask-task-service -p 127.0.0.1:50051:50051 -p 127.0.0.1:9464:9464 \

@@ -44,6 +44,8 @@ def fingerprint(request: ValidatedRequest) -> str:
             "model": request.model,
             "prompt": request.prompt,
             "parameters": request.parameters,
+            # Only when set, so the fingerprints of tasks stored before deadlines existed still match.
+            **({"deadline_seconds": request.deadline_seconds} if request.deadline_seconds is not None else {}),
         },
         sort_keys=True,
         separators=(",", ":"),

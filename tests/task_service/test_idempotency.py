@@ -64,6 +64,7 @@ def test_fingerprint_is_stable_and_ignores_parameter_order() -> None:
         {"task_type": TaskType.VIDEO},
         {"parameters": {"priority": "low", "size": "1024x1024", "response_format": "url"}},
         {"parameters": {"priority": "default", "size": "1024x1024", "response_format": "url", "seed": 1}},
+        {"deadline_seconds": 30},
     ],
 )
 def test_fingerprint_changes_with_anything_the_request_asks_for(changes: dict) -> None:
