@@ -165,9 +165,10 @@ def test_a_task_waiting_for_its_retry_cancelled_over_grpc_never_reaches_the_upst
         calls_before = requests_to(stack, IMAGES, user_id)
         response = stack.task_stub(via_envoy=False).CancelTask(pb.CancelTaskRequest(task_id=task_id), timeout=10)
     assert response.data.status == "cancelled" and response.data.cancel_reason == "user"
-    # The retry comes due (Retry-After 4 s) and ends without a call.
-    # Generous: slow calls other tests left in flight may hold every worker for a while.
-    assert wait_until(lambda: finished(retry), timeout=45) == "already-final"
+    # The retry comes due (Retry-After 4 s) and ends without a call. Generous: slow calls other tests left in
+    # flight may hold every worker for a while, and a dispatcher an earlier test had to SIGKILL leaves RQ's
+    # scheduler lock to expire (61 s) before a new scheduler moves due jobs.
+    assert wait_until(lambda: finished(retry), timeout=90) == "already-final"
     assert requests_to(stack, IMAGES, user_id) == calls_before
     assert status_of(stack, task_id) == "cancelled"
 
