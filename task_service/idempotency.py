@@ -44,6 +44,8 @@ def fingerprint(request: ValidatedRequest) -> str:
             "model": request.model,
             "prompt": request.prompt,
             "parameters": request.parameters,
+            # Only with a webhook: the digests of requests without one stay what they were.
+            **({"webhook": [request.webhook_url, *request.webhook_events]} if request.webhook_url else {}),
         },
         sort_keys=True,
         separators=(",", ":"),
