@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from pymongo import MongoClient, ReturnDocument
+from pymongo.collection import Collection
 from redis import Redis
 
 from aitask_common.events import EventKind, publish
@@ -24,9 +25,13 @@ class TaskTransitions:
 
     def __init__(self, client: MongoClient[dict[str, Any]], database: str, redis: Redis | None = None) -> None:
         self.collection = client[database][COLLECTION]
-        self.webhook_messages = client[database][MESSAGES_COLLECTION]
         # Where change notices go; None publishes none.
         self.redis = redis
+
+    @property
+    def webhook_messages(self) -> Collection[Any]:
+        """Where the webhook messages of task changes go (aitask_common.webhooks)."""
+        return self.collection.database[MESSAGES_COLLECTION]
 
     def notify(self, task_id: str, kind: EventKind, document: TaskDocument | None = None) -> None:
         """Store the webhook message the change makes, if any (given the task after it, without reading it

@@ -153,10 +153,12 @@ class WebhookDelivery:
         started = time.monotonic()
         status_code, error, excerpt, retry_after = 0, "", "", None
         try:
-            status_code, excerpt, retry_after = await self.post(message)
+            # httpx's timeout bounds each read; this bounds the whole attempt (a receiver trickling bytes).
+            async with asyncio.timeout(self.lease.total_seconds() - LEASE_MARGIN_SECONDS):
+                status_code, excerpt, retry_after = await self.post(message)
         except DeliveryRefused as refused:
             error = str(refused)
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             error = f"timed out after {self.settings.webhook_timeout_seconds:g} s"
         except httpx.HTTPError as failure:
             error = f"{type(failure).__name__}: {failure}"[:EXCERPT_CHARS]
