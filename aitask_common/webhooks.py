@@ -9,10 +9,12 @@ made from its task and event, so recording the same change twice stores it once.
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, NotRequired, TypedDict
 
+from cachetools import LRUCache
 from google.protobuf import json_format
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
@@ -112,6 +114,11 @@ def render_body(document: TaskDocument, event_type: str, at: datetime) -> str:
     return json.dumps({"type": event_type, "timestamp": timestamp, "data": data}, separators=(",", ":"))
 
 
+def final_message_id(task_id: str) -> str:
+    """The id of a task's final message."""
+    return f"msg_{task_id}_final"
+
+
 def message_for(document: TaskDocument, kind: EventKind) -> MessageDocument | None:
     """The message a task change makes, if the task has a webhook subscribed to that event."""
     url = document.get("webhook_url")
@@ -125,7 +132,7 @@ def message_for(document: TaskDocument, kind: EventKind) -> MessageDocument | No
         return None
     now = utcnow()
     return {
-        "_id": f"msg_{document['_id']}_{suffix}",
+        "_id": final_message_id(document["_id"]) if suffix == "final" else f"msg_{document['_id']}_{suffix}",
         "task_id": document["_id"],
         "user_id": document["user_id"],
         "url": url,
@@ -144,15 +151,32 @@ def message_for(document: TaskDocument, kind: EventKind) -> MessageDocument | No
 WITH_WEBHOOK: Final[dict[str, Any]] = {"webhook_url": {"$gt": ""}}
 
 
+# Tasks known to have no webhook (a webhook is set at create and never changes): their changes need no read. A
+# worker claims a task (which reads it) before it moves it, so on the task path the read is never needed.
+_without_webhook: LRUCache[str, bool] = LRUCache(maxsize=100_000)
+_without_webhook_lock = threading.Lock()
+
+
+def _remember_without_webhook(task_id: str) -> None:
+    with _without_webhook_lock:
+        _without_webhook[task_id] = True
+
+
 def record_change(
     tasks: Collection[Any], messages: Collection[Any], task_id: str, kind: EventKind, document: Any = None
 ) -> None:
     """Store the webhook message a task change makes, if any (sync; the dispatcher). Never raises: a failed
-    write is logged, and the task change stands."""
+    write is logged (the delivery loop's sweep stores a lost final message later), and the task change stands."""
     try:
         if document is None:
+            with _without_webhook_lock:
+                if task_id in _without_webhook:
+                    return
             document = tasks.find_one({"_id": task_id, **WITH_WEBHOOK})
-        message = message_for(document, kind) if document is not None else None
+        if document is None or not document.get("webhook_url"):
+            _remember_without_webhook(task_id)
+            return
+        message = message_for(document, kind)
         if message is not None:
             messages.insert_one(message)
     except DuplicateKeyError:

@@ -32,6 +32,7 @@ from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 from standardwebhooks.webhooks import Webhook
 
+from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
 from aitask_common.mongo import client_options
 from aitask_common.tasks import COLLECTION, utcnow
@@ -39,11 +40,16 @@ from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
 from aitask_common.webhook_secrets import WebhookSecretStore, cipher
 from aitask_common.webhooks import (
     EXCERPT_CHARS,
+    FINAL_TYPES,
     MESSAGE_INDEXES,
     MESSAGES_COLLECTION,
+    WITH_WEBHOOK,
     AttemptRecord,
     MessageDocument,
     MessageState,
+    final_message_id,
+    message_for,
+    record_change_async,
 )
 from dispatcher_service.settings import DispatcherSettings
 
@@ -60,6 +66,12 @@ ROUND_LIMIT: Final = 500
 # Beyond the HTTP timeout and the DNS one, what a claim's lease allows for before another round may send again.
 LEASE_MARGIN_SECONDS: Final = 5.0
 JITTER: Final = 0.1
+# The sweep for final messages whose writer died before storing them: how often, how far back a new dispatcher
+# looks, how long after a task's final write (the writer's own store comes first), and how many tasks per query.
+SWEEP_EVERY_SECONDS: Final = 10.0
+SWEEP_FIRST_LOOKBACK: Final = timedelta(hours=1)
+SWEEP_SETTLE: Final = timedelta(seconds=10)
+SWEEP_BATCH: Final = 200
 # The longest Retry-After honoured (a receiver cannot park a message for longer than the schedule's longest step).
 RETRY_AFTER_MAX_SECONDS: Final = 36000.0
 EXCERPT_BYTES: Final = 1024
@@ -100,16 +112,53 @@ class WebhookDelivery:
             limits=httpx.Limits(max_connections=settings.webhook_max_concurrency, max_keepalive_connections=50),
         )
         indexed = False
+        self.swept_until = utcnow() - SWEEP_FIRST_LOOKBACK
+        next_sweep = 0.0
         while True:
             try:
                 if not indexed:
                     for keys in MESSAGE_INDEXES:
                         await self.messages.create_index(keys)
                     indexed = True
+                if time.monotonic() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
                 await self.round()
             except PyMongoError as error:
                 log.warning("webhook delivery round failed: database unreachable", error=str(error))
             await asyncio.sleep(settings.webhook_poll_seconds)
+
+    async def sweep(self) -> None:
+        """Store the final message of every task that turned final since the last sweep (and SWEEP_SETTLE_SECONDS
+        ago) with a webhook but without one: its writer died, or the database failed, between the task's write
+        and the message's. Started and progress messages are best effort; final ones are not."""
+        until = utcnow() - SWEEP_SETTLE
+        finished = self.tasks.find(
+            {
+                "status": {"$in": [status.value for status in FINAL_TYPES]},
+                "updated": {"$gte": self.swept_until, "$lt": until},
+                **WITH_WEBHOOK,
+            }
+        )
+        batch: list[Any] = []
+        async for document in finished:
+            batch.append(document)
+            if len(batch) >= SWEEP_BATCH:
+                await self._record_missing(batch)
+                batch = []
+        await self._record_missing(batch)
+        self.swept_until = until
+
+    async def _record_missing(self, documents: list[Any]) -> None:
+        ids = [final_message_id(document["_id"]) for document in documents]
+        if not ids:
+            return
+        stored = {message["_id"] async for message in self.messages.find({"_id": {"$in": ids}}, {"_id": True})}
+        for document in documents:
+            if final_message_id(document["_id"]) in stored or message_for(document, EventKind.FINAL) is None:
+                continue
+            log.warning("final webhook message was missing; stored now", task_id=document["_id"])
+            await record_change_async(self.messages, document, EventKind.FINAL)
 
     async def round(self) -> None:
         """Claim and start what is due and has room."""

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,6 +18,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from aitask_common.tasks import utcnow
 from devstack.processes import free_port
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
@@ -295,3 +298,32 @@ def test_a_refused_webhook_url_is_400_and_stores_nothing(
     response = rest.post("/api/v1/ai/text/task", json=body)
     assert response.status_code == 400 and problem in response.json()["message"], response.text
     assert stack.tasks().count_documents({"user_id": user_id}) == 0
+
+
+def test_a_final_message_its_writer_never_stored_is_swept_up(
+    stack: LocalStack, rest: httpx.Client, user_id: str, receiver: Receiver
+) -> None:
+    """A task that turned final without its message (its writer died between the two writes), as the sweep finds
+    it: the message is stored and delivered."""
+    task_id = uuid.uuid4().hex
+    now = utcnow()
+    stack.tasks().insert_one(
+        {
+            "_id": task_id,
+            "type": "text",
+            "status": "completed",
+            "user_id": user_id,
+            **TEXT,
+            "prompt": "swept",
+            "parameters": {"priority": "default"},
+            "attempts": 1,
+            "text_result": "hello",
+            "created": now - timedelta(seconds=12),
+            "updated": now - timedelta(seconds=9),
+            "webhook_url": receiver.url,
+            "webhook_events": ["final"],
+        }
+    )
+    (request,) = wait_until(lambda: receiver.of(task_id), timeout=40)
+    message = verified(request, secret_of(rest, user_id)["secret"])
+    assert message["type"] == "task.completed" and message["data"]["text_result"] == "hello"
