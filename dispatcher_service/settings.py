@@ -55,7 +55,7 @@ class DispatcherSettings(WebhookSettings):
     never sooner than a 429's or 503's Retry-After; a message fails after the last."""
     webhook_timeout_seconds: float = Field(default=15.0, gt=0)
     """Longest a webhook delivery waits for the receiver's answer."""
-    webhook_per_host_concurrency: int = Field(default=4, ge=1)
+    webhook_per_host_concurrency: int = Field(default=16, ge=1)
     """Deliveries in flight to one receiver host at most: a slow receiver holds only these."""
     webhook_max_concurrency: int = Field(default=200, ge=1)
     """Deliveries in flight from one dispatcher at most."""

@@ -13,9 +13,11 @@ follows no redirect and reads at most a short excerpt of the answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
+import uuid
 from collections import Counter as Tally
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +25,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import httpx
+from cachetools import TTLCache
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -37,7 +40,7 @@ from aitask_common.logging import get_logger
 from aitask_common.mongo import client_options
 from aitask_common.tasks import COLLECTION, utcnow
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
-from aitask_common.webhook_secrets import WebhookSecretStore, cipher
+from aitask_common.webhook_secrets import UserSecrets, WebhookSecretStore, cipher
 from aitask_common.webhooks import (
     EXCERPT_CHARS,
     FINAL_TYPES,
@@ -63,12 +66,14 @@ DELIVERIES = Counter(
 )
 # Due messages one round reads at most.
 ROUND_LIMIT: Final = 500
+ROUND_MIN_GAP_SECONDS: Final = 0.02
 # Beyond the HTTP timeout and the DNS one, what a claim's lease allows for before another round may send again.
 LEASE_MARGIN_SECONDS: Final = 5.0
 JITTER: Final = 0.1
 # The sweep for final messages whose writer died before storing them: how often, how far back a new dispatcher
 # looks, how long after a task's final write (the writer's own store comes first), and how many tasks per query.
 SWEEP_EVERY_SECONDS: Final = 10.0
+SECRETS_CACHE_SECONDS: Final = 5.0
 SWEEP_FIRST_LOOKBACK: Final = timedelta(hours=1)
 SWEEP_SETTLE: Final = timedelta(seconds=10)
 SWEEP_BATCH: Final = 200
@@ -92,6 +97,9 @@ class WebhookDelivery:
         )
         self.in_flight: Tally[str] = Tally()
         self.running: set[asyncio.Task[None]] = set()
+        # Users' secrets, reused for a few seconds (a rotation's new secret signs within SECRETS_CACHE_SECONDS; the
+        # old one still verifies meanwhile).
+        self.secrets_cache: TTLCache[str, UserSecrets] = TTLCache(maxsize=10_000, ttl=SECRETS_CACHE_SECONDS)
 
     def start(self) -> None:
         """Run the loop in a daemon thread (it dies with the process; a message it was sending is sent again)."""
@@ -111,6 +119,7 @@ class WebhookDelivery:
             trust_env=False,
             limits=httpx.Limits(max_connections=settings.webhook_max_concurrency, max_keepalive_connections=50),
         )
+        self.wake = asyncio.Event()
         indexed = False
         self.swept_until = utcnow() - SWEEP_FIRST_LOOKBACK
         next_sweep = 0.0
@@ -120,13 +129,17 @@ class WebhookDelivery:
                     for keys in MESSAGE_INDEXES:
                         await self.messages.create_index(keys)
                     indexed = True
+                self.wake.clear()  # a delivery ending from here on brings the next round forward
                 if time.monotonic() >= next_sweep:
                     await self.sweep()
                     next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
                 await self.round()
             except PyMongoError as error:
                 log.warning("webhook delivery round failed: database unreachable", error=str(error))
-            await asyncio.sleep(settings.webhook_poll_seconds)
+            # The next round comes when a delivery ends (its host has room again) or after the poll interval.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), settings.webhook_poll_seconds)
+            await asyncio.sleep(ROUND_MIN_GAP_SECONDS)  # deliveries ending together share one round
 
     async def sweep(self) -> None:
         """Store the final message of every task that turned final since the last sweep (and SWEEP_SETTLE_SECONDS
@@ -161,26 +174,33 @@ class WebhookDelivery:
             await record_change_async(self.messages, document, EventKind.FINAL)
 
     async def round(self) -> None:
-        """Claim and start what is due and has room."""
+        """Claim and start what is due and has room: one query for the due messages, one write claiming all this
+        round can start (each carrying this round's token), one read of those it won (another dispatcher may have
+        won some)."""
         now = utcnow()
-        due = self.messages.find(
-            {"state": MessageState.PENDING.value, "next_attempt_at": {"$lte": now}},
-            {"_id": True, "url": True},
-        )
+        due = self.messages.find({"state": MessageState.PENDING.value, "next_attempt_at": {"$lte": now}})
+        room = self.settings.webhook_max_concurrency - len(self.running)
+        chosen: dict[str, tuple[MessageDocument, str]] = {}
+        planned: Tally[str] = Tally()
         async for candidate in due.sort([("next_attempt_at", 1)]).limit(ROUND_LIMIT):
-            if len(self.running) >= self.settings.webhook_max_concurrency:
-                return
+            if len(chosen) >= room:
+                break
             host = httpx.URL(candidate["url"]).host
-            if self.in_flight[host] >= self.settings.webhook_per_host_concurrency:
+            if self.in_flight[host] + planned[host] >= self.settings.webhook_per_host_concurrency:
                 continue
-            claimed = await self.messages.find_one_and_update(
-                {"_id": candidate["_id"], "state": MessageState.PENDING.value, "next_attempt_at": {"$lte": now}},
-                {"$set": {"next_attempt_at": utcnow() + self.lease}},
-            )
-            if claimed is None:
-                continue  # another dispatcher took it
+            planned[host] += 1
+            chosen[candidate["_id"]] = (candidate, host)
+        if not chosen:
+            return
+        token = uuid.uuid4().hex
+        await self.messages.update_many(
+            {"_id": {"$in": list(chosen)}, "state": MessageState.PENDING.value, "next_attempt_at": {"$lte": now}},
+            {"$set": {"next_attempt_at": utcnow() + self.lease, "claim": token}},
+        )
+        async for won in self.messages.find({"_id": {"$in": list(chosen)}, "claim": token}, {"_id": True}):
+            message, host = chosen[won["_id"]]
             self.in_flight[host] += 1
-            task = asyncio.create_task(self.deliver(claimed, host))
+            task = asyncio.create_task(self.deliver(message, host))
             self.running.add(task)
             task.add_done_callback(self.running.discard)
 
@@ -193,6 +213,7 @@ class WebhookDelivery:
             log.error("webhook delivery crashed", message_id=message["_id"], error=repr(error))
         finally:
             self.in_flight[host] -= 1
+            self.wake.set()
             if self.in_flight[host] <= 0:
                 del self.in_flight[host]
 
@@ -232,7 +253,9 @@ class WebhookDelivery:
             )
         except AddressRefused as error:
             raise DeliveryRefused(str(error)) from error
-        secrets = await self.secrets.get(message["user_id"])
+        secrets = self.secrets_cache.get(message["user_id"])
+        if secrets is None:
+            secrets = self.secrets_cache[message["user_id"]] = await self.secrets.get(message["user_id"])
         timestamp = datetime.now(UTC)  # `sign` reads a naive or aware time as UTC
         body = message["body"]
         signatures = " ".join(
