@@ -67,6 +67,9 @@ DELIVERIES = Counter(
 # Due messages one round reads at most.
 ROUND_LIMIT: Final = 500
 ROUND_MIN_GAP_SECONDS: Final = 0.02
+# How long due messages read by one query are started from before the next query: FerretDB reads every pending
+# message to answer it (no sort pushdown), so under a backlog of thousands a query per delivery would be the limit.
+CANDIDATES_MAX_AGE_SECONDS: Final = 2.0
 # Beyond the HTTP timeout and the DNS one, what a claim's lease allows for before another round may send again.
 LEASE_MARGIN_SECONDS: Final = 5.0
 JITTER: Final = 0.1
@@ -120,6 +123,10 @@ class WebhookDelivery:
             limits=httpx.Limits(max_connections=settings.webhook_max_concurrency, max_keepalive_connections=50),
         )
         self.wake = asyncio.Event()
+        # Due messages read by the last query, oldest due first, not started yet: the rounds that follow start
+        # them as hosts have room, without reading them again (a claim is conditional, so a stale one is skipped).
+        self.candidates: list[MessageDocument] = []
+        self.candidates_read_at = 0.0
         indexed = False
         self.swept_until = utcnow() - SWEEP_FIRST_LOOKBACK
         next_sweep = 0.0
@@ -174,22 +181,29 @@ class WebhookDelivery:
             await record_change_async(self.messages, document, EventKind.FINAL)
 
     async def round(self) -> None:
-        """Claim and start what is due and has room: one query for the due messages, one write claiming all this
-        round can start (each carrying this round's token), one read of those it won (another dispatcher may have
-        won some)."""
+        """Claim and start what is due and has room: due messages from the last query (or a new one), one write
+        claiming all this round can start (each carrying this round's token), one read of those it won (another
+        dispatcher may have won some)."""
         now = utcnow()
-        due = self.messages.find({"state": MessageState.PENDING.value, "next_attempt_at": {"$lte": now}})
+        if not self.candidates or time.monotonic() - self.candidates_read_at > CANDIDATES_MAX_AGE_SECONDS:
+            due = self.messages.find({"state": MessageState.PENDING.value, "next_attempt_at": {"$lte": now}})
+            self.candidates = await due.sort([("next_attempt_at", 1)]).limit(ROUND_LIMIT).to_list()
+            self.candidates_read_at = time.monotonic()
         room = self.settings.webhook_max_concurrency - len(self.running)
         chosen: dict[str, tuple[MessageDocument, str]] = {}
         planned: Tally[str] = Tally()
-        async for candidate in due.sort([("next_attempt_at", 1)]).limit(ROUND_LIMIT):
-            if len(chosen) >= room:
-                break
+        left: list[MessageDocument] = []
+        for candidate in self.candidates:
             host = httpx.URL(candidate["url"]).host
-            if self.in_flight[host] + planned[host] >= self.settings.webhook_per_host_concurrency:
+            if (
+                len(chosen) >= room
+                or self.in_flight[host] + planned[host] >= self.settings.webhook_per_host_concurrency
+            ):
+                left.append(candidate)
                 continue
             planned[host] += 1
             chosen[candidate["_id"]] = (candidate, host)
+        self.candidates = left
         if not chosen:
             return
         token = uuid.uuid4().hex
