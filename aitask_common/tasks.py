@@ -114,6 +114,11 @@ class TaskDocument(TypedDict):
     # cancelled task was cancelled (CancelReason).
     deadline: NotRequired[datetime]
     cancel_reason: NotRequired[str]
+    # Where the task's webhook messages go and which events it wants (aitask_common.webhooks); stopped once the
+    # receiver answered 410.
+    webhook_url: NotRequired[str]
+    webhook_events: NotRequired[list[str]]
+    webhook_stopped: NotRequired[bool]
 
 
 def utcnow() -> datetime:
@@ -148,6 +153,8 @@ def task_to_proto(document: TaskDocument, include_payload: bool = True) -> task_
         served_provider=document.get("served_provider", ""),
         served_model=document.get("served_model", ""),
         cancel_reason=document.get("cancel_reason", ""),
+        webhook_url=document.get("webhook_url", ""),
+        webhook_events=document.get("webhook_events", []),
     )
     if usage:
         task.usage.CopyFrom(task_service_pb2.TokenUsage(**usage))

@@ -112,6 +112,8 @@ def service_environment(ports: Ports, log_dir: Path, environment: dict[str, str]
         "OPENAI_PROVIDER_PORT": str(ports.provider_openai),
         "LOG_DIR": str(log_dir),
         "NO_PROXY": "127.0.0.1,localhost",
+        # Webhook receivers on a developer's machine (and the tests') listen on loopback.
+        "WEBHOOK_ALLOW_PRIVATE": "true",
     }
     if uses_simulator(environment):
         simulator = f"http://127.0.0.1:{ports.simulator}"

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings
 
 from aitask_common.provider import ProviderSettings
 from aitask_common.settings import ServiceSettings
+from aitask_common.webhook_settings import WebhookSettings
 from devstack.processes import ROOT
 from dispatcher_service.settings import DispatcherSettings
 from provider_openai.settings import OpenAISettings
@@ -35,8 +36,9 @@ TABLE_END = "<!-- end of settings table -->"
 # (title, class, its base: fields the base already lists are left out unless their default changes)
 GROUPS: list[tuple[str, type[BaseSettings], type[BaseSettings] | None]] = [
     ("every service", ServiceSettings, None),
-    ("task service (`python -m task_service`)", TaskServiceSettings, ServiceSettings),
-    ("dispatcher (`python -m dispatcher_service`)", DispatcherSettings, ServiceSettings),
+    ("webhooks (task service and dispatcher)", WebhookSettings, ServiceSettings),
+    ("task service (`python -m task_service`)", TaskServiceSettings, WebhookSettings),
+    ("dispatcher (`python -m dispatcher_service`)", DispatcherSettings, WebhookSettings),
     ("every provider", ProviderSettings, ServiceSettings),
     ("Volcengine provider (`python -m provider_volcengine`)", VolcengineSettings, ProviderSettings),
     ("OpenAI provider (`python -m provider_openai`)", OpenAISettings, ProviderSettings),

@@ -72,6 +72,10 @@ class LocalStack:
                 "RECONCILE_INTERVAL_SECONDS": "1",
                 "RECONCILE_MIN_AGE_SECONDS": "2",
                 "WATCH_GRACE_SECONDS": "5",
+                # Webhook retries within seconds, not hours.
+                "WEBHOOK_RETRY_SCHEDULE": "[0.5, 1, 1, 1.5, 2, 2, 3]",
+                "WEBHOOK_TIMEOUT_SECONDS": "3",
+                "WEBHOOK_POLL_SECONDS": "0.2",
                 # Auth is on (ENVIRONMENT=test); a short key cache so revocation shows within a test's patience.
                 "API_KEY_CACHE_SECONDS": "2",
                 "MAX_INFLIGHT_TASKS_PER_USER": "30",

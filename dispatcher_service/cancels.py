@@ -28,6 +28,7 @@ from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import CANCEL_UPSTREAM, Priority, job_options
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus, utcnow
+from aitask_common.webhooks import MESSAGES_COLLECTION, record_change
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
 from dispatcher_service.schedule import forget_finished, queue
@@ -128,6 +129,7 @@ def expire(collection: Collection[Any], redis: Redis, task_id: str, user_id: str
         forget_finished(redis, task_id, user_id)
     except RedisError as error:
         log.warning("expired task not forgotten in Redis: the reconciler prunes it", error=str(error))
+    record_change(collection, collection.database[MESSAGES_COLLECTION], task_id, EventKind.FINAL)
     publish(redis, task_id, EventKind.FINAL)
     return True
 

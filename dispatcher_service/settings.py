@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
-from aitask_common.settings import ServiceSettings
+from aitask_common.webhook_settings import WebhookSettings
 
 
-class DispatcherSettings(ServiceSettings):
+class DispatcherSettings(WebhookSettings):
     """Environment of `python -m dispatcher_service`."""
 
     metrics_port: int = Field(default=9465, ge=0, le=65535)
@@ -48,3 +48,16 @@ class DispatcherSettings(ServiceSettings):
     worker_deadline_dir: str = ""
     """Folder where each worker writes when it will next show progress, for the liveness probe
     (`healthcheck.py workers DIR`) to notice a stuck one; empty: off."""
+    webhook_retry_schedule: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    """Seconds before each webhook retry (a JSON list; Standard Webhooks' schedule), each with up to 10 % jitter and
+    never sooner than a 429's or 503's Retry-After; a message fails after the last."""
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0)
+    """Longest a webhook delivery waits for the receiver's answer."""
+    webhook_per_host_concurrency: int = Field(default=16, ge=1)
+    """Deliveries in flight to one receiver host at most: a slow receiver holds only these."""
+    webhook_max_concurrency: int = Field(default=200, ge=1)
+    """Deliveries in flight from one dispatcher at most."""
+    webhook_poll_seconds: float = Field(default=0.5, gt=0)
+    """How often the delivery loop looks for due webhook messages."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any, cast
 
 from pymongo import MongoClient, ReturnDocument
+from pymongo.collection import Collection
 from redis import Redis
 
 from aitask_common.events import EventKind, publish
 from aitask_common.tasks import COLLECTION, TaskDocument, TaskStatus, utcnow
+from aitask_common.webhooks import MESSAGES_COLLECTION, record_change
 
 # Fields `record` may write that no client sees: storing them alone publishes no notice.
 INTERNAL_FIELDS = frozenset({"upstream_job_id", "submitted"})
@@ -26,8 +28,15 @@ class TaskTransitions:
         # Where change notices go; None publishes none.
         self.redis = redis
 
-    def notify(self, task_id: str, kind: EventKind) -> None:
-        """Publish a change notice for `task_id` (best effort; nothing without a Redis)."""
+    @property
+    def webhook_messages(self) -> Collection[Any]:
+        """Where the webhook messages of task changes go (aitask_common.webhooks)."""
+        return self.collection.database[MESSAGES_COLLECTION]
+
+    def notify(self, task_id: str, kind: EventKind, document: TaskDocument | None = None) -> None:
+        """Store the webhook message the change makes, if any (given the task after it, without reading it
+        again), then publish a change notice for `task_id` (best effort; nothing without a Redis)."""
+        record_change(self.collection, self.webhook_messages, task_id, kind, document)
         if self.redis is not None:
             publish(self.redis, task_id, kind)
 
@@ -49,7 +58,7 @@ class TaskTransitions:
             return_document=ReturnDocument.AFTER,
         )
         if document is not None:
-            self.notify(task_id, EventKind.STATUS)
+            self.notify(task_id, EventKind.STATUS, cast(TaskDocument, document))
         return cast(TaskDocument | None, document)
 
     def transition(

@@ -26,12 +26,14 @@ from aitask_common.mongo import client_options
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
+from aitask_common.webhooks import MESSAGES_COLLECTION
 from dispatcher_service.jobs import Runtime, install_runtime, run_poll
 from dispatcher_service.liveness import IDLE_BEAT_SECONDS, WorkerDeadline
 from dispatcher_service.metrics import QueueAndRegistryCollector
 from dispatcher_service.polls import Poller
 from dispatcher_service.reconciler import Reconciler
 from dispatcher_service.settings import DispatcherSettings
+from dispatcher_service.webhook_delivery import WebhookBacklogCollector, WebhookDelivery
 
 log = get_logger(__name__)
 
@@ -258,8 +260,14 @@ def main() -> None:
     configure_logging("dispatcher", settings)
     redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
     # Metrics first: the process is up (its start-up probe passes) while it waits for the datastores.
-    serve_metrics(settings.metrics_host, settings.metrics_port, [QueueAndRegistryCollector(redis)])
-    wait_for_dependencies(settings)
     mongo = MongoClient(**client_options(settings, "dispatcher-reconciler"))
+    webhook_messages = mongo[settings.mongo_database][MESSAGES_COLLECTION]
+    serve_metrics(
+        settings.metrics_host,
+        settings.metrics_port,
+        [QueueAndRegistryCollector(redis), WebhookBacklogCollector(webhook_messages)],
+    )
+    wait_for_dependencies(settings)
     Reconciler(settings, redis, mongo[settings.mongo_database][COLLECTION]).start()
+    WebhookDelivery(settings).start()
     build_pool(settings).start(logging_level=settings.log_level.upper())

@@ -46,6 +46,7 @@ from aitask_common.queues import (
     job_options,
 )
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus, utcnow
+from aitask_common.webhooks import MESSAGES_COLLECTION, record_change_async
 from task_service.enqueue import queue
 from task_service.result_cache import FinalResultCache
 from task_service.storage import TaskStore
@@ -189,6 +190,7 @@ class TaskCanceller:
                     enqueue_upstream_cancel, self.sync_redis, task_id, task["provider"], task["model"], upstream_job_id
                 ),
             )
+        await record_change_async(self.store.collection.database[MESSAGES_COLLECTION], task, EventKind.FINAL)
         await self.publish(task_id, EventKind.FINAL)
 
     @staticmethod

@@ -44,8 +44,9 @@ def fingerprint(request: ValidatedRequest) -> str:
             "model": request.model,
             "prompt": request.prompt,
             "parameters": request.parameters,
-            # Only when set, so the fingerprints of tasks stored before deadlines existed still match.
+            # Each only when set, so the fingerprints of tasks stored before deadlines or webhooks still match.
             **({"deadline_seconds": request.deadline_seconds} if request.deadline_seconds is not None else {}),
+            **({"webhook": [request.webhook_url, *request.webhook_events]} if request.webhook_url else {}),
         },
         sort_keys=True,
         separators=(",", ":"),

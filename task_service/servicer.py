@@ -8,6 +8,7 @@ fields (JSON-escaped), never inside a message.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from task_service.settings import TaskServiceSettings
 from task_service.storage import FINGERPRINT_FIELD, IDEMPOTENCY_FIELD, TaskStore
 from task_service.validation import InvalidRequest, ValidatedRequest, is_task_id, validate_create, validate_user_id
 from task_service.watch import Follower, StoreUnavailable, WatchHub, task_events
+from task_service.webhooks import WebhookReads, check_webhook, secret_to_proto
 
 log = get_logger(__name__)
 
@@ -66,6 +68,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self.positions = positions
         self.watch_hub = watch_hub
         self.canceller = TaskCanceller(store, results.redis, queue.connection, results, watch_hub.publish)
+        self.webhooks = WebhookReads(settings, store)
 
     async def CreateImageTask(
         self, request: pb.CreateImageTaskRequest, context: grpc.aio.ServicerContext
@@ -177,6 +180,38 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         )
         return pb.ListTasksResponse(success=True, data=page, message="ok")
 
+    async def GetWebhookSecret(
+        self, request: pb.GetWebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetWebhookSecretResponse:
+        user_id = await self._secret_owner(request.user_id, context)
+        secrets = await self._database(context, self.webhooks.secrets.get(user_id))
+        return pb.GetWebhookSecretResponse(success=True, data=secret_to_proto(secrets), message="ok")
+
+    async def RotateWebhookSecret(
+        self, request: pb.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetWebhookSecretResponse:
+        user_id = await self._secret_owner(request.user_id, context)
+        secrets = await self._database(context, self.webhooks.secrets.rotate(user_id))
+        return pb.GetWebhookSecretResponse(
+            success=True, data=secret_to_proto(secrets), message="secret rotated; the previous one signs for 24 h"
+        )
+
+    async def ListWebhookDeliveries(
+        self, request: pb.ListWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWebhookDeliveriesResponse:
+        await self._find(request.task_id, context)
+        deliveries = await self._database(context, self.webhooks.delivery_log(request.task_id))
+        return pb.ListWebhookDeliveriesResponse(success=True, data=deliveries, message="ok")
+
+    async def _secret_owner(self, requested: str, context: grpc.aio.ServicerContext) -> str:
+        """Whose secret a call names: `requested`, or the caller's own user when empty."""
+        try:
+            user_id = validate_user_id(requested or current_principal().user_id)
+        except InvalidRequest as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        await self._check_acts_for(user_id, context)
+        return user_id
+
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
@@ -277,6 +312,9 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         try:
             catalogues = await self.catalogues.current(request.provider)
             valid = validate_create(task_type, request, catalogues, self.settings.max_prompt_chars)
+            webhook = await check_webhook(request, self.settings)
+            if webhook is not None:
+                valid = dataclasses.replace(valid, webhook_url=webhook.url, webhook_events=tuple(webhook.events))
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except RedisError as error:
@@ -417,6 +455,9 @@ def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, dig
     }
     if valid.deadline_seconds is not None:
         document["deadline"] = now + timedelta(seconds=valid.deadline_seconds)
+    if valid.webhook_url:
+        document["webhook_url"] = valid.webhook_url
+        document["webhook_events"] = list(valid.webhook_events)
     if scoped_key is not None:
         document[IDEMPOTENCY_FIELD] = scoped_key
         document[FINGERPRINT_FIELD] = digest

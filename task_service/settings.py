@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
-from aitask_common.settings import Environment, ServiceSettings
+from aitask_common.settings import Environment
+from aitask_common.webhook_settings import WebhookSettings
 
 
-class TaskServiceSettings(ServiceSettings):
+class TaskServiceSettings(WebhookSettings):
     """Environment of `python -m task_service`."""
 
     metrics_port: int = Field(default=9464, ge=0, le=65535)

@@ -44,6 +44,9 @@ class ValidatedRequest:
     served_model: str = ""
     # Cancel the task if it has not started upstream within this many seconds; None: no deadline.
     deadline_seconds: int | None = None
+    # Where the task's webhook messages go (checked by task_service.webhooks), and which events; empty: none.
+    webhook_url: str = ""
+    webhook_events: tuple[str, ...] = ()
 
 
 def validate_user_id(user_id: str) -> str:

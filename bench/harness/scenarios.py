@@ -37,6 +37,7 @@ from bench.harness import load
 from bench.harness.load import LoadResult
 from bench.harness.profiling import Profiler
 from bench.harness.stack import BenchStack
+from bench.harness.webhook_receiver import BenchReceiver
 from devstack.processes import ROOT
 from dispatcher_service.schedule import queue
 
@@ -50,6 +51,7 @@ SCENARIOS = (
     "video_in_flight",
     "scaling",
     "watch",
+    "webhooks",
 )
 GROUPS = {
     "api": ("floor", "create_rest", "create_grpc", "get_rest"),
@@ -57,6 +59,7 @@ GROUPS = {
     "video": ("video_in_flight",),
     "scaling": ("scaling",),
     "watch": ("watch",),
+    "webhooks": ("webhooks",),
 }
 
 FLOOR_PROCESSES = 4
@@ -90,6 +93,7 @@ class Plan:
     scaling_backlog: int = 8000
     profile_seconds: float = 15
     watchers: int = 1000
+    webhook_tasks: int = 10_000
 
     @classmethod
     def quick(cls) -> Plan:
@@ -108,6 +112,7 @@ class Plan:
             scaling_backlog=1000,
             profile_seconds=5,
             watchers=100,
+            webhook_tasks=200,
         )
 
 
@@ -579,10 +584,12 @@ def e2e_group(bench: Bench, selected: set[str]) -> None:
             bench.results["e2e_image_slow_upstream"] = entry
 
 
-def run_e2e(bench: Bench, stack: BenchStack, tag: str, total: int) -> dict[str, Any]:
+def run_e2e(
+    bench: Bench, stack: BenchStack, tag: str, total: int, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Create `total` image tasks at once, wait for all to finish; throughput and latency from create to completed."""
     started = time.monotonic()
-    created = create_tasks(bench, stack, "CreateImageTask", IMAGE, tag, total)
+    created = create_tasks(bench, stack, "CreateImageTask", body or IMAGE, tag, total)
     accepted = total - created.errors
     final = wait_final(stack, tag, accepted, timeout=60 + total / 20)
     wall = time.monotonic() - started
@@ -880,10 +887,61 @@ def counter(metrics_url: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
+def webhooks_group(bench: Bench, selected: set[str]) -> None:
+    """plan.webhook_tasks Seedream tasks, each with a webhook to a local receiver, beside the same run without
+    webhooks: deliveries per second, final state to delivery, and the task throughput ratio (issue 17: >= 0.9)."""
+    total = bench.plan.webhook_tasks
+    with BenchStack("webhooks", workers=E2E_WORKERS) as stack:
+        say(f"  webhooks: {total} Seedream tasks without, then with, a webhook each; {E2E_WORKERS} workers")
+        reset_data(stack)
+        without = run_e2e(bench, stack, prompt("webhooks_without"), total)
+        say(f"    without: {_line(without)}")
+        reset_data(stack)
+        receiver = BenchReceiver().start()
+        try:
+            close = window(stack)
+            tag = prompt("webhooks")
+            began = time.monotonic()
+            with_hooks = run_e2e(bench, stack, tag, total, IMAGE | {"webhook_url": receiver.url})
+            delivered = receiver.wait_for(with_hooks["completed"], timeout=120 + total / 50)
+            wall = time.monotonic() - began
+            entry = with_hooks | close()
+            documents = stack.local.tasks().find({"prompt": tag, "status": TaskStatus.COMPLETED.value}, {"updated": 1})
+            lags = [
+                (receiver.arrivals[doc["_id"]] - doc["updated"]).total_seconds() * 1000
+                for doc in documents
+                if doc["_id"] in receiver.arrivals
+            ]
+            arrivals = sorted(receiver.arrivals.values())
+            span = (arrivals[-1] - arrivals[0]).total_seconds() if len(arrivals) > 1 else 0.0
+            p50, p95, p99 = percentiles(lags)
+            entry |= {
+                "delivered": delivered,
+                "receiver_requests": receiver.requests,
+                "deliveries_per_s": round(len(arrivals) / span, 1) if span else 0.0,
+                "final_to_delivery_p50_ms": round(p50, 1),
+                "final_to_delivery_p95_ms": round(p95, 1),
+                "final_to_delivery_p99_ms": round(p99, 1),
+                "wall_with_deliveries_s": round(wall, 2),
+                "floor": {"without_webhooks": without},
+                "ratio_to_floor": round(with_hooks["throughput_per_s"] / without["throughput_per_s"], 3)
+                if without["throughput_per_s"]
+                else 0.0,
+            }
+        finally:
+            receiver.stop()
+        say(
+            f"    with: {_line(entry)}; {entry['deliveries_per_s']} deliveries/s, final->delivery "
+            f"p99 {entry['final_to_delivery_p99_ms']} ms, throughput ratio {entry['ratio_to_floor']}"
+        )
+        bench.results["webhooks"] = entry
+
+
 GROUP_RUNNERS = {
     "api": api_group,
     "e2e": e2e_group,
     "video": video_group,
     "scaling": scaling_group,
     "watch": watch_group,
+    "webhooks": webhooks_group,
 }

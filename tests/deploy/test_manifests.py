@@ -336,7 +336,10 @@ def test_production_references_secrets_it_does_not_contain(rendered: dict[str, D
                 referenced.setdefault(reference["name"], set()).add(reference["key"])
                 # A provider pod starts with the keys it has: a missing vendor key must not block it.
                 assert reference.get("optional", False) is (reference["name"] == "aitask-api-keys"), entry
-    assert referenced == {"aitask-api-keys": API_KEYS, "aitask-datastores": {"MONGO_URL", "REDIS_URL"}}
+    assert referenced == {
+        "aitask-api-keys": API_KEYS,
+        "aitask-datastores": {"MONGO_URL", "REDIS_URL", "WEBHOOK_SECRET_KEY"},
+    }
     # Each key is a setting some provider reads.
     provider_fields = set(VolcengineSettings.model_fields) | set(OpenAISettings.model_fields)
     assert {key.lower() for key in API_KEYS} <= provider_fields
@@ -435,8 +438,9 @@ def test_egress_reaches_dns_datastores_and_vendors_only(rendered: dict[str, Docu
         assert reaches("task-service", 27017, ip=DATASTORE_IP) and reaches("dispatcher", 27017, ip=DATASTORE_IP)
         for name in providers:
             assert reaches(name, 443, ip=VENDOR_IP) and not reaches(name, 80, ip=VENDOR_IP), name
-        for name in ("task-service", "dispatcher"):
-            assert not reaches(name, 443, ip=VENDOR_IP), name
+        assert not reaches("task-service", 443, ip=VENDOR_IP)
+        # Webhook receivers are anywhere public, over https or http (never a private address: checked above).
+        assert reaches("dispatcher", 443, ip=VENDOR_IP) and reaches("dispatcher", 80, ip=VENDOR_IP)
 
 
 def test_images_are_pinned_per_environment(rendered: dict[str, Documents]) -> None:

@@ -1,0 +1,198 @@
+"""Webhook messages (Standard Webhooks v1): which task changes make one, what it carries, and how it is stored.
+
+Whoever changes a task records its message in the `webhook_messages` collection right after the task's own write
+(the dispatcher's TaskTransitions, the task service's cancel, the deadline sweep); the dispatcher's delivery loop
+(dispatcher_service.webhook_delivery) sends what is stored, so a message outlives any restart. A message's id is
+made from its task and event, so recording the same change twice stores it once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final, NotRequired, TypedDict
+
+from cachetools import LRUCache
+from google.protobuf import json_format
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from aitask_common.events import EventKind
+from aitask_common.logging import get_logger
+from aitask_common.tasks import TaskDocument, TaskStatus, task_to_proto, utcnow
+
+log = get_logger(__name__)
+
+MESSAGES_COLLECTION: Final = "webhook_messages"
+MESSAGE_INDEXES: list[list[tuple[str, int]]] = [
+    # The delivery loop's query: pending messages by due time.
+    [("state", 1), ("next_attempt_at", 1)],
+    # A task's delivery log.
+    [("task_id", 1), ("created", 1)],
+]
+# The longest response excerpt an attempt keeps.
+EXCERPT_CHARS: Final = 200
+
+
+class WebhookEvent(StrEnum):
+    """What a create may subscribe to (`webhook_events`)."""
+
+    STARTED = "started"
+    PROGRESS = "progress"
+    FINAL = "final"
+
+
+DEFAULT_EVENTS: Final = (WebhookEvent.FINAL.value,)
+
+
+class MessageState(StrEnum):
+    """Where a message is in its delivery."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+FINAL_TYPES: Final = {
+    TaskStatus.COMPLETED: "task.completed",
+    TaskStatus.FAILED: "task.failed",
+    TaskStatus.CANCELLED: "task.cancelled",
+}
+
+
+class AttemptRecord(TypedDict):
+    """One delivery attempt, as the delivery log shows it."""
+
+    at: datetime
+    status_code: int
+    error: str
+    latency_ms: int
+    next_attempt_at: datetime | None
+    response_excerpt: str
+
+
+class MessageDocument(TypedDict):
+    """A stored webhook message."""
+
+    _id: str
+    task_id: str
+    user_id: str
+    url: str
+    event: str
+    type: str
+    body: str
+    state: str
+    created: datetime
+    next_attempt_at: datetime
+    attempt_count: int
+    attempts: list[AttemptRecord]
+    delivered: NotRequired[datetime]
+
+
+def event_of(document: TaskDocument, kind: EventKind) -> tuple[WebhookEvent, str, str] | None:
+    """(event, type, id suffix) of a task change, or None when it makes no webhook message."""
+    status = TaskStatus(document["status"])
+    if kind is EventKind.FINAL and status.is_final:
+        return WebhookEvent.FINAL, FINAL_TYPES[status], "final"
+    if kind is EventKind.PROGRESS and status is TaskStatus.PROCESSING:
+        return WebhookEvent.PROGRESS, "task.progress", f"progress-{document.get('progress', 0)}"
+    if kind is EventKind.STATUS and status is TaskStatus.PROCESSING:
+        return WebhookEvent.STARTED, "task.started", "started"
+    return None
+
+
+def render_body(document: TaskDocument, event_type: str, at: datetime) -> str:
+    """The message body: the event type, when, and the task as GET …/task/result/{id} shows it."""
+    data = json_format.MessageToDict(
+        task_to_proto(document), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    timestamp = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps({"type": event_type, "timestamp": timestamp, "data": data}, separators=(",", ":"))
+
+
+def final_message_id(task_id: str) -> str:
+    """The id of a task's final message."""
+    return f"msg_{task_id}_final"
+
+
+def message_for(document: TaskDocument, kind: EventKind) -> MessageDocument | None:
+    """The message a task change makes, if the task has a webhook subscribed to that event."""
+    url = document.get("webhook_url")
+    if not url or document.get("webhook_stopped"):
+        return None
+    event = event_of(document, kind)
+    if event is None:
+        return None
+    webhook_event, event_type, suffix = event
+    if webhook_event.value not in document.get("webhook_events", DEFAULT_EVENTS):
+        return None
+    now = utcnow()
+    return {
+        "_id": final_message_id(document["_id"]) if suffix == "final" else f"msg_{document['_id']}_{suffix}",
+        "task_id": document["_id"],
+        "user_id": document["user_id"],
+        "url": url,
+        "event": webhook_event.value,
+        "type": event_type,
+        "body": render_body(document, event_type, now),
+        "state": MessageState.PENDING.value,
+        "created": now,
+        "next_attempt_at": now,
+        "attempt_count": 0,
+        "attempts": [],
+    }
+
+
+# Only tasks with a webhook: for every other task, recording a change costs one read that finds nothing.
+WITH_WEBHOOK: Final[dict[str, Any]] = {"webhook_url": {"$gt": ""}}
+
+
+# Tasks known to have no webhook (a webhook is set at create and never changes): their changes need no read. A
+# worker claims a task (which reads it) before it moves it, so on the task path the read is never needed.
+_without_webhook: LRUCache[str, bool] = LRUCache(maxsize=100_000)
+_without_webhook_lock = threading.Lock()
+
+
+def _remember_without_webhook(task_id: str) -> None:
+    with _without_webhook_lock:
+        _without_webhook[task_id] = True
+
+
+def record_change(
+    tasks: Collection[Any], messages: Collection[Any], task_id: str, kind: EventKind, document: Any = None
+) -> None:
+    """Store the webhook message a task change makes, if any (sync; the dispatcher). Never raises: a failed
+    write is logged (the delivery loop's sweep stores a lost final message later), and the task change stands."""
+    try:
+        if document is None:
+            with _without_webhook_lock:
+                if task_id in _without_webhook:
+                    return
+            document = tasks.find_one({"_id": task_id, **WITH_WEBHOOK})
+        if document is None or not document.get("webhook_url"):
+            _remember_without_webhook(task_id)
+            return
+        message = message_for(document, kind)
+        if message is not None:
+            messages.insert_one(message)
+    except DuplicateKeyError:
+        pass  # recorded already
+    except PyMongoError as error:
+        log.error("webhook message not stored", task_id=task_id, kind=kind.value, error=str(error))
+
+
+async def record_change_async(messages: AsyncCollection[Any], document: TaskDocument, kind: EventKind) -> None:
+    """`record_change` for a caller holding the task after its change (the task service)."""
+    message = message_for(document, kind)
+    if message is None:
+        return
+    try:
+        await messages.insert_one(message)
+    except DuplicateKeyError:
+        pass
+    except PyMongoError as error:
+        log.error("webhook message not stored", task_id=document["_id"], kind=kind.value, error=str(error))

@@ -1,0 +1,391 @@
+"""Delivers stored webhook messages (aitask_common.webhooks): a thread of the dispatcher's main process running an
+asyncio loop, so a thousand receivers that each hang for the whole timeout cost sockets, not workers, and never
+touch the task path.
+
+Each round takes due messages, oldest due first, skipping hosts that already have WEBHOOK_PER_HOST_CONCURRENCY
+deliveries in flight, and claims each by pushing its next attempt a lease ahead (a dispatcher killed mid-delivery
+leaves it to be sent again once the lease passes: at least once). A delivery resolves the host, refuses it unless
+every address may be reached, connects to the checked address itself (Host header and TLS SNI name the host, so
+a DNS answer that changes between check and connect cannot redirect it), signs with every live secret of the user,
+follows no redirect and reads at most a short excerpt of the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+import uuid
+from collections import Counter as Tally
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+
+import httpx
+from cachetools import TTLCache
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
+from standardwebhooks.webhooks import Webhook
+
+from aitask_common.events import EventKind
+from aitask_common.logging import get_logger
+from aitask_common.mongo import client_options
+from aitask_common.tasks import COLLECTION, utcnow
+from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
+from aitask_common.webhook_secrets import UserSecrets, WebhookSecretStore, cipher
+from aitask_common.webhooks import (
+    EXCERPT_CHARS,
+    FINAL_TYPES,
+    MESSAGE_INDEXES,
+    MESSAGES_COLLECTION,
+    WITH_WEBHOOK,
+    AttemptRecord,
+    MessageDocument,
+    MessageState,
+    final_message_id,
+    message_for,
+    record_change_async,
+)
+from dispatcher_service.settings import DispatcherSettings
+
+log = get_logger(__name__)
+
+DELIVERIES = Counter(
+    "aitask_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered, retry (another attempt follows), failed (attempts exhausted), "
+    "stopped (the receiver answered 410)",
+    ["outcome"],
+)
+# Due messages one round reads at most.
+ROUND_LIMIT: Final = 500
+ROUND_MIN_GAP_SECONDS: Final = 0.02
+# How long due messages read by one query are started from before the next query: FerretDB reads every pending
+# message to answer it (no sort pushdown), so under a backlog of thousands a query per delivery would be the limit.
+CANDIDATES_MAX_AGE_SECONDS: Final = 2.0
+# Beyond the HTTP timeout and the DNS one, what a claim's lease allows for before another round may send again.
+LEASE_MARGIN_SECONDS: Final = 5.0
+JITTER: Final = 0.1
+# The sweep for final messages whose writer died before storing them: how often, how far back a new dispatcher
+# looks, how long after a task's final write (the writer's own store comes first), and how many tasks per query.
+SWEEP_EVERY_SECONDS: Final = 10.0
+SECRETS_CACHE_SECONDS: Final = 5.0
+SWEEP_FIRST_LOOKBACK: Final = timedelta(hours=1)
+SWEEP_SETTLE: Final = timedelta(seconds=10)
+SWEEP_BATCH: Final = 200
+# The longest Retry-After honoured (a receiver cannot park a message for longer than the schedule's longest step).
+RETRY_AFTER_MAX_SECONDS: Final = 36000.0
+EXCERPT_BYTES: Final = 1024
+USER_AGENT: Final = "aitask-webhooks/1"
+
+
+class DeliveryRefused(Exception):
+    """The message could not be sent at all (its address is refused, or it does not resolve)."""
+
+
+class WebhookDelivery:
+    """The delivery loop; `start` runs it in a daemon thread."""
+
+    def __init__(self, settings: DispatcherSettings) -> None:
+        self.settings = settings
+        self.lease = timedelta(
+            seconds=settings.webhook_timeout_seconds + settings.webhook_dns_timeout_seconds + LEASE_MARGIN_SECONDS
+        )
+        self.in_flight: Tally[str] = Tally()
+        self.running: set[asyncio.Task[None]] = set()
+        # Users' secrets, reused for a few seconds (a rotation's new secret signs within SECRETS_CACHE_SECONDS; the
+        # old one still verifies meanwhile).
+        self.secrets_cache: TTLCache[str, UserSecrets] = TTLCache(maxsize=10_000, ttl=SECRETS_CACHE_SECONDS)
+
+    def start(self) -> None:
+        """Run the loop in a daemon thread (it dies with the process; a message it was sending is sent again)."""
+        threading.Thread(target=asyncio.run, args=(self.run(),), name="webhook-delivery", daemon=True).start()
+
+    async def run(self) -> None:
+        """Look for due messages every WEBHOOK_POLL_SECONDS, for ever."""
+        settings = self.settings
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(**client_options(settings, "dispatcher-webhooks"))
+        database = mongo[settings.mongo_database]
+        self.messages: AsyncCollection[Any] = database[MESSAGES_COLLECTION]
+        self.tasks: AsyncCollection[Any] = database[COLLECTION]
+        self.secrets = WebhookSecretStore(database, cipher(settings))
+        self.http = httpx.AsyncClient(
+            timeout=settings.webhook_timeout_seconds,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=settings.webhook_max_concurrency, max_keepalive_connections=50),
+        )
+        self.wake = asyncio.Event()
+        # Due messages read by the last query, oldest due first, not started yet: the rounds that follow start
+        # them as hosts have room, without reading them again (a claim is conditional, so a stale one is skipped).
+        self.candidates: list[MessageDocument] = []
+        self.candidates_read_at = 0.0
+        indexed = False
+        self.swept_until = utcnow() - SWEEP_FIRST_LOOKBACK
+        next_sweep = 0.0
+        while True:
+            try:
+                if not indexed:
+                    for keys in MESSAGE_INDEXES:
+                        await self.messages.create_index(keys)
+                    indexed = True
+                self.wake.clear()  # a delivery ending from here on brings the next round forward
+                if time.monotonic() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
+                await self.round()
+            except PyMongoError as error:
+                log.warning("webhook delivery round failed: database unreachable", error=str(error))
+            # The next round comes when a delivery ends (its host has room again) or after the poll interval.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), settings.webhook_poll_seconds)
+            await asyncio.sleep(ROUND_MIN_GAP_SECONDS)  # deliveries ending together share one round
+
+    async def sweep(self) -> None:
+        """Store the final message of every task that turned final since the last sweep (and SWEEP_SETTLE_SECONDS
+        ago) with a webhook but without one: its writer died, or the database failed, between the task's write
+        and the message's. Started and progress messages are best effort; final ones are not."""
+        until = utcnow() - SWEEP_SETTLE
+        finished = self.tasks.find(
+            {
+                "status": {"$in": [status.value for status in FINAL_TYPES]},
+                "updated": {"$gte": self.swept_until, "$lt": until},
+                **WITH_WEBHOOK,
+            }
+        )
+        batch: list[Any] = []
+        async for document in finished:
+            batch.append(document)
+            if len(batch) >= SWEEP_BATCH:
+                await self._record_missing(batch)
+                batch = []
+        await self._record_missing(batch)
+        self.swept_until = until
+
+    async def _record_missing(self, documents: list[Any]) -> None:
+        ids = [final_message_id(document["_id"]) for document in documents]
+        if not ids:
+            return
+        stored = {message["_id"] async for message in self.messages.find({"_id": {"$in": ids}}, {"_id": True})}
+        for document in documents:
+            if final_message_id(document["_id"]) in stored or message_for(document, EventKind.FINAL) is None:
+                continue
+            log.warning("final webhook message was missing; stored now", task_id=document["_id"])
+            await record_change_async(self.messages, document, EventKind.FINAL)
+
+    async def round(self) -> None:
+        """Claim and start what is due and has room: due messages from the last query (or a new one), one write
+        claiming all this round can start (each carrying this round's token), one read of those it won (another
+        dispatcher may have won some)."""
+        now = utcnow()
+        if not self.candidates or time.monotonic() - self.candidates_read_at > CANDIDATES_MAX_AGE_SECONDS:
+            due = self.messages.find({"state": MessageState.PENDING.value, "next_attempt_at": {"$lte": now}})
+            self.candidates = await due.sort([("next_attempt_at", 1)]).limit(ROUND_LIMIT).to_list()
+            self.candidates_read_at = time.monotonic()
+        room = self.settings.webhook_max_concurrency - len(self.running)
+        chosen: dict[str, tuple[MessageDocument, str]] = {}
+        planned: Tally[str] = Tally()
+        left: list[MessageDocument] = []
+        for candidate in self.candidates:
+            host = httpx.URL(candidate["url"]).host
+            if (
+                len(chosen) >= room
+                or self.in_flight[host] + planned[host] >= self.settings.webhook_per_host_concurrency
+            ):
+                left.append(candidate)
+                continue
+            planned[host] += 1
+            chosen[candidate["_id"]] = (candidate, host)
+        self.candidates = left
+        if not chosen:
+            return
+        token = uuid.uuid4().hex
+        await self.messages.update_many(
+            {"_id": {"$in": list(chosen)}, "state": MessageState.PENDING.value, "next_attempt_at": {"$lte": now}},
+            {"$set": {"next_attempt_at": utcnow() + self.lease, "claim": token}},
+        )
+        async for won in self.messages.find({"_id": {"$in": list(chosen)}, "claim": token}, {"_id": True}):
+            message, host = chosen[won["_id"]]
+            self.in_flight[host] += 1
+            task = asyncio.create_task(self.deliver(message, host))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def deliver(self, message: MessageDocument, host: str) -> None:
+        """One attempt, then its record and the message's next step."""
+        try:
+            attempt, retry_after = await self.attempt(message)
+            await self.settle(message, attempt, retry_after)
+        except Exception as error:  # noqa: BLE001 - the lease brings the message back; the loop must go on
+            log.error("webhook delivery crashed", message_id=message["_id"], error=repr(error))
+        finally:
+            self.in_flight[host] -= 1
+            self.wake.set()
+            if self.in_flight[host] <= 0:
+                del self.in_flight[host]
+
+    async def attempt(self, message: MessageDocument) -> tuple[AttemptRecord, float | None]:
+        """Send once: the attempt as the log keeps it (next_attempt_at still unset), and any Retry-After."""
+        at = utcnow()
+        started = time.monotonic()
+        status_code, error, excerpt, retry_after = 0, "", "", None
+        try:
+            # httpx's timeout bounds each read; this bounds the whole attempt (a receiver trickling bytes).
+            async with asyncio.timeout(self.lease.total_seconds() - LEASE_MARGIN_SECONDS):
+                status_code, excerpt, retry_after = await self.post(message)
+        except DeliveryRefused as refused:
+            error = str(refused)
+        except (httpx.TimeoutException, TimeoutError):
+            error = f"timed out after {self.settings.webhook_timeout_seconds:g} s"
+        except httpx.HTTPError as failure:
+            error = f"{type(failure).__name__}: {failure}"[:EXCERPT_CHARS]
+        latency_ms = int((time.monotonic() - started) * 1000)
+        record: AttemptRecord = {
+            "at": at,
+            "status_code": status_code,
+            "error": error,
+            "latency_ms": latency_ms,
+            "next_attempt_at": None,
+            "response_excerpt": excerpt,
+        }
+        return record, retry_after
+
+    async def post(self, message: MessageDocument) -> tuple[int, str, float | None]:
+        """POST the signed message to the checked address: (status, excerpt, Retry-After seconds)."""
+        url = httpx.URL(message["url"])
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            addresses = await allowed_addresses(
+                url.host, port, self.settings.webhook_dns_timeout_seconds, self.settings.webhook_allow_private
+            )
+        except AddressRefused as error:
+            raise DeliveryRefused(str(error)) from error
+        secrets = self.secrets_cache.get(message["user_id"])
+        if secrets is None:
+            secrets = self.secrets_cache[message["user_id"]] = await self.secrets.get(message["user_id"])
+        timestamp = datetime.now(UTC)  # `sign` reads a naive or aware time as UTC
+        body = message["body"]
+        signatures = " ".join(
+            Webhook(secret).sign(message["_id"], timestamp, body) for secret in secrets.signing(utcnow())
+        )
+        headers = {
+            "host": url.netloc.decode("ascii"),
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": message["_id"],
+            "webhook-timestamp": str(int(timestamp.timestamp())),
+            "webhook-signature": signatures,
+        }
+        extensions: dict[str, Any] = {}
+        if url.scheme == "https":
+            extensions["sni_hostname"] = url.host
+        target = url.copy_with(host=str(addresses[0]))
+        request = self.http.build_request("POST", target, content=body.encode(), headers=headers, extensions=extensions)
+        response = await self.http.send(request, stream=True)
+        try:
+            excerpt = b""
+            async for chunk in response.aiter_raw():
+                excerpt += chunk
+                if len(excerpt) >= EXCERPT_BYTES:
+                    break
+        finally:
+            await response.aclose()
+        text = excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS]
+        return response.status_code, text, retry_after_seconds(response)
+
+    async def settle(self, message: MessageDocument, attempt: AttemptRecord, retry_after: float | None) -> None:
+        """Record the attempt, and deliver, stop, fail or schedule the message."""
+        status = attempt["status_code"]
+        number = message["attempt_count"] + 1
+        update: dict[str, Any] = {"$inc": {"attempt_count": 1}}
+        if 200 <= status < 300:
+            outcome = MessageState.DELIVERED
+            update["$set"] = {"state": outcome.value, "delivered": utcnow()}
+        elif status == 410:
+            outcome = MessageState.STOPPED
+            update["$set"] = {"state": outcome.value}
+            await self.stop_task(message["task_id"])
+        else:
+            delay = next_delay(self.settings.webhook_retry_schedule, number, retry_after)
+            if delay is None:
+                outcome = MessageState.FAILED
+                update["$set"] = {"state": outcome.value}
+            else:
+                outcome = MessageState.PENDING
+                attempt["next_attempt_at"] = utcnow() + timedelta(seconds=delay)
+                update["$set"] = {"next_attempt_at": attempt["next_attempt_at"]}
+        update["$push"] = {"attempts": attempt}
+        await self.messages.update_one({"_id": message["_id"]}, update)
+        DELIVERIES.labels("retry" if outcome is MessageState.PENDING else outcome.value).inc()
+        log.info(
+            "webhook attempt",
+            message_id=message["_id"],
+            task_id=message["task_id"],
+            attempt=number,
+            status_code=status,
+            error=attempt["error"],
+            latency_ms=attempt["latency_ms"],
+            outcome=outcome.value,
+        )
+
+    async def stop_task(self, task_id: str) -> None:
+        """A 410: no more messages for this task, not even those already stored."""
+        await self.tasks.update_one({"_id": task_id}, {"$set": {"webhook_stopped": True}})
+        await self.messages.update_many(
+            {"task_id": task_id, "state": MessageState.PENDING.value}, {"$set": {"state": MessageState.STOPPED.value}}
+        )
+
+
+def next_delay(schedule: list[float], attempts_made: int, retry_after: float | None) -> float | None:
+    """Seconds until the next attempt after `attempts_made` failed ones (the schedule's step, jittered, never
+    sooner than Retry-After), or None when the schedule is spent."""
+    if attempts_made > len(schedule):
+        return None
+    delay = schedule[attempts_made - 1] * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter, not crypto
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, RETRY_AFTER_MAX_SECONDS))
+    return delay
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """A 429's or 503's Retry-After, in seconds (delta or HTTP date); None otherwise."""
+    value = response.headers.get("retry-after")
+    if response.status_code not in (429, 503) or not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now().astimezone()).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+class WebhookBacklogCollector(Collector):
+    """Undelivered webhook messages and the age of the oldest, read from MongoDB at scrape time."""
+
+    def __init__(self, messages: Collection[Any]) -> None:
+        self.messages = messages
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        backlog = GaugeMetricFamily("aitask_webhook_backlog", "Webhook messages not delivered yet (pending)")
+        oldest = GaugeMetricFamily(
+            "aitask_webhook_oldest_undelivered_age_seconds", "Age of the oldest pending webhook message (0: none)"
+        )
+        try:
+            pending = {"state": MessageState.PENDING.value}
+            backlog.add_metric([], self.messages.count_documents(pending))
+            first = self.messages.find_one(pending, {"created": True}, sort=[("created", 1)])
+            oldest.add_metric([], (utcnow() - first["created"]).total_seconds() if first else 0.0)
+        except PyMongoError:  # the database is down: the health check says so
+            pass
+        yield backlog
+        yield oldest
