@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rq.job import Job
@@ -75,3 +77,15 @@ def restart_after_a_crash(stack: LocalStack) -> None:
     if stale_locks:
         redis.delete(*stale_locks)
     stack.start("dispatcher")
+
+
+@contextmanager
+def faults(stack: LocalStack, endpoint: str, **settings: object) -> Iterator[None]:
+    """The simulator's `endpoint` misbehaves as `settings` say (see its control API) until the block ends."""
+    with stack.sim() as sim:
+        sim.set_faults(endpoint, **settings)
+    try:
+        yield
+    finally:
+        with stack.sim() as sim:
+            sim.clear_faults()

@@ -33,7 +33,7 @@ from tests.conftest import wait_for_status, wait_until
 from tests.dispatcher_service import test_jobs
 from tests.dispatcher_service.test_jobs import IMAGE, IMAGE_PARAMETERS, insert_task
 from tests.dispatcher_service.test_queue_admin import admin
-from tests.e2e.helpers import SEEDREAM, restart_after_a_crash
+from tests.e2e.helpers import SEEDREAM, faults, restart_after_a_crash
 
 JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
 IMAGES = "ark.images"
@@ -88,17 +88,6 @@ def dispatcher_log(stack: LocalStack, task_id: str) -> list[dict[str, object]]:
 
 def logged(stack: LocalStack, task_id: str, message: str) -> bool:
     return any(line["message"] == message for line in dispatcher_log(stack, task_id))
-
-
-@contextmanager
-def faults(stack: LocalStack, endpoint: str, **settings: object) -> Iterator[None]:
-    with stack.sim() as sim:
-        sim.set_faults(endpoint, **settings)
-    try:
-        yield
-    finally:
-        with stack.sim() as sim:
-            sim.clear_faults()
 
 
 @contextmanager
