@@ -33,6 +33,7 @@ WATCHED = [
     "dispatcher_service",
     "provider_volcengine",
     "provider_openai",
+    "openai_door",
     "upstream_simulator",
     "aitask",
 ]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ["task_service", "dispatcher_service", "provider_volcengine", "provider_openai"]
+SERVICES = ["task_service", "dispatcher_service", "provider_volcengine", "provider_openai", "openai_door"]
 STUBS = ["aitask.v1.task_service_pb2", "aitask.v1.task_service_pb2_grpc", "aitask.provider.v1.provider_service_pb2"]
 # Local, development and build tools: dependency groups, never the wheel's requirements.
 NOT_RUNTIME = ["aiohttp", "honcho", "grpc_tools", "envoy", "upstream_simulator"]

@@ -1,0 +1,216 @@
+"""The official `openai` Python SDK, unmodified, against the stack through Envoy's /v1/ (the OpenAI-compatible
+door): every seed model, each call the SDK makes, each error class it raises, and its retries making no
+second task."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+import warnings
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from devstack.stack import LocalStack
+
+SEED_IMAGE_MODELS = {
+    # model: (a size it takes, whether it answers URLs)
+    "doubao-seedream-3-0-t2i-250415": ("1024x1024", True),
+    "jimeng_high_aes_general_v21_L": ("512x512", True),
+    "dall-e-3": ("1024x1024", False),
+}
+SEED_TEXT_MODELS = ["doubao-pro-4k", "gpt-4"]
+SEED_VIDEO_MODEL = "jimeng_vgfm_t2v_l20"
+RETIRED_VIDEO_MODELS = ["sora", "sora-2"]
+
+
+@pytest.fixture
+def user_key(stack: LocalStack, user_id: str) -> str:
+    """A user-role key: the door acts for its user, who owns every task made with it."""
+    return stack.create_api_key(user_id, name="openai sdk")
+
+
+def sdk(stack: LocalStack, api_key: str, **options: object) -> openai.OpenAI:
+    """The SDK pointed at Envoy, exactly as a user would point it at aitask."""
+    return openai.OpenAI(
+        base_url=f"http://127.0.0.1:{stack.ports.envoy}/v1",
+        api_key=api_key,
+        http_client=httpx.Client(trust_env=False),
+        **options,
+    )
+
+
+@pytest.fixture
+def client(stack: LocalStack, user_key: str) -> Iterator[openai.OpenAI]:
+    with sdk(stack, user_key, max_retries=0, timeout=60) as made:
+        yield made
+
+
+def user_tasks(stack: LocalStack, user_id: str) -> list[dict]:
+    with stack.rest() as rest:
+        response = rest.get("/api/v1/ai/tasks", params={"user_id": user_id, "limit": 100})
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["tasks"]
+
+
+@pytest.mark.parametrize("model", SEED_IMAGE_MODELS)
+def test_images_as_url_and_base64_for_every_seed_image_model(
+    client: openai.OpenAI, stack: LocalStack, user_id: str, model: str
+) -> None:
+    size, answers_urls = SEED_IMAGE_MODELS[model]
+    as_base64 = client.images.generate(
+        model=model, prompt="a lighthouse at dusk", size=size, response_format="b64_json"
+    )
+    assert as_base64.data and as_base64.data[0].b64_json and as_base64.created > 0
+    assert len(base64.b64decode(as_base64.data[0].b64_json)) > 100
+    if answers_urls:
+        as_url = client.images.generate(model=model, prompt="a lighthouse at dawn", size=size, response_format="url")
+        assert as_url.data and as_url.data[0].url and as_url.data[0].url.startswith("http")
+        assert httpx.get(as_url.data[0].url, trust_env=False).status_code == 200
+    else:
+        # The vendor's successor answers base64 only: the catalogue says so, and so does the 400.
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.images.generate(model=model, prompt="a lighthouse at dawn", size=size, response_format="url")
+        assert "response_format" in refused.value.message
+    # Each call is a task like any other, owned by the key's user.
+    tasks = user_tasks(stack, user_id)
+    assert {task["model"] for task in tasks} == {model}
+    assert {task["status"] for task in tasks} == {"completed"}
+    assert len(tasks) == (2 if answers_urls else 1)
+
+
+@pytest.mark.parametrize("model", SEED_TEXT_MODELS)
+def test_chat_plain_and_streamed_for_every_seed_text_model(
+    client: openai.OpenAI, stack: LocalStack, user_id: str, model: str
+) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
+    completion = client.chat.completions.create(model=model, messages=messages, max_tokens=50, temperature=0.5)
+    assert completion.object == "chat.completion" and completion.model == model
+    text = completion.choices[0].message.content
+    assert text and completion.choices[0].finish_reason == "stop" and completion.choices[0].message.role == "assistant"
+    assert completion.usage and completion.usage.total_tokens > 0
+    task_id = completion.id.removeprefix("chatcmpl-")
+
+    stream = client.chat.completions.create(
+        model=model,
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert streamed, chunks
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "stop"
+    assert chunks[-1].usage and chunks[-1].usage.total_tokens > 0
+
+    tasks = {task["task_id"]: task for task in user_tasks(stack, user_id)}
+    assert len(tasks) == 2 and tasks[task_id]["text_result"] == text
+    assert {task["type"] for task in tasks.values()} == {"text"}
+
+
+def test_streamed_chat_ends_with_done_through_envoy(stack: LocalStack, user_key: str) -> None:
+    body = {"model": "doubao-pro-4k", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.Client(trust_env=False, timeout=60) as http:
+        response = http.post(
+            f"http://127.0.0.1:{stack.ports.envoy}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {user_key}"},
+        )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and len(events) >= 4, response.text
+
+
+def test_models_lists_the_catalogue(client: openai.OpenAI, stack: LocalStack) -> None:
+    models = {model.id: model for model in client.models.list()}
+    with stack.rest() as rest:
+        catalogue = rest.get("/api/v1/ai/models").json()["data"]["models"]
+    assert set(models) == {entry["model"] for entry in catalogue}
+    assert set(SEED_IMAGE_MODELS) | set(SEED_TEXT_MODELS) | {SEED_VIDEO_MODEL} <= set(models)
+    assert models["doubao-pro-4k"].owned_by == "volcengine" and models["gpt-4"].owned_by == "openai"
+    assert models["gpt-4"].object == "model"
+
+
+def test_each_error_class(client: openai.OpenAI, stack: LocalStack, user_id: str) -> None:
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.images.generate(model="no-such-model", prompt="p")
+    assert unknown.value.code == "model_not_found" and unknown.value.status_code == 404
+
+    with pytest.raises(openai.BadRequestError) as bad_size:
+        client.images.generate(model="doubao-seedream-3-0-t2i-250415", prompt="p", size="999x999")
+    assert bad_size.value.param == "size" and "999x999" in bad_size.value.message
+
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="doubao-seedream-3-0-t2i-250415", messages=[{"role": "user", "content": "x"}]
+        )
+
+    with (
+        pytest.raises(openai.AuthenticationError) as unauthenticated,
+        sdk(stack, "ak_nope_nope", max_retries=0) as stranger,
+    ):
+        stranger.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
+    assert unauthenticated.value.status_code == 401
+
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}], user="someone-else")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(openai.NotFoundError):
+            client.videos.retrieve("01ARZ3NDEKTSV4RRFFQ69G5FAV")
+        for retired in RETIRED_VIDEO_MODELS:
+            with pytest.raises(openai.BadRequestError) as retired_error:
+                client.videos.create(model=retired, prompt="a calm sea")
+            assert "retired" in retired_error.value.message
+    assert user_tasks(stack, user_id) == []
+
+
+def test_rate_limit_is_a_rate_limit_error_with_retry_after(stack: LocalStack, user_id: str) -> None:
+    limited = stack.create_api_key(user_id, name="limited", rate_limit=2)
+    with sdk(stack, limited, max_retries=0) as client:
+        for _ in range(2):
+            client.models.list()
+        with pytest.raises(openai.RateLimitError) as limited_error:
+            client.models.list()
+    assert int(limited_error.value.response.headers["retry-after"]) > 0
+    assert limited_error.value.code == "rate_limit_exceeded"
+
+
+def test_sdk_retries_reach_the_same_task(stack: LocalStack, user_key: str, user_id: str) -> None:
+    """The upstream answers after 4 s, the SDK gives up on each attempt after 1.5 s and retries: every attempt
+    reaches the first attempt's task, whose answer the last one gets."""
+    marker = f"retry-{uuid.uuid4().hex[:8]}"
+    with stack.sim() as sim:
+        sim.set_faults("ark.chat", latency_s=4)
+    try:
+        with sdk(stack, user_key, max_retries=4, timeout=1.5) as client:
+            completion = client.chat.completions.create(
+                model="doubao-pro-4k", messages=[{"role": "user", "content": f"say {marker}"}]
+            )
+    finally:
+        with stack.sim() as sim:
+            sim.clear_faults()
+    tasks = user_tasks(stack, user_id)
+    assert len(tasks) == 1, tasks
+    assert completion.id == f"chatcmpl-{tasks[0]['task_id']}"
+    with stack.sim() as sim:
+        assert len(sim.requests(marker)) == 1
+    # A deliberate second request is a second task.
+    with sdk(stack, user_key, max_retries=0, timeout=30) as client:
+        client.chat.completions.create(model="doubao-pro-4k", messages=[{"role": "user", "content": f"say {marker}"}])
+    assert len(user_tasks(stack, user_id)) == 2
+
+
+def test_idempotency_key_header_is_passed_through(client: openai.OpenAI, stack: LocalStack, user_id: str) -> None:
+    key = {"Idempotency-Key": f"door-{uuid.uuid4().hex}"}
+    messages = [{"role": "user", "content": "once"}]
+    first = client.chat.completions.create(model="gpt-4", messages=messages, extra_headers=key)
+    again = client.chat.completions.create(model="gpt-4", messages=messages, extra_headers=key)
+    assert first.id == again.id and len(user_tasks(stack, user_id)) == 1
+    with pytest.raises(openai.ConflictError):
+        client.chat.completions.create(
+            model="gpt-4", messages=[{"role": "user", "content": "twice"}], extra_headers=key
+        )
