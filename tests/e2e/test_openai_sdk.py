@@ -5,6 +5,7 @@ second task."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import openai
 import pytest
 
 from devstack.stack import LocalStack
+from tests.conftest import wait_until
 
 SEED_IMAGE_MODELS = {
     # model: (a size it takes, whether it answers URLs)
@@ -214,3 +216,73 @@ def test_idempotency_key_header_is_passed_through(client: openai.OpenAI, stack: 
         client.chat.completions.create(
             model="gpt-4", messages=[{"role": "user", "content": "twice"}], extra_headers=key
         )
+
+
+# --- videos -----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def videos(client: openai.OpenAI) -> Iterator[openai.resources.Videos]:
+    """The Videos API, whose methods the SDK marks deprecated (the vendor shut Sora down; the shapes live on)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield client.videos
+
+
+def test_video_create_and_poll_then_download(videos: openai.resources.Videos, stack: LocalStack, user_id: str) -> None:
+    video = videos.create_and_poll(model=SEED_VIDEO_MODEL, prompt="waves on a pier", size="1280x720")
+    assert video.status == "completed" and video.object == "video" and video.progress == 100
+    assert video.model == SEED_VIDEO_MODEL and video.size == "1280x720" and video.completed_at
+    assert video.completed_at >= video.created_at and video.error is None
+
+    content = videos.download_content(video.id).read()
+    with stack.rest() as rest:
+        task = rest.get(f"/api/v1/ai/task/result/{video.id}").json()["data"]
+    assert task["type"] == "video" and task["status"] == "completed"
+    assert task["parameters"]["aspect_ratio"] == "16:9"
+    original = httpx.get(task["video_url"], trust_env=False).content
+    assert len(content) > 1000 and hashlib.sha256(content).hexdigest() == hashlib.sha256(original).hexdigest()
+
+    assert videos.retrieve(video.id).status == "completed"
+    assert [task["task_id"] for task in user_tasks(stack, user_id)] == [video.id]
+
+
+def test_video_list_pages_newest_first(videos: openai.resources.Videos) -> None:
+    made = [videos.create(model=SEED_VIDEO_MODEL, prompt=f"clip {index}").id for index in range(3)]
+    assert all(video.status in ("queued", "in_progress") for video in [videos.retrieve(made[0])])
+    first = videos.list(limit=2)
+    assert [video.id for video in first.data] == made[::-1][:2] and first.has_more
+    second = videos.list(limit=2, after=first.data[-1].id)
+    assert [video.id for video in second.data] == [made[0]] and not second.has_more
+    assert [video.id for video in videos.list()] == made[::-1]
+
+
+def test_video_delete_cancels_a_running_one(videos: openai.resources.Videos, stack: LocalStack, user_id: str) -> None:
+    with stack.sim() as sim:
+        sim.set_faults("visual.CVSync2AsyncSubmitTask", video_seconds=60)
+    try:
+        video = videos.create(model=SEED_VIDEO_MODEL, prompt="a slow sunset")
+        wait_until(lambda: videos.retrieve(video.id).status == "in_progress", timeout=60)
+        deleted = videos.delete(video.id)
+    finally:
+        with stack.sim() as sim:
+            sim.clear_faults()
+    assert deleted.deleted and deleted.id == video.id and deleted.object == "video.deleted"
+    with pytest.raises(openai.NotFoundError):
+        videos.retrieve(video.id)
+    assert user_tasks(stack, user_id) == []
+    # The door cancelled it before deleting it: the cancel is what stops its polls and its upstream job.
+    logs = stack.log_text("task_service") + stack.log_text("task_service_2")
+    assert any('"task cancelled"' in line and video.id in line for line in logs.splitlines())
+
+
+def test_video_content_of_an_unfinished_video_is_not_found(videos: openai.resources.Videos, stack: LocalStack) -> None:
+    with stack.sim() as sim:
+        sim.set_faults("visual.CVSync2AsyncSubmitTask", video_seconds=60)
+    try:
+        video = videos.create(model=SEED_VIDEO_MODEL, prompt="not yet")
+        with pytest.raises(openai.NotFoundError) as not_ready:
+            videos.download_content(video.id)
+        assert not_ready.value.code == "video_not_ready"
+        videos.delete(video.id)
+    finally:
+        with stack.sim() as sim:
+            sim.clear_faults()
