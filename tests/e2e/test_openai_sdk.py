@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
+import subprocess
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from devstack.processes import ROOT, free_port
 from devstack.stack import LocalStack
 from tests.conftest import wait_until
 
@@ -286,3 +290,45 @@ def test_video_content_of_an_unfinished_video_is_not_found(videos: openai.resour
     finally:
         with stack.sim() as sim:
             sim.clear_faults()
+
+
+def test_a_wait_past_the_bound_answers_a_timeout_naming_the_task(
+    stack: LocalStack, user_key: str, user_id: str, tmp_path: Path
+) -> None:
+    """A door that waits 2 s (OPENAI_COMPAT_WAIT_SECONDS) for a chat whose upstream takes 6 s: a 504 in OpenAI's
+    shape that names the task, which goes on and completes."""
+    port = free_port()
+    door = stack.definitions["openai_door"]
+    env = stack.env | door.env | {"OPENAI_COMPAT_PORT": str(port), "OPENAI_COMPAT_WAIT_SECONDS": "2"}
+    log = (tmp_path / "door.log").open("wb")
+    process = subprocess.Popen(door.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with stack.sim() as sim:
+        sim.set_faults("ark.chat", latency_s=6)
+    try:
+        wait_until(lambda: _accepts(port), timeout=60)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1",
+            api_key=user_key,
+            max_retries=0,
+            http_client=httpx.Client(trust_env=False),
+        )
+        with pytest.raises(openai.InternalServerError) as timed_out:
+            client.chat.completions.create(model="doubao-pro-4k", messages=[{"role": "user", "content": "slowly"}])
+    finally:
+        with stack.sim() as sim:
+            sim.clear_faults()
+        process.terminate()
+        process.wait(30)
+        log.close()
+    error = timed_out.value
+    assert error.status_code == 504 and error.code == "timeout"
+    task_id = error.body["task_id"]  # type: ignore[index]
+    assert task_id in error.message and error.response.headers["x-aitask-task-id"] == task_id
+    with stack.rest() as rest:
+        task = rest.get(f"/api/v1/ai/task/result/{task_id}", params={"wait_seconds": 30}).json()["data"]
+    assert task["status"] == "completed" and task["user_id"] == user_id
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
