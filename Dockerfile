@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # Every aitask image from one build; pick one with --target (make docker-build-<target>):
-#   task-service, dispatcher, provider-volcengine, provider-openai, upstream-simulator, envoy.
+#   task-service, dispatcher, provider-volcengine, provider-openai, openai-door, upstream-simulator, envoy.
 # The Python images share one runtime layer (the locked runtime dependencies, the generated
 # stubs and every service package) and differ only in their command; the simulator's image
 # adds its aiohttp.
@@ -112,6 +112,10 @@ CMD ["python", "-m", "provider_volcengine"]
 FROM runtime AS provider-openai
 EXPOSE 50062 9467
 CMD ["python", "-m", "provider_openai"]
+
+FROM runtime AS openai-door
+EXPOSE 8090 9469
+CMD ["python", "-m", "openai_door"]
 
 FROM runtime AS upstream-simulator
 COPY --from=build /app/simulator-packages simulator-packages

@@ -44,6 +44,7 @@ class Ports:
     metrics_provider_volcengine: int = 9466
     metrics_provider_openai: int = 9467
     openai_door: int = 8090
+    metrics_openai_door: int = 9469
 
     @classmethod
     def free(cls) -> Ports:
@@ -111,6 +112,7 @@ def service_environment(ports: Ports, log_dir: Path, environment: dict[str, str]
         "TASK_SERVICE_PORT": str(ports.task_service),
         "VOLCENGINE_PORT": str(ports.provider_volcengine),
         "OPENAI_PROVIDER_PORT": str(ports.provider_openai),
+        "OPENAI_COMPAT_PORT": str(ports.openai_door),
         "LOG_DIR": str(log_dir),
         "NO_PROXY": "127.0.0.1,localhost",
         # Webhook receivers on a developer's machine (and the tests') listen on loopback.
@@ -242,7 +244,7 @@ def services(ports: Ports, workers: int = 4) -> list[Process]:
             "openai_door",
             [python, "-m", "openai_door"],
             {
-                "OPENAI_COMPAT_PORT": str(ports.openai_door),
+                "METRICS_PORT": str(ports.metrics_openai_door),
                 "OPENAI_COMPAT_TASK_SERVICE": f"ipv4:127.0.0.1:{ports.task_service},127.0.0.1:{ports.task_service_2}",
             },
             ports.openai_door,

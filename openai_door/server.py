@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.logging import configure_logging, get_logger
+from aitask_common.metrics import serve_metrics
 from aitask_common.settings import Environment, load_settings
 from aitask_common.tasks import TaskStatus, TaskType
 from openai_door.content import open_video
@@ -389,6 +390,7 @@ def main() -> None:
     """Entry point of `python -m openai_door`: serve until SIGTERM, then let requests in flight finish."""
     settings = load_settings(OpenAIDoorSettings)
     configure_logging("openai_door", settings)
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     log.info("openai door listening", host=settings.host, port=settings.port)
     web.run_app(
         build_app(settings),

@@ -14,6 +14,9 @@ TASK_SERVICE_MAX_WAIT_SECONDS = 60
 class OpenAIDoorSettings(ServiceSettings):
     """Environment of `python -m openai_door`."""
 
+    metrics_port: int = Field(default=9469, ge=0, le=65535)
+    """Port of /metrics (0: off)."""
+
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("OPENAI_COMPAT_HOST", "HOST"))
     """Address the door's HTTP server binds."""
     port: int = Field(default=8090, ge=0, le=65535, validation_alias=AliasChoices("OPENAI_COMPAT_PORT", "PORT"))
