@@ -299,7 +299,9 @@ def test_a_wait_past_the_bound_answers_a_timeout_naming_the_task(
     shape that names the task, which goes on and completes."""
     port = free_port()
     door = stack.definitions["openai_door"]
-    env = stack.env | door.env | {"OPENAI_COMPAT_PORT": str(port), "OPENAI_COMPAT_WAIT_SECONDS": "2"}
+    env = (
+        stack.env | door.env | {"OPENAI_COMPAT_PORT": str(port), "OPENAI_COMPAT_WAIT_SECONDS": "2", "METRICS_PORT": "0"}
+    )
     log = (tmp_path / "door.log").open("wb")
     process = subprocess.Popen(door.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     with stack.sim() as sim:
