@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # Every aitask image from one build; pick one with --target (make docker-build-<target>):
-#   task-service, dispatcher, provider-volcengine, provider-openai, upstream-simulator, envoy.
+#   task-service, dispatcher, provider-volcengine, provider-openai, openai-door, upstream-simulator, envoy.
 # The Python images share one runtime layer (the locked runtime dependencies, the generated
 # stubs and every service package) and differ only in their command; the simulator's image
 # adds its aiohttp.
@@ -41,6 +41,7 @@ RUN find protos -name '*.proto' -print0 | xargs -0 .venv/bin/python scripts/prot
 # front (Ingress or Gateway), a heap budget under the pod's 512 MiB limit.
 RUN .venv/bin/python -m gateway.config --out /build/envoy.json --listen-host 0.0.0.0 --listen-port 8080 \
         --admin-host 127.0.0.1 --admin-port 9901 --task-service-host task-service --task-service-port 50051 \
+        --openai-door-host openai-door --openai-door-port 8090 \
         --cluster-type STRICT_DNS --descriptor /etc/aitask/aitask.pb \
         --probe-host 0.0.0.0 --probe-port 9902 --access-log --anonymous-rate-limit-per-ip 20 \
         --xff-trusted-hops 1 --max-heap-bytes 419430400
@@ -56,11 +57,12 @@ COPY task_service/ task_service/
 COPY dispatcher_service/ dispatcher_service/
 COPY provider_volcengine/ provider_volcengine/
 COPY provider_openai/ provider_openai/
+COPY openai_door/ openai_door/
 COPY upstream_simulator/ upstream_simulator/
 COPY deploy/docker/healthcheck.py healthcheck.py
 # The root filesystem is read-only at run time: compile now, never at start-up.
 RUN .venv/bin/python -m compileall -q aitask aitask_common task_service dispatcher_service \
-        provider_volcengine provider_openai upstream_simulator
+        provider_volcengine provider_openai openai_door upstream_simulator
 
 # --- runtime: what every Python service image holds; code owned by root, run as an unprivileged user
 FROM ${PYTHON_IMAGE} AS runtime
@@ -75,6 +77,7 @@ COPY --from=build /app/task_service task_service
 COPY --from=build /app/dispatcher_service dispatcher_service
 COPY --from=build /app/provider_volcengine provider_volcengine
 COPY --from=build /app/provider_openai provider_openai
+COPY --from=build /app/openai_door openai_door
 COPY --from=build /app/upstream_simulator upstream_simulator
 COPY --from=build /app/healthcheck.py healthcheck.py
 # Containers listen on every interface; logs go to stdout only (the runtime collects them; no files to fill a
@@ -109,6 +112,10 @@ CMD ["python", "-m", "provider_volcengine"]
 FROM runtime AS provider-openai
 EXPOSE 50062 9467
 CMD ["python", "-m", "provider_openai"]
+
+FROM runtime AS openai-door
+EXPOSE 8090 9469
+CMD ["python", "-m", "openai_door"]
 
 FROM runtime AS upstream-simulator
 COPY --from=build /app/simulator-packages simulator-packages

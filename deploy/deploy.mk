@@ -8,7 +8,7 @@ SHELL := bash
 DOCKER ?= docker
 IMAGE_PREFIX ?=
 IMAGE_TAG ?= dev
-DOCKER_IMAGES := task-service dispatcher provider-volcengine provider-openai upstream-simulator envoy
+DOCKER_IMAGES := task-service dispatcher provider-volcengine provider-openai openai-door upstream-simulator envoy
 # Where docker-run-server / docker-run-worker find MongoDB and Redis (default: on the host).
 DOCKER_MONGO_URL ?= mongodb://host.docker.internal:27017/
 DOCKER_REDIS_URL ?= redis://host.docker.internal:6379/0

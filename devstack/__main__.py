@@ -33,6 +33,7 @@ WATCHED = [
     "dispatcher_service",
     "provider_volcengine",
     "provider_openai",
+    "openai_door",
     "upstream_simulator",
     "aitask",
 ]
@@ -100,6 +101,7 @@ def main() -> None:
         f"aitask: REST and gRPC on http://127.0.0.1:{ports.envoy} (Envoy admin :{ports.envoy_admin}), "
         f"task service gRPC :{ports.task_service} and :{ports.task_service_2}, upstream: {upstream}.\n"
         f"  try: curl -s http://127.0.0.1:{ports.envoy}/api/v1/ai/tasks?user_id=user-1\n"
+        f"  OpenAI SDKs: base URL http://127.0.0.1:{ports.envoy}/v1 (README: Use it with the OpenAI SDK)\n"
         f"  its URLs are in {LOCAL_STACK_ENV}, where make api-key and make redis-queue-status find them\n",
         flush=True,
     )

@@ -43,6 +43,8 @@ class Ports:
     metrics_dispatcher: int = 9465
     metrics_provider_volcengine: int = 9466
     metrics_provider_openai: int = 9467
+    openai_door: int = 8090
+    metrics_openai_door: int = 9469
 
     @classmethod
     def free(cls) -> Ports:
@@ -110,6 +112,7 @@ def service_environment(ports: Ports, log_dir: Path, environment: dict[str, str]
         "TASK_SERVICE_PORT": str(ports.task_service),
         "VOLCENGINE_PORT": str(ports.provider_volcengine),
         "OPENAI_PROVIDER_PORT": str(ports.provider_openai),
+        "OPENAI_COMPAT_PORT": str(ports.openai_door),
         "LOG_DIR": str(log_dir),
         "NO_PROXY": "127.0.0.1,localhost",
         # Webhook receivers on a developer's machine (and the tests') listen on loopback.
@@ -169,6 +172,7 @@ def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
                 str(envoy_config),
                 str(ports.envoy),
                 str(ports.envoy_admin),
+                str(ports.openai_door),
                 str(ports.task_service),
                 str(ports.task_service_2),
             ],
@@ -234,6 +238,16 @@ def services(ports: Ports, workers: int = 4) -> list[Process]:
             [python, "-m", "task_service"],
             {"TASK_SERVICE_PORT": str(ports.task_service_2), "METRICS_PORT": str(ports.metrics_task_service_2)},
             ports.task_service_2,
+        ),
+        # OpenAI's paths (Envoy's /v1/), over both task services.
+        Process(
+            "openai_door",
+            [python, "-m", "openai_door"],
+            {
+                "METRICS_PORT": str(ports.metrics_openai_door),
+                "OPENAI_COMPAT_TASK_SERVICE": f"ipv4:127.0.0.1:{ports.task_service},127.0.0.1:{ports.task_service_2}",
+            },
+            ports.openai_door,
         ),
         Process(
             "dispatcher",

@@ -23,6 +23,7 @@ from aitask_common.settings import ServiceSettings
 from aitask_common.webhook_settings import WebhookSettings
 from devstack.processes import ROOT
 from dispatcher_service.settings import DispatcherSettings
+from openai_door.settings import OpenAIDoorSettings
 from provider_openai.settings import OpenAISettings
 from provider_volcengine.settings import VolcengineSettings
 from task_service.settings import TaskServiceSettings
@@ -39,6 +40,7 @@ GROUPS: list[tuple[str, type[BaseSettings], type[BaseSettings] | None]] = [
     ("webhooks (task service and dispatcher)", WebhookSettings, ServiceSettings),
     ("task service (`python -m task_service`)", TaskServiceSettings, WebhookSettings),
     ("dispatcher (`python -m dispatcher_service`)", DispatcherSettings, WebhookSettings),
+    ("OpenAI-compatible door (`python -m openai_door`)", OpenAIDoorSettings, ServiceSettings),
     ("every provider", ProviderSettings, ServiceSettings),
     ("Volcengine provider (`python -m provider_volcengine`)", VolcengineSettings, ProviderSettings),
     ("OpenAI provider (`python -m provider_openai`)", OpenAISettings, ProviderSettings),

@@ -60,6 +60,13 @@ WATCH_METHOD_PATH = f"/{TASK_SERVICE}/WatchTask"
 WATCH_EVENTS_PATH = r"^/api/v1/ai/task/[^/]+/events$"
 
 
+# The OpenAI-compatible door (openai_door/) serves OpenAI's own paths under this prefix, in OpenAI's shapes: plain
+# HTTP to its own cluster, no transcoding. An image or chat request waits up to OPENAI_COMPAT_WAIT_SECONDS (120 by
+# default) for its task: the route's timeout leaves room above the longest wait a deployment should configure.
+OPENAI_DOOR_PREFIX = "/v1/"
+OPENAI_DOOR_TIMEOUT_SECONDS = 300
+
+
 # The REST API's OpenAPI document, served by Envoy (`_openapi_route`); Envoy's default cap on a direct
 # response is 4 KiB.
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -190,6 +197,37 @@ def _openapi_route() -> dict[str, Any]:
     }
 
 
+def _openai_door_route() -> dict[str, Any]:
+    """/v1/...: to the door, streamed both ways (chat's SSE chunks, video content), without the transcoder."""
+    return {
+        "match": {"prefix": OPENAI_DOOR_PREFIX},
+        "route": {"cluster": "openai_door", "timeout": f"{OPENAI_DOOR_TIMEOUT_SECONDS}s"},
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                "disabled": True,
+            }
+        },
+    }
+
+
+def _openai_door_cluster(cluster_type: str, host: str, port: int) -> dict[str, Any]:
+    """The door's instances, over HTTP/1.1 (Envoy pools its connections to them)."""
+    return {
+        "name": "openai_door",
+        "type": cluster_type,
+        "lb_policy": "LEAST_REQUEST",
+        "connect_timeout": "2s",
+        "outlier_detection": OUTLIER_DETECTION,
+        "load_assignment": {
+            "cluster_name": "openai_door",
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}
+            ],
+        },
+    }
+
+
 def _local_reply_mapper(status: int, code: str) -> dict[str, Any]:
     return {
         "filter": {
@@ -218,6 +256,8 @@ def render(
     admin_port: int = 9901,
     task_service_host: str = "127.0.0.1",
     task_service_ports: Sequence[int] = (50051,),
+    openai_door_host: str = "127.0.0.1",
+    openai_door_port: int = 8090,
     descriptor: str = str(HERE / "aitask.pb"),
     cluster_type: str = "STATIC",
     max_request_bytes: int = 65536,
@@ -286,6 +326,7 @@ def render(
             "route": to_task_service,
         },
         _openapi_route(),
+        _openai_door_route(),
         {"match": {"prefix": "/"}, "route": to_task_service},
     ]
     http_filters = [*_local_rate_limit(local_rate_limit_per_second)]
@@ -381,7 +422,7 @@ def render(
                     ],
                 }
             ],
-            "clusters": [cluster],
+            "clusters": [cluster, _openai_door_cluster(cluster_type, openai_door_host, openai_door_port)],
         },
     }
     return apply_edge(bootstrap, replace(edge or EdgeOptions(), admin_port=admin_port))
@@ -397,6 +438,8 @@ def main() -> None:
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--task-service-host", default="127.0.0.1")
     parser.add_argument("--task-service-port", dest="task_service_ports", type=int, nargs="+", default=[50051])
+    parser.add_argument("--openai-door-host", default="127.0.0.1")
+    parser.add_argument("--openai-door-port", type=int, default=8090)
     parser.add_argument("--descriptor", default=str(HERE / "aitask.pb"))
     parser.add_argument("--cluster-type", default="STATIC", choices=["STATIC", "STRICT_DNS"])
     parser.add_argument("--local-rate-limit-per-second", type=int, default=0, help="Envoy-wide request cap (0: off)")

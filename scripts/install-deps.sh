@@ -42,3 +42,13 @@ if ! go version -m .local/bin/protoc-gen-openapi 2>/dev/null | grep -q "github.c
   mkdir -p .local/bin
   GOBIN="$PWD/.local/bin" go install "github.com/google/gnostic/cmd/protoc-gen-openapi@${GNOSTIC_VERSION}"
 fi
+
+# The official OpenAI Node SDK for tests/e2e/test_openai_node_sdk.py, pinned by tests/e2e/node/package-lock.json
+# and installed into that test-only folder (run with Node 20 here; Debian's nodejs where none is installed).
+if ! command -v npm >/dev/null; then
+  apt_install nodejs npm
+fi
+if [[ ! -d tests/e2e/node/node_modules/openai || tests/e2e/node/package-lock.json -nt tests/e2e/node/node_modules ]]; then
+  echo "installing the OpenAI Node SDK into tests/e2e/node"
+  npm ci --prefix tests/e2e/node --no-audit --no-fund --loglevel=error
+fi

@@ -67,6 +67,11 @@ class Principal:
         """A user key acts only for its own user; an admin key for anyone."""
         return self.role is Role.ADMIN or user_id == self.user_id
 
+    def user_or_own(self, user_id: str) -> str:
+        """`user_id`, or when it is empty a user key's own user: such a key can act for no one else, so naming
+        it adds nothing (an admin key, or no key at all, must still say whom it acts for)."""
+        return user_id or (self.user_id if self.role is Role.USER else "")
+
 
 # With authentication off (ENVIRONMENT=development) every caller is this.
 UNAUTHENTICATED_ADMIN = Principal(key_id="", user_id="", role=Role.ADMIN, rate_limit=0)

@@ -161,7 +161,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
 
     async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
         try:
-            user_id = validate_user_id(request.user_id)
+            user_id = validate_user_id(current_principal().user_or_own(request.user_id))
             if request.type and request.type not in TaskType.__members__.values():
                 raise InvalidRequest("type", f"must be one of {', '.join(TaskType)} (got {request.type!r})")
             if request.limit < 0:
@@ -279,6 +279,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, task_type: TaskType, request: Any, context: grpc.aio.ServicerContext
     ) -> tuple[pb.TaskCreated, str]:
         """Validate, authorise, honour the idempotency key and the in-flight cap, store, enqueue."""
+        request.user_id = current_principal().user_or_own(request.user_id)
         valid = await self._validate(task_type, request, context)
         await self._check_acts_for(valid.user_id, context)
         scoped_key = await self._scoped_idempotency_key(valid.user_id, request, context)

@@ -195,7 +195,7 @@ def test_prometheus_scrapes_every_service_and_envoy() -> None:
         if port:
             expected[f"{name}:{port}"] = "/metrics"
     expected["envoy:9902"] = "/stats/prometheus"
-    assert len(expected) == 5
+    assert len(expected) == 6
     assert targets == expected
     assert COMPOSE["services"]["prometheus"]["profiles"] == ["monitoring"]
     assert COMPOSE["services"]["grafana"]["profiles"] == ["monitoring"]

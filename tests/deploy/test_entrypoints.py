@@ -169,7 +169,14 @@ def _grpc_status(port: int) -> int:
 
 
 def test_every_service_has_an_image_target_and_compose_service() -> None:
-    expected = ["task-service", "dispatcher", "provider-volcengine", "provider-openai", "upstream-simulator"]
+    expected = [
+        "task-service",
+        "dispatcher",
+        "provider-volcengine",
+        "provider-openai",
+        "openai-door",
+        "upstream-simulator",
+    ]
     assert sorted(expected) == SERVICE_TARGETS
     for target in SERVICE_TARGETS:
         name, service = compose_service_for(target)

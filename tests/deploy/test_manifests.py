@@ -26,6 +26,7 @@ from deploy.check import K8S_ENVOY_CONFIG, kustomize_build
 from deploy.dockerfile import ROOT, stages
 from dispatcher_service.schedule import queue
 from dispatcher_service.settings import DispatcherSettings
+from openai_door.settings import OpenAIDoorSettings
 from provider_openai.settings import OpenAISettings
 from provider_volcengine.settings import VolcengineSettings
 from task_service.settings import TaskServiceSettings
@@ -52,6 +53,7 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
     "dispatcher": DispatcherSettings,
     "provider-volcengine": VolcengineSettings,
     "provider-openai": OpenAISettings,
+    "openai-door": OpenAIDoorSettings,
 }
 GRPC_SERVICES = ["task-service", "provider-volcengine", "provider-openai"]
 API_KEYS = {"ARK_API_KEY", "VOLCENGINE_ACCESS_KEY", "VOLCENGINE_SECRET_KEY", "OPENAI_API_KEY"}
@@ -375,9 +377,14 @@ def test_network_policies_allow_only_the_intended_callers(rendered: dict[str, Do
     providers = ["provider-volcengine", "provider-openai"]
     assert allowed(outside, "envoy", "http")
     assert allowed("envoy", "task-service", "grpc")
+    assert allowed("openai-door", "task-service", "grpc")
     not_envoy: list[str | Pod] = ["dispatcher", *providers, outside]
     for caller in not_envoy:
         assert not allowed(caller, "task-service", "grpc"), caller
+    # OpenAI's /v1/ paths reach the door through Envoy alone.
+    assert allowed("envoy", "openai-door", "http")
+    for caller in ["task-service", "dispatcher", *providers, outside]:
+        assert not allowed(caller, "openai-door", "http"), caller
     for provider in providers:
         assert allowed("dispatcher", provider, "grpc")
         not_dispatcher: list[str | Pod] = ["envoy", "task-service", outside]
@@ -422,6 +429,8 @@ def test_egress_reaches_dns_datastores_and_vendors_only(rendered: dict[str, Docu
     assert not reaches("envoy", "grpc", "provider-openai")
     assert reaches("dispatcher", "grpc", "provider-openai") and reaches("dispatcher", "grpc", "provider-volcengine")
     assert not reaches("task-service", "grpc", "provider-openai")
+    assert reaches("envoy", "http", "openai-door") and reaches("openai-door", "grpc", "task-service")
+    assert not reaches("openai-door", "grpc", "provider-openai")
     providers = ["provider-openai", "provider-volcengine"]
     if overlay == "dev":
         for name in ("task-service", "dispatcher", *providers):
@@ -429,8 +438,9 @@ def test_egress_reaches_dns_datastores_and_vendors_only(rendered: dict[str, Docu
         assert reaches("task-service", "mongodb", "mongodb") and reaches("dispatcher", "mongodb", "mongodb")
         for name in ("envoy", "upstream-simulator"):
             assert not reaches(name, "mongodb", "mongodb") and not reaches(name, "redis", "redis"), name
-        for name in providers:
+        for name in [*providers, "openai-door"]:
             assert reaches(name, "http", "upstream-simulator") and not reaches(name, 443, ip=VENDOR_IP), name
+        assert reaches("openai-door", "redis", "redis")
         assert not reaches("upstream-simulator", 443, ip=VENDOR_IP)
     else:
         for name in ("task-service", "dispatcher", *providers):
@@ -439,6 +449,8 @@ def test_egress_reaches_dns_datastores_and_vendors_only(rendered: dict[str, Docu
         for name in providers:
             assert reaches(name, 443, ip=VENDOR_IP) and not reaches(name, 80, ip=VENDOR_IP), name
         assert not reaches("task-service", 443, ip=VENDOR_IP)
+        # The door streams a video from the vendor's media link, and remembers retry keys in Redis.
+        assert reaches("openai-door", 443, ip=VENDOR_IP) and reaches("openai-door", 6379, ip=DATASTORE_IP)
         # Webhook receivers are anywhere public, over https or http (never a private address: checked above).
         assert reaches("dispatcher", 443, ip=VENDOR_IP) and reaches("dispatcher", 80, ip=VENDOR_IP)
 
@@ -514,7 +526,8 @@ def test_prod_overlay_images_can_be_pinned_to_build_digests(tmp_path: Path) -> N
     metadata = tmp_path / "images"
     metadata.mkdir()
     digests = {}
-    for number, target in enumerate(["envoy", "task-service", "dispatcher", "provider-volcengine", "provider-openai"]):
+    targets = ["envoy", "task-service", "dispatcher", "provider-volcengine", "provider-openai", "openai-door"]
+    for number, target in enumerate(targets):
         digests[target] = f"sha256:{number:064x}"
         (metadata / f"{target}.json").write_text(json.dumps({"containerimage.digest": digests[target]}))
     kustomization = k8s / "overlays" / "prod" / "kustomization.yaml"

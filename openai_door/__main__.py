@@ -1,0 +1,5 @@
+"""`python -m openai_door`."""
+
+from openai_door.server import main
+
+main()
