@@ -60,6 +60,14 @@ WATCH_METHOD_PATH = f"/{TASK_SERVICE}/WatchTask"
 WATCH_EVENTS_PATH = r"^/api/v1/ai/task/[^/]+/events$"
 
 
+# A task's stored output by signed link (task_service.output_http): plain HTTP, served by each task service's
+# output server beside its gRPC port, streamed both ways (a 500 MiB video is never buffered) with no route
+# timeout; a download that stalls for OUTPUT_IDLE_TIMEOUT is cut.
+OUTPUT_PATH = r"^/api/v1/ai/task/[^/]+/output$"
+OUTPUT_CLUSTER = "task_service_output"
+OUTPUT_IDLE_TIMEOUT = "60s"
+
+
 # The REST API's OpenAPI document, served by Envoy (`_openapi_route`); Envoy's default cap on a direct
 # response is 4 KiB.
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -190,6 +198,32 @@ def _openapi_route() -> dict[str, Any]:
     }
 
 
+def _output_route() -> dict[str, Any]:
+    """GET (and HEAD) of a task's output: to the task services' output servers, past the transcoder (no RPC
+    has this path), the buffer (bodies stream) and the Lua filter (the server answers the error envelope)."""
+    disabled = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
+    return {
+        "match": {
+            "safe_regex": {"regex": OUTPUT_PATH},
+            "headers": [{"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|HEAD)$"}}}],
+        },
+        "route": {
+            "cluster": OUTPUT_CLUSTER,
+            "timeout": "0s",
+            "idle_timeout": OUTPUT_IDLE_TIMEOUT,
+            "retry_policy": RETRY_POLICY,
+        },
+        "typed_per_filter_config": {
+            name: disabled
+            for name in (
+                "envoy.filters.http.grpc_json_transcoder",
+                "envoy.filters.http.buffer",
+                "envoy.filters.http.lua",
+            )
+        },
+    }
+
+
 def _local_reply_mapper(status: int, code: str) -> dict[str, Any]:
     return {
         "filter": {
@@ -218,6 +252,7 @@ def render(
     admin_port: int = 9901,
     task_service_host: str = "127.0.0.1",
     task_service_ports: Sequence[int] = (50051,),
+    output_ports: Sequence[int] = (50055,),
     descriptor: str = str(HERE / "aitask.pb"),
     cluster_type: str = "STATIC",
     max_request_bytes: int = 65536,
@@ -247,6 +282,7 @@ def render(
         }
     }
     routes = [
+        _output_route(),
         {
             # WatchTask, native or transcoded (the transcoder rewrites the path to this one and routes again).
             "match": {"path": WATCH_METHOD_PATH},
@@ -362,6 +398,24 @@ def render(
             }
         ],
     }
+    output_cluster = {
+        "name": OUTPUT_CLUSTER,
+        "type": cluster_type,
+        "lb_policy": "LEAST_REQUEST",
+        "connect_timeout": "2s",
+        "outlier_detection": OUTLIER_DETECTION,
+        "load_assignment": {
+            "cluster_name": OUTPUT_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": task_service_host, "port_value": p}}}}
+                        for p in output_ports
+                    ]
+                }
+            ],
+        },
+    }
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
         "static_resources": {
@@ -381,7 +435,7 @@ def render(
                     ],
                 }
             ],
-            "clusters": [cluster],
+            "clusters": [cluster, output_cluster],
         },
     }
     return apply_edge(bootstrap, replace(edge or EdgeOptions(), admin_port=admin_port))
@@ -397,6 +451,7 @@ def main() -> None:
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--task-service-host", default="127.0.0.1")
     parser.add_argument("--task-service-port", dest="task_service_ports", type=int, nargs="+", default=[50051])
+    parser.add_argument("--output-port", dest="output_ports", type=int, nargs="+", default=[50055])
     parser.add_argument("--descriptor", default=str(HERE / "aitask.pb"))
     parser.add_argument("--cluster-type", default="STATIC", choices=["STATIC", "STRICT_DNS"])
     parser.add_argument("--local-rate-limit-per-second", type=int, default=0, help="Envoy-wide request cap (0: off)")
