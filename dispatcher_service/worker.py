@@ -23,6 +23,7 @@ from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
+from aitask_common.outputs import open_output_store
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
@@ -32,6 +33,7 @@ from dispatcher_service.liveness import IDLE_BEAT_SECONDS, WorkerDeadline
 from dispatcher_service.metrics import QueueAndRegistryCollector
 from dispatcher_service.polls import Poller
 from dispatcher_service.reconciler import Reconciler
+from dispatcher_service.retention import RetentionSweeper
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.webhook_delivery import WebhookBacklogCollector, WebhookDelivery
 
@@ -269,5 +271,8 @@ def main() -> None:
     )
     wait_for_dependencies(settings)
     Reconciler(settings, redis, mongo[settings.mongo_database][COLLECTION]).start()
+    RetentionSweeper(
+        settings, redis, mongo[settings.mongo_database][COLLECTION], open_output_store(settings, mongo)
+    ).start()
     WebhookDelivery(settings).start()
     build_pool(settings).start(logging_level=settings.log_level.upper())

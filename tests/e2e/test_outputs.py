@@ -7,8 +7,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -19,9 +23,10 @@ import pytest
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.outputs import DEVELOPMENT_SECRET
+from devstack.processes import ROOT
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, openai_videos_provider
+from tests.e2e.helpers import SEEDREAM, openai_videos_provider, restart_after_a_crash
 
 SORA = {"provider": "openai-videos", "model": "sora-2"}
 JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
@@ -91,18 +96,8 @@ def test_a_sora_video_needs_our_key_upstream_and_none_here_and_seeks(
     stack: LocalStack, anonymous: httpx.Client, user_id: str
 ) -> None:
     stub = stack.task_stub()
-    request = pb.CreateVideoTaskRequest(prompt=f"a seek test {user_id}", user_id=user_id, aspect_ratio="16:9", **SORA)
-
-    def create_video() -> str | None:
-        # A task-service replica may not have read the new provider's catalogue yet.
-        try:
-            return stub.CreateVideoTask(request, timeout=10).data.task_id
-        except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
-            return None
-
     with openai_videos_provider(stack):
-        task_id = wait_until(create_video, timeout=15)
+        task_id = wait_until(lambda: _create_sora(stub, user_id), timeout=15)
         task = wait_until(lambda: _final(stub, task_id), timeout=90)
     assert task.status == "completed", task.error_message
     assert task.upstream_url.endswith("/content")
@@ -195,3 +190,127 @@ def test_delete_purges_the_output(stack: LocalStack, rest: httpx.Client, anonymo
     assert database["outputs.chunks"].count_documents({"files_id": task_id}) == 0
     gone = anonymous.get(link)
     assert gone.status_code == 404 and gone.json()["code"] == "NOT_FOUND"
+
+
+def storage_check(stack: LocalStack, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`python -m dispatcher_service.retention check --json` against the stack, as an operator runs it."""
+    completed_run = subprocess.run(
+        [sys.executable, "-m", "dispatcher_service.retention", "check", "--json", *extra],
+        env=stack.env | (env or {}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed_run.returncode in (0, 3), completed_run.stderr
+    report: dict[str, Any] = json.loads(completed_run.stdout)
+    return report
+
+
+def assert_in_step(stack: LocalStack, *task_ids: str) -> None:
+    report = storage_check(stack)
+    assert not set(task_ids) & set(report["orphan_outputs"] + report["missing_outputs"]), report
+
+
+def test_a_link_that_never_answers_fails_the_task_saying_so(stack: LocalStack, user_id: str) -> None:
+    stub = stack.task_stub()
+    with openai_videos_provider(stack):
+        with stack.sim() as sim:
+            sim.set_faults("openai.videos.content", error_rate=1, error_status=404)
+        task_id = wait_until(lambda: _create_sora(stub, user_id), timeout=15)
+        task = wait_until(lambda: _final(stub, task_id), timeout=90)
+    assert task.status == "failed"
+    assert task.error_message.startswith("the output could not be copied: the output link answered HTTP 404")
+    assert not task.HasField("output") and task.video_url == ""
+    assert_in_step(stack, task_id)
+
+
+def test_a_dispatcher_killed_mid_copy_leaves_storage_in_step(stack: LocalStack, user_id: str) -> None:
+    stub = stack.task_stub()
+    try:
+        with openai_videos_provider(stack):
+            with stack.sim() as sim:
+                sim.set_faults("openai.videos.content", latency_s=5)
+            before = content_requests(stack)
+            task_id = wait_until(lambda: _create_sora(stub, user_id), timeout=15)
+            # Tests run one at a time: the next content request is this task's copy, held 5 s by the simulator.
+            wait_until(lambda: content_requests(stack) > before, timeout=60)
+            stack.kill("dispatcher")
+            with stack.sim() as sim:
+                sim.clear_faults()
+            restart_after_a_crash(stack)
+            task = wait_until(lambda: _final(stub, task_id), timeout=120)
+    finally:
+        restart_after_a_crash(stack)
+    assert task.status == "completed", task.error_message
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        assert sha256(client.get(task.video_url).content) == task.output.sha256
+    assert_in_step(stack, task_id)
+
+
+def test_retention_sweeps_old_tasks_and_old_outputs(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
+    old_task = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    old_output = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    kept = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    for task_id in (old_task, old_output, kept):
+        completed(rest, task_id)
+    database = stack.mongo()["aitask"]
+    long_ago = datetime.now(UTC) - timedelta(days=10)
+    database["tasks"].update_one({"_id": old_task}, {"$set": {"created": long_ago}})
+    database["tasks"].update_one({"_id": old_output}, {"$set": {"output.stored": long_ago}})
+
+    swept = subprocess.run(
+        [sys.executable, "-m", "dispatcher_service.retention", "sweep"],
+        env=stack.env | {"TASK_RETENTION_DAYS": "5", "OUTPUT_RETENTION_DAYS": "5"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert swept.returncode == 0, swept.stderr
+    result = json.loads(swept.stdout)
+    assert result["tasks_deleted"] >= 1 and result["outputs_deleted"] >= 1
+
+    assert database["tasks"].count_documents({"_id": old_task}) == 0
+    assert database["outputs.files"].count_documents({"_id": {"$in": [old_task, old_output]}}) == 0
+    assert database["outputs.chunks"].count_documents({"files_id": {"$in": [old_task, old_output]}}) == 0
+    remaining = database["tasks"].find_one({"_id": old_output})
+    assert remaining is not None and "output" not in remaining and remaining["upstream_url"]
+    assert database["outputs.files"].count_documents({"_id": kept}) == 1
+    assert_in_step(stack, old_task, old_output, kept)
+
+
+def test_the_storage_check_finds_and_repairs_what_is_out_of_step(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    orphan = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    missing = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    for task_id in (orphan, missing):
+        completed(rest, task_id)
+    database = stack.mongo()["aitask"]
+    # A task removed behind the gateway's back, and a stored copy lost behind it.
+    database["tasks"].delete_one({"_id": orphan})
+    database["outputs.files"].delete_one({"_id": missing})
+    database["outputs.chunks"].delete_many({"files_id": missing})
+
+    report = storage_check(stack)
+    assert orphan in report["orphan_outputs"] and missing in report["missing_outputs"]
+    storage_check(stack, "--repair")
+    assert_in_step(stack, orphan, missing)
+    assert "output" not in (database["tasks"].find_one({"_id": missing}) or {"output": "gone"})
+
+
+def content_requests(stack: LocalStack) -> int:
+    """How many requests the simulator's OpenAI video content endpoint has received."""
+    with stack.sim() as sim:
+        return int(sim.stats().get("openai.videos.content", {}).get("requests", 0))
+
+
+def _create_sora(stub: task_service_pb2_grpc.TaskServiceStub, user_id: str) -> str | None:
+    request = pb.CreateVideoTaskRequest(prompt=f"outputs test {user_id}", user_id=user_id, aspect_ratio="16:9", **SORA)
+    try:
+        return stub.CreateVideoTask(request, timeout=10).data.task_id
+    except grpc.RpcError as error:
+        # A task-service replica may not have read the new provider's catalogue yet.
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        return None
