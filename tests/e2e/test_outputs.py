@@ -27,6 +27,7 @@ from devstack.processes import ROOT
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM, openai_videos_provider, restart_after_a_crash
+from tests.e2e.test_readme import readme_curl_commands, run_raw
 
 SORA = {"provider": "openai-videos", "model": "sora-2"}
 JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
@@ -314,3 +315,21 @@ def _create_sora(stub: task_service_pb2_grpc.TaskServiceStub, user_id: str) -> s
         # A task-service replica may not have read the new provider's catalogue yet.
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
         return None
+
+
+def test_the_readme_output_examples_work_as_printed(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
+    task_id = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    link = completed(rest, task_id)["image_url"]
+    result, whole, seek = readme_curl_commands("## Outputs")
+    env = {"TASK_ID": task_id, "OUTPUT_URL": link}
+    assert json.loads(run_raw(result, stack, task_id))["data"]["output"]["content_type"] == "image/jpeg"
+    for command, status in ((whole, "200"), (seek, "206")):
+        printed = subprocess.run(
+            ["bash", "-c", command],
+            env={"PATH": "/usr/bin:/bin", "NO_PROXY": "127.0.0.1", **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert printed.startswith(f"HTTP/1.1 {status}"), printed
