@@ -22,6 +22,7 @@ from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
 from aitask_common.outputs import OutputLinks, open_output_store
 from aitask_common.settings import load_settings
+from aitask_common.webhooks import install_output_links
 from task_service.api_keys import ApiKeyStore
 from task_service.auth import AuthInterceptor, KeyVerifier
 from task_service.batching import Batcher
@@ -143,6 +144,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         retry=Retry(NoBackoff(), 0),
     )
     links = OutputLinks(settings)
+    install_output_links(links)  # webhook message bodies
     # The stores are synchronous (GridFS, boto3): called in worker threads, with their own MongoDB client.
     sync_mongo: MongoClient[dict[str, Any]] = MongoClient(**client_options(settings, "task_service"))
     outputs = open_output_store(settings, sync_mongo)
