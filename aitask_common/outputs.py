@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
+from bson import Binary
 from gridfs import GridFSBucket
 from gridfs.errors import NoFile
 from pymongo import MongoClient
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 GRIDFS_BUCKET: Final = "outputs"
 # GridFS chunk size and the piece a read hands on: a seek lands within one chunk.
 CHUNK_BYTES: Final = 255 * 1024
+# Chunks one insert carries (2 MiB): what a copy holds in memory at most, beside one piece of the download.
+WRITE_BATCH_CHUNKS: Final = 8
 # Development only (production requires OUTPUT_URL_SECRET): a fixed key, so links survive restarts.
 DEVELOPMENT_SECRET: Final = hashlib.sha256(b"aitask development output-link key").hexdigest()
 OUTPUT_PATH: Final = "/api/v1/ai/task/{task_id}/output"
@@ -109,56 +112,104 @@ class _Counted:
 
 
 class GridFSOutputStore:
-    """GridFS in the tasks' database: file `_id` = task id, so a read needs no query but chunk ones."""
+    """GridFS in the tasks' database: file `_id` = task id, so a read needs no query but chunk ones.
+
+    Reads and writes are made here in GridFS's own format (chunks, then the file document last, so a copy is
+    visible only once whole), which any GridFS client reads; deletes are pymongo's GridFSBucket's. pymongo's
+    GridIn buffers up to 48 MB of chunks per upload before inserting them (measured: 80 MiB of peak memory to
+    store 40 MiB), and its GridOut reads a range with one `n >= k` query that FerretDB answers by reading every
+    remaining chunk.
+    """
 
     def __init__(self, client: MongoClient[dict[str, Any]], database: str) -> None:
         self.database = client[database]
         self.bucket = GridFSBucket(self.database, GRIDFS_BUCKET, chunk_size_bytes=CHUNK_BYTES)
+        self.files = self.database[f"{GRIDFS_BUCKET}.files"]
+        self.chunks = self.database[f"{GRIDFS_BUCKET}.chunks"]
+        # A copy in progress, from before its first chunk until its file document exists: the storage check finds
+        # the chunks a killed run left by it, without reading the chunks collection.
+        self.uploads = self.database[f"{GRIDFS_BUCKET}.uploads"]
+        self._indexed = False
 
     def put(self, task_id: str, chunks: Iterable[bytes], content_type: str, max_bytes: int) -> StoredOutput:
-        """See OutputStore.put."""
+        """See OutputStore.put: at most WRITE_BATCH_CHUNKS chunks in memory at a time."""
+        if not self._indexed:
+            # GridFS's own indexes (what GridIn makes): chunk reads by files_id and n never scan.
+            self.chunks.create_index([("files_id", 1), ("n", 1)], unique=True)
+            self.files.create_index([("filename", 1), ("uploadDate", 1)])
+            self._indexed = True
         self.delete(task_id)
+        self.uploads.insert_one({"_id": task_id, "started": utcnow()})
         counted = _Counted(chunks, max_bytes)
-        upload = self.bucket.open_upload_stream_with_id(task_id, task_id, metadata={"content_type": content_type})
+        batch: list[dict[str, Any]] = []
         try:
-            for chunk in counted:
-                upload.write(chunk)
+            for number, data in enumerate(_exact_pieces(counted, CHUNK_BYTES)):
+                batch.append({"files_id": task_id, "n": number, "data": Binary(data)})
+                if len(batch) == WRITE_BATCH_CHUNKS:
+                    self.chunks.insert_many(batch, ordered=True)
+                    batch = []
+            if batch:
+                self.chunks.insert_many(batch, ordered=True)
         except BaseException:
-            upload.abort()
+            with contextlib.suppress(PyMongoError):
+                self.chunks.delete_many({"files_id": task_id})
             raise
-        upload.close()
-        return counted.stored(content_type)
+        stored = counted.stored(content_type)
+        self.files.insert_one(
+            {
+                "_id": task_id,
+                "length": stored.size,
+                "chunkSize": CHUNK_BYTES,
+                "uploadDate": stored.stored,
+                "filename": task_id,
+                "metadata": {"content_type": content_type, "sha256": stored.sha256},
+            }
+        )
+        self.uploads.delete_one({"_id": task_id})
+        return stored
 
     def read(self, task_id: str, start: int, end: int) -> Generator[bytes]:
-        """See OutputStore.read."""
-        download = self.bucket.open_download_stream(task_id)
-        try:
-            download.seek(start)
-            remaining = end - start + 1
-            while remaining > 0:
-                data = download.read(min(CHUNK_BYTES, remaining))
-                if not data:
-                    return
-                remaining -= len(data)
-                yield data
-        finally:
-            download.close()
+        """See OutputStore.read: one query per chunk, by files_id and n (FerretDB answers a GridOut's range query,
+        `n >= k` sorted by n, by reading every remaining chunk of the file first)."""
+        if self.files.find_one({"_id": task_id}, {"_id": 1}) is None:
+            raise NoFile(f"no stored output for task {task_id}")
+        first, last = start // CHUNK_BYTES, end // CHUNK_BYTES
+        for number in range(first, last + 1):
+            chunk = self.chunks.find_one({"files_id": task_id, "n": number}, {"data": 1})
+            if chunk is None:
+                raise NoFile(f"chunk {number} of task {task_id}'s output is missing")
+            data = bytes(chunk["data"])
+            offset = number * CHUNK_BYTES
+            yield data[max(start - offset, 0) : end - offset + 1]
 
     def delete(self, task_id: str) -> None:
         """See OutputStore.delete."""
         # NoFile: no finished copy, but the chunks of one a killed run left are gone all the same.
         with contextlib.suppress(NoFile):
             self.bucket.delete(task_id)
+        self.uploads.delete_one({"_id": task_id})
 
     def task_ids(self) -> Iterator[str]:
-        """See OutputStore.task_ids: finished copies, then chunks without a file (copies a killed run left)."""
+        """See OutputStore.task_ids: finished copies, then copies begun and never finished (a killed run's)."""
         seen: set[str] = set()
-        for document in self.database[f"{GRIDFS_BUCKET}.files"].find({}, {"_id": 1}):
+        for document in self.files.find({}, {"_id": 1}):
             seen.add(document["_id"])
             yield document["_id"]
-        for files_id in self.database[f"{GRIDFS_BUCKET}.chunks"].distinct("files_id"):
-            if files_id not in seen:
-                yield files_id
+        for document in self.uploads.find({}, {"_id": 1}):
+            if document["_id"] not in seen:
+                yield document["_id"]
+
+
+def _exact_pieces(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The bytes of `chunks` cut into pieces of exactly `size` (the last one shorter)."""
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    if pending:
+        yield bytes(pending)
 
 
 class _ChunkReader(io.RawIOBase):
