@@ -20,7 +20,8 @@ apt_install() {
 
 # ffmpeg: the tests decode the simulator's media with it (tests/upstream_simulator/test_media.py).
 # prometheus: its promtool checks the alert rules (deploy/check.py, tests/deploy).
-apt_install redis-server postgresql curl ffmpeg prometheus
+# chromium: a headless browser loads and seeks outputs by their signed links (tests/e2e/test_outputs_browser.py).
+apt_install redis-server postgresql curl ffmpeg prometheus chromium
 
 if ! command -v uv >/dev/null; then
   python3 -m pip install --quiet 'uv==0.13.9'
