@@ -42,6 +42,7 @@ RUN find protos -name '*.proto' -print0 | xargs -0 .venv/bin/python scripts/prot
 RUN .venv/bin/python -m gateway.config --out /build/envoy.json --listen-host 0.0.0.0 --listen-port 8080 \
         --admin-host 127.0.0.1 --admin-port 9901 --task-service-host task-service --task-service-port 50051 \
         --openai-door-host openai-door --openai-door-port 8090 \
+        --output-port 50055 \
         --cluster-type STRICT_DNS --descriptor /etc/aitask/aitask.pb \
         --probe-host 0.0.0.0 --probe-port 9902 --access-log --anonymous-rate-limit-per-ip 20 \
         --xff-trusted-hops 1 --max-heap-bytes 419430400

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 import grpc
+import httpx
 from google.protobuf import json_format
 from pydantic import Field
 from redis import asyncio as aioredis
@@ -73,9 +74,29 @@ class UpstreamError(Exception):
 class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
     """Catalogue lookups and error reporting; subclasses implement the upstream calls."""
 
-    def __init__(self, catalogue: pb.DescribeCatalogueResponse) -> None:
+    def __init__(self, catalogue: pb.DescribeCatalogueResponse, fetch_timeout: float = 120.0) -> None:
         self.catalogue = catalogue
         self.models = {model.name: model for model in catalogue.models}
+        # Output downloads (FetchOutput): redirects are followed by hand, each checked (aitask_common.output_fetch).
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(fetch_timeout), follow_redirects=False)
+
+    def output_headers(self, url: str) -> dict[str, str]:
+        """Headers a download of `url` needs: none, unless the vendor's content endpoint wants its key."""
+        return {}
+
+    async def FetchOutput(
+        self, request: pb.FetchOutputRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FetchOutputChunk]:
+        from aitask_common.output_fetch import fetch_output  # it imports this module
+
+        await self.model(request.model, context)
+        try:
+            async for chunk in fetch_output(
+                self.http, request.url, self.output_headers(request.url), request.max_bytes
+            ):
+                yield chunk
+        except UpstreamError as error:
+            await self.fail(context, error)
 
     async def DescribeCatalogue(
         self, request: pb.DescribeCatalogueRequest, context: grpc.aio.ServicerContext

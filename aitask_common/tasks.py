@@ -76,6 +76,15 @@ class TokenUsage(TypedDict):
     total_tokens: int
 
 
+class OutputDocument(TypedDict):
+    """The task's image or video as copied into the output store (aitask_common.outputs)."""
+
+    size: int
+    content_type: str
+    sha256: str
+    stored: datetime
+
+
 class TaskDocument(TypedDict):
     """A task as stored in the `tasks` collection: every field name and type in one place (mypy checks
     each `task["..."]` against it). The first group is written at create; the rest as the task moves."""
@@ -119,6 +128,9 @@ class TaskDocument(TypedDict):
     webhook_url: NotRequired[str]
     webhook_events: NotRequired[list[str]]
     webhook_stopped: NotRequired[bool]
+    # The vendor's own link to the output, and the copy in the output store (absent once retention removed it).
+    upstream_url: NotRequired[str]
+    output: NotRequired[OutputDocument]
 
 
 def utcnow() -> datetime:
@@ -155,7 +167,14 @@ def task_to_proto(document: TaskDocument, include_payload: bool = True) -> task_
         cancel_reason=document.get("cancel_reason", ""),
         webhook_url=document.get("webhook_url", ""),
         webhook_events=document.get("webhook_events", []),
+        upstream_url=document.get("upstream_url", ""),
     )
+    output = document.get("output")
+    if output:
+        task.output.size = output["size"]
+        task.output.content_type = output["content_type"]
+        task.output.sha256 = output["sha256"]
+        task.output.stored.FromDatetime(output["stored"])
     if usage:
         task.usage.CopyFrom(task_service_pb2.TokenUsage(**usage))
     if "progress" in document and document["status"] == TaskStatus.PROCESSING:

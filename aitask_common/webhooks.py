@@ -22,6 +22,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
+from aitask_common.outputs import OutputLinks
 from aitask_common.tasks import TaskDocument, TaskStatus, task_to_proto, utcnow
 
 log = get_logger(__name__)
@@ -105,11 +106,24 @@ def event_of(document: TaskDocument, kind: EventKind) -> tuple[WebhookEvent, str
     return None
 
 
+# Signs the output links in message bodies; every process that stores messages installs its own at start-up (the
+# task service, each dispatcher worker, the dispatcher's delivery loop). The body is made once, when the message is
+# stored, and sent unchanged on every retry: its link is valid for OUTPUT_URL_TTL_SECONDS from then.
+_output_links: OutputLinks | None = None
+
+
+def install_output_links(links: OutputLinks) -> None:
+    """Sign output links in the bodies this process renders with `links`."""
+    global _output_links
+    _output_links = links
+
+
 def render_body(document: TaskDocument, event_type: str, at: datetime) -> str:
     """The message body: the event type, when, and the task as GET …/task/result/{id} shows it."""
-    data = json_format.MessageToDict(
-        task_to_proto(document), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    task = task_to_proto(document)
+    if _output_links is not None:
+        _output_links.sign(task)
+    data = json_format.MessageToDict(task, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     timestamp = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return json.dumps({"type": event_type, "timestamp": timestamp, "data": data}, separators=(",", ":"))
 

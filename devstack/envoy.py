@@ -1,6 +1,6 @@
 """Render Envoy's config for a local stack, then become Envoy (so signals reach it directly).
 
-python -m devstack.envoy CONFIG_PATH LISTEN_PORT ADMIN_PORT OPENAI_DOOR_PORT TASK_SERVICE_PORT...
+python -m devstack.envoy CONFIG_PATH LISTEN_PORT ADMIN_PORT OPENAI_DOOR_PORT TASK_SERVICE_PORT:OUTPUT_HTTP_PORT...
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from gateway.config import render
 
 def main() -> None:
     """Write the config and exec envoy on it."""
-    config_path, listen_port, admin_port, openai_door_port, *task_service_ports = sys.argv[1:]
+    config_path, listen_port, admin_port, openai_door_port, *task_services = sys.argv[1:]
+    grpc_ports, output_ports = zip(*(service.split(":") for service in task_services), strict=True)
     config = render(
         listen_port=int(listen_port),
         admin_port=int(admin_port),
         openai_door_port=int(openai_door_port),
-        task_service_ports=[int(port) for port in task_service_ports],
+        task_service_ports=[int(port) for port in grpc_ports],
+        output_ports=[int(port) for port in output_ports],
     )
     Path(config_path).write_text(json.dumps(config, indent=2))
     os.execv(str(ENVOY), [str(ENVOY), "-c", config_path, "--log-level", "warn", "--disable-hot-restart"])

@@ -32,6 +32,8 @@ class Ports:
     envoy_admin: int = 9901
     task_service: int = 50051
     task_service_2: int = 50052
+    output_http: int = 50055
+    output_http_2: int = 50056
     provider_volcengine: int = 50061
     provider_openai: int = 50062
     simulator: int = 9100
@@ -110,6 +112,9 @@ def service_environment(ports: Ports, log_dir: Path, environment: dict[str, str]
         "MONGO_URL": f"mongodb://127.0.0.1:{ports.ferretdb}/",
         "REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
         "TASK_SERVICE_PORT": str(ports.task_service),
+        "OUTPUT_HTTP_PORT": str(ports.output_http),
+        # Output links as clients reach them: through Envoy.
+        "OUTPUT_PUBLIC_URL": f"http://127.0.0.1:{ports.envoy}",
         "VOLCENGINE_PORT": str(ports.provider_volcengine),
         "OPENAI_PROVIDER_PORT": str(ports.provider_openai),
         "OPENAI_COMPAT_PORT": str(ports.openai_door),
@@ -173,8 +178,8 @@ def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
                 str(ports.envoy),
                 str(ports.envoy_admin),
                 str(ports.openai_door),
-                str(ports.task_service),
-                str(ports.task_service_2),
+                f"{ports.task_service}:{ports.output_http}",
+                f"{ports.task_service_2}:{ports.output_http_2}",
             ],
             port=ports.envoy,
         ),
@@ -236,7 +241,11 @@ def services(ports: Ports, workers: int = 4) -> list[Process]:
         Process(
             "task_service_2",
             [python, "-m", "task_service"],
-            {"TASK_SERVICE_PORT": str(ports.task_service_2), "METRICS_PORT": str(ports.metrics_task_service_2)},
+            {
+                "TASK_SERVICE_PORT": str(ports.task_service_2),
+                "OUTPUT_HTTP_PORT": str(ports.output_http_2),
+                "METRICS_PORT": str(ports.metrics_task_service_2),
+            },
             ports.task_service_2,
         ),
         # OpenAI's paths (Envoy's /v1/), over both task services.
@@ -246,6 +255,7 @@ def services(ports: Ports, workers: int = 4) -> list[Process]:
             {
                 "METRICS_PORT": str(ports.metrics_openai_door),
                 "OPENAI_COMPAT_TASK_SERVICE": f"ipv4:127.0.0.1:{ports.task_service},127.0.0.1:{ports.task_service_2}",
+                "OPENAI_COMPAT_OUTPUTS_URL": f"http://127.0.0.1:{ports.output_http}",
             },
             ports.openai_door,
         ),

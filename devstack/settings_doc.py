@@ -18,6 +18,7 @@ from pydantic import AliasChoices
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
+from aitask_common.output_settings import OutputSettings
 from aitask_common.provider import ProviderSettings
 from aitask_common.settings import ServiceSettings
 from aitask_common.webhook_settings import WebhookSettings
@@ -38,8 +39,9 @@ TABLE_END = "<!-- end of settings table -->"
 GROUPS: list[tuple[str, type[BaseSettings], type[BaseSettings] | None]] = [
     ("every service", ServiceSettings, None),
     ("webhooks (task service and dispatcher)", WebhookSettings, ServiceSettings),
-    ("task service (`python -m task_service`)", TaskServiceSettings, WebhookSettings),
-    ("dispatcher (`python -m dispatcher_service`)", DispatcherSettings, WebhookSettings),
+    ("outputs (task service, dispatcher and the storage tools)", OutputSettings, WebhookSettings),
+    ("task service (`python -m task_service`)", TaskServiceSettings, OutputSettings),
+    ("dispatcher (`python -m dispatcher_service`)", DispatcherSettings, OutputSettings),
     ("OpenAI-compatible door (`python -m openai_door`)", OpenAIDoorSettings, ServiceSettings),
     ("every provider", ProviderSettings, ServiceSettings),
     ("Volcengine provider (`python -m provider_volcengine`)", VolcengineSettings, ProviderSettings),

@@ -22,12 +22,14 @@ upstream again.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 from bson import json_util
 from pymongo import MongoClient
 from pymongo.errors import ConnectionFailure, PyMongoError
@@ -38,9 +40,17 @@ from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
+from aitask_common.outputs import (
+    STORE_ERRORS,
+    OutputStore,
+    OutputTooLarge,
+    decode_base64,
+    open_output_store,
+    sniff_content_type,
+)
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import Priority, leave_queue
-from aitask_common.tasks import TaskDocument, TaskParameters, TaskStatus, utcnow
+from aitask_common.tasks import TaskDocument, TaskParameters, TaskStatus, TaskType, utcnow
 from dispatcher_service.cancels import cancel_upstream_job, deadline_passed, enqueue_upstream_cancel, expire
 from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.lease import TaskLease
@@ -122,14 +132,17 @@ class Runtime:
     tasks: TaskTransitions
     providers: ProviderDirectory
     durations: UpstreamDurations
+    outputs: OutputStore
 
     @classmethod
     def open(cls, settings: DispatcherSettings) -> Runtime:
         """Connect, in the process that will use the connections (after any fork)."""
         redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
-        tasks = TaskTransitions(MongoClient(**client_options(settings, "dispatcher")), settings.mongo_database, redis)
+        mongo: MongoClient[dict[str, Any]] = MongoClient(**client_options(settings, "dispatcher"))
+        tasks = TaskTransitions(mongo, settings.mongo_database, redis)
         providers = ProviderDirectory(redis, settings.registry_cache_seconds)
-        return cls(settings, redis, tasks, providers, UpstreamDurations(redis))
+        outputs = open_output_store(settings, mongo)
+        return cls(settings, redis, tasks, providers, UpstreamDurations(redis), outputs)
 
 
 @dataclass(frozen=True)
@@ -426,6 +439,8 @@ class TaskRun:
             "text_result": result.text_result,
             "error_message": "",
         }
+        if self.task.type == TaskType.IMAGE and (result.image_url or result.image_base64):
+            fields |= self._copy_output(result.image_url, result.image_base64)
         if result.total_tokens:
             fields["usage"] = {
                 "prompt_tokens": result.prompt_tokens,
@@ -433,6 +448,50 @@ class TaskRun:
                 "total_tokens": result.total_tokens,
             }
         return self._complete({key: value for key, value in fields.items() if value or key == "error_message"})
+
+    def _copy_output(self, url: str, base64_output: str = "") -> dict[str, Any]:
+        """Copy the task's image or video into the output store (the base64 the vendor returned, or the bytes
+        at its link, fetched by the provider so a content endpoint's key stays there); the fields that record
+        it. ProviderCallError when it fails: retried as an upstream call when retryable, else final."""
+        max_bytes = self.settings.output_max_bytes
+        started = time.perf_counter()
+        try:
+            if base64_output:
+                data = decode_base64(base64_output)
+                stored = self.rt.outputs.put(self.task.id, [data], sniff_content_type(data), max_bytes)
+            else:
+                request = pb.FetchOutputRequest(model=self.task.model, url=url, max_bytes=max_bytes)
+                messages = self.rt.providers.stream(
+                    self.task.provider,
+                    lambda stub: stub.FetchOutput,
+                    request,
+                    timeout=self.settings.ai_timeout + DEADLINE_MARGIN_SECONDS,
+                )
+                first = next(messages, None)
+                if first is None:  # a provider always sends one message, if only the media type
+                    raise ProviderCallError(grpc.StatusCode.UNAVAILABLE, "the provider sent no output")
+                chunks = itertools.chain([first.data], (message.data for message in messages))
+                stored = self.rt.outputs.put(
+                    self.task.id, chunks, first.content_type or "application/octet-stream", max_bytes
+                )
+        except ProviderCallError as error:
+            raise ProviderCallError(
+                error.code, f"the output could not be copied: {error}", error.retry_after_seconds
+            ) from error
+        except OutputTooLarge as error:
+            raise ProviderCallError(grpc.StatusCode.OUT_OF_RANGE, f"the output was not stored: {error}") from error
+        except STORE_ERRORS as error:
+            raise ProviderCallError(grpc.StatusCode.UNAVAILABLE, f"the output store is unavailable: {error}") from error
+        log.info(
+            "output stored",
+            size=stored.size,
+            content_type=stored.content_type,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        fields: dict[str, Any] = {"output": stored.to_document()}
+        if url:
+            fields["upstream_url"] = url
+        return fields
 
     def _submit(self) -> str:
         response: pb.SubmitJobResponse = self._call("SubmitJob", pb.SubmitJobRequest(input=self._input()))
@@ -466,7 +525,8 @@ class TaskRun:
         if response.state == pb.JOB_STATE_SUCCEEDED:
             if durations.finished(model_key, self.task.last_polled, waited):
                 self._replan_waiting_polls()
-            return self._complete({"video_url": response.video_url, "error_message": ""})
+            output = self._copy_output(response.video_url)
+            return self._complete({"video_url": response.video_url, "error_message": ""} | output)
         if response.state == pb.JOB_STATE_FAILED:
             return self._fail(response.error_message or "upstream job failed")
         if waited > self.settings.poll_give_up_seconds:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -88,16 +88,36 @@ class ProviderDirectory:
             try:
                 return method(stub)(request, timeout=timeout)
             except grpc.RpcError as error:
-                trailers = dict(error.trailing_metadata() or ())
-                if error.code() == grpc.StatusCode.UNAVAILABLE and UPSTREAM_ERROR_METADATA not in trailers:
+                if _instance_gone(error):
                     # The instance itself is gone or dying: try the next one.
                     log.warning("provider instance unreachable", provider=provider, address=instance.address)
                     self._forget(instance.address)
                     continue
-                retry_after = trailers.get(RETRY_AFTER_METADATA)
-                raise ProviderCallError(
-                    error.code(), error.details() or "", int(retry_after) / 1000 if retry_after else None
-                ) from error
+                raise _call_error(error) from error
+        raise NoLiveInstance(provider)
+
+    def stream(
+        self, provider: str, method: Callable[[Any], Callable[..., Iterator[T]]], request: Any, timeout: float
+    ) -> Iterator[T]:
+        """The messages of a server-streaming `method(stub)(request)`, failing over while no message has come;
+        a stream that breaks off later raises ProviderCallError (what it sent cannot be taken back)."""
+        candidates = self._candidates(provider)
+        start = next(self._turn)
+        for offset in range(len(candidates)):
+            instance = candidates[(start + offset) % len(candidates)]
+            stub = provider_service_pb2_grpc.ProviderServiceStub(self._channel(instance.address))
+            received = False
+            try:
+                for message in method(stub)(request, timeout=timeout):
+                    received = True
+                    yield message
+                return
+            except grpc.RpcError as error:
+                if not received and _instance_gone(error):
+                    log.warning("provider instance unreachable", provider=provider, address=instance.address)
+                    self._forget(instance.address)
+                    continue
+                raise _call_error(error) from error
         raise NoLiveInstance(provider)
 
     def _channel(self, address: str) -> grpc.Channel:
@@ -111,3 +131,15 @@ class ProviderDirectory:
         if channel is not None:
             channel.close()
         self._registry.clear()
+
+
+def _instance_gone(error: grpc.RpcError) -> bool:
+    """Whether the instance itself failed (gone or dying), not the upstream behind it."""
+    trailers = dict(error.trailing_metadata() or ())
+    return error.code() == grpc.StatusCode.UNAVAILABLE and UPSTREAM_ERROR_METADATA not in trailers
+
+
+def _call_error(error: grpc.RpcError) -> ProviderCallError:
+    """A failed call as the dispatcher acts on it: the status and the upstream's Retry-After."""
+    retry_after = dict(error.trailing_metadata() or ()).get(RETRY_AFTER_METADATA)
+    return ProviderCallError(error.code(), error.details() or "", int(retry_after) / 1000 if retry_after else None)

@@ -3,7 +3,7 @@
 # QUEUE picks one queue (critical, default, low) or all of them: make redis-queue-clear QUEUE=default
 QUEUE ?= all
 
-.PHONY: redis-queue-status redis-queue-clear redis-queue-clear-force redis-queue-requeue-failed
+.PHONY: redis-queue-status redis-queue-clear redis-queue-clear-force redis-queue-requeue-failed storage-check storage-sweep
 
 redis-queue-status: install ## Jobs per RQ queue and state, the oldest queued job's age, the polls waiting, the cancelled tasks
 	$(PYTHON) -m dispatcher_service.queue_admin status
@@ -16,3 +16,9 @@ redis-queue-clear-force: install ## Same as redis-queue-clear without asking
 
 redis-queue-requeue-failed: install ## Put the jobs of QUEUE's RQ failed registry back on their queue, never a cancelled (or final) task's
 	$(PYTHON) -m dispatcher_service.queue_admin requeue-failed $(QUEUE)
+
+storage-check: install ## Stored outputs without a task, tasks whose output is missing (exit 3 when any; REPAIR=1 fixes both)
+	$(PYTHON) -m dispatcher_service.retention check $(if $(REPAIR),--repair)
+
+storage-sweep: install ## One retention pass now (OUTPUT_RETENTION_DAYS, TASK_RETENTION_DAYS; the dispatcher runs one every 10 min)
+	$(PYTHON) -m dispatcher_service.retention sweep

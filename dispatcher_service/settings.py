@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
-from aitask_common.webhook_settings import WebhookSettings
+from aitask_common.output_settings import OutputSettings
 
 
-class DispatcherSettings(WebhookSettings):
+class DispatcherSettings(OutputSettings):
     """Environment of `python -m dispatcher_service`."""
 
     metrics_port: int = Field(default=9465, ge=0, le=65535)

@@ -23,15 +23,17 @@ from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
+from aitask_common.outputs import OutputLinks, open_output_store
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
-from aitask_common.webhooks import MESSAGES_COLLECTION
+from aitask_common.webhooks import MESSAGES_COLLECTION, install_output_links
 from dispatcher_service.jobs import Runtime, install_runtime, run_poll
 from dispatcher_service.liveness import IDLE_BEAT_SECONDS, WorkerDeadline
 from dispatcher_service.metrics import QueueAndRegistryCollector
 from dispatcher_service.polls import Poller
 from dispatcher_service.reconciler import Reconciler
+from dispatcher_service.retention import RetentionSweeper
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.webhook_delivery import WebhookBacklogCollector, WebhookDelivery
 
@@ -81,6 +83,7 @@ class DispatcherWorker(SimpleWorker):
         # Connections are opened here, in the worker process, not in the pool's parent before the fork.
         runtime = Runtime.open(self.settings)
         install_runtime(runtime)
+        install_output_links(OutputLinks(self.settings))
         self.poller = Poller(runtime.redis, run_poll)
         self.poller.start()
         self.deadline = WorkerDeadline(self.settings.worker_deadline_dir)
@@ -268,6 +271,10 @@ def main() -> None:
         [QueueAndRegistryCollector(redis), WebhookBacklogCollector(webhook_messages)],
     )
     wait_for_dependencies(settings)
+    install_output_links(OutputLinks(settings))  # the delivery loop stores lost final messages
     Reconciler(settings, redis, mongo[settings.mongo_database][COLLECTION]).start()
+    RetentionSweeper(
+        settings, redis, mongo[settings.mongo_database][COLLECTION], open_output_store(settings, mongo)
+    ).start()
     WebhookDelivery(settings).start()
     build_pool(settings).start(logging_level=settings.log_level.upper())

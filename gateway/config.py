@@ -66,6 +66,13 @@ WATCH_EVENTS_PATH = r"^/api/v1/ai/task/[^/]+/events$"
 OPENAI_DOOR_PREFIX = "/v1/"
 OPENAI_DOOR_TIMEOUT_SECONDS = 300
 
+# A task's stored output by signed link (task_service.output_http): plain HTTP, served by each task service's
+# output server beside its gRPC port, streamed both ways (a 500 MiB video is never buffered) with no route
+# timeout; a download that stalls for OUTPUT_IDLE_TIMEOUT is cut.
+OUTPUT_PATH = r"^/api/v1/ai/task/[^/]+/output$"
+OUTPUT_CLUSTER = "task_service_output"
+OUTPUT_IDLE_TIMEOUT = "60s"
+
 
 # The REST API's OpenAPI document, served by Envoy (`_openapi_route`); Envoy's default cap on a direct
 # response is 4 KiB.
@@ -228,6 +235,32 @@ def _openai_door_cluster(cluster_type: str, host: str, port: int) -> dict[str, A
     }
 
 
+def _output_route() -> dict[str, Any]:
+    """GET (and HEAD) of a task's output: to the task services' output servers, past the transcoder (no RPC
+    has this path), the buffer (bodies stream) and the Lua filter (the server answers the error envelope)."""
+    disabled = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
+    return {
+        "match": {
+            "safe_regex": {"regex": OUTPUT_PATH},
+            "headers": [{"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|HEAD)$"}}}],
+        },
+        "route": {
+            "cluster": OUTPUT_CLUSTER,
+            "timeout": "0s",
+            "idle_timeout": OUTPUT_IDLE_TIMEOUT,
+            "retry_policy": RETRY_POLICY,
+        },
+        "typed_per_filter_config": {
+            name: disabled
+            for name in (
+                "envoy.filters.http.grpc_json_transcoder",
+                "envoy.filters.http.buffer",
+                "envoy.filters.http.lua",
+            )
+        },
+    }
+
+
 def _local_reply_mapper(status: int, code: str) -> dict[str, Any]:
     return {
         "filter": {
@@ -258,6 +291,7 @@ def render(
     task_service_ports: Sequence[int] = (50051,),
     openai_door_host: str = "127.0.0.1",
     openai_door_port: int = 8090,
+    output_ports: Sequence[int] = (50055,),
     descriptor: str = str(HERE / "aitask.pb"),
     cluster_type: str = "STATIC",
     max_request_bytes: int = 65536,
@@ -287,6 +321,7 @@ def render(
         }
     }
     routes = [
+        _output_route(),
         {
             # WatchTask, native or transcoded (the transcoder rewrites the path to this one and routes again).
             "match": {"path": WATCH_METHOD_PATH},
@@ -403,6 +438,24 @@ def render(
             }
         ],
     }
+    output_cluster = {
+        "name": OUTPUT_CLUSTER,
+        "type": cluster_type,
+        "lb_policy": "LEAST_REQUEST",
+        "connect_timeout": "2s",
+        "outlier_detection": OUTLIER_DETECTION,
+        "load_assignment": {
+            "cluster_name": OUTPUT_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": task_service_host, "port_value": p}}}}
+                        for p in output_ports
+                    ]
+                }
+            ],
+        },
+    }
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
         "static_resources": {
@@ -422,7 +475,11 @@ def render(
                     ],
                 }
             ],
-            "clusters": [cluster, _openai_door_cluster(cluster_type, openai_door_host, openai_door_port)],
+            "clusters": [
+                cluster,
+                output_cluster,
+                _openai_door_cluster(cluster_type, openai_door_host, openai_door_port),
+            ],
         },
     }
     return apply_edge(bootstrap, replace(edge or EdgeOptions(), admin_port=admin_port))
@@ -440,6 +497,7 @@ def main() -> None:
     parser.add_argument("--task-service-port", dest="task_service_ports", type=int, nargs="+", default=[50051])
     parser.add_argument("--openai-door-host", default="127.0.0.1")
     parser.add_argument("--openai-door-port", type=int, default=8090)
+    parser.add_argument("--output-port", dest="output_ports", type=int, nargs="+", default=[50055])
     parser.add_argument("--descriptor", default=str(HERE / "aitask.pb"))
     parser.add_argument("--cluster-type", default="STATIC", choices=["STATIC", "STRICT_DNS"])
     parser.add_argument("--local-rate-limit-per-second", type=int, default=0, help="Envoy-wide request cap (0: off)")

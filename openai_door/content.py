@@ -1,4 +1,4 @@
-"""Where a video's bytes come from: the one place to change when outputs are hosted in aitask's own store."""
+"""Where a video's bytes come from: aitask's own copy, read from the task services' output servers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 from aitask.v1 import task_service_pb2 as pb
 from openai_door.errors import OpenAIError
@@ -22,10 +23,11 @@ class VideoContent:
     chunks: AsyncIterator[bytes]
 
 
-async def open_video(session: aiohttp.ClientSession, task: pb.Task) -> VideoContent:
-    """The video of a completed task, fetched from its `video_url` (today the vendor's link) and streamed
-    through. The outputs store will give `video_url` a gateway address; this stays the only reader of it."""
-    response = await session.get(task.video_url, allow_redirects=False)
+async def open_video(session: aiohttp.ClientSession, outputs_url: str, task: pb.Task) -> VideoContent:
+    """The video of a completed task, streamed through: its `video_url` is the signed link to the stored copy
+    (absolute when OUTPUT_PUBLIC_URL is set), whose path and query the output server at `outputs_url` answers."""
+    link = URL(task.video_url)
+    response = await session.get(URL(outputs_url).join(URL.build(path=link.path, query=link.query)))
     if response.status != 200:
         response.release()
         raise OpenAIError(

@@ -338,7 +338,7 @@ async def video_content(request: web.Request) -> web.StreamResponse:
         raise OpenAIError(
             404, f"video {task.task_id} has no content: it is {video_object(task)['status']}", code="video_not_ready"
         )
-    content = await open_video(request.app[HTTP], task)
+    content = await open_video(request.app[HTTP], request.app[SETTINGS].openai_compat_outputs_url, task)
     response = web.StreamResponse(headers={"content-type": content.content_type})
     if content.length is not None:
         response.content_length = content.length

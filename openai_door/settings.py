@@ -24,6 +24,9 @@ class OpenAIDoorSettings(ServiceSettings):
     openai_compat_task_service: str = "127.0.0.1:50051"
     """gRPC target of the task service (`host:port`, `dns:///name:port` or `ipv4:a:p,b:p`), balanced
     round-robin over the addresses it resolves to."""
+    openai_compat_outputs_url: str = "http://127.0.0.1:50055"
+    """Base URL of the task services' output servers (their OUTPUT_HTTP_PORT), where the door reads a video's
+    stored copy by its signed link: inside the cluster, never through the public edge."""
     openai_compat_wait_seconds: int = Field(default=120, ge=1)
     """How long an image or chat request waits for its task before answering a timeout error that names the
     task (the task goes on; read it at /api/v1/ai/task/result/{task_id}). Envoy's /v1/ route allows 300 s."""

@@ -24,7 +24,7 @@ class OpenAIServicer(ProviderServicer):
     """Calls the OpenAI API; SDK retries are off because the dispatcher owns retries."""
 
     def __init__(self, catalogue: pb.DescribeCatalogueResponse, settings: OpenAISettings) -> None:
-        super().__init__(catalogue)
+        super().__init__(catalogue, settings.ai_timeout)
         self.base_url = settings.openai_base_url.rstrip("/")
         self.client = AsyncOpenAI(
             api_key=settings.openai_api_key or "unset",
@@ -32,6 +32,12 @@ class OpenAIServicer(ProviderServicer):
             timeout=settings.ai_timeout,
             max_retries=0,
         )
+
+    def output_headers(self, url: str) -> dict[str, str]:
+        """A video's content endpoint needs our key: sent only to OpenAI's own base URL."""
+        if url.startswith(f"{self.base_url}/"):
+            return {"Authorization": f"Bearer {self.client.api_key}"}
+        return {}
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
         model, upstream = await self.upstream_input(request.input, context)

@@ -15,7 +15,7 @@ class VolcengineServicer(ProviderServicer):
     """Generate (Ark images, Ark chat, Jimeng images) and SubmitJob/PollJob (Jimeng video)."""
 
     def __init__(self, catalogue: pb.DescribeCatalogueResponse, settings: VolcengineSettings) -> None:
-        super().__init__(catalogue)
+        super().__init__(catalogue, settings.ai_timeout)
         self.ark = ArkClient(settings.ark_api_key, settings.ark_base_url, settings.ai_timeout)
         self.visual = VisualClient(
             settings.volcengine_visual_url,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the stack needs on a fresh Debian machine, skipping what is already there:
-# Redis and PostgreSQL (Debian packages), uv + the locked Python environment, and FerretDB (built with Go).
+# Redis and PostgreSQL (Debian packages), uv + the locked Python environment, FerretDB and SeaweedFS (built with Go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +20,8 @@ apt_install() {
 
 # ffmpeg: the tests decode the simulator's media with it (tests/upstream_simulator/test_media.py).
 # prometheus: its promtool checks the alert rules (deploy/check.py, tests/deploy).
-apt_install redis-server postgresql curl ffmpeg prometheus
+# chromium: a headless browser loads and seeks outputs by their signed links (tests/e2e/test_outputs_browser.py).
+apt_install redis-server postgresql curl ffmpeg prometheus chromium
 
 if ! command -v uv >/dev/null; then
   python3 -m pip install --quiet 'uv==0.13.9'
@@ -33,6 +34,15 @@ if [[ ! -x .local/bin/ferretdb || tools/ferretdb/go.sum -nt .local/bin/ferretdb 
   echo "building FerretDB (first time: a minute or two)"
   mkdir -p .local/bin
   (cd tools/ferretdb && go build -trimpath -o ../../.local/bin/ferretdb .)
+fi
+
+# SeaweedFS (Apache-2.0), the S3-compatible store the output tests run against (tests/e2e/test_outputs_s3.py), built
+# through tools/seaweedfs: `go install` of its weed command is refused because its go.mod has a replace directive,
+# which the wrapper module repeats. The first build takes about five minutes.
+if [[ ! -x .local/bin/weed || tools/seaweedfs/go.sum -nt .local/bin/weed || tools/seaweedfs/go.mod -nt .local/bin/weed ]]; then
+  echo "building SeaweedFS (first time: about five minutes)"
+  mkdir -p .local/bin
+  (cd tools/seaweedfs && go build -trimpath -o ../../.local/bin/weed github.com/seaweedfs/seaweedfs/weed)
 fi
 
 # gnostic's protoc-gen-openapi, pinned: `make protos` generates gateway/openapi.json with it (scripts/openapi.py).

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from redis import Redis
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
@@ -20,13 +20,16 @@ from aitask_common.grpc_server import BALANCED_DRAIN_SECONDS, GrpcServer, run_un
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
+from aitask_common.outputs import OutputLinks, open_output_store
 from aitask_common.settings import load_settings
+from aitask_common.webhooks import install_output_links
 from task_service.api_keys import ApiKeyStore
 from task_service.auth import AuthInterceptor, KeyVerifier
 from task_service.batching import Batcher
 from task_service.catalogue import CatalogueCache
 from task_service.enqueue import TaskQueue
 from task_service.limits import InflightTasks, RateLimiter
+from task_service.output_http import OutputServer
 from task_service.queue_position import QueuePositions
 from task_service.result_cache import FinalResultCache
 from task_service.servicer import TaskServicer
@@ -54,14 +57,23 @@ class TaskService:
     catalogues: CatalogueCache
     batchers: list[Batcher[Any]]
     watch_hub: WatchHub
+    output_server: OutputServer
+    sync_mongo: MongoClient[dict[str, Any]]
+
+    async def start(self, settings: TaskServiceSettings) -> None:
+        """Start serving gRPC and the output links."""
+        await self.server.start()
+        await self.output_server.start(settings.host, settings.output_http_port)
 
     async def close(self) -> None:
         """Release connections after the server stopped."""
+        await self.output_server.stop()
         await self.watch_hub.stop()
         self.catalogues.stop()
         for batcher in self.batchers:
             await batcher.stop()
         await self.mongo.close()
+        self.sync_mongo.close()
         self.redis.close()
         await self.async_redis.aclose()
 
@@ -131,11 +143,19 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
     )
-    watch_hub = WatchHub(watch_redis, task_reader(store, positions))
+    links = OutputLinks(settings)
+    install_output_links(links)  # webhook message bodies
+    # The stores are synchronous (GridFS, boto3): called in worker threads, with their own MongoDB client.
+    sync_mongo: MongoClient[dict[str, Any]] = MongoClient(**client_options(settings, "task_service"))
+    outputs = open_output_store(settings, sync_mongo)
+    watch_hub = WatchHub(watch_redis, task_reader(store, positions, links))
     watch_hub.start()
-    servicer = TaskServicer(settings, store, task_queue, catalogues, inflight, results, positions, watch_hub)
+    servicer = TaskServicer(
+        settings, store, task_queue, catalogues, inflight, results, positions, watch_hub, links, outputs
+    )
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server.server)
-    return TaskService(server, mongo, redis, async_redis, catalogues, batchers, watch_hub)
+    output_server = OutputServer(store, outputs, links)
+    return TaskService(server, mongo, redis, async_redis, catalogues, batchers, watch_hub, output_server, sync_mongo)
 
 
 def _key_verifier(settings: TaskServiceSettings, mongo: AsyncMongoClient[dict[str, Any]]) -> KeyVerifier | None:
@@ -152,7 +172,7 @@ async def serve(settings: TaskServiceSettings) -> None:
     """Run until SIGTERM."""
     service = await build_server(settings)
     serve_metrics(settings.metrics_host, settings.metrics_port)
-    await service.server.start()
+    await service.start(settings)
     try:
         await run_until_signalled(service.server, settings.shutdown_grace)
     finally:

@@ -8,6 +8,7 @@ fields (JSON-escaped), never inside a message.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
@@ -23,6 +24,7 @@ from aitask.v1 import task_service_pb2_grpc
 from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
 from aitask_common.metrics import TASKS_CREATED
+from aitask_common.outputs import STORE_ERRORS, OutputLinks, OutputStore
 from aitask_common.tasks import TaskDocument, TaskStatus, TaskType, task_to_proto, utcnow
 from task_service.auth import current_principal, metadata_value
 from task_service.cancel import CancelRefused, CancelUnavailable, TaskCanceller
@@ -58,6 +60,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         results: FinalResultCache,
         positions: QueuePositions,
         watch_hub: WatchHub,
+        links: OutputLinks,
+        outputs: OutputStore,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -67,6 +71,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self.results = results
         self.positions = positions
         self.watch_hub = watch_hub
+        self.links = links
+        self.outputs = outputs
         self.canceller = TaskCanceller(store, results.redis, queue.connection, results, watch_hub.publish)
         self.webhooks = WebhookReads(settings, store)
 
@@ -100,14 +106,14 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             if not current_principal().may_act_for(cached.user_id):
                 await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
             await self._preference_applied(wait, context)
-            return pb.GetTaskResultResponse(success=True, data=cached, message="ok")
+            return pb.GetTaskResultResponse(success=True, data=self.links.sign(cached), message="ok")
         if cached is Lookup.DELETED:
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
         if wait is not None:
             # Only final states are cached: a wait that ended before the task did leaves nothing behind.
             task = await self._wait_for(task_id, wait.seconds, context)
         else:
-            task = task_to_proto(await self._find_valid(task_id, context))
+            task = self.links.sign(task_to_proto(await self._find_valid(task_id, context)))
         if TaskStatus(task.status).is_final:
             await self.results.put(task)
         await self.positions.fill_in(task)
@@ -139,6 +145,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         if not await self._database(context, self.store.delete(request.task_id)):
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(request.task_id))
         await self.results.mark_deleted(request.task_id)
+        await self._purge_output(document)
         await self.watch_hub.publish(request.task_id, EventKind.FINAL)
         await self._release_slot(document["user_id"], request.task_id)
         log.info("task deleted", task_id=request.task_id)
@@ -157,7 +164,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         except LookupError:
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(request.task_id))
         message = "task cancelled" if cancelled_now else "task already cancelled"
-        return pb.CancelTaskResponse(success=True, data=task_to_proto(task), message=message)
+        return pb.CancelTaskResponse(success=True, data=self.links.sign(task_to_proto(task)), message=message)
 
     async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
         try:
@@ -174,7 +181,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         limit = min(request.limit or self.settings.list_limit_default, self.settings.list_limit_max)
         documents = await self._database(context, self.store.list(user_id, request.type, limit, request.offset))
         page = pb.TaskPage(
-            tasks=[task_to_proto(document, include_payload=False) for document in documents],
+            tasks=[self.links.sign(task_to_proto(document, include_payload=False)) for document in documents],
             limit=limit,
             offset=request.offset,
         )
@@ -397,6 +404,17 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             await self._database(context, self.store.delete(task_id))
             await self._release_slot(document["user_id"], task_id)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "task queue unavailable, retry later")
+
+    async def _purge_output(self, document: TaskDocument) -> None:
+        """Delete a deleted task's stored output. Any stored copy is removed, even one the document does not
+        record yet (a copy finishing while the delete ran); a store that fails leaves it to the storage check
+        (`queue-tools storage-check --repair`), the task stays deleted."""
+        if document["type"] == TaskType.TEXT:
+            return
+        try:
+            await asyncio.to_thread(self.outputs.delete, document["_id"])
+        except STORE_ERRORS as error:
+            log.error("output of a deleted task not removed", task_id=document["_id"], error=str(error))
 
     async def _forget_cached(self, task_id: str, context: grpc.aio.ServicerContext) -> None:
         try:

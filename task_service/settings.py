@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
+from aitask_common.output_settings import OutputSettings
 from aitask_common.settings import Environment
-from aitask_common.webhook_settings import WebhookSettings
 
 
-class TaskServiceSettings(WebhookSettings):
+class TaskServiceSettings(OutputSettings):
     """Environment of `python -m task_service`."""
 
     metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -18,6 +18,9 @@ class TaskServiceSettings(WebhookSettings):
     """Address the gRPC server binds."""
     port: int = Field(default=50051, ge=0, le=65535, validation_alias=AliasChoices("TASK_SERVICE_PORT", "PORT"))
     """Port of the gRPC server (Envoy's upstream)."""
+    output_http_port: int = Field(default=50055, ge=0, le=65535)
+    """Port of the HTTP server of output links (`GET /api/v1/ai/task/{task_id}/output`, Envoy's second upstream),
+    on HOST."""
     max_prompt_chars: int = Field(default=4000, ge=1)
     """Hard cap on prompt length whatever a model's catalogue allows."""
     list_limit_default: int = Field(default=20, ge=1)

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.events import EventKind, channel, task_id_of
 from aitask_common.logging import QuietWarnings, get_logger
+from aitask_common.outputs import OutputLinks
 from aitask_common.tasks import TaskStatus, task_to_proto
 from task_service.queue_position import QueuePositions
 from task_service.storage import TaskStore
@@ -70,14 +71,14 @@ def is_final(snapshot: Snapshot) -> bool:
     return snapshot is None or TaskStatus(snapshot.status).is_final
 
 
-def task_reader(store: TaskStore, positions: QueuePositions) -> ReadTask:
-    """The hub's read: the task as GetTaskResult answers it."""
+def task_reader(store: TaskStore, positions: QueuePositions, links: OutputLinks) -> ReadTask:
+    """The hub's read: the task as GetTaskResult answers it (a fresh output link signed at the read)."""
 
     async def read(task_id: str) -> Snapshot:
         document = await store.get(task_id)
         if document is None:
             return None
-        task = task_to_proto(document)
+        task = links.sign(task_to_proto(document))
         await positions.fill_in(task)
         return task
 

@@ -430,6 +430,7 @@ def test_egress_reaches_dns_datastores_and_vendors_only(rendered: dict[str, Docu
     assert reaches("dispatcher", "grpc", "provider-openai") and reaches("dispatcher", "grpc", "provider-volcengine")
     assert not reaches("task-service", "grpc", "provider-openai")
     assert reaches("envoy", "http", "openai-door") and reaches("openai-door", "grpc", "task-service")
+    assert reaches("openai-door", "outputs", "task-service")
     assert not reaches("openai-door", "grpc", "provider-openai")
     providers = ["provider-openai", "provider-volcengine"]
     if overlay == "dev":
@@ -438,7 +439,7 @@ def test_egress_reaches_dns_datastores_and_vendors_only(rendered: dict[str, Docu
         assert reaches("task-service", "mongodb", "mongodb") and reaches("dispatcher", "mongodb", "mongodb")
         for name in ("envoy", "upstream-simulator"):
             assert not reaches(name, "mongodb", "mongodb") and not reaches(name, "redis", "redis"), name
-        for name in [*providers, "openai-door"]:
+        for name in providers:
             assert reaches(name, "http", "upstream-simulator") and not reaches(name, 443, ip=VENDOR_IP), name
         assert reaches("openai-door", "redis", "redis")
         assert not reaches("upstream-simulator", 443, ip=VENDOR_IP)
@@ -449,8 +450,8 @@ def test_egress_reaches_dns_datastores_and_vendors_only(rendered: dict[str, Docu
         for name in providers:
             assert reaches(name, 443, ip=VENDOR_IP) and not reaches(name, 80, ip=VENDOR_IP), name
         assert not reaches("task-service", 443, ip=VENDOR_IP)
-        # The door streams a video from the vendor's media link, and remembers retry keys in Redis.
-        assert reaches("openai-door", 443, ip=VENDOR_IP) and reaches("openai-door", 6379, ip=DATASTORE_IP)
+        # The door remembers retry keys in Redis, and reads video content from the task services, never a vendor.
+        assert not reaches("openai-door", 443, ip=VENDOR_IP) and reaches("openai-door", 6379, ip=DATASTORE_IP)
         # Webhook receivers are anywhere public, over https or http (never a private address: checked above).
         assert reaches("dispatcher", 443, ip=VENDOR_IP) and reaches("dispatcher", 80, ip=VENDOR_IP)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,6 +12,7 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from aitask_common.queues import QUEUE_ORDER
+from devstack.processes import Process, free_port
 from devstack.stack import LocalStack
 from dispatcher_service.schedule import queue
 from tests.conftest import wait_until
@@ -77,6 +79,23 @@ def restart_after_a_crash(stack: LocalStack) -> None:
     if stale_locks:
         redis.delete(*stale_locks)
     stack.start("dispatcher")
+
+
+@contextmanager
+def openai_videos_provider(stack: LocalStack) -> Iterator[None]:
+    """provider_openai with a catalogue that serves sora-2 as provider "openai-videos"
+    (tests/e2e/provider_openai_videos): the gateway's own catalogue lists Sora as retired."""
+    openai = stack.definitions["provider_openai"]
+    port = free_port()
+    env = openai.env | {"OPENAI_PROVIDER_PORT": str(port), "METRICS_PORT": "0"}
+    stack.definitions["provider_openai_videos"] = Process(
+        "provider_openai_videos", [sys.executable, "-m", "tests.e2e.provider_openai_videos"], env, port
+    )
+    stack.start("provider_openai_videos")
+    try:
+        yield
+    finally:
+        stack.stop("provider_openai_videos")
 
 
 @contextmanager

@@ -52,8 +52,9 @@ def test_image_task_can_return_base64(rest: httpx.Client, user_id: str) -> None:
     task_id = create_image(rest, user_id, response_format="b64_json")["data"]["task_id"]
     result = wait_for_status(rest, task_id, {"completed", "failed"})
     assert result["status"] == "completed", result
-    assert result["image_url"] == ""
     assert base64.b64decode(result["image_base64"]).startswith(JPEG_SIGNATURE)
+    # The bytes are stored too (issue 18): beside the base64, a signed link to the gateway's copy.
+    assert f"/api/v1/ai/task/{task_id}/output?expires=" in result["image_url"]
 
 
 def test_list_filters_by_type_newest_first_without_payloads(rest: httpx.Client, user_id: str) -> None:

@@ -3,7 +3,6 @@ pending task's queue position and a running video's progress."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +15,15 @@ from google.protobuf import json_format
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.provider import load_catalogue
-from devstack.processes import Process, free_port
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM
+from tests.e2e.helpers import SEEDREAM, openai_videos_provider
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGUES = [
     load_catalogue(ROOT / package / "catalogue.toml") for package in ("provider_volcengine", "provider_openai")
 ]
 RETIRED = {(catalogue.provider, model.name) for catalogue in CATALOGUES for model in catalogue.models if model.retired}
-VIDEOS = "tests.e2e.provider_openai_videos"
 
 
 def listed(rest: httpx.Client, model_type: str = "") -> list[dict[str, Any]]:
@@ -185,19 +182,8 @@ def test_pending_tasks_know_their_place_in_the_queue(
 @pytest.fixture
 def videos_provider(stack: LocalStack) -> Iterator[None]:
     """provider_openai with a catalogue that serves sora-2 as provider "openai-videos" (see its __main__)."""
-    openai = stack.definitions["provider_openai"]
-    port = free_port()
-    env = openai.env | {"OPENAI_PROVIDER_PORT": str(port), "METRICS_PORT": "0"}
-    stack.definitions["provider_openai_videos"] = Process(
-        "provider_openai_videos", [sys.executable, "-m", VIDEOS], env, port
-    )
-    stack.start("provider_openai_videos")
-    try:
+    with openai_videos_provider(stack):
         yield
-    finally:
-        stack.stop("provider_openai_videos")
-        with stack.sim() as sim:
-            sim.clear_faults()
 
 
 def test_a_running_video_reports_the_upstreams_progress(

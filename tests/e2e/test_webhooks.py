@@ -126,9 +126,14 @@ def deliveries(rest: httpx.Client, task_id: str) -> list[dict[str, Any]]:
     return messages
 
 
+def unsigned(task: dict[str, Any]) -> dict[str, Any]:
+    """The task with its output links' query (expiry and signature) left out."""
+    return task | {name: task[name].split("?")[0] for name in ("image_url", "video_url")}
+
+
 @pytest.mark.parametrize("path", ["image", "video", "text"])
 def test_the_final_event_carries_the_task_as_get_shows_it(
-    rest: httpx.Client, user_id: str, receiver: Receiver, path: str
+    stack: LocalStack, rest: httpx.Client, user_id: str, receiver: Receiver, path: str
 ) -> None:
     task_id = create(rest, user_id, path, receiver.url)
     (request,) = wait_until(lambda: receiver.of(task_id), timeout=30)
@@ -136,7 +141,12 @@ def test_the_final_event_carries_the_task_as_get_shows_it(
     assert message["type"] == "task.completed"
     assert message["timestamp"].endswith("Z")
     result = wait_for_status(rest, task_id, {"completed"})
-    assert message["data"] == result
+    # Output links are signed when rendered: the same link but for its expiry and signature.
+    assert unsigned(message["data"]) == unsigned(result)
+    if path != "text":
+        link = message["data"][f"{path}_url"]
+        assert link.startswith(f"{stack.env['OUTPUT_PUBLIC_URL']}/api/v1/ai/task/{task_id}/output?expires=")
+        assert httpx.get(link, trust_env=False).status_code == 200
     assert message["data"]["webhook_url"] == receiver.url and message["data"]["webhook_events"] == ["final"]
     (logged,) = deliveries(rest, task_id)
     assert logged["message_id"] == request.headers["webhook-id"] and logged["state"] == "delivered"

@@ -21,8 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ["task_service", "dispatcher_service", "provider_volcengine", "provider_openai", "openai_door"]
 STUBS = ["aitask.v1.task_service_pb2", "aitask.v1.task_service_pb2_grpc", "aitask.provider.v1.provider_service_pb2"]
-# Local, development and build tools: dependency groups, never the wheel's requirements (aiohttp is no longer one:
-# the OpenAI-compatible door serves HTTP with it).
+# Local, development and build tools: dependency groups, never the wheel's requirements. (aiohttp is a runtime
+# dependency: the task service serves output links and the OpenAI-compatible door serves HTTP with it.)
 NOT_RUNTIME = ["honcho", "grpc_tools", "envoy", "upstream_simulator"]
 
 pytestmark = pytest.mark.slow

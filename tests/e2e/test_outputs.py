@@ -1,0 +1,335 @@
+"""Outputs the gateway owns (issue 18): every image and video is copied into the store before its task completes,
+and served by signed links that need no API key, honour Range, and stop working when tampered with, expired, or
+once the task is deleted."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import grpc
+import httpx
+import pytest
+
+from aitask.v1 import task_service_pb2 as pb
+from aitask.v1 import task_service_pb2_grpc
+from aitask_common.outputs import DEVELOPMENT_SECRET
+from devstack.processes import ROOT
+from devstack.stack import LocalStack
+from tests.conftest import wait_for_status, wait_until
+from tests.e2e.helpers import SEEDREAM, openai_videos_provider, restart_after_a_crash
+from tests.e2e.test_readme import readme_curl_commands, run_raw
+
+SORA = {"provider": "openai-videos", "model": "sora-2"}
+JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
+DALL_E = {"provider": "openai", "model": "dall-e-3"}
+
+
+@pytest.fixture
+def anonymous(stack: LocalStack) -> Iterator[httpx.Client]:
+    """A client with no API key at all: what an <img> tag or plain curl is."""
+    with stack.rest(api_key="") as client:
+        yield client
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def create(rest: httpx.Client, kind: str, user_id: str, **fields: Any) -> str:
+    body = {"prompt": f"outputs test {user_id}", "user_id": user_id, **fields}
+    response = rest.post(f"/api/v1/ai/{kind}/task", json=body)
+    assert response.status_code == 200, response.text
+    task_id: str = response.json()["data"]["task_id"]
+    return task_id
+
+
+def completed(rest: httpx.Client, task_id: str) -> dict[str, Any]:
+    result = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=90)
+    assert result["status"] == "completed", result
+    return result
+
+
+def vendor_bytes(url: str, headers: dict[str, str] | None = None) -> bytes:
+    response = httpx.get(url, headers=headers or {}, trust_env=False, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def test_an_image_is_ours_after_the_vendor_is_gone(
+    stack: LocalStack, rest: httpx.Client, anonymous: httpx.Client, user_id: str
+) -> None:
+    task_id = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    result = completed(rest, task_id)
+    output = result["output"]
+    assert output["content_type"] == "image/jpeg"
+    original = vendor_bytes(result["upstream_url"])
+    assert output["sha256"] == sha256(original) and int(output["size"]) == len(original)
+    link = result["image_url"]
+    assert link.startswith(f"http://127.0.0.1:{stack.ports.envoy}/api/v1/ai/task/{task_id}/output?expires=")
+
+    stack.stop("simulator")
+    try:
+        served = anonymous.get(link)
+    finally:
+        stack.start("simulator")
+    assert served.status_code == 200, served.text
+    assert sha256(served.content) == output["sha256"]
+    assert served.headers["content-type"] == "image/jpeg"
+    assert served.headers["content-length"] == str(len(original))
+    assert served.headers["etag"] == f'"{output["sha256"]}"'
+    assert "max-age=" in served.headers["cache-control"]
+    # Every read signs afresh: a later read gives a link valid for longer.
+    time.sleep(1.1)
+    assert rest.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["image_url"] != link
+
+
+def test_a_sora_video_needs_our_key_upstream_and_none_here_and_seeks(
+    stack: LocalStack, anonymous: httpx.Client, user_id: str
+) -> None:
+    stub = stack.task_stub()
+    with openai_videos_provider(stack):
+        task_id = wait_until(lambda: _create_sora(stub, user_id), timeout=15)
+        task = wait_until(lambda: _final(stub, task_id), timeout=90)
+    assert task.status == "completed", task.error_message
+    assert task.upstream_url.endswith("/content")
+    # The vendor's content endpoint refuses a caller without the vendor key.
+    assert httpx.get(task.upstream_url, trust_env=False).status_code == 401
+    key = stack.env["OPENAI_API_KEY"]
+    original = vendor_bytes(task.upstream_url, {"Authorization": f"Bearer {key}"})
+    assert task.output.sha256 == sha256(original) and task.output.content_type == "video/mp4"
+
+    whole = anonymous.get(task.video_url)
+    assert whole.status_code == 200 and whole.content == original
+    seek = anonymous.get(task.video_url, headers={"Range": "bytes=100-1123"})
+    assert seek.status_code == 206
+    assert seek.headers["content-range"] == f"bytes 100-1123/{len(original)}"
+    assert seek.content == original[100:1124]
+    tail = anonymous.get(task.video_url, headers={"Range": "bytes=-16"})
+    assert tail.status_code == 206 and tail.content == original[-16:]
+    beyond = anonymous.get(task.video_url, headers={"Range": f"bytes={len(original)}-"})
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == f"bytes */{len(original)}"
+    malformed = anonymous.get(task.video_url, headers={"Range": "bytes=oops"})
+    assert malformed.status_code == 200 and malformed.content == original
+
+
+def _final(stub: task_service_pb2_grpc.TaskServiceStub, task_id: str) -> pb.Task | None:
+    task = stub.GetTaskResult(pb.GetTaskResultRequest(task_id=task_id), timeout=10).data
+    return task if task.status in ("completed", "failed") else None
+
+
+def test_a_jimeng_video_over_rest_matches_the_vendor_bytes(
+    stack: LocalStack, rest: httpx.Client, anonymous: httpx.Client, user_id: str
+) -> None:
+    result = completed(rest, create(rest, "video", user_id, **JIMENG_VIDEO, aspect_ratio="16:9"))
+    original = vendor_bytes(result["upstream_url"])
+    served = anonymous.get(result["video_url"])
+    assert served.status_code == 200 and sha256(served.content) == sha256(original) == result["output"]["sha256"]
+
+
+def test_a_base64_image_keeps_its_base64_and_is_stored_too(
+    rest: httpx.Client, anonymous: httpx.Client, user_id: str
+) -> None:
+    result = completed(rest, create(rest, "image", user_id, **DALL_E, size="1024x1024", response_format="b64_json"))
+    assert result["image_base64"] and result["upstream_url"] == ""
+    served = anonymous.get(result["image_url"])
+    assert served.status_code == 200 and served.content == base64.b64decode(result["image_base64"])
+
+
+def test_tampered_and_expired_links_are_refused(
+    stack: LocalStack, rest: httpx.Client, anonymous: httpx.Client, user_id: str
+) -> None:
+    task_id = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    link = completed(rest, task_id)["image_url"]
+    parts = urlsplit(link)
+    query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+
+    def with_query(**changes: str) -> str:
+        return f"{parts.path}?{urlencode(query | changes)}"
+
+    longer = str(int(query["expires"]) + 3600)
+    signature = query["signature"]
+    flipped = ("0" if signature[0] != "0" else "1") + signature[1:]
+    expired_at = str(int(time.time()) - 5)
+    expired_signature = hmac.new(
+        DEVELOPMENT_SECRET.encode(), f"{task_id}\n{expired_at}".encode(), hashlib.sha256
+    ).hexdigest()
+    for refused in (
+        with_query(expires=longer),
+        with_query(signature=flipped),
+        with_query(expires=expired_at, signature=expired_signature),
+        f"/api/v1/ai/task/{task_id}/output",
+        f"{parts.path.replace(task_id, task_id[:-1] + 'X')}?{parts.query}",
+    ):
+        response = anonymous.get(refused)
+        assert response.status_code == 403, (refused, response.text)
+        assert response.json() == {
+            "success": False,
+            "message": "the output link is invalid or has expired",
+            "code": "PERMISSION_DENIED",
+        }
+    assert anonymous.get(with_query()).status_code == 200
+
+
+def test_delete_purges_the_output(stack: LocalStack, rest: httpx.Client, anonymous: httpx.Client, user_id: str) -> None:
+    task_id = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    link = completed(rest, task_id)["image_url"]
+    database = stack.mongo()["aitask"]
+    assert database["outputs.files"].count_documents({"_id": task_id}) == 1
+    assert rest.delete(f"/api/v1/ai/task/{task_id}").status_code == 200
+    assert database["outputs.files"].count_documents({"_id": task_id}) == 0
+    assert database["outputs.chunks"].count_documents({"files_id": task_id}) == 0
+    gone = anonymous.get(link)
+    assert gone.status_code == 404 and gone.json()["code"] == "NOT_FOUND"
+
+
+def storage_check(stack: LocalStack, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`python -m dispatcher_service.retention check --json` against the stack, as an operator runs it."""
+    completed_run = subprocess.run(
+        [sys.executable, "-m", "dispatcher_service.retention", "check", "--json", *extra],
+        env=stack.env | (env or {}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed_run.returncode in (0, 3), completed_run.stderr
+    report: dict[str, Any] = json.loads(completed_run.stdout)
+    return report
+
+
+def assert_in_step(stack: LocalStack, *task_ids: str) -> None:
+    report = storage_check(stack)
+    assert not set(task_ids) & set(report["orphan_outputs"] + report["missing_outputs"]), report
+
+
+def test_a_link_that_never_answers_fails_the_task_saying_so(stack: LocalStack, user_id: str) -> None:
+    stub = stack.task_stub()
+    with openai_videos_provider(stack):
+        with stack.sim() as sim:
+            sim.set_faults("openai.videos.content", error_rate=1, error_status=404)
+        task_id = wait_until(lambda: _create_sora(stub, user_id), timeout=15)
+        task = wait_until(lambda: _final(stub, task_id), timeout=90)
+    assert task.status == "failed"
+    assert task.error_message.startswith("the output could not be copied: the output link answered HTTP 404")
+    assert not task.HasField("output") and task.video_url == ""
+    assert_in_step(stack, task_id)
+
+
+def test_a_dispatcher_killed_mid_copy_leaves_storage_in_step(stack: LocalStack, user_id: str) -> None:
+    stub = stack.task_stub()
+    try:
+        with openai_videos_provider(stack):
+            with stack.sim() as sim:
+                sim.set_faults("openai.videos.content", latency_s=5)
+            before = content_requests(stack)
+            task_id = wait_until(lambda: _create_sora(stub, user_id), timeout=15)
+            # Tests run one at a time: the next content request is this task's copy, held 5 s by the simulator.
+            wait_until(lambda: content_requests(stack) > before, timeout=60)
+            stack.kill("dispatcher")
+            with stack.sim() as sim:
+                sim.clear_faults()
+            restart_after_a_crash(stack)
+            task = wait_until(lambda: _final(stub, task_id), timeout=120)
+    finally:
+        restart_after_a_crash(stack)
+    assert task.status == "completed", task.error_message
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        assert sha256(client.get(task.video_url).content) == task.output.sha256
+    assert_in_step(stack, task_id)
+
+
+def test_retention_sweeps_old_tasks_and_old_outputs(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
+    old_task = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    old_output = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    kept = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    for task_id in (old_task, old_output, kept):
+        completed(rest, task_id)
+    database = stack.mongo()["aitask"]
+    long_ago = datetime.now(UTC) - timedelta(days=10)
+    database["tasks"].update_one({"_id": old_task}, {"$set": {"created": long_ago}})
+    database["tasks"].update_one({"_id": old_output}, {"$set": {"output.stored": long_ago}})
+
+    swept = subprocess.run(
+        [sys.executable, "-m", "dispatcher_service.retention", "sweep"],
+        env=stack.env | {"TASK_RETENTION_DAYS": "5", "OUTPUT_RETENTION_DAYS": "5"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert swept.returncode == 0, swept.stderr
+    result = json.loads(swept.stdout)
+    assert result["tasks_deleted"] >= 1 and result["outputs_deleted"] >= 1
+
+    assert database["tasks"].count_documents({"_id": old_task}) == 0
+    assert database["outputs.files"].count_documents({"_id": {"$in": [old_task, old_output]}}) == 0
+    assert database["outputs.chunks"].count_documents({"files_id": {"$in": [old_task, old_output]}}) == 0
+    remaining = database["tasks"].find_one({"_id": old_output})
+    assert remaining is not None and "output" not in remaining and remaining["upstream_url"]
+    assert database["outputs.files"].count_documents({"_id": kept}) == 1
+    assert_in_step(stack, old_task, old_output, kept)
+
+
+def test_the_storage_check_finds_and_repairs_what_is_out_of_step(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    orphan = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    missing = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    for task_id in (orphan, missing):
+        completed(rest, task_id)
+    database = stack.mongo()["aitask"]
+    # A task removed behind the gateway's back, and a stored copy lost behind it.
+    database["tasks"].delete_one({"_id": orphan})
+    database["outputs.files"].delete_one({"_id": missing})
+    database["outputs.chunks"].delete_many({"files_id": missing})
+
+    report = storage_check(stack)
+    assert orphan in report["orphan_outputs"] and missing in report["missing_outputs"]
+    storage_check(stack, "--repair")
+    assert_in_step(stack, orphan, missing)
+    assert "output" not in (database["tasks"].find_one({"_id": missing}) or {"output": "gone"})
+
+
+def content_requests(stack: LocalStack) -> int:
+    """How many requests the simulator's OpenAI video content endpoint has received."""
+    with stack.sim() as sim:
+        return int(sim.stats().get("openai.videos.content", {}).get("requests", 0))
+
+
+def _create_sora(stub: task_service_pb2_grpc.TaskServiceStub, user_id: str) -> str | None:
+    request = pb.CreateVideoTaskRequest(prompt=f"outputs test {user_id}", user_id=user_id, aspect_ratio="16:9", **SORA)
+    try:
+        return stub.CreateVideoTask(request, timeout=10).data.task_id
+    except grpc.RpcError as error:
+        # A task-service replica may not have read the new provider's catalogue yet.
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        return None
+
+
+def test_the_readme_output_examples_work_as_printed(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
+    task_id = create(rest, "image", user_id, **SEEDREAM, size="1024x1024")
+    link = completed(rest, task_id)["image_url"]
+    result, whole, seek = readme_curl_commands("## Outputs")
+    env = {"TASK_ID": task_id, "OUTPUT_URL": link}
+    assert json.loads(run_raw(result, stack, task_id))["data"]["output"]["content_type"] == "image/jpeg"
+    for command, status in ((whole, "200"), (seek, "206")):
+        printed = subprocess.run(
+            ["bash", "-c", command],
+            env={"PATH": "/usr/bin:/bin", "NO_PROXY": "127.0.0.1", **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert printed.startswith(f"HTTP/1.1 {status}"), printed

@@ -1,0 +1,103 @@
+"""Outputs on the S3-compatible store (OUTPUT_STORE=s3) against a real SeaweedFS that the test starts: the same
+contract as on GridFS (tests/e2e/test_outputs.py), through REST via Envoy and gRPC."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.exceptions import ClientError
+
+from aitask.v1 import task_service_pb2 as pb
+from devstack.seaweedfs import SeaweedS3
+from devstack.stack import LocalStack
+from tests.conftest import wait_for_status, wait_until
+from tests.e2e.helpers import SEEDREAM
+
+JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
+BUCKET = "aitask-outputs-test"
+# Every process that reads or writes outputs.
+OUTPUT_PROCESSES = ("task_service", "task_service_2", "dispatcher")
+
+
+def _restart(stack: LocalStack, env: dict[str, str]) -> None:
+    for name in OUTPUT_PROCESSES:
+        stack.stop(name)
+        stack.start(name, env)
+    stack.wait_for_rest()
+
+
+@pytest.fixture(scope="module")
+def s3(stack: LocalStack) -> Iterator[Any]:
+    """The stack's task services and dispatcher on a SeaweedFS bucket; back on GridFS afterwards."""
+    with SeaweedS3() as seaweed:
+        credentials = {"S3_ACCESS_KEY": "aitask-test", "S3_SECRET_KEY": "aitask-test-secret"}
+        env = {"OUTPUT_STORE": "s3", "S3_ENDPOINT_URL": seaweed.url, "S3_BUCKET": BUCKET, **credentials}
+        _restart(stack, env)
+        try:
+            yield boto3.client(
+                "s3",
+                endpoint_url=seaweed.url,
+                aws_access_key_id=credentials["S3_ACCESS_KEY"],
+                aws_secret_access_key=credentials["S3_SECRET_KEY"],
+                region_name="us-east-1",
+            )
+        finally:
+            _restart(stack, {})
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_an_image_lives_in_the_bucket_and_outlives_the_vendor(
+    stack: LocalStack, rest: httpx.Client, s3: Any, user_id: str
+) -> None:
+    body = {"prompt": f"s3 outputs {user_id}", "user_id": user_id, **SEEDREAM, "size": "1024x1024"}
+    task_id = rest.post("/api/v1/ai/image/task", json=body).json()["data"]["task_id"]
+    result = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=90)
+    assert result["status"] == "completed", result
+    original = httpx.get(result["upstream_url"], trust_env=False).content
+    stored = s3.get_object(Bucket=BUCKET, Key=task_id)
+    assert sha256(stored["Body"].read()) == sha256(original) == result["output"]["sha256"]
+    assert stored["ContentType"] == "image/jpeg"
+
+    stack.stop("simulator")
+    try:
+        served = httpx.get(result["image_url"], trust_env=False, timeout=30)
+    finally:
+        stack.start("simulator")
+    assert served.status_code == 200 and served.content == original
+    assert served.headers["etag"] == f'"{result["output"]["sha256"]}"'
+
+    assert rest.delete(f"/api/v1/ai/task/{task_id}").status_code == 200
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=BUCKET, Key=task_id)
+    assert httpx.get(result["image_url"], trust_env=False).status_code == 404
+
+
+def test_a_video_over_grpc_seeks_and_refuses_a_tampered_link(stack: LocalStack, s3: Any, user_id: str) -> None:
+    stub = stack.task_stub()
+    request = pb.CreateVideoTaskRequest(
+        prompt=f"s3 seek {user_id}", user_id=user_id, aspect_ratio="16:9", **JIMENG_VIDEO
+    )
+    task_id = stub.CreateVideoTask(request, timeout=10).data.task_id
+
+    def final() -> pb.Task | None:
+        task = stub.GetTaskResult(pb.GetTaskResultRequest(task_id=task_id), timeout=10).data
+        return task if task.status in ("completed", "failed") else None
+
+    task = wait_until(final, timeout=90)
+    assert task.status == "completed", task.error_message
+    original = httpx.get(task.upstream_url, trust_env=False).content
+    assert sha256(original) == task.output.sha256
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        seek = client.get(task.video_url, headers={"Range": "bytes=1000-"})
+        assert seek.status_code == 206 and seek.content == original[1000:]
+        assert seek.headers["content-range"] == f"bytes 1000-{len(original) - 1}/{len(original)}"
+        tampered = client.get(task.video_url.replace("signature=", "signature=0"))
+        assert tampered.status_code == 403 and tampered.json()["code"] == "PERMISSION_DENIED"
