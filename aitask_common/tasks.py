@@ -85,6 +85,15 @@ class OutputDocument(TypedDict):
     stored: datetime
 
 
+class GeneratedImage(TypedDict):
+    """An image the vendor made (and was paid for), kept on the processing task until its copy is stored: a run
+    after a failed copy copies it again instead of asking the vendor for (and paying for) another."""
+
+    image_url: str
+    image_base64: str
+    revised_prompt: str
+
+
 class TaskDocument(TypedDict):
     """A task as stored in the `tasks` collection: every field name and type in one place (mypy checks
     each `task["..."]` against it). The first group is written at create; the rest as the task moves."""
@@ -131,6 +140,8 @@ class TaskDocument(TypedDict):
     # The vendor's own link to the output, and the copy in the output store (absent once retention removed it).
     upstream_url: NotRequired[str]
     output: NotRequired[OutputDocument]
+    # While an image's copy is pending (removed when the task completes).
+    generated: NotRequired[GeneratedImage | None]
 
 
 def utcnow() -> datetime:

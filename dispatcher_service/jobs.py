@@ -50,7 +50,7 @@ from aitask_common.outputs import (
 )
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import Priority, leave_queue
-from aitask_common.tasks import TaskDocument, TaskParameters, TaskStatus, TaskType, utcnow
+from aitask_common.tasks import GeneratedImage, TaskDocument, TaskParameters, TaskStatus, TaskType, utcnow
 from dispatcher_service.cancels import cancel_upstream_job, deadline_passed, enqueue_upstream_cancel, expire
 from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.lease import TaskLease
@@ -173,6 +173,8 @@ class Task:
     # The request, sent by Generate and SubmitJob: a poll's hint leaves it out (a job is never submitted twice).
     prompt: str = ""
     parameters: TaskParameters = field(default_factory=lambda: TaskParameters())
+    # An image an earlier run was paid for, whose copy failed.
+    generated: GeneratedImage | None = None
 
     @property
     def model_key(self) -> str:
@@ -197,6 +199,7 @@ class Task:
             progress=document.get("progress"),
             prompt=document["prompt"],
             parameters=parameters,
+            generated=document.get("generated"),
         )
 
     @classmethod
@@ -431,23 +434,39 @@ class TaskRun:
             UPSTREAM_CALL.labels(self.task.provider, method, code).observe(time.perf_counter() - started)
 
     def _generate(self) -> str:
+        if self.task.generated:
+            log.info("copying the image an earlier run generated", attempt=self.task.attempts)
+            return self._copy_and_complete(self.task.generated, {})
         result: pb.GenerateResponse = self._call("Generate", pb.GenerateRequest(input=self._input()))
-        fields: dict[str, Any] = {
-            "image_url": result.image_url,
-            "image_base64": result.image_base64,
-            "revised_prompt": result.revised_prompt,
-            "text_result": result.text_result,
-            "error_message": "",
-        }
-        if self.task.type == TaskType.IMAGE and (result.image_url or result.image_base64):
-            fields |= self._copy_output(result.image_url, result.image_base64)
+        fields: dict[str, Any] = {"text_result": result.text_result}
         if result.total_tokens:
             fields["usage"] = {
                 "prompt_tokens": result.prompt_tokens,
                 "completion_tokens": result.completion_tokens,
                 "total_tokens": result.total_tokens,
             }
-        return self._complete({key: value for key, value in fields.items() if value or key == "error_message"})
+        image = GeneratedImage(
+            image_url=result.image_url, image_base64=result.image_base64, revised_prompt=result.revised_prompt
+        )
+        if self.task.type == TaskType.IMAGE and (result.image_url or result.image_base64):
+            self._keep_generated(image)
+        return self._copy_and_complete(image, fields)
+
+    def _keep_generated(self, image: GeneratedImage) -> None:
+        """Store the paid-for image on the task before copying it, so a failed copy's retry never calls the
+        vendor again (best effort: if the write fails, the copy usually succeeds anyway)."""
+        try:
+            self.rt.tasks.record(self.task.id, TaskStatus.PROCESSING, {"generated": image})
+        except PyMongoError as error:
+            log.warning("generated image not kept before its copy", error=str(error))
+
+    def _copy_and_complete(self, image: GeneratedImage, fields: dict[str, Any]) -> str:
+        fields |= {**image, "error_message": ""}
+        if self.task.type == TaskType.IMAGE and (image["image_url"] or image["image_base64"]):
+            fields |= self._copy_output(image["image_url"], image["image_base64"])
+            fields["generated"] = None
+        kept = {"error_message", "generated"}  # written even when empty
+        return self._complete({key: value for key, value in fields.items() if value or key in kept})
 
     def _copy_output(self, url: str, base64_output: str = "") -> dict[str, Any]:
         """Copy the task's image or video into the output store (the base64 the vendor returned, or the bytes

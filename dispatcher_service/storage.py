@@ -17,7 +17,7 @@ from aitask_common.tasks import COLLECTION, TaskDocument, TaskStatus, utcnow
 from aitask_common.webhooks import MESSAGES_COLLECTION, record_change
 
 # Fields `record` may write that no client sees: storing them alone publishes no notice.
-INTERNAL_FIELDS = frozenset({"upstream_job_id", "submitted"})
+INTERNAL_FIELDS = frozenset({"upstream_job_id", "submitted", "generated"})
 
 
 class TaskTransitions:

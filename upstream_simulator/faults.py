@@ -40,6 +40,7 @@ ENDPOINTS: tuple[str, ...] = (
     "openai.videos.content",
     "openai.videos.list",
     "openai.videos.delete",
+    "media.files",  # the generated media links (a vendor's object store, which has bad moments too)
 )
 ALL = "*"
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from upstream_simulator.faults import Injection
+
 MAX_DIMENSION = 4096  # refuse absurd sizes in /files names rather than allocate them
 _IMAGE_NAME = re.compile(
     r"^(img-(\d{1,4})x(\d{1,4})-([0-9a-f]{6})-([0-9a-f]{6})-[0-9a-f]{16})-([0-9a-f]{20})\.(png|jpeg)$"
@@ -262,6 +264,19 @@ _TOS_ERRORS = {
     "SignatureDoesNotMatch": (403, "The request signature we calculated does not match the signature you provided."),
     "Expired": (403, "Request has expired."),
 }
+
+
+def fault_response(injection: Injection) -> web.Response:
+    """An injected failure of a media link, as an object store answers it (TOS's XML-free JSON error)."""
+    error = {
+        "Code": "ServiceUnavailable",
+        "Message": "Please reduce your request rate.",
+        "RequestId": secrets.token_hex(12),
+    }
+    headers = {"Retry-After": str(int(injection.retry_after_s))} if injection.retry_after_s else {}
+    return web.Response(
+        status=injection.status, text=json.dumps(error), content_type="application/json", headers=headers
+    )
 
 
 def serve(request: web.Request, signer: MediaSigner) -> web.Response:

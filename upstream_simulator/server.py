@@ -162,6 +162,8 @@ def build_app(settings: SimulatorSettings | None = None) -> web.Application:
     app.add_routes(_Admin(ctx).routes())
 
     async def serve_file(request: web.Request) -> web.Response:
+        await ctx.enter(request, "media.files")
+        ctx.inject("media.files", None, media.fault_response)
         return media.serve(request, ctx.signer)
 
     app.add_routes([web.get("/files/{name}", serve_file)])

@@ -26,7 +26,7 @@ from aitask_common.outputs import DEVELOPMENT_SECRET
 from devstack.processes import ROOT
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, openai_videos_provider, restart_after_a_crash
+from tests.e2e.helpers import SEEDREAM, faults, openai_videos_provider, restart_after_a_crash, upstream_calls
 from tests.e2e.test_readme import readme_curl_commands, run_raw
 
 SORA = {"provider": "openai-videos", "model": "sora-2"}
@@ -211,6 +211,21 @@ def storage_check(stack: LocalStack, *extra: str, env: dict[str, str] | None = N
 def assert_in_step(stack: LocalStack, *task_ids: str) -> None:
     report = storage_check(stack)
     assert not set(task_ids) & set(report["orphan_outputs"] + report["missing_outputs"]), report
+
+
+def test_an_image_whose_copy_failed_is_copied_again_not_made_again(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    with faults(stack, "media.files", error_rate=1, error_status=503):
+        task_id = create(rest, "image", user_id, **SEEDREAM)
+        # The vendor made the image; its link answers 503, so the copy fails and the task waits for a retry.
+        wait_until(lambda: (stack.tasks().find_one({"_id": task_id}) or {}).get("attempts", 0) >= 2, timeout=60)
+    result = completed(rest, task_id)
+    assert sha256(vendor_bytes(result["upstream_url"])) == result["output"]["sha256"]
+    # The retry copied the image the first call paid for: one call to the vendor in all.
+    assert upstream_calls(stack, user_id, "ark.images") == 1
+    assert stack.tasks().find_one({"_id": task_id})["generated"] is None
+    assert_in_step(stack, task_id)
 
 
 def test_a_link_that_never_answers_fails_the_task_saying_so(stack: LocalStack, user_id: str) -> None:
