@@ -35,16 +35,19 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
+from aitask_common import fair_share
 from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import Priority, leave_queue
 from aitask_common.tasks import TaskDocument, TaskParameters, TaskStatus, utcnow
+from dispatcher_service.breakers import FAILURE_CODES, Breakers, model_scope
 from dispatcher_service.cancels import cancel_upstream_job, deadline_passed, enqueue_upstream_cancel, expire
+from dispatcher_service.caps import CapFull, Slot, UpstreamCaps
 from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.lease import TaskLease
-from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
+from dispatcher_service.providers import BreakersOpen, NoLiveInstance, ProviderCallError, ProviderDirectory
 from dispatcher_service.schedule import PollHint, enqueue_task, forget_finished, replan, schedule_poll
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.storage import TaskTransitions
@@ -122,14 +125,18 @@ class Runtime:
     tasks: TaskTransitions
     providers: ProviderDirectory
     durations: UpstreamDurations
+    breakers: Breakers
+    caps: UpstreamCaps
 
     @classmethod
     def open(cls, settings: DispatcherSettings) -> Runtime:
         """Connect, in the process that will use the connections (after any fork)."""
         redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
         tasks = TaskTransitions(MongoClient(**client_options(settings, "dispatcher")), settings.mongo_database, redis)
-        providers = ProviderDirectory(redis, settings.registry_cache_seconds)
-        return cls(settings, redis, tasks, providers, UpstreamDurations(redis))
+        breakers = Breakers(redis, settings)
+        providers = ProviderDirectory(redis, settings.registry_cache_seconds, breakers)
+        caps = UpstreamCaps(redis, settings, lease_seconds=settings.ai_timeout + DEADLINE_MARGIN_SECONDS + 5.0)
+        return cls(settings, redis, tasks, providers, UpstreamDurations(redis), breakers, caps)
 
 
 @dataclass(frozen=True)
@@ -241,9 +248,14 @@ def process_task(task_id: str) -> str:
 
 
 def _leave_queue(redis: Redis, task_id: str) -> None:
-    """The task no longer waits in its queue (queue positions, aitask_common.queues); best effort."""
+    """The task no longer waits in its queue (queue positions, aitask_common.queues), and if it took its user's
+    turn (aitask_common.fair_share), the user's next backlogged task takes the next; best effort (the reconciler
+    advances a backlog left behind)."""
     try:
         leave_queue(redis, task_id)
+        next_turn = fair_share.started(redis, task_id)
+        if next_turn is not None:
+            enqueue_task(redis, *next_turn)
     except RedisError as error:
         log.warning("queue position not updated", error=str(error))
 
@@ -375,12 +387,69 @@ class TaskRun:
             if task.upstream is None:
                 self._unclaim()
             return self._wait_for_provider()
-        try:
-            if task.upstream is not None:
+        if task.upstream is not None:
+            try:
                 return self._poll(task.upstream)
-            return self._submit() if model.asynchronous else self._generate()
+            except ProviderCallError as error:
+                return self._handle_error(error)
+        breaker = model_scope(task.provider, task.model)
+        wait = self.rt.breakers.admit(breaker)
+        if wait is not None:
+            return self._wait_for_breaker(breaker, wait)
+        slot = self.rt.caps.acquire(task.provider, task.model)
+        if isinstance(slot, CapFull):
+            return self._wait_for_slot(slot)
+        try:
+            outcome = self._submit() if model.asynchronous else self._generate()
+        except BreakersOpen as every_instance:
+            return self._wait_for_breaker(f"every instance of {task.provider}", every_instance.wait_seconds)
         except ProviderCallError as error:
+            if not isinstance(error, NoLiveInstance):
+                self._record_model_call(breaker, failed=error.code in FAILURE_CODES)
             return self._handle_error(error)
+        finally:
+            if slot is not None:
+                self._release_slot(slot)
+        self._record_model_call(breaker, failed=False)
+        return outcome
+
+    def _wait_for_slot(self, full: CapFull) -> str:
+        """A full upstream cap (caps.py): nothing reached the upstream, so the attempt does not count. Held by the
+        rate, the task comes back when its turn is due; held by the concurrency cap, it waits in the cap's line
+        for a freed slot to wake it, with a later look in case that wake is lost. The lease goes with the line
+        entry, so a wake that comes at once finds the task free."""
+        self._unclaim()
+        if full.wait_seconds is not None:
+            self._enqueue_job(full.wait_seconds)
+            return "waiting-for-rate"
+        self._enqueue_job(self.settings.cap_recheck_seconds)
+        self.lease.release_in(self.rt.redis)
+        self.rt.caps.wait_in_line(full.cap, self.task.id, self.task.priority)
+        return "waiting-for-slot"
+
+    def _release_slot(self, slot: Slot) -> None:
+        try:
+            for task_id, priority in self.rt.caps.release(slot):
+                enqueue_task(self.rt.redis, task_id, priority, at_front=True)
+        except RedisError as error:
+            # The slots' leases expire on their own, and the waiting tasks look again later.
+            log.warning("upstream cap slot not released", error=str(error))
+
+    def _record_model_call(self, breaker: str, failed: bool) -> None:
+        try:
+            self.rt.breakers.record(breaker, failed, self.settings.breaker_model_min_calls)
+        except RedisError as error:
+            log.warning("circuit breaker not updated", breaker=breaker, error=str(error))
+
+    def _wait_for_breaker(self, breaker: str, wait_seconds: float) -> str:
+        """An open circuit breaker: nothing reached the upstream, so the attempt does not count; the task waits,
+        pending, and asks again once the breaker may let it through (jittered, so waiting tasks do not all come
+        back in the same instant)."""
+        self._unclaim()
+        delay = wait_seconds + random.uniform(0.0, 1.0)
+        log.info("circuit breaker open; task waits", breaker=breaker, delay_seconds=round(delay, 2))
+        self._enqueue_job(delay)
+        return "waiting-for-breaker"
 
     def _unclaim(self) -> None:
         """Nothing reached the upstream: back to pending, and the attempt does not count."""
@@ -410,6 +479,7 @@ class TaskRun:
                 lambda stub: getattr(stub, method),
                 request,
                 timeout=self.settings.ai_timeout + DEADLINE_MARGIN_SECONDS,
+                guarded=method != "PollJob",
             )
         except ProviderCallError as error:
             code = error.code.name

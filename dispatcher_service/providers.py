@@ -15,6 +15,7 @@ from aitask.provider.v1 import provider_service_pb2_grpc
 from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRY_AFTER_METADATA, UPSTREAM_ERROR_METADATA
 from aitask_common.registry import ProviderInstance, read_catalogues, read_instances
+from dispatcher_service.breakers import FAILURE_CODES, Breakers, instance_scope
 from dispatcher_service.read_cache import ReadThroughCache
 
 log = get_logger(__name__)
@@ -29,6 +30,14 @@ class ProviderCallError(Exception):
         super().__init__(message)
         self.code = code
         self.retry_after_seconds = retry_after_seconds
+
+
+class BreakersOpen(Exception):
+    """Every live instance of the provider has its circuit breaker open: nothing was called."""
+
+    def __init__(self, provider: str, wait_seconds: float) -> None:
+        super().__init__(f"every instance of provider {provider!r} has its circuit breaker open")
+        self.wait_seconds = wait_seconds
 
 
 class NoLiveInstance(ProviderCallError):
@@ -53,8 +62,9 @@ _REGISTRY = "registry"
 class ProviderDirectory:
     """Per-process view of the registry plus one gRPC channel per instance address."""
 
-    def __init__(self, redis: Redis, cache_seconds: float) -> None:
+    def __init__(self, redis: Redis, cache_seconds: float, breakers: Breakers | None = None) -> None:
         self.redis = redis
+        self.breakers = breakers
         self._registry = ReadThroughCache(self._read_registry, cache_seconds, maxsize=1)
         self._channels: dict[str, grpc.Channel] = {}
         self._turn = itertools.count()
@@ -78,17 +88,37 @@ class ProviderDirectory:
         """Whether at least one instance of the provider is registered."""
         return bool(self._candidates(provider))
 
-    def call(self, provider: str, method: Callable[[Any], Callable[..., T]], request: Any, timeout: float) -> T:
-        """Call `method(stub)(request)` on a live instance, failing over while instances are unreachable."""
+    def call(
+        self,
+        provider: str,
+        method: Callable[[Any], Callable[..., T]],
+        request: Any,
+        timeout: float,
+        guarded: bool = False,
+    ) -> T:
+        """Call `method(stub)(request)` on a live instance, failing over while instances are unreachable.
+
+        `guarded` (a call that may cost money: Generate, SubmitJob): instances whose circuit breaker is open are
+        skipped, and the outcome is counted against the breaker of the instance called; BreakersOpen when every
+        instance's is open. Polls and cancels are not guarded: they must reach their job whatever its state."""
         candidates = self._candidates(provider)
         start = next(self._turn)
+        shortest_wait: float | None = None
         for offset in range(len(candidates)):
             instance = candidates[(start + offset) % len(candidates)]
+            scope = instance_scope(provider, instance.instance_id)
+            if guarded and self.breakers is not None:
+                wait = self.breakers.admit(scope)
+                if wait is not None:
+                    shortest_wait = wait if shortest_wait is None else min(wait, shortest_wait)
+                    continue
             stub = provider_service_pb2_grpc.ProviderServiceStub(self._channel(instance.address))
             try:
-                return method(stub)(request, timeout=timeout)
+                response = method(stub)(request, timeout=timeout)
             except grpc.RpcError as error:
                 trailers = dict(error.trailing_metadata() or ())
+                if guarded:
+                    self._record(scope, error.code() in FAILURE_CODES)
                 if error.code() == grpc.StatusCode.UNAVAILABLE and UPSTREAM_ERROR_METADATA not in trailers:
                     # The instance itself is gone or dying: try the next one.
                     log.warning("provider instance unreachable", provider=provider, address=instance.address)
@@ -98,7 +128,16 @@ class ProviderDirectory:
                 raise ProviderCallError(
                     error.code(), error.details() or "", int(retry_after) / 1000 if retry_after else None
                 ) from error
+            if guarded:
+                self._record(scope, False)
+            return response
+        if shortest_wait is not None:
+            raise BreakersOpen(provider, shortest_wait)
         raise NoLiveInstance(provider)
+
+    def _record(self, scope: str, failed: bool) -> None:
+        if self.breakers is not None:
+            self.breakers.record(scope, failed, self.breakers.settings.breaker_min_calls)
 
     def _channel(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)

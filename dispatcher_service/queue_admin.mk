@@ -3,7 +3,7 @@
 # QUEUE picks one queue (critical, default, low) or all of them: make redis-queue-clear QUEUE=default
 QUEUE ?= all
 
-.PHONY: redis-queue-status redis-queue-clear redis-queue-clear-force redis-queue-requeue-failed
+.PHONY: redis-queue-status redis-queue-clear redis-queue-clear-force redis-queue-requeue-failed redis-queue-breakers
 
 redis-queue-status: install ## Jobs per RQ queue and state, the oldest queued job's age, the polls waiting, the cancelled tasks
 	$(PYTHON) -m dispatcher_service.queue_admin status
@@ -16,3 +16,6 @@ redis-queue-clear-force: install ## Same as redis-queue-clear without asking
 
 redis-queue-requeue-failed: install ## Put the jobs of QUEUE's RQ failed registry back on their queue, never a cancelled (or final) task's
 	$(PYTHON) -m dispatcher_service.queue_admin requeue-failed $(QUEUE)
+
+redis-queue-breakers: install ## Every circuit breaker (per provider instance and model): state, when it half-opens, its window
+	$(PYTHON) -m dispatcher_service.queue_admin breakers

@@ -389,7 +389,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def _enqueue(self, document: TaskDocument, context: grpc.aio.ServicerContext) -> None:
         task_id = document["_id"]
         try:
-            await self.queue.enqueue(task_id, document["parameters"]["priority"])
+            await self.queue.enqueue(task_id, document["parameters"]["priority"], document["user_id"])
         except RedisError as error:
             # Undo the insert so a rejected create leaves nothing behind.
             log.error("enqueue failed; task withdrawn", task_id=task_id, error=str(error))
