@@ -110,6 +110,8 @@ class TaskDocument(TypedDict):
     # Who really serves the task (API.md "Which model served a task"), written at create; absent on older tasks.
     served_provider: NotRequired[str]
     served_model: NotRequired[str]
+    # The create allowed a fallback (aitask_common/fallbacks.py); absent: it did not.
+    allow_fallback: NotRequired[bool]
     # When a task not started upstream by then is cancelled (the create's deadline_seconds), and why a
     # cancelled task was cancelled (CancelReason).
     deadline: NotRequired[datetime]
@@ -155,6 +157,7 @@ def task_to_proto(document: TaskDocument, include_payload: bool = True) -> task_
         cancel_reason=document.get("cancel_reason", ""),
         webhook_url=document.get("webhook_url", ""),
         webhook_events=document.get("webhook_events", []),
+        allow_fallback=document.get("allow_fallback", False),
     )
     if usage:
         task.usage.CopyFrom(task_service_pb2.TokenUsage(**usage))

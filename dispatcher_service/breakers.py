@@ -1,5 +1,5 @@
-"""Circuit breakers per provider instance and per (provider, model), their state in Redis so every worker of
-every dispatcher shares it.
+"""Circuit breakers per provider instance (for each model it serves) and per (provider, model), their state in Redis
+so every worker of every dispatcher shares it.
 
 A breaker is closed (calls go through) until, within `breaker_window_seconds`, at least its minimum number of
 calls were made and `breaker_failure_ratio` of them failed: it opens. While open no call goes through: a task
@@ -56,9 +56,10 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
-def instance_scope(provider: str, instance_id: str) -> str:
-    """The breaker of one provider instance."""
-    return f"instance:{provider}:{instance_id}"
+def instance_scope(provider: str, instance_id: str, model: str) -> str:
+    """The breaker of one provider instance, kept per model it serves: one model's outage upstream does not shut the
+    instance for its other models (a fallback among them)."""
+    return f"instance:{provider}:{instance_id}/{model}"
 
 
 def model_scope(provider: str, model: str) -> str:

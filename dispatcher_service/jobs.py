@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask_common import fair_share
+from aitask_common.fallbacks import map_parameters, split_model_key
 from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
@@ -147,6 +148,16 @@ class UpstreamJob:
     submitted: datetime
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """A fallback a run calls instead of the task's model, with the task's parameters mapped to it."""
+
+    provider: str
+    model: str
+    served_model: str
+    parameters: TaskParameters
+
+
 @dataclass
 class Task:
     """The one shape of a task a run works on, made from its document or from a poll's hint."""
@@ -167,6 +178,8 @@ class Task:
     # The request, sent by Generate and SubmitJob: a poll's hint leaves it out (a job is never submitted twice).
     prompt: str = ""
     parameters: TaskParameters = field(default_factory=lambda: TaskParameters())
+    # The create allowed a fallback (aitask_common/fallbacks.py).
+    allow_fallback: bool = False
 
     @property
     def model_key(self) -> str:
@@ -191,6 +204,7 @@ class Task:
             progress=document.get("progress"),
             prompt=document["prompt"],
             parameters=parameters,
+            allow_fallback=document.get("allow_fallback", False),
         )
 
     @classmethod
@@ -395,14 +409,16 @@ class TaskRun:
         breaker = model_scope(task.provider, task.model)
         wait = self.rt.breakers.admit(breaker)
         if wait is not None:
-            return self._wait_for_breaker(breaker, wait)
+            return self._fall_back("circuit breaker open") or self._wait_for_breaker(breaker, wait)
         slot = self.rt.caps.acquire(task.provider, task.model)
         if isinstance(slot, CapFull):
             return self._wait_for_slot(slot)
         try:
             outcome = self._submit() if model.asynchronous else self._generate()
         except BreakersOpen as every_instance:
-            return self._wait_for_breaker(f"every instance of {task.provider}", every_instance.wait_seconds)
+            return self._fall_back("circuit breaker open") or self._wait_for_breaker(
+                f"every instance of {task.provider}", every_instance.wait_seconds
+            )
         except ProviderCallError as error:
             if not isinstance(error, NoLiveInstance):
                 self._record_model_call(breaker, failed=error.code in FAILURE_CODES)
@@ -441,6 +457,50 @@ class TaskRun:
         except RedisError as error:
             log.warning("circuit breaker not updated", breaker=breaker, error=str(error))
 
+    def _fall_back(self, reason: str) -> str | None:
+        """If the create allowed it, run the task on the first of its model's fallbacks (aitask_common/fallbacks.py)
+        that can take its parameters, whose breaker lets a call through and whose caps have room; what the run
+        returns, or None when no fallback served it (the caller waits or fails as without one)."""
+        if not self.task.allow_fallback or self.task.type == "video":
+            return None
+        for target in self._fallback_targets():
+            breaker = model_scope(target.provider, target.model)
+            if self.rt.breakers.admit(breaker) is not None:
+                continue
+            slot = self.rt.caps.acquire(target.provider, target.model)
+            if isinstance(slot, CapFull):
+                continue
+            log.info("falling back", reason=reason, provider=target.provider, model=target.model)
+            try:
+                outcome = self._generate(target)
+            except (ProviderCallError, BreakersOpen) as error:
+                failed = isinstance(error, ProviderCallError) and error.code in FAILURE_CODES
+                if isinstance(error, ProviderCallError) and not isinstance(error, NoLiveInstance):
+                    self._record_model_call(breaker, failed=failed)
+                log.warning("fallback failed", provider=target.provider, model=target.model, error=str(error))
+                continue
+            finally:
+                if slot is not None:
+                    self._release_slot(slot)
+            self._record_model_call(breaker, failed=False)
+            return outcome
+        return None
+
+    def _fallback_targets(self) -> list[Fallback]:
+        """The fallbacks configured for the task's model that can take its parameters, in order."""
+        targets = []
+        for key in self.settings.model_fallbacks.get(self.task.model_key, []):
+            provider, name = split_model_key(key)
+            entry = self.rt.providers.model(provider, name)
+            if entry is None or not self.rt.providers.has_instance(provider):
+                continue
+            parameters = map_parameters(self.task.parameters, self.task.type, entry)
+            if parameters is None:
+                log.info("fallback skipped: parameters cannot be mapped", provider=provider, model=name)
+                continue
+            targets.append(Fallback(provider, name, entry.upstream_model or name, parameters))
+        return targets
+
     def _wait_for_breaker(self, breaker: str, wait_seconds: float) -> str:
         """An open circuit breaker: nothing reached the upstream, so the attempt does not count; the task waits,
         pending, and asks again once the breaker may let it through (jittered, so waiting tasks do not all come
@@ -456,11 +516,11 @@ class TaskRun:
         self.rt.tasks.transition(self.task.id, TaskStatus.PROCESSING, TaskStatus.PENDING, attempts_delta=-1)
         self.status = TaskStatus.PENDING
 
-    def _input(self) -> pb.GenerationInput:
-        parameters = self.task.parameters
+    def _input(self, target: Fallback | None = None) -> pb.GenerationInput:
+        parameters = target.parameters if target else self.task.parameters
         return pb.GenerationInput(
             task_id=self.task.id,
-            model=self.task.model,
+            model=target.model if target else self.task.model,
             prompt=self.task.prompt,
             size=parameters.get("size", ""),
             aspect_ratio=parameters.get("aspect_ratio", ""),
@@ -470,25 +530,28 @@ class TaskRun:
             response_format=parameters.get("response_format", ""),
         )
 
-    def _call(self, method: str, request: Any) -> Any:
+    def _call(self, method: str, request: Any, target: Fallback | None = None) -> Any:
+        provider = target.provider if target else self.task.provider
         started = time.perf_counter()
         code = "OK"
         try:
             return self.rt.providers.call(
-                self.task.provider,
+                provider,
                 lambda stub: getattr(stub, method),
                 request,
                 timeout=self.settings.ai_timeout + DEADLINE_MARGIN_SECONDS,
-                guarded=method != "PollJob",
+                guarded_model=None if method == "PollJob" else target.model if target else self.task.model,
             )
         except ProviderCallError as error:
             code = error.code.name
             raise
         finally:
-            UPSTREAM_CALL.labels(self.task.provider, method, code).observe(time.perf_counter() - started)
+            UPSTREAM_CALL.labels(provider, method, code).observe(time.perf_counter() - started)
 
-    def _generate(self) -> str:
-        result: pb.GenerateResponse = self._call("Generate", pb.GenerateRequest(input=self._input()))
+    def _generate(self, target: Fallback | None = None) -> str:
+        """Generate on the task's model, or on a fallback (the task then records it as what served it)."""
+        request = pb.GenerateRequest(input=self._input(target))
+        result: pb.GenerateResponse = self._call("Generate", request, target)
         fields: dict[str, Any] = {
             "image_url": result.image_url,
             "image_base64": result.image_base64,
@@ -502,6 +565,8 @@ class TaskRun:
                 "completion_tokens": result.completion_tokens,
                 "total_tokens": result.total_tokens,
             }
+        if target is not None:
+            fields |= {"served_provider": target.provider, "served_model": target.served_model}
         return self._complete({key: value for key, value in fields.items() if value or key == "error_message"})
 
     def _submit(self) -> str:
@@ -596,7 +661,7 @@ class TaskRun:
             return "poll-retry"
         attempts = self.task.attempts
         if attempts >= self.settings.max_attempts:
-            return self._fail(f"{message} (gave up after {attempts} attempts)")
+            return self._fall_back("retries spent") or self._fail(f"{message} (gave up after {attempts} attempts)")
         delay = self._backoff(attempts, error.retry_after_seconds)
         # Back to pending so the next attempt (and a reconciler) sees a task waiting to run.
         self.rt.tasks.transition(self.task.id, TaskStatus.PROCESSING, TaskStatus.PENDING, {"error_message": message})

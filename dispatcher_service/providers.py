@@ -94,20 +94,21 @@ class ProviderDirectory:
         method: Callable[[Any], Callable[..., T]],
         request: Any,
         timeout: float,
-        guarded: bool = False,
+        guarded_model: str | None = None,
     ) -> T:
         """Call `method(stub)(request)` on a live instance, failing over while instances are unreachable.
 
-        `guarded` (a call that may cost money: Generate, SubmitJob): instances whose circuit breaker is open are
-        skipped, and the outcome is counted against the breaker of the instance called; BreakersOpen when every
-        instance's is open. Polls and cancels are not guarded: they must reach their job whatever its state."""
+        `guarded_model` (a call of that model that may cost money: Generate, SubmitJob): instances whose circuit
+        breaker for the model is open are skipped, and the outcome is counted against the breaker of the instance
+        called; BreakersOpen when every instance's is open. Polls and cancels are not guarded: they must reach
+        their job whatever its state."""
         candidates = self._candidates(provider)
         start = next(self._turn)
         shortest_wait: float | None = None
         for offset in range(len(candidates)):
             instance = candidates[(start + offset) % len(candidates)]
-            scope = instance_scope(provider, instance.instance_id)
-            if guarded and self.breakers is not None:
+            scope = instance_scope(provider, instance.instance_id, guarded_model or "")
+            if guarded_model and self.breakers is not None:
                 wait = self.breakers.admit(scope)
                 if wait is not None:
                     shortest_wait = wait if shortest_wait is None else min(wait, shortest_wait)
@@ -117,7 +118,7 @@ class ProviderDirectory:
                 response = method(stub)(request, timeout=timeout)
             except grpc.RpcError as error:
                 trailers = dict(error.trailing_metadata() or ())
-                if guarded:
+                if guarded_model:
                     self._record(scope, error.code() in FAILURE_CODES)
                 if error.code() == grpc.StatusCode.UNAVAILABLE and UPSTREAM_ERROR_METADATA not in trailers:
                     # The instance itself is gone or dying: try the next one.
@@ -128,7 +129,7 @@ class ProviderDirectory:
                 raise ProviderCallError(
                     error.code(), error.details() or "", int(retry_after) / 1000 if retry_after else None
                 ) from error
-            if guarded:
+            if guarded_model:
                 self._record(scope, False)
             return response
         if shortest_wait is not None:

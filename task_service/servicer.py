@@ -216,7 +216,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         try:
-            models = await list_models(self.catalogues, request.type)
+            models = await list_models(self.catalogues, request.type, self.settings.model_fallbacks)
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except RedisError as error:
@@ -455,6 +455,8 @@ def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, dig
     }
     if valid.deadline_seconds is not None:
         document["deadline"] = now + timedelta(seconds=valid.deadline_seconds)
+    if valid.allow_fallback:
+        document["allow_fallback"] = True
     if valid.webhook_url:
         document["webhook_url"] = valid.webhook_url
         document["webhook_events"] = list(valid.webhook_events)

@@ -83,7 +83,7 @@ def test_a_failing_instance_opens_its_breaker_the_other_takes_the_traffic_then_i
         bad_id = wait_until(
             lambda: next((i.instance_id for i in read_instances(stack.redis()) if i.address == bad_address), None)
         )
-        scope = instance_scope("volcengine", bad_id)
+        scope = instance_scope("volcengine", bad_id, SEEDREAM["model"])
         first = [create(rest, user_id, f"first wave {n}") for n in range(10)]
         for task_id in first:
             assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=90)["status"] == "completed"
@@ -213,3 +213,66 @@ def test_one_users_burst_does_not_starve_another_users_single_task(
     assert len(ahead) <= 3, (len(ahead), len(burst))
     for task_id in burst:
         assert wait_for_status(rest, task_id, {"completed"}, timeout=90)["attempts"] == 1
+
+
+JIMENG_IMAGE = "jimeng_high_aes_general_v21_L"
+
+
+def test_fallback_serves_a_task_that_allows_it_once_its_retries_are_spent(
+    rest: httpx.Client, stack: LocalStack, user_id: str, quick_breakers: Callable[[dict[str, str]], None]
+) -> None:
+    # Breakers that do not open here: the retries are what is spent.
+    quick_breakers({"MAX_ATTEMPTS": "2", "BREAKER_MIN_CALLS": "1000", "BREAKER_MODEL_MIN_CALLS": "1000"})
+    listed = rest.get("/api/v1/ai/models", params={"type": "image"}).json()["data"]["models"]
+    seedream = next(entry for entry in listed if entry["model"] == SEEDREAM["model"])
+    assert seedream["fallbacks"] == [f"volcengine/{JIMENG_IMAGE}"]
+    marker = f"fallback-{user_id}"
+    with stack.sim() as sim:
+        sim.set_faults("ark.images", error_rate=1.0, error_status=503)
+
+        def create_with(label: str, **fields: object) -> str:
+            body = {"prompt": f"{marker} {label}", "user_id": user_id, **SEEDREAM, **fields}
+            response = rest.post("/api/v1/ai/image/task", json=body)
+            assert response.status_code == 200, response.text
+            return str(response.json()["data"]["task_id"])
+
+        allowed = create_with("allowed", allow_fallback=True, size="864x1152")
+        not_allowed = create_with("not-allowed")
+        unmappable = create_with("unmappable", allow_fallback=True, size="1512x648")
+        served = wait_for_status(rest, allowed, {"completed", "failed"}, timeout=60)
+        refused = wait_for_status(rest, not_allowed, {"completed", "failed"}, timeout=60)
+        skipped = wait_for_status(rest, unmappable, {"completed", "failed"}, timeout=60)
+        fallback_calls = [call for call in sim.requests(marker) if call["endpoint"] == "visual.CVProcess"]
+    assert served["status"] == "completed" and served["allow_fallback"] is True
+    assert (served["provider"], served["model"]) == (SEEDREAM["provider"], SEEDREAM["model"])
+    assert (served["served_provider"], served["served_model"]) == ("volcengine", JIMENG_IMAGE)
+    assert served["image_url"]
+    assert refused["status"] == "failed" and "gave up after 2 attempts" in refused["error_message"]
+    assert refused["served_model"] == SEEDREAM["model"]
+    # 1512x648 (7:3) has no size of its aspect ratio at the fallback: skipped, the task fails as without one.
+    assert skipped["status"] == "failed" and skipped["served_model"] == SEEDREAM["model"]
+    # Only the task that allowed it reached the fallback, with its size mapped to the same aspect ratio (3:4).
+    assert len(fallback_calls) == 1 and "allowed" in fallback_calls[0]["text"], fallback_calls
+    assert "384" in fallback_calls[0]["text"] and "512" in fallback_calls[0]["text"]
+
+
+def test_fallback_serves_a_task_at_once_while_its_models_breaker_is_open(
+    rest: httpx.Client, stack: LocalStack, user_id: str, quick_breakers: Callable[[dict[str, str]], None]
+) -> None:
+    quick_breakers({"BREAKER_COOLDOWN_SECONDS": "60"})
+    marker = f"open-fallback-{user_id}"
+    with stack.sim() as sim:
+        sim.set_faults("ark.images", error_rate=1.0, error_status=500)
+        failing = [create(rest, user_id, f"{marker} opener {n}") for n in range(4)]
+        wait_until(lambda: breaker(stack, SEEDREAM_BREAKER).get("state") == "open")
+        response = rest.post(
+            "/api/v1/ai/image/task",
+            json={"prompt": f"{marker} falls back", "user_id": user_id, **SEEDREAM, "allow_fallback": True},
+        )
+        task_id = response.json()["data"]["task_id"]
+        served = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)
+        seedream_calls = [call for call in sim.requests(f"{marker} falls back") if call["endpoint"] == "ark.images"]
+        # The tasks that did not allow a fallback wait, pending, for the breaker.
+        assert {wait_for_status(rest, t, {"pending"})["status"] for t in failing} == {"pending"}
+    assert served["status"] == "completed" and served["served_model"] == JIMENG_IMAGE
+    assert served["attempts"] == 1 and seedream_calls == []  # the open breaker let nothing through to Seedream
