@@ -40,6 +40,10 @@ BREAKERS_INDEX_KEY = "aitask:breakers"
 # A breaker untouched this long is forgotten (an instance that went away, a model no longer used).
 BREAKER_IDLE_SECONDS = 24 * 3600
 
+# A worker that found a breaker closed lets calls through without asking Redis again for this long: two round
+# trips fewer per task in the usual case, at the price of noticing another worker's open breaker this much later.
+CLOSED_CACHE_SECONDS = 0.5
+
 # gRPC codes from a provider that count against a breaker.
 FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -155,10 +159,14 @@ class Breakers:
     def __init__(self, redis: Redis, settings: DispatcherSettings) -> None:
         self.redis = redis
         self.settings = settings
+        # scope -> monotonic time until which it is taken as closed without asking Redis.
+        self._closed_until: dict[str, float] = {}
 
     def admit(self, scope: str) -> float | None:
         """None if a call may go through `scope` now (a half-open breaker's probe among them), else how many
         seconds until it should be asked again."""
+        if self._closed_until.get(scope, 0.0) > time.monotonic():
+            return None
         s = self.settings
         admitted, state, wait, transition = self.redis.eval(
             _ADMIT, 1, _keys(scope)[0], time.time(), s.breaker_cooldown_seconds, s.breaker_probe_calls,
@@ -166,6 +174,8 @@ class Breakers:
         )  # fmt: skip
         if transition:
             self._transitioned(scope, BreakerState.HALF_OPEN)
+        if state == b"closed":
+            self._closed_until[scope] = time.monotonic() + CLOSED_CACHE_SECONDS
         if int(admitted):
             return None
         seconds = float(wait)
@@ -182,6 +192,8 @@ class Breakers:
             min_calls, s.breaker_failure_ratio, s.breaker_cooldown_seconds, s.breaker_probe_calls,
             BREAKER_IDLE_SECONDS, scope,
         )  # fmt: skip
+        if state != b"closed":
+            self._closed_until.pop(scope, None)
         if transition:
             self._transitioned(scope, BreakerState(transition.decode()))
 

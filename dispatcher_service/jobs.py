@@ -463,6 +463,13 @@ class TaskRun:
         returns, or None when no fallback served it (the caller waits or fails as without one)."""
         if not self.task.allow_fallback or self.task.type == "video":
             return None
+        try:
+            return self._first_fallback_served(reason)
+        except RedisError as error:
+            log.warning("no fallback tried: Redis unreachable", error=str(error))
+            return None
+
+    def _first_fallback_served(self, reason: str) -> str | None:
         for target in self._fallback_targets():
             breaker = model_scope(target.provider, target.model)
             if self.rt.breakers.admit(breaker) is not None:

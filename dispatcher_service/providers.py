@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 from redis import Redis
+from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask.provider.v1 import provider_service_pb2_grpc
@@ -137,8 +138,14 @@ class ProviderDirectory:
         raise NoLiveInstance(provider)
 
     def _record(self, scope: str, failed: bool) -> None:
-        if self.breakers is not None:
+        """Count a call's outcome against its instance's breaker; best effort: a call already made (perhaps paid
+        for) must go on to store its outcome while Redis is down."""
+        if self.breakers is None:
+            return
+        try:
             self.breakers.record(scope, failed, self.breakers.settings.breaker_min_calls)
+        except RedisError as error:
+            log.warning("circuit breaker not updated", breaker=scope, error=str(error))
 
     def _channel(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)

@@ -276,3 +276,24 @@ def test_fallback_serves_a_task_at_once_while_its_models_breaker_is_open(
         assert {wait_for_status(rest, t, {"pending"})["status"] for t in failing} == {"pending"}
     assert served["status"] == "completed" and served["served_model"] == JIMENG_IMAGE
     assert served["attempts"] == 1 and seedream_calls == []  # the open breaker let nothing through to Seedream
+
+
+def test_a_429_storm_under_a_cap_of_two_finishes_every_task_with_at_most_two_in_flight(
+    rest: httpx.Client, stack: LocalStack, user_id: str, quick_breakers: Callable[[dict[str, str]], None]
+) -> None:
+    caps = json.dumps({SEEDREAM["provider"]: {"concurrency": 2}})
+    # Enough attempts that no task runs out of them in a 50 % storm (0.5^20).
+    quick_breakers({"UPSTREAM_CAPS": caps, "WORKER_CONCURRENCY": "6", "MAX_ATTEMPTS": "20"})
+    marker = f"storm-{user_id}"
+    with stack.sim() as sim:
+        sim.set_faults("ark.images", latency_s=0.1, rate_limit_rate=0.5)
+        sim.reset_peak_concurrency()
+        storm_ends = time.monotonic() + 20
+        task_ids = [create(rest, f"{user_id}-{n % 2}", f"{marker} {n}") for n in range(40)]
+        time.sleep(max(0.0, storm_ends - time.monotonic()))  # the storm lasts its 20 s whatever the tasks do
+        sim.clear_faults()
+        results = [wait_for_status(rest, task_id, {"completed", "failed"}, timeout=90) for task_id in task_ids]
+        peak = sim.concurrency()["ark.images"]["peak"]
+        rate_limited = sum(call["status"] == 429 for call in sim.requests(marker))
+    assert {result["status"] for result in results} == {"completed"}
+    assert rate_limited > 0 and peak <= 2, (rate_limited, peak)
