@@ -13,7 +13,14 @@ import pytest
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.registry import read_instances
 from devstack.stack import LocalStack
-from dispatcher_service.breakers import BREAKER_KEY_PREFIX, breaker_statuses, instance_scope, model_scope, reset_breaker
+from dispatcher_service.breakers import (
+    BREAKER_KEY_PREFIX,
+    CLOSED_CACHE_SECONDS,
+    breaker_statuses,
+    instance_scope,
+    model_scope,
+    reset_breaker,
+)
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM, upstream_calls
 
@@ -265,6 +272,8 @@ def test_fallback_serves_a_task_at_once_while_its_models_breaker_is_open(
         sim.set_faults("ark.images", error_rate=1.0, error_status=500)
         failing = [create(rest, user_id, f"{marker} opener {n}") for n in range(4)]
         wait_until(lambda: breaker(stack, SEEDREAM_BREAKER).get("state") == "open")
+        # A worker that saw the breaker closed just before trusts that for CLOSED_CACHE_SECONDS (breakers.py).
+        time.sleep(CLOSED_CACHE_SECONDS)
         response = rest.post(
             "/api/v1/ai/image/task",
             json={"prompt": f"{marker} falls back", "user_id": user_id, **SEEDREAM, "allow_fallback": True},
