@@ -51,6 +51,15 @@ class ServiceSettings(BaseSettings):
     """Redis: the queue, leases, the registry, limits and caches."""
     redis_socket_timeout: float = Field(default=5.0, gt=0)
     """Timeout of a single Redis command: a dead Redis must fail a request, not hang it."""
+    model_fallbacks: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "volcengine/doubao-seedream-3-0-t2i-250415": ["volcengine/jimeng_high_aes_general_v21_L"],
+        }
+    )
+    """Catalogue fallbacks (a JSON object): "provider/model" -> the same-modality "provider/model"s a task may run on,
+    in order, when its create sets allow_fallback and the model's circuit breaker is open or its retries are spent;
+    ListModels shows them. Synchronous (image, text) models only; a fallback whose parameters cannot be mapped (a
+    size of no aspect ratio it offers) is skipped."""
     ai_timeout: float = Field(default=120.0, gt=0)
     """Deadline of one upstream AI call, in seconds."""
     shutdown_grace: float = Field(default=10.0, ge=0)

@@ -128,6 +128,8 @@ class TaskDocument(TypedDict):
     # Who really serves the task (API.md "Which model served a task"), written at create; absent on older tasks.
     served_provider: NotRequired[str]
     served_model: NotRequired[str]
+    # The create allowed a fallback (aitask_common/fallbacks.py); absent: it did not.
+    allow_fallback: NotRequired[bool]
     # When a task not started upstream by then is cancelled (the create's deadline_seconds), and why a
     # cancelled task was cancelled (CancelReason).
     deadline: NotRequired[datetime]
@@ -179,6 +181,7 @@ def task_to_proto(document: TaskDocument, include_payload: bool = True) -> task_
         webhook_url=document.get("webhook_url", ""),
         webhook_events=document.get("webhook_events", []),
         upstream_url=document.get("upstream_url", ""),
+        allow_fallback=document.get("allow_fallback", False),
     )
     output = document.get("output")
     if output:

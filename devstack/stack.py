@@ -79,6 +79,9 @@ class LocalStack:
                 # Auth is on (ENVIRONMENT=test); a short key cache so revocation shows within a test's patience.
                 "API_KEY_CACHE_SECONDS": "2",
                 "MAX_INFLIGHT_TASKS_PER_USER": "30",
+                # First come, first served, so a test sees every job it created in the queue; the fair-share
+                # tests turn it on (tests/e2e/test_resilience.py).
+                "FAIR_SHARE_DEPTH": "0",
                 # Throwaway data: durability would only slow the tests down.
                 "POSTGRES_EXTRA_ARGS": "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             }
@@ -114,6 +117,14 @@ class LocalStack:
         port_variable = {"provider_volcengine": "VOLCENGINE_PORT", "provider_openai": "OPENAI_PROVIDER_PORT"}
         env = base.env | {port_variable[provider_process]: str(port), "METRICS_PORT": str(free_port())}
         self.definitions[name] = Process(name, base.argv, env, port)
+        return self.definitions[name]
+
+    def add_simulator_instance(self, name: str) -> Process:
+        """Define a second upstream simulator on a fresh port (start it with `start(name)`): point one provider
+        instance at it (ARK_BASE_URL) to give that instance an upstream of its own, down until started."""
+        base = self.definitions["simulator"]
+        port = free_port()
+        self.definitions[name] = Process(name, base.argv, base.env | {"SIMULATOR_PORT": str(port)}, port)
         return self.definitions[name]
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:

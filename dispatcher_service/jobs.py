@@ -37,6 +37,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
+from aitask_common import fair_share
+from aitask_common.fallbacks import map_parameters, split_model_key
 from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
@@ -51,10 +53,12 @@ from aitask_common.outputs import (
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import Priority, leave_queue
 from aitask_common.tasks import GeneratedImage, TaskDocument, TaskParameters, TaskStatus, TaskType, utcnow
+from dispatcher_service.breakers import FAILURE_CODES, Breakers, model_scope
 from dispatcher_service.cancels import cancel_upstream_job, deadline_passed, enqueue_upstream_cancel, expire
+from dispatcher_service.caps import CapFull, Slot, UpstreamCaps
 from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.lease import TaskLease
-from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
+from dispatcher_service.providers import BreakersOpen, NoLiveInstance, ProviderCallError, ProviderDirectory
 from dispatcher_service.schedule import PollHint, enqueue_task, forget_finished, replan, schedule_poll
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.storage import TaskTransitions
@@ -133,6 +137,8 @@ class Runtime:
     providers: ProviderDirectory
     durations: UpstreamDurations
     outputs: OutputStore
+    breakers: Breakers
+    caps: UpstreamCaps
 
     @classmethod
     def open(cls, settings: DispatcherSettings) -> Runtime:
@@ -140,9 +146,11 @@ class Runtime:
         redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
         mongo: MongoClient[dict[str, Any]] = MongoClient(**client_options(settings, "dispatcher"))
         tasks = TaskTransitions(mongo, settings.mongo_database, redis)
-        providers = ProviderDirectory(redis, settings.registry_cache_seconds)
+        breakers = Breakers(redis, settings)
+        providers = ProviderDirectory(redis, settings.registry_cache_seconds, breakers)
+        caps = UpstreamCaps(redis, settings, lease_seconds=settings.ai_timeout + DEADLINE_MARGIN_SECONDS + 5.0)
         outputs = open_output_store(settings, mongo)
-        return cls(settings, redis, tasks, providers, UpstreamDurations(redis), outputs)
+        return cls(settings, redis, tasks, providers, UpstreamDurations(redis), outputs, breakers, caps)
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,16 @@ class UpstreamJob:
 
     job_id: str
     submitted: datetime
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A fallback a run calls instead of the task's model, with the task's parameters mapped to it."""
+
+    provider: str
+    model: str
+    served_model: str
+    parameters: TaskParameters
 
 
 @dataclass
@@ -175,6 +193,8 @@ class Task:
     parameters: TaskParameters = field(default_factory=lambda: TaskParameters())
     # An image an earlier run was paid for, whose copy failed.
     generated: GeneratedImage | None = None
+    # The create allowed a fallback (aitask_common/fallbacks.py).
+    allow_fallback: bool = False
 
     @property
     def model_key(self) -> str:
@@ -200,6 +220,7 @@ class Task:
             prompt=document["prompt"],
             parameters=parameters,
             generated=document.get("generated"),
+            allow_fallback=document.get("allow_fallback", False),
         )
 
     @classmethod
@@ -257,9 +278,14 @@ def process_task(task_id: str) -> str:
 
 
 def _leave_queue(redis: Redis, task_id: str) -> None:
-    """The task no longer waits in its queue (queue positions, aitask_common.queues); best effort."""
+    """The task no longer waits in its queue (queue positions, aitask_common.queues), and if it took its user's
+    turn (aitask_common.fair_share), the user's next backlogged task takes the next; best effort (the reconciler
+    advances a backlog left behind)."""
     try:
         leave_queue(redis, task_id)
+        next_turn = fair_share.started(redis, task_id)
+        if next_turn is not None:
+            enqueue_task(redis, *next_turn)
     except RedisError as error:
         log.warning("queue position not updated", error=str(error))
 
@@ -391,23 +417,133 @@ class TaskRun:
             if task.upstream is None:
                 self._unclaim()
             return self._wait_for_provider()
-        try:
-            if task.upstream is not None:
+        if task.upstream is not None:
+            try:
                 return self._poll(task.upstream)
-            return self._submit() if model.asynchronous else self._generate()
+            except ProviderCallError as error:
+                return self._handle_error(error)
+        breaker = model_scope(task.provider, task.model)
+        wait = self.rt.breakers.admit(breaker)
+        if wait is not None:
+            return self._fall_back("circuit breaker open") or self._wait_for_breaker(breaker, wait)
+        slot = self.rt.caps.acquire(task.provider, task.model)
+        if isinstance(slot, CapFull):
+            return self._wait_for_slot(slot)
+        try:
+            outcome = self._submit() if model.asynchronous else self._generate()
+        except BreakersOpen as every_instance:
+            return self._fall_back("circuit breaker open") or self._wait_for_breaker(
+                f"every instance of {task.provider}", every_instance.wait_seconds
+            )
         except ProviderCallError as error:
+            if not isinstance(error, NoLiveInstance):
+                self._record_model_call(breaker, failed=error.code in FAILURE_CODES)
             return self._handle_error(error)
+        finally:
+            if slot is not None:
+                self._release_slot(slot)
+        self._record_model_call(breaker, failed=False)
+        return outcome
+
+    def _wait_for_slot(self, full: CapFull) -> str:
+        """A full upstream cap (caps.py): nothing reached the upstream, so the attempt does not count. Held by the
+        rate, the task comes back when its turn is due; held by the concurrency cap, it waits in the cap's line
+        for a freed slot to wake it, with a later look in case that wake is lost. The lease goes with the line
+        entry, so a wake that comes at once finds the task free."""
+        self._unclaim()
+        if full.wait_seconds is not None:
+            self._enqueue_job(full.wait_seconds)
+            return "waiting-for-rate"
+        self._enqueue_job(self.settings.cap_recheck_seconds)
+        self.lease.release_in(self.rt.redis)
+        self.rt.caps.wait_in_line(full.cap, self.task.id, self.task.priority)
+        return "waiting-for-slot"
+
+    def _release_slot(self, slot: Slot) -> None:
+        try:
+            for task_id, priority in self.rt.caps.release(slot):
+                enqueue_task(self.rt.redis, task_id, priority, at_front=True)
+        except RedisError as error:
+            # The slots' leases expire on their own, and the waiting tasks look again later.
+            log.warning("upstream cap slot not released", error=str(error))
+
+    def _record_model_call(self, breaker: str, failed: bool) -> None:
+        try:
+            self.rt.breakers.record(breaker, failed, self.settings.breaker_model_min_calls)
+        except RedisError as error:
+            log.warning("circuit breaker not updated", breaker=breaker, error=str(error))
+
+    def _fall_back(self, reason: str) -> str | None:
+        """If the create allowed it, run the task on the first of its model's fallbacks (aitask_common/fallbacks.py)
+        that can take its parameters, whose breaker lets a call through and whose caps have room; what the run
+        returns, or None when no fallback served it (the caller waits or fails as without one)."""
+        if not self.task.allow_fallback or self.task.type == "video":
+            return None
+        try:
+            return self._first_fallback_served(reason)
+        except RedisError as error:
+            log.warning("no fallback tried: Redis unreachable", error=str(error))
+            return None
+
+    def _first_fallback_served(self, reason: str) -> str | None:
+        for target in self._fallback_targets():
+            breaker = model_scope(target.provider, target.model)
+            if self.rt.breakers.admit(breaker) is not None:
+                continue
+            slot = self.rt.caps.acquire(target.provider, target.model)
+            if isinstance(slot, CapFull):
+                continue
+            log.info("falling back", reason=reason, provider=target.provider, model=target.model)
+            try:
+                outcome = self._generate(target)
+            except (ProviderCallError, BreakersOpen) as error:
+                failed = isinstance(error, ProviderCallError) and error.code in FAILURE_CODES
+                if isinstance(error, ProviderCallError) and not isinstance(error, NoLiveInstance):
+                    self._record_model_call(breaker, failed=failed)
+                log.warning("fallback failed", provider=target.provider, model=target.model, error=str(error))
+                continue
+            finally:
+                if slot is not None:
+                    self._release_slot(slot)
+            self._record_model_call(breaker, failed=False)
+            return outcome
+        return None
+
+    def _fallback_targets(self) -> list[Fallback]:
+        """The fallbacks configured for the task's model that can take its parameters, in order."""
+        targets = []
+        for key in self.settings.model_fallbacks.get(self.task.model_key, []):
+            provider, name = split_model_key(key)
+            entry = self.rt.providers.model(provider, name)
+            if entry is None or not self.rt.providers.has_instance(provider):
+                continue
+            parameters = map_parameters(self.task.parameters, self.task.type, entry)
+            if parameters is None:
+                log.info("fallback skipped: parameters cannot be mapped", provider=provider, model=name)
+                continue
+            targets.append(Fallback(provider, name, entry.upstream_model or name, parameters))
+        return targets
+
+    def _wait_for_breaker(self, breaker: str, wait_seconds: float) -> str:
+        """An open circuit breaker: nothing reached the upstream, so the attempt does not count; the task waits,
+        pending, and asks again once the breaker may let it through (jittered, so waiting tasks do not all come
+        back in the same instant)."""
+        self._unclaim()
+        delay = wait_seconds + random.uniform(0.0, 1.0)
+        log.info("circuit breaker open; task waits", breaker=breaker, delay_seconds=round(delay, 2))
+        self._enqueue_job(delay)
+        return "waiting-for-breaker"
 
     def _unclaim(self) -> None:
         """Nothing reached the upstream: back to pending, and the attempt does not count."""
         self.rt.tasks.transition(self.task.id, TaskStatus.PROCESSING, TaskStatus.PENDING, attempts_delta=-1)
         self.status = TaskStatus.PENDING
 
-    def _input(self) -> pb.GenerationInput:
-        parameters = self.task.parameters
+    def _input(self, target: Fallback | None = None) -> pb.GenerationInput:
+        parameters = target.parameters if target else self.task.parameters
         return pb.GenerationInput(
             task_id=self.task.id,
-            model=self.task.model,
+            model=target.model if target else self.task.model,
             prompt=self.task.prompt,
             size=parameters.get("size", ""),
             aspect_ratio=parameters.get("aspect_ratio", ""),
@@ -417,28 +553,34 @@ class TaskRun:
             response_format=parameters.get("response_format", ""),
         )
 
-    def _call(self, method: str, request: Any) -> Any:
+    def _call(self, method: str, request: Any, target: Fallback | None = None) -> Any:
+        provider = target.provider if target else self.task.provider
         started = time.perf_counter()
         code = "OK"
         try:
             return self.rt.providers.call(
-                self.task.provider,
+                provider,
                 lambda stub: getattr(stub, method),
                 request,
                 timeout=self.settings.ai_timeout + DEADLINE_MARGIN_SECONDS,
+                guarded_model=None if method == "PollJob" else target.model if target else self.task.model,
             )
         except ProviderCallError as error:
             code = error.code.name
             raise
         finally:
-            UPSTREAM_CALL.labels(self.task.provider, method, code).observe(time.perf_counter() - started)
+            UPSTREAM_CALL.labels(provider, method, code).observe(time.perf_counter() - started)
 
-    def _generate(self) -> str:
+    def _generate(self, target: Fallback | None = None) -> str:
+        """Generate on the task's model, or on a fallback (the task then records it as what served it)."""
         if self.task.generated:
             log.info("copying the image an earlier run generated", attempt=self.task.attempts)
             return self._copy_and_complete(self.task.generated, {})
-        result: pb.GenerateResponse = self._call("Generate", pb.GenerateRequest(input=self._input()))
+        request = pb.GenerateRequest(input=self._input(target))
+        result: pb.GenerateResponse = self._call("Generate", request, target)
         fields: dict[str, Any] = {"text_result": result.text_result}
+        if target is not None:
+            fields |= {"served_provider": target.provider, "served_model": target.served_model}
         if result.total_tokens:
             fields["usage"] = {
                 "prompt_tokens": result.prompt_tokens,
@@ -449,14 +591,15 @@ class TaskRun:
             image_url=result.image_url, image_base64=result.image_base64, revised_prompt=result.revised_prompt
         )
         if self.task.type == TaskType.IMAGE and (result.image_url or result.image_base64):
-            self._keep_generated(image)
+            self._keep_generated(image, fields)
         return self._copy_and_complete(image, fields)
 
-    def _keep_generated(self, image: GeneratedImage) -> None:
-        """Store the paid-for image on the task before copying it, so a failed copy's retry never calls the
-        vendor again (best effort: if the write fails, the copy usually succeeds anyway)."""
+    def _keep_generated(self, image: GeneratedImage, fields: dict[str, Any]) -> None:
+        """Store the paid-for image (and a fallback that made it) on the task before copying it, so a failed
+        copy's retry never calls the vendor again (best effort: if the write fails, the copy usually succeeds)."""
+        served: dict[str, Any] = {key: fields[key] for key in ("served_provider", "served_model") if key in fields}
         try:
-            self.rt.tasks.record(self.task.id, TaskStatus.PROCESSING, {"generated": image})
+            self.rt.tasks.record(self.task.id, TaskStatus.PROCESSING, {"generated": image, **served})
         except PyMongoError as error:
             log.warning("generated image not kept before its copy", error=str(error))
 
@@ -605,7 +748,7 @@ class TaskRun:
             return "poll-retry"
         attempts = self.task.attempts
         if attempts >= self.settings.max_attempts:
-            return self._fail(f"{message} (gave up after {attempts} attempts)")
+            return self._fall_back("retries spent") or self._fail(f"{message} (gave up after {attempts} attempts)")
         delay = self._backoff(attempts, error.retry_after_seconds)
         # Back to pending so the next attempt (and a reconciler) sees a task waiting to run.
         self.rt.tasks.transition(self.task.id, TaskStatus.PROCESSING, TaskStatus.PENDING, {"error_message": message})

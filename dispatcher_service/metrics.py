@@ -1,4 +1,5 @@
-"""The dispatcher's own Prometheus gauges: queue depth and live provider instances, read from Redis at scrape time."""
+"""The dispatcher's own Prometheus gauges: queue depth, live provider instances and circuit breakers, read from
+Redis at scrape time."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from redis import Redis
 
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.registry import read_instances
+from dispatcher_service.breakers import BreakerState, breaker_statuses
 from dispatcher_service.queue_admin import oldest_queued_age
 from dispatcher_service.schedule import queue
+
+# aitask_breaker_state's values.
+BREAKER_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 # The queue-age gauge reads the enqueue times of this many jobs at the head of each queue per scrape, not all.
 AGE_SAMPLE_JOBS = 100
@@ -31,6 +36,12 @@ class QueueAndRegistryCollector(Collector):
             "How long the oldest job at the head of each queue has waited (0 when empty)",
             labels=["queue"],
         )
+        breakers = GaugeMetricFamily(
+            "aitask_breaker_state",
+            "Circuit breaker state per scope (instance:<provider>:<id>, model:<provider>/<model>): "
+            "0 closed, 1 half-open, 2 open",
+            labels=["scope"],
+        )
         try:
             for name in QUEUE_ORDER:
                 rq_queue = queue(self.redis, name)
@@ -44,8 +55,11 @@ class QueueAndRegistryCollector(Collector):
                 counts[instance.provider] = counts.get(instance.provider, 0) + 1
             for provider, count in counts.items():
                 instances.add_metric([provider], count)
+            for status in breaker_statuses(self.redis):
+                breakers.add_metric([status.scope], BREAKER_STATE_VALUES[status.state])
         except Exception:  # noqa: BLE001, S110 - Redis down: scrape what we can, health reports the outage
             pass
         yield depth
         yield instances
         yield oldest
+        yield breakers

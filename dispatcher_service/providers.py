@@ -9,12 +9,14 @@ from typing import Any, TypeVar
 
 import grpc
 from redis import Redis
+from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask.provider.v1 import provider_service_pb2_grpc
 from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRY_AFTER_METADATA, UPSTREAM_ERROR_METADATA
 from aitask_common.registry import ProviderInstance, read_catalogues, read_instances
+from dispatcher_service.breakers import FAILURE_CODES, Breakers, instance_scope
 from dispatcher_service.read_cache import ReadThroughCache
 
 log = get_logger(__name__)
@@ -29,6 +31,14 @@ class ProviderCallError(Exception):
         super().__init__(message)
         self.code = code
         self.retry_after_seconds = retry_after_seconds
+
+
+class BreakersOpen(Exception):
+    """Every live instance of the provider has its circuit breaker open: nothing was called."""
+
+    def __init__(self, provider: str, wait_seconds: float) -> None:
+        super().__init__(f"every instance of provider {provider!r} has its circuit breaker open")
+        self.wait_seconds = wait_seconds
 
 
 class NoLiveInstance(ProviderCallError):
@@ -53,8 +63,9 @@ _REGISTRY = "registry"
 class ProviderDirectory:
     """Per-process view of the registry plus one gRPC channel per instance address."""
 
-    def __init__(self, redis: Redis, cache_seconds: float) -> None:
+    def __init__(self, redis: Redis, cache_seconds: float, breakers: Breakers | None = None) -> None:
         self.redis = redis
+        self.breakers = breakers
         self._registry = ReadThroughCache(self._read_registry, cache_seconds, maxsize=1)
         self._channels: dict[str, grpc.Channel] = {}
         self._turn = itertools.count()
@@ -78,22 +89,48 @@ class ProviderDirectory:
         """Whether at least one instance of the provider is registered."""
         return bool(self._candidates(provider))
 
-    def call(self, provider: str, method: Callable[[Any], Callable[..., T]], request: Any, timeout: float) -> T:
-        """Call `method(stub)(request)` on a live instance, failing over while instances are unreachable."""
+    def call(
+        self,
+        provider: str,
+        method: Callable[[Any], Callable[..., T]],
+        request: Any,
+        timeout: float,
+        guarded_model: str | None = None,
+    ) -> T:
+        """Call `method(stub)(request)` on a live instance, failing over while instances are unreachable.
+
+        `guarded_model` (a call of that model that may cost money: Generate, SubmitJob): instances whose circuit
+        breaker for the model is open are skipped, and the outcome is counted against the breaker of the instance
+        called; BreakersOpen when every instance's is open. Polls and cancels are not guarded: they must reach
+        their job whatever its state."""
         candidates = self._candidates(provider)
         start = next(self._turn)
+        shortest_wait: float | None = None
         for offset in range(len(candidates)):
             instance = candidates[(start + offset) % len(candidates)]
+            scope = instance_scope(provider, instance.instance_id, guarded_model or "")
+            if guarded_model and self.breakers is not None:
+                wait = self.breakers.admit(scope)
+                if wait is not None:
+                    shortest_wait = wait if shortest_wait is None else min(wait, shortest_wait)
+                    continue
             stub = provider_service_pb2_grpc.ProviderServiceStub(self._channel(instance.address))
             try:
-                return method(stub)(request, timeout=timeout)
+                response = method(stub)(request, timeout=timeout)
             except grpc.RpcError as error:
+                if guarded_model:
+                    self._record(scope, error.code() in FAILURE_CODES)
                 if _instance_gone(error):
                     # The instance itself is gone or dying: try the next one.
                     log.warning("provider instance unreachable", provider=provider, address=instance.address)
                     self._forget(instance.address)
                     continue
                 raise _call_error(error) from error
+            if guarded_model:
+                self._record(scope, False)
+            return response
+        if shortest_wait is not None:
+            raise BreakersOpen(provider, shortest_wait)
         raise NoLiveInstance(provider)
 
     def stream(
@@ -119,6 +156,16 @@ class ProviderDirectory:
                     continue
                 raise _call_error(error) from error
         raise NoLiveInstance(provider)
+
+    def _record(self, scope: str, failed: bool) -> None:
+        """Count a call's outcome against its instance's breaker; best effort: a call already made (perhaps paid
+        for) must go on to store its outcome while Redis is down."""
+        if self.breakers is None:
+            return
+        try:
+            self.breakers.record(scope, failed, self.breakers.settings.breaker_min_calls)
+        except RedisError as error:
+            log.warning("circuit breaker not updated", breaker=scope, error=str(error))
 
     def _channel(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)

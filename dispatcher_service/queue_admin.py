@@ -8,6 +8,9 @@
   task behind a removed job is marked failed (or, with `--requeue`, gets a fresh job).
 - `requeue-failed QUEUE|all`: puts the jobs of RQ's FailedJobRegistry back on their queue, but never the job of a
   task that is already final (a cancelled one above all: it must never run).
+- `breakers`: every circuit breaker (dispatcher_service/breakers.py) with its state, until when an open one
+  refuses calls, and its window's calls and failures; `breakers --reset SCOPE` closes one by hand. `status`
+  lists the breakers that are not closed.
 - `status` also counts the cancelled tasks, by reason (a user's cancel, a deadline): their jobs may still wait in
   the queues above, and end at once, without running, when a worker takes them.
 
@@ -40,6 +43,7 @@ from aitask_common.mongo import client_options
 from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, leave_queue
 from aitask_common.settings import ServiceSettings, load_settings
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus
+from dispatcher_service.breakers import BreakerState, BreakerStatus, breaker_statuses, reset_breaker
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished, queue
 from dispatcher_service.storage import TaskTransitions
@@ -118,6 +122,15 @@ def format_status_table(statuses: dict[str, dict[str, Any]]) -> str:
         )
         for row in rows
     )
+
+
+def format_breaker(status: BreakerStatus) -> str:
+    """One breaker on one line: scope, state, when it next changes, its window."""
+    line = f"{status.scope}: {status.state.value}"
+    if status.until is not None:
+        verb = "half-opens" if status.state is BreakerState.OPEN else "re-issues probes"
+        line += f" ({verb} in {max(0.0, status.until - time.time()):.1f} s)"
+    return line + f", window: {status.calls} calls, {status.failures} failed"
 
 
 @dataclass
@@ -263,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dispatcher_service.queue_admin", description="Inspect and repair the RQ queues."
     )
-    commands = parser.add_subparsers(dest="command", metavar="{status,clear,requeue-failed}")
+    commands = parser.add_subparsers(dest="command", metavar="{status,clear,requeue-failed,breakers}")
     status = commands.add_parser("status", help="jobs per queue and state (the default command)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     clear = commands.add_parser("clear", help="remove the queued and scheduled jobs of a queue")
@@ -274,6 +287,9 @@ def _parser() -> argparse.ArgumentParser:
         "requeue-failed", help="put the jobs of RQ's failed registry back on their queue (never a final task's)"
     )
     failed.add_argument("queue", choices=[*QUEUE_NAMES, ALL], metavar="QUEUE", help=QUEUE_HELP)
+    breakers = commands.add_parser("breakers", help="circuit breakers per provider instance and model")
+    breakers.add_argument("--json", action="store_true", help="machine-readable output")
+    breakers.add_argument("--reset", metavar="SCOPE", help="close this breaker and forget its window")
     return parser
 
 
@@ -291,6 +307,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         transitions = TaskTransitions(
             MongoClient(**client_options(settings, "queue-admin")), settings.mongo_database, redis
         )
+        if args.command == "breakers":
+            if args.reset:
+                reset_breaker(redis, args.reset)
+                print(f"{args.reset}: closed")
+                return 0
+            breakers = breaker_statuses(redis)
+            if args.json:
+                print(json.dumps([{**vars(status), "state": status.state.value} for status in breakers]))
+            else:
+                lines = [format_breaker(status) for status in breakers]
+                print("\n".join(lines) or "no circuit breaker has counted a call")
+            return 0
         if args.command in (None, "status"):
             statuses = {name: queue_status(redis, name) for name in QUEUE_NAMES}
             cancelled = cancelled_counts(transitions)
@@ -304,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"cancelled tasks: {cancelled[CancelReason.USER]} by their user, "
                     f"{cancelled[CancelReason.DEADLINE]} past their deadline (a job of theirs still queued never runs)"
                 )
+                tripped = [status for status in breaker_statuses(redis) if status.state is not BreakerState.CLOSED]
+                print(f"circuit breakers not closed: {len(tripped)}")
+                for status in tripped:
+                    print(f"  {format_breaker(status)}")
             return 0
         names = QUEUE_NAMES if args.queue == ALL else [args.queue]
         if args.command == "requeue-failed":

@@ -14,6 +14,9 @@ the front of its queue: its work was already started, perhaps paid for.
 Each pass first cancels the pending tasks past their deadline (dispatcher_service/cancels.py), so they end
 at about their deadline even behind a deep backlog, not when a worker reaches their job.
 
+A task waiting in its user's fair-share backlog (aitask_common/fair_share.py) is not stuck: it waits its turn,
+and a backlog nothing advances any more has its next task enqueued.
+
 Each pass also prunes the users' in-flight sets (task_service/limits.py) of tasks
 that are final or gone, whatever left them there (a Redis outage during a task's
 cleanup, a create withdrawn while Redis was down, a crash): a user's count of
@@ -36,6 +39,7 @@ from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry
 from ulid import ULID
 
+from aitask_common import fair_share
 from aitask_common.logging import get_logger
 from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
 from aitask_common.tasks import TaskStatus, inflight_key, utcnow
@@ -120,6 +124,9 @@ class Reconciler:
         if not candidates:
             return 0
         overdue = self._unattended(candidates, now)
+        backlogged = fair_share.backlogged_owners(self.redis, [task["_id"] for task, _ in overdue])
+        self._advance_backlogs(set(backlogged.values()))
+        overdue = [(task, due) for task, due in overdue if task["_id"] not in backlogged]
         waiting = self._jobs_still_waiting([task["_id"] for task, _ in overdue], now)
         requeued = 0
         for task, due in overdue:
@@ -132,6 +139,16 @@ class Reconciler:
             enqueue_task(self.redis, task["_id"], priority, at_front=started)
             requeued += 1
         return requeued
+
+    def _advance_backlogs(self, owners: set[str]) -> None:
+        """Backlogged tasks wait their user's turn (aitask_common.fair_share); a user none of whose jobs is left in
+        RQ to advance the backlog (an operator cleared them, a worker died before enqueueing the next) gets its
+        next one enqueued here."""
+        for owner in owners:
+            task_id = fair_share.rescue(self.redis, owner)
+            if task_id is not None:
+                log.warning("enqueueing the next task of a backlog nothing advanced", task_id=task_id, owner=owner)
+                enqueue_task(self.redis, task_id, owner.split(" ", 1)[0])
 
     def _prune_inflight(self, now: float) -> int:
         """Drop the members of users' in-flight sets whose task is final or gone; how many.

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from aitask_common.output_settings import OutputSettings
+
+
+class UpstreamCap(BaseModel):
+    """One entry of UPSTREAM_CAPS: what one provider account, or one model of it, takes at most."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(default=0, ge=0)
+    """Calls in flight at most (0: no cap)."""
+    per_second: float = Field(default=0.0, ge=0)
+    """Calls started per second at most, with a burst of one second's worth (0: no cap)."""
 
 
 class DispatcherSettings(OutputSettings):
@@ -45,6 +56,28 @@ class DispatcherSettings(OutputSettings):
     """How late a task's scheduled job may be before the reconciler enqueues it again."""
     registry_cache_seconds: float = Field(default=1.0, ge=0)
     """How long a read of the provider registry is reused before reading Redis again."""
+    breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    """Circuit breakers (per provider instance and per model): the share of failed calls (upstream unavailable
+    or timed out, instance unreachable) within the window that opens one."""
+    breaker_min_calls: int = Field(default=10, ge=1)
+    """Calls a provider instance's breaker needs within the window before its failure ratio can open it."""
+    breaker_model_min_calls: int = Field(default=20, ge=1)
+    """Calls a (provider, model) breaker needs within the window before its failure ratio can open it; above the
+    instance's, so one bad instance opens its own breaker before it drags the model's down."""
+    breaker_window_seconds: float = Field(default=60.0, gt=0)
+    """The sliding window over which a breaker counts calls and failures."""
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    """How long an open breaker refuses calls (its tasks wait, pending, using no attempt) before it half-opens."""
+    breaker_probe_calls: int = Field(default=3, ge=1)
+    """Calls a half-open breaker lets through as probes; that many successes close it, one failure reopens it."""
+    upstream_caps: dict[str, UpstreamCap] = Field(default_factory=dict)
+    """Per-upstream caps (a JSON object) by provider (`"volcengine"`) or model (`"volcengine/<model>"`), each
+    `{"concurrency": N, "per_second": R}`, enforced across every dispatcher worker through Redis; a call counts
+    against its provider's cap and its model's. A task beyond them waits, pending, holding no worker and using no
+    attempt: e.g. `{"volcengine/jimeng_t2i_v40": {"concurrency": 2, "per_second": 1}}`."""
+    cap_recheck_seconds: float = Field(default=5.0, gt=0)
+    """A task waiting for a full cap's slot is woken when one is freed; it also looks again after this long, in
+    case the wake was lost (its waker killed)."""
     worker_deadline_dir: str = ""
     """Folder where each worker writes when it will next show progress, for the liveness probe
     (`healthcheck.py workers DIR`) to notice a stuck one; empty: off."""

@@ -12,42 +12,64 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from aitask_common.queues import PROCESS_TASK, Priority, job_options, take_number, watch_job
+from aitask_common import fair_share
+from aitask_common.queues import PROCESS_TASK, WATCH_KEY, Priority, job_options, take_number, watch_job
 from task_service.batching import Batcher
 
 # Most jobs one pipeline carries.
 ENQUEUE_BATCH_MAX = 256
 
 
+# A new task: (task id, priority) or, to take a fair share of its priority's queue, (task id, priority, user id).
+NewTask = tuple[str, Priority | str] | tuple[str, Priority | str, str]
+
+
 class TaskQueue:
     """Enqueues new tasks' jobs; a failed round trip fails every task of its batch (RedisError)."""
 
-    def __init__(self, connection: Redis) -> None:
+    def __init__(self, connection: Redis, fair_share_depth: int = 0) -> None:
         self.connection = connection
+        self.fair_share_depth = fair_share_depth
         # Started and stopped with the server (task_service.server).
         self.batcher = Batcher("enqueue", self._enqueue_batch, ENQUEUE_BATCH_MAX)
 
-    async def enqueue(self, task_id: str, priority: Priority | str) -> None:
-        """Enqueue one task's job (sharing the round trip with whatever else is waiting)."""
-        await self.batcher.submit((task_id, priority))
+    async def enqueue(self, task_id: str, priority: Priority | str, user_id: str | None = None) -> None:
+        """Enqueue one task's job (sharing the round trip with whatever else is waiting); given its user, the
+        task takes its fair share (aitask_common.fair_share)."""
+        await self.batcher.submit((task_id, priority) if user_id is None else (task_id, priority, user_id))
 
-    async def _enqueue_batch(self, tasks: list[tuple[str, Priority | str]]) -> None:
+    async def _enqueue_batch(self, tasks: list[NewTask]) -> None:
         # The client is synchronous: one thread hop per batch, not per task.
-        await asyncio.to_thread(enqueue_tasks, self.connection, tasks)
+        await asyncio.to_thread(enqueue_tasks, self.connection, tasks, self.fair_share_depth)
 
 
-def enqueue_tasks(connection: Redis, tasks: Iterable[tuple[str, Priority | str]]) -> list[Job]:
-    """Enqueue the first job of each new (task_id, priority), with its watch entry and its number in the queue
-    (aitask_common.queues), all in one MULTI."""
+def enqueue_tasks(connection: Redis, tasks: Iterable[NewTask], fair_share_depth: int = 0) -> list[Job]:
+    """Enqueue the first job of each new task, with its watch entry and its number in the queue
+    (aitask_common.queues), all in one MULTI. With a `fair_share_depth` (aitask_common.fair_share), a task
+    whose user already has that many first jobs waiting in its queue joins the user's backlog instead (one
+    round trip before); its watch entry is written all the same."""
     now = time.time()
+    tasks = list(tasks)
+    admitted = [True] * len(tasks)
+    if fair_share_depth > 0 and any(len(task) == 3 for task in tasks):
+        with connection.pipeline(transaction=False) as admissions:
+            fair = [index for index, task in enumerate(tasks) if len(task) == 3]
+            for index in fair:
+                task_id, priority, user_id = tasks[index]  # type: ignore[misc]
+                fair_share.admit(admissions, task_id, str(priority), user_id, fair_share_depth, now)
+            for index, reply in zip(fair, admissions.execute(), strict=True):
+                admitted[index] = bool(reply)
     with connection.pipeline() as pipe:
         pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
         jobs = []
-        for task_id, priority in tasks:
-            job = queue(connection, priority).enqueue(PROCESS_TASK, task_id, **job_options(task_id), pipeline=pipe)
-            watch_job(pipe, task_id, job.id, now)
+        for (task_id, priority, *_), enqueue_now in zip(tasks, admitted, strict=True):
+            if enqueue_now:
+                job = queue(connection, priority).enqueue(PROCESS_TASK, task_id, **job_options(task_id), pipeline=pipe)
+                watch_job(pipe, task_id, job.id, now)
+                jobs.append(job)
+            else:
+                pipe.zadd(WATCH_KEY, {task_id: now})
             take_number(pipe, task_id, priority)
-            jobs.append(job)
         pipe.execute()
     return jobs
 

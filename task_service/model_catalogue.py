@@ -21,7 +21,9 @@ def validate_model_type(model_type: str) -> str:
     return model_type
 
 
-async def list_models(cache: CatalogueCache, model_type: str) -> pb.ModelList:
+async def list_models(
+    cache: CatalogueCache, model_type: str, fallbacks: dict[str, list[str]] | None = None
+) -> pb.ModelList:
     """Every published model (of `model_type`, unless empty), by provider then model name. The catalogues
     are the cache's (re-read if it holds none yet); the instance counts are read now, so a provider that
     stopped shows at once. Raises InvalidRequest for a bad type, RedisError when the registry is down."""
@@ -30,20 +32,28 @@ async def list_models(cache: CatalogueCache, model_type: str) -> pb.ModelList:
         await cache.refresh()
     instances = await asyncio.to_thread(read_instances, cache.redis)
     live = Counter(instance.provider for instance in instances)
-    return pb.ModelList(models=catalogue_models(cache.catalogues, live, model_type))
+    return pb.ModelList(models=catalogue_models(cache.catalogues, live, model_type, fallbacks))
 
 
-def catalogue_models(catalogues: Catalogues, live: Counter[str], model_type: str = "") -> list[pb.CatalogueModel]:
-    """The public entries of `catalogues`, given each provider's live instance count."""
+def catalogue_models(
+    catalogues: Catalogues,
+    live: Counter[str],
+    model_type: str = "",
+    fallbacks: dict[str, list[str]] | None = None,
+) -> list[pb.CatalogueModel]:
+    """The public entries of `catalogues`, given each provider's live instance count and the configured fallbacks."""
+    fallbacks = fallbacks or {}
     return [
-        _public_entry(provider, model, live[provider])
+        _public_entry(provider, model, live[provider], fallbacks.get(f"{provider}/{model.name}", []))
         for provider in sorted(catalogues)
         for model in sorted(catalogues[provider].models, key=lambda model: model.name)
         if not model_type or model.task_type == model_type
     ]
 
 
-def _public_entry(provider: str, model: provider_service_pb2.Model, live_instances: int) -> pb.CatalogueModel:
+def _public_entry(
+    provider: str, model: provider_service_pb2.Model, live_instances: int, fallbacks: list[str]
+) -> pb.CatalogueModel:
     return pb.CatalogueModel(
         provider=provider,
         model=model.name,
@@ -64,4 +74,5 @@ def _public_entry(provider: str, model: provider_service_pb2.Model, live_instanc
         available=live_instances > 0 and not model.retired,
         served_model=model.upstream_model or model.name,
         alternative=model.alternative,
+        fallbacks=fallbacks,
     )

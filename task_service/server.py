@@ -131,7 +131,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
     )
     inflight = InflightTasks(async_redis, settings.max_inflight_tasks_per_user)
     results = FinalResultCache(async_redis, settings.result_cache_seconds, settings.result_cache_max_bytes)
-    task_queue = TaskQueue(redis)
+    task_queue = TaskQueue(redis, settings.fair_share_depth)
     batchers: list[Batcher[Any]] = [inflight.reserves, store.inserts, task_queue.batcher]
     for batcher in batchers:
         batcher.start()

@@ -223,7 +223,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         try:
-            models = await list_models(self.catalogues, request.type)
+            models = await list_models(self.catalogues, request.type, self.settings.model_fallbacks)
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except RedisError as error:
@@ -397,7 +397,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def _enqueue(self, document: TaskDocument, context: grpc.aio.ServicerContext) -> None:
         task_id = document["_id"]
         try:
-            await self.queue.enqueue(task_id, document["parameters"]["priority"])
+            await self.queue.enqueue(task_id, document["parameters"]["priority"], document["user_id"])
         except RedisError as error:
             # Undo the insert so a rejected create leaves nothing behind.
             log.error("enqueue failed; task withdrawn", task_id=task_id, error=str(error))
@@ -474,6 +474,8 @@ def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, dig
     }
     if valid.deadline_seconds is not None:
         document["deadline"] = now + timedelta(seconds=valid.deadline_seconds)
+    if valid.allow_fallback:
+        document["allow_fallback"] = True
     if valid.webhook_url:
         document["webhook_url"] = valid.webhook_url
         document["webhook_events"] = list(valid.webhook_events)

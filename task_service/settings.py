@@ -38,6 +38,11 @@ class TaskServiceSettings(OutputSettings):
     """The rate limit's window."""
     max_inflight_tasks_per_user: int = Field(default=100, ge=0)
     """Tasks one user may have pending or processing at once; 0 turns the cap off."""
+    fair_share_depth: int = Field(default=2, ge=0)
+    """Fair share within a priority: at most this many of one user's new tasks wait in the priority's queue at a
+    time; the rest wait in the user's backlog and are enqueued one by one as workers pick the user's tasks up, so
+    another user's task waits behind at most this many of each busy user's, not behind their whole backlog
+    (aitask_common/fair_share.py). 0 turns it off: first come, first served."""
     result_cache_seconds: int = Field(default=3600, ge=0)
     """How long a final task result (or a deleted task's tombstone) stays in Redis; 0 turns the cache off.
     Replicas sharing a Redis must agree: one with the cache off leaves no tombstone when it deletes."""

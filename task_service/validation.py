@@ -47,6 +47,8 @@ class ValidatedRequest:
     # Where the task's webhook messages go (checked by task_service.webhooks), and which events; empty: none.
     webhook_url: str = ""
     webhook_events: tuple[str, ...] = ()
+    # The task may run on a catalogue fallback (aitask_common/fallbacks.py).
+    allow_fallback: bool = False
 
 
 def validate_user_id(user_id: str) -> str:
@@ -136,6 +138,7 @@ def validate_create(
         parameters,
         model.upstream_model or model.name,
         deadline_seconds=_deadline_seconds(request),
+        allow_fallback=request.allow_fallback,
     )
 
 

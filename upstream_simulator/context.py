@@ -53,6 +53,9 @@ class Limiter:
     def __init__(self) -> None:
         self._arrivals: dict[tuple[str, str], deque[float]] = {}
         self._inflight: dict[tuple[str, str], int] = {}
+        # Per endpoint, over every key: requests in flight now, and the most there ever were at once.
+        self._endpoint_inflight: dict[str, int] = {}
+        self._peak: dict[str, int] = {}
 
     def admit(self, slot: tuple[str, str], rate: int, window_s: float, concurrency: int) -> Refusal | None:
         """Admit one request on ``slot`` (endpoint, key) or say which limit refuses it."""
@@ -67,6 +70,9 @@ class Limiter:
                 return "rate"
             arrivals.append(now)
         self._inflight[slot] = self._inflight.get(slot, 0) + 1
+        endpoint = slot[0]
+        self._endpoint_inflight[endpoint] = in_flight = self._endpoint_inflight.get(endpoint, 0) + 1
+        self._peak[endpoint] = max(self._peak.get(endpoint, 0), in_flight)
         return None
 
     def release(self, slot: tuple[str, str]) -> None:
@@ -76,6 +82,19 @@ class Limiter:
             self._inflight[slot] = left
         else:
             self._inflight.pop(slot, None)
+        endpoint = slot[0]
+        self._endpoint_inflight[endpoint] = max(0, self._endpoint_inflight.get(endpoint, 0) - 1)
+
+    def concurrency(self) -> dict[str, dict[str, int]]:
+        """Per endpoint that was ever called: requests in flight now and the peak since the last reset."""
+        return {
+            endpoint: {"in_flight": self._endpoint_inflight.get(endpoint, 0), "peak": peak}
+            for endpoint, peak in self._peak.items()
+        }
+
+    def reset_peaks(self) -> None:
+        """Start measuring peaks afresh (from what is in flight now)."""
+        self._peak = dict(self._endpoint_inflight)
 
     def inflight(self, slot: tuple[str, str]) -> int:
         """Requests admitted on ``slot`` and not yet answered."""
@@ -85,6 +104,8 @@ class Limiter:
         """Forget every count (in-flight requests still release harmlessly)."""
         self._arrivals.clear()
         self._inflight.clear()
+        self._endpoint_inflight.clear()
+        self._peak.clear()
 
 
 def api_key_of(request: web.Request) -> str:

@@ -55,6 +55,18 @@ class SimulatorControl:
         found: list[dict[str, Any]] = response.json()
         return found
 
+    def concurrency(self) -> dict[str, dict[str, int]]:
+        """Per endpoint called so far: ``in_flight`` now and ``peak``, the most in flight at once since
+        ``reset_peak_concurrency`` (or the start)."""
+        response = self._client.get("/_sim/concurrency")
+        response.raise_for_status()
+        counts: dict[str, dict[str, int]] = response.json()
+        return counts
+
+    def reset_peak_concurrency(self) -> None:
+        """Measure peak concurrency afresh, from what is in flight now."""
+        self._client.delete("/_sim/concurrency").raise_for_status()
+
     def reset(self) -> None:
         """Clear statistics and jobs (faults are kept)."""
         self._client.post("/_sim/reset").raise_for_status()

@@ -110,6 +110,8 @@ class _Admin:
             web.get("/_sim/stats", self.stats),
             web.get("/_sim/requests", self.requests),
             web.post("/_sim/reset", self.reset),
+            web.get("/_sim/concurrency", self.concurrency),
+            web.delete("/_sim/concurrency", self.reset_concurrency),
         ]
 
     async def health(self, request: web.Request) -> web.Response:
@@ -146,6 +148,16 @@ class _Admin:
                 {"error": "contains: is required (a marker the test put in its prompt)"}, status=400
             )
         return web.json_response(self.ctx.requests.find(contains))
+
+    async def concurrency(self, request: web.Request) -> web.Response:
+        """Per endpoint (over every API key): requests in flight and the most ever in flight at once since the
+        last reset (counted from admission to answer, the injected latency included)."""
+        return web.json_response(self.ctx.limiter.concurrency())
+
+    async def reset_concurrency(self, request: web.Request) -> web.Response:
+        """Measure peak concurrency afresh."""
+        self.ctx.limiter.reset_peaks()
+        return web.json_response(self.ctx.limiter.concurrency())
 
     async def reset(self, request: web.Request) -> web.Response:
         """Clear statistics and jobs (faults are kept)."""

@@ -67,6 +67,11 @@ def _targets(name: str, e: dict[str, Any]) -> list[tuple[str, bool | None]]:
             ("each within 5 s of the upstream", e["completed_within_5s"] == e["tasks"]),
             (f"no process above {RSS_LIMIT_MIB} MiB", rss is not None and rss <= RSS_LIMIT_MIB),
         ]
+    if name == "fairness":
+        return [
+            ("B's p99 start <= 2 x service time", e["b_p99_over_service_time"] <= 2),
+            ("A's throughput >= 0.9 of unfair", e["ratio_to_floor"] >= 0.9),
+        ]
     if name == "watch":
         return [
             ("every watcher got every event", e["errors"] == 0),

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ SCENARIOS = (
     "scaling",
     "watch",
     "webhooks",
+    "fairness",
 )
 GROUPS = {
     "api": ("floor", "create_rest", "create_grpc", "get_rest"),
@@ -60,6 +61,7 @@ GROUPS = {
     "scaling": ("scaling",),
     "watch": ("watch",),
     "webhooks": ("webhooks",),
+    "fairness": ("fairness",),
 }
 
 FLOOR_PROCESSES = 4
@@ -94,6 +96,8 @@ class Plan:
     profile_seconds: float = 15
     watchers: int = 1000
     webhook_tasks: int = 10_000
+    fairness_burst: int = 5000
+    fairness_seconds: int = 30
 
     @classmethod
     def quick(cls) -> Plan:
@@ -113,6 +117,8 @@ class Plan:
             profile_seconds=5,
             watchers=100,
             webhook_tasks=200,
+            fairness_burst=300,
+            fairness_seconds=5,
         )
 
 
@@ -937,6 +943,121 @@ def webhooks_group(bench: Bench, selected: set[str]) -> None:
         bench.results["webhooks"] = entry
 
 
+FAIRNESS_WORKERS = 10
+FAIRNESS_LATENCY_S = 0.5
+FAIRNESS_PATIENCE_S = 60.0
+
+
+def fairness_group(bench: Bench, selected: set[str]) -> None:
+    """Issue 20: user A creates plan.fairness_burst image tasks at once, then user B one task a second for
+    plan.fairness_seconds s; B's time to start (create to its upstream call) and A's throughput meanwhile, with
+    fair share (FAIR_SHARE_DEPTH's default) beside the same run without (FAIR_SHARE_DEPTH=0). Targets: B's p99
+    start delay <= 2 x the mean service time, A's throughput >= 0.9 of the run without."""
+    env = {"MAX_INFLIGHT_TASKS_PER_USER": "0"}  # A's burst is far over the per-user cap
+    with BenchStack("fairness", workers=FAIRNESS_WORKERS, env=env) as stack:
+        say(
+            f"  fairness: A creates {bench.plan.fairness_burst} Seedream tasks, then B one a second for "
+            f"{bench.plan.fairness_seconds} s; {FAIRNESS_WORKERS} workers, upstream latency {FAIRNESS_LATENCY_S:g} s"
+        )
+        runs = {}
+        for label, depth in (("unfair", "0"), ("fair", "")):
+            for name in ("task_service", "task_service_2"):
+                stack.local.stop(name)
+                stack.local.start(name, extra_env={"FAIR_SHARE_DEPTH": depth} if depth else None)
+            runs[label] = run_fairness(bench, stack, label)
+            say(f"    {label}: {runs[label]}")
+        fair, unfair = runs["fair"], runs["unfair"]
+        entry = fair | {
+            # The table's columns: A's throughput, B's start delays.
+            "throughput_per_s": fair["a_throughput_per_s"],
+            "p50_ms": round(fair["b_start_p50_s"] * 1000, 1),
+            "p95_ms": round(fair["b_start_p95_s"] * 1000, 1),
+            "p99_ms": round(fair["b_start_p99_s"] * 1000, 1),
+            "errors": fair["b_tasks"] - fair["b_started"],
+            "floor": {"without_fair_share": unfair},
+            "ratio_to_floor": round(fair["a_throughput_per_s"] / unfair["a_throughput_per_s"], 3)
+            if unfair["a_throughput_per_s"]
+            else 0.0,
+            "b_p99_over_service_time": round(fair["b_start_p99_s"] / unfair["mean_service_s"], 2)
+            if unfair["mean_service_s"]
+            else 0.0,
+        }
+        say(
+            f"    B's start p50/p99 {fair['b_start_p50_s']}/{fair['b_start_p99_s']} s with fair share, "
+            f"{unfair['b_start_p50_s']}/{unfair['b_start_p99_s']} s without; mean service time "
+            f"{unfair['mean_service_s']} s; A's throughput ratio {entry['ratio_to_floor']}"
+        )
+        bench.results["fairness"] = entry
+
+
+def run_fairness(bench: Bench, stack: BenchStack, label: str) -> dict[str, Any]:
+    """One run: A's burst, then B's trickle; measured while B creates, then everything left is dropped."""
+    reset_data(stack)
+    with stack.redis() as redis:
+        redis.delete(*redis.scan_iter("aitask:fair:*", count=1000), "aitask:fair:none")
+    tag_a, tag_b = prompt(f"fairness_{label}_a"), prompt(f"fairness_{label}_b")
+    with stack.local.sim() as sim:
+        sim.set_faults("ark.images", latency_s=FAIRNESS_LATENCY_S)
+        created = load.ghz(
+            bench.ghz_path,
+            watcher(stack),
+            f"127.0.0.1:{stack.ports.envoy}",
+            "CreateImageTask",
+            IMAGE | {"prompt": tag_a, "user_id": "bench-fair-a"},
+            concurrency=50,
+            connections=5,
+            total=bench.plan.fairness_burst,
+        )
+        began = time.time()
+        b_tasks: dict[str, float] = {}
+        with stack.local.rest() as rest:
+            for n in range(bench.plan.fairness_seconds):
+                marker = f"{tag_b} #{n}"
+                created_at = time.time()
+                response = rest.post(
+                    "/api/v1/ai/image/task", json=IMAGE | {"prompt": marker, "user_id": "bench-fair-b"}
+                )
+                if response.status_code == 200:
+                    b_tasks[marker] = created_at
+                time.sleep(max(0.0, created_at + 1.0 - time.time()))
+            ended = time.time()
+            # Without fair share B's last tasks wait behind all of A's: a task not started by then counts with the
+            # wait so far (a lower bound).
+            deadline = time.monotonic() + FAIRNESS_PATIENCE_S
+            starts: dict[str, float] = {}
+            while time.monotonic() < deadline and len(starts) < len(b_tasks):
+                for marker in b_tasks:
+                    if marker not in starts and (calls := sim.requests(marker)):
+                        starts[marker] = calls[0]["at"]
+                time.sleep(0.5)
+            gave_up = time.time()
+        sim.clear_faults()
+    trickle = {"$gte": datetime.fromtimestamp(began, UTC), "$lte": datetime.fromtimestamp(ended, UTC)}
+    a_done = stack.local.tasks().count_documents(
+        {"prompt": tag_a, "status": TaskStatus.COMPLETED.value, "updated": trickle}
+    )
+    stack.stop_dispatcher()
+    reset_data(stack)
+    with stack.redis() as redis:
+        redis.delete(*redis.scan_iter("aitask:fair:*", count=1000), "aitask:fair:none")
+    stack.start_dispatcher(FAIRNESS_WORKERS)
+    delays = [starts.get(marker, gave_up) - created for marker, created in b_tasks.items()]
+    p50, p95, p99 = percentiles(delays)
+    a_throughput = a_done / (ended - began)
+    return {
+        "a_created": bench.plan.fairness_burst - created.errors,
+        "a_throughput_per_s": round(a_throughput, 2),
+        # Little's law: every worker busy with A's tasks.
+        "mean_service_s": round(FAIRNESS_WORKERS / a_throughput, 3) if a_throughput else 0.0,
+        "b_tasks": len(b_tasks),
+        "b_started": len(starts),
+        "b_start_p50_s": round(p50, 3),
+        "b_start_p95_s": round(p95, 3),
+        "b_start_p99_s": round(p99, 3),
+        "window_s": round(ended - began, 1),
+    }
+
+
 GROUP_RUNNERS = {
     "api": api_group,
     "e2e": e2e_group,
@@ -944,4 +1065,5 @@ GROUP_RUNNERS = {
     "scaling": scaling_group,
     "watch": watch_group,
     "webhooks": webhooks_group,
+    "fairness": fairness_group,
 }

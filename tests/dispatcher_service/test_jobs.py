@@ -20,10 +20,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from aitask_common.outputs import GridFSOutputStore
 from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
 from aitask_common.tasks import TaskDocument, TaskStatus, TaskType, inflight_key, utcnow
 from devstack.stack import LocalStack
 from dispatcher_service import jobs
+from dispatcher_service.breakers import Breakers
+from dispatcher_service.caps import UpstreamCaps
 from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.jobs import (
     KEPT_WRITE_SECONDS,
@@ -75,6 +78,9 @@ def rt(stack: LocalStack) -> Iterator[Runtime]:
         TaskTransitions(mongo, DATABASE),
         ProviderDirectory(stack.redis(), settings.registry_cache_seconds),
         UpstreamDurations(redis),
+        GridFSOutputStore(mongo, DATABASE),
+        Breakers(redis, settings),
+        UpstreamCaps(redis, settings, lease_seconds=60.0),
     )
     install_runtime(runtime)
     yield runtime

@@ -1,0 +1,238 @@
+"""Circuit breakers per provider instance (for each model it serves) and per (provider, model), their state in Redis
+so every worker of every dispatcher shares it.
+
+A breaker is closed (calls go through) until, within `breaker_window_seconds`, at least its minimum number of
+calls were made and `breaker_failure_ratio` of them failed: it opens. While open no call goes through: a task
+for it waits, pending, re-checked once the cooldown is over, with no upstream call and no attempt used. After
+`breaker_cooldown_seconds` it is half-open: `breaker_probe_calls` calls go through as probes; one failure opens
+it again, that many successes close it. A probe lost with its worker (SIGKILL mid-call) is issued again once
+the half-open phase has lasted a cooldown, so a breaker never stays half-open for good.
+
+What counts as a failure: an upstream that is unavailable or timed out (UNAVAILABLE, DEADLINE_EXCEEDED), and an
+instance that did not answer. A rate limit (RESOURCE_EXHAUSTED) is the upstream asking us to slow down, which
+the retry backoff and the per-upstream caps do, not a sign it is broken; an error about the request itself (a
+400) says the upstream works. Both count as successful calls.
+
+Each transition is one Lua script, so two workers never both make it; the one that does logs it and counts it
+in `aitask_breaker_transitions_total`. `aitask_breaker_state` (read at scrape time) and the queue tools
+(`python -m dispatcher_service.queue_admin breakers`) show where every breaker stands.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+import grpc
+from prometheus_client import Counter
+from redis import Redis
+
+from aitask_common.logging import get_logger
+from dispatcher_service.settings import DispatcherSettings
+
+log = get_logger(__name__)
+
+BREAKER_KEY_PREFIX = "aitask:breaker:"
+# Set of every breaker scope that ever recorded a call, so the tools and metrics never SCAN.
+BREAKERS_INDEX_KEY = "aitask:breakers"
+# A breaker untouched this long is forgotten (an instance that went away, a model no longer used).
+BREAKER_IDLE_SECONDS = 24 * 3600
+
+# A worker that found a breaker closed lets calls through without asking Redis again for this long: two round
+# trips fewer per task in the usual case, at the price of noticing another worker's open breaker this much later.
+CLOSED_CACHE_SECONDS = 0.5
+
+# gRPC codes from a provider that count against a breaker.
+FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+BREAKER_TRANSITIONS = Counter(
+    "aitask_breaker_transitions_total", "Circuit breaker transitions, by breaker scope and new state", ["scope", "to"]
+)
+
+
+class BreakerState(StrEnum):
+    """Where a breaker stands."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+def instance_scope(provider: str, instance_id: str, model: str) -> str:
+    """The breaker of one provider instance, kept per model it serves: one model's outage upstream does not shut the
+    instance for its other models (a fallback among them)."""
+    return f"instance:{provider}:{instance_id}/{model}"
+
+
+def model_scope(provider: str, model: str) -> str:
+    """The breaker of one model of a provider, over all its instances."""
+    return f"model:{provider}/{model}"
+
+
+def _keys(scope: str) -> list[str]:
+    state = BREAKER_KEY_PREFIX + scope
+    return [state, f"{state}:calls", f"{state}:failures", BREAKERS_INDEX_KEY]
+
+
+# KEYS state hash; ARGV now, cooldown, probes, idle expiry. Returns {admitted 0/1, state, seconds to wait
+# (a string: Lua numbers become integers), transition or ''}.
+_ADMIT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'closed' then return {1, 'closed', '0', ''} end
+local now, cooldown, probes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local until_ = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+if state == 'open' then
+  if now < until_ then return {0, 'open', tostring(until_ - now), ''} end
+  redis.call('HSET', KEYS[1], 'state', 'half_open', 'until', now + cooldown, 'probes', probes - 1, 'successes', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {1, 'half_open', '0', 'half_open'}
+end
+if tonumber(redis.call('HGET', KEYS[1], 'probes') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'probes', -1)
+  return {1, 'half_open', '0', ''}
+end
+if now >= until_ then
+  -- The probes were issued a cooldown ago and not all came back (a worker died mid-call): issue them again.
+  redis.call('HSET', KEYS[1], 'until', now + cooldown, 'probes', probes - 1)
+  return {1, 'half_open', '0', ''}
+end
+return {0, 'half_open', tostring(until_ - now), ''}
+"""
+
+# KEYS state hash, calls, failures, index; ARGV now, failed 0/1, call id, window, min calls, ratio, cooldown,
+# probes, idle expiry, scope. Returns {state, transition or ''}.
+_RECORD = """
+local now, failed = tonumber(ARGV[1]), ARGV[2] == '1'
+local window, cooldown, expiry = tonumber(ARGV[4]), tonumber(ARGV[7]), ARGV[9]
+redis.call('SADD', KEYS[4], ARGV[10])
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local function open()
+  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + cooldown, 'since', now)
+  redis.call('EXPIRE', KEYS[1], expiry)
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return {'open', 'open'}
+end
+if state == 'open' then return {'open', ''} end
+if state == 'half_open' then
+  if failed then return open() end
+  if redis.call('HINCRBY', KEYS[1], 'successes', 1) >= tonumber(ARGV[8]) then
+    redis.call('HSET', KEYS[1], 'state', 'closed', 'since', now)
+    redis.call('EXPIRE', KEYS[1], expiry)
+    return {'closed', 'closed'}
+  end
+  return {'half_open', ''}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+redis.call('EXPIRE', KEYS[2], math.ceil(window) + 1)
+if failed then
+  redis.call('ZADD', KEYS[3], now, ARGV[3])
+  redis.call('EXPIRE', KEYS[3], math.ceil(window) + 1)
+  local calls = redis.call('ZCARD', KEYS[2])
+  if calls >= tonumber(ARGV[5]) and redis.call('ZCARD', KEYS[3]) / calls >= tonumber(ARGV[6]) then
+    return open()
+  end
+end
+return {'closed', ''}
+"""
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    """One breaker as the tools show it."""
+
+    scope: str
+    state: BreakerState
+    # Epoch seconds: when an open breaker half-opens, or when a half-open one issues its probes again.
+    until: float | None
+    # Calls and failures in the current window (closed breakers only).
+    calls: int
+    failures: int
+
+
+class Breakers:
+    """The shared breakers, as one worker process uses them."""
+
+    def __init__(self, redis: Redis, settings: DispatcherSettings) -> None:
+        self.redis = redis
+        self.settings = settings
+        # scope -> monotonic time until which it is taken as closed without asking Redis.
+        self._closed_until: dict[str, float] = {}
+
+    def admit(self, scope: str) -> float | None:
+        """None if a call may go through `scope` now (a half-open breaker's probe among them), else how many
+        seconds until it should be asked again."""
+        if self._closed_until.get(scope, 0.0) > time.monotonic():
+            return None
+        s = self.settings
+        admitted, state, wait, transition = self.redis.eval(
+            _ADMIT, 1, _keys(scope)[0], time.time(), s.breaker_cooldown_seconds, s.breaker_probe_calls,
+            BREAKER_IDLE_SECONDS,
+        )  # fmt: skip
+        if transition:
+            self._transitioned(scope, BreakerState.HALF_OPEN)
+        if state == b"closed":
+            self._closed_until[scope] = time.monotonic() + CLOSED_CACHE_SECONDS
+        if int(admitted):
+            return None
+        seconds = float(wait)
+        if state == b"half_open":
+            # Probes are out: their outcome comes soon, so ask again sooner than the probe deadline.
+            seconds = min(seconds, s.provider_recheck_seconds)
+        return max(seconds, 0.1)
+
+    def record(self, scope: str, failed: bool, min_calls: int) -> None:
+        """Count one finished call through `scope`; it may open or close the breaker."""
+        s = self.settings
+        state, transition = self.redis.eval(
+            _RECORD, 4, *_keys(scope), time.time(), int(failed), uuid.uuid4().hex, s.breaker_window_seconds,
+            min_calls, s.breaker_failure_ratio, s.breaker_cooldown_seconds, s.breaker_probe_calls,
+            BREAKER_IDLE_SECONDS, scope,
+        )  # fmt: skip
+        if state != b"closed":
+            self._closed_until.pop(scope, None)
+        if transition:
+            self._transitioned(scope, BreakerState(transition.decode()))
+
+    def _transitioned(self, scope: str, to: BreakerState) -> None:
+        BREAKER_TRANSITIONS.labels(scope, to.value).inc()
+        if to is BreakerState.OPEN:
+            log.warning(
+                "circuit breaker opened", breaker=scope, cooldown_seconds=self.settings.breaker_cooldown_seconds
+            )
+        else:
+            log.info(f"circuit breaker {'half-open: probing' if to is BreakerState.HALF_OPEN else 'closed'}",
+                     breaker=scope)  # fmt: skip
+
+
+def breaker_statuses(redis: Redis) -> list[BreakerStatus]:
+    """Every known breaker, by scope; the ones forgotten (idle a day) are dropped from the index."""
+    scopes = sorted(m.decode() if isinstance(m, bytes) else m for m in redis.smembers(BREAKERS_INDEX_KEY))
+    with redis.pipeline(transaction=False) as pipe:
+        for scope in scopes:
+            state, calls, failures, _ = _keys(scope)
+            pipe.hmget(state, "state", "until")
+            pipe.zcard(calls)
+            pipe.zcard(failures)
+        replies = pipe.execute()
+    statuses, gone = [], []
+    for index, scope in enumerate(scopes):
+        (state, until), calls, failures = replies[3 * index : 3 * index + 3]
+        if state is None and not calls:
+            gone.append(scope)
+            continue
+        current = BreakerState(state.decode()) if state else BreakerState.CLOSED
+        shown_until = float(until) if until and current is not BreakerState.CLOSED else None
+        statuses.append(BreakerStatus(scope, current, shown_until, calls, failures))
+    if gone:
+        redis.srem(BREAKERS_INDEX_KEY, *gone)
+    return statuses
+
+
+def reset_breaker(redis: Redis, scope: str) -> None:
+    """Forget a breaker (closed, empty window): an operator's override."""
+    redis.delete(*_keys(scope)[:3])
+    redis.srem(BREAKERS_INDEX_KEY, scope)
