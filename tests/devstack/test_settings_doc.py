@@ -30,12 +30,16 @@ def test_every_documented_variable_is_the_one_the_class_reads(
     probed = 0
     for variable in documented:
         # Set the variable to a value other than its default, and see the class read it into its field.
-        annotation = settings_class.model_fields[variable.field].annotation
+        field = settings_class.model_fields[variable.field]
+        annotation = field.annotation
         value: object
         if annotation is str:
             value = "warning" if variable.name == "LOG_LEVEL" else "probe-value"  # LOG_LEVEL takes a level name
-        elif annotation in (int, float):
+        elif annotation is int:
             value = 12345
+        elif annotation is float:
+            # Within a ratio's bounds too, and unlike any default.
+            value = 0.4375 if any(getattr(bound, "le", None) == 1 for bound in field.metadata) else 12345.0
         else:
             continue
         monkeypatch.setenv(variable.name, str(value))
