@@ -68,7 +68,10 @@ class ProviderDirectory:
         self.breakers = breakers
         self._registry = ReadThroughCache(self._read_registry, cache_seconds, maxsize=1)
         self._channels: dict[str, grpc.Channel] = {}
+        # Round-robin turns, one counter per kind of call: an image's Generate is followed by its output's
+        # FetchOutput, and one shared counter would send every Generate to the same instance.
         self._turn = itertools.count()
+        self._stream_turn = itertools.count()
 
     def _read_registry(self, _: str) -> _Registry:
         return _Registry(read_instances(self.redis), read_catalogues(self.redis))
@@ -139,7 +142,7 @@ class ProviderDirectory:
         """The messages of a server-streaming `method(stub)(request)`, failing over while no message has come;
         a stream that breaks off later raises ProviderCallError (what it sent cannot be taken back)."""
         candidates = self._candidates(provider)
-        start = next(self._turn)
+        start = next(self._stream_turn)
         for offset in range(len(candidates)):
             instance = candidates[(start + offset) % len(candidates)]
             stub = provider_service_pb2_grpc.ProviderServiceStub(self._channel(instance.address))
