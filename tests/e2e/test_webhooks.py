@@ -47,12 +47,15 @@ class Received:
 @dataclass
 class Receiver:
     """A webhook endpoint on 127.0.0.1: it records every request and answers the scripted statuses in turn
-    (then 200); it can go down and come back on the same port."""
+    (then 200); it can go down and come back on the same port, and hold its next `stalls` answers back until
+    `released` is set."""
 
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
+    stalls: int = 0
+    released: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
@@ -65,13 +68,19 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["content-length"])).decode()
                 receiver.received.append(Received(dict(self.headers.items()), body, time.monotonic()))
+                if receiver.stalls > 0:
+                    receiver.stalls -= 1
+                    receiver.released.wait(timeout=60)
                 status, headers = receiver.answers.pop(0) if receiver.answers else (200, {})
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    pass  # the sender is gone (a killed dispatcher)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
                 pass
@@ -80,6 +89,7 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
+        self.released.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
