@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import threading
 import time
 from collections import Counter as Tally
@@ -165,8 +166,8 @@ class AttemptWriter:
     async def flush(self, batch: list[AttemptWrite]) -> None:
         try:
             await self.messages.bulk_write([write.update for write in batch], ordered=False)
-        except PyMongoError as error:
-            log.warning("webhook attempts not recorded: their lease brings them back", error=str(error))
+        except Exception as error:  # noqa: BLE001 - the writer must go on; the lease brings these messages back
+            log.warning("webhook attempts not recorded: their lease brings them back", error=repr(error))
             for write in batch:
                 if not write.written.done():
                     write.written.set_exception(error)
@@ -224,6 +225,7 @@ class WebhookDelivery:
         self.secrets = WebhookSecretStore(database, cipher(settings))
         self.http = httpx.AsyncClient(
             timeout=settings.webhook_timeout_seconds,
+            verify=tls_context(settings.webhook_ca_file),
             follow_redirects=False,
             trust_env=False,
             limits=httpx.Limits(max_connections=settings.webhook_max_concurrency, max_keepalive_connections=50),
@@ -232,7 +234,7 @@ class WebhookDelivery:
         indexed = False
         self.swept_until = utcnow() - SWEEP_FIRST_LOOKBACK
         next_sweep = next_check = next_reconcile = 0.0
-        while not writing.done():
+        while True:
             try:
                 if not indexed:
                     for keys in MESSAGE_INDEXES:
@@ -256,7 +258,9 @@ class WebhookDelivery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), settings.webhook_poll_seconds)
             await asyncio.sleep(ROUND_MIN_GAP_SECONDS)  # deliveries ending together share one round
-        writing.result()  # the writer never ends; if it crashed, say why
+            if writing.done():  # never, unless a bug: say which, and write again
+                log.error("webhook attempt writer stopped", error=repr(writing.exception()))
+                writing = asyncio.create_task(self.writer.run())
 
     async def reconcile(self, every_time: bool) -> bool:
         """Add every pending message to the due set, with its stored due time, unless the set is complete and
@@ -508,6 +512,15 @@ class WebhookDelivery:
         await self.messages.update_many(
             {"task_id": task_id, "state": MessageState.PENDING.value}, {"$set": {"state": MessageState.STOPPED.value}}
         )
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """What https deliveries verify against: the public authorities httpx trusts, and those of `ca_file` if set.
+    The name checked is the URL's host (sent as SNI), not the address connected to."""
+    context = httpx.create_ssl_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
 
 
 def next_delay(schedule: list[float], attempts_made: int, retry_after: float | None) -> float | None:
