@@ -5,6 +5,7 @@ at all while it is down)."""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -48,7 +49,7 @@ class Received:
 class Receiver:
     """A webhook endpoint on 127.0.0.1: it records every request and answers the scripted statuses in turn
     (then 200); it can go down and come back on the same port, and hold its next `stalls` answers back until
-    `released` is set."""
+    `released` is set. Given a TLS context it serves https, its URL naming `name`, and notes each SNI name."""
 
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
@@ -56,10 +57,13 @@ class Receiver:
     server: ThreadingHTTPServer | None = None
     stalls: int = 0
     released: threading.Event = field(default_factory=threading.Event)
+    tls: ssl.SSLContext | None = None
+    name: str = "127.0.0.1"
+    server_names: list[str | None] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/aitask"
+        return f"{'https' if self.tls else 'http'}://{self.name}:{self.port}/hooks/aitask"
 
     def start(self) -> None:
         receiver = self
@@ -86,6 +90,9 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            self.tls.sni_callback = lambda _socket, server_name, _context: receiver.server_names.append(server_name)
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
