@@ -4,7 +4,8 @@ touch the task path.
 
 Each round claims due message ids from the Redis sorted set of due messages (DUE_KEY) in one script that also
 pushes each claimed id's score a lease ahead (a dispatcher killed mid-delivery leaves it to be claimed again once
-the lease passes: at least once), reads the claimed messages from MongoDB by id, and starts them as their hosts
+the lease passes: at least once), reads the claimed messages from MongoDB by id (one equality read each: FerretDB
+serves those from its index, an `$in` by reading every message), and starts them as their hosts
 have room (at most WEBHOOK_PER_HOST_CONCURRENCY deliveries in flight per host; the others wait in this process,
 their lease renewed). A delivery resolves the host, refuses it unless every address may be reached, connects to
 the checked address itself (Host header and TLS SNI name the host, so a DNS answer that changes between check and
@@ -316,7 +317,7 @@ class WebhookDelivery:
         ids = [final_message_id(document["_id"]) for document in documents]
         if not ids:
             return
-        stored = {message["_id"] async for message in self.messages.find({"_id": {"$in": ids}}, {"_id": True})}
+        stored = await self.read_by_id(ids, {"_id": True})
         for document in documents:
             if final_message_id(document["_id"]) in stored or message_for(document, EventKind.FINAL) is None:
                 continue
@@ -338,7 +339,7 @@ class WebhookDelivery:
         ids = [message_id for message_id in ids if message_id not in self.active]
         if not ids:
             return
-        found = {message["_id"]: message async for message in self.messages.find({"_id": {"$in": ids}})}
+        found = await self.read_by_id(ids)
         gone: list[str] = []
         not_due: dict[str, float] = {}
         for message_id in ids:  # oldest due first, as claimed
@@ -360,6 +361,12 @@ class WebhookDelivery:
                     pipe.zadd(DUE_KEY, not_due)
                 await pipe.execute()
         self.start_waiting()
+
+    async def read_by_id(self, ids: list[str], projection: dict[str, bool] | None = None) -> dict[str, Any]:
+        """The stored messages of `ids` (those that exist), by id: one equality read each, concurrently (FerretDB
+        answers `_id` equality from its index but `$in` by reading the whole collection)."""
+        found = await asyncio.gather(*(self.messages.find_one({"_id": message_id}, projection) for message_id in ids))
+        return {message["_id"]: message for message in found if message is not None}
 
     async def renew_waiting(self, now: float) -> None:
         """Push the lease of claimed messages that have waited half of it a whole lease ahead again."""
