@@ -100,9 +100,9 @@ JITTER: Final = 0.1
 RECONCILE_CHECK_SECONDS: Final = 2.0
 RECONCILE_EVERY_SECONDS: Final = 300.0
 RECONCILE_BATCH: Final = 1000
-# The sweep for final messages whose writer died before storing them: how often, how far back a new dispatcher
-# looks, how long after a task's final write (the writer's own store comes first), and how many tasks per query.
-SWEEP_EVERY_SECONDS: Final = 10.0
+# The sweep for final messages whose writer died before storing them (every WEBHOOK_SWEEP_SECONDS): how far back
+# a new dispatcher looks, how long after a task's final write (the writer's own store comes first), and how many
+# tasks per query.
 SECRETS_CACHE_SECONDS: Final = 5.0
 SWEEP_FIRST_LOOKBACK: Final = timedelta(hours=1)
 SWEEP_SETTLE: Final = timedelta(seconds=10)
@@ -249,7 +249,7 @@ class WebhookDelivery:
                     next_check = time.monotonic() + RECONCILE_CHECK_SECONDS
                 if time.monotonic() >= next_sweep:
                     await self.sweep()
-                    next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
+                    next_sweep = time.monotonic() + settings.webhook_sweep_seconds
                 await self.round()
             except PyMongoError as error:
                 log.warning("webhook delivery round failed: database unreachable", error=str(error))
