@@ -342,6 +342,7 @@ class WebhookDelivery:
         found = await self.read_by_id(ids)
         gone: list[str] = []
         not_due: dict[str, float] = {}
+        claims: list[Claimed] = []
         for message_id in ids:  # oldest due first, as claimed
             message = found.get(message_id)
             if message is None or message["state"] != MessageState.PENDING.value:
@@ -352,7 +353,7 @@ class WebhookDelivery:
                 not_due[message_id] = due
                 continue
             self.active.add(message_id)
-            self.waiting.append(Claimed(message, httpx.URL(message["url"]).host, now))
+            claims.append(Claimed(message, httpx.URL(message["url"]).host, now))
         if gone or not_due:
             async with self.redis.pipeline(transaction=False) as pipe:
                 if gone:
@@ -360,7 +361,18 @@ class WebhookDelivery:
                 if not_due:
                     pipe.zadd(DUE_KEY, not_due)
                 await pipe.execute()
+        await self.load_secrets({claimed.message["user_id"] for claimed in claims})
+        self.waiting.extend(claims)
         self.start_waiting()
+
+    async def load_secrets(self, user_ids: set[str]) -> None:
+        """Read the secrets of these users that are not cached, concurrently, before their messages take a slot
+        of their host (best effort: a delivery reads what is missing itself)."""
+        missing = [user_id for user_id in user_ids if user_id not in self.secrets_cache]
+        loaded = await asyncio.gather(*(self.secrets.get(user_id) for user_id in missing), return_exceptions=True)
+        for user_id, secrets in zip(missing, loaded, strict=True):
+            if isinstance(secrets, UserSecrets):
+                self.secrets_cache[user_id] = secrets
 
     async def read_by_id(self, ids: list[str], projection: dict[str, bool] | None = None) -> dict[str, Any]:
         """The stored messages of `ids` (those that exist), by id: one equality read each, concurrently (FerretDB
@@ -395,18 +407,22 @@ class WebhookDelivery:
         self.waiting = left
 
     async def deliver(self, message: MessageDocument, host: str) -> None:
-        """One attempt, then its record and the message's next step."""
+        """One attempt, then its record and the message's next step. The host's slot is free again once the
+        attempt ends: the record's write (batched) holds no receiver's slot."""
         try:
-            attempt, retry_after = await self.attempt(message)
+            try:
+                attempt, retry_after = await self.attempt(message)
+            finally:
+                self.in_flight[host] -= 1
+                if self.in_flight[host] <= 0:
+                    del self.in_flight[host]
+                self.wake.set()
             await self.settle(message, attempt, retry_after)
         except Exception as error:  # noqa: BLE001 - the lease brings the message back; the loop must go on
             log.error("webhook delivery crashed", message_id=message["_id"], error=repr(error))
         finally:
             self.active.discard(message["_id"])
-            self.in_flight[host] -= 1
             self.wake.set()
-            if self.in_flight[host] <= 0:
-                del self.in_flight[host]
 
     async def attempt(self, message: MessageDocument) -> tuple[AttemptRecord, float | None]:
         """Send once: the attempt as the log keeps it (next_attempt_at still unset), and any Retry-After."""
