@@ -352,7 +352,6 @@ class WebhookDelivery:
             if due > now + DUE_TOLERANCE_SECONDS:
                 not_due[message_id] = due
                 continue
-            self.active.add(message_id)
             claims.append(Claimed(message, httpx.URL(message["url"]).host, now))
         if gone or not_due:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -362,6 +361,8 @@ class WebhookDelivery:
                     pipe.zadd(DUE_KEY, not_due)
                 await pipe.execute()
         await self.load_secrets({claimed.message["user_id"] for claimed in claims})
+        # Only now are they this process's (a failure above leaves them to their lease).
+        self.active.update(claimed.message["_id"] for claimed in claims)
         self.waiting.extend(claims)
         self.start_waiting()
 
