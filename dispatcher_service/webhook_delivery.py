@@ -79,6 +79,8 @@ DELIVERIES = Counter(
     "stopped (the receiver answered 410)",
     ["outcome"],
 )
+# Connections the delivery loop holds to MongoDB at most.
+MONGO_CONNECTIONS: Final = 16
 # Due ids one round claims at most.
 ROUND_LIMIT: Final = 500
 ROUND_MIN_GAP_SECONDS: Final = 0.02
@@ -215,7 +217,11 @@ class WebhookDelivery:
     async def run(self) -> None:
         """Look for due messages every WEBHOOK_POLL_SECONDS, for ever."""
         settings = self.settings
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(**client_options(settings, "dispatcher-webhooks"))
+        # A round's reads go out concurrently; this many connections bound what they ask of the database at once
+        # (one run with ~100 concurrent reads from here saw FerretDB stop answering every client).
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            **client_options(settings, "dispatcher-webhooks"), maxPoolSize=MONGO_CONNECTIONS
+        )
         database = mongo[settings.mongo_database]
         self.messages: AsyncCollection[Any] = database[MESSAGES_COLLECTION]
         self.tasks: AsyncCollection[Any] = database[COLLECTION]
