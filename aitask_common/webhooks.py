@@ -4,13 +4,17 @@ Whoever changes a task records its message in the `webhook_messages` collection 
 (the dispatcher's TaskTransitions, the task service's cancel, the deadline sweep); the dispatcher's delivery loop
 (dispatcher_service.webhook_delivery) sends what is stored, so a message outlives any restart. A message's id is
 made from its task and event, so recording the same change twice stores it once.
+
+The same step adds the message's id to a Redis sorted set scored by when it is due (DUE_KEY): the delivery loop
+takes due ids from it instead of asking MongoDB for due messages (FerretDB answers a range query on a due time by
+reading every pending message). MongoDB stays the truth: the loop rebuilds the set from it when Redis loses it.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, NotRequired, TypedDict
 
@@ -19,6 +23,9 @@ from google.protobuf import json_format
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
 
 from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
@@ -28,8 +35,12 @@ from aitask_common.tasks import TaskDocument, TaskStatus, task_to_proto, utcnow
 log = get_logger(__name__)
 
 MESSAGES_COLLECTION: Final = "webhook_messages"
+# Ids of pending messages, scored by when their next attempt is due (epoch seconds).
+DUE_KEY: Final = "aitask:webhooks:due"
+# Present while DUE_KEY holds every pending message: Redis losing its data loses it too, and the loop rebuilds.
+DUE_COMPLETE_KEY: Final = "aitask:webhooks:due-complete"
 MESSAGE_INDEXES: list[list[tuple[str, int]]] = [
-    # The delivery loop's query: pending messages by due time.
+    # The rebuild of DUE_KEY: pending messages.
     [("state", 1), ("next_attempt_at", 1)],
     # A task's delivery log.
     [("task_id", 1), ("created", 1)],
@@ -176,11 +187,35 @@ def _remember_without_webhook(task_id: str) -> None:
         _without_webhook[task_id] = True
 
 
+def epoch(moment: datetime) -> float:
+    """A stored time as epoch seconds (a naive one is UTC)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def due_entry(message: MessageDocument) -> dict[str, float]:
+    """A message's DUE_KEY member and score."""
+    return {message["_id"]: epoch(message["next_attempt_at"])}
+
+
+def _due_not_indexed(message: MessageDocument, error: RedisError) -> None:
+    log.warning(
+        "webhook message stored but not indexed as due: the delivery loop's reconcile adds it",
+        message_id=message["_id"],
+        error=str(error),
+    )
+
+
 def record_change(
-    tasks: Collection[Any], messages: Collection[Any], task_id: str, kind: EventKind, document: Any = None
+    tasks: Collection[Any],
+    messages: Collection[Any],
+    task_id: str,
+    kind: EventKind,
+    document: Any = None,
+    redis: Redis | None = None,
 ) -> None:
-    """Store the webhook message a task change makes, if any (sync; the dispatcher). Never raises: a failed
-    write is logged (the delivery loop's sweep stores a lost final message later), and the task change stands."""
+    """Store the webhook message a task change makes, if any, and index it as due in `redis` (sync; the
+    dispatcher). Never raises: a failed write is logged (the delivery loop's sweep stores a lost final message
+    later, its reconcile indexes a stored one), and the task change stands."""
     try:
         if document is None:
             with _without_webhook_lock:
@@ -191,22 +226,36 @@ def record_change(
             _remember_without_webhook(task_id)
             return
         message = message_for(document, kind)
-        if message is not None:
-            messages.insert_one(message)
+        if message is None:
+            return
+        messages.insert_one(message)
+        if redis is not None:
+            try:
+                redis.zadd(DUE_KEY, due_entry(message))
+            except RedisError as error:
+                _due_not_indexed(message, error)
     except DuplicateKeyError:
         pass  # recorded already
     except PyMongoError as error:
         log.error("webhook message not stored", task_id=task_id, kind=kind.value, error=str(error))
 
 
-async def record_change_async(messages: AsyncCollection[Any], document: TaskDocument, kind: EventKind) -> None:
-    """`record_change` for a caller holding the task after its change (the task service)."""
+async def record_change_async(
+    messages: AsyncCollection[Any], document: TaskDocument, kind: EventKind, redis: AsyncRedis | None
+) -> None:
+    """`record_change` for a caller holding the task after its change (the task service, the delivery loop)."""
     message = message_for(document, kind)
     if message is None:
         return
     try:
         await messages.insert_one(message)
     except DuplicateKeyError:
-        pass
+        return
     except PyMongoError as error:
         log.error("webhook message not stored", task_id=document["_id"], kind=kind.value, error=str(error))
+        return
+    if redis is not None:
+        try:
+            await redis.zadd(DUE_KEY, due_entry(message))
+        except RedisError as error:
+            _due_not_indexed(message, error)

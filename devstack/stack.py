@@ -76,6 +76,7 @@ class LocalStack:
                 "WEBHOOK_RETRY_SCHEDULE": "[0.5, 1, 1, 1.5, 2, 2, 3]",
                 "WEBHOOK_TIMEOUT_SECONDS": "3",
                 "WEBHOOK_POLL_SECONDS": "0.2",
+                "WEBHOOK_SWEEP_SECONDS": "5",
                 # Auth is on (ENVIRONMENT=test); a short key cache so revocation shows within a test's patience.
                 "API_KEY_CACHE_SECONDS": "2",
                 "MAX_INFLIGHT_TASKS_PER_USER": "30",

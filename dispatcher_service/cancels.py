@@ -129,7 +129,7 @@ def expire(collection: Collection[Any], redis: Redis, task_id: str, user_id: str
         forget_finished(redis, task_id, user_id)
     except RedisError as error:
         log.warning("expired task not forgotten in Redis: the reconciler prunes it", error=str(error))
-    record_change(collection, collection.database[MESSAGES_COLLECTION], task_id, EventKind.FINAL)
+    record_change(collection, collection.database[MESSAGES_COLLECTION], task_id, EventKind.FINAL, redis=redis)
     publish(redis, task_id, EventKind.FINAL)
     return True
 

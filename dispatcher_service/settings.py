@@ -94,3 +94,10 @@ class DispatcherSettings(OutputSettings):
     """Deliveries in flight from one dispatcher at most."""
     webhook_poll_seconds: float = Field(default=0.5, gt=0)
     """How often the delivery loop looks for due webhook messages."""
+    webhook_sweep_seconds: float = Field(default=60.0, gt=0)
+    """How often the delivery loop looks for tasks that turned final without their webhook message stored (the
+    writer died between the two writes) and stores it. Each look reads every final task (FerretDB cannot narrow a
+    query by time), so it is not frequent."""
+    webhook_ca_file: str = ""
+    """A PEM file of certificate authorities that https webhook receivers' certificates may also chain to (an
+    internal CA), besides the public ones; empty: the public ones only. Certificates are always verified."""

@@ -36,7 +36,7 @@ class TaskTransitions:
     def notify(self, task_id: str, kind: EventKind, document: TaskDocument | None = None) -> None:
         """Store the webhook message the change makes, if any (given the task after it, without reading it
         again), then publish a change notice for `task_id` (best effort; nothing without a Redis)."""
-        record_change(self.collection, self.webhook_messages, task_id, kind, document)
+        record_change(self.collection, self.webhook_messages, task_id, kind, document, self.redis)
         if self.redis is not None:
             publish(self.redis, task_id, kind)
 

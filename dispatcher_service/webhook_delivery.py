@@ -2,12 +2,21 @@
 asyncio loop, so a thousand receivers that each hang for the whole timeout cost sockets, not workers, and never
 touch the task path.
 
-Each round takes due messages, oldest due first, skipping hosts that already have WEBHOOK_PER_HOST_CONCURRENCY
-deliveries in flight, and claims each by pushing its next attempt a lease ahead (a dispatcher killed mid-delivery
-leaves it to be sent again once the lease passes: at least once). A delivery resolves the host, refuses it unless
-every address may be reached, connects to the checked address itself (Host header and TLS SNI name the host, so
-a DNS answer that changes between check and connect cannot redirect it), signs with every live secret of the user,
-follows no redirect and reads at most a short excerpt of the answer.
+Each round claims due message ids from the Redis sorted set of due messages (DUE_KEY) in one script that also
+pushes each claimed id's score a lease ahead (a dispatcher killed mid-delivery leaves it to be claimed again once
+the lease passes: at least once), reads the claimed messages from MongoDB by id (one equality read each: FerretDB
+serves those from its index, an `$in` by reading every message), and starts them as their hosts
+have room (at most WEBHOOK_PER_HOST_CONCURRENCY deliveries in flight per host; the others wait in this process,
+their lease renewed). A delivery resolves the host, refuses it unless every address may be reached, connects to
+the checked address itself (Host header and TLS SNI name the host, so a DNS answer that changes between check and
+connect cannot redirect it), signs with every live secret of the user, follows no redirect and reads at most a
+short excerpt of the answer. Attempts are recorded in MongoDB in batches (one bulk write for every attempt that
+ended meanwhile), then the sorted set is updated: a delivered message leaves it, a retried one is scored by its
+next attempt.
+
+MongoDB is the truth: the sorted set is rebuilt from the pending messages when Redis has lost it (its completion
+mark is gone), and re-filled every RECONCILE_EVERY_SECONDS in case an index write failed; a claimed id whose
+message is no longer pending is dropped from it, one not due yet is scored again by its stored due time.
 """
 
 from __future__ import annotations
@@ -15,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import threading
 import time
-import uuid
 from collections import Counter as Tally
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
@@ -29,10 +39,12 @@ from cachetools import TTLCache
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
 from standardwebhooks.webhooks import Webhook
 
 from aitask_common.events import EventKind
@@ -42,6 +54,8 @@ from aitask_common.tasks import COLLECTION, utcnow
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
 from aitask_common.webhook_secrets import UserSecrets, WebhookSecretStore, cipher
 from aitask_common.webhooks import (
+    DUE_COMPLETE_KEY,
+    DUE_KEY,
     EXCERPT_CHARS,
     FINAL_TYPES,
     MESSAGE_INDEXES,
@@ -50,6 +64,7 @@ from aitask_common.webhooks import (
     AttemptRecord,
     MessageDocument,
     MessageState,
+    epoch,
     final_message_id,
     message_for,
     record_change_async,
@@ -64,18 +79,32 @@ DELIVERIES = Counter(
     "stopped (the receiver answered 410)",
     ["outcome"],
 )
-# Due messages one round reads at most.
+# Connections the delivery loop holds to MongoDB at most.
+MONGO_CONNECTIONS: Final = 16
+# Due ids one round claims at most.
 ROUND_LIMIT: Final = 500
 ROUND_MIN_GAP_SECONDS: Final = 0.02
-# How long due messages read by one query are started from before the next query: FerretDB reads every pending
-# message to answer it (no sort pushdown), so under a backlog of thousands a query per delivery would be the limit.
-CANDIDATES_MAX_AGE_SECONDS: Final = 2.0
+# Claims the due ids (score <= ARGV[1]), at most ARGV[2], oldest due first, and scores them ARGV[3] (the lease's
+# end) in the same step, so no other claim takes them meanwhile.
+CLAIM_SCRIPT: Final = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
+return due
+"""
+# A claimed message stored as due later than this is not due yet (its set entry was early): it is scored again.
+DUE_TOLERANCE_SECONDS: Final = 1.0
 # Beyond the HTTP timeout and the DNS one, what a claim's lease allows for before another round may send again.
 LEASE_MARGIN_SECONDS: Final = 5.0
 JITTER: Final = 0.1
-# The sweep for final messages whose writer died before storing them: how often, how far back a new dispatcher
-# looks, how long after a task's final write (the writer's own store comes first), and how many tasks per query.
-SWEEP_EVERY_SECONDS: Final = 10.0
+# How often the loop checks that the due set is complete (rebuilding it from MongoDB if not), how often it adds
+# every pending message to it anyway (an index write that failed while Redis kept its data), and how many
+# messages per read and per Redis write.
+RECONCILE_CHECK_SECONDS: Final = 2.0
+RECONCILE_EVERY_SECONDS: Final = 300.0
+RECONCILE_BATCH: Final = 1000
+# The sweep for final messages whose writer died before storing them (every WEBHOOK_SWEEP_SECONDS): how far back
+# a new dispatcher looks, how long after a task's final write (the writer's own store comes first), and how many
+# tasks per query.
 SECRETS_CACHE_SECONDS: Final = 5.0
 SWEEP_FIRST_LOOKBACK: Final = timedelta(hours=1)
 SWEEP_SETTLE: Final = timedelta(seconds=10)
@@ -90,6 +119,78 @@ class DeliveryRefused(Exception):
     """The message could not be sent at all (its address is refused, or it does not resolve)."""
 
 
+@dataclass
+class Claimed:
+    """A message this process claimed and has not started yet (its host is busy)."""
+
+    message: MessageDocument
+    host: str
+    leased_at: float
+
+
+@dataclass
+class AttemptWrite:
+    """An attempt's record, waiting for the next batch: the MongoDB update, and the message's next due time in
+    the due set (None: it leaves the set)."""
+
+    update: UpdateOne
+    message_id: str
+    next_due: float | None
+    written: asyncio.Future[None]
+
+
+class AttemptWriter:
+    """Writes attempts in batches: every attempt that ended while the last batch was written goes in the next one
+    (one bulk write to MongoDB, then one Redis pipeline for the due set)."""
+
+    def __init__(self, messages: AsyncCollection[Any], redis: AsyncRedis) -> None:
+        self.messages = messages
+        self.redis = redis
+        self.queued: list[AttemptWrite] = []
+        self.ready = asyncio.Event()
+
+    async def write(self, update: UpdateOne, message_id: str, next_due: float | None) -> None:
+        """Record one attempt; returns once it is in MongoDB (raises if that failed: the lease brings the message
+        back)."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queued.append(AttemptWrite(update, message_id, next_due, written))
+        self.ready.set()
+        await written
+
+    async def run(self) -> None:
+        """Write what is queued, for ever."""
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            batch, self.queued = self.queued, []
+            if batch:
+                await self.flush(batch)
+
+    async def flush(self, batch: list[AttemptWrite]) -> None:
+        try:
+            await self.messages.bulk_write([write.update for write in batch], ordered=False)
+        except Exception as error:  # noqa: BLE001 - the writer must go on; the lease brings these messages back
+            log.warning("webhook attempts not recorded: their lease brings them back", error=repr(error))
+            for write in batch:
+                if not write.written.done():
+                    write.written.set_exception(error)
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for write in batch:
+                    if write.next_due is None:
+                        pipe.zrem(DUE_KEY, write.message_id)
+                    else:
+                        pipe.zadd(DUE_KEY, {write.message_id: write.next_due})
+                await pipe.execute()
+        except RedisError as error:
+            # MongoDB has them: once their lease passes, a claim reads them and drops or re-scores them.
+            log.warning("webhook due set not updated after attempts", error=str(error))
+        for write in batch:
+            if not write.written.done():
+                write.written.set_result(None)
+
+
 class WebhookDelivery:
     """The delivery loop; `start` runs it in a daemon thread."""
 
@@ -100,6 +201,11 @@ class WebhookDelivery:
         )
         self.in_flight: Tally[str] = Tally()
         self.running: set[asyncio.Task[None]] = set()
+        # Claimed messages waiting for their host to have room, oldest due first.
+        self.waiting: list[Claimed] = []
+        # Ids claimed by this process and not settled yet (waiting, sending or being recorded): a claim that
+        # returns one again (its lease passed while its record was slow) leaves it to its delivery.
+        self.active: set[str] = set()
         # Users' secrets, reused for a few seconds (a rotation's new secret signs within SECRETS_CACHE_SECONDS; the
         # old one still verifies meanwhile).
         self.secrets_cache: TTLCache[str, UserSecrets] = TTLCache(maxsize=10_000, ttl=SECRETS_CACHE_SECONDS)
@@ -111,25 +217,30 @@ class WebhookDelivery:
     async def run(self) -> None:
         """Look for due messages every WEBHOOK_POLL_SECONDS, for ever."""
         settings = self.settings
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(**client_options(settings, "dispatcher-webhooks"))
+        # A round's reads go out concurrently; this many connections bound what they ask of the database at once
+        # (one run with ~100 concurrent reads from here saw FerretDB stop answering every client).
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            **client_options(settings, "dispatcher-webhooks"), maxPoolSize=MONGO_CONNECTIONS
+        )
         database = mongo[settings.mongo_database]
         self.messages: AsyncCollection[Any] = database[MESSAGES_COLLECTION]
         self.tasks: AsyncCollection[Any] = database[COLLECTION]
+        self.redis = AsyncRedis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+        self.claim_script = self.redis.register_script(CLAIM_SCRIPT)
+        self.writer = AttemptWriter(self.messages, self.redis)
+        writing = asyncio.create_task(self.writer.run())
         self.secrets = WebhookSecretStore(database, cipher(settings))
         self.http = httpx.AsyncClient(
             timeout=settings.webhook_timeout_seconds,
+            verify=tls_context(settings.webhook_ca_file),
             follow_redirects=False,
             trust_env=False,
             limits=httpx.Limits(max_connections=settings.webhook_max_concurrency, max_keepalive_connections=50),
         )
         self.wake = asyncio.Event()
-        # Due messages read by the last query, oldest due first, not started yet: the rounds that follow start
-        # them as hosts have room, without reading them again (a claim is conditional, so a stale one is skipped).
-        self.candidates: list[MessageDocument] = []
-        self.candidates_read_at = 0.0
         indexed = False
         self.swept_until = utcnow() - SWEEP_FIRST_LOOKBACK
-        next_sweep = 0.0
+        next_sweep = next_check = next_reconcile = 0.0
         while True:
             try:
                 if not indexed:
@@ -137,16 +248,55 @@ class WebhookDelivery:
                         await self.messages.create_index(keys)
                     indexed = True
                 self.wake.clear()  # a delivery ending from here on brings the next round forward
+                if time.monotonic() >= next_check:
+                    every = time.monotonic() >= next_reconcile
+                    if await self.reconcile(every):
+                        next_reconcile = time.monotonic() + RECONCILE_EVERY_SECONDS
+                    next_check = time.monotonic() + RECONCILE_CHECK_SECONDS
                 if time.monotonic() >= next_sweep:
                     await self.sweep()
-                    next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
+                    next_sweep = time.monotonic() + settings.webhook_sweep_seconds
                 await self.round()
             except PyMongoError as error:
                 log.warning("webhook delivery round failed: database unreachable", error=str(error))
+            except RedisError as error:
+                log.warning("webhook delivery round failed: Redis unreachable", error=str(error))
             # The next round comes when a delivery ends (its host has room again) or after the poll interval.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), settings.webhook_poll_seconds)
             await asyncio.sleep(ROUND_MIN_GAP_SECONDS)  # deliveries ending together share one round
+            if writing.done():  # never, unless a bug: say which, and write again
+                log.error("webhook attempt writer stopped", error=repr(writing.exception()))
+                writing = asyncio.create_task(self.writer.run())
+
+    async def reconcile(self, every_time: bool) -> bool:
+        """Add every pending message to the due set, with its stored due time, unless the set is complete and
+        `every_time` is false; whether it did. Reads in batches; an id already in the set keeps its score (it may
+        be leased)."""
+        if not every_time and await self.redis.exists(DUE_COMPLETE_KEY):
+            return False
+        started = time.monotonic()
+        pending = self.messages.find({"state": MessageState.PENDING.value}, {"next_attempt_at": True})
+        batch: dict[str, float] = {}
+        count = 0
+        async for message in pending.batch_size(RECONCILE_BATCH):
+            batch[message["_id"]] = epoch(message["next_attempt_at"])
+            if len(batch) >= RECONCILE_BATCH:
+                await self.redis.zadd(DUE_KEY, batch, nx=True)
+                count += len(batch)
+                batch = {}
+        if batch:
+            await self.redis.zadd(DUE_KEY, batch, nx=True)
+            count += len(batch)
+        # Marked complete only now: a rebuild cut short is done again at the next check.
+        await self.redis.set(DUE_COMPLETE_KEY, "1")
+        log.info(
+            "webhook due set reconciled from MongoDB",
+            pending=count,
+            rebuilt=not every_time,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        return True
 
     async def sweep(self) -> None:
         """Store the final message of every task that turned final since the last sweep (and SWEEP_SETTLE_SECONDS
@@ -173,63 +323,118 @@ class WebhookDelivery:
         ids = [final_message_id(document["_id"]) for document in documents]
         if not ids:
             return
-        stored = {message["_id"] async for message in self.messages.find({"_id": {"$in": ids}}, {"_id": True})}
+        stored = await self.read_by_id(ids, {"_id": True})
         for document in documents:
             if final_message_id(document["_id"]) in stored or message_for(document, EventKind.FINAL) is None:
                 continue
             log.warning("final webhook message was missing; stored now", task_id=document["_id"])
-            await record_change_async(self.messages, document, EventKind.FINAL)
+            await record_change_async(self.messages, document, EventKind.FINAL, self.redis)
 
     async def round(self) -> None:
-        """Claim and start what is due and has room: due messages from the last query (or a new one), one write
-        claiming all this round can start (each carrying this round's token), one read of those it won (another
-        dispatcher may have won some)."""
-        now = utcnow()
-        if not self.candidates or time.monotonic() - self.candidates_read_at > CANDIDATES_MAX_AGE_SECONDS:
-            due = self.messages.find({"state": MessageState.PENDING.value, "next_attempt_at": {"$lte": now}})
-            self.candidates = await due.sort([("next_attempt_at", 1)]).limit(ROUND_LIMIT).to_list()
-            self.candidates_read_at = time.monotonic()
-        room = self.settings.webhook_max_concurrency - len(self.running)
-        chosen: dict[str, tuple[MessageDocument, str]] = {}
-        planned: Tally[str] = Tally()
-        left: list[MessageDocument] = []
-        for candidate in self.candidates:
-            host = httpx.URL(candidate["url"]).host
-            if (
-                len(chosen) >= room
-                or self.in_flight[host] + planned[host] >= self.settings.webhook_per_host_concurrency
-            ):
-                left.append(candidate)
-                continue
-            planned[host] += 1
-            chosen[candidate["_id"]] = (candidate, host)
-        self.candidates = left
-        if not chosen:
+        """Renew the leases of claimed messages still waiting, start those whose host has room, then claim as many
+        due ids as there is room for, read their messages (one query by id) and start those whose host has room."""
+        now = time.time()
+        await self.renew_waiting(now)
+        self.start_waiting()
+        room = min(ROUND_LIMIT, self.settings.webhook_max_concurrency - len(self.running) - len(self.waiting))
+        if room <= 0:
             return
-        token = uuid.uuid4().hex
-        await self.messages.update_many(
-            {"_id": {"$in": list(chosen)}, "state": MessageState.PENDING.value, "next_attempt_at": {"$lte": now}},
-            {"$set": {"next_attempt_at": utcnow() + self.lease, "claim": token}},
+        lease_end = now + self.lease.total_seconds()
+        claimed: list[bytes] = await self.claim_script(keys=[DUE_KEY], args=[now, room, lease_end])
+        ids = [raw.decode() for raw in claimed]
+        ids = [message_id for message_id in ids if message_id not in self.active]
+        if not ids:
+            return
+        found = await self.read_by_id(ids)
+        gone: list[str] = []
+        not_due: dict[str, float] = {}
+        claims: list[Claimed] = []
+        for message_id in ids:  # oldest due first, as claimed
+            message = found.get(message_id)
+            if message is None or message["state"] != MessageState.PENDING.value:
+                gone.append(message_id)
+                continue
+            due = epoch(message["next_attempt_at"])
+            if due > now + DUE_TOLERANCE_SECONDS:
+                not_due[message_id] = due
+                continue
+            claims.append(Claimed(message, httpx.URL(message["url"]).host, now))
+        if gone or not_due:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if gone:
+                    pipe.zrem(DUE_KEY, *gone)
+                if not_due:
+                    pipe.zadd(DUE_KEY, not_due)
+                await pipe.execute()
+        await self.load_secrets({claimed.message["user_id"] for claimed in claims})
+        # Only now are they this process's (a failure above leaves them to their lease).
+        self.active.update(claimed.message["_id"] for claimed in claims)
+        self.waiting.extend(claims)
+        self.start_waiting()
+
+    async def load_secrets(self, user_ids: set[str]) -> None:
+        """Read the secrets of these users that are not cached, concurrently, before their messages take a slot
+        of their host (best effort: a delivery reads what is missing itself)."""
+        missing = [user_id for user_id in user_ids if user_id not in self.secrets_cache]
+        loaded = await asyncio.gather(*(self.secrets.get(user_id) for user_id in missing), return_exceptions=True)
+        for user_id, secrets in zip(missing, loaded, strict=True):
+            if isinstance(secrets, UserSecrets):
+                self.secrets_cache[user_id] = secrets
+
+    async def read_by_id(self, ids: list[str], projection: dict[str, bool] | None = None) -> dict[str, Any]:
+        """The stored messages of `ids` (those that exist), by id: one equality read each, concurrently (FerretDB
+        answers `_id` equality from its index but `$in` by reading the whole collection)."""
+        # find(), not find_one(): FerretDB keeps a find_one's cursor (and its PostgreSQL connection) open until the
+        # driver kills it later, and enough of them at once exhaust its pool (every client then hangs); an
+        # unlimited find of one id ends in its first batch.
+        found = await asyncio.gather(
+            *(self.messages.find({"_id": message_id}, projection).to_list() for message_id in ids)
         )
-        async for won in self.messages.find({"_id": {"$in": list(chosen)}, "claim": token}, {"_id": True}):
-            message, host = chosen[won["_id"]]
-            self.in_flight[host] += 1
-            task = asyncio.create_task(self.deliver(message, host))
+        return {batch[0]["_id"]: batch[0] for batch in found if batch}
+
+    async def renew_waiting(self, now: float) -> None:
+        """Push the lease of claimed messages that have waited half of it a whole lease ahead again."""
+        half = self.lease.total_seconds() / 2
+        stale = [claimed for claimed in self.waiting if now - claimed.leased_at > half]
+        if not stale:
+            return
+        await self.redis.zadd(DUE_KEY, {claimed.message["_id"]: now + self.lease.total_seconds() for claimed in stale})
+        for claimed in stale:
+            claimed.leased_at = now
+
+    def start_waiting(self) -> None:
+        """Start the waiting messages whose host has room, oldest due first."""
+        left: list[Claimed] = []
+        for claimed in self.waiting:
+            if (
+                len(self.running) >= self.settings.webhook_max_concurrency
+                or self.in_flight[claimed.host] >= self.settings.webhook_per_host_concurrency
+            ):
+                left.append(claimed)
+                continue
+            self.in_flight[claimed.host] += 1
+            task = asyncio.create_task(self.deliver(claimed.message, claimed.host))
             self.running.add(task)
             task.add_done_callback(self.running.discard)
+        self.waiting = left
 
     async def deliver(self, message: MessageDocument, host: str) -> None:
-        """One attempt, then its record and the message's next step."""
+        """One attempt, then its record and the message's next step. The host's slot is free again once the
+        attempt ends: the record's write (batched) holds no receiver's slot."""
         try:
-            attempt, retry_after = await self.attempt(message)
+            try:
+                attempt, retry_after = await self.attempt(message)
+            finally:
+                self.in_flight[host] -= 1
+                if self.in_flight[host] <= 0:
+                    del self.in_flight[host]
+                self.wake.set()
             await self.settle(message, attempt, retry_after)
         except Exception as error:  # noqa: BLE001 - the lease brings the message back; the loop must go on
             log.error("webhook delivery crashed", message_id=message["_id"], error=repr(error))
         finally:
-            self.in_flight[host] -= 1
+            self.active.discard(message["_id"])
             self.wake.set()
-            if self.in_flight[host] <= 0:
-                del self.in_flight[host]
 
     async def attempt(self, message: MessageDocument) -> tuple[AttemptRecord, float | None]:
         """Send once: the attempt as the log keeps it (next_attempt_at still unset), and any Retry-After."""
@@ -301,7 +506,7 @@ class WebhookDelivery:
         return response.status_code, text, retry_after_seconds(response)
 
     async def settle(self, message: MessageDocument, attempt: AttemptRecord, retry_after: float | None) -> None:
-        """Record the attempt, and deliver, stop, fail or schedule the message."""
+        """Record the attempt (in the writer's next batch), and deliver, stop, fail or schedule the message."""
         status = attempt["status_code"]
         number = message["attempt_count"] + 1
         update: dict[str, Any] = {"$inc": {"attempt_count": 1}}
@@ -322,7 +527,8 @@ class WebhookDelivery:
                 attempt["next_attempt_at"] = utcnow() + timedelta(seconds=delay)
                 update["$set"] = {"next_attempt_at": attempt["next_attempt_at"]}
         update["$push"] = {"attempts": attempt}
-        await self.messages.update_one({"_id": message["_id"]}, update)
+        next_due = epoch(attempt["next_attempt_at"]) if attempt["next_attempt_at"] is not None else None
+        await self.writer.write(UpdateOne({"_id": message["_id"]}, update), message["_id"], next_due)
         DELIVERIES.labels("retry" if outcome is MessageState.PENDING else outcome.value).inc()
         log.info(
             "webhook attempt",
@@ -341,6 +547,15 @@ class WebhookDelivery:
         await self.messages.update_many(
             {"task_id": task_id, "state": MessageState.PENDING.value}, {"$set": {"state": MessageState.STOPPED.value}}
         )
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """What https deliveries verify against: the public authorities httpx trusts, and those of `ca_file` if set.
+    The name checked is the URL's host (sent as SNI), not the address connected to."""
+    context = httpx.create_ssl_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
 
 
 def next_delay(schedule: list[float], attempts_made: int, retry_after: float | None) -> float | None:

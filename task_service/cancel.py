@@ -190,7 +190,9 @@ class TaskCanceller:
                     enqueue_upstream_cancel, self.sync_redis, task_id, task["provider"], task["model"], upstream_job_id
                 ),
             )
-        await record_change_async(self.store.collection.database[MESSAGES_COLLECTION], task, EventKind.FINAL)
+        await record_change_async(
+            self.store.collection.database[MESSAGES_COLLECTION], task, EventKind.FINAL, self.redis
+        )
         await self.publish(task_id, EventKind.FINAL)
 
     @staticmethod

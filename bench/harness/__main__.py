@@ -1,4 +1,4 @@
-"""`python -m bench.harness [--scenario NAME] [--profile] [--quick]` (what `make bench` runs)."""
+"""`python -m bench.harness [--scenario NAME] [--profile] [--quick] [--set SIZE=VALUE ...]` (what `make bench` runs)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes: a smoke test, numbers meaningless, nothing written"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SIZE=VALUE",
+        help="override one of the plan's sizes (a field of scenarios.Plan), e.g. --set webhook_tasks=5000",
+    )
     args = parser.parse_args()
     # A SIGTERM unwinds like Ctrl-C does, so every stack started so far is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -42,7 +49,12 @@ def main() -> None:
     profile_dir = None
     if args.profile:
         profile_dir = Path(tempfile.mkdtemp(prefix="aitask-bench-profiles-")) if args.quick else RESULTS / "profiles"
-    bench = Bench(wrk_path, ghz_path, Plan.quick() if args.quick else Plan(), profile_dir)
+    plan = Plan.quick() if args.quick else Plan()
+    try:
+        plan = plan.with_sizes(args.set)
+    except ValueError as error:
+        parser.error(str(error))
+    bench = Bench(wrk_path, ghz_path, plan, profile_dir)
 
     started = time.monotonic()
     meta: dict[str, Any] = {

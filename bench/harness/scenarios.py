@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,16 @@ class Plan:
     webhook_tasks: int = 10_000
     fairness_burst: int = 5000
     fairness_seconds: int = 30
+
+    def with_sizes(self, assignments: list[str]) -> Plan:
+        """This plan with `field=value` overrides (each value read as the field's type); ValueError names a bad one."""
+        changes: dict[str, Any] = {}
+        for assignment in assignments:
+            name, _, value = assignment.partition("=")
+            if name not in vars(self) or not value:
+                raise ValueError(f"--set {assignment!r}: expected SIZE=VALUE with SIZE one of {', '.join(vars(self))}")
+            changes[name] = type(getattr(self, name))(value)
+        return replace(self, **changes)
 
     @classmethod
     def quick(cls) -> Plan:

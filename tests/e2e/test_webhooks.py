@@ -5,6 +5,7 @@ at all while it is down)."""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -47,16 +48,22 @@ class Received:
 @dataclass
 class Receiver:
     """A webhook endpoint on 127.0.0.1: it records every request and answers the scripted statuses in turn
-    (then 200); it can go down and come back on the same port."""
+    (then 200); it can go down and come back on the same port, and hold its next `stalls` answers back until
+    `released` is set. Given a TLS context it serves https, its URL naming `name`, and notes each SNI name."""
 
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
+    stalls: int = 0
+    released: threading.Event = field(default_factory=threading.Event)
+    tls: ssl.SSLContext | None = None
+    name: str = "127.0.0.1"
+    server_names: list[str | None] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/aitask"
+        return f"{'https' if self.tls else 'http'}://{self.name}:{self.port}/hooks/aitask"
 
     def start(self) -> None:
         receiver = self
@@ -65,21 +72,31 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["content-length"])).decode()
                 receiver.received.append(Received(dict(self.headers.items()), body, time.monotonic()))
+                if receiver.stalls > 0:
+                    receiver.stalls -= 1
+                    receiver.released.wait(timeout=60)
                 status, headers = receiver.answers.pop(0) if receiver.answers else (200, {})
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    pass  # the sender is gone (a killed dispatcher)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            self.tls.sni_callback = lambda _socket, server_name, _context: receiver.server_names.append(server_name)
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
+        self.released.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
