@@ -83,6 +83,10 @@ class LocalStack:
                 # First come, first served, so a test sees every job it created in the queue; the fair-share
                 # tests turn it on (tests/e2e/test_resilience.py).
                 "FAIR_SHARE_DEPTH": "0",
+                # The faults one test injects must not open breakers for the tests after it (they run in random
+                # order, minutes apart at most); the breaker tests start a dispatcher with quick ones of their own.
+                "BREAKER_MIN_CALLS": "100000",
+                "BREAKER_MODEL_MIN_CALLS": "100000",
                 # Throwaway data: durability would only slow the tests down.
                 "POSTGRES_EXTRA_ARGS": "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             }
