@@ -88,8 +88,8 @@ def kept_write_key(task_id: str) -> str:
 @dataclass(frozen=True)
 class KeptWrite:
     """A write of a processing task that must not be lost: its final outcome (`status`), or (`status`
-    None) the fields of its submitted upstream job. `user_id` and `priority` let a later run re-enqueue
-    or forget the task without reading it."""
+    None) the fields of its submitted upstream job or of its generated image not yet copied. `user_id` and
+    `priority` let a later run re-enqueue or forget the task without reading it."""
 
     status: TaskStatus | None
     fields: dict[str, Any]
@@ -335,7 +335,7 @@ def _store_kept(rt: Runtime, lease: TaskLease, task_id: str, kept: KeptWrite) ->
             forget_finished(pipe, task_id, kept.user_id)
             pipe.delete(kept_write_key(task_id))
             pipe.execute()
-        if document is not None and document["status"] == TaskStatus.CANCELLED and kept.status is None:
+        if document is not None and document["status"] == TaskStatus.CANCELLED and "upstream_job_id" in kept.fields:
             # Cancelled while its upstream job's record waited here: nothing will poll that job; stop it.
             upstream_job_id = kept.fields["upstream_job_id"]
             enqueue_upstream_cancel(rt.redis, task_id, document["provider"], document["model"], upstream_job_id)
@@ -401,7 +401,11 @@ class TaskRun:
         try:
             if kept.status is not None:
                 return self._finish(kept.status, kept.fields)
-            self._store(kept)
+            if not self._store(kept):
+                return self._moved_on()
+            if "generated" in kept.fields:
+                self.task.generated = kept.fields["generated"]
+                return self._copy_and_complete(self.task.generated, {})
             upstream = UpstreamJob(kept.fields["upstream_job_id"], kept.fields["submitted"])
             self.task.upstream = upstream
             return self._submitted(upstream)
@@ -590,18 +594,22 @@ class TaskRun:
         image = GeneratedImage(
             image_url=result.image_url, image_base64=result.image_base64, revised_prompt=result.revised_prompt
         )
-        if self.task.type == TaskType.IMAGE and (result.image_url or result.image_base64):
-            self._keep_generated(image, fields)
+        made_an_image = self.task.type == TaskType.IMAGE and (result.image_url or result.image_base64)
+        if made_an_image and not self._keep_generated(image, fields):
+            return self._moved_on()
         return self._copy_and_complete(image, fields)
 
-    def _keep_generated(self, image: GeneratedImage, fields: dict[str, Any]) -> None:
+    def _keep_generated(self, image: GeneratedImage, fields: dict[str, Any]) -> bool:
         """Store the paid-for image (and a fallback that made it) on the task before copying it, so a failed
-        copy's retry never calls the vendor again (best effort: if the write fails, the copy usually succeeds)."""
+        copy's retry never calls the vendor again. Like an outcome, it outlasts a database outage (kept in
+        Redis past outcome_write_seconds: WriteKept); False if the task moved on meanwhile (cancelled)."""
         served: dict[str, Any] = {key: fields[key] for key in ("served_provider", "served_model") if key in fields}
+        write = KeptWrite(None, {"generated": image, **served}, None, self.task.user_id, self.task.priority)
         try:
-            self.rt.tasks.record(self.task.id, TaskStatus.PROCESSING, {"generated": image, **served})
-        except PyMongoError as error:
+            return self._store(write)
+        except PyMongoError as error:  # not an outage (say, a document too large): the copy usually succeeds
             log.warning("generated image not kept before its copy", error=str(error))
+            return True
 
     def _copy_and_complete(self, image: GeneratedImage, fields: dict[str, Any]) -> str:
         fields |= {**image, "error_message": ""}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -9,6 +10,7 @@ from types import TracebackType
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import RedisError
 
 from aitask_common.queues import LEASE_KEY_PREFIX as LEASE_KEY_PREFIX  # re-exported: the dispatcher's name for it
 
@@ -98,7 +100,9 @@ class TaskLease:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         if self.acquired:
-            self.release_in(self.redis)
+            # Redis down: the lease expires on its own (the run's outcome is decided; RQ would quit on a raise).
+            with contextlib.suppress(RedisError):
+                self.release_in(self.redis)
 
     def release_in(self, connection: Redis | Pipeline) -> None:
         """Let go now; given a pipeline, with the caller's last writes in one round trip (if that

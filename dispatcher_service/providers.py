@@ -67,6 +67,7 @@ class ProviderDirectory:
         self.redis = redis
         self.breakers = breakers
         self._registry = ReadThroughCache(self._read_registry, cache_seconds, maxsize=1)
+        self._last_registry: _Registry | None = None
         self._channels: dict[str, grpc.Channel] = {}
         # Round-robin turns, one counter per kind of call: an image's Generate is followed by its output's
         # FetchOutput, and one shared counter would send every Generate to the same instance.
@@ -74,7 +75,17 @@ class ProviderDirectory:
         self._stream_turn = itertools.count()
 
     def _read_registry(self, _: str) -> _Registry:
-        return _Registry(read_instances(self.redis), read_catalogues(self.redis))
+        """The registry; while Redis is unreachable, the last one read (a call already made, perhaps paid for,
+        must still reach a provider to fetch its output; an instance gone meanwhile fails over as usual)."""
+        try:
+            registry = _Registry(read_instances(self.redis), read_catalogues(self.redis))
+        except RedisError as error:
+            if self._last_registry is None:
+                raise
+            log.warning("registry unreadable: using the last one read", error=str(error))
+            return self._last_registry
+        self._last_registry = registry
+        return registry
 
     def model(self, provider: str, name: str) -> pb.Model | None:
         """The catalogue entry of provider/name as last published."""

@@ -84,6 +84,8 @@ MONGO_CONNECTIONS: Final = 16
 # Due ids one round claims at most.
 ROUND_LIMIT: Final = 500
 ROUND_MIN_GAP_SECONDS: Final = 0.02
+# Between rounds while the database or Redis is unreachable (not a warning every poll interval).
+OUTAGE_PAUSE_SECONDS: Final = 2.0
 # Claims the due ids (score <= ARGV[1]), at most ARGV[2], oldest due first, and scores them ARGV[3] (the lease's
 # end) in the same step, so no other claim takes them meanwhile.
 CLAIM_SCRIPT: Final = """
@@ -259,8 +261,10 @@ class WebhookDelivery:
                 await self.round()
             except PyMongoError as error:
                 log.warning("webhook delivery round failed: database unreachable", error=str(error))
+                await asyncio.sleep(OUTAGE_PAUSE_SECONDS)
             except RedisError as error:
                 log.warning("webhook delivery round failed: Redis unreachable", error=str(error))
+                await asyncio.sleep(OUTAGE_PAUSE_SECONDS)
             # The next round comes when a delivery ends (its host has room again) or after the poll interval.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), settings.webhook_poll_seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import datetime
 from typing import Any, ClassVar
@@ -105,6 +106,7 @@ class DispatcherWorker(SimpleWorker):
         self.deadline.idle()
         try:
             super().heartbeat(timeout, pipeline)
+            self._restart_dead_scheduler()
         except REDIS_DOWN as error:
             self._wait_for_redis(error)
             super().heartbeat(timeout, pipeline)
@@ -125,8 +127,10 @@ class DispatcherWorker(SimpleWorker):
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
         # BLPOP rounds of IDLE_BEAT_SECONDS, not RQ's 405 s: each round's heartbeat moves the liveness deadline.
+        # A worker without the scheduler asks for its locks each round (heartbeat): rounds of at most
+        # SCHEDULER_LOCK_RETRY_SECONDS then, or an idle dispatcher would run no delayed job for minutes.
         if timeout is not None:
-            timeout = min(timeout, IDLE_BEAT_SECONDS)
+            timeout = min(timeout, IDLE_BEAT_SECONDS if self._runs_scheduler() else int(SCHEDULER_LOCK_RETRY_SECONDS))
         while True:
             try:
                 return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
@@ -161,6 +165,18 @@ class DispatcherWorker(SimpleWorker):
             self._restart_dead_scheduler()
         except REDIS_DOWN as again:
             log.warning("could not restart the RQ scheduler yet", worker=self.name, error=str(again))
+
+    def _runs_scheduler(self) -> bool:
+        process = self.scheduler._process if self.scheduler is not None else None
+        return process is not None and process.is_alive()
+
+    def stop_scheduler(self) -> None:
+        super().stop_scheduler()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+        # A scheduler that died (a Redis outage kills it) left its locks behind: release them (only if still
+        # its own), or the next dispatcher's workers would wait out their 61 s before delayed jobs run again.
+        if self.scheduler is not None:
+            with contextlib.suppress(*REDIS_DOWN):
+                self.scheduler.release_locks()
 
     def _restart_dead_scheduler(self) -> None:
         """Start the scheduler this worker forked again if it died (as it does when Redis goes away), or take

@@ -70,11 +70,15 @@ class TaskClient:
         if not name:
             raise bad_request("you must provide a model parameter", "model")
         provider, _, model = name.rpartition("/")
-        matches = [
-            entry
-            for entry in await self.models(caller)
-            if entry.model == model and (not provider or entry.provider == provider)
-        ]
+
+        def matching(models: list[pb.CatalogueModel]) -> list[pb.CatalogueModel]:
+            return [entry for entry in models if entry.model == model and (not provider or entry.provider == provider)]
+
+        matches = matching(await self.models(caller))
+        if len(matches) > 1:
+            # A provider with no live instance left (stopped, or gone) does not make a name ambiguous.
+            matches = matching(await self.models(caller, fresh=True))
+            matches = [entry for entry in matches if entry.live_instances] or matches
         if not matches:
             raise model_not_found(name)
         if len(matches) > 1:

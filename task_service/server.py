@@ -61,9 +61,9 @@ class TaskService:
     sync_mongo: MongoClient[dict[str, Any]]
 
     async def start(self, settings: TaskServiceSettings) -> None:
-        """Start serving gRPC and the output links."""
-        await self.server.start()
+        """Start serving the output links, then gRPC (a port in use fails the start before any call is taken)."""
         await self.output_server.start(settings.host, settings.output_http_port)
+        await self.server.start()
 
     async def close(self) -> None:
         """Release connections after the server stopped."""

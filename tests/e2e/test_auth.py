@@ -202,6 +202,7 @@ def test_development_needs_no_key_and_warns_at_start_up(stack: LocalStack, user_
         "ENVIRONMENT": "development",
         "TASK_SERVICE_PORT": str(port),
         "METRICS_PORT": "0",
+        "OUTPUT_HTTP_PORT": "0",
         "LOG_DIR": str(stack.workdir / "logs-development"),
     }
     stack.definitions["task_service_dev"] = Process(

@@ -20,6 +20,7 @@ import pytest
 from devstack.processes import ROOT, free_port
 from devstack.stack import LocalStack
 from tests.conftest import wait_until
+from tests.e2e.helpers import openai_videos_provider
 
 SEED_IMAGE_MODELS = {
     # model: (a size it takes, whether it answers URLs)
@@ -167,13 +168,35 @@ def test_each_error_class(client: openai.OpenAI, stack: LocalStack, user_id: str
         warnings.simplefilter("ignore", DeprecationWarning)
         with pytest.raises(openai.NotFoundError):
             client.videos.retrieve("01ARZ3NDEKTSV4RRFFQ69G5FAV")
-        # A test that served sora-2 from a provider of its own ("openai-videos") may have just stopped it: until
-        # its registration is gone, "sora-2" names two providers rather than a retired model.
-        wait_until(lambda: all(model.owned_by != "openai-videos" for model in client.models.list()), timeout=60)
+        # A test may have served sora-2 from a provider of its own ("openai-videos") and stopped it: a provider
+        # with no live instance does not make the name ambiguous.
         for retired in RETIRED_VIDEO_MODELS:
             with pytest.raises(openai.BadRequestError) as retired_error:
                 client.videos.create(model=retired, prompt="a calm sea")
             assert "retired" in retired_error.value.message
+    assert user_tasks(stack, user_id) == []
+
+
+def test_a_name_two_live_providers_serve_is_ambiguous_until_one_stops(
+    client: openai.OpenAI, stack: LocalStack, user_id: str
+) -> None:
+    def refusal() -> str:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.videos.create(model="sora-2", prompt="a calm sea")
+        return refused.value.message
+
+    def ambiguous() -> str | None:
+        message = refusal()
+        return message if "more than one provider" in message else None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with openai_videos_provider(stack):
+            # The task service reads a new provider's catalogue within its cache's few seconds.
+            message = wait_until(ambiguous, timeout=15)
+            assert "openai/sora-2" in message and "openai-videos/sora-2" in message
+        # Stopped, "openai-videos" has no live instance: the name means the gateway's own (retired) sora-2.
+        assert "retired" in refusal()
     assert user_tasks(stack, user_id) == []
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from rq import Worker
 
 from aitask_common.grpc_server import BALANCED_DRAIN_SECONDS
 from aitask_common.tasks import inflight_key
@@ -133,6 +134,9 @@ def ten_workers(stack: LocalStack) -> Iterator[Any]:
     def restart(env: dict[str, str]) -> None:
         stack.stop("dispatcher")
         stack.start("dispatcher", extra_env={"WORKER_CONCURRENCY": "10", **env})
+        # Every worker listening: tasks created now are claimed together, not some seconds later.
+        redis = stack.redis()
+        wait_until(lambda: sum(worker.get_state() == "idle" for worker in Worker.all(connection=redis)) >= 10, timeout=30)
 
     try:
         yield restart
@@ -154,14 +158,15 @@ def test_a_database_outage_with_ten_paid_calls_in_flight_pays_for_none_twice(
     # Redis and the task's next run writes it).
     ten_workers({"OUTCOME_WRITE_SECONDS": write_seconds})
     user = new_user()
-    # Calls long enough that all ten are still in flight when the outage starts, however slowly the ten workers
-    # claimed them, and end inside it.
-    upstream.set_faults(IMAGES, latency_s=6.0)
+    # Calls long enough that all ten are still in flight when the outage starts, and an outage longer than a
+    # call, so that every call ends inside it. SIGKILL: a graceful stop waits for clients, seconds in which
+    # calls may end.
+    upstream.set_faults(IMAGES, latency_s=8.0)
     task_ids = [create(rest, user, f"blip {n}") for n in range(10)]
     wait_until(lambda: count(stack, task_ids, "processing") == 10, timeout=30)
-    stack.stop("ferretdb")
+    stack.kill("ferretdb")
     try:
-        time.sleep(6)
+        time.sleep(11)
     finally:
         stack.start("ferretdb")
     results = [wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60) for task_id in task_ids]
