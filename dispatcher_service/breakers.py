@@ -8,10 +8,10 @@ for it waits, pending, re-checked once the cooldown is over, with no upstream ca
 it again, that many successes close it. A probe lost with its worker (SIGKILL mid-call) is issued again once
 the half-open phase has lasted a cooldown, so a breaker never stays half-open for good.
 
-What counts as a failure: an upstream that is unavailable or timed out (UNAVAILABLE, DEADLINE_EXCEEDED), and an
-instance that did not answer. A rate limit (RESOURCE_EXHAUSTED) is the upstream asking us to slow down, which
-the retry backoff and the per-upstream caps do, not a sign it is broken; an error about the request itself (a
-400) says the upstream works. Both count as successful calls.
+What counts as a failure: a retryable upstream error (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED: a 5xx,
+a 429, a timeout) and an instance that did not answer. A sustained run of 429s opens the breaker too: the cooldown
+gives the vendor the pause it asks for, which per-task backoff alone does not. An error about the request itself
+(a 400) says the upstream works: it counts as a successful call.
 
 Each transition is one Lua script, so two workers never both make it; the one that does logs it and counts it
 in `aitask_breaker_transitions_total`. `aitask_breaker_state` (read at scrape time) and the queue tools
@@ -25,11 +25,11 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-import grpc
 from prometheus_client import Counter
 from redis import Redis
 
 from aitask_common.logging import get_logger
+from aitask_common.provider_errors import RETRYABLE_CODES
 from dispatcher_service.settings import DispatcherSettings
 
 log = get_logger(__name__)
@@ -44,8 +44,8 @@ BREAKER_IDLE_SECONDS = 24 * 3600
 # trips fewer per task in the usual case, at the price of noticing another worker's open breaker this much later.
 CLOSED_CACHE_SECONDS = 0.5
 
-# gRPC codes from a provider that count against a breaker.
-FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# gRPC codes from a provider that count against a breaker: the retryable ones.
+FAILURE_CODES = RETRYABLE_CODES
 
 BREAKER_TRANSITIONS = Counter(
     "aitask_breaker_transitions_total", "Circuit breaker transitions, by breaker scope and new state", ["scope", "to"]

@@ -316,8 +316,9 @@ def test_a_paid_result_outlasting_the_retries_is_kept_and_the_next_run_writes_it
     monkeypatch.setattr(rt, "tasks", UnreachableFor(store, failures=1000))
     assert process_task(task_id) == "write-kept"
     assert task(rt, task_id)["status"] == "processing"
+    # What is kept is the paid-for image, before its copy: the next run copies it rather than make it again.
     kept = KeptWrite.loads(rt.redis.get(kept_write_key(task_id)) or b"")
-    assert kept.status is TaskStatus.COMPLETED and kept.fields["image_url"]
+    assert kept.status is None and kept.fields["generated"]["image_url"]
     assert 0 < (rt.redis.ttl(kept_write_key(task_id)) or 0) <= KEPT_WRITE_SECONDS
     # The next run is due in a few seconds (the reconciler would also find the task).
     assert next_job(rt, task_id).id in queue(rt.redis, "default").scheduled_job_registry.get_job_ids()
@@ -326,8 +327,8 @@ def test_a_paid_result_outlasting_the_retries_is_kept_and_the_next_run_writes_it
     monkeypatch.setattr(rt, "tasks", store)
     assert process_task(task_id) == "completed"
     document = task(rt, task_id)
-    assert document["status"] == "completed" and document["image_url"] == kept.fields["image_url"]
-    assert document["attempts"] == 1
+    assert document["status"] == "completed" and document["image_url"] == kept.fields["generated"]["image_url"]
+    assert document["attempts"] == 1 and document["output"]["size"] > 0 and document.get("generated") is None
     assert not rt.redis.exists(kept_write_key(task_id))
     assert_forgotten(rt, task_id, user_id)
     assert paid(upstream, "ark.images") - before == 1

@@ -44,6 +44,7 @@ WORKER_SOURCE = Path(__file__).resolve().parents[2] / "dispatcher_service" / "wo
 OVERRIDDEN = {
     "bootstrap": "(self, logging_level='INFO', date_format='%H:%M:%S', log_format='%(asctime)s %(message)s')",
     "teardown": "(self)",
+    "stop_scheduler": "(self)",
     "heartbeat": "(self, timeout=None, pipeline=None)",
     "check_for_suspension": "(self, burst)",
     "set_state": "(self, state, pipeline=None)",

@@ -136,7 +136,11 @@ def ten_workers(stack: LocalStack) -> Iterator[Any]:
         stack.start("dispatcher", extra_env={"WORKER_CONCURRENCY": "10", **env})
         # Every worker listening: tasks created now are claimed together, not some seconds later.
         redis = stack.redis()
-        wait_until(lambda: sum(worker.get_state() == "idle" for worker in Worker.all(connection=redis)) >= 10, timeout=30)
+
+        def idle_workers() -> int:
+            return sum(worker.get_state() == "idle" for worker in Worker.all(connection=redis))
+
+        wait_until(lambda: idle_workers() >= 10, timeout=30)
 
     try:
         yield restart

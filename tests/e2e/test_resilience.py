@@ -22,7 +22,7 @@ from dispatcher_service.breakers import (
     reset_breaker,
 )
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, upstream_calls
+from tests.e2e.helpers import SEEDREAM, ensure_running, upstream_calls
 
 SEEDREAM_BREAKER = model_scope(SEEDREAM["provider"], SEEDREAM["model"])
 # Quick breakers for a test: a bad instance opens its own breaker long before the model's could open.
@@ -126,13 +126,20 @@ def test_a_failing_instance_opens_its_breaker_the_other_takes_the_traffic_then_i
         stack.stop(own_upstream.name)
 
 
+@pytest.mark.parametrize(
+    "fault", [{"error_rate": 1.0, "error_status": 500}, {"rate_limit_rate": 1.0}], ids=["500s", "429s"]
+)
 def test_a_model_whose_every_instance_fails_makes_its_tasks_wait_then_complete_with_no_attempt_burnt_while_open(
-    rest: httpx.Client, stack: LocalStack, user_id: str, quick_breakers: Callable[[dict[str, str]], None]
+    rest: httpx.Client,
+    stack: LocalStack,
+    user_id: str,
+    quick_breakers: Callable[[dict[str, str]], None],
+    fault: dict[str, object],
 ) -> None:
     quick_breakers({"BREAKER_COOLDOWN_SECONDS": "8"})
     marker = f"outage-{user_id}"
     with stack.sim() as sim:
-        sim.set_faults("ark.images", error_rate=1.0, error_status=500)
+        sim.set_faults("ark.images", **fault)
         task_ids = [create(rest, user_id, f"{marker} {n}") for n in range(6)]
         opened = wait_until(lambda: (state := breaker(stack, SEEDREAM_BREAKER)).get("state") == "open" and state)
         # Tasks wait, pending: none fails while the breaker is open.
@@ -149,6 +156,46 @@ def test_a_model_whose_every_instance_fails_makes_its_tasks_wait_then_complete_w
     # Nothing reached the upstream while the breaker was open (a call already on its way when it opened aside).
     since, until = float(opened["since"]), float(opened["until"])
     assert not [call for call in calls if since + 1.0 < call["at"] < until], calls
+    assert breaker(stack, SEEDREAM_BREAKER)["state"] == "closed"
+
+
+def test_a_provider_killed_mid_probe_while_half_open_loses_no_task_and_pays_for_none_twice(
+    rest: httpx.Client, stack: LocalStack, user_id: str, quick_breakers: Callable[[dict[str, str]], None]
+) -> None:
+    quick_breakers({"BREAKER_COOLDOWN_SECONDS": "5"})
+    marks = [f"chaos-{user_id}-{n}" for n in range(4)]
+    try:
+        with stack.sim() as sim:
+            # The model's only instance fails every call: its breakers open, the tasks wait pending.
+            sim.set_faults("ark.images", error_rate=1.0, error_status=500)
+            task_ids = [create(rest, user_id, mark) for mark in marks]
+            wait_until(lambda: breaker(stack, SEEDREAM_BREAKER).get("state") == "open")
+            time.sleep(CLOSED_CACHE_SECONDS + 0.5)  # a worker that saw it closed just before may still have called
+            # The upstream recovers, slowly: after the cooldown the half-open breaker's one probe stays in flight.
+            sim.clear_faults()
+            sim.set_faults("ark.images", latency_s=4.0)
+            failed_calls = {mark: len(sim.requests(mark)) for mark in marks}
+
+            def probe_in_flight() -> str | None:
+                return next((m for m in marks if len(sim.requests(m)) > failed_calls[m]), None)
+
+            probed = wait_until(probe_in_flight, timeout=30, interval=0.05)
+            assert sim.requests(probed)[-1]["status"] is None  # in flight
+            assert breaker(stack, SEEDREAM_BREAKER)["state"] == "half_open"
+            killed_at = time.time()
+            stack.kill("provider_volcengine")
+            stack.start("provider_volcengine")
+            results = [wait_for_status(rest, task_id, {"completed", "failed"}, timeout=120) for task_id in task_ids]
+            calls = {mark: sim.requests(mark)[failed_calls[mark] :] for mark in marks}
+    finally:
+        ensure_running(stack, "provider_volcengine")
+    # No task lost: every one completed once the provider was back.
+    assert {result["status"] for result in results} == {"completed"}, results
+    # None paid twice for a result we had: only the probe's task was sent again, once, after the kill cut its call
+    # (a synchronous vendor call cut mid-flight is paid, and its result is gone with the provider); every other
+    # task was sent once.
+    assert len(calls[probed]) == 2 and calls[probed][0]["at"] < killed_at < calls[probed][1]["at"], calls[probed]
+    assert all(len(made) == 1 for mark, made in calls.items() if mark != probed), calls
     assert breaker(stack, SEEDREAM_BREAKER)["state"] == "closed"
 
 
@@ -292,7 +339,10 @@ def test_a_429_storm_under_a_cap_of_two_finishes_every_task_with_at_most_two_in_
 ) -> None:
     caps = json.dumps({SEEDREAM["provider"]: {"concurrency": 2}})
     # Enough attempts that no task runs out of them in a 50 % storm (0.5^20).
-    quick_breakers({"UPSTREAM_CAPS": caps, "WORKER_CONCURRENCY": "6", "MAX_ATTEMPTS": "20"})
+    # 429s count against the breakers: if they open, tasks wait out a short cooldown.
+    quick_breakers(
+        {"UPSTREAM_CAPS": caps, "WORKER_CONCURRENCY": "6", "MAX_ATTEMPTS": "20", "BREAKER_COOLDOWN_SECONDS": "5"}
+    )
     marker = f"storm-{user_id}"
     with stack.sim() as sim:
         sim.set_faults("ark.images", latency_s=0.1, rate_limit_rate=0.5)
