@@ -144,7 +144,7 @@ class GridFSOutputStore:
         batch: list[dict[str, Any]] = []
         try:
             for number, data in enumerate(_exact_pieces(counted, CHUNK_BYTES)):
-                batch.append({"files_id": task_id, "n": number, "data": Binary(data)})
+                batch.append({"_id": chunk_id(task_id, number), "files_id": task_id, "n": number, "data": Binary(data)})
                 if len(batch) == WRITE_BATCH_CHUNKS:
                     self.chunks.insert_many(batch, ordered=True)
                     batch = []
@@ -169,15 +169,20 @@ class GridFSOutputStore:
         return stored
 
     def read(self, task_id: str, start: int, end: int) -> Generator[bytes]:
-        """See OutputStore.read: one query per chunk, by files_id and n (FerretDB answers a GridOut's range query,
-        `n >= k` sorted by n, by reading every remaining chunk of the file first)."""
-        if self.files.find_one({"_id": task_id}, {"_id": 1}) is None:
+        """See OutputStore.read: one query per chunk, by its `_id`. FerretDB answers a GridOut's range query
+        (`n >= k` sorted by n) by reading every remaining chunk of the file first, and even one by files_id and n
+        reads the whole collection; an `_id` equality is one primary-key lookup. Chunks stored before chunk ids
+        (ObjectIds) are found by files_id and n."""
+        if not self.files.find({"_id": task_id}, {"_id": 1}).to_list():
             raise NoFile(f"no stored output for task {task_id}")
         first, last = start // CHUNK_BYTES, end // CHUNK_BYTES
         for number in range(first, last + 1):
-            chunk = self.chunks.find_one({"files_id": task_id, "n": number}, {"data": 1})
-            if chunk is None:
+            found = self.chunks.find({"_id": chunk_id(task_id, number)}, {"data": 1}).to_list()
+            if not found:
+                found = self.chunks.find({"files_id": task_id, "n": number}, {"data": 1}).to_list()
+            if not found:
                 raise NoFile(f"chunk {number} of task {task_id}'s output is missing")
+            chunk = found[0]
             data = bytes(chunk["data"])
             offset = number * CHUNK_BYTES
             yield data[max(start - offset, 0) : end - offset + 1]
@@ -198,6 +203,12 @@ class GridFSOutputStore:
         for document in self.uploads.find({}, {"_id": 1}):
             if document["_id"] not in seen:
                 yield document["_id"]
+
+
+def chunk_id(task_id: str, number: int) -> str:
+    """A chunk's `_id`: GridFS clients read chunks by files_id and n whatever their id, and a read by `_id` is the
+    one lookup FerretDB answers from an index."""
+    return f"{task_id}/{number}"
 
 
 def _exact_pieces(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:

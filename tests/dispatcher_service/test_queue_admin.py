@@ -32,13 +32,12 @@ from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.queue_admin import OLDEST_AGE, QUEUE_NAMES, STATES
 from dispatcher_service.schedule import enqueue_task, queue
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM
+from tests.e2e.helpers import SEEDREAM, stop_dispatcher
 
 ADMIN = [sys.executable, "-m", "dispatcher_service.queue_admin"]
 # A job no worker can import: running it is a real way into RQ's FailedJobRegistry.
 MISSING_FUNCTION = "tests.dispatcher_service.no_such_module.no_such_function"
 LATER = timedelta(seconds=600)
-RQ_POPS = {"blpop", "blmove", "brpoplpush"}
 
 
 def admin(stack: LocalStack, *args: str, answer: str = "") -> subprocess.CompletedProcess[str]:
@@ -60,11 +59,6 @@ def waiting_jobs(redis: Redis) -> int:
     return sum(queue(redis, name).count + queue(redis, name).scheduled_job_registry.count for name in QUEUE_NAMES)
 
 
-def blocked_pops(redis: Redis) -> int:
-    """Connections blocked in a queue pop (RQ workers waiting for a job)."""
-    return sum(1 for client in redis.client_list() if "b" in client["flags"] and client["cmd"] in RQ_POPS)
-
-
 @contextmanager
 def dispatcher_stopped(stack: LocalStack) -> Iterator[Redis]:
     """Stop the dispatcher with every queue empty (a job finishing during shutdown may enqueue its next
@@ -72,9 +66,7 @@ def dispatcher_stopped(stack: LocalStack) -> Iterator[Redis]:
     redis = stack.redis()
     for _ in range(5):
         wait_until(lambda: waiting_jobs(redis) == 0, timeout=60)
-        stack.stop("dispatcher")
-        # After a SIGKILL, Redis can briefly keep a dead worker's BLPOP; a job pushed then would vanish.
-        wait_until(lambda: blocked_pops(redis) == 0, timeout=10)
+        stop_dispatcher(stack)
         if waiting_jobs(redis) == 0:
             break
         stack.start("dispatcher")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from redis import Redis
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
@@ -79,6 +80,23 @@ def restart_after_a_crash(stack: LocalStack) -> None:
     if stale_locks:
         redis.delete(*stale_locks)
     stack.start("dispatcher")
+
+
+# Commands an idle RQ worker blocks in, waiting for a job.
+RQ_POPS = {"blpop", "blmove", "brpoplpush"}
+
+
+def blocked_pops(redis: Redis) -> int:
+    """Connections blocked in a queue pop (RQ workers waiting for a job)."""
+    return sum(1 for client in redis.client_list() if "b" in client["flags"] and client["cmd"] in RQ_POPS)
+
+
+def stop_dispatcher(stack: LocalStack) -> None:
+    """Stop the dispatcher, and wait until Redis has let go of its workers' blocking pops: a job pushed while a
+    stopped worker's BLPOP lingers there would vanish with it (the reconciler finds it, seconds later)."""
+    stack.stop("dispatcher")
+    redis = stack.redis()
+    wait_until(lambda: blocked_pops(redis) == 0, timeout=10)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask_common.provider import load_catalogue
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, openai_videos_provider
+from tests.e2e.helpers import SEEDREAM, openai_videos_provider, stop_dispatcher
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGUES = [
@@ -124,7 +124,7 @@ def test_live_instances_follow_the_providers(stack: LocalStack, rest: httpx.Clie
 @pytest.fixture
 def held_dispatcher(stack: LocalStack) -> Iterator[None]:
     """No dispatcher while the test fills the queue (the test starts one); the usual one again afterwards."""
-    stack.stop("dispatcher")
+    stop_dispatcher(stack)
     try:
         yield
     finally:
@@ -190,7 +190,8 @@ def test_a_running_video_reports_the_upstreams_progress(
     stack: LocalStack, rest: httpx.Client, user_id: str, videos_provider: None
 ) -> None:
     with stack.sim() as sim:
-        sim.set_faults("openai.videos.create", video_seconds=8)
+        # Long enough for two polls to see progress even when a loaded machine delays them.
+        sim.set_faults("openai.videos.create", video_seconds=16)
     body = {"prompt": "a slow tide", "user_id": user_id, "provider": "openai-videos", "model": "sora-2"}
 
     def created() -> httpx.Response | None:
@@ -208,7 +209,7 @@ def test_a_running_video_reports_the_upstreams_progress(
             seen.append(task["progress"])
         return len(seen) >= 2
 
-    wait_until(progressed, timeout=20, interval=0.2)
+    wait_until(progressed, timeout=30, interval=0.2)
     assert seen == sorted(seen) and all(0 < progress < 100 for progress in seen), seen
     running = stack.task_stub().GetTaskResult(pb.GetTaskResultRequest(task_id=task_id), timeout=10).data
     assert running.status == "processing" and running.HasField("progress")

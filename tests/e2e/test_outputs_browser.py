@@ -47,25 +47,33 @@ def test_img_and_video_tags_load_and_seek_by_signed_link(
     video = completed(rest, create(rest, "video", user_id, **JIMENG_VIDEO, aspect_ratio="16:9"))["video_url"]
     page = tmp_path / "outputs.html"
     page.write_text(PAGE.format(image=image, video=video))
-    dumped = subprocess.run(
-        [
-            str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--autoplay-policy=no-user-gesture-required",
-            "--virtual-time-budget=30000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "NO_PROXY": "127.0.0.1"},
-    )
-    found = re.search(r'<pre id="result">(.*?)</pre>', dumped.stdout, re.S)
-    assert found is not None, dumped.stdout[-2000:] + dumped.stderr[-2000:]
-    seen = json.loads(found.group(1))
+
+    def page_result() -> str | None:
+        dumped = subprocess.run(
+            [
+                str(CHROMIUM),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--autoplay-policy=no-user-gesture-required",
+                "--virtual-time-budget=30000",
+                "--dump-dom",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "NO_PROXY": "127.0.0.1"},
+        )
+        found = re.search(r'<pre id="result">(.*?)</pre>', dumped.stdout, re.S)
+        assert found is not None, dumped.stdout[-2000:] + dumped.stderr[-2000:]
+        # On a loaded machine the budget can run out before the media events (the page still says "pending"):
+        # a load that failed says "error" instead.
+        return None if found.group(1) == "pending" else found.group(1)
+
+    result = next((result for result in (page_result() for _ in range(3)) if result is not None), None)
+    assert result is not None, "the page was still loading when the browser dumped it, three times"
+    seen = json.loads(result)
     assert seen["image"] == [1024, 1024], seen
     width, height, duration, position = seen["video"]
     assert width > 0 and height > 0 and duration > 0 and position == pytest.approx(duration / 2, rel=0.05), seen
