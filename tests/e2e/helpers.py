@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 from aitask_common.queues import QUEUE_ORDER
 from devstack.processes import Process, free_port
 from devstack.stack import LocalStack
+from dispatcher_service.durations import DURATIONS_KEY
 from dispatcher_service.schedule import queue
 from tests.conftest import wait_until
 
@@ -102,7 +103,10 @@ def stop_dispatcher(stack: LocalStack) -> None:
 @contextmanager
 def openai_videos_provider(stack: LocalStack) -> Iterator[None]:
     """provider_openai with a catalogue that serves sora-2 as provider "openai-videos"
-    (tests/e2e/provider_openai_videos): the gateway's own catalogue lists Sora as retired."""
+    (tests/e2e/provider_openai_videos): the gateway's own catalogue lists Sora as retired. The durations the
+    dispatcher learned from earlier tests' videos are forgotten: with them it would poll a new video first near
+    its likely end, and a test watching its progress would see none."""
+    stack.redis().hdel(DURATIONS_KEY, "openai-videos/sora-2")
     openai = stack.definitions["provider_openai"]
     port = free_port()
     env = openai.env | {"OPENAI_PROVIDER_PORT": str(port), "METRICS_PORT": "0"}

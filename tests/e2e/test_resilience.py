@@ -22,7 +22,7 @@ from dispatcher_service.breakers import (
     reset_breaker,
 )
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, ensure_running, upstream_calls
+from tests.e2e.helpers import SEEDREAM, ensure_running, stop_dispatcher, upstream_calls
 
 SEEDREAM_BREAKER = model_scope(SEEDREAM["provider"], SEEDREAM["model"])
 # Quick breakers for a test: a bad instance opens its own breaker long before the model's could open.
@@ -62,7 +62,7 @@ def quick_breakers(stack: LocalStack) -> Iterator[Callable[[dict[str, str]], Non
     no faults and no breaker state left for the next test."""
 
     def restart(env: dict[str, str]) -> None:
-        stack.stop("dispatcher")
+        stop_dispatcher(stack)
         stack.start("dispatcher", {**QUICK_BREAKERS, **env})
 
     try:

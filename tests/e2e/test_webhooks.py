@@ -213,7 +213,7 @@ def test_progress_is_sent_when_asked_for(
         return response if response.status_code == 200 else None
 
     # Long enough that polls see it part done even on a loaded machine.
-    with faults(stack, "openai.videos.create", video_seconds=12):
+    with faults(stack, "openai.videos.create", video_seconds=16):
         task_id = wait_until(created, timeout=10).json()["data"]["task_id"]
         wait_until(lambda: any(r.message["type"] == "task.completed" for r in receiver.of(task_id)), timeout=90)
     secret = secret_of(rest, user_id)["secret"]
