@@ -15,14 +15,16 @@ class OutputStoreKind(StrEnum):
 
     GRIDFS = "gridfs"
     S3 = "s3"
+    NONE = "none"
 
 
 class OutputSettings(WebhookSettings):
     """Output store, signed links and retention (beside the webhook settings the same processes share)."""
 
     output_store: OutputStoreKind = OutputStoreKind.GRIDFS
-    """Where image and video copies are kept: `gridfs` (the MongoDB database itself, nothing new to run) or `s3`
-    (any S3-compatible store: S3_ENDPOINT_URL, S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY)."""
+    """Where image and video copies are kept: `gridfs` (the MongoDB database itself, nothing new to run), `s3`
+    (any S3-compatible store: S3_ENDPOINT_URL, S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY), or `none`: nothing is
+    copied, and a task's links are the vendor's own (they expire with the vendor's retention)."""
     output_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     """A larger upstream output fails its task with a message saying so, and nothing is stored."""
     output_url_secret: str = ""

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import io
+import itertools
 import time
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -24,10 +25,9 @@ from urllib.parse import urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
 from bson import Binary
-from gridfs import GridFSBucket
 from gridfs.errors import NoFile
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from aitask.v1 import task_service_pb2
 from aitask_common.output_settings import OutputSettings, OutputStoreKind
@@ -43,6 +43,7 @@ GRIDFS_BUCKET: Final = "outputs"
 CHUNK_BYTES: Final = 255 * 1024
 # Chunks one insert carries (2 MiB): what a copy holds in memory at most, beside one piece of the download.
 WRITE_BATCH_CHUNKS: Final = 8
+DUPLICATE_KEY: Final = 11000  # MongoDB's error code
 # Development only (production requires OUTPUT_URL_SECRET): a fixed key, so links survive restarts.
 DEVELOPMENT_SECRET: Final = hashlib.sha256(b"aitask development output-link key").hexdigest()
 OUTPUT_PATH: Final = "/api/v1/ai/task/{task_id}/output"
@@ -114,57 +115,86 @@ class _Counted:
 class GridFSOutputStore:
     """GridFS in the tasks' database: file `_id` = task id, so a read needs no query but chunk ones.
 
-    Reads and writes are made here in GridFS's own format (chunks, then the file document last, so a copy is
-    visible only once whole), which any GridFS client reads; deletes are pymongo's GridFSBucket's. pymongo's
-    GridIn buffers up to 48 MB of chunks per upload before inserting them (measured: 80 MiB of peak memory to
-    store 40 MiB), and its GridOut reads a range with one `n >= k` query that FerretDB answers by reading every
-    remaining chunk.
+    Reads, writes and deletes are made here in GridFS's own format, which any GridFS client reads. Every query is
+    by `_id`: FerretDB answers one by files_id (a GridOut's range read, GridFSBucket's delete) by reading the whole
+    chunks collection. Writes are few, since each costs FerretDB and PostgreSQL more CPU than the bytes do: an
+    output of up to WRITE_BATCH_CHUNKS chunks (every image) is one file document and one insert of its chunks; a
+    longer one is streamed, marked in `uploads` until its file document, written last, exists. Only a task's
+    recorded output is ever read, so neither order shows a partial copy; a killed run's is found by its file
+    document or its mark. pymongo's GridIn would buffer up to 48 MB of chunks per upload (measured: 80 MiB of peak
+    memory to store 40 MiB).
     """
 
     def __init__(self, client: MongoClient[dict[str, Any]], database: str) -> None:
         self.database = client[database]
-        self.bucket = GridFSBucket(self.database, GRIDFS_BUCKET, chunk_size_bytes=CHUNK_BYTES)
         self.files = self.database[f"{GRIDFS_BUCKET}.files"]
         self.chunks = self.database[f"{GRIDFS_BUCKET}.chunks"]
-        # A copy in progress, from before its first chunk until its file document exists: the storage check finds
-        # the chunks a killed run left by it, without reading the chunks collection.
+        # A streamed copy in progress, from before its first chunk until its file document exists: the storage
+        # check finds the chunks a killed run left by it, without reading the chunks collection.
         self.uploads = self.database[f"{GRIDFS_BUCKET}.uploads"]
         self._indexed = False
 
     def put(self, task_id: str, chunks: Iterable[bytes], content_type: str, max_bytes: int) -> StoredOutput:
-        """See OutputStore.put: at most WRITE_BATCH_CHUNKS chunks in memory at a time."""
+        """See OutputStore.put: at most WRITE_BATCH_CHUNKS + 1 chunks in memory at a time."""
         if not self._indexed:
-            # GridFS's own indexes (what GridIn makes): chunk reads by files_id and n never scan.
+            # GridFS's own indexes (what GridIn makes), for other GridFS clients.
             self.chunks.create_index([("files_id", 1), ("n", 1)], unique=True)
             self.files.create_index([("filename", 1), ("uploadDate", 1)])
             self._indexed = True
-        self.delete(task_id)
-        self.uploads.insert_one({"_id": task_id, "started": utcnow()})
         counted = _Counted(chunks, max_bytes)
-        batch: list[dict[str, Any]] = []
+        pieces = enumerate(_exact_pieces(counted, CHUNK_BYTES))
+        first = [_chunk(task_id, number, data) for number, data in itertools.islice(pieces, WRITE_BATCH_CHUNKS + 1)]
+        if len(first) > WRITE_BATCH_CHUNKS:
+            return self._stream(task_id, first, pieces, counted, content_type)
+        stored = counted.stored(content_type)  # the whole output is in hand
         try:
-            for number, data in enumerate(_exact_pieces(counted, CHUNK_BYTES)):
-                batch.append({"_id": chunk_id(task_id, number), "files_id": task_id, "n": number, "data": Binary(data)})
-                if len(batch) == WRITE_BATCH_CHUNKS:
+            self._insert_whole(task_id, stored, first)
+        except DuplicateKeyError:  # an earlier run's copy, whole or partial
+            self.delete(task_id)
+            self._insert_whole(task_id, stored, first)
+        return stored
+
+    def _insert_whole(self, task_id: str, stored: StoredOutput, chunks: list[dict[str, Any]]) -> None:
+        self.files.insert_one(_file_document(task_id, stored))
+        try:
+            if chunks:
+                self.chunks.insert_many(chunks, ordered=True)
+        except BaseException as error:
+            if isinstance(error, BulkWriteError) and error.details["writeErrors"][0]["code"] == DUPLICATE_KEY:
+                raise DuplicateKeyError(str(error), DUPLICATE_KEY) from error  # a killed run's first chunks
+            with contextlib.suppress(PyMongoError):  # no half copy left behind, if the store lets us
+                self.delete(task_id)
+            raise
+
+    def _stream(
+        self,
+        task_id: str,
+        first: list[dict[str, Any]],
+        pieces: Iterator[tuple[int, bytes]],
+        counted: _Counted,
+        content_type: str,
+    ) -> StoredOutput:
+        if self.files.find_one({"_id": task_id}, {"_id": 1}) is not None:
+            self.delete(task_id)  # a whole copy an earlier run made, and died before its task recorded it
+        try:
+            self.uploads.insert_one({"_id": task_id, "started": utcnow()})
+        except DuplicateKeyError:  # a copy a killed run began
+            self.delete(task_id)
+            self.uploads.insert_one({"_id": task_id, "started": utcnow()})
+        try:
+            batch = first
+            for number, data in pieces:
+                if len(batch) >= WRITE_BATCH_CHUNKS:
                     self.chunks.insert_many(batch, ordered=True)
                     batch = []
-            if batch:
-                self.chunks.insert_many(batch, ordered=True)
+                batch.append(_chunk(task_id, number, data))
+            self.chunks.insert_many(batch, ordered=True)
         except BaseException:
             with contextlib.suppress(PyMongoError):
-                self.chunks.delete_many({"files_id": task_id})
+                self._delete_chunks(task_id)
             raise
         stored = counted.stored(content_type)
-        self.files.insert_one(
-            {
-                "_id": task_id,
-                "length": stored.size,
-                "chunkSize": CHUNK_BYTES,
-                "uploadDate": stored.stored,
-                "filename": task_id,
-                "metadata": {"content_type": content_type, "sha256": stored.sha256},
-            }
-        )
+        self.files.insert_one(_file_document(task_id, stored))
         self.uploads.delete_one({"_id": task_id})
         return stored
 
@@ -188,11 +218,20 @@ class GridFSOutputStore:
             yield data[max(start - offset, 0) : end - offset + 1]
 
     def delete(self, task_id: str) -> None:
-        """See OutputStore.delete."""
-        # NoFile: no finished copy, but the chunks of one a killed run left are gone all the same.
-        with contextlib.suppress(NoFile):
-            self.bucket.delete(task_id)
+        """See OutputStore.delete: the file document first (a read then finds no copy, not a partial one), its
+        chunks, then the upload marker (a delete cut short is still found by the storage check)."""
+        file = self.files.find_one_and_delete({"_id": task_id})  # FerretDB refuses a projection here
+        if not self._delete_chunks(task_id) and file is not None and file["length"]:
+            self.chunks.delete_many({"files_id": task_id})  # chunks stored before chunk ids (ObjectIds)
         self.uploads.delete_one({"_id": task_id})
+
+    def _delete_chunks(self, task_id: str) -> int:
+        """Delete the task's chunks by id, in order until one is missing (a killed run stored a first few);
+        how many."""
+        deleted = 0
+        while self.chunks.delete_one({"_id": chunk_id(task_id, deleted)}).deleted_count:
+            deleted += 1
+        return deleted
 
     def task_ids(self) -> Iterator[str]:
         """See OutputStore.task_ids: finished copies, then copies begun and never finished (a killed run's)."""
@@ -203,6 +242,23 @@ class GridFSOutputStore:
         for document in self.uploads.find({}, {"_id": 1}):
             if document["_id"] not in seen:
                 yield document["_id"]
+
+
+def _file_document(task_id: str, stored: StoredOutput) -> dict[str, Any]:
+    """GridFS's file document of a copy."""
+    return {
+        "_id": task_id,
+        "length": stored.size,
+        "chunkSize": CHUNK_BYTES,
+        "uploadDate": stored.stored,
+        "filename": task_id,
+        "metadata": {"content_type": stored.content_type, "sha256": stored.sha256},
+    }
+
+
+def _chunk(task_id: str, number: int, data: bytes) -> dict[str, Any]:
+    """GridFS's chunk document, with an `_id` of its own (chunk_id)."""
+    return {"_id": chunk_id(task_id, number), "files_id": task_id, "n": number, "data": Binary(data)}
 
 
 def chunk_id(task_id: str, number: int) -> str:
@@ -299,8 +355,28 @@ class S3OutputStore:
                 yield item["Key"]
 
 
+class NoOutputStore:
+    """OUTPUT_STORE=none: nothing is copied, so there is nothing to read, delete or list."""
+
+    def put(self, task_id: str, chunks: Iterable[bytes], content_type: str, max_bytes: int) -> StoredOutput:
+        raise RuntimeError("OUTPUT_STORE=none keeps no copies: the dispatcher does not copy outputs")
+
+    def read(self, task_id: str, start: int, end: int) -> Generator[bytes]:
+        # A task copied before the store was turned off: its link answers 404, as for any missing copy.
+        raise NoFile(f"no stored output for task {task_id}: OUTPUT_STORE=none")
+        yield b""  # a generator, as the protocol says
+
+    def delete(self, task_id: str) -> None:
+        return None
+
+    def task_ids(self) -> Iterator[str]:
+        return iter(())
+
+
 def open_output_store(settings: OutputSettings, mongo: MongoClient[dict[str, Any]]) -> OutputStore:
     """The store OUTPUT_STORE names (an S3 bucket is created when missing)."""
+    if settings.output_store is OutputStoreKind.NONE:
+        return NoOutputStore()
     if settings.output_store is OutputStoreKind.S3:
         store = S3OutputStore(settings)
         store.ensure_bucket()

@@ -101,6 +101,10 @@ class LocalStack:
     # --- process control -------------------------------------------------
     def start(self, name: str, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
         """Start one process (and wait until it answers, unless told not to)."""
+        running = self.running.get(name)
+        if running is not None and running.poll() is None:
+            # A second copy would be orphaned here, left working behind every later stop of the name.
+            raise RuntimeError(f"{name} is already running (pid {running.pid})")
         process = self.definitions[name]
         log = self._logs.get(name) or (self.workdir / f"{name}.log").open("ab")
         self._logs[name] = log

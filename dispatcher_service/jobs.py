@@ -42,6 +42,7 @@ from aitask_common.fallbacks import map_parameters, split_model_key
 from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
 from aitask_common.mongo import client_options
+from aitask_common.output_settings import OutputStoreKind
 from aitask_common.outputs import (
     STORE_ERRORS,
     OutputStore,
@@ -594,8 +595,8 @@ class TaskRun:
         image = GeneratedImage(
             image_url=result.image_url, image_base64=result.image_base64, revised_prompt=result.revised_prompt
         )
-        made_an_image = self.task.type == TaskType.IMAGE and (result.image_url or result.image_base64)
-        if made_an_image and not self._keep_generated(image, fields):
+        copied = self._copies_outputs and self.task.type == TaskType.IMAGE and (result.image_url or result.image_base64)
+        if copied and not self._keep_generated(image, fields):
             return self._moved_on()
         return self._copy_and_complete(image, fields)
 
@@ -614,10 +615,15 @@ class TaskRun:
     def _copy_and_complete(self, image: GeneratedImage, fields: dict[str, Any]) -> str:
         fields |= {**image, "error_message": ""}
         if self.task.type == TaskType.IMAGE and (image["image_url"] or image["image_base64"]):
-            fields |= self._copy_output(image["image_url"], image["image_base64"])
-            fields["generated"] = None
+            if self._copies_outputs:
+                fields |= self._copy_output(image["image_url"], image["image_base64"])
+            fields["generated"] = None  # the kept image, if any, is in the task's result now
         kept = {"error_message", "generated"}  # written even when empty
         return self._complete({key: value for key, value in fields.items() if value or key in kept})
+
+    @property
+    def _copies_outputs(self) -> bool:
+        return self.settings.output_store is not OutputStoreKind.NONE
 
     def _copy_output(self, url: str, base64_output: str = "") -> dict[str, Any]:
         """Copy the task's image or video into the output store (the base64 the vendor returned, or the bytes
@@ -695,7 +701,7 @@ class TaskRun:
         if response.state == pb.JOB_STATE_SUCCEEDED:
             if durations.finished(model_key, self.task.last_polled, waited):
                 self._replan_waiting_polls()
-            output = self._copy_output(response.video_url)
+            output = self._copy_output(response.video_url) if self._copies_outputs else {}
             return self._complete({"video_url": response.video_url, "error_message": ""} | output)
         if response.state == pb.JOB_STATE_FAILED:
             return self._fail(response.error_message or "upstream job failed")

@@ -6,6 +6,7 @@ Scenarios run in five groups, each on a fresh stack (BenchStack):
   video    video_in_flight                             (10 workers, 60 s videos)
   scaling  scaling                                     (1, 2, 4, 8, 16 workers)
   watch    watch                                       (1,000 WatchTask streams on one task, one task service)
+  outputs  e2e_image_outputs                           (10 workers, outputs copied vs OUTPUT_STORE=none)
 Before every measured load the task collection and the queues are emptied, so each
 measurement starts from the same state, and a warm-up run goes first.
 """
@@ -31,6 +32,7 @@ from rq.serializers import JSONSerializer
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
+from aitask_common.outputs import GRIDFS_BUCKET
 from aitask_common.queues import QUEUE_ORDER, RESULT_TTL_SECONDS, WATCH_KEY
 from aitask_common.tasks import TaskStatus, inflight_key
 from bench.harness import load
@@ -53,6 +55,7 @@ SCENARIOS = (
     "watch",
     "webhooks",
     "fairness",
+    "e2e_image_outputs",
 )
 GROUPS = {
     "api": ("floor", "create_rest", "create_grpc", "get_rest"),
@@ -62,6 +65,7 @@ GROUPS = {
     "watch": ("watch",),
     "webhooks": ("webhooks",),
     "fairness": ("fairness",),
+    "outputs": ("e2e_image_outputs",),
 }
 
 FLOOR_PROCESSES = 4
@@ -185,18 +189,19 @@ def watcher(stack: BenchStack) -> load.Watch:
 
 
 def reset_data(stack: BenchStack) -> None:
-    """Empty the tasks collection, the queues and the per-user in-flight sets.
+    """Empty the tasks collection, the stored outputs, the queues and the per-user in-flight sets.
 
     The collection is dropped and re-created with the indexes it had (those the task service made
     at start-up): much faster than deleting every document, and the next scenario inserts into
     the same index set as a fresh stack does.
     """
     tasks = stack.local.tasks()
-    indexes = [spec for name, spec in tasks.index_information().items() if name != "_id_"]
-    tasks.drop()
-    for spec in indexes:
-        options = {key: spec[key] for key in ("unique", "sparse") if key in spec}
-        tasks.create_index(spec["key"], **options)
+    for collection in [tasks, *(tasks.database[f"{GRIDFS_BUCKET}.{part}"] for part in ("files", "chunks", "uploads"))]:
+        indexes = [spec for name, spec in collection.index_information().items() if name != "_id_"]
+        collection.drop()
+        for spec in indexes:
+            options = {key: spec[key] for key in ("unique", "sparse") if key in spec}
+            collection.create_index(spec["key"], **options)
     with stack.redis() as redis:
         for name in QUEUE_ORDER:
             queue(redis, name).empty()
@@ -953,6 +958,40 @@ def webhooks_group(bench: Bench, selected: set[str]) -> None:
         bench.results["webhooks"] = entry
 
 
+OUTPUT_ROUNDS = 2
+
+
+def outputs_group(bench: Bench, selected: set[str]) -> None:
+    """Issue 18: e2e_image with every image copied into GridFS beside the same run with OUTPUT_STORE=none (the
+    vendor's links kept, nothing copied), interleaved none, gridfs, none, gridfs on one stack; the best run of
+    each is compared (ratio_to_floor = throughput with / without)."""
+    total = bench.plan.e2e_tasks
+    with BenchStack("outputs", workers=E2E_WORKERS) as stack:
+        say(f"  e2e_image_outputs: {total} Seedream tasks, OUTPUT_STORE none vs gridfs x {OUTPUT_ROUNDS}")
+        runs: dict[str, list[dict[str, Any]]] = {"gridfs": [], "none": []}
+        for round_number in range(OUTPUT_ROUNDS):
+            for store in reversed(runs):  # none first
+                stack.stop_dispatcher()
+                env = {"WORKER_CONCURRENCY": str(E2E_WORKERS), "OUTPUT_STORE": store}
+                stack.local.start("dispatcher", extra_env=env)
+                stack.wait_for_workers(E2E_WORKERS)
+                reset_data(stack)
+                close = window(stack)
+                entry = run_e2e(bench, stack, prompt(f"e2e_image_outputs_{store}_{round_number}"), total)
+                runs[store].append(entry | close())
+                say(f"    {store}: {_line(entry)}")
+        with_outputs, without = (max(runs[store], key=lambda run: run["throughput_per_s"]) for store in runs)
+        entry = with_outputs | {
+            "floor": {"without_outputs": without},
+            "ratio_to_floor": round(with_outputs["throughput_per_s"] / without["throughput_per_s"], 3)
+            if without["throughput_per_s"]
+            else 0.0,
+            "runs": runs,
+        }
+        say(f"    best with outputs / without: ratio {entry['ratio_to_floor']}")
+        bench.results["e2e_image_outputs"] = entry
+
+
 FAIRNESS_WORKERS = 10
 FAIRNESS_LATENCY_S = 0.5
 FAIRNESS_PATIENCE_S = 60.0
@@ -1076,4 +1115,5 @@ GROUP_RUNNERS = {
     "watch": watch_group,
     "webhooks": webhooks_group,
     "fairness": fairness_group,
+    "outputs": outputs_group,
 }

@@ -12,7 +12,7 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from aitask_common.queues import QUEUE_ORDER
+from aitask_common.queues import QUEUE_ORDER, WATCH_JOBS_KEY
 from devstack.processes import Process, free_port
 from devstack.stack import LocalStack
 from dispatcher_service.durations import DURATIONS_KEY
@@ -31,6 +31,21 @@ def waiting_job_task_ids(stack: LocalStack) -> list[str]:
         job_ids += ScheduledJobRegistry(str(name), connection=redis, serializer=JSONSerializer).get_job_ids()
     jobs = Job.fetch_many(job_ids, connection=redis, serializer=JSONSerializer)
     return [job.args[0] for job in jobs if job is not None]
+
+
+def job_whereabouts(stack: LocalStack, task_ids: set[str]) -> dict[str, str]:
+    """For a failure message: where each task's job is (its RQ status, the worker that took it), and the task's
+    own status."""
+    redis = stack.redis()
+    whereabouts = {}
+    for task_id in sorted(task_ids):
+        job_id = redis.hget(WATCH_JOBS_KEY, task_id)
+        job = Job.fetch_many([job_id.decode()], connection=redis, serializer=JSONSerializer)[0] if job_id else None
+        document = stack.tasks().find_one({"_id": task_id}, {"status": 1}) or {}
+        whereabouts[task_id] = f"task {document.get('status')}, job {job_id and job_id.decode()}: " + (
+            f"{job.get_status()} by {job.worker_name!r} at {job.started_at}" if job else "no record"
+        )
+    return whereabouts
 
 
 def assert_every_waiting_job_has_a_task(stack: LocalStack) -> None:

@@ -11,7 +11,7 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask_common.queues import WATCH_KEY
 from devstack.stack import LocalStack
 from tests.conftest import wait_until
-from tests.e2e.helpers import SEEDREAM, waiting_job_task_ids
+from tests.e2e.helpers import SEEDREAM, job_whereabouts, stop_dispatcher, waiting_job_task_ids
 
 USERS = 10
 TASKS_PER_USER = 20  # under the stack's in-flight cap of 30 per user
@@ -32,7 +32,7 @@ def outcome(call: grpc.Future) -> str | grpc.StatusCode:
 def test_200_concurrent_creates_are_each_stored_and_enqueued_once(stack: LocalStack) -> None:
     stub = stack.task_stub(via_envoy=False)
     users = [f"burst-{uuid.uuid4().hex[:8]}-{n}" for n in range(USERS)]
-    stack.stop("dispatcher")  # jobs stay queued, where they can be counted
+    stop_dispatcher(stack)  # jobs stay queued, where they can be counted
     task_ids: set[str] = set()
     try:
         calls = [
@@ -43,6 +43,7 @@ def test_200_concurrent_creates_are_each_stored_and_enqueued_once(stack: LocalSt
         outcomes = [outcome(call) for call in calls]
         task_ids = {task_id for task_id in outcomes if isinstance(task_id, str)}
         jobs = Counter(task_id for task_id in waiting_job_task_ids(stack) if task_id in task_ids)
+        missing = job_whereabouts(stack, task_ids - set(jobs))
         watched = {member.decode() for member in stack.redis().zrange(WATCH_KEY, 0, -1)}
         stored = Counter(document["_id"] for document in stack.tasks().find({"user_id": {"$in": users}}, {"_id": 1}))
         inflight = {user_id: stack.redis().scard(f"aitask:inflight:{user_id}") for user_id in users}
@@ -52,7 +53,7 @@ def test_200_concurrent_creates_are_each_stored_and_enqueued_once(stack: LocalSt
         stack.start("dispatcher")
     assert len(task_ids) == len(outcomes) == USERS * TASKS_PER_USER, Counter(map(str, outcomes))
     assert stored == dict.fromkeys(task_ids, 1)
-    assert jobs == dict.fromkeys(task_ids, 1)
+    assert jobs == dict.fromkeys(task_ids, 1), missing
     assert task_ids <= watched
     assert inflight == dict.fromkeys(users, TASKS_PER_USER)
     wait_until(lambda: not task_ids & set(waiting_job_task_ids(stack)), timeout=60)

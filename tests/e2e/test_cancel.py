@@ -33,7 +33,7 @@ from tests.conftest import wait_for_status, wait_until
 from tests.dispatcher_service import test_jobs
 from tests.dispatcher_service.test_jobs import IMAGE, IMAGE_PARAMETERS, insert_task
 from tests.dispatcher_service.test_queue_admin import admin
-from tests.e2e.helpers import SEEDREAM, faults, restart_after_a_crash
+from tests.e2e.helpers import SEEDREAM, faults, restart_after_a_crash, stop_dispatcher
 
 JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
 IMAGES = "ark.images"
@@ -92,7 +92,7 @@ def logged(stack: LocalStack, task_id: str, message: str) -> bool:
 
 @contextmanager
 def dispatcher_stopped(stack: LocalStack) -> Iterator[None]:
-    stack.stop("dispatcher")
+    stop_dispatcher(stack)
     try:
         yield
     finally:

@@ -13,7 +13,14 @@ from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
 from devstack.stack import LocalStack
 from dispatcher_service.schedule import enqueue_task
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, ensure_running, restart_after_a_crash, upstream_calls, waiting_job_task_ids
+from tests.e2e.helpers import (
+    SEEDREAM,
+    ensure_running,
+    restart_after_a_crash,
+    stop_dispatcher,
+    upstream_calls,
+    waiting_job_task_ids,
+)
 
 JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
 
@@ -59,7 +66,7 @@ def test_sigkilled_worker_never_pays_twice_for_a_stored_video_job(
 
 
 def test_redis_restarted_empty_with_tasks_pending(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
-    stack.stop("dispatcher")
+    stop_dispatcher(stack)
     try:
         task_ids = [create(rest, user_id) for _ in range(5)]
         stack.stop("redis")

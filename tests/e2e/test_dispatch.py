@@ -11,7 +11,7 @@ import pytest
 
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, upstream_calls, wait_for_retry
+from tests.e2e.helpers import SEEDREAM, stop_dispatcher, upstream_calls, wait_for_retry
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def generate_calls(port: int) -> float:
 
 
 def test_critical_tasks_run_before_a_low_backlog(rest: httpx.Client, stack: LocalStack, user_id: str) -> None:
-    stack.stop("dispatcher")
+    stop_dispatcher(stack)
     try:
         low = [create(rest, user_id, f"low {n}", priority="low") for n in range(6)]
         critical = [create(rest, user_id, f"critical {n}", priority="critical") for n in range(3)]
@@ -50,7 +50,7 @@ def test_critical_tasks_run_before_a_low_backlog(rest: httpx.Client, stack: Loca
         finished = {doc["_id"]: doc["updated"] for doc in stack.tasks().find({"_id": {"$in": low + critical}})}
         assert max(finished[task_id] for task_id in critical) < min(finished[task_id] for task_id in low)
     finally:
-        stack.stop("dispatcher")
+        stop_dispatcher(stack)
         stack.start("dispatcher")
 
 

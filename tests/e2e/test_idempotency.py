@@ -11,7 +11,7 @@ import pytest
 from aitask.v1 import task_service_pb2 as pb
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status
-from tests.e2e.helpers import SEEDREAM, waiting_job_task_ids
+from tests.e2e.helpers import SEEDREAM, stop_dispatcher, waiting_job_task_ids
 
 PATH = "/api/v1/ai/image/task"
 
@@ -25,7 +25,7 @@ def post(rest: httpx.Client, json: dict, key: str) -> httpx.Response:
 
 
 def test_same_key_makes_one_task_and_one_job_even_concurrently(stack: LocalStack, user_id: str) -> None:
-    stack.stop("dispatcher")  # jobs stay queued, where they can be counted
+    stop_dispatcher(stack)  # jobs stay queued, where they can be counted
     try:
         with stack.rest() as rest:
             first = post(rest, body(user_id), "order-1")

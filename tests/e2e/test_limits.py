@@ -9,7 +9,7 @@ import pytest
 from aitask.v1 import task_service_pb2 as pb
 from devstack.stack import LocalStack
 from tests.conftest import wait_until
-from tests.e2e.helpers import SEEDREAM
+from tests.e2e.helpers import SEEDREAM, stop_dispatcher
 
 INFLIGHT_CAP = 30  # MAX_INFLIGHT_TASKS_PER_USER in the test stack
 
@@ -44,7 +44,7 @@ def test_rate_limit_is_429_with_retry_after_per_key(stack: LocalStack, user_id: 
 def test_tasks_in_flight_are_capped_per_user(stack: LocalStack, user_id: str) -> None:
     inflight = stack.redis()
     key = f"aitask:inflight:{user_id}"
-    stack.stop("dispatcher")  # tasks stay pending
+    stop_dispatcher(stack)  # tasks stay pending
     try:
         with stack.rest() as rest:
             task_ids = [create(rest, image_body(user_id, f"kite {n}")) for n in range(INFLIGHT_CAP)]

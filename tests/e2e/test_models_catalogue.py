@@ -128,7 +128,7 @@ def held_dispatcher(stack: LocalStack) -> Iterator[None]:
     try:
         yield
     finally:
-        stack.stop("dispatcher")
+        stop_dispatcher(stack)
         stack.start("dispatcher")
         with stack.sim() as sim:
             sim.clear_faults()
@@ -165,7 +165,7 @@ def test_pending_tasks_know_their_place_in_the_queue(
     stack.start("dispatcher", {"WORKER_CONCURRENCY": "1"})
     wait_until(lambda: (last := positions()[-1]) is not None and last <= before[-1] - 5)
     # Held again (a warm stop finishes the running task), so the queue stands still while it is read.
-    stack.stop("dispatcher")
+    stop_dispatcher(stack)
     after = positions()
     waiting = [n for n, position in enumerate(after) if position is not None]
     # The tasks that left the queue are the first ones, and every task still waiting moved up as far.

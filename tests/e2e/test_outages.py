@@ -23,7 +23,7 @@ from aitask_common.tasks import inflight_key
 from devstack.stack import LocalStack
 from gateway.config import HEALTH_CHECK_INTERVAL_SECONDS, HEALTH_CHECK_TIMEOUT_SECONDS
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, restart_after_a_crash
+from tests.e2e.helpers import SEEDREAM, restart_after_a_crash, stop_dispatcher
 from upstream_simulator.control import SimulatorControl
 
 IMAGES = "ark.images"
@@ -132,7 +132,7 @@ def ten_workers(stack: LocalStack) -> Iterator[Any]:
     """Restart the dispatcher with ten workers (and the given environment); the usual one afterwards."""
 
     def restart(env: dict[str, str]) -> None:
-        stack.stop("dispatcher")
+        stop_dispatcher(stack)
         stack.start("dispatcher", extra_env={"WORKER_CONCURRENCY": "10", **env})
         # Every worker listening: tasks created now are claimed together, not some seconds later.
         redis = stack.redis()
@@ -145,7 +145,7 @@ def ten_workers(stack: LocalStack) -> Iterator[Any]:
     try:
         yield restart
     finally:
-        stack.stop("dispatcher")
+        stop_dispatcher(stack)
         stack.start("dispatcher")
 
 

@@ -5,6 +5,7 @@ once the task is deleted."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -19,19 +20,29 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import grpc
 import httpx
 import pytest
+from google.protobuf import json_format
+from gridfs import GridFSBucket
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
-from aitask_common.outputs import DEVELOPMENT_SECRET
+from aitask_common.outputs import CHUNK_BYTES, DEVELOPMENT_SECRET, GridFSOutputStore
 from devstack.processes import ROOT
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, faults, openai_videos_provider, restart_after_a_crash, upstream_calls
+from tests.e2e.helpers import (
+    SEEDREAM,
+    faults,
+    openai_videos_provider,
+    restart_after_a_crash,
+    stop_dispatcher,
+    upstream_calls,
+)
 from tests.e2e.test_readme import readme_curl_commands, run_raw
 
 SORA = {"provider": "openai-videos", "model": "sora-2"}
 JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
 DALL_E = {"provider": "openai", "model": "dall-e-3"}
+JIMENG_IMAGE = {"provider": "volcengine", "model": "jimeng_high_aes_general_v21_L"}
 
 
 @pytest.fixture
@@ -193,6 +204,31 @@ def test_delete_purges_the_output(stack: LocalStack, rest: httpx.Client, anonymo
     assert gone.status_code == 404 and gone.json()["code"] == "NOT_FOUND"
 
 
+def test_with_output_store_none_a_task_keeps_the_vendors_link_and_nothing_is_stored(
+    stack: LocalStack, rest: httpx.Client, anonymous: httpx.Client, user_id: str
+) -> None:
+    stop_dispatcher(stack)
+    stack.start("dispatcher", extra_env={"OUTPUT_STORE": "none"})
+    try:
+        image = completed(rest, create(rest, "image", user_id, **SEEDREAM, size="1024x1024"))
+        video = completed(rest, create(rest, "video", user_id, **JIMENG_VIDEO, aspect_ratio="16:9"))
+    finally:
+        stop_dispatcher(stack)
+        stack.start("dispatcher")
+    simulator = f"http://127.0.0.1:{stack.ports.simulator}/"
+    for task, link in ((image, image["image_url"]), (video, video["video_url"])):
+        assert "output" not in task and link.startswith(simulator), task
+        assert vendor_bytes(link)  # the vendor's own link, still served by it
+        stored = stack.mongo()["aitask"]["outputs.files"].count_documents({"_id": task["task_id"]})
+        assert stored == 0, task["task_id"]
+        expires = int(time.time()) + 60
+        signature = hmac.new(DEVELOPMENT_SECRET.encode(), f"{task['task_id']}\n{expires}".encode(), "sha256")
+        query = urlencode({"expires": expires, "signature": signature.hexdigest()})
+        missing = anonymous.get(f"/api/v1/ai/task/{task['task_id']}/output?{query}")  # a valid link to nothing
+        assert missing.status_code == 404 and missing.json()["code"] == "NOT_FOUND", missing.text
+    assert_in_step(stack, image["task_id"], video["task_id"])
+
+
 def storage_check(stack: LocalStack, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """`python -m dispatcher_service.retention check --json` against the stack, as an operator runs it."""
     completed_run = subprocess.run(
@@ -348,3 +384,123 @@ def test_the_readme_output_examples_work_as_printed(stack: LocalStack, rest: htt
             check=True,
         ).stdout
         assert printed.startswith(f"HTTP/1.1 {status}"), printed
+
+
+def test_the_gridfs_store_replaces_a_killed_runs_copy_and_deletes_by_chunk_id(stack: LocalStack) -> None:
+    """Every query of a copy is by `_id` (FerretDB reads the whole chunks collection for one by files_id):
+    a second copy replaces a whole or a partial earlier one, and a delete leaves nothing; chunks stored before
+    chunk ids are still read and deleted."""
+    database = "aitask_gridfs_store_test"
+    mongo = stack.mongo()
+    store = GridFSOutputStore(mongo, database)
+    chunks = mongo[database]["outputs.chunks"]
+    data = bytes(range(256)) * (CHUNK_BYTES * 3 // 256 + 7)  # three whole chunks and a part
+    try:
+        stored = store.put("whole", [data], "video/mp4", len(data))
+        assert stored.sha256 == sha256(data)
+        assert sorted(doc["_id"] for doc in chunks.find({"files_id": "whole"})) == [f"whole/{n}" for n in range(4)]
+        # An earlier run's whole copy, never recorded on its task: replaced.
+        assert store.put("whole", [data[::-1]], "video/mp4", len(data)).sha256 == sha256(data[::-1])
+        assert b"".join(store.read("whole", 0, len(data) - 1)) == data[::-1]
+        # A killed run's partial copy: its upload marker and its first two chunks.
+        mongo[database]["outputs.uploads"].insert_one({"_id": "partial", "started": datetime.now(UTC)})
+        chunks.insert_many(
+            [{"_id": f"partial/{n}", "files_id": "partial", "n": n, "data": b"x" * CHUNK_BYTES} for n in range(2)]
+        )
+        store.put("partial", [data[:10]], "image/png", len(data))
+        assert b"".join(store.read("partial", 0, 9)) == data[:10]
+        assert chunks.count_documents({"files_id": "partial"}) == 1
+        # Chunks with ObjectIds, as pymongo's GridFS writes them.
+        GridFSBucket(mongo[database], "outputs").upload_from_stream_with_id("legacy", "legacy", data)
+        assert (
+            b"".join(store.read("legacy", CHUNK_BYTES - 2, CHUNK_BYTES + 1)) == data[CHUNK_BYTES - 2 : CHUNK_BYTES + 2]
+        )
+        for task_id in ("whole", "partial", "legacy"):
+            store.delete(task_id)
+        assert chunks.count_documents({}) == 0
+        assert mongo[database]["outputs.files"].count_documents({}) == 0
+        assert mongo[database]["outputs.uploads"].count_documents({}) == 0
+        assert list(store.task_ids()) == []
+    finally:
+        mongo.drop_database(database)
+
+
+# Every seed model that yields media, with the door its test goes through (both doors over the set).
+MEDIA_MODELS = [
+    pytest.param("image", SEEDREAM | {"size": "1024x1024"}, "rest", id="seedream-rest"),
+    pytest.param(
+        "image", {"provider": "volcengine", "model": "jimeng_high_aes_general_v21_L"}, "grpc", id="jimeng-image-grpc"
+    ),
+    pytest.param("image", DALL_E | {"size": "1024x1024"}, "rest", id="dall-e-3-rest"),
+    pytest.param("video", JIMENG_VIDEO | {"aspect_ratio": "16:9"}, "grpc", id="jimeng-video-grpc"),
+    pytest.param("video", SORA | {"aspect_ratio": "16:9"}, "rest", id="sora-2-rest"),
+]
+
+
+def finished_through(stack: LocalStack, door: str, kind: str, fields: dict[str, Any], user_id: str) -> dict[str, Any]:
+    """Create a task through REST (via Envoy) or gRPC and wait for it to finish; the task as REST renders it."""
+    deadline = time.monotonic() + 90
+    if door == "rest":
+        with stack.rest() as rest:
+            task_id = wait_until(lambda: _created_over_rest(rest, kind, fields, user_id), timeout=15)
+            return completed(rest, task_id)
+    stub = stack.task_stub()
+    create_call = stub.CreateVideoTask if kind == "video" else stub.CreateImageTask
+    request_type = pb.CreateVideoTaskRequest if kind == "video" else pb.CreateImageTaskRequest
+    request = request_type(prompt=f"outputs test {user_id}", user_id=user_id, **fields)
+    task_id = wait_until(lambda: _created_over_grpc(create_call, request), timeout=15)
+    task = wait_until(lambda: _final(stub, task_id), timeout=deadline - time.monotonic())
+    assert task.status == "completed", task.error_message
+    return json_format.MessageToDict(task, preserving_proto_field_name=True)
+
+
+def _created_over_rest(rest: httpx.Client, kind: str, fields: dict[str, Any], user_id: str) -> str | None:
+    response = rest.post(
+        f"/api/v1/ai/{kind}/task", json={"prompt": f"outputs test {user_id}", "user_id": user_id, **fields}
+    )
+    # A task-service replica may not have read a just-started provider's catalogue yet.
+    return None if response.status_code == 400 else response.json()["data"]["task_id"]
+
+
+def _created_over_grpc(create_call: Any, request: Any) -> str | None:
+    try:
+        task_id: str = create_call(request, timeout=10).data.task_id
+        return task_id
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        return None
+
+
+def assert_a_media_model_is_ours(
+    stack: LocalStack, kind: str, fields: dict[str, Any], door: str, user_id: str
+) -> dict[str, Any]:
+    """The model's output, created through `door`, is stored with the vendor's exact bytes and served to anyone
+    with the link after the vendor has gone, a video also by Range; the finished task."""
+    with openai_videos_provider(stack) if fields["provider"] == SORA["provider"] else contextlib.nullcontext():
+        task = finished_through(stack, door, kind, fields, user_id)
+    if task.get("upstream_url"):
+        key = stack.env["OPENAI_API_KEY"] if task["upstream_url"].endswith("/content") else ""
+        original = vendor_bytes(task["upstream_url"], {"Authorization": f"Bearer {key}"} if key else None)
+    else:
+        original = base64.b64decode(task["image_base64"])
+    assert task["output"]["sha256"] == sha256(original) and int(task["output"]["size"]) == len(original), task
+    link = task[f"{kind}_url"]
+    stack.stop("simulator")
+    try:
+        with httpx.Client(trust_env=False, timeout=30) as anyone:
+            served = anyone.get(link)
+            seek = anyone.get(link, headers={"Range": "bytes=10-"})
+    finally:
+        stack.start("simulator")
+    assert served.status_code == 200 and served.content == original, served.text
+    assert served.headers["content-type"] == task["output"]["content_type"]
+    assert seek.status_code == 206 and seek.content == original[10:]
+    return task
+
+
+@pytest.mark.parametrize(("kind", "fields", "door"), MEDIA_MODELS)
+def test_every_media_model_output_is_ours_on_gridfs(
+    stack: LocalStack, kind: str, fields: dict[str, Any], door: str, user_id: str
+) -> None:
+    task = assert_a_media_model_is_ours(stack, kind, fields, door, user_id)
+    assert stack.mongo()["aitask"]["outputs.files"].count_documents({"_id": task["task_id"]}) == 1

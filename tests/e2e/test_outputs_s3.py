@@ -17,6 +17,7 @@ from devstack.seaweedfs import SeaweedS3
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM
+from tests.e2e.test_outputs import MEDIA_MODELS, assert_a_media_model_is_ours
 
 JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
 BUCKET = "aitask-outputs-test"
@@ -101,3 +102,13 @@ def test_a_video_over_grpc_seeks_and_refuses_a_tampered_link(stack: LocalStack, 
         assert seek.headers["content-range"] == f"bytes 1000-{len(original) - 1}/{len(original)}"
         tampered = client.get(task.video_url.replace("signature=", "signature=0"))
         assert tampered.status_code == 403 and tampered.json()["code"] == "PERMISSION_DENIED"
+
+
+@pytest.mark.parametrize(("kind", "fields", "door"), MEDIA_MODELS)
+def test_every_media_model_output_is_ours_in_the_bucket(
+    stack: LocalStack, s3: Any, kind: str, fields: dict[str, Any], door: str, user_id: str
+) -> None:
+    task = assert_a_media_model_is_ours(stack, kind, fields, door, user_id)
+    stored = s3.get_object(Bucket=BUCKET, Key=task["task_id"])
+    assert sha256(stored["Body"].read()) == task["output"]["sha256"]
+    assert stored["ContentType"] == task["output"]["content_type"]

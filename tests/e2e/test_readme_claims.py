@@ -25,7 +25,7 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask_common.tasks import inflight_key
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, upstream_calls, wait_for_retry
+from tests.e2e.helpers import SEEDREAM, stop_dispatcher, upstream_calls, wait_for_retry
 from upstream_simulator.control import SimulatorControl
 
 IMAGES = "ark.images"
@@ -90,7 +90,7 @@ def test_a_task_fails_after_provider_wait_seconds_without_a_live_provider(
     stack: LocalStack, rest: httpx.Client, user_id: str
 ) -> None:
     wait_seconds = 4.0
-    stack.stop("dispatcher")
+    stop_dispatcher(stack)
     stack.start("dispatcher", extra_env={"PROVIDER_WAIT_SECONDS": str(wait_seconds)})
     stack.stop("provider_openai")
     try:
@@ -106,7 +106,7 @@ def test_a_task_fails_after_provider_wait_seconds_without_a_live_provider(
         failed_after = time.monotonic() - sent
     finally:
         stack.start("provider_openai")
-        stack.stop("dispatcher")
+        stop_dispatcher(stack)
         stack.start("dispatcher")
     print(f"failed {failed_after:.1f} s after the create (PROVIDER_WAIT_SECONDS {wait_seconds:g})")
     assert result["status"] == "failed" and result["attempts"] == 0

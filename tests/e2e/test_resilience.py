@@ -70,7 +70,7 @@ def quick_breakers(stack: LocalStack) -> Iterator[Callable[[dict[str, str]], Non
     finally:
         with stack.sim() as sim:
             sim.clear_faults()
-        stack.stop("dispatcher")
+        stop_dispatcher(stack)
         for status in breaker_statuses(stack.redis()):
             reset_breaker(stack.redis(), status.scope)
         stack.start("dispatcher")
@@ -236,7 +236,7 @@ def fair_share(stack: LocalStack) -> Iterator[None]:
     for name in ("task_service", "task_service_2"):
         stack.stop(name)
         stack.start(name, {"FAIR_SHARE_DEPTH": "2"})
-    stack.stop("dispatcher")
+    stop_dispatcher(stack)
     stack.start("dispatcher", {"WORKER_CONCURRENCY": "1"})
     try:
         with stack.sim() as sim:

@@ -19,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devstack.stack import LocalStack
 from tests.conftest import wait_until
+from tests.e2e.helpers import stop_dispatcher
 from tests.e2e.test_webhooks import Receiver, create, deliveries, secret_of, verified
 
 NAME = "localhost"
@@ -83,13 +84,13 @@ def tls_receiver(stack: LocalStack, tmp_path: Path) -> Iterator[Receiver]:
     context.load_cert_chain(chain, key)
     receiver = Receiver(tls=context, name=NAME)
     receiver.start()
-    stack.stop("dispatcher")
+    stop_dispatcher(stack)
     stack.start("dispatcher", extra_env={"WEBHOOK_CA_FILE": str(ca_file)})
     try:
         yield receiver
     finally:
         receiver.stop()
-        stack.stop("dispatcher")
+        stop_dispatcher(stack)
         stack.start("dispatcher")
 
 

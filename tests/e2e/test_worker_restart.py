@@ -8,11 +8,11 @@ import httpx
 
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status
-from tests.e2e.helpers import SEEDREAM
+from tests.e2e.helpers import SEEDREAM, stop_dispatcher
 
 
 def test_tasks_wait_pending_while_worker_is_stopped(rest: httpx.Client, stack: LocalStack, user_id: str) -> None:
-    stack.stop("dispatcher")
+    stop_dispatcher(stack)
     try:
         task_ids = [
             rest.post("/api/v1/ai/image/task", json={"prompt": f"boat {n}", "user_id": user_id, **SEEDREAM}).json()[
