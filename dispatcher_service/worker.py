@@ -183,14 +183,11 @@ class DispatcherWorker(SimpleWorker):
         the scheduler locks a dead worker left: a local check; RQ itself would look only at its next
         maintenance, minutes later."""
         scheduler = self.scheduler
-        process = scheduler._process if scheduler is not None else None
         # A warm shutdown stops the scheduler first: it must stay stopped (a worker that dies with a scheduler
         # running leaves it holding the locks, and delayed jobs to it alone).
-        if self._stop_requested:
+        if self._stop_requested or scheduler is None or self._runs_scheduler():
             return
-        if scheduler is None or (process is not None and process.is_alive()):
-            return
-        if process is None:
+        if scheduler._process is None:
             # Another worker held the locks when this one started; they may have died with it since.
             if time.monotonic() < self._next_scheduler_lock_try:
                 return

@@ -42,7 +42,9 @@ def test_the_node_sdk_works_unchanged(stack: LocalStack, user_id: str) -> None:
     assert got["streamed"] and got["last_finish_reason"] == "stop"
     assert {"doubao-pro-4k", "gpt-4", "jimeng_vgfm_t2v_l20", "dall-e-3"} <= set(got["models"])
     video = got["video"]
-    assert video["created_status"] == "queued" and video["status"] == "completed" and video["size"] == "720x1280"
+    # Queued when created, unless a worker took it before the door read it back (OpenAI's own states, both).
+    assert video["created_status"] in ("queued", "in_progress"), video
+    assert video["status"] == "completed" and video["size"] == "720x1280", video
     assert got["not_found"] == {"name": "NotFoundError", "status": 404, "code": "model_not_found"}
 
     with stack.rest() as rest:
