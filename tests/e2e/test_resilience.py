@@ -58,11 +58,13 @@ def generate_calls(port: int, code: str = r"\w+") -> float:
 
 @pytest.fixture
 def quick_breakers(stack: LocalStack) -> Iterator[Callable[[dict[str, str]], None]]:
-    """Restart the dispatcher with quick breakers (and the given environment); afterwards the usual dispatcher,
-    no faults and no breaker state left for the next test."""
+    """Restart the dispatcher with quick breakers (and the given environment) and no breaker state; afterwards the
+    usual dispatcher, no faults and no breaker state left for the next test."""
 
     def restart(env: dict[str, str]) -> None:
         stop_dispatcher(stack)
+        for status in breaker_statuses(stack.redis()):  # nor any state an earlier test left
+            reset_breaker(stack.redis(), status.scope)
         stack.start("dispatcher", {**QUICK_BREAKERS, **env})
 
     try:
