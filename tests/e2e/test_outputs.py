@@ -360,12 +360,7 @@ def content_requests(stack: LocalStack) -> int:
 
 def _create_sora(stub: task_service_pb2_grpc.TaskServiceStub, user_id: str) -> str | None:
     request = pb.CreateVideoTaskRequest(prompt=f"outputs test {user_id}", user_id=user_id, aspect_ratio="16:9", **SORA)
-    try:
-        return stub.CreateVideoTask(request, timeout=10).data.task_id
-    except grpc.RpcError as error:
-        # A task-service replica may not have read the new provider's catalogue yet.
-        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
-        return None
+    return _created_over_grpc(stub.CreateVideoTask, request)
 
 
 def test_the_readme_output_examples_work_as_printed(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
@@ -465,6 +460,7 @@ def _created_over_rest(rest: httpx.Client, kind: str, fields: dict[str, Any], us
 
 
 def _created_over_grpc(create_call: Any, request: Any) -> str | None:
+    """The new task's id, or None while the task service has not read a just-started provider's catalogue."""
     try:
         task_id: str = create_call(request, timeout=10).data.task_id
         return task_id
