@@ -104,11 +104,17 @@ def control(sim: SimulatorThread) -> Iterator[SimulatorControl]:
 
 @pytest.fixture(autouse=True)
 def _clean(request: pytest.FixtureRequest) -> None:
-    """Every test starts without faults, stats or jobs (only for tests that use the shared simulator)."""
+    """Every test starts without simulator faults: a test that set some and failed before clearing them must
+    not fail the tests after it. Tests of the shared in-process simulator also start without stats or jobs;
+    the stack's simulator keeps its stats, which its tests read as differences."""
     if "sim" in request.fixturenames:
         ctl: SimulatorControl = request.getfixturevalue("control")
         ctl.clear_faults()
         ctl.reset()
+    if "stack" in request.fixturenames:
+        local: LocalStack = request.getfixturevalue("stack")
+        with local.sim() as stack_sim:
+            stack_sim.clear_faults()
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:

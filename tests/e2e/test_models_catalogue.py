@@ -17,7 +17,7 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask_common.provider import load_catalogue
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, openai_videos_provider, stop_dispatcher
+from tests.e2e.helpers import SEEDREAM, faults, openai_videos_provider, stop_dispatcher
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGUES = [
@@ -189,32 +189,31 @@ def videos_provider(stack: LocalStack) -> Iterator[None]:
 def test_a_running_video_reports_the_upstreams_progress(
     stack: LocalStack, rest: httpx.Client, user_id: str, videos_provider: None
 ) -> None:
-    with stack.sim() as sim:
-        # Long enough for two polls to see progress even when a loaded machine delays them.
-        sim.set_faults("openai.videos.create", video_seconds=16)
-    body = {"prompt": "a slow tide", "user_id": user_id, "provider": "openai-videos", "model": "sora-2"}
+    # Long enough for two polls to see progress even when a loaded machine delays them.
+    with faults(stack, "openai.videos.create", video_seconds=16):
+        body = {"prompt": "a slow tide", "user_id": user_id, "provider": "openai-videos", "model": "sora-2"}
 
-    def created() -> httpx.Response | None:
-        # A task-service replica may not have read the new provider's catalogue yet.
-        response = rest.post("/api/v1/ai/video/task", json=body)
-        return response if response.status_code == 200 else None
+        def created() -> httpx.Response | None:
+            # A task-service replica may not have read the new provider's catalogue yet.
+            response = rest.post("/api/v1/ai/video/task", json=body)
+            return response if response.status_code == 200 else None
 
-    task_id = wait_until(created, timeout=10).json()["data"]["task_id"]
-    seen: list[int] = []
+        task_id = wait_until(created, timeout=10).json()["data"]["task_id"]
+        seen: list[int] = []
 
-    def progressed() -> bool:
-        task = rest.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]
-        assert task["status"] in ("pending", "processing"), task
-        if "progress" in task and (not seen or task["progress"] != seen[-1]):
-            seen.append(task["progress"])
-        return len(seen) >= 2
+        def progressed() -> bool:
+            task = rest.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]
+            assert task["status"] in ("pending", "processing"), task
+            if "progress" in task and (not seen or task["progress"] != seen[-1]):
+                seen.append(task["progress"])
+            return len(seen) >= 2
 
-    wait_until(progressed, timeout=30, interval=0.2)
-    assert seen == sorted(seen) and all(0 < progress < 100 for progress in seen), seen
-    running = stack.task_stub().GetTaskResult(pb.GetTaskResultRequest(task_id=task_id), timeout=10).data
-    assert running.status == "processing" and running.HasField("progress")
+        wait_until(progressed, timeout=30, interval=0.2)
+        assert seen == sorted(seen) and all(0 < progress < 100 for progress in seen), seen
+        running = stack.task_stub().GetTaskResult(pb.GetTaskResultRequest(task_id=task_id), timeout=10).data
+        assert running.status == "processing" and running.HasField("progress")
 
-    finished = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=30)
-    assert finished["status"] == "completed", finished["error_message"]
-    # Progress is for running tasks only.
-    assert "progress" not in finished
+        finished = wait_for_status(rest, task_id, {"completed", "failed"}, timeout=30)
+        assert finished["status"] == "completed", finished["error_message"]
+        # Progress is for running tasks only.
+        assert "progress" not in finished

@@ -266,9 +266,7 @@ def test_an_image_whose_copy_failed_is_copied_again_not_made_again(
 
 def test_a_link_that_never_answers_fails_the_task_saying_so(stack: LocalStack, user_id: str) -> None:
     stub = stack.task_stub()
-    with openai_videos_provider(stack):
-        with stack.sim() as sim:
-            sim.set_faults("openai.videos.content", error_rate=1, error_status=404)
+    with openai_videos_provider(stack), faults(stack, "openai.videos.content", error_rate=1, error_status=404):
         task_id = wait_until(lambda: _create_sora(stub, user_id), timeout=15)
         task = wait_until(lambda: _final(stub, task_id), timeout=90)
     assert task.status == "failed"
