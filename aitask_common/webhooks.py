@@ -39,6 +39,10 @@ MESSAGES_COLLECTION: Final = "webhook_messages"
 DUE_KEY: Final = "aitask:webhooks:due"
 # Present while DUE_KEY holds every pending message: Redis losing its data loses it too, and the loop rebuilds.
 DUE_COMPLETE_KEY: Final = "aitask:webhooks:due-complete"
+# A copy of each new message that no claim has taken yet (id -> FirstCopy JSON): the loop's claim takes it with the
+# id, so a first attempt, most messages' only one, reads nothing from MongoDB. Only a message as it was stored
+# (pending, no attempt yet) is copied here; a claim, or a 410 that stops its task, removes the copy.
+FIRST_COPY_KEY: Final = "aitask:webhooks:first-copy"
 MESSAGE_INDEXES: list[list[tuple[str, int]]] = [
     # The rebuild of DUE_KEY: pending messages.
     [("state", 1), ("next_attempt_at", 1)],
@@ -187,6 +191,12 @@ def _remember_without_webhook(task_id: str) -> None:
         _without_webhook[task_id] = True
 
 
+def known_without_webhook(task_id: str) -> bool:
+    """Whether this process knows the task has no webhook (its changes make no message)."""
+    with _without_webhook_lock:
+        return task_id in _without_webhook
+
+
 def epoch(moment: datetime) -> float:
     """A stored time as epoch seconds (a naive one is UTC)."""
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
@@ -195,6 +205,47 @@ def epoch(moment: datetime) -> float:
 def due_entry(message: MessageDocument) -> dict[str, float]:
     """A message's DUE_KEY member and score."""
     return {message["_id"]: epoch(message["next_attempt_at"])}
+
+
+def first_copy(message: MessageDocument) -> str:
+    """The FIRST_COPY_KEY value of a message just stored: what a first attempt needs of it, besides its id."""
+    copy = {
+        "task_id": message["task_id"],
+        "user_id": message["user_id"],
+        "url": message["url"],
+        "event": message["event"],
+        "type": message["type"],
+        "body": message["body"],
+        "created": message["created"].isoformat(),
+    }
+    return json.dumps(copy, separators=(",", ":"))
+
+
+def from_first_copy(message_id: str, raw: bytes | str) -> MessageDocument:
+    """The message as it was stored, from its FIRST_COPY_KEY value."""
+    copy = json.loads(raw)
+    created = datetime.fromisoformat(copy["created"])
+    return {
+        "_id": message_id,
+        "task_id": copy["task_id"],
+        "user_id": copy["user_id"],
+        "url": copy["url"],
+        "event": copy["event"],
+        "type": copy["type"],
+        "body": copy["body"],
+        "state": MessageState.PENDING.value,
+        "created": created,
+        "next_attempt_at": created,
+        "attempt_count": 0,
+        "attempts": [],
+    }
+
+
+def index_as_due(pipe: Any, message: MessageDocument) -> None:
+    """Queue on a Redis pipeline (sync or async) what makes a just-stored message due: its DUE_KEY entry, then its
+    first copy (in this order: a copy is never without its entry)."""
+    pipe.zadd(DUE_KEY, due_entry(message))
+    pipe.hset(FIRST_COPY_KEY, message["_id"], first_copy(message))
 
 
 def _due_not_indexed(message: MessageDocument, error: RedisError) -> None:
@@ -218,9 +269,8 @@ def record_change(
     later, its reconcile indexes a stored one), and the task change stands."""
     try:
         if document is None:
-            with _without_webhook_lock:
-                if task_id in _without_webhook:
-                    return
+            if known_without_webhook(task_id):
+                return
             document = tasks.find_one({"_id": task_id, **WITH_WEBHOOK})
         if document is None or not document.get("webhook_url"):
             _remember_without_webhook(task_id)
@@ -231,7 +281,9 @@ def record_change(
         messages.insert_one(message)
         if redis is not None:
             try:
-                redis.zadd(DUE_KEY, due_entry(message))
+                with redis.pipeline(transaction=False) as pipe:
+                    index_as_due(pipe, message)
+                    pipe.execute()
             except RedisError as error:
                 _due_not_indexed(message, error)
     except DuplicateKeyError:
@@ -256,6 +308,8 @@ async def record_change_async(
         return
     if redis is not None:
         try:
-            await redis.zadd(DUE_KEY, due_entry(message))
+            async with redis.pipeline(transaction=False) as pipe:
+                index_as_due(pipe, message)
+                await pipe.execute()
         except RedisError as error:
             _due_not_indexed(message, error)

@@ -14,7 +14,7 @@ from redis import Redis
 
 from aitask_common.events import EventKind, publish
 from aitask_common.tasks import COLLECTION, TaskDocument, TaskStatus, utcnow
-from aitask_common.webhooks import MESSAGES_COLLECTION, record_change
+from aitask_common.webhooks import MESSAGES_COLLECTION, known_without_webhook, record_change
 
 # Fields `record` may write that no client sees: storing them alone publishes no notice.
 INTERNAL_FIELDS = frozenset({"upstream_job_id", "submitted", "generated"})
@@ -78,10 +78,17 @@ class TaskTransitions:
         condition = {"_id": task_id, "status": expected.value}
         if upstream_job_id is not None:
             condition["upstream_job_id"] = upstream_job_id
-        changed = self.collection.update_one(condition, update).modified_count == 1
-        if changed:
-            self.notify(task_id, EventKind.FINAL if new.is_final else EventKind.STATUS)
-        return changed
+        kind = EventKind.FINAL if new.is_final else EventKind.STATUS
+        if known_without_webhook(task_id):
+            changed = self.collection.update_one(condition, update).modified_count == 1
+            if changed:
+                self.notify(task_id, kind)
+            return changed
+        # The task may have a webhook, whose message carries the task after this change: read in the same step.
+        document = self.collection.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
+        if document is not None:
+            self.notify(task_id, kind, cast(TaskDocument, document))
+        return document is not None
 
     def record(self, task_id: str, expected: TaskStatus, fields: dict[str, Any]) -> bool:
         """Store fields (e.g. an upstream job id) without changing status, if still `expected`."""
