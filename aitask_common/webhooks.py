@@ -39,10 +39,6 @@ MESSAGES_COLLECTION: Final = "webhook_messages"
 DUE_KEY: Final = "aitask:webhooks:due"
 # Present while DUE_KEY holds every pending message: Redis losing its data loses it too, and the loop rebuilds.
 DUE_COMPLETE_KEY: Final = "aitask:webhooks:due-complete"
-# A copy of each new message that no claim has taken yet (id -> FirstCopy JSON): the loop's claim takes it with the
-# id, so a first attempt, most messages' only one, reads nothing from MongoDB. Only a message as it was stored
-# (pending, no attempt yet) is copied here; a claim, or a 410 that stops its task, removes the copy.
-FIRST_COPY_KEY: Final = "aitask:webhooks:first-copy"
 MESSAGE_INDEXES: list[list[tuple[str, int]]] = [
     # The rebuild of DUE_KEY: pending messages.
     [("state", 1), ("next_attempt_at", 1)],
@@ -207,47 +203,6 @@ def due_entry(message: MessageDocument) -> dict[str, float]:
     return {message["_id"]: epoch(message["next_attempt_at"])}
 
 
-def first_copy(message: MessageDocument) -> str:
-    """The FIRST_COPY_KEY value of a message just stored: what a first attempt needs of it, besides its id."""
-    copy = {
-        "task_id": message["task_id"],
-        "user_id": message["user_id"],
-        "url": message["url"],
-        "event": message["event"],
-        "type": message["type"],
-        "body": message["body"],
-        "created": message["created"].isoformat(),
-    }
-    return json.dumps(copy, separators=(",", ":"))
-
-
-def from_first_copy(message_id: str, raw: bytes | str) -> MessageDocument:
-    """The message as it was stored, from its FIRST_COPY_KEY value."""
-    copy = json.loads(raw)
-    created = datetime.fromisoformat(copy["created"])
-    return {
-        "_id": message_id,
-        "task_id": copy["task_id"],
-        "user_id": copy["user_id"],
-        "url": copy["url"],
-        "event": copy["event"],
-        "type": copy["type"],
-        "body": copy["body"],
-        "state": MessageState.PENDING.value,
-        "created": created,
-        "next_attempt_at": created,
-        "attempt_count": 0,
-        "attempts": [],
-    }
-
-
-def index_as_due(pipe: Any, message: MessageDocument) -> None:
-    """Queue on a Redis pipeline (sync or async) what makes a just-stored message due: its DUE_KEY entry, then its
-    first copy (in this order: a copy is never without its entry)."""
-    pipe.zadd(DUE_KEY, due_entry(message))
-    pipe.hset(FIRST_COPY_KEY, message["_id"], first_copy(message))
-
-
 def _due_not_indexed(message: MessageDocument, error: RedisError) -> None:
     log.warning(
         "webhook message stored but not indexed as due: the delivery loop's reconcile adds it",
@@ -281,9 +236,7 @@ def record_change(
         messages.insert_one(message)
         if redis is not None:
             try:
-                with redis.pipeline(transaction=False) as pipe:
-                    index_as_due(pipe, message)
-                    pipe.execute()
+                redis.zadd(DUE_KEY, due_entry(message))
             except RedisError as error:
                 _due_not_indexed(message, error)
     except DuplicateKeyError:
@@ -308,8 +261,6 @@ async def record_change_async(
         return
     if redis is not None:
         try:
-            async with redis.pipeline(transaction=False) as pipe:
-                index_as_due(pipe, message)
-                await pipe.execute()
+            await redis.zadd(DUE_KEY, due_entry(message))
         except RedisError as error:
             _due_not_indexed(message, error)

@@ -58,7 +58,6 @@ from aitask_common.webhooks import (
     DUE_KEY,
     EXCERPT_CHARS,
     FINAL_TYPES,
-    FIRST_COPY_KEY,
     MESSAGE_INDEXES,
     MESSAGES_COLLECTION,
     WITH_WEBHOOK,
@@ -67,7 +66,6 @@ from aitask_common.webhooks import (
     MessageState,
     epoch,
     final_message_id,
-    from_first_copy,
     message_for,
     record_change_async,
 )
@@ -85,23 +83,19 @@ DELIVERIES = Counter(
 MONGO_CONNECTIONS: Final = 16
 # Due ids one round claims at most.
 ROUND_LIMIT: Final = 500
+# Attempts one bulk write records at most. FerretDB 1.24 holds a PostgreSQL connection for every statement of an
+# update command until the command ends: one bulk write of 150 attempts held all of its pool's connections, waited
+# for one more, and FerretDB stopped answering every client.
+ATTEMPT_BATCH: Final = 16
 ROUND_MIN_GAP_SECONDS: Final = 0.02
 # Between rounds while the database or Redis is unreachable (not a warning every poll interval).
 OUTAGE_PAUSE_SECONDS: Final = 2.0
 # Claims the due ids (score <= ARGV[1]), at most ARGV[2], oldest due first, and scores them ARGV[3] (the lease's
-# end) in the same step, so no other claim takes them meanwhile; takes each one's first copy (KEYS[2]) with it.
-# Returns id, copy (nil: none), id, copy...
+# end) in the same step, so no other claim takes them meanwhile.
 CLAIM_SCRIPT: Final = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local claimed = {}
-for _, id in ipairs(due) do
-  redis.call('ZADD', KEYS[1], ARGV[3], id)
-  local copy = redis.call('HGET', KEYS[2], id)
-  if copy then redis.call('HDEL', KEYS[2], id) end
-  table.insert(claimed, id)
-  table.insert(claimed, copy)
-end
-return claimed
+for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
+return due
 """
 # A claimed message stored as due later than this is not due yet (its set entry was early): it is scored again.
 DUE_TOLERANCE_SECONDS: Final = 1.0
@@ -152,8 +146,8 @@ class AttemptWrite:
 
 
 class AttemptWriter:
-    """Writes attempts in batches: every attempt that ended while the last batch was written goes in the next one
-    (one bulk write to MongoDB, then one Redis pipeline for the due set)."""
+    """Writes attempts in batches: the attempts that ended while the last batch was written go in the next ones
+    (each a bulk write to MongoDB of at most ATTEMPT_BATCH, then a Redis pipeline for the due set)."""
 
     def __init__(self, messages: AsyncCollection[Any], redis: AsyncRedis) -> None:
         self.messages = messages
@@ -170,11 +164,12 @@ class AttemptWriter:
         await written
 
     async def run(self) -> None:
-        """Write what is queued, for ever."""
+        """Write what is queued, at most ATTEMPT_BATCH at a time, for ever."""
         while True:
             await self.ready.wait()
-            self.ready.clear()
-            batch, self.queued = self.queued, []
+            batch, self.queued = self.queued[:ATTEMPT_BATCH], self.queued[ATTEMPT_BATCH:]
+            if not self.queued:
+                self.ready.clear()
             if batch:
                 await self.flush(batch)
 
@@ -304,7 +299,6 @@ class WebhookDelivery:
             count += len(batch)
         # Marked complete only now: a rebuild cut short is done again at the next check.
         await self.redis.set(DUE_COMPLETE_KEY, "1")
-        await drop_stray_copies(self.redis)
         log.info(
             "webhook due set reconciled from MongoDB",
             pending=count,
@@ -355,14 +349,12 @@ class WebhookDelivery:
         if room <= 0:
             return
         lease_end = now + self.lease.total_seconds()
-        claimed: list[Any] = await self.claim_script(keys=[DUE_KEY, FIRST_COPY_KEY], args=[now, room, lease_end])
-        copies: dict[str, bytes | None] = {claimed[i].decode(): claimed[i + 1] for i in range(0, len(claimed), 2)}
-        ids = [message_id for message_id in copies if message_id not in self.active]
+        claimed: list[bytes] = await self.claim_script(keys=[DUE_KEY], args=[now, room, lease_end])
+        ids = [raw.decode() for raw in claimed]
+        ids = [message_id for message_id in ids if message_id not in self.active]
         if not ids:
             return
-        # A first attempt's message came with its id; one tried before, or stored while Redis was away, is read.
-        found = {message_id: from_first_copy(message_id, copy) for message_id in ids if (copy := copies[message_id])}
-        found.update(await self.read_by_id([message_id for message_id in ids if message_id not in found]))
+        found = await self.read_by_id(ids)
         gone: list[str] = []
         not_due: dict[str, float] = {}
         claims: list[Claimed] = []
@@ -564,25 +556,6 @@ class WebhookDelivery:
         await self.messages.update_many(
             {"task_id": task_id, "state": MessageState.PENDING.value}, {"$set": {"state": MessageState.STOPPED.value}}
         )
-        # Their first copies go too, else a first attempt would send one from its copy.
-        stopped = self.messages.find({"task_id": task_id, "state": MessageState.STOPPED.value}, {"_id": True})
-        if stopped_ids := [message["_id"] async for message in stopped]:
-            await self.redis.hdel(FIRST_COPY_KEY, *stopped_ids)
-
-
-async def drop_stray_copies(redis: AsyncRedis) -> None:
-    """Remove the first copies whose id is not in the due set (a copy outlives its entry only if the entry was
-    removed by hand, or a write of the pair was cut between them)."""
-    cursor = 0
-    while True:
-        cursor, copies = await redis.hscan(FIRST_COPY_KEY, cursor, count=RECONCILE_BATCH)
-        ids: list[Any] = list(copies)
-        if ids:
-            scores = await redis.zmscore(DUE_KEY, ids)
-            if stray := [message_id for message_id, score in zip(ids, scores, strict=True) if score is None]:
-                await redis.hdel(FIRST_COPY_KEY, *stray)
-        if cursor == 0:
-            return
 
 
 def tls_context(ca_file: str) -> ssl.SSLContext:

@@ -20,7 +20,6 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from aitask_common.tasks import utcnow
-from aitask_common.webhooks import FIRST_COPY_KEY
 from devstack.processes import free_port
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
@@ -265,10 +264,6 @@ def test_410_stops_delivery_for_the_task(
     assert len(receiver.of(task_id)) == 1
     assert messages[0]["state"] == "stopped" and messages[0]["attempts"][0]["status_code"] == 410
     assert all(message["state"] == "stopped" and not message["attempts"] for message in messages[1:])
-    # No first copy is left for a claim to send a stopped message from.
-    assert stack.redis().hmget(FIRST_COPY_KEY, [message["message_id"] for message in messages]) == [None] * len(
-        messages
-    )
 
 
 def test_a_message_outlives_a_dead_receiver_and_a_killed_dispatcher(
