@@ -84,8 +84,6 @@ class WebhookSecretStore:
     async def get(self, user_id: str) -> UserSecrets:
         """The user's secrets, made on first use."""
         for _ in range(WRITE_ATTEMPTS):
-            # Not find_one: FerretDB holds a find_one's cursor open until the driver kills it (see
-            # dispatcher_service.webhook_delivery.read_by_id).
             found = await self.collection.find({"_id": user_id}).to_list()
             if found:
                 return self._decrypt(found[0])

@@ -393,9 +393,6 @@ class WebhookDelivery:
     async def read_by_id(self, ids: list[str], projection: dict[str, bool] | None = None) -> dict[str, Any]:
         """The stored messages of `ids` (those that exist), by id: one equality read each, concurrently (FerretDB
         answers `_id` equality from its index but `$in` by reading the whole collection)."""
-        # find(), not find_one(): FerretDB keeps a find_one's cursor (and its PostgreSQL connection) open until the
-        # driver kills it later, and enough of them at once exhaust its pool (every client then hangs); an
-        # unlimited find of one id ends in its first batch.
         found = await asyncio.gather(
             *(self.messages.find({"_id": message_id}, projection).to_list() for message_id in ids)
         )
