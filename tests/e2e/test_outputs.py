@@ -229,24 +229,41 @@ def test_with_output_store_none_a_task_keeps_the_vendors_link_and_nothing_is_sto
     assert_in_step(stack, image["task_id"], video["task_id"])
 
 
-def storage_check(stack: LocalStack, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """`python -m dispatcher_service.retention check --json` against the stack, as an operator runs it."""
-    completed_run = subprocess.run(
-        [sys.executable, "-m", "dispatcher_service.retention", "check", "--json", *extra],
+def retention(stack: LocalStack, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m dispatcher_service.retention *args` against the stack, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher_service.retention", *args],
         env=stack.env | (env or {}),
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def storage_check(stack: LocalStack, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`python -m dispatcher_service.retention check --json` against the stack."""
+    completed_run = retention(stack, "check", "--json", *extra, env=env)
     assert completed_run.returncode in (0, 3), completed_run.stderr
     report: dict[str, Any] = json.loads(completed_run.stdout)
     return report
 
 
-def assert_in_step(stack: LocalStack, *task_ids: str) -> None:
-    report = storage_check(stack)
+def assert_in_step(stack: LocalStack, *task_ids: str, env: dict[str, str] | None = None) -> None:
+    report = storage_check(stack, env=env)
     assert not set(task_ids) & set(report["orphan_outputs"] + report["missing_outputs"]), report
+
+
+# Retention of 5 days, for tasks and outputs: what `age_for_retention` makes old.
+RETENTION_5_DAYS = {"TASK_RETENTION_DAYS": "5", "OUTPUT_RETENTION_DAYS": "5"}
+
+
+def age_for_retention(stack: LocalStack, old_task: str, old_output: str) -> None:
+    """Make one task 10 days old, and another's output 10 days old."""
+    tasks = stack.tasks()
+    long_ago = datetime.now(UTC) - timedelta(days=10)
+    tasks.update_one({"_id": old_task}, {"$set": {"created": long_ago}})
+    tasks.update_one({"_id": old_output}, {"$set": {"output.stored": long_ago}})
 
 
 def test_an_image_whose_copy_failed_is_copied_again_not_made_again(
@@ -305,18 +322,9 @@ def test_retention_sweeps_old_tasks_and_old_outputs(stack: LocalStack, rest: htt
     for task_id in (old_task, old_output, kept):
         completed(rest, task_id)
     database = stack.mongo()["aitask"]
-    long_ago = datetime.now(UTC) - timedelta(days=10)
-    database["tasks"].update_one({"_id": old_task}, {"$set": {"created": long_ago}})
-    database["tasks"].update_one({"_id": old_output}, {"$set": {"output.stored": long_ago}})
+    age_for_retention(stack, old_task, old_output)
 
-    swept = subprocess.run(
-        [sys.executable, "-m", "dispatcher_service.retention", "sweep"],
-        env=stack.env | {"TASK_RETENTION_DAYS": "5", "OUTPUT_RETENTION_DAYS": "5"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    swept = retention(stack, "sweep", env=RETENTION_5_DAYS)
     assert swept.returncode == 0, swept.stderr
     result = json.loads(swept.stdout)
     assert result["tasks_deleted"] >= 1 and result["outputs_deleted"] >= 1

@@ -4,11 +4,8 @@ contract as on GridFS (tests/e2e/test_outputs.py), through REST via Envoy and gR
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -17,12 +14,18 @@ import pytest
 from botocore.exceptions import ClientError
 
 from aitask.v1 import task_service_pb2 as pb
-from devstack.processes import ROOT
 from devstack.seaweedfs import SeaweedS3
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM
-from tests.e2e.test_outputs import MEDIA_MODELS, assert_a_media_model_is_ours, storage_check
+from tests.e2e.test_outputs import (
+    MEDIA_MODELS,
+    RETENTION_5_DAYS,
+    age_for_retention,
+    assert_a_media_model_is_ours,
+    assert_in_step,
+    retention,
+)
 
 JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
 BUCKET = "aitask-outputs-test"
@@ -133,25 +136,15 @@ def test_retention_sweeps_old_outputs_and_tasks_from_the_bucket(stack: LocalStac
         assert_a_media_model_is_ours(stack, "image", SEEDREAM | {"size": "1024x1024"}, "rest", user_id)["task_id"]
         for _ in range(3)
     )
-    tasks = stack.tasks()
-    long_ago = datetime.now(UTC) - timedelta(days=10)
-    tasks.update_one({"_id": old_task}, {"$set": {"created": long_ago}})
-    tasks.update_one({"_id": old_output}, {"$set": {"output.stored": long_ago}})
-    swept = subprocess.run(
-        [sys.executable, "-m", "dispatcher_service.retention", "sweep"],
-        env=stack.env | s3.env | {"TASK_RETENTION_DAYS": "5", "OUTPUT_RETENTION_DAYS": "5"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    age_for_retention(stack, old_task, old_output)
+    swept = retention(stack, "sweep", env=s3.env | RETENTION_5_DAYS)
     assert swept.returncode == 0, swept.stderr
     for gone in (old_task, old_output):
         with pytest.raises(ClientError):
             s3.client.head_object(Bucket=BUCKET, Key=gone)
+    tasks = stack.tasks()
     assert tasks.count_documents({"_id": old_task}) == 0
     remaining = tasks.find_one({"_id": old_output})
     assert remaining is not None and "output" not in remaining and remaining["upstream_url"]
     assert s3.client.head_object(Bucket=BUCKET, Key=kept)["ContentLength"] > 0
-    report = storage_check(stack, env=s3.env)
-    assert not {old_task, old_output, kept} & set(report["orphan_outputs"] + report["missing_outputs"]), report
+    assert_in_step(stack, old_task, old_output, kept, env=s3.env)
