@@ -23,7 +23,7 @@ help: ## List every target with what it does
 
 install: $(STAMP) $(DESCRIPTOR) ## Install Redis, FerretDB and the locked Python environment; generate stubs
 
-$(STAMP): pyproject.toml uv.lock scripts/install-deps.sh tools/ferretdb/go.mod tools/ferretdb/main.go tools/seaweedfs/go.mod
+$(STAMP): pyproject.toml uv.lock client/pyproject.toml scripts/install-deps.sh tools/ferretdb/go.mod tools/ferretdb/main.go tools/seaweedfs/go.mod
 	scripts/install-deps.sh
 	@mkdir -p $(@D) && touch $@
 

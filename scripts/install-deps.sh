@@ -21,13 +21,19 @@ apt_install() {
 # ffmpeg: the tests decode the simulator's media with it (tests/upstream_simulator/test_media.py).
 # prometheus: its promtool checks the alert rules (deploy/check.py, tests/deploy).
 # chromium: a headless browser loads and seeks outputs by their signed links (tests/e2e/test_outputs_browser.py).
-apt_install redis-server postgresql curl ffmpeg prometheus chromium
+# tmux: a real terminal runs the `aitask` command (tests/client/test_cli.py).
+apt_install redis-server postgresql curl ffmpeg prometheus chromium tmux
 
 if ! command -v uv >/dev/null; then
   python3 -m pip install --quiet 'uv==0.13.9'
 fi
 # The default groups ([tool.uv] in pyproject.toml): build (stub generation), local (make run) and dev (make test).
 uv sync --frozen --python python3.11 --quiet
+# tests/client/test_wheel.py installs the client's wheel into a fresh venv with the network off: resolve its
+# dependencies here once, at the lock's versions, so that uv's cache holds all it needs.
+mkdir -p .local
+uv export --frozen --no-hashes --no-emit-project --no-emit-package aitask-client --quiet -o .local/client-pins.txt
+uv pip compile --quiet client/pyproject.toml -c .local/client-pins.txt -o /dev/null
 
 # FerretDB 1.24.2, built from the Go module proxy through tools/ferretdb (see main.go there for why).
 if [[ ! -x .local/bin/ferretdb || tools/ferretdb/go.sum -nt .local/bin/ferretdb || tools/ferretdb/main.go -nt .local/bin/ferretdb ]]; then
