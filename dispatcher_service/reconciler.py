@@ -66,6 +66,9 @@ INFLIGHT_LOOKUPS_PER_PASS = 500
 # A member whose task does not exist is pruned only once its id (a ULID) is this old: the task service
 # reserves the slot before it inserts the task.
 CREATE_GRACE_SECONDS = 60.0
+# A member whose task turned final less than this long ago is most likely one its worker is releasing right now
+# (it writes the task first, then frees the slot): freed all the same, but no leak worth a warning.
+FINISHING_SECONDS = 0.5
 
 
 def user_in_flight_queries(user_id: str) -> list[dict[str, Any]]:
@@ -170,19 +173,23 @@ class Reconciler:
             suspects += [(user_id, task_id) for task_id in _decoded(members) if task_id not in in_flight]
         stale = []
         for user_id, task_id in suspects[:INFLIGHT_LOOKUPS_PER_PASS]:
-            task = self.tasks.find_one({"_id": task_id}, {"status": True})
+            task = self.tasks.find_one({"_id": task_id}, {"status": True, "updated": True})
             created = created_at(task_id)
             if task is None and (created is None or created < now - CREATE_GRACE_SECONDS):
                 stale.append((user_id, task_id, "gone"))
             elif task is not None and TaskStatus(task["status"]).is_final:
-                stale.append((user_id, task_id, task["status"]))
+                finishing = task.get("updated") is not None and task["updated"].timestamp() > now - FINISHING_SECONDS
+                stale.append((user_id, task_id, "finishing" if finishing else task["status"]))
         if stale:
             with self.redis.pipeline(transaction=False) as pipe:
                 for user_id, task_id, _ in stale:
                     forget_finished(pipe, task_id, user_id)
                 pipe.execute()
             for user_id, task_id, why in stale:
-                log.warning("released an in-flight slot left behind", task_id=task_id, user_id=user_id, task=why)
+                if why == "finishing":
+                    log.debug("released the in-flight slot of a task finishing now", task_id=task_id, user_id=user_id)
+                else:
+                    log.warning("released an in-flight slot left behind", task_id=task_id, user_id=user_id, task=why)
         return len(stale)
 
     def _inflight_sets(self) -> list[str]:

@@ -10,6 +10,7 @@ from redis import Redis
 from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
+from structlog.testing import capture_logs
 from ulid import ULID
 
 from aitask_common.queues import PROCESS_TASK, WATCH_JOBS_KEY, WATCH_KEY
@@ -95,16 +96,21 @@ def test_in_flight_sets_lose_final_and_long_gone_tasks_and_keep_the_rest(stack: 
             ("being-created", 5),
         ]
     }
+    # "completed" turned final long ago: its slot was left behind. "failed" did so just now: its worker is about
+    # to free the slot itself. Both are freed; only the first is worth a warning.
     documents = [
-        {"_id": ids[status], "user_id": user, "status": status, "updated": utcnow()}
-        for status in ("pending", "processing", "completed", "failed")
+        {"_id": ids[status], "user_id": user, "status": status, "updated": utcnow() - timedelta(seconds=age)}
+        for status, age in (("pending", 600), ("processing", 600), ("completed", 600), ("failed", 0))
     ]
     tasks.insert_many(documents)
     redis.sadd(inflight_key(user), *ids.values())
     redis.zadd(WATCH_KEY, {ids["completed"]: now - 100})
     try:
         reconciler = Reconciler(DispatcherSettings(), redis, tasks)
-        assert reconciler._prune_inflight(now) == 3
+        with capture_logs() as logs:
+            assert reconciler._prune_inflight(now) == 3
+        warned = {entry["task_id"] for entry in logs if entry["log_level"] == "warning"}
+        assert warned == {ids["completed"], ids["gone"]}
         left = {member.decode() for member in redis.smembers(inflight_key(user))}
         assert left == {ids["pending"], ids["processing"], ids["being-created"]}
         assert redis.zscore(WATCH_KEY, ids["completed"]) is None  # forgotten altogether
