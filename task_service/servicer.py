@@ -33,6 +33,7 @@ from task_service.enqueue import TaskQueue
 from task_service.idempotency import METADATA_NAME, fingerprint, idempotency_key, scoped
 from task_service.limits import InflightTasks
 from task_service.model_catalogue import list_models
+from task_service.paging import ListFilters, next_page_token, position_of
 from task_service.prefer import PREFER_METADATA, PREFERENCE_APPLIED_METADATA, Wait, requested_wait
 from task_service.queue_position import QueuePositions
 from task_service.result_cache import FinalResultCache, Lookup
@@ -171,19 +172,26 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             user_id = validate_user_id(current_principal().user_or_own(request.user_id))
             if request.type and request.type not in TaskType.__members__.values():
                 raise InvalidRequest("type", f"must be one of {', '.join(TaskType)} (got {request.type!r})")
+            if request.status and request.status not in TaskStatus.__members__.values():
+                raise InvalidRequest("status", f"must be one of {', '.join(TaskStatus)} (got {request.status!r})")
             if request.limit < 0:
                 raise InvalidRequest("limit", "must not be negative")
             if request.offset < 0:
                 raise InvalidRequest("offset", "must not be negative")
+            filters = ListFilters(user_id, request.type, request.status)
+            after = position_of(request.page_token, filters) if request.page_token else None
+            if after is not None and request.offset:
+                raise InvalidRequest("offset", "must be 0 with a page_token (the token says where the page starts)")
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         await self._check_acts_for(user_id, context)
         limit = min(request.limit or self.settings.list_limit_default, self.settings.list_limit_max)
-        documents = await self._database(context, self.store.list(user_id, request.type, limit, request.offset))
+        documents = await self._database(context, self.store.list(filters, limit, request.offset, after))
         page = pb.TaskPage(
             tasks=[self.links.sign(task_to_proto(document, include_payload=False)) for document in documents],
             limit=limit,
             offset=request.offset,
+            next_page_token=next_page_token(documents[-1], filters) if len(documents) == limit else "",
         )
         return pb.ListTasksResponse(success=True, data=page, message="ok")
 

@@ -14,6 +14,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, Writ
 
 from aitask_common.tasks import COLLECTION, INDEXES, PAYLOAD_FIELDS, TaskDocument
 from task_service.batching import Batcher
+from task_service.paging import ListFilters, Position
 
 # "<user_id>:<idempotency key>", written only on tasks created with a key. The field is never null:
 # FerretDB ignores `sparse`, and there two documents lacking the field do not collide but two nulls do.
@@ -74,11 +75,17 @@ class TaskStore:
         result = await self.collection.delete_one({"_id": task_id})
         return result.deleted_count == 1
 
-    async def list(self, user_id: str, task_type: str, limit: int, offset: int) -> list[TaskDocument]:
-        """A user's tasks, newest first, without base64 payloads."""
-        query: dict[str, Any] = {"user_id": user_id}
-        if task_type:
-            query["type"] = task_type
+    async def list(
+        self, filters: ListFilters, limit: int, offset: int, after: Position | None = None
+    ) -> list[TaskDocument]:
+        """A user's tasks, newest first, without base64 payloads: past `offset`, or after a page's last task."""
+        query: dict[str, Any] = {"user_id": filters.user_id}
+        if filters.task_type:
+            query["type"] = filters.task_type
+        if filters.status:
+            query["status"] = filters.status
+        if after is not None:
+            query |= after.after()
         cursor = (
             self.collection.find(query, projection={field: False for field in PAYLOAD_FIELDS})
             .sort([("created", DESCENDING), ("_id", DESCENDING)])

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 from aitask_common.tasks import COLLECTION, TaskDocument
+from task_service.paging import ListFilters
 from task_service.storage import TaskStore
 
 FIELDS = TaskDocument.__required_keys__ | TaskDocument.__optional_keys__
@@ -68,11 +69,11 @@ def test_every_field_the_store_names_is_a_task_document_field() -> None:
         await store.get("01KBGZ0000000000000000TEST")
         await store.get_by_idempotency("user-1:key")
         await store.delete("01KBGZ0000000000000000TEST")
-        await store.list("user-1", "image", 10, 0)
+        await store.list(ListFilters("user-1", "image", "completed"), 10, 0)
 
     asyncio.run(use_every_query())
     kinds = {kind for kind, _ in collection.sent}
     assert kinds == {"index", "find_one", "delete_one", "find", "projection", "sort"}
     named = {name for _, fields in collection.sent for name in fields}
-    assert {"user_id", "type", "created", "_id", "idempotency", "image_base64"} <= named
+    assert {"user_id", "type", "status", "created", "_id", "idempotency", "image_base64"} <= named
     assert named <= FIELDS, f"not TaskDocument fields: {sorted(named - FIELDS)}"

@@ -6,7 +6,7 @@ import math
 import os
 import random
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
@@ -140,26 +140,15 @@ def catalogue_entry(catalogue: dict[str, list[Model]], model: str, provider: str
 
 
 class Pager:
-    """A paged list's state: the next page's request, and each page's tasks not yet seen."""
+    """A paged list's state: the next page's request, following the gateway's page tokens."""
 
     def __init__(self, user_id: str, task_type: str, status: str, page_size: int) -> None:
-        self.user_id, self.task_type, self.status, self.page_size = user_id, task_type, status, page_size
-        self.offset = 0
-        self.seen: set[str] = set()
+        self.next = pb.ListTasksRequest(user_id=user_id, type=task_type, status=status, limit=page_size)
 
-    def request(self) -> pb.ListTasksRequest:
-        return pb.ListTasksRequest(user_id=self.user_id, type=self.task_type, limit=self.page_size, offset=self.offset)
-
-    def take(self, page: Sequence[pb.Task]) -> tuple[list[Task], bool]:
-        """The page's tasks to yield (filtered by status), and whether another page may follow."""
-        fresh = []
-        for message in page:
-            # A task created while we page shifts the offsets by one: never yield a task twice.
-            if message.task_id not in self.seen and (not self.status or message.status == self.status):
-                self.seen.add(message.task_id)
-                fresh.append(task_from_proto(message))
-        self.offset += len(page)
-        return fresh, len(page) == self.page_size
+    def take(self, page: pb.TaskPage) -> tuple[list[Task], bool]:
+        """The page's tasks, and whether another page follows."""
+        self.next.page_token = page.next_page_token
+        return [task_from_proto(message) for message in page.tasks], bool(page.next_page_token)
 
 
 def task_id_of(task: Any) -> str:

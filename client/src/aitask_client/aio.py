@@ -117,11 +117,10 @@ class AsyncClient(Creates[Awaitable[Task]]):
     async def list(
         self, *, type: str = "", status: str = "", user_id: str = "", page_size: int = PAGE_SIZE
     ) -> AsyncIterator[Task]:
-        """Every task of the user, newest first, fetched a page at a time; `status` filters as it pages."""
+        """Every task of the user (of a type, in a status), newest first, fetched a page at a time."""
         pager = Pager(user_id or self.connection.user_id, type, status, page_size)
         while True:
-            page = (await self._call(self._stub.ListTasks, pager.request())).data.tasks
-            tasks, more = pager.take(page)
+            tasks, more = pager.take((await self._call(self._stub.ListTasks, pager.next)).data)
             for task in tasks:
                 yield task
             if not more:

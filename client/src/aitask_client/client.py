@@ -114,10 +114,10 @@ class Client(Creates[Task]):
     def list(
         self, *, type: str = "", status: str = "", user_id: str = "", page_size: int = PAGE_SIZE
     ) -> Iterator[Task]:
-        """Every task of the user, newest first, fetched a page at a time; `status` filters as it pages."""
+        """Every task of the user (of a type, in a status), newest first, fetched a page at a time."""
         pager = Pager(user_id or self.connection.user_id, type, status, page_size)
         while True:
-            tasks, more = pager.take(self._call(self._stub.ListTasks, pager.request()).data.tasks)
+            tasks, more = pager.take(self._call(self._stub.ListTasks, pager.next).data)
             yield from tasks
             if not more:
                 return

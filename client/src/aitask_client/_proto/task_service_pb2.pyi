@@ -187,16 +187,20 @@ class DeletedTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("user_id", "type", "limit", "offset")
+    __slots__ = ("user_id", "type", "limit", "offset", "status", "page_token")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     type: str
     limit: int
     offset: int
-    def __init__(self, user_id: _Optional[str] = ..., type: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    status: str
+    page_token: str
+    def __init__(self, user_id: _Optional[str] = ..., type: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., status: _Optional[str] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("success", "data", "message")
@@ -209,14 +213,16 @@ class ListTasksResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[TaskPage, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TaskPage(_message.Message):
-    __slots__ = ("tasks", "limit", "offset")
+    __slots__ = ("tasks", "limit", "offset", "next_page_token")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
     limit: int
     offset: int
-    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("task_id", "type", "status", "created", "updated", "user_id", "provider", "model", "prompt", "image_url", "image_base64", "video_url", "text_result", "revised_prompt", "error_message", "attempts", "usage", "parameters", "cancel_reason", "queue_position", "progress", "served_provider", "served_model", "deadline", "webhook_url", "webhook_events", "upstream_url", "output", "allow_fallback")
