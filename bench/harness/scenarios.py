@@ -219,11 +219,16 @@ def window(stack: BenchStack) -> Callable[[], dict[str, Any]]:
     load_before = os.getloadavg()[0]
     log_offsets = stack.log_offsets()
     envoy_before = stack.envoy_counters()
+    redis_before, mongo_before = stack.redis_calls(), stack.mongo_operations()
 
     def close() -> dict[str, Any]:
         cpu = stack.monitor.cpu_seconds()
         top, peaks = stack.max_stack_rss()
+        redis_calls = _growth(redis_before, stack.redis_calls())
         return {
+            "redis_commands": sum(redis_calls.values()),
+            "redis_commands_by_name": dict(sorted(redis_calls.items(), key=lambda item: -item[1])),
+            "mongo_operations": _growth(mongo_before, stack.mongo_operations()),
             "max_rss_mib": top,
             "rss_mib": peaks,
             "cpu_s": cpu,
@@ -237,6 +242,11 @@ def window(stack: BenchStack) -> Callable[[], dict[str, Any]]:
         }
 
     return close
+
+
+def _growth(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What each counter added, leaving out those that did not move."""
+    return {name: value - before.get(name, 0) for name, value in after.items() if value != before.get(name, 0)}
 
 
 def count(stack: BenchStack, tag: str, status: TaskStatus) -> int:
@@ -575,6 +585,7 @@ def e2e_group(bench: Bench, selected: set[str]) -> None:
             entry = run_e2e(bench, stack, prompt("e2e_image"), plan.e2e_tasks)
             entry |= close() | {"floor": {"rq_noop_jobs": rq_floor}}
             entry["ratio_to_floor"] = round(entry["throughput_per_s"] / rq_floor["throughput_per_s"], 3)
+            per_task(entry)
             say(f"    {_line(entry)}")
             bench.results["e2e_image"] = entry
             profile_during(
@@ -607,6 +618,15 @@ def e2e_group(bench: Bench, selected: set[str]) -> None:
             entry["ratio_to_floor"] = round(entry["throughput_per_s"] / ideal, 3)
             say(f"    {_line(entry)}")
             bench.results["e2e_image_slow_upstream"] = entry
+
+
+def per_task(entry: dict[str, Any]) -> None:
+    """Redis commands and MongoDB operations per completed task (the whole stack's, bench reads included)."""
+    if entry["completed"]:
+        entry["redis_commands_per_task"] = round(entry["redis_commands"] / entry["completed"], 1)
+        operations = sum(entry["mongo_operations"].values())
+        if operations:  # a store that keeps no opcounters reports none, not zero
+            entry["mongo_operations_per_task"] = round(operations / entry["completed"], 1)
 
 
 def run_e2e(

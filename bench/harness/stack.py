@@ -127,6 +127,16 @@ class BenchStack:
             return {}
         return {stat["name"]: stat["value"] for stat in stats if "value" in stat}
 
+    def redis_calls(self) -> dict[str, int]:
+        """Calls per Redis command since the server started (INFO commandstats), to count the commands a task costs."""
+        stats = self.local.redis().info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(values["calls"]) for name, values in stats.items()}
+
+    def mongo_operations(self) -> dict[str, int]:
+        """MongoDB's operation counters (serverStatus opcounters; FerretDB keeps them too): operations a task costs."""
+        counters = self.local.mongo().admin.command("serverStatus").get("opcounters", {})
+        return {name: int(value) for name, value in counters.items()}
+
     def log_offsets(self) -> dict[str, int]:
         """How far each process's log has been written, to summarise what comes after."""
         return {path.stem: path.stat().st_size for path in self.workdir.glob("*.log")}

@@ -4,7 +4,9 @@ as its exception, `run` of every served model, and downloads whose SHA-256 is th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from devstack.stack import LocalStack
 from tests.client.conftest import gateway_url
 from tests.conftest import wait_until
 from tests.e2e.helpers import SEEDREAM, faults
-from tests.e2e.test_cancel import IMAGES
+from tests.e2e.test_cancel import IMAGES, VIDEO_SUBMIT
 from tests.e2e.test_models import SERVED
 from tests.e2e.test_webhooks import Receiver, receiver  # noqa: F401 - a fixture
 
@@ -97,6 +99,13 @@ def test_every_call_of_the_asyncio_client(stack: LocalStack, api_key: str, tmp_p
                 await client.get(task)
             secret = await client.webhook_secret()
             assert secret.secret.startswith("whsec_")
+            assert (await client.rotate_webhook_secret()).previous_secret == secret.secret
+
+            with faults(stack, VIDEO_SUBMIT, latency_s=3.0):
+                video = await client.create_video("waves", model="jimeng_vgfm_t2v_l20", aspect_ratio="16:9")
+                assert video.type == "video" and video.parameters.aspect_ratio == "16:9"
+                cancelled = await client.cancel(video)
+            assert cancelled.status == "cancelled"
 
     asyncio.run(scenario())
 
@@ -112,6 +121,14 @@ def test_run_of_every_served_model(client: Client, provider: str, model: Any, tm
     assert task.output is not None and task.output.size > 0
     saved = client.download(task, tmp_path)
     assert saved.stat().st_size == task.output.size and sha256_of(saved) == task.output.sha256
+
+
+def test_a_download_whose_link_expired_uses_a_fresh_one(client: Client, tmp_path: Path) -> None:
+    task = client.run(SEEDREAM_MODEL, "kept for a while", size="1024x1024")
+    stale = dataclasses.replace(task, image_url=re.sub(r"expires=\d+", "expires=1", task.image_url))
+    assert stale.image_url != task.image_url
+    saved = client.download(stale, tmp_path)  # the stale link answers 403; the client reads the task again
+    assert task.output is not None and sha256_of(saved) == task.output.sha256
 
 
 def test_watch_sees_a_task_move_from_its_current_state_to_final(stack: LocalStack, client: Client) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import os
 import random
+import ssl
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
@@ -86,27 +88,44 @@ class Connection:
     user_id: str
     timeout: float
     retry: RetryPolicy
+    # PEM certificates of the authorities to trust over https; None: the system's.
+    root_certificates: bytes | None = None
 
     @classmethod
     def resolve(
-        cls, url: str | None, api_key: str | None, user_id: str | None, timeout: float, retry: RetryPolicy
+        cls,
+        url: str | None,
+        api_key: str | None,
+        user_id: str | None,
+        timeout: float,
+        retry: RetryPolicy,
+        root_certificates: bytes | None = None,
     ) -> Connection:
-        """Arguments win; else AITASK_URL, AITASK_API_KEY and AITASK_USER_ID. No key: no Authorization sent."""
+        """Arguments win; else AITASK_URL, AITASK_API_KEY, AITASK_USER_ID and AITASK_CA_FILE (a PEM file of the
+        authorities to trust, for a gateway whose certificate a private one signed). No key: no Authorization."""
         url = url or os.environ.get("AITASK_URL", "")
         if not url:
             raise ValueError("no gateway URL: pass url=... or set AITASK_URL (e.g. http://127.0.0.1:8080)")
         key = api_key if api_key is not None else os.environ.get("AITASK_API_KEY", "")
         metadata = (("authorization", f"Bearer {key}"),) if key else ()
         owner = user_id if user_id is not None else os.environ.get("AITASK_USER_ID", "")
-        return cls(Endpoint.parse(url), metadata, owner, timeout, retry)
+        if root_certificates is None and os.environ.get("AITASK_CA_FILE"):
+            root_certificates = Path(os.environ["AITASK_CA_FILE"]).read_bytes()
+        return cls(Endpoint.parse(url), metadata, owner, timeout, retry, root_certificates)
 
-    def channel_options(self) -> list[tuple[str, Any]]:
-        """Channel options: our user agent, and messages as large as a base64 image."""
-        return [("grpc.primary_user_agent", f"aitask-client/{VERSION}"), ("grpc.max_receive_message_length", -1)]
+    def open_channel(self, channels: Any) -> Any:
+        """A channel made by `channels` (the grpc module, or grpc.aio): TLS when the URL is https. It carries our
+        user agent and takes messages as large as a base64 image."""
+        options = [("grpc.primary_user_agent", f"aitask-client/{VERSION}"), ("grpc.max_receive_message_length", -1)]
+        if self.endpoint.secure:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+            return channels.secure_channel(self.endpoint.target, credentials, options)
+        return channels.insecure_channel(self.endpoint.target, options)
 
-    def credentials(self) -> grpc.ChannelCredentials:
-        """TLS credentials from the system's roots."""
-        return grpc.ssl_channel_credentials()
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS context of downloads: the same authorities as the channel's."""
+        cadata = self.root_certificates.decode() if self.root_certificates else None
+        return ssl.create_default_context(cadata=cadata)
 
     def absolute(self, link: str) -> str:
         """A link as a full URL (the gateway answers relative ones when it has no public URL configured)."""

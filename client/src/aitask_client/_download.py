@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from aitask_client._core import Connection
 from aitask_client.errors import AitaskError, OutputMismatch, Unavailable
 from aitask_client.types import Task
 
@@ -20,11 +21,12 @@ CHUNK = 1 << 16
 _EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "video/mp4": ".mp4"}
 
 
-def download(task: Task, path: str | os.PathLike[str], link: str, timeout: float) -> Path:
+def download(task: Task, path: str | os.PathLike[str], connection: Connection) -> Path:
     """Write the output of `task` (final) to `path`, or into it when it is a directory; return the file's path.
 
-    `link` is the task's output URL made absolute. The file appears whole or not at all (a temporary file renamed).
+    The file appears whole or not at all (a temporary file renamed).
     """
+    link = connection.absolute(task.url)
     target = Path(path)
     if task.status != "completed":
         raise AitaskError(f"task {task.id} is {task.status}: it has no output to download", "NO_OUTPUT")
@@ -35,10 +37,10 @@ def download(task: Task, path: str | os.PathLike[str], link: str, timeout: float
     if not link:
         raise AitaskError(f"task {task.id} has no output link", "NO_OUTPUT")
     request = urllib.request.Request(link, headers={"User-Agent": "aitask-client"})
-    # Output links are signed and need no key; never send ours to a host it may not belong to.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    # Output links are signed: no API key goes with them (the link may point at another host, a CDN or S3).
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=connection.tls_context()))
     try:
-        response = opener.open(request, timeout=timeout)
+        response = opener.open(request, timeout=connection.timeout)
     except urllib.error.HTTPError as error:
         raise AitaskError(
             f"the output link of task {task.id} answered HTTP {error.code}", f"HTTP_{error.code}"

@@ -55,15 +55,10 @@ class AsyncClient(Creates[Awaitable[Task]]):
         user_id: str | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy = DEFAULT_RETRIES,
+        root_certificates: bytes | None = None,
     ) -> None:
-        self.connection = Connection.resolve(url, api_key, user_id, timeout, retry)
-        endpoint = self.connection.endpoint
-        options = self.connection.channel_options()
-        self._channel = (
-            aio.secure_channel(endpoint.target, self.connection.credentials(), options)
-            if endpoint.secure
-            else aio.insecure_channel(endpoint.target, options)
-        )
+        self.connection = Connection.resolve(url, api_key, user_id, timeout, retry, root_certificates)
+        self._channel = self.connection.open_channel(aio)
         self._stub = pb_grpc.TaskServiceStub(self._channel)
         self._catalogue: dict[str, list[Model]] = {}
 
@@ -211,8 +206,7 @@ class AsyncClient(Creates[Awaitable[Task]]):
         return await self._download(await self.get(task), path)
 
     async def _download(self, task: Task, path: str | os.PathLike[str]) -> Path:
-        link = self.connection.absolute(task.url)
-        return await asyncio.to_thread(_download.download, task, path, link, self.connection.timeout)
+        return await asyncio.to_thread(_download.download, task, path, self.connection)
 
     # --- webhooks -------------------------------------------------------------
     async def webhook_secret(self, user_id: str = "") -> WebhookSecret:

@@ -57,15 +57,10 @@ class Client(Creates[Task]):
         user_id: str | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy = DEFAULT_RETRIES,
+        root_certificates: bytes | None = None,
     ) -> None:
-        self.connection = Connection.resolve(url, api_key, user_id, timeout, retry)
-        endpoint = self.connection.endpoint
-        options = self.connection.channel_options()
-        self._channel = (
-            grpc.secure_channel(endpoint.target, self.connection.credentials(), options)
-            if endpoint.secure
-            else grpc.insecure_channel(endpoint.target, options)
-        )
+        self.connection = Connection.resolve(url, api_key, user_id, timeout, retry, root_certificates)
+        self._channel = self.connection.open_channel(grpc)
         self._stub = pb_grpc.TaskServiceStub(self._channel)
         self._catalogue: dict[str, list[Model]] = {}
 
@@ -204,13 +199,13 @@ class Client(Creates[Task]):
         """Stream the task's output (image, video, or text) to `path` or into it when it is a directory."""
         current = task if isinstance(task, Task) and task.done else self.get(task)
         try:
-            return _download.download(current, path, self.connection.absolute(current.url), self.connection.timeout)
+            return _download.download(current, path, self.connection)
         except AitaskError as error:
             if error.code not in ("HTTP_403", "HTTP_410") or current is not task:
                 raise
         # The link we were given had expired: the gateway signs a fresh one on every read.
         fresh = self.get(task)
-        return _download.download(fresh, path, self.connection.absolute(fresh.url), self.connection.timeout)
+        return _download.download(fresh, path, self.connection)
 
     # --- webhooks -------------------------------------------------------------
     def webhook_secret(self, user_id: str = "") -> WebhookSecret:
