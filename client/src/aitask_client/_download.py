@@ -33,7 +33,8 @@ def download(task: Task, path: str | os.PathLike[str], connection: Connection) -
     if task.text:
         return _write(_into(target, task, ".txt"), [task.text.encode()], "")
     if task.image_base64:
-        return _write(_into(target, task, ".png"), [base64.b64decode(task.image_base64)], _expected(task))
+        image = base64.b64decode(task.image_base64)
+        return _write(_into(target, task, _image_extension(task, image)), [image], _expected(task))
     if not link:
         raise AitaskError(f"task {task.id} has no output link", "NO_OUTPUT")
     request = urllib.request.Request(link, headers={"User-Agent": "aitask-client"})
@@ -53,6 +54,17 @@ def download(task: Task, path: str | os.PathLike[str], connection: Connection) -
         )
         chunks = iter(lambda: response.read(CHUNK), b"")
         return _write(_into(target, task, extension or ""), chunks, _expected(task))
+
+
+def _image_extension(task: Task, image: bytes) -> str:
+    """An inline image's extension: from the stored copy's content type, else from its first bytes."""
+    if task.output and task.output.content_type in _EXTENSIONS:
+        return _EXTENSIONS[task.output.content_type]
+    if image.startswith(b"\xff\xd8\xff"):
+        return ".jpg"
+    if image[:4] == b"RIFF" and image[8:12] == b"WEBP":
+        return ".webp"
+    return ".png"
 
 
 def _expected(task: Task) -> str:
