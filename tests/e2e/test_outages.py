@@ -23,7 +23,7 @@ from aitask_common.tasks import inflight_key
 from devstack.stack import LocalStack
 from gateway.config import HEALTH_CHECK_INTERVAL_SECONDS, HEALTH_CHECK_TIMEOUT_SECONDS
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, restart_after_a_crash, stop_dispatcher
+from tests.e2e.helpers import SEEDREAM, blocked_pops, restart_after_a_crash, stop_dispatcher
 from upstream_simulator.control import SimulatorControl
 
 IMAGES = "ark.images"
@@ -85,6 +85,9 @@ def test_a_redis_outage_leaks_no_slot_and_ends_no_worker(
     stack: LocalStack, rest: httpx.Client, upstream: SimulatorControl, dispatcher_log: Callable[[], str]
 ) -> None:
     users = [new_user() for _ in range(3)]
+    # All four workers idle and waiting on the queues first: a test before this one (another Redis outage, a slow
+    # upstream) may still hold one, and then fewer than four tasks would be mid-call below.
+    wait_until(lambda: blocked_pops(stack.redis()) >= 4, timeout=30)
     upstream.set_faults(IMAGES, latency_s=2.0)
     task_ids = [create(rest, user, f"outage {n}") for n in range(4) for user in users]
     # The four workers are mid-call: their tasks finish while Redis is down.
