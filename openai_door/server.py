@@ -18,11 +18,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
+from aitask_common.redis_async import async_redis
 from aitask_common.settings import Environment, load_settings
 from aitask_common.tasks import TaskStatus, TaskType
 from openai_door.content import open_video
@@ -373,7 +373,7 @@ def build_app(settings: OpenAIDoorSettings) -> web.Application:
     )
 
     async def connections(app: web.Application) -> Any:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+        redis = async_redis(settings.redis_url, settings.redis_socket_timeout)
         app[TASKS] = TaskClient(settings.openai_compat_task_service)
         app[RETRY_KEYS] = RetryKeys(redis, settings.openai_compat_retry_key_seconds)
         app[HTTP] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))

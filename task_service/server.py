@@ -11,8 +11,7 @@ from redis import Redis
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from aitask.v1 import task_service_pb2, task_service_pb2_grpc
@@ -21,6 +20,7 @@ from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
 from aitask_common.outputs import OutputLinks, open_output_store
+from aitask_common.redis_async import reconnecting
 from aitask_common.settings import load_settings
 from aitask_common.webhooks import install_output_links
 from task_service.api_keys import ApiKeyStore
@@ -43,7 +43,6 @@ log = get_logger(__name__)
 
 # Retries of an asyncio-client command whose connection broke (a retried INCR may count a request twice, the
 # cache's commands are idempotent: harmless).
-ASYNC_REDIS_RETRIES = 2
 
 
 @dataclass
@@ -101,8 +100,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         await mongo.admin.command("ping")
 
     # The limits and the result cache run on every request: an asyncio client, not a thread hop per call like
-    # the RQ client. Retried on broken connections (after a Redis restart the pooled ones are dead until used
-    # once), not on timeouts: a hung Redis costs a request one REDIS_SOCKET_TIMEOUT, as everywhere else.
+    # the RQ client; retried on broken connections (aitask_common/redis_async.py).
     async_redis = AsyncRedis(
         # Under a burst, wait for a pooled connection instead of failing with "Too many connections".
         connection_pool=BlockingConnectionPool.from_url(
@@ -110,9 +108,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
             max_connections=200,
             timeout=settings.redis_socket_timeout,
             socket_timeout=settings.redis_socket_timeout,
-            retry=Retry(
-                ExponentialBackoff(cap=0.5, base=0.05), ASYNC_REDIS_RETRIES, supported_errors=(RedisConnectionError,)
-            ),
+            retry=reconnecting(),
         )
     )
     # Authentication and the per-key rate limit guard every TaskService method; health and reflection stay open.
