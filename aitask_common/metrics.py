@@ -26,6 +26,9 @@ GRPC_REQUESTS = Counter(
 )
 GRPC_LATENCY = Histogram("aitask_grpc_request_duration_seconds", "gRPC request handling time", ["method"])
 TASKS_CREATED = Counter("aitask_tasks_created_total", "Tasks accepted", ["provider", "model", "type"])
+CREDITS = Counter(
+    "aitask_credits_total", "Credits reserved at create, settled (charged) and refunded, by model", ["kind", "model"]
+)
 TASKS_FINISHED = Counter(
     "aitask_tasks_finished_total", "Tasks that reached a final state", ["provider", "model", "type", "status"]
 )

@@ -25,6 +25,9 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+DEVELOPMENT_STARTING_CREDITS = 1_000_000
+
+
 class ServiceSettings(BaseSettings):
     """Settings every aitask process shares."""
 
@@ -68,6 +71,15 @@ class ServiceSettings(BaseSettings):
     """Address of the Prometheus /metrics server."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Port of /metrics; each service has its own default, 0 turns it off."""
+    starting_credits: int | None = Field(default=None, ge=0)
+    """Credits each user's ledger starts with (a grant, its first entry); unset: 1,000,000 when
+    ENVIRONMENT=development, else 0 (credits then come from an admin's grant)."""
+
+    @property
+    def ledger_starting_credits(self) -> int:
+        if self.starting_credits is not None:
+            return self.starting_credits
+        return DEVELOPMENT_STARTING_CREDITS if self.environment is Environment.DEVELOPMENT else 0
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -94,6 +94,22 @@ class GeneratedImage(TypedDict):
     revised_prompt: str
 
 
+class PriceDocument(TypedDict, total=False):
+    """A model's price in credits (aitask_common/prices.py)."""
+
+    per_image: int
+    per_video: int
+    per_1k_input_tokens: int
+    per_1k_output_tokens: int
+
+
+class BillingDocument(TypedDict):
+    """What a priced task reserved and the price it is settled at."""
+
+    reserved: int
+    price: PriceDocument
+
+
 class TaskDocument(TypedDict):
     """A task as stored in the `tasks` collection: every field name and type in one place (mypy checks
     each `task["..."]` against it). The first group is written at create; the rest as the task moves."""
@@ -144,6 +160,10 @@ class TaskDocument(TypedDict):
     output: NotRequired[OutputDocument]
     # While an image's copy is pending (removed when the task completes).
     generated: NotRequired[GeneratedImage | None]
+    # A priced task: the credits its create reserved and the price it is settled at (aitask_common/prices.py).
+    billing: NotRequired[BillingDocument]
+    # A cancelled task: the status it was cancelled in (a processing one had reached the vendor).
+    cancelled_from: NotRequired[str]
 
 
 def utcnow() -> datetime:

@@ -80,6 +80,8 @@ class LocalStack:
                 # Auth is on (ENVIRONMENT=test); a short key cache so revocation shows within a test's patience.
                 "API_KEY_CACHE_SECONDS": "2",
                 "MAX_INFLIGHT_TASKS_PER_USER": "30",
+                # Credits enough for any test's user; the billing tests make users short of credit themselves.
+                "STARTING_CREDITS": "1000000000",
                 # First come, first served, so a test sees every job it created in the queue; the fair-share
                 # tests turn it on (tests/e2e/test_resilience.py).
                 "FAIR_SHARE_DEPTH": "0",

@@ -40,6 +40,7 @@ from rq.registry import ScheduledJobRegistry
 from ulid import ULID
 
 from aitask_common import fair_share
+from aitask_common.ledger import Ledger
 from aitask_common.logging import get_logger
 from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
 from aitask_common.tasks import TaskStatus, inflight_key, utcnow
@@ -47,6 +48,7 @@ from dispatcher_service.cancels import expire_overdue
 from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished
 from dispatcher_service.settings import DispatcherSettings
+from dispatcher_service.settlement import settle_final_tasks
 
 log = get_logger(__name__)
 
@@ -97,10 +99,18 @@ def in_flight_queries(quiet_since: datetime) -> list[dict[str, Any]]:
 class Reconciler:
     """One pass re-enqueues stuck tasks; `start()` runs passes on a daemon thread."""
 
-    def __init__(self, settings: DispatcherSettings, redis: Redis, tasks: Collection[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        settings: DispatcherSettings,
+        redis: Redis,
+        tasks: Collection[dict[str, Any]],
+        ledger: Ledger | None = None,
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.tasks = tasks
+        # Settles the credits of final tasks each pass (dispatcher_service/settlement.py).
+        self.ledger = ledger
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         # Where the next pass's SCAN for in-flight sets starts.
@@ -116,6 +126,8 @@ class Reconciler:
         requeued = self._requeue_stuck(now)
         self._prune(now - WATCH_RETENTION_SECONDS)
         self._prune_inflight(now)
+        if self.ledger is not None:
+            settle_final_tasks(self.ledger, self.tasks)
         return requeued
 
     def _requeue_stuck(self, now: float) -> int:

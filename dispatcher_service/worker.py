@@ -21,6 +21,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from aitask_common.dependencies import wait_for_dependencies
+from aitask_common.ledger import Ledger
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
@@ -285,7 +286,8 @@ def main() -> None:
     )
     wait_for_dependencies(settings)
     install_output_links(OutputLinks(settings))  # the delivery loop stores lost final messages
-    Reconciler(settings, redis, mongo[settings.mongo_database][COLLECTION]).start()
+    database = mongo[settings.mongo_database]
+    Reconciler(settings, redis, database[COLLECTION], Ledger(database, settings.ledger_starting_credits)).start()
     RetentionSweeper(
         settings, redis, mongo[settings.mongo_database][COLLECTION], open_output_store(settings, mongo)
     ).start()

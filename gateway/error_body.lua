@@ -13,6 +13,10 @@ local CODE_NAMES = {
 -- finished task): 409 Conflict.
 local HTTP_STATUS_OVERRIDES = {[9] = "409"}
 
+-- A google.rpc.ErrorInfo reason in the details that has a code and status of its own: a create short of credit
+-- (FAILED_PRECONDITION in gRPC) is 402 PAYMENT_REQUIRED.
+local REASONS = {PAYMENT_REQUIRED = "402"}
+
 -- Returns the raw (still JSON-escaped) contents of the string value of `key`.
 local function json_string_field(body, key)
   local start = string.find(body, '"' .. key .. '":"', 1, true)
@@ -52,11 +56,18 @@ function envoy_on_response(response_handle)
   if code == nil then
     return
   end
+  local name = CODE_NAMES[code] or "UNKNOWN"
+  local http_status = HTTP_STATUS_OVERRIDES[code]
+  local reason = json_string_field(text, "reason")
+  if REASONS[reason] ~= nil then
+    name = reason
+    http_status = REASONS[reason]
+  end
   local rewritten = '{"success":false,"message":"' .. json_string_field(text, "message") ..
-    '","code":"' .. (CODE_NAMES[code] or "UNKNOWN") .. '"}'
+    '","code":"' .. name .. '"}'
   body:setBytes(rewritten)
   response_handle:headers():replace("content-length", tostring(string.len(rewritten)))
-  if HTTP_STATUS_OVERRIDES[code] ~= nil then
-    response_handle:headers():replace(":status", HTTP_STATUS_OVERRIDES[code])
+  if http_status ~= nil then
+    response_handle:headers():replace(":status", http_status)
   end
 end

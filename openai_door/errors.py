@@ -9,6 +9,9 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from google.rpc import error_details_pb2, status_pb2
+
+from aitask_common.ledger import PAYMENT_REQUIRED, STATUS_DETAILS
 
 # gRPC status → (HTTP status, OpenAI error type, OpenAI error code).
 _BY_GRPC_CODE: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
@@ -84,4 +87,16 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> OpenAIError:
     for key, value in error.trailing_metadata() or ():
         if key == "retry-after" and isinstance(value, str):
             headers["retry-after"] = value
+        if key == STATUS_DETAILS and isinstance(value, bytes) and _reason(value) == PAYMENT_REQUIRED:
+            # OpenAI's own answer when the account's credit is spent (the SDK raises RateLimitError).
+            status, error_type, code = 429, "insufficient_quota", "insufficient_quota"
     return OpenAIError(status, message, error_type=error_type, param=param, code=code, headers=headers)
+
+
+def _reason(details: bytes) -> str:
+    """The ErrorInfo reason in a status's details, or ""."""
+    info = error_details_pb2.ErrorInfo()
+    for detail in status_pb2.Status.FromString(details).details:
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""

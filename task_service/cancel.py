@@ -158,7 +158,12 @@ class TaskCanceller:
             if TaskStatus(status).is_final:
                 return None
             update = {
-                "$set": {"status": TaskStatus.CANCELLED.value, "cancel_reason": reason.value, "updated": utcnow()}
+                "$set": {
+                    "status": TaskStatus.CANCELLED.value,
+                    "cancel_reason": reason.value,
+                    "cancelled_from": status,
+                    "updated": utcnow(),
+                }
             }
             written = await self.store.collection.find_one_and_update(
                 {"_id": task_id, "status": status}, update, return_document=ReturnDocument.AFTER

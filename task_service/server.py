@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from aitask.v1 import task_service_pb2, task_service_pb2_grpc
 from aitask_common.grpc_server import BALANCED_DRAIN_SECONDS, GrpcServer, run_until_signalled
+from aitask_common.ledger import Ledger
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
@@ -26,6 +27,7 @@ from aitask_common.webhooks import install_output_links
 from task_service.api_keys import ApiKeyStore
 from task_service.auth import AuthInterceptor, KeyVerifier
 from task_service.batching import Batcher
+from task_service.billing import Billing
 from task_service.catalogue import CatalogueCache
 from task_service.enqueue import TaskQueue
 from task_service.limits import InflightTasks, RateLimiter
@@ -89,6 +91,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         # Retried by the server (not ready meanwhile) until MongoDB answers; an unreachable Redis only delays the
         # catalogues, which the periodic and on-demand refreshes read later.
         await store.ensure_indexes()
+        await asyncio.to_thread(ledger.ensure_indexes)
         try:
             await catalogues.refresh()
         except RedisError as error:
@@ -144,10 +147,12 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
     # The stores are synchronous (GridFS, boto3): called in worker threads, with their own MongoDB client.
     sync_mongo: MongoClient[dict[str, Any]] = MongoClient(**client_options(settings, "task_service"))
     outputs = open_output_store(settings, sync_mongo)
+    ledger = Ledger(sync_mongo[settings.mongo_database], settings.ledger_starting_credits)
+    billing = Billing(ledger)
     watch_hub = WatchHub(watch_redis, task_reader(store, positions, links))
     watch_hub.start()
     servicer = TaskServicer(
-        settings, store, task_queue, catalogues, inflight, results, positions, watch_hub, links, outputs
+        settings, store, task_queue, catalogues, inflight, results, positions, watch_hub, links, outputs, billing
     )
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server.server)
     output_server = OutputServer(store, outputs, links)

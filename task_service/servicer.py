@@ -22,11 +22,20 @@ from ulid import ULID
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.events import EventKind
+from aitask_common.ledger import InsufficientCredit
 from aitask_common.logging import get_logger
-from aitask_common.metrics import TASKS_CREATED
+from aitask_common.metrics import CREDITS, TASKS_CREATED
 from aitask_common.outputs import STORE_ERRORS, OutputLinks, OutputStore
 from aitask_common.tasks import TaskDocument, TaskStatus, TaskType, task_to_proto, utcnow
+from task_service.api_keys import Role
 from task_service.auth import current_principal, metadata_value
+from task_service.billing import (
+    Billing,
+    abort_payment_required,
+    balance_to_proto,
+    entry_to_proto,
+    page_size,
+)
 from task_service.cancel import CancelRefused, CancelUnavailable, TaskCanceller
 from task_service.catalogue import CatalogueCache
 from task_service.enqueue import TaskQueue
@@ -63,6 +72,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         watch_hub: WatchHub,
         links: OutputLinks,
         outputs: OutputStore,
+        billing: Billing,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -74,6 +84,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self.watch_hub = watch_hub
         self.links = links
         self.outputs = outputs
+        self.billing = billing
         self.canceller = TaskCanceller(store, results.redis, queue.connection, results, watch_hub.publish)
         self.webhooks = WebhookReads(settings, store)
 
@@ -198,14 +209,14 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def GetWebhookSecret(
         self, request: pb.GetWebhookSecretRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetWebhookSecretResponse:
-        user_id = await self._secret_owner(request.user_id, context)
+        user_id = await self._named_user(request.user_id, context)
         secrets = await self._database(context, self.webhooks.secrets.get(user_id))
         return pb.GetWebhookSecretResponse(success=True, data=secret_to_proto(secrets), message="ok")
 
     async def RotateWebhookSecret(
         self, request: pb.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetWebhookSecretResponse:
-        user_id = await self._secret_owner(request.user_id, context)
+        user_id = await self._named_user(request.user_id, context)
         secrets = await self._database(context, self.webhooks.secrets.rotate(user_id))
         return pb.GetWebhookSecretResponse(
             success=True, data=secret_to_proto(secrets), message="secret rotated; the previous one signs for 24 h"
@@ -218,8 +229,52 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         deliveries = await self._database(context, self.webhooks.delivery_log(request.task_id))
         return pb.ListWebhookDeliveriesResponse(success=True, data=deliveries, message="ok")
 
-    async def _secret_owner(self, requested: str, context: grpc.aio.ServicerContext) -> str:
-        """Whose secret a call names: `requested`, or the caller's own user when empty."""
+    async def GetBalance(
+        self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetBalanceResponse:
+        user_id = await self._named_user(request.user_id, context)
+        account = await self._database(context, self.billing.account(user_id))
+        return pb.GetBalanceResponse(success=True, data=balance_to_proto(account), message="ok")
+
+    async def ListLedgerEntries(
+        self, request: pb.ListLedgerEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListLedgerEntriesResponse:
+        user_id = await self._named_user(request.user_id, context)
+        try:
+            limit = page_size(request.limit)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if request.offset < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "offset: must not be negative")
+        entries, account = await self._database(context, self.billing.page(user_id, limit, request.offset))
+        page = pb.LedgerPage(entries=[entry_to_proto(entry) for entry in entries], balance=balance_to_proto(account))
+        return pb.ListLedgerEntriesResponse(success=True, data=page, message="ok")
+
+    async def GrantCredits(
+        self, request: pb.GrantCreditsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GrantCreditsResponse:
+        if current_principal().role is not Role.ADMIN:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "granting credits needs an admin key")
+        try:
+            user_id = validate_user_id(request.user_id)
+        except InvalidRequest as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if request.amount == 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "amount: must not be 0")
+        try:
+            entry = await self._database(
+                context, self.billing.grant(user_id, request.amount, request.note, request.grant_id)
+            )
+        except InsufficientCredit as error:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"amount: cannot take {error.cost} credits, {error.available} available",
+            )
+        log.info("credits granted", user_id=user_id, amount=request.amount, balance=entry.balance_after)
+        return pb.GrantCreditsResponse(success=True, data=entry_to_proto(entry), message="credits granted")
+
+    async def _named_user(self, requested: str, context: grpc.aio.ServicerContext) -> str:
+        """Whose secret, balance or ledger a call names: `requested`, or the caller's own user when empty."""
         try:
             user_id = validate_user_id(requested or current_principal().user_id)
         except InvalidRequest as error:
@@ -305,9 +360,18 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                 return await self._replay(original, digest, context)
         task_id = str(ULID())
         await self._reserve_slot(valid.user_id, task_id, context)
+        if valid.cost:
+            await self._reserve_credit(valid, task_id, context)
         document = _new_task(task_id, valid, scoped_key, digest)
-        original = await self._insert(document, context)
+        try:
+            original = await self._insert(document, context)
+        except BaseException:  # the database refused the task (an abort raises)
+            if valid.cost:
+                await self.billing.refund(task_id)
+            raise
         if original is not None:
+            if valid.cost:
+                await self.billing.refund(task_id)
             return await self._replay(original, digest, context)
         await self._enqueue(document, context)
         TASKS_CREATED.labels(valid.provider, valid.model, task_type.value).inc()
@@ -394,6 +458,19 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many tasks in flight: at most {self.inflight.cap} pending or processing per user",
             )
+
+    async def _reserve_credit(self, valid: ValidatedRequest, task_id: str, context: grpc.aio.ServicerContext) -> None:
+        """Hold the task's estimated cost, or refuse the create (402) having stored nothing."""
+        try:
+            await self.billing.reserve(valid.user_id, task_id, valid.cost, valid.model)
+            CREDITS.labels("reserved", valid.model).inc(valid.cost)
+        except InsufficientCredit as error:
+            await self._release_slot(valid.user_id, task_id)
+            await abort_payment_required(context, error)
+        except PyMongoError as error:
+            await self._release_slot(valid.user_id, task_id)
+            log.error("ledger unavailable", error=str(error))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "task database unavailable, retry later")
 
     async def _release_slot(self, user_id: str, task_id: str) -> None:
         try:
@@ -484,6 +561,8 @@ def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, dig
         document["deadline"] = now + timedelta(seconds=valid.deadline_seconds)
     if valid.allow_fallback:
         document["allow_fallback"] = True
+    if valid.cost:
+        document["billing"] = {"reserved": valid.cost, "price": valid.price}
     if valid.webhook_url:
         document["webhook_url"] = valid.webhook_url
         document["webhook_events"] = list(valid.webhook_events)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aitask.provider.v1 import provider_service_pb2
+from aitask_common.prices import estimate, price_document
 from aitask_common.queues import Priority
-from aitask_common.tasks import TaskParameters, TaskType
+from aitask_common.tasks import PriceDocument, TaskParameters, TaskType
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:-]{1,128}")
 SEED_MIN, SEED_MAX = -1, 2**31 - 1
@@ -18,6 +19,8 @@ DEADLINE_SECONDS_MIN, DEADLINE_SECONDS_MAX = 1, 7 * 24 * 3600
 TASK_ID_PATTERN = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 # C0 controls and DEL, but tab, newline and carriage return, which prompts may carry.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The output a text task's estimate assumes when neither its create nor its model bounds max_tokens.
+MAX_TOKENS = 4096
 
 Catalogues = dict[str, provider_service_pb2.DescribeCatalogueResponse]
 
@@ -49,6 +52,9 @@ class ValidatedRequest:
     webhook_events: tuple[str, ...] = ()
     # The task may run on a catalogue fallback (aitask_common/fallbacks.py).
     allow_fallback: bool = False
+    # The catalogue's price, and the most the task may cost at it: what the create reserves (aitask_common/prices.py).
+    price: PriceDocument = field(default_factory=PriceDocument)
+    cost: int = 0
 
 
 def validate_user_id(user_id: str) -> str:
@@ -129,6 +135,7 @@ def validate_create(
             parameters["max_tokens"] = _max_tokens(model, request.max_tokens)
         if request.HasField("temperature"):
             parameters["temperature"] = _temperature(model, request.temperature)
+    price = price_document(model.price)
     return ValidatedRequest(
         task_type,
         user_id,
@@ -139,6 +146,8 @@ def validate_create(
         model.upstream_model or model.name,
         deadline_seconds=_deadline_seconds(request),
         allow_fallback=request.allow_fallback,
+        price=price,
+        cost=estimate(task_type, price, prompt, parameters.get("max_tokens") or model.max_tokens_limit or MAX_TOKENS),
     )
 
 

@@ -2,6 +2,7 @@ import datetime
 
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import error_details_pb2 as _error_details_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -373,7 +374,7 @@ class ModelList(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[CatalogueModel, _Mapping]]] = ...) -> None: ...
 
 class CatalogueModel(_message.Message):
-    __slots__ = ("provider", "model", "type", "asynchronous", "sizes", "aspect_ratios", "default_size", "default_aspect_ratio", "max_tokens_limit", "temperature_min", "temperature_max", "accepts_seed", "response_formats", "max_prompt_chars", "note", "live_instances", "available", "served_model", "alternative", "fallbacks")
+    __slots__ = ("provider", "model", "type", "asynchronous", "sizes", "aspect_ratios", "default_size", "default_aspect_ratio", "max_tokens_limit", "temperature_min", "temperature_max", "accepts_seed", "response_formats", "max_prompt_chars", "note", "live_instances", "available", "served_model", "alternative", "fallbacks", "price")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -394,6 +395,7 @@ class CatalogueModel(_message.Message):
     SERVED_MODEL_FIELD_NUMBER: _ClassVar[int]
     ALTERNATIVE_FIELD_NUMBER: _ClassVar[int]
     FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
     provider: str
     model: str
     type: str
@@ -414,7 +416,122 @@ class CatalogueModel(_message.Message):
     served_model: str
     alternative: str
     fallbacks: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., type: _Optional[str] = ..., asynchronous: _Optional[bool] = ..., sizes: _Optional[_Iterable[str]] = ..., aspect_ratios: _Optional[_Iterable[str]] = ..., default_size: _Optional[str] = ..., default_aspect_ratio: _Optional[str] = ..., max_tokens_limit: _Optional[int] = ..., temperature_min: _Optional[float] = ..., temperature_max: _Optional[float] = ..., accepts_seed: _Optional[bool] = ..., response_formats: _Optional[_Iterable[str]] = ..., max_prompt_chars: _Optional[int] = ..., note: _Optional[str] = ..., live_instances: _Optional[int] = ..., available: _Optional[bool] = ..., served_model: _Optional[str] = ..., alternative: _Optional[str] = ..., fallbacks: _Optional[_Iterable[str]] = ...) -> None: ...
+    price: ModelPrice
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., type: _Optional[str] = ..., asynchronous: _Optional[bool] = ..., sizes: _Optional[_Iterable[str]] = ..., aspect_ratios: _Optional[_Iterable[str]] = ..., default_size: _Optional[str] = ..., default_aspect_ratio: _Optional[str] = ..., max_tokens_limit: _Optional[int] = ..., temperature_min: _Optional[float] = ..., temperature_max: _Optional[float] = ..., accepts_seed: _Optional[bool] = ..., response_formats: _Optional[_Iterable[str]] = ..., max_prompt_chars: _Optional[int] = ..., note: _Optional[str] = ..., live_instances: _Optional[int] = ..., available: _Optional[bool] = ..., served_model: _Optional[str] = ..., alternative: _Optional[str] = ..., fallbacks: _Optional[_Iterable[str]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ...) -> None: ...
+
+class ModelPrice(_message.Message):
+    __slots__ = ("per_image", "per_video", "per_1k_input_tokens", "per_1k_output_tokens")
+    PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PER_VIDEO_FIELD_NUMBER: _ClassVar[int]
+    PER_1K_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PER_1K_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    per_image: int
+    per_video: int
+    per_1k_input_tokens: int
+    per_1k_output_tokens: int
+    def __init__(self, per_image: _Optional[int] = ..., per_video: _Optional[int] = ..., per_1k_input_tokens: _Optional[int] = ..., per_1k_output_tokens: _Optional[int] = ...) -> None: ...
+
+class GetBalanceRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class Balance(_message.Message):
+    __slots__ = ("user_id", "balance", "reserved", "available")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    balance: int
+    reserved: int
+    available: int
+    def __init__(self, user_id: _Optional[str] = ..., balance: _Optional[int] = ..., reserved: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
+
+class GetBalanceResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: Balance
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[Balance, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ListLedgerEntriesRequest(_message.Message):
+    __slots__ = ("user_id", "limit", "offset")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    limit: int
+    offset: int
+    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class LedgerEntry(_message.Message):
+    __slots__ = ("seq", "reason", "task_id", "amount", "held", "balance_after", "reserved_after", "time", "model", "note")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    reason: str
+    task_id: str
+    amount: int
+    held: int
+    balance_after: int
+    reserved_after: int
+    time: _timestamp_pb2.Timestamp
+    model: str
+    note: str
+    def __init__(self, seq: _Optional[int] = ..., reason: _Optional[str] = ..., task_id: _Optional[str] = ..., amount: _Optional[int] = ..., held: _Optional[int] = ..., balance_after: _Optional[int] = ..., reserved_after: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class LedgerPage(_message.Message):
+    __slots__ = ("entries", "balance")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
+    balance: Balance
+    def __init__(self, entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ...) -> None: ...
+
+class ListLedgerEntriesResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: LedgerPage
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[LedgerPage, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GrantCreditsRequest(_message.Message):
+    __slots__ = ("user_id", "amount", "note", "grant_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    amount: int
+    note: str
+    grant_id: str
+    def __init__(self, user_id: _Optional[str] = ..., amount: _Optional[int] = ..., note: _Optional[str] = ..., grant_id: _Optional[str] = ...) -> None: ...
+
+class GrantCreditsResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: LedgerEntry
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[LedgerEntry, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class GetWebhookSecretRequest(_message.Message):
     __slots__ = ("user_id",)

@@ -96,6 +96,21 @@ class TaskServiceStub:
                 request_serializer=aitask_dot_v1_dot_task__service__pb2.ListWebhookDeliveriesRequest.SerializeToString,
                 response_deserializer=aitask_dot_v1_dot_task__service__pb2.ListWebhookDeliveriesResponse.FromString,
                 _registered_method=True)
+        self.GetBalance = channel.unary_unary(
+                '/aitask.v1.TaskService/GetBalance',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.GetBalanceRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.GetBalanceResponse.FromString,
+                _registered_method=True)
+        self.ListLedgerEntries = channel.unary_unary(
+                '/aitask.v1.TaskService/ListLedgerEntries',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.ListLedgerEntriesRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.ListLedgerEntriesResponse.FromString,
+                _registered_method=True)
+        self.GrantCredits = channel.unary_unary(
+                '/aitask.v1.TaskService/GrantCredits',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.GrantCreditsRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.GrantCreditsResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -189,6 +204,27 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBalance(self, request, context):
+        """GetBalance reads a user's credits: balance, reserved, available.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLedgerEntries(self, request, context):
+        """ListLedgerEntries pages through a user's ledger, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantCredits(self, request, context):
+        """GrantCredits adds or takes a user's credits (admin keys only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +287,21 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ListWebhookDeliveries,
                     request_deserializer=aitask_dot_v1_dot_task__service__pb2.ListWebhookDeliveriesRequest.FromString,
                     response_serializer=aitask_dot_v1_dot_task__service__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'GetBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBalance,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.GetBalanceRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.GetBalanceResponse.SerializeToString,
+            ),
+            'ListLedgerEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedgerEntries,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.ListLedgerEntriesRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'GrantCredits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantCredits,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.GrantCreditsRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.GrantCreditsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -579,6 +630,87 @@ class TaskService:
             '/aitask.v1.TaskService/ListWebhookDeliveries',
             aitask_dot_v1_dot_task__service__pb2.ListWebhookDeliveriesRequest.SerializeToString,
             aitask_dot_v1_dot_task__service__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.TaskService/GetBalance',
+            aitask_dot_v1_dot_task__service__pb2.GetBalanceRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.GetBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedgerEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.TaskService/ListLedgerEntries',
+            aitask_dot_v1_dot_task__service__pb2.ListLedgerEntriesRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantCredits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.TaskService/GrantCredits',
+            aitask_dot_v1_dot_task__service__pb2.GrantCreditsRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.GrantCreditsResponse.FromString,
             options,
             channel_credentials,
             insecure,

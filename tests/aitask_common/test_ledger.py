@@ -1,0 +1,177 @@
+"""The credit ledger on the stack's FerretDB, in a database of its own: exact under concurrent writers (several
+Ledger objects stand for several processes, each with threads), retried writes and a writer that died."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo.database import Database
+
+from aitask_common.ledger import InsufficientCredit, Ledger, Reason, entry_id, iterate_history
+from aitask_common.tasks import utcnow
+from devstack.stack import LocalStack
+
+
+@pytest.fixture
+def database(stack: LocalStack) -> Iterator[Database[dict[str, Any]]]:
+    client = stack.mongo()
+    name = f"ledger_{uuid.uuid4().hex[:8]}"
+    yield client[name]
+    client.drop_database(name)
+    client.close()
+
+
+@pytest.fixture
+def ledger(database: Database[dict[str, Any]]) -> Ledger:
+    made = Ledger(database)
+    made.ensure_indexes()
+    return made
+
+
+def assert_consistent(ledger: Ledger, user_id: str) -> None:
+    """Numbered 1..n without a gap; each entry's balance and holds are the running sums; the account is the last."""
+    balance = reserved = 0
+    entries = list(iterate_history(ledger, user_id))
+    for number, entry in enumerate(entries, start=1):
+        balance, reserved = balance + entry.amount, reserved + entry.held
+        assert (entry.seq, entry.balance_after, entry.reserved_after) == (number, balance, reserved)
+    account = Ledger(ledger.entries.database).account(user_id)
+    assert (account.seq, account.balance, account.reserved) == (len(entries), balance, reserved)
+
+
+def test_reserve_settle_and_refund_move_the_balance_and_the_holds(ledger: Ledger, user_id: str) -> None:
+    ledger.grant(user_id, 100, note="welcome")
+    ledger.reserve(user_id, "task-a", 30, model="m")
+    ledger.reserve(user_id, "task-b", 50, model="m")
+    account = ledger.account(user_id)
+    assert (account.balance, account.reserved, account.available) == (100, 80, 20)
+    settled = ledger.release("task-a", charge=25)
+    refunded = ledger.release("task-b", charge=None)
+    assert settled is not None and (settled.reason, settled.amount, settled.held) == (Reason.SETTLE, -25, -30)
+    assert refunded is not None and (refunded.reason, refunded.amount, refunded.held) == (Reason.REFUND, 0, -50)
+    account = ledger.account(user_id)
+    assert (account.balance, account.reserved) == (75, 0)
+    assert [entry.reason for entry in ledger.history(user_id, limit=10)] == [
+        Reason.REFUND,
+        Reason.SETTLE,
+        Reason.RESERVE,
+        Reason.RESERVE,
+        Reason.GRANT,
+    ]
+    assert ledger.open_reservations(utcnow()) == []
+    assert_consistent(ledger, user_id)
+
+
+def test_a_reservation_beyond_the_credit_writes_nothing(ledger: Ledger, user_id: str) -> None:
+    ledger.grant(user_id, 10)
+    with pytest.raises(InsufficientCredit) as refused:
+        ledger.reserve(user_id, "task-x", 11)
+    assert (refused.value.cost, refused.value.available) == (11, 10)
+    assert "costs 11 credits, 10 available" in str(refused.value)
+    assert ledger.entry("task-x:reserve") is None and ledger.open_reservations(utcnow()) == []
+    assert ledger.account(user_id).seq == 1
+
+
+def test_a_task_is_released_once_whatever_asks_again(ledger: Ledger, user_id: str) -> None:
+    ledger.grant(user_id, 100)
+    first = ledger.reserve(user_id, "task-a", 40)
+    assert ledger.reserve(user_id, "task-a", 40) == first  # a retried create
+    settled = ledger.release("task-a", charge=40)
+    # A duplicate job, the sweeper, a cancel: each finds the release written.
+    assert ledger.release("task-a", charge=40) == settled
+    assert ledger.release("task-a", charge=None) == settled
+    assert (ledger.account(user_id).balance, ledger.account(user_id).reserved) == (60, 0)
+    # A task that reserved nothing (its create died first) has nothing to release.
+    assert ledger.release("never-reserved", charge=None) is None
+    assert_consistent(ledger, user_id)
+
+
+def test_concurrent_writers_never_reserve_more_than_the_balance(
+    database: Database[dict[str, Any]], ledger: Ledger, user_id: str
+) -> None:
+    ledger.grant(user_id, 100)
+    processes = [Ledger(database) for _ in range(3)]  # each with its own locks and cached head
+    won: list[str] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def create(process: Ledger, thread: int) -> None:
+        for n in range(20):
+            task_id = f"task-{thread}-{n}"
+            try:
+                process.reserve(user_id, task_id, 1)
+            except InsufficientCredit:
+                with lock:
+                    refused.append(task_id)
+            else:
+                with lock:
+                    won.append(task_id)
+
+    threads = [threading.Thread(target=create, args=(processes[n % 3], n)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (len(won), len(refused)) == (100, 60)
+    assert sorted(reservation.task_id for reservation in ledger.open_reservations(utcnow())) == sorted(won)
+
+    # Every process settles every task at once: each is released exactly once.
+    def settle(process: Ledger) -> None:
+        for task_id in won:
+            process.release(task_id, charge=1)
+
+    threads = [threading.Thread(target=settle, args=(process,)) for process in processes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    account = ledger.account(user_id)
+    assert (account.balance, account.reserved, account.seq) == (0, 0, 201)
+    assert_consistent(ledger, user_id)
+
+
+def test_an_entry_written_by_a_writer_that_died_is_rolled_forward(
+    database: Database[dict[str, Any]], ledger: Ledger, user_id: str
+) -> None:
+    ledger.grant(user_id, 50)
+    # A process inserted entry 2 and died before moving the account document on.
+    ledger.entries.insert_one(
+        {
+            "_id": entry_id(user_id, 2),
+            "user_id": user_id,
+            "seq": 2,
+            "key": "grant:late",
+            "reason": "grant",
+            "amount": 25,
+            "held": 0,
+            "balance_after": 75,
+            "reserved_after": 0,
+            "time": utcnow(),
+        }
+    )
+    fresh = Ledger(database)
+    assert fresh.account(user_id).balance == 75
+    fresh.reserve(user_id, "task-a", 75)
+    assert fresh.account(user_id).available == 0
+    assert_consistent(fresh, user_id)
+
+
+def test_the_starting_grant_is_written_once(database: Database[dict[str, Any]], user_id: str) -> None:
+    processes = [Ledger(database, starting_credits=1000) for _ in range(4)]
+    processes[0].ensure_indexes()
+    assert processes[0].account(user_id).balance == 1000  # before any entry
+    threads = [
+        threading.Thread(target=process.reserve, args=(user_id, f"task-{n}", 10)) for n, process in enumerate(processes)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    entries = list(iterate_history(processes[0], user_id))
+    assert [entry.reason for entry in entries].count(Reason.GRANT) == 1 and entries[0].amount == 1000
+    assert processes[0].account(user_id).available == 960
+    assert_consistent(processes[0], user_id)
