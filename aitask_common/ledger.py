@@ -11,8 +11,10 @@ is written by inserts only:
   is settled or refunded once, never both), "grant:<id>". A retried write finds its key taken and stops.
 - An entry carries the balance and the reservations after it, so the newest entry is the account. The
   `accounts` document only says where to start looking (it may lag; never lead): readers roll forward.
-- `reservations` holds one document per open reservation, written before its entry and removed after its
-  release; the sweeper (`open_reservations`) settles those whose task is final or was never stored.
+
+The create path never waits for this ledger: it holds credit in Redis (task_service/credits.py), and marks the
+task `billing_open`; the dispatcher's settlement pass (dispatcher_service/settlement.py) writes the task's
+reserve entry, and once the task is final its settle or refund.
 
 Amounts are integer credits. `balance` is what the user owns (grants minus settled charges); `reserved` is held
 by running tasks; a create may reserve up to `balance - reserved`.
@@ -20,7 +22,6 @@ by running tasks; a create may reserve up to `balance - reserved`.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import uuid
 import zlib
@@ -40,7 +41,6 @@ from aitask_common.tasks import utcnow
 
 ENTRIES = "ledger"
 ACCOUNTS = "accounts"
-RESERVATIONS = "reservations"
 SEQ_DIGITS = 12
 # Appends racing for one user's next number give up after this many rounds (each round lost to a writer
 # that succeeded, so the ledger moved on).
@@ -124,17 +124,6 @@ class Entry:
         )
 
 
-@dataclass(frozen=True)
-class Reservation:
-    """An open reservation: `amount` held for `task_id` since `created`."""
-
-    task_id: str
-    user_id: str
-    amount: int
-    model: str
-    created: datetime
-
-
 def entry_id(user_id: str, seq: int) -> str:
     return f"{user_id}:{seq:0{SEQ_DIGITS}d}"
 
@@ -145,18 +134,19 @@ class Ledger:
     def __init__(self, database: Database[dict[str, Any]], starting_credits: int = 0) -> None:
         self.entries: Collection[dict[str, Any]] = database[ENTRIES]
         self.accounts: Collection[dict[str, Any]] = database[ACCOUNTS]
-        self.reservations: Collection[dict[str, Any]] = database[RESERVATIONS]
         # Every user's first entry is a grant of this many credits (0: none).
         self.starting_credits = starting_credits
         # Appends of one user in this process take turns (losing races to ourselves would waste round trips);
         # other processes are ordered by the entry numbers.
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._heads: LRUCache[str, Account] = LRUCache(maxsize=HEADS_CACHED)
+        # Users whose `accounts` document is behind their newest entry (written by flush_accounts).
+        self._behind: dict[str, Account] = {}
+        self._behind_guard = threading.Lock()
 
     def ensure_indexes(self) -> None:
         self.entries.create_index([("key", ASCENDING)], unique=True)
         self.entries.create_index([("user_id", ASCENDING), ("seq", DESCENDING)])
-        self.reservations.create_index([("created", ASCENDING)])
 
     # --- reads -------------------------------------------------------------------------------------------------
     def account(self, user_id: str) -> Account:
@@ -175,10 +165,9 @@ class Ledger:
         document = self.entries.find_one({"key": key})
         return Entry.from_document(document) if document is not None else None
 
-    def open_reservations(self, older_than: datetime, limit: int = 500) -> list[Reservation]:
-        """Open reservations made before `older_than`, oldest first."""
-        cursor = self.reservations.find({"created": {"$lt": older_than}}).sort("created", ASCENDING).limit(limit)
-        return [Reservation(d["_id"], d["user_id"], d["amount"], d.get("model", ""), d["created"]) for d in cursor]
+    def users_below(self, credits: int) -> int:
+        """How many users have fewer than `credits` available (as of their account documents, which may lag)."""
+        return self.accounts.count_documents({"available": {"$lt": credits}})
 
     def all_user_ids(self) -> list[str]:
         return sorted(self.entries.distinct("user_id"))
@@ -190,63 +179,70 @@ class Ledger:
         return self._append(user_id, key, Reason.GRANT, amount=amount, held=0, note=note)
 
     def reserve(self, user_id: str, task_id: str, cost: int, model: str = "") -> Entry:
-        """Hold `cost` for a new task, or raise InsufficientCredit having written nothing that holds credit."""
-        with contextlib.suppress(DuplicateKeyError):  # a retry of this reservation
-            self.reservations.insert_one(
-                {"_id": task_id, "user_id": user_id, "amount": cost, "model": model, "created": utcnow()}
-            )
-        try:
-            return self._append(
-                user_id, f"{task_id}:reserve", Reason.RESERVE, amount=0, held=cost, task_id=task_id, model=model
-            )
-        except InsufficientCredit:
-            self.reservations.delete_one({"_id": task_id})
-            raise
+        """Record the hold a task's create made (once; the credit check was the create's, in Redis)."""
+        return self._append(
+            user_id, f"{task_id}:reserve", Reason.RESERVE, amount=0, held=cost, task_id=task_id, model=model
+        )
 
-    def release(self, task_id: str, charge: int | None) -> Entry | None:
+    def release(self, user_id: str, task_id: str, reserved: int, charge: int | None, model: str = "") -> Entry:
         """End a task's reservation: charge `charge` credits (settle), or nothing when None (refund). Once per
-        task whatever happens; None when the task reserved nothing."""
-        reserved = self.entry(f"{task_id}:reserve")
-        if reserved is None:
-            # A create that died before its reservation: nothing is held.
-            self.reservations.delete_one({"_id": task_id})
-            return None
+        task whatever happens; the reserve entry is written first if it is missing."""
+        self.reserve(user_id, task_id, reserved, model)
         reason = Reason.REFUND if charge is None else Reason.SETTLE
-        entry = self._append(
-            reserved.user_id,
+        return self._append(
+            user_id,
             f"{task_id}:release",
             reason,
             amount=-(charge or 0),
-            held=-reserved.held,
+            held=-reserved,
             task_id=task_id,
-            model=reserved.model,
+            model=model,
         )
-        self.reservations.delete_one({"_id": task_id})
-        return entry
+
+    def flush_accounts(self) -> None:
+        """Move the `accounts` documents of the users written since the last flush to their newest entry."""
+        with self._behind_guard:
+            behind, self._behind = self._behind, {}
+        for account in behind.values():
+            # It may lag behind the entries (never lead), so an unconditional write is enough.
+            self.accounts.update_one(
+                {"_id": account.user_id},
+                {
+                    "$set": {
+                        "seq": account.seq,
+                        "balance": account.balance,
+                        "reserved": account.reserved,
+                        "available": account.available,
+                    }
+                },
+                upsert=True,
+            )
 
     # --- the append ----------------------------------------------------------------------------------------------
     def _append(
         self, user_id: str, key: str, reason: Reason, *, amount: int, held: int, task_id: str = "", **extra: str
     ) -> Entry:
         with self._lock(user_id):
-            head = self._known_head(user_id)
+            # A head this process wrote is usually still the newest: insert after it at once, and roll forward
+            # only when another writer took the number.
+            head = self._heads.get(user_id) or self._roll_forward(user_id, self._known_head(user_id))
             for _ in range(MAX_ROUNDS):
-                head = self._roll_forward(user_id, head)
                 if head.seq == 0 and self.starting_credits:
                     # The user's first entry: the starting grant (once, whichever process writes it).
                     self._write(head, f"grant:start:{user_id}", Reason.GRANT, self.starting_credits, 0, "", {})
+                    head = self._roll_forward(user_id, head)
                     continue
-                # A reservation, or a grant that takes credits, only from what is available; a settled charge
-                # is owed whatever is left.
-                wanted = held if reason is Reason.RESERVE else -amount if reason is Reason.GRANT else 0
-                if wanted > head.available:
-                    raise InsufficientCredit(user_id, wanted, head.available)
+                # A grant takes credits only from what is available. A reserve entry records a hold the create
+                # already made (task_service/billing.py), and a settled charge is owed whatever is left.
+                if reason is Reason.GRANT and -amount > head.available:
+                    raise InsufficientCredit(user_id, -amount, head.available)
                 written = self._write(head, key, reason, amount, held, task_id, extra)
                 if written is not None:
                     return written
                 existing = self.entry(key)
                 if existing is not None:
                     return existing  # written before: by a retry of this call, or by an earlier run
+                head = self._roll_forward(user_id, head)
             raise RuntimeError(f"ledger of {user_id!r}: {MAX_ROUNDS} rounds lost to concurrent writers")
 
     def _write(
@@ -273,12 +269,8 @@ class Ledger:
         except DuplicateKeyError:
             return None
         self._heads[head.user_id] = after
-        # Where readers start: it may lag behind the entries (never lead), so an unconditional write is enough.
-        self.accounts.update_one(
-            {"_id": head.user_id},
-            {"$set": {"seq": after.seq, "balance": after.balance, "reserved": after.reserved}},
-            upsert=True,
-        )
+        with self._behind_guard:
+            self._behind[head.user_id] = after
         return Entry.from_document(document)
 
     def _known_head(self, user_id: str) -> Account:

@@ -20,7 +20,12 @@ INDEXES: list[list[tuple[str, int]]] = [
     [("status", 1), ("updated", 1)],
     # The reconciler's sweep of pending tasks past their deadline.
     [("status", 1), ("deadline", 1)],
+    # The settlement pass's tasks holding credit (dispatcher_service/settlement.py).
+    [("billing_open", 1)],
 ]
+
+# Set (true) on a priced task from its create until its credit is settled or refunded.
+BILLING_OPEN_FIELD = "billing_open"
 
 # Fields too large for list responses.
 PAYLOAD_FIELDS = ("image_base64",)
@@ -160,8 +165,10 @@ class TaskDocument(TypedDict):
     output: NotRequired[OutputDocument]
     # While an image's copy is pending (removed when the task completes).
     generated: NotRequired[GeneratedImage | None]
-    # A priced task: the credits its create reserved and the price it is settled at (aitask_common/prices.py).
+    # A priced task: the credits its create reserved and the price it is settled at (aitask_common/prices.py),
+    # and, until the ledger has its settle or refund, billing_open.
     billing: NotRequired[BillingDocument]
+    billing_open: NotRequired[bool]
     # A cancelled task: the status it was cancelled in (a processing one had reached the vendor).
     cancelled_from: NotRequired[str]
 

@@ -101,6 +101,13 @@ class LocalStack:
         self.admin_key = ""
 
     # --- process control -------------------------------------------------
+    def restart_redis_empty(self) -> None:
+        """Stop Redis, delete its data (the append-only file) and start it again: a Redis that lost everything."""
+        self.stop("redis")
+        shutil.rmtree(self.data_dir / "redis")
+        (self.data_dir / "redis").mkdir()
+        self.start("redis")
+
     def start(self, name: str, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
         """Start one process (and wait until it answers, unless told not to)."""
         running = self.running.get(name)

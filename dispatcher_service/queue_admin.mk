@@ -3,7 +3,7 @@
 # QUEUE picks one queue (critical, default, low) or all of them: make redis-queue-clear QUEUE=default
 QUEUE ?= all
 
-.PHONY: redis-queue-status redis-queue-clear redis-queue-clear-force redis-queue-requeue-failed redis-queue-breakers storage-check storage-sweep
+.PHONY: redis-queue-status redis-queue-clear redis-queue-clear-force redis-queue-requeue-failed redis-queue-breakers storage-check storage-sweep billing-check billing-grant
 
 redis-queue-status: install ## Jobs per RQ queue and state, the oldest queued job's age, the polls waiting, the cancelled tasks
 	$(PYTHON) -m dispatcher_service.queue_admin status
@@ -22,6 +22,12 @@ storage-check: install ## Stored outputs without a task, tasks whose output is m
 
 storage-sweep: install ## One retention pass now (OUTPUT_RETENTION_DAYS, TASK_RETENTION_DAYS; the dispatcher runs one every 10 min)
 	$(PYTHON) -m dispatcher_service.retention sweep
+
+billing-check: install ## Every user's ledger adds up, each task charged at most once, no final task keeps its reservation (exit 3 if not)
+	$(PYTHON) -m dispatcher_service.billing_admin check
+
+billing-grant: install ## Add (or, negative, take) credits: make billing-grant USER_ID=alice AMOUNT=1000 [NOTE="welcome"]
+	$(PYTHON) -m dispatcher_service.billing_admin grant "$(USER_ID)" "$(AMOUNT)" $(if $(NOTE),--note "$(NOTE)")
 
 redis-queue-breakers: install ## Every circuit breaker (per provider instance and model): state, when it half-opens, its window
 	$(PYTHON) -m dispatcher_service.queue_admin breakers

@@ -48,6 +48,8 @@ class DispatcherSettings(OutputSettings):
     """How long a run retries the write of an outcome it has in hand (a paid result, a submitted upstream job)
     while the database is unreachable, before it keeps the write in Redis for the task's next run. With
     AI_TIMEOUT, within RQ's 180 s job timeout."""
+    low_credit_threshold: int = Field(default=100, ge=0)
+    """Users with fewer credits available than this are counted in aitask_credit_users_low."""
     reconcile_interval_seconds: float = Field(default=10.0, gt=0)
     """How often the reconciler looks for in-flight tasks that nothing in Redis will move."""
     reconcile_min_age_seconds: float = Field(default=30.0, ge=0)

@@ -1,58 +1,126 @@
-"""Settles the credit ledger (aitask_common/ledger.py) behind the tasks: every open reservation whose task is
-final is settled at what the task cost or refunded (aitask_common/prices.py); one whose task was never stored
-(its create died, or the database refused the task) is refunded after a grace period.
+"""Settles credits behind the tasks, each reconciler pass (one replica at a time).
 
-Run by the reconciler's pass, so a task's reservation is released within RECONCILE_INTERVAL_SECONDS of its end,
-whichever process ended it (a worker, a cancel, a deadline, a reconciler) and whatever crashed meanwhile: the
-ledger's keys make a release happen once however often it is tried.
+Every task still holding credit carries `billing_open` (an indexed equality MongoDB answers without reading the
+collection). For each: its reserve entry goes to the ledger (aitask_common/ledger.py) the first pass that sees it;
+once the task is final, its settle or refund (aitask_common/prices.py), then its hold leaves the user's Redis hash
+(aitask_common/credit_holds.py), then `billing_open` goes. Each step is keyed, so a pass that dies anywhere is
+finished by the next, and a task is charged once, whichever process ended it (a worker, a cancel, a deadline).
+
+Holds whose create died before storing the task are dropped from the Redis hashes, a slice of them per pass.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import time
 from typing import Any
 
+from cachetools import LRUCache
+from prometheus_client import Gauge
 from pymongo.collection import Collection
+from redis import Redis
 
+from aitask_common.credit_holds import (
+    CREDIT_KEY_PREFIX,
+    DROP_ORPHAN_SCRIPT,
+    HOLD_PREFIX,
+    RELEASE_SCRIPT,
+    RELEASED_TOMBSTONE_MS,
+    credit_key,
+    parse_hold,
+    released_key,
+)
 from aitask_common.ledger import Ledger, Reason
 from aitask_common.logging import get_logger
 from aitask_common.metrics import CREDITS
 from aitask_common.prices import charge
-from aitask_common.tasks import TaskStatus, utcnow
+from aitask_common.tasks import BILLING_OPEN_FIELD, TaskStatus
 
 log = get_logger(__name__)
 
-# Reservations looked at per pass.
-BATCH = 500
-# A reservation whose task is missing this long after it was made belongs to a create that did not store it.
-ORPHAN_GRACE = timedelta(minutes=2)
-TASK_FIELDS = {"status": 1, "type": 1, "usage": 1, "billing": 1, "upstream_job_id": 1, "cancelled_from": 1}
+# A hold whose task is not stored this long after the create made it belongs to a create that died.
+ORPHAN_GRACE_MS = 2 * 60 * 1000
+# Credit hashes looked at per pass for orphan holds.
+ORPHAN_SCAN_COUNT = 200
+TASK_FIELDS = {
+    "user_id": 1,
+    "model": 1,
+    "status": 1,
+    "type": 1,
+    "usage": 1,
+    "billing": 1,
+    "upstream_job_id": 1,
+    "cancelled_from": 1,
+}
+
+LOW_CREDIT_USERS = Gauge(
+    "aitask_credit_users_low", "Users with fewer credits available than LOW_CREDIT_THRESHOLD (read each reconcile pass)"
+)
 
 
-def settle_final_tasks(ledger: Ledger, tasks: Collection[dict[str, Any]], limit: int = BATCH) -> int:
-    """Release the reservations of final (or never stored) tasks; how many were released."""
-    now = utcnow()
-    reservations = ledger.open_reservations(now, limit)
-    if not reservations:
-        return 0
-    found = {
-        task["_id"]: task
-        for task in tasks.find({"_id": {"$in": [reservation.task_id for reservation in reservations]}}, TASK_FIELDS)
-    }
-    released = 0
-    for reservation in reservations:
-        task = found.get(reservation.task_id)
-        if task is None:
-            if now - reservation.created < ORPHAN_GRACE:
-                continue
-            amount = None
-        elif TaskStatus(task["status"]).is_final:
-            amount = charge(task, reservation.amount)
-        else:
-            continue
-        entry = ledger.release(reservation.task_id, amount)
-        released += 1
-        if entry is not None:
-            kind = "settled" if entry.reason is Reason.SETTLE else "refunded"
-            CREDITS.labels(kind, reservation.model).inc(-entry.amount if entry.reason is Reason.SETTLE else -entry.held)
-    return released
+class Settlement:
+    """One replica's settlement state: which tasks' reserve entries it has written, where its orphan scan is."""
+
+    def __init__(self, ledger: Ledger, tasks: Collection[dict[str, Any]], redis: Redis) -> None:
+        self.ledger = ledger
+        self.tasks = tasks
+        self.redis = redis
+        self._release = redis.register_script(RELEASE_SCRIPT)
+        self._drop = redis.register_script(DROP_ORPHAN_SCRIPT)
+        self._entered: LRUCache[str, bool] = LRUCache(maxsize=200_000)
+        self._scan_cursor = 0
+
+    def run_once(self) -> int:
+        """Write new reserve entries, settle final tasks, drop orphan holds; how many tasks were settled."""
+        settled = 0
+        open_ids = set()
+        try:
+            for task in self.tasks.find({BILLING_OPEN_FIELD: True}, TASK_FIELDS):
+                open_ids.add(task["_id"])
+                settled += self._settle(task)
+        finally:
+            self.ledger.flush_accounts()
+        self._drop_orphans(open_ids)
+        return settled
+
+    def _settle(self, task: dict[str, Any]) -> int:
+        task_id, user_id, model = task["_id"], task["user_id"], task.get("model", "")
+        reserved = task["billing"]["reserved"]
+        if not TaskStatus(task["status"]).is_final:
+            if task_id not in self._entered:
+                self.ledger.reserve(user_id, task_id, reserved, model)
+                self._entered[task_id] = True
+            return 0
+        entry = self.ledger.release(user_id, task_id, reserved, charge(task, reserved), model)
+        self._release(
+            keys=[credit_key(user_id), released_key(task_id)],
+            args=[task_id, entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],
+        )
+        self.tasks.update_one({"_id": task_id}, {"$unset": {BILLING_OPEN_FIELD: ""}})
+        self._entered.pop(task_id, None)
+        kind = "settled" if entry.reason is Reason.SETTLE else "refunded"
+        CREDITS.labels(kind, model).inc(-entry.amount if entry.reason is Reason.SETTLE else reserved)
+        return 1
+
+    def _drop_orphans(self, open_ids: set[str]) -> None:
+        """Holds older than the grace whose task holds no credit in MongoDB: a create died between its hold and
+        its insert (a task settled since has left its hold already)."""
+        self._scan_cursor, keys = self.redis.scan(
+            self._scan_cursor, match=f"{CREDIT_KEY_PREFIX}*", count=ORPHAN_SCAN_COUNT
+        )
+        stale_before = int(time.time() * 1000) - ORPHAN_GRACE_MS
+        for raw_key in keys:
+            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+            for raw_field, value in self.redis.hgetall(key).items():
+                field = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
+                if not field.startswith(HOLD_PREFIX):
+                    continue
+                task_id = field.removeprefix(HOLD_PREFIX)
+                if task_id in open_ids or parse_hold(value)[1] > stale_before:
+                    continue
+                if self.tasks.find_one({"_id": task_id}, {"_id": 1}) is None:
+                    cost = self._drop(keys=[key], args=[task_id])
+                    log.warning("dropped the credit hold of a task never stored", task_id=task_id, credits=cost)
+
+
+def count_low_credit_users(ledger: Ledger, threshold: int) -> None:
+    LOW_CREDIT_USERS.set(ledger.users_below(threshold))

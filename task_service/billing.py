@@ -1,18 +1,29 @@
-"""The task service's side of the credit ledger (aitask_common/ledger.py): a create's reservation, balance and
-ledger reads, admin grants. The ledger is synchronous pymongo; each call runs in a worker thread."""
+"""The task service's side of credits: a create's hold (Redis, aitask_common/credit_holds.py), balance and ledger
+reads, admin grants. The ledger (aitask_common/ledger.py) is synchronous pymongo; its calls run in a thread."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from pymongo.asynchronous.collection import AsyncCollection
+from redis.asyncio import Redis
 
 from aitask.v1 import task_service_pb2 as pb
-from aitask_common.ledger import PAYMENT_REQUIRED, STATUS_DETAILS, Account, Entry, InsufficientCredit, Ledger
+from aitask_common.credit_holds import (
+    ADVANCE_SCRIPT,
+    DROP_ORPHAN_SCRIPT,
+    REBUILD_SCRIPT,
+    credit_key,
+    released_key,
+)
+from aitask_common.ledger import PAYMENT_REQUIRED, STATUS_DETAILS, Entry, InsufficientCredit, Ledger
 from aitask_common.logging import get_logger
+from aitask_common.tasks import BILLING_OPEN_FIELD
 
 log = get_logger(__name__)
 
@@ -20,33 +31,70 @@ ERROR_DOMAIN: Final = "aitask"
 LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX = 20, 100
 
 
+@dataclass(frozen=True)
+class Credits:
+    """A user's credits now: `balance` owned (the ledger's), `held` by running tasks."""
+
+    user_id: str
+    balance: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
 class Billing:
-    """Async calls on the ledger."""
+    """Holds, reads and grants credits."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, redis: Redis, ledger: Ledger, tasks: AsyncCollection[Any]) -> None:
+        self.redis = redis
         self.ledger = ledger
+        self.tasks = tasks
+        self._advance = redis.register_script(ADVANCE_SCRIPT)
+        self._rebuild = redis.register_script(REBUILD_SCRIPT)
+        self._drop = redis.register_script(DROP_ORPHAN_SCRIPT)
 
-    async def reserve(self, user_id: str, task_id: str, cost: int, model: str) -> None:
-        """Hold `cost` for a new task; InsufficientCredit when the user is short."""
-        await asyncio.to_thread(self.ledger.reserve, user_id, task_id, cost, model)
-
-    async def refund(self, task_id: str) -> None:
-        """Give back what a create reserved for a task it did not store (best effort: the sweeper does it
-        later otherwise)."""
+    async def release_unstored(self, user_id: str, task_id: str) -> None:
+        """Drop the hold of a task the create did not store (best effort: the settlement pass drops it later)."""
         try:
-            await asyncio.to_thread(self.ledger.release, task_id, None)
-        except Exception as error:  # noqa: BLE001 - the reservation stays open; the sweeper refunds it
-            log.warning("reservation not refunded yet", task_id=task_id, error=str(error))
+            await self._drop(keys=[credit_key(user_id)], args=[task_id])
+        except Exception as error:  # noqa: BLE001 - the hold stays; the settlement pass drops orphans
+            log.warning("credit hold not dropped yet", task_id=task_id, error=str(error))
 
-    async def account(self, user_id: str) -> Account:
-        return await asyncio.to_thread(self.ledger.account, user_id)
+    async def credits(self, user_id: str) -> Credits:
+        key = credit_key(user_id)
+        for _ in range(2):
+            balance, held = await self.redis.hmget(key, ["balance", "held"])
+            if balance is not None and held is not None:
+                return Credits(user_id, int(balance), int(held))
+            await self.rebuild(user_id)
+        raise RuntimeError(f"credits of {user_id!r} could not be rebuilt")
 
-    async def page(self, user_id: str, limit: int, offset: int) -> tuple[list[Entry], Account]:
+    async def page(self, user_id: str, limit: int, offset: int) -> tuple[list[Entry], Credits]:
         entries = await asyncio.to_thread(self.ledger.history, user_id, limit, offset)
-        return entries, await self.account(user_id)
+        return entries, await self.credits(user_id)
 
     async def grant(self, user_id: str, amount: int, note: str, grant_id: str) -> Entry:
-        return await asyncio.to_thread(self.ledger.grant, user_id, amount, note, grant_id)
+        """Append a grant to the ledger, then move the user's hash on. A grant that takes credits is checked
+        against the ledger's own balance and holds."""
+        entry = await asyncio.to_thread(self.ledger.grant, user_id, amount, note, grant_id)
+        await asyncio.to_thread(self.ledger.flush_accounts)
+        await self._advance(keys=[credit_key(user_id)], args=[entry.seq, entry.balance_after])
+        return entry
+
+    async def rebuild(self, user_id: str) -> None:
+        """Write the user's credit hash from MongoDB if it is missing: the ledger's newest entry and the holds of
+        their tasks still holding credit. Concurrent rebuilds may race: the first one written stands."""
+        account = await asyncio.to_thread(self.ledger.account, user_id)
+        holds: list[str | int] = []
+        tombstones = []
+        query = {"user_id": user_id, BILLING_OPEN_FIELD: True}
+        async for task in self.tasks.find(query, {"billing.reserved": 1, "created": 1}):
+            holds += [task["_id"], task["billing"]["reserved"], int(task["created"].timestamp() * 1000)]
+            tombstones.append(released_key(task["_id"]))
+        if await self._rebuild(keys=[credit_key(user_id), *tombstones], args=[account.seq, account.balance, *holds]):
+            log.info("credit hash built from the ledger", user_id=user_id, holds=len(tombstones))
 
 
 def page_size(limit: int) -> int:
@@ -56,9 +104,9 @@ def page_size(limit: int) -> int:
     return limit or LEDGER_PAGE_DEFAULT
 
 
-def balance_to_proto(account: Account) -> pb.Balance:
+def balance_to_proto(credits: Credits) -> pb.Balance:
     return pb.Balance(
-        user_id=account.user_id, balance=account.balance, reserved=account.reserved, available=account.available
+        user_id=credits.user_id, balance=credits.balance, reserved=credits.held, available=credits.available
     )
 
 

@@ -8,6 +8,7 @@ from collections import Counter
 
 from aitask.provider.v1 import provider_service_pb2
 from aitask.v1 import task_service_pb2 as pb
+from aitask_common.prices import price_document
 from aitask_common.registry import read_instances
 from aitask_common.tasks import TaskType
 from task_service.catalogue import CatalogueCache
@@ -75,4 +76,5 @@ def _public_entry(
         served_model=model.upstream_model or model.name,
         alternative=model.alternative,
         fallbacks=fallbacks,
+        price=pb.ModelPrice(**price_document(model.price)),
     )

@@ -148,7 +148,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
     sync_mongo: MongoClient[dict[str, Any]] = MongoClient(**client_options(settings, "task_service"))
     outputs = open_output_store(settings, sync_mongo)
     ledger = Ledger(sync_mongo[settings.mongo_database], settings.ledger_starting_credits)
-    billing = Billing(ledger)
+    billing = Billing(async_redis, ledger, store.collection)
     watch_hub = WatchHub(watch_redis, task_reader(store, positions, links))
     watch_hub.start()
     servicer = TaskServicer(

@@ -40,7 +40,7 @@ from task_service.cancel import CancelRefused, CancelUnavailable, TaskCanceller
 from task_service.catalogue import CatalogueCache
 from task_service.enqueue import TaskQueue
 from task_service.idempotency import METADATA_NAME, fingerprint, idempotency_key, scoped
-from task_service.limits import InflightTasks
+from task_service.limits import AtCap, CreditsUnknown, InflightTasks
 from task_service.model_catalogue import list_models
 from task_service.paging import ListFilters, next_page_token, position_of
 from task_service.prefer import PREFER_METADATA, PREFERENCE_APPLIED_METADATA, Wait, requested_wait
@@ -53,6 +53,9 @@ from task_service.watch import Follower, StoreUnavailable, WatchHub, task_events
 from task_service.webhooks import WebhookReads, check_webhook, secret_to_proto
 
 log = get_logger(__name__)
+
+# A create whose user has no credit hash in Redis rebuilds it (or finds it rebuilt by another) this many times.
+CREDIT_REBUILDS = 2
 
 T = TypeVar("T")
 
@@ -233,8 +236,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetBalanceResponse:
         user_id = await self._named_user(request.user_id, context)
-        account = await self._database(context, self.billing.account(user_id))
-        return pb.GetBalanceResponse(success=True, data=balance_to_proto(account), message="ok")
+        credits = await self._billing(context, self.billing.credits(user_id))
+        return pb.GetBalanceResponse(success=True, data=balance_to_proto(credits), message="ok")
 
     async def ListLedgerEntries(
         self, request: pb.ListLedgerEntriesRequest, context: grpc.aio.ServicerContext
@@ -246,8 +249,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if request.offset < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "offset: must not be negative")
-        entries, account = await self._database(context, self.billing.page(user_id, limit, request.offset))
-        page = pb.LedgerPage(entries=[entry_to_proto(entry) for entry in entries], balance=balance_to_proto(account))
+        entries, credits = await self._billing(context, self.billing.page(user_id, limit, request.offset))
+        page = pb.LedgerPage(entries=[entry_to_proto(entry) for entry in entries], balance=balance_to_proto(credits))
         return pb.ListLedgerEntriesResponse(success=True, data=page, message="ok")
 
     async def GrantCredits(
@@ -262,7 +265,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         if request.amount == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "amount: must not be 0")
         try:
-            entry = await self._database(
+            entry = await self._billing(
                 context, self.billing.grant(user_id, request.amount, request.note, request.grant_id)
             )
         except InsufficientCredit as error:
@@ -359,19 +362,17 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             if original is not None:
                 return await self._replay(original, digest, context)
         task_id = str(ULID())
-        await self._reserve_slot(valid.user_id, task_id, context)
-        if valid.cost:
-            await self._reserve_credit(valid, task_id, context)
+        await self._reserve_slot(valid, task_id, context)
         document = _new_task(task_id, valid, scoped_key, digest)
         try:
             original = await self._insert(document, context)
         except BaseException:  # the database refused the task (an abort raises)
             if valid.cost:
-                await self.billing.refund(task_id)
+                await self.billing.release_unstored(valid.user_id, task_id)
             raise
         if original is not None:
             if valid.cost:
-                await self.billing.refund(task_id)
+                await self.billing.release_unstored(valid.user_id, task_id)
             return await self._replay(original, digest, context)
         await self._enqueue(document, context)
         TASKS_CREATED.labels(valid.provider, valid.model, task_type.value).inc()
@@ -395,6 +396,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             webhook = await check_webhook(request, self.settings)
             if webhook is not None:
                 valid = dataclasses.replace(valid, webhook_url=webhook.url, webhook_events=tuple(webhook.events))
+            if not self.settings.billing_enabled:
+                valid = dataclasses.replace(valid, cost=0)
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except RedisError as error:
@@ -447,30 +450,31 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         )
         return created, "task already created with this idempotency key"
 
-    async def _reserve_slot(self, user_id: str, task_id: str, context: grpc.aio.ServicerContext) -> None:
-        try:
-            reserved = await self.inflight.reserve(user_id, task_id)
-        except RedisError as error:
-            log.error("in-flight cap unavailable", error=str(error))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "task queue unavailable, retry later")
-        if not reserved:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many tasks in flight: at most {self.inflight.cap} pending or processing per user",
-            )
-
-    async def _reserve_credit(self, valid: ValidatedRequest, task_id: str, context: grpc.aio.ServicerContext) -> None:
-        """Hold the task's estimated cost, or refuse the create (402) having stored nothing."""
-        try:
-            await self.billing.reserve(valid.user_id, task_id, valid.cost, valid.model)
-            CREDITS.labels("reserved", valid.model).inc(valid.cost)
-        except InsufficientCredit as error:
-            await self._release_slot(valid.user_id, task_id)
-            await abort_payment_required(context, error)
-        except PyMongoError as error:
-            await self._release_slot(valid.user_id, task_id)
-            log.error("ledger unavailable", error=str(error))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "task database unavailable, retry later")
+    async def _reserve_slot(self, valid: ValidatedRequest, task_id: str, context: grpc.aio.ServicerContext) -> None:
+        """Count the task in flight and hold its credits in one step, or refuse the create having written nothing:
+        429 at the in-flight cap, 402 short of credit."""
+        for attempt in range(CREDIT_REBUILDS + 1):
+            try:
+                await self.inflight.reserve(valid.user_id, task_id, valid.cost)
+            except CreditsUnknown:
+                if attempt == CREDIT_REBUILDS:
+                    break
+                await self._billing(context, self.billing.rebuild(valid.user_id))
+                continue
+            except AtCap:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many tasks in flight: at most {self.inflight.cap} pending or processing per user",
+                )
+            except InsufficientCredit as error:
+                await abort_payment_required(context, error)
+            except RedisError as error:
+                log.error("in-flight cap unavailable", error=str(error))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "task queue unavailable, retry later")
+            if valid.cost:
+                CREDITS.labels("reserved", valid.model).inc(valid.cost)
+            return
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "credits unavailable, retry later")
 
     async def _release_slot(self, user_id: str, task_id: str) -> None:
         try:
@@ -529,6 +533,16 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         raise AssertionError("unreachable: abort raises")
 
     @staticmethod
+    async def _billing(context: grpc.aio.ServicerContext, operation: Awaitable[T]) -> T:
+        """Await a credits call: Redis holds the credits, MongoDB the ledger; either down is UNAVAILABLE."""
+        try:
+            return await operation
+        except (RedisError, PyMongoError) as error:
+            log.error("credits unavailable", error=str(error))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "credits unavailable, retry later")
+            raise AssertionError("unreachable: abort raises") from error
+
+    @staticmethod
     async def _database(context: grpc.aio.ServicerContext, operation: Awaitable[T]) -> T:
         """Await a storage call; an unreachable database is UNAVAILABLE, not an internal error."""
         try:
@@ -563,6 +577,7 @@ def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, dig
         document["allow_fallback"] = True
     if valid.cost:
         document["billing"] = {"reserved": valid.cost, "price": valid.price}
+        document["billing_open"] = True
     if valid.webhook_url:
         document["webhook_url"] = valid.webhook_url
         document["webhook_events"] = list(valid.webhook_events)

@@ -23,6 +23,9 @@ class TaskServiceSettings(OutputSettings):
     on HOST."""
     max_prompt_chars: int = Field(default=4000, ge=1)
     """Hard cap on prompt length whatever a model's catalogue allows."""
+    billing_enabled: bool = True
+    """Reserve each create's price in the credit ledger (402 when short); `false` accepts every create free (the
+    ledger's reads and the settlement of tasks already reserved go on)."""
     list_limit_default: int = Field(default=20, ge=1)
     """Tasks per list page when the client gives no limit."""
     list_limit_max: int = Field(default=100, ge=1)

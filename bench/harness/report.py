@@ -72,6 +72,8 @@ def _targets(name: str, e: dict[str, Any]) -> list[tuple[str, bool | None]]:
             ("B's p99 start <= 2 x service time", e["b_p99_over_service_time"] <= 2),
             ("A's throughput >= 0.9 of unfair", e["ratio_to_floor"] >= 0.9),
         ]
+    if name == "billing":
+        return [("ledger on >= 0.85 of off", e["ratio_to_floor"] >= 0.85), ("0 errors", e["errors"] == 0)]
     if name == "watch":
         return [
             ("every watcher got every event", e["errors"] == 0),

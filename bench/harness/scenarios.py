@@ -56,6 +56,7 @@ SCENARIOS = (
     "webhooks",
     "fairness",
     "e2e_image_outputs",
+    "billing",
 )
 GROUPS = {
     "api": ("floor", "create_rest", "create_grpc", "get_rest"),
@@ -66,6 +67,7 @@ GROUPS = {
     "webhooks": ("webhooks",),
     "fairness": ("fairness",),
     "outputs": ("e2e_image_outputs",),
+    "billing": ("billing",),
 }
 
 FLOOR_PROCESSES = 4
@@ -988,6 +990,46 @@ def webhooks_group(bench: Bench, selected: set[str]) -> None:
         bench.results["webhooks"] = entry
 
 
+# The first round with the ledger on is every user's first priced create (their credit hash is built from
+# MongoDB): reported apart as `first_use`; the ratio is that of the rounds after it.
+BILLING_ROUNDS = ("off", "on", "off", "on", "off", "on")
+
+
+def billing_group(bench: Bench, selected: set[str]) -> None:
+    """REST create throughput (wrk, the create_rest load) with the credit ledger on beside off, interleaved on one
+    stack whose task services restart between rounds (issue 21: on / off >= 0.85, users already known)."""
+    plan = bench.plan
+    with BenchStack("billing", workers=4) as stack:
+        stack.stop_dispatcher()  # the create path alone, as create_rest
+        watch = watcher(stack)
+        rest_url = f"http://127.0.0.1:{stack.ports.envoy}"
+        rounds: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+        for mode in BILLING_ROUNDS:
+            for name in ("task_service", "task_service_2"):
+                stack.local.stop(name)
+                stack.local.start(name, extra_env={"BILLING_ENABLED": "true" if mode == "on" else "false"})
+            reset_data(stack)
+            tag = prompt(f"billing_{mode}")
+            args = [tag, USER_PREFIX, str(USERS)]
+            load.wrk(bench.wrk_path, watch, rest_url, "create.lua", args, plan.concurrency, plan.warmup_seconds)
+            close = window(stack)
+            result = load.wrk(bench.wrk_path, watch, rest_url, "create.lua", args, plan.concurrency, plan.load_seconds)
+            entry = result.summary() | close()
+            say(f"    ledger {mode}: {_line(entry)}")
+            rounds[mode].append(entry)
+        first_use = rounds["on"].pop(0)
+        on, off = (sum(run["throughput_per_s"] for run in rounds[mode][-2:]) for mode in ("on", "off"))
+        bench.results["billing"] = rounds["on"][-1] | {
+            "rounds": rounds,
+            "first_use": first_use,
+            "first_use_ratio": round(first_use["throughput_per_s"] / rounds["off"][0]["throughput_per_s"], 3),
+            "floor": {"ledger_off": rounds["off"][-1]},
+            "ratio_to_floor": round(on / off, 3) if off else 0.0,
+        }
+        ratio = bench.results["billing"]["ratio_to_floor"]
+        say(f"    create throughput, ledger on / off (the last two rounds of each): {ratio}")
+
+
 OUTPUT_ROUNDS = 2
 
 
@@ -1146,4 +1188,5 @@ GROUP_RUNNERS = {
     "webhooks": webhooks_group,
     "fairness": fairness_group,
     "outputs": outputs_group,
+    "billing": billing_group,
 }

@@ -93,6 +93,12 @@ def test_each_seed_model_costs_its_catalogue_price(
     else:
         cost = price.per_image or price.per_video
     assert cost > 0 and int(before["balance"]) - int(after["balance"]) == cost
+    # The catalogue shows the price.
+    listed = rest.get("/api/v1/ai/models", params={"type": path}).json()["data"]["models"]
+    shown = next(entry["price"] for entry in listed if (entry["provider"], entry["model"]) == (provider, model))
+    assert {name: int(value) for name, value in shown.items() if int(value)} == {
+        field.name: value for field, value in price.ListFields()
+    }
     reserve, release = ledger(rest, user_id, limit=2)[::-1]
     assert (reserve["reason"], release["reason"]) == ("reserve", "settle")
     assert reserve["task_id"] == release["task_id"] == task_id and int(release["amount"]) == -cost

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import timedelta
 
 import httpx
@@ -69,10 +68,7 @@ def test_redis_restarted_empty_with_tasks_pending(stack: LocalStack, rest: httpx
     stop_dispatcher(stack)
     try:
         task_ids = [create(rest, user_id) for _ in range(5)]
-        stack.stop("redis")
-        shutil.rmtree(stack.data_dir / "redis")
-        (stack.data_dir / "redis").mkdir()
-        stack.start("redis")
+        stack.restart_redis_empty()
         # Only a provider's heartbeat may have re-registered it since: no job, watch entry or poll survived.
         assert [key for key in stack.redis().scan_iter() if not key.startswith(b"aitask:registry:")] == []
     finally:
