@@ -184,10 +184,13 @@ class Ledger:
             user_id, f"{task_id}:reserve", Reason.RESERVE, amount=0, held=cost, task_id=task_id, model=model
         )
 
-    def release(self, user_id: str, task_id: str, reserved: int, charge: int | None, model: str = "") -> Entry:
+    def release(
+        self, user_id: str, task_id: str, reserved: int, charge: int | None, model: str = "", *, entered: bool = False
+    ) -> Entry:
         """End a task's reservation: charge `charge` credits (settle), or nothing when None (refund). Once per
-        task whatever happens; the reserve entry is written first if it is missing."""
-        self.reserve(user_id, task_id, reserved, model)
+        task whatever happens; the reserve entry is written first unless the caller knows it is (`entered`)."""
+        if not entered:
+            self.reserve(user_id, task_id, reserved, model)
         reason = Reason.REFUND if charge is None else Reason.SETTLE
         return self._append(
             user_id,

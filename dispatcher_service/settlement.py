@@ -90,7 +90,8 @@ class Settlement:
                 self.ledger.reserve(user_id, task_id, reserved, model)
                 self._entered[task_id] = True
             return 0
-        entry = self.ledger.release(user_id, task_id, reserved, charge(task, reserved), model)
+        entered = task_id in self._entered
+        entry = self.ledger.release(user_id, task_id, reserved, charge(task, reserved), model, entered=entered)
         self._release(
             keys=[credit_key(user_id), released_key(task_id)],
             args=[task_id, entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],

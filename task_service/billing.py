@@ -18,12 +18,15 @@ from aitask_common.credit_holds import (
     ADVANCE_SCRIPT,
     DROP_ORPHAN_SCRIPT,
     REBUILD_SCRIPT,
+    RELEASE_SCRIPT,
+    RELEASED_TOMBSTONE_MS,
     credit_key,
     released_key,
 )
 from aitask_common.ledger import PAYMENT_REQUIRED, STATUS_DETAILS, Entry, InsufficientCredit, Ledger
 from aitask_common.logging import get_logger
-from aitask_common.tasks import BILLING_OPEN_FIELD
+from aitask_common.prices import charge
+from aitask_common.tasks import BILLING_OPEN_FIELD, TaskStatus
 
 log = get_logger(__name__)
 
@@ -54,6 +57,7 @@ class Billing:
         self._advance = redis.register_script(ADVANCE_SCRIPT)
         self._rebuild = redis.register_script(REBUILD_SCRIPT)
         self._drop = redis.register_script(DROP_ORPHAN_SCRIPT)
+        self._release = redis.register_script(RELEASE_SCRIPT)
 
     async def release_unstored(self, user_id: str, task_id: str) -> None:
         """Drop the hold of a task the create did not store (best effort: the settlement pass drops it later)."""
@@ -61,6 +65,22 @@ class Billing:
             await self._drop(keys=[credit_key(user_id)], args=[task_id])
         except Exception as error:  # noqa: BLE001 - the hold stays; the settlement pass drops orphans
             log.warning("credit hold not dropped yet", task_id=task_id, error=str(error))
+
+    async def settle_deleted(self, task: dict[str, Any]) -> None:
+        """Settle a task about to be deleted while it holds credit (the settlement pass would not find it again):
+        as it ended, or, not final yet, as a cancel in its status is (prices.charge)."""
+        status = TaskStatus(task["status"])
+        ended = task if status.is_final else task | {"status": "cancelled", "cancelled_from": status.value}
+        reserved = task["billing"]["reserved"]
+        cost = charge(ended, reserved)
+        entry = await asyncio.to_thread(
+            self.ledger.release, task["user_id"], task["_id"], reserved, cost, task.get("model", "")
+        )
+        await asyncio.to_thread(self.ledger.flush_accounts)
+        await self._release(
+            keys=[credit_key(task["user_id"]), released_key(task["_id"])],
+            args=[task["_id"], entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],
+        )
 
     async def credits(self, user_id: str) -> Credits:
         key = credit_key(user_id)

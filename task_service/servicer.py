@@ -26,7 +26,7 @@ from aitask_common.ledger import InsufficientCredit
 from aitask_common.logging import get_logger
 from aitask_common.metrics import CREDITS, TASKS_CREATED
 from aitask_common.outputs import STORE_ERRORS, OutputLinks, OutputStore
-from aitask_common.tasks import TaskDocument, TaskStatus, TaskType, task_to_proto, utcnow
+from aitask_common.tasks import BILLING_OPEN_FIELD, TaskDocument, TaskStatus, TaskType, task_to_proto, utcnow
 from task_service.api_keys import Role
 from task_service.auth import current_principal, metadata_value
 from task_service.billing import (
@@ -157,6 +157,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         # delete caches nothing. DEL first, so that if the tombstone write fails only such a racing read, not an
         # earlier one, can have left a copy (served for up to RESULT_CACHE_SECONDS). A failed DEL refuses the delete.
         await self._forget_cached(request.task_id, context)
+        if document.get(BILLING_OPEN_FIELD):
+            await self._billing(context, self.billing.settle_deleted(dict(document)))
         if not await self._database(context, self.store.delete(request.task_id)):
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(request.task_id))
         await self.results.mark_deleted(request.task_id)

@@ -5,6 +5,7 @@ are refunded, and a user reads only their own credits."""
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import grpc
@@ -154,6 +155,31 @@ def test_a_task_cancelled_before_it_ran_is_refunded(stack: LocalStack, rest: htt
         assert cancel(rest, task_id).status_code == 200
     assert settled(rest, user_id)["balance"] == before["balance"]
     assert ledger(rest, user_id, limit=1)[0]["reason"] == "refund"
+
+
+def test_a_task_past_its_deadline_is_refunded(stack: LocalStack, rest: httpx.Client, user_id: str) -> None:
+    before = balance(rest, user_id)
+    body = {"prompt": f"too late {user_id}", "user_id": user_id, "deadline_seconds": 1, **SEEDREAM}
+    with dispatcher_stopped(stack):
+        task_id = create(rest, "image", body).json()["data"]["task_id"]
+        time.sleep(1.5)
+    task = wait_for_status(rest, task_id, {"cancelled", "completed", "failed"})
+    assert (task["status"], task["cancel_reason"]) == ("cancelled", "deadline")
+    assert settled(rest, user_id)["balance"] == before["balance"]
+    assert ledger(rest, user_id, limit=1)[0]["reason"] == "refund"
+
+
+def test_a_deleted_task_is_settled_as_a_cancel_in_its_status(
+    stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    before = balance(rest, user_id)
+    with dispatcher_stopped(stack):
+        response = create(rest, "image", {"prompt": f"deleted {user_id}", "user_id": user_id, **SEEDREAM})
+        task_id = response.json()["data"]["task_id"]
+        assert rest.delete(f"/api/v1/ai/task/{task_id}").status_code == 200
+        # Refunded at once (it never reached the vendor), with nothing left held.
+        assert balance(rest, user_id) == before
+        assert [entry["reason"] for entry in ledger(rest, user_id, limit=2)] == ["refund", "reserve"]
 
 
 def test_a_user_reads_only_their_own_credits_and_only_admins_grant(
