@@ -22,6 +22,7 @@ from devstack.stack import LocalStack
 from tests.client.conftest import gateway_url
 from tests.conftest import wait_until
 from tests.e2e.helpers import SEEDREAM, faults
+from tests.e2e.test_billing import PRICES
 from tests.e2e.test_cancel import IMAGES, JIMENG_VIDEO
 
 AITASK = str(Path(sys.executable).parent / "aitask")
@@ -125,8 +126,21 @@ def test_exit_codes_a_script_can_act_on(stack: LocalStack, env: dict[str, str]) 
     assert no_url.returncode == 2 and "AITASK_URL" in no_url.stderr
 
 
+def test_balance_and_ledger(env: dict[str, str]) -> None:
+    assert run(env, "image", "a priced fox", "--model", SEEDREAM["model"], "--json").returncode == 0
+    settled = wait_until(lambda: (now := document(run(env, "balance", "--json")))["reserved"] == 0 and now, timeout=30)
+    assert settled["available"] == settled["balance"] > 0
+    entries = document(run(env, "ledger", "--limit", "2", "--json"))["entries"]
+    price = PRICES[("volcengine", SEEDREAM["model"])].per_image
+    assert [entry["reason"] for entry in entries] == ["settle", "reserve"] and entries[0]["amount"] == -price
+    shown = run(env, "balance")
+    assert shown.returncode == 0 and f"balance {settled['balance']}, reserved 0" in shown.stdout
+    table = run(env, "ledger", "--limit", "2")
+    assert table.returncode == 0 and "settle" in table.stdout and f"-{price}" in table.stdout
+
+
 def test_every_command_has_help_with_an_example(env: dict[str, str]) -> None:
-    for command in ("image", "video", "text", "get", "watch", "cancel", "ls", "rm", "models"):
+    for command in ("image", "video", "text", "get", "watch", "cancel", "ls", "rm", "models", "balance", "ledger"):
         shown = run(env, command, "--help")
         assert shown.returncode == 0 and "Example: aitask " in shown.stdout, command
 

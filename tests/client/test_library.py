@@ -19,6 +19,7 @@ from aitask_client import (
     Conflict,
     InvalidArgument,
     NotFound,
+    PaymentRequired,
     RateLimited,
     Task,
     TaskFailed,
@@ -33,6 +34,7 @@ from devstack.stack import LocalStack
 from tests.client.conftest import gateway_url
 from tests.conftest import wait_until
 from tests.e2e.helpers import SEEDREAM, faults
+from tests.e2e.test_billing import PRICES
 from tests.e2e.test_cancel import IMAGES, VIDEO_SUBMIT
 from tests.e2e.test_models import SERVED
 from tests.e2e.test_webhooks import Receiver, receiver  # noqa: F401 - a fixture
@@ -69,6 +71,24 @@ def test_every_call_of_the_sync_client(client: Client, user_id: str, tmp_path: P
     with pytest.raises(NotFound) as missing:
         client.get(task)
     assert task.id in missing.value.message and missing.value.code == "NOT_FOUND"
+
+
+def test_credits_balance_ledger_and_payment_required(stack: LocalStack, client: Client, user_id: str) -> None:
+    before = client.balance()
+    assert before.user_id == user_id and before.available == before.balance - before.reserved
+    task = client.run(SEEDREAM_MODEL, "a priced fox")
+    settled = wait_until(lambda: (now := client.balance()).reserved == 0 and now, timeout=30)
+    price = PRICES[("volcengine", SEEDREAM_MODEL)].per_image
+    assert before.balance - settled.balance == price
+    newest = client.ledger(limit=2)
+    assert [(entry.reason, entry.task_id) for entry in newest] == [("settle", task.id), ("reserve", task.id)]
+    assert newest[0].amount == -price and newest[0].balance_after == settled.balance and newest[0].time is not None
+    # Short of credit: PaymentRequired, with the cost and what is available.
+    with stack.rest() as rest:
+        rest.post("/api/v1/admin/credits", json={"user_id": user_id, "amount": -(settled.available - 5)})
+    with pytest.raises(PaymentRequired) as refused:
+        client.create_image("too dear", model=SEEDREAM_MODEL)
+    assert (refused.value.cost, refused.value.available, refused.value.code) == (price, 5, "PAYMENT_REQUIRED")
 
 
 def test_every_call_of_the_asyncio_client(stack: LocalStack, api_key: str, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from aitask_client.errors import (
     InvalidArgument,
     NotFound,
     OutputMismatch,
+    PaymentRequired,
     PermissionDenied,
     RateLimited,
     TaskFailed,
@@ -25,22 +26,25 @@ from aitask_client.errors import (
     Unavailable,
     WaitTimeout,
 )
-from aitask_client.types import Event, Model, Output, Parameters, Task, Usage, WebhookSecret
+from aitask_client.types import Balance, Event, LedgerEntry, Model, Output, Parameters, Task, Usage, WebhookSecret
 from aitask_client.webhooks import WebhookVerificationError, task_of, verify_webhook
 
 __all__ = [
     "NO_RETRIES",
     "AitaskError",
     "AsyncClient",
+    "Balance",
     "Client",
     "Conflict",
     "DeadlineExceeded",
     "Event",
     "InvalidArgument",
+    "LedgerEntry",
     "Model",
     "NotFound",
     "Output",
     "OutputMismatch",
+    "PaymentRequired",
     "Parameters",
     "PermissionDenied",
     "RateLimited",

@@ -31,11 +31,15 @@ from aitask_client._proto import task_service_pb2 as pb
 from aitask_client._proto import task_service_pb2_grpc as pb_grpc
 from aitask_client.errors import AitaskError, Conflict, NotFound, TaskFailed, WaitTimeout, from_rpc_error
 from aitask_client.types import (
+    Balance,
     Event,
+    LedgerEntry,
     Model,
     Task,
     TaskType,
     WebhookSecret,
+    balance_from_proto,
+    entry_from_proto,
     model_from_proto,
     secret_from_proto,
     task_from_proto,
@@ -207,6 +211,19 @@ class AsyncClient(Creates[Awaitable[Task]]):
 
     async def _download(self, task: Task, path: str | os.PathLike[str]) -> Path:
         return await asyncio.to_thread(_download.download, task, path, self.connection)
+
+    # --- credits --------------------------------------------------------------
+    async def balance(self, user_id: str = "") -> Balance:
+        """The user's credits: balance, reserved by running tasks, available."""
+        request = pb.GetBalanceRequest(user_id=user_id or self.connection.user_id)
+        return balance_from_proto((await self._call(self._stub.GetBalance, request)).data)
+
+    async def ledger(self, user_id: str = "", *, limit: int = 20, offset: int = 0) -> builtins.list[LedgerEntry]:
+        """The user's ledger entries, newest first."""
+        request = pb.ListLedgerEntriesRequest(user_id=user_id or self.connection.user_id, limit=limit, offset=offset)
+        return [
+            entry_from_proto(entry) for entry in (await self._call(self._stub.ListLedgerEntries, request)).data.entries
+        ]
 
     # --- webhooks -------------------------------------------------------------
     async def webhook_secret(self, user_id: str = "") -> WebhookSecret:

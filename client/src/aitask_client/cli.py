@@ -33,7 +33,7 @@ from aitask_client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from aitask_client.types import Event, Model, Task
+from aitask_client.types import Balance, Event, LedgerEntry, Model, Task
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -97,8 +97,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def to_json(item: Task | Model) -> dict[str, Any]:
-    """A task or model as a JSON object (times in ISO 8601)."""
+def to_json(item: Task | Model | Balance | LedgerEntry) -> dict[str, Any]:
+    """A task, model, balance or ledger entry as a JSON object (times in ISO 8601)."""
     return dataclasses.asdict(item, dict_factory=lambda pairs: {key: _plain(value) for key, value in pairs})
 
 
@@ -407,6 +407,48 @@ def models(
     for model in catalogue:
         shapes = ", ".join(model.sizes or model.aspect_ratios)
         table.add_row(model.model, model.provider, model.type, "yes" if model.available else "no", shapes, model.note)
+    stdout.print(table)
+
+
+@app.command(epilog="Example: aitask balance --json")
+def balance(context: typer.Context, as_json: Json = False) -> None:
+    """The user's credits: balance, reserved by running tasks, available."""
+    with client_for(context, as_json) as client:
+        credits = client.balance()
+    if as_json:
+        emit(to_json(credits))
+        return
+    stdout.print(
+        f"{credits.user_id}: balance {credits.balance}, reserved {credits.reserved}, available {credits.available}",
+        highlight=False,
+    )
+
+
+@app.command(epilog="Example: aitask ledger --limit 5")
+def ledger(
+    context: typer.Context,
+    limit: Annotated[int, typer.Option(help="Entries, newest first (1-100).")] = 20,
+    as_json: Json = False,
+) -> None:
+    """The user's credit ledger, newest first."""
+    with client_for(context, as_json) as client:
+        entries = client.ledger(limit=limit)
+    if as_json:
+        emit({"entries": [to_json(entry) for entry in entries]})
+        return
+    table = Table("#", "time", "reason", "task", "amount", "held", "balance after", "reserved after")
+    for entry in entries:
+        when = entry.time.strftime("%Y-%m-%d %H:%M:%S") if entry.time else ""
+        table.add_row(
+            str(entry.seq),
+            when,
+            entry.reason,
+            entry.task_id or entry.note,
+            f"{entry.amount:+d}",
+            f"{entry.held:+d}",
+            str(entry.balance_after),
+            str(entry.reserved_after),
+        )
     stdout.print(table)
 
 

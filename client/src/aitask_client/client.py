@@ -29,11 +29,15 @@ from aitask_client._proto import task_service_pb2 as pb
 from aitask_client._proto import task_service_pb2_grpc as pb_grpc
 from aitask_client.errors import AitaskError, Conflict, NotFound, TaskFailed, WaitTimeout, from_rpc_error
 from aitask_client.types import (
+    Balance,
     Event,
+    LedgerEntry,
     Model,
     Task,
     TaskType,
     WebhookSecret,
+    balance_from_proto,
+    entry_from_proto,
     model_from_proto,
     secret_from_proto,
     task_from_proto,
@@ -206,6 +210,17 @@ class Client(Creates[Task]):
         # The link we were given had expired: the gateway signs a fresh one on every read.
         fresh = self.get(task)
         return _download.download(fresh, path, self.connection)
+
+    # --- credits --------------------------------------------------------------
+    def balance(self, user_id: str = "") -> Balance:
+        """The user's credits: balance, reserved by running tasks, available."""
+        request = pb.GetBalanceRequest(user_id=user_id or self.connection.user_id)
+        return balance_from_proto(self._call(self._stub.GetBalance, request).data)
+
+    def ledger(self, user_id: str = "", *, limit: int = 20, offset: int = 0) -> builtins.list[LedgerEntry]:
+        """The user's ledger entries, newest first."""
+        request = pb.ListLedgerEntriesRequest(user_id=user_id or self.connection.user_id, limit=limit, offset=offset)
+        return [entry_from_proto(entry) for entry in self._call(self._stub.ListLedgerEntries, request).data.entries]
 
     # --- webhooks -------------------------------------------------------------
     def webhook_secret(self, user_id: str = "") -> WebhookSecret:

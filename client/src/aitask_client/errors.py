@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 if TYPE_CHECKING:
     from aitask_client.types import Task
@@ -59,6 +60,15 @@ class RateLimited(AitaskError):
     ):
         super().__init__(message, code, field)
         self.retry_after = retry_after
+
+
+class PaymentRequired(AitaskError):
+    """The user's credits do not cover the task (402): `cost` and `available`, in credits."""
+
+    def __init__(self, message: str, code: str, cost: int, available: int) -> None:
+        super().__init__(message, code)
+        self.cost = cost
+        self.available = available
 
 
 class Unavailable(AitaskError):
@@ -116,6 +126,16 @@ def retry_after(metadata: Iterable[tuple[str, str]] | None) -> float | None:
     return None
 
 
+def _error_info(metadata: Iterable[tuple[str, str | bytes]] | None) -> error_details_pb2.ErrorInfo | None:
+    """The google.rpc.ErrorInfo in a call's status details, if any."""
+    for key, value in metadata or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            info = error_details_pb2.ErrorInfo()
+            if any(detail.Unpack(info) for detail in status_pb2.Status.FromString(value).details):
+                return info
+    return None
+
+
 def from_rpc_error(error: grpc.RpcError) -> AitaskError:
     """The exception for a failed call (sync or asyncio)."""
     code: grpc.StatusCode = error.code()
@@ -123,6 +143,11 @@ def from_rpc_error(error: grpc.RpcError) -> AitaskError:
     match = _FIELD.match(message)
     field = match.group(1) if match and code is grpc.StatusCode.INVALID_ARGUMENT else ""
     kind = _BY_CODE.get(code, AitaskError)
+    info = _error_info(error.trailing_metadata())
+    if info is not None and info.reason == "PAYMENT_REQUIRED":
+        return PaymentRequired(
+            message, info.reason, int(info.metadata.get("cost", 0)), int(info.metadata.get("available", 0))
+        )
     if kind is RateLimited:
         return RateLimited(message, code.name, field, retry_after(error.trailing_metadata()))
     return kind(message, code.name, field)

@@ -134,7 +134,33 @@ class WebhookSecret:
     previous_expires: datetime | None = None
 
 
-def _time(message: pb.Task | pb.TaskOutput | pb.WebhookSecret, field: str) -> datetime | None:
+@dataclass(frozen=True)
+class Balance:
+    """A user's credits: `balance` owned, `reserved` held by running tasks, `available` = the difference."""
+
+    user_id: str
+    balance: int
+    reserved: int
+    available: int
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One line of a user's ledger: `amount` changes the balance, `held` the credits reserved."""
+
+    seq: int
+    reason: str
+    task_id: str
+    amount: int
+    held: int
+    balance_after: int
+    reserved_after: int
+    time: datetime | None
+    model: str = ""
+    note: str = ""
+
+
+def _time(message: pb.Task | pb.TaskOutput | pb.WebhookSecret | pb.LedgerEntry, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
     stamp: Timestamp = getattr(message, field)
@@ -222,4 +248,25 @@ def secret_from_proto(message: pb.WebhookSecret) -> WebhookSecret:
         created=_time(message, "created"),
         previous_secret=message.previous_secret,
         previous_expires=_time(message, "previous_expires"),
+    )
+
+
+def balance_from_proto(message: pb.Balance) -> Balance:
+    """A Balance from the API's message."""
+    return Balance(message.user_id, message.balance, message.reserved, message.available)
+
+
+def entry_from_proto(message: pb.LedgerEntry) -> LedgerEntry:
+    """A LedgerEntry from the API's message."""
+    return LedgerEntry(
+        seq=message.seq,
+        reason=message.reason,
+        task_id=message.task_id,
+        amount=message.amount,
+        held=message.held,
+        balance_after=message.balance_after,
+        reserved_after=message.reserved_after,
+        time=_time(message, "time"),
+        model=message.model,
+        note=message.note,
     )
