@@ -48,7 +48,7 @@ from dispatcher_service.cancels import expire_overdue
 from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished
 from dispatcher_service.settings import DispatcherSettings
-from dispatcher_service.settlement import Settlement, count_low_credit_users
+from dispatcher_service.settlement import Settlement
 
 log = get_logger(__name__)
 
@@ -110,7 +110,6 @@ class Reconciler:
         self.redis = redis
         self.tasks = tasks
         # Settles the credits of final tasks each pass (dispatcher_service/settlement.py).
-        self.ledger = ledger
         self.settlement = Settlement(ledger, tasks, redis) if ledger is not None else None
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
@@ -127,9 +126,9 @@ class Reconciler:
         requeued = self._requeue_stuck(now)
         self._prune(now - WATCH_RETENTION_SECONDS)
         self._prune_inflight(now)
-        if self.ledger is not None and self.settlement is not None:
+        if self.settlement is not None:
             self.settlement.run_once()
-            count_low_credit_users(self.ledger, self.settings.low_credit_threshold)
+            self.settlement.count_low_credit_users(self.settings.low_credit_threshold)
         return requeued
 
     def _requeue_stuck(self, now: float) -> int:

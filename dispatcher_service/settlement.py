@@ -53,8 +53,10 @@ TASK_FIELDS = {
 }
 
 LOW_CREDIT_USERS = Gauge(
-    "aitask_credit_users_low", "Users with fewer credits available than LOW_CREDIT_THRESHOLD (read each reconcile pass)"
+    "aitask_credit_users_low", "Users with fewer credits available than LOW_CREDIT_THRESHOLD (read once a minute)"
 )
+# The count reads every account (FerretDB filters `$lt` itself, after reading them all): once a minute, not a pass.
+LOW_CREDIT_COUNT_SECONDS = 60.0
 
 
 class Settlement:
@@ -68,6 +70,13 @@ class Settlement:
         self._drop = redis.register_script(DROP_ORPHAN_SCRIPT)
         self._entered: LRUCache[str, bool] = LRUCache(maxsize=200_000)
         self._scan_cursor = 0
+        self._counted_at = 0.0
+
+    def count_low_credit_users(self, threshold: int) -> None:
+        """Refresh aitask_credit_users_low, at most once per LOW_CREDIT_COUNT_SECONDS."""
+        if time.monotonic() - self._counted_at >= LOW_CREDIT_COUNT_SECONDS:
+            self._counted_at = time.monotonic()
+            LOW_CREDIT_USERS.set(self.ledger.users_below(threshold))
 
     def run_once(self) -> int:
         """Write new reserve entries, settle final tasks, drop orphan holds; how many tasks were settled."""
@@ -121,7 +130,3 @@ class Settlement:
                 if self.tasks.find_one({"_id": task_id}, {"_id": 1}) is None:
                     cost = self._drop(keys=[key], args=[task_id])
                     log.warning("dropped the credit hold of a task never stored", task_id=task_id, credits=cost)
-
-
-def count_low_credit_users(ledger: Ledger, threshold: int) -> None:
-    LOW_CREDIT_USERS.set(ledger.users_below(threshold))
