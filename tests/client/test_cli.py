@@ -126,8 +126,8 @@ def test_exit_codes_a_script_can_act_on(stack: LocalStack, env: dict[str, str]) 
     assert no_url.returncode == 2 and "AITASK_URL" in no_url.stderr
 
 
-def test_balance_and_ledger(env: dict[str, str]) -> None:
-    assert run(env, "image", "a priced fox", "--model", SEEDREAM["model"], "--json").returncode == 0
+def test_balance_and_ledger(env: dict[str, str], tmp_path: Path) -> None:
+    assert run(env, "image", "a priced fox", "--model", SEEDREAM["model"], "--json", cwd=tmp_path).returncode == 0
     settled = wait_until(lambda: (now := document(run(env, "balance", "--json")))["reserved"] == 0 and now, timeout=30)
     assert settled["available"] == settled["balance"] > 0
     entries = document(run(env, "ledger", "--limit", "2", "--json"))["entries"]
