@@ -129,9 +129,14 @@ class GrpcServer:
 async def run_until_signalled(
     server: GrpcServer,
     grace: float,
+    start: Callable[[], Awaitable[None]],
     on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Wait for SIGTERM/SIGINT, then stop the (started) server; a second signal cuts the grace short."""
+    """Run `start`, wait for SIGTERM/SIGINT, then stop the server; a second signal cuts the grace short.
+
+    The handlers are installed before `start`: a signal that lands once the server reports healthy but
+    before this waits must drain it, not kill it.
+    """
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals_seen = 0
@@ -148,6 +153,7 @@ async def run_until_signalled(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    await start()
     await stop_requested.wait()
     if on_stop is not None:
         await on_stop()

@@ -146,9 +146,8 @@ async def serve_provider(settings: ProviderSettings, servicer: ProviderServicer)
     )
     # Registered once Redis answers (a Redis down at start-up is waited for, live but not ready meanwhile).
     server.start_up = publisher.register
-    await server.start()
     try:
-        await run_until_signalled(server, settings.shutdown_grace, on_stop=publisher.deregister)
+        await run_until_signalled(server, settings.shutdown_grace, server.start, on_stop=publisher.deregister)
     finally:
         await redis.aclose()
 

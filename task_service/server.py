@@ -173,9 +173,8 @@ async def serve(settings: TaskServiceSettings) -> None:
     """Run until SIGTERM."""
     service = await build_server(settings)
     serve_metrics(settings.metrics_host, settings.metrics_port)
-    await service.start(settings)
     try:
-        await run_until_signalled(service.server, settings.shutdown_grace)
+        await run_until_signalled(service.server, settings.shutdown_grace, lambda: service.start(settings))
     finally:
         await service.close()
 

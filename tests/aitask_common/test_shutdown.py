@@ -40,9 +40,12 @@ async def main() -> None:
     server = GrpcServer("127.0.0.1:0", ["test.Slow"], drain_seconds=DRAIN)
     handler = grpc.unary_unary_rpc_method_handler(sleep)
     server.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Slow", {"Sleep": handler})])
-    await server.start()
-    print(f"PORT {server.port}", flush=True)
-    await run_until_signalled(server, GRACE)
+
+    async def start() -> None:
+        await server.start()
+        print(f"PORT {server.port}", flush=True)
+
+    await run_until_signalled(server, GRACE, start)
 
 
 asyncio.run(main())

@@ -135,9 +135,20 @@ class ImageProcess:
             if self.popen.poll() is not None:
                 pytest.fail(f"{self.target} exited with {self.popen.returncode}:\n{self.log()}")
             if self.healthcheck().returncode == 0:
+                self._assert_it_answered()
                 return
             time.sleep(0.3)
         pytest.fail(f"{self.target} not healthy after {STARTUP_SECONDS} s:\n{self.log()}")
+
+    def _assert_it_answered(self) -> None:
+        """The health check's port is this process's: another listener there would pass the check for it."""
+        port = re.search(r":(\d+)", " ".join(_compose_healthcheck(self.target, self.mapping)[-2:]))
+        assert port, f"{self.target}: no port in its health check"
+        sockets = subprocess.run(
+            ["ss", "-ltnpH", f"sport = :{port.group(1)}"], capture_output=True, text=True, check=True
+        ).stdout
+        owners = {int(pid) for pid in re.findall(r"pid=(\d+)", sockets)}
+        assert self.popen.pid in owners, f"{self.target}: port {port.group(1)} answered by another process: {sockets}"
 
     def terminate(self, timeout: float) -> tuple[int, bool]:
         """SIGTERM to the main process only, as a container runtime sends it to PID 1.
