@@ -34,7 +34,8 @@ def released_key(task_id: str) -> str:
 
 
 # KEYS[1] the user's hash, KEYS[2] the task's tombstone; ARGV task id, the ledger's newest seq and balance after
-# the release, the tombstone's lifetime (ms). Drops the task's hold if the hash has it; returns 1 when it did.
+# the release (0, 0 when nothing was written: a create that did not store its task), the tombstone's lifetime (ms).
+# Drops the task's hold if the hash has it; returns 1 when it did.
 RELEASE_SCRIPT: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
@@ -81,19 +82,6 @@ table.insert(fields, 'held')
 table.insert(fields, held)
 redis.call('HSET', KEYS[1], unpack(fields))
 return 1
-"""
-
-# KEYS[1] the user's hash; ARGV task id. Drops a hold whose task was never stored (its create died after the
-# hold); returns its cost, or 0 if it was gone.
-DROP_ORPHAN_SCRIPT: Final = """
-local hold = redis.call('HGET', KEYS[1], 'hold:' .. ARGV[1])
-if not hold then
-  return 0
-end
-local cost = tonumber(string.match(hold, '^(%-?%d+)'))
-redis.call('HINCRBY', KEYS[1], 'held', -cost)
-redis.call('HDEL', KEYS[1], 'hold:' .. ARGV[1])
-return cost
 """
 
 

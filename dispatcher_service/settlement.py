@@ -21,7 +21,6 @@ from redis import Redis
 
 from aitask_common.credit_holds import (
     CREDIT_KEY_PREFIX,
-    DROP_ORPHAN_SCRIPT,
     HOLD_PREFIX,
     RELEASE_SCRIPT,
     RELEASED_TOMBSTONE_MS,
@@ -67,7 +66,6 @@ class Settlement:
         self.tasks = tasks
         self.redis = redis
         self._release = redis.register_script(RELEASE_SCRIPT)
-        self._drop = redis.register_script(DROP_ORPHAN_SCRIPT)
         self._entered: LRUCache[str, bool] = LRUCache(maxsize=200_000)
         self._scan_cursor = 0
         self._counted_at = 0.0
@@ -128,5 +126,7 @@ class Settlement:
                 if task_id in open_ids or parse_hold(value)[1] > stale_before:
                     continue
                 if self.tasks.find_one({"_id": task_id}, {"_id": 1}) is None:
-                    cost = self._drop(keys=[key], args=[task_id])
-                    log.warning("dropped the credit hold of a task never stored", task_id=task_id, credits=cost)
+                    self._release(keys=[key, released_key(task_id)], args=[task_id, 0, 0, RELEASED_TOMBSTONE_MS])
+                    log.warning(
+                        "dropped the credit hold of a task never stored", task_id=task_id, credits=parse_hold(value)[0]
+                    )

@@ -4,7 +4,6 @@ reads, admin grants. The ledger (aitask_common/ledger.py) is synchronous pymongo
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
@@ -16,14 +15,13 @@ from redis.asyncio import Redis
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.credit_holds import (
     ADVANCE_SCRIPT,
-    DROP_ORPHAN_SCRIPT,
     REBUILD_SCRIPT,
     RELEASE_SCRIPT,
     RELEASED_TOMBSTONE_MS,
     credit_key,
     released_key,
 )
-from aitask_common.ledger import PAYMENT_REQUIRED, STATUS_DETAILS, Entry, InsufficientCredit, Ledger
+from aitask_common.ledger import PAYMENT_REQUIRED, STATUS_DETAILS, Account, Entry, InsufficientCredit, Ledger
 from aitask_common.logging import get_logger
 from aitask_common.prices import charge
 from aitask_common.tasks import BILLING_OPEN_FIELD, TaskStatus
@@ -32,19 +30,6 @@ log = get_logger(__name__)
 
 ERROR_DOMAIN: Final = "aitask"
 LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX = 20, 100
-
-
-@dataclass(frozen=True)
-class Credits:
-    """A user's credits now: `balance` owned (the ledger's), `held` by running tasks."""
-
-    user_id: str
-    balance: int
-    held: int
-
-    @property
-    def available(self) -> int:
-        return self.balance - self.held
 
 
 class Billing:
@@ -56,13 +41,14 @@ class Billing:
         self.tasks = tasks
         self._advance = redis.register_script(ADVANCE_SCRIPT)
         self._rebuild = redis.register_script(REBUILD_SCRIPT)
-        self._drop = redis.register_script(DROP_ORPHAN_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
 
     async def release_unstored(self, user_id: str, task_id: str) -> None:
         """Drop the hold of a task the create did not store (best effort: the settlement pass drops it later)."""
         try:
-            await self._drop(keys=[credit_key(user_id)], args=[task_id])
+            await self._release(
+                keys=[credit_key(user_id), released_key(task_id)], args=[task_id, 0, 0, RELEASED_TOMBSTONE_MS]
+            )
         except Exception as error:  # noqa: BLE001 - the hold stays; the settlement pass drops orphans
             log.warning("credit hold not dropped yet", task_id=task_id, error=str(error))
 
@@ -82,16 +68,17 @@ class Billing:
             args=[task["_id"], entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],
         )
 
-    async def credits(self, user_id: str) -> Credits:
+    async def credits(self, user_id: str) -> Account:
+        """The user's credits as their Redis hash has them (rebuilt first if missing): what a create checks."""
         key = credit_key(user_id)
         for _ in range(2):
-            balance, held = await self.redis.hmget(key, ["balance", "held"])
-            if balance is not None and held is not None:
-                return Credits(user_id, int(balance), int(held))
+            seq, balance, held = await self.redis.hmget(key, ["seq", "balance", "held"])
+            if seq is not None and balance is not None and held is not None:
+                return Account(user_id, int(seq), int(balance), int(held))
             await self.rebuild(user_id)
         raise RuntimeError(f"credits of {user_id!r} could not be rebuilt")
 
-    async def page(self, user_id: str, limit: int, offset: int) -> tuple[list[Entry], Credits]:
+    async def page(self, user_id: str, limit: int, offset: int) -> tuple[list[Entry], Account]:
         entries = await asyncio.to_thread(self.ledger.history, user_id, limit, offset)
         return entries, await self.credits(user_id)
 
@@ -124,9 +111,9 @@ def page_size(limit: int) -> int:
     return limit or LEDGER_PAGE_DEFAULT
 
 
-def balance_to_proto(credits: Credits) -> pb.Balance:
+def balance_to_proto(account: Account) -> pb.Balance:
     return pb.Balance(
-        user_id=credits.user_id, balance=credits.balance, reserved=credits.held, available=credits.available
+        user_id=account.user_id, balance=account.balance, reserved=account.reserved, available=account.available
     )
 
 

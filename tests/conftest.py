@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pymongo.database import Database
 
 from devstack.processes import Ports
 from devstack.stack import LocalStack, LoneRedis
@@ -62,6 +63,16 @@ def rest(stack: LocalStack) -> Iterator[httpx.Client]:
     """HTTP client on Envoy's REST port."""
     with stack.rest() as client:
         yield client
+
+
+@pytest.fixture
+def database(stack: LocalStack) -> Iterator[Database[dict[str, Any]]]:
+    """A MongoDB database of the test's own on the stack's FerretDB, dropped after it."""
+    client = stack.mongo()
+    name = f"test_{uuid.uuid4().hex[:8]}"
+    yield client[name]
+    client.drop_database(name)
+    client.close()
 
 
 @pytest.fixture

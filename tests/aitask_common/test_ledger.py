@@ -4,8 +4,6 @@ Ledger objects stand for several processes, each with threads), retried writes a
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,16 +11,6 @@ from pymongo.database import Database
 
 from aitask_common.ledger import InsufficientCredit, Ledger, Reason, entry_id, iterate_history
 from aitask_common.tasks import utcnow
-from devstack.stack import LocalStack
-
-
-@pytest.fixture
-def database(stack: LocalStack) -> Iterator[Database[dict[str, Any]]]:
-    client = stack.mongo()
-    name = f"ledger_{uuid.uuid4().hex[:8]}"
-    yield client[name]
-    client.drop_database(name)
-    client.close()
 
 
 @pytest.fixture

@@ -26,15 +26,6 @@ REDIS_DB = 9
 
 
 @pytest.fixture
-def database(stack: LocalStack) -> Iterator[Database[dict[str, Any]]]:
-    client = stack.mongo()
-    name = f"billing_{uuid.uuid4().hex[:8]}"
-    yield client[name]
-    client.drop_database(name)
-    client.close()
-
-
-@pytest.fixture
 def redis(stack: LocalStack) -> Iterator[Redis]:
     client = Redis(port=stack.ports.redis, db=REDIS_DB)
     client.flushdb()
