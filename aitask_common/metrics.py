@@ -29,6 +29,10 @@ TASKS_CREATED = Counter("aitask_tasks_created_total", "Tasks accepted", ["provid
 CREDITS = Counter(
     "aitask_credits_total", "Credits reserved at create, settled (charged) and refunded, by model", ["kind", "model"]
 )
+LEDGER_PROBLEMS = Counter(
+    "aitask_ledger_problems_total",
+    "Problems the periodic ledger check found: a ledger that does not add up, credit held too long (each is logged)",
+)
 TASKS_FINISHED = Counter(
     "aitask_tasks_finished_total", "Tasks that reached a final state", ["provider", "model", "type", "status"]
 )

@@ -8,7 +8,9 @@
   the oldest and newest versions we support), custom resources (KEDA,
   prometheus-operator, Gateway API) against their CRDs' schemas in
   deploy/schemas/; a kind with no schema fails. PrometheusRules also pass
-  `promtool check rules`.
+  `promtool check rules`, and the alerts their unit tests (`promtool test
+  rules` on deploy/k8s/components/monitoring/alerts_test.yaml), where each
+  alert must fire.
 - compose: every Compose file against deploy/schemas/compose-spec.json.
 - envoy: `envoy --mode validate` on the config the image renders (same
   arguments as the Dockerfile, only the descriptor path made local) and on the
@@ -60,6 +62,9 @@ CRD_SCHEMAS = {
     ("gateway.networking.k8s.io/v1", "GRPCRoute"): SCHEMAS / "gateway-grpcroute-v1.json",
 }
 PROMTOOL = "promtool"
+# The alerts' PrometheusRule and its promtool unit tests (which read its groups from `<name>.rules.yaml`).
+ALERTS_NAME = "aitask"
+ALERT_TESTS = DEPLOY / "k8s" / "components" / "monitoring" / "alerts_test.yaml"
 
 
 # --- Kubernetes -----------------------------------------------------------
@@ -121,7 +126,8 @@ def _crd_validators() -> dict[tuple[str, str], jsonschema.Draft202012Validator]:
 
 
 def prometheus_rule_errors(documents: Iterable[dict[str, Any]]) -> list[str]:
-    """`promtool check rules` on every PrometheusRule's groups: PromQL that parses, valid durations."""
+    """`promtool check rules` on every PrometheusRule's groups (PromQL that parses, valid durations), then
+    `promtool test rules` on the alerts' unit tests, in which every alert must fire at least once."""
     rules = [document for document in documents if document.get("kind") == "PrometheusRule"]
     if not rules:
         return []
@@ -130,13 +136,29 @@ def prometheus_rule_errors(documents: Iterable[dict[str, Any]]) -> list[str]:
     errors: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
         for document in rules:
-            path = Path(scratch) / f"{document['metadata']['name']}.yaml"
+            name = document["metadata"]["name"]
+            path = Path(scratch) / f"{name}.rules.yaml"
             path.write_text(yaml.safe_dump({"groups": document["spec"]["groups"]}))
-            result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True)
-            if result.returncode != 0:
-                output = (result.stdout + result.stderr).strip()
-                errors.append(f"PrometheusRule/{document['metadata']['name']}: {output}")
+            errors += _promtool_errors(name, ["check", "rules", str(path)], scratch)
+            if name == ALERTS_NAME:
+                errors += _untested_alerts(document)
+                shutil.copy(ALERT_TESTS, scratch)
+                errors += _promtool_errors(name, ["test", "rules", ALERT_TESTS.name], scratch)
     return errors
+
+
+def _promtool_errors(name: str, arguments: list[str], directory: str) -> list[str]:
+    result = subprocess.run([PROMTOOL, *arguments], capture_output=True, text=True, cwd=directory)
+    if result.returncode == 0:
+        return []
+    return [f"PrometheusRule/{name}: promtool {arguments[0]} {arguments[1]}: {(result.stdout + result.stderr).strip()}"]
+
+
+def _untested_alerts(document: dict[str, Any]) -> list[str]:
+    tests = yaml.safe_load(ALERT_TESTS.read_text())
+    fired = {case["alertname"] for test in tests["tests"] for case in test["alert_rule_test"] if case["exp_alerts"]}
+    alerts = {rule["alert"] for group in document["spec"]["groups"] for rule in group["rules"] if "alert" in rule}
+    return [f"alert {alert}: no test in {ALERT_TESTS.name} shows it firing" for alert in sorted(alerts - fired)]
 
 
 def check_kubernetes() -> list[str]:

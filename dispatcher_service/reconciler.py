@@ -129,6 +129,7 @@ class Reconciler:
         if self.settlement is not None:
             self.settlement.run_once()
             self.settlement.count_low_credit_users(self.settings.low_credit_threshold)
+            self.settlement.check_touched(self.settings.ledger_check_interval_seconds)
         return requeued
 
     def _requeue_stuck(self, now: float) -> int:

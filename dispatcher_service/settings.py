@@ -50,6 +50,9 @@ class DispatcherSettings(OutputSettings):
     AI_TIMEOUT, within RQ's 180 s job timeout."""
     low_credit_threshold: int = Field(default=100, ge=0)
     """Users with fewer credits available than this are counted in aitask_credit_users_low."""
+    ledger_check_interval_seconds: float = Field(default=900.0, ge=0)
+    """How often the reconciler checks the ledgers of the users whose tasks held credit since its last check
+    (aitask_ledger_problems_total counts what it finds; 0 turns it off)."""
     reconcile_interval_seconds: float = Field(default=10.0, gt=0)
     """How often the reconciler looks for in-flight tasks that nothing in Redis will move."""
     reconcile_min_age_seconds: float = Field(default=30.0, ge=0)

@@ -7,6 +7,8 @@ once the task is final, its settle or refund (aitask_common/prices.py), then its
 finished by the next, and a task is charged once, whichever process ended it (a worker, a cancel, a deadline).
 
 Holds whose create died before storing the task are dropped from the Redis hashes, a slice of them per pass.
+Every LEDGER_CHECK_INTERVAL_SECONDS the ledgers of the users whose tasks held credit since the last check are
+checked as `make billing-check` checks them all; what is wrong is logged and counted in aitask_ledger_problems_total.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from aitask_common.credit_holds import (
 )
 from aitask_common.ledger import Ledger, Reason
 from aitask_common.logging import get_logger
-from aitask_common.metrics import CREDITS
+from aitask_common.metrics import CREDITS, LEDGER_PROBLEMS
 from aitask_common.prices import charge
 from aitask_common.tasks import BILLING_OPEN_FIELD, TaskStatus
+from dispatcher_service.billing_admin import check_ledger
 
 log = get_logger(__name__)
 
@@ -54,6 +57,8 @@ TASK_FIELDS = {
 LOW_CREDIT_USERS = Gauge(
     "aitask_credit_users_low", "Users with fewer credits available than LOW_CREDIT_THRESHOLD (read once a minute)"
 )
+# Problems logged one by one per check; the rest are counted.
+LOGGED_PROBLEMS = 20
 # The count reads every account (FerretDB filters `$lt` itself, after reading them all): once a minute, not a pass.
 LOW_CREDIT_COUNT_SECONDS = 60.0
 
@@ -69,12 +74,29 @@ class Settlement:
         self._entered: LRUCache[str, bool] = LRUCache(maxsize=200_000)
         self._scan_cursor = 0
         self._counted_at = 0.0
+        # Users whose tasks held credit since the last ledger check.
+        self._touched: set[str] = set()
+        self._checked_at = time.monotonic()
 
     def count_low_credit_users(self, threshold: int) -> None:
         """Refresh aitask_credit_users_low, at most once per LOW_CREDIT_COUNT_SECONDS."""
         if time.monotonic() - self._counted_at >= LOW_CREDIT_COUNT_SECONDS:
             self._counted_at = time.monotonic()
             LOW_CREDIT_USERS.set(self.ledger.users_below(threshold))
+
+    def check_touched(self, interval: float) -> int:
+        """Check the ledgers of the users whose tasks held credit since the last check, at most once per
+        `interval` seconds (0: never); how many problems it found."""
+        if not interval or not self._touched or time.monotonic() - self._checked_at < interval:
+            return 0
+        self._checked_at = time.monotonic()
+        users, self._touched = sorted(self._touched), set()
+        report = check_ledger(self.ledger, self.tasks, user_ids=users)
+        for problem in report.problems[:LOGGED_PROBLEMS]:
+            log.error("ledger check: problem found", problem=problem)
+        LEDGER_PROBLEMS.inc(len(report.problems))
+        log.info("ledger check", users=report.users, entries=report.entries, problems=len(report.problems))
+        return len(report.problems)
 
     def run_once(self) -> int:
         """Write new reserve entries, settle final tasks, drop orphan holds; how many tasks were settled."""
@@ -83,6 +105,7 @@ class Settlement:
         try:
             for task in self.tasks.find({BILLING_OPEN_FIELD: True}, TASK_FIELDS):
                 open_ids.add(task["_id"])
+                self._touched.add(task["user_id"])
                 settled += self._settle(task)
         finally:
             self.ledger.flush_accounts()

@@ -109,9 +109,27 @@ def test_custom_resources_are_validated_against_their_crds(
 def test_alert_rules_go_through_promtool(rendered: dict[str, Documents]) -> None:
     rule = copy.deepcopy(objects(rendered["prod"], "PrometheusRule")["aitask"])
     assert check.prometheus_rule_errors([rule]) == []
-    rule["spec"]["groups"][0]["rules"][0]["expr"] = "max by (queue (aitask_queue_depth)"
-    errors = check.prometheus_rule_errors([rule])
-    assert len(errors) == 1 and "PrometheusRule/aitask" in errors[0]
+    broken = copy.deepcopy(rule)
+    broken["spec"]["groups"][0]["rules"][0]["expr"] = "max by (queue (aitask_queue_depth)"
+    errors = check.prometheus_rule_errors([broken])
+    assert errors and "PrometheusRule/aitask: promtool check rules" in errors[0]
+
+
+def test_every_alert_fires_in_its_unit_tests_when_it_should(rendered: dict[str, Documents]) -> None:
+    rule = objects(rendered["prod"], "PrometheusRule")["aitask"]
+    backlog = rule["spec"]["groups"][0]["rules"][0]
+    assert backlog["alert"] == "AitaskQueueBacklog"
+    # An alert that fires sooner than its tests say.
+    hasty = copy.deepcopy(rule)
+    hasty["spec"]["groups"][0]["rules"][0]["for"] = "5m"
+    (error,) = check.prometheus_rule_errors([hasty])
+    assert "promtool test rules" in error and "alertname: AitaskQueueBacklog, time: 9m" in error
+    # An alert no test shows firing.
+    untested = copy.deepcopy(rule)
+    untested["spec"]["groups"][0]["rules"].append(backlog | {"alert": "AitaskNewAlert"})
+    assert check.prometheus_rule_errors([untested]) == [
+        "alert AitaskNewAlert: no test in alerts_test.yaml shows it firing"
+    ]
 
 
 def test_compose_publishes_on_loopback_and_requires_api_keys_with_vendor_keys() -> None:

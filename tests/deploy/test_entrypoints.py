@@ -350,8 +350,16 @@ def test_dashboard_alerts_and_autoscaler_query_metrics_that_exist(
     _, _, admin_port = image_envoy
     exposed = httpx.get(f"http://127.0.0.1:{admin_port}/stats/prometheus", timeout=5, trust_env=False).text
     envoy_names = set(re.findall(r"^# TYPE (\S+)", exposed, re.MULTILINE))
-    # Every service's metrics module: the shared one and the dispatcher's queue and registry gauges.
-    source = "\n".join(path.read_text() for path in ROOT.glob("*/metrics.py"))
+    # Every service's modules (metrics.py, and the collectors that live beside what they read).
+    packages = (
+        "aitask_common",
+        "task_service",
+        "dispatcher_service",
+        "openai_door",
+        "provider_openai",
+        "provider_volcengine",
+    )
+    source = "\n".join(path.read_text() for package in packages for path in (ROOT / package).glob("*.py"))
     aitask_names = set(re.findall(r'"(aitask_[a-z_]+)"', source))
     histograms = set(re.findall(r'Histogram\(\s*"(aitask_[a-z_]+)"', source))
     dashboard = json.loads((ROOT / "deploy" / "compose" / "grafana" / "dashboards" / "aitask.json").read_text())

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pymongo.database import Database
 from redis import Redis
 
@@ -150,6 +151,40 @@ def test_the_check_names_what_does_not_add_up(ledger: Ledger, redis: Redis, user
     assert f"{user_id} entry 3: says balance 500, held 10; its entries add up to 105, 10" in problems
     assert f"task {lost}: reservation open in the ledger, the task holds no credit" in problems
     assert any(problem.startswith(f"task {stuck}: completed for over") for problem in problems)
+
+
+def test_the_reconciler_checks_the_ledgers_its_passes_touched(ledger: Ledger, redis: Redis, user_id: str) -> None:
+    granted(ledger, redis, user_id, 100)
+    tasks = ledger.entries.database[COLLECTION]
+    created_task(ledger, redis, user_id, "processing", 26)
+    settlement = Settlement(ledger, tasks, redis)
+    settlement.run_once()
+    time.sleep(0.02)
+    assert settlement.check_touched(0.01) == 0  # the grant and the reservation add up
+    # An entry whose balance is not its predecessors' sum, under a task still holding credit.
+    ledger.entries.insert_one(
+        {
+            "_id": entry_id(user_id, 3),
+            "user_id": user_id,
+            "seq": 3,
+            "key": "grant:forged",
+            "reason": "grant",
+            "amount": 5,
+            "held": 0,
+            "balance_after": 500,
+            "reserved_after": 26,
+            "time": utcnow(),
+        }
+    )
+    settlement.run_once()
+    assert settlement.check_touched(3600) == 0  # not due yet
+    found_before = REGISTRY.get_sample_value("aitask_ledger_problems_total") or 0
+    time.sleep(0.02)
+    assert settlement.check_touched(0.01) == 1
+    assert REGISTRY.get_sample_value("aitask_ledger_problems_total") == found_before + 1
+    settlement.run_once()
+    time.sleep(0.02)
+    assert settlement.check_touched(0) == 0  # 0 turns the check off
 
 
 def test_the_command_grants_and_checks(
