@@ -16,6 +16,7 @@ from structlog.typing import EventDict
 
 from aitask_common.logfiles import DailyFileHandler
 from aitask_common.settings import ServiceSettings
+from aitask_common.tracing import current_trace_id
 
 
 def configure_logging(service: str, settings: ServiceSettings) -> None:
@@ -26,6 +27,7 @@ def configure_logging(service: str, settings: ServiceSettings) -> None:
         structlog.stdlib.add_log_level,
         _add_time,
         structlog.processors.EventRenamer("message"),
+        _add_trace_id,
     ]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared_processors],
@@ -57,6 +59,13 @@ def _add_time(_logger: Any, _name: str, event: EventDict) -> EventDict:
     record = event.get("_record")
     moment = datetime.fromtimestamp(record.created, UTC) if record is not None else datetime.now(UTC)
     event.setdefault("time", moment.isoformat(timespec="microseconds").replace("+00:00", "Z"))
+    return event
+
+
+def _add_trace_id(_logger: Any, _name: str, event: EventDict) -> EventDict:
+    trace_id = current_trace_id()
+    if trace_id is not None:
+        event["trace_id"] = trace_id
     return event
 
 

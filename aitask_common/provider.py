@@ -30,6 +30,7 @@ from aitask_common.provider_keys import available_models
 from aitask_common.redis_async import async_redis
 from aitask_common.registry import RegistryPublisher
 from aitask_common.settings import ServiceSettings, load_settings
+from aitask_common.tracing import configure_tracing
 
 log = get_logger(__name__)
 
@@ -274,6 +275,7 @@ def run_provider(
     """Entry point shared by every provider package's `__main__`."""
     settings = load_settings(settings_class)
     configure_logging(service, settings)
+    configure_tracing(service, settings)
     catalogue = available_models(load_catalogue(catalogue_path), settings)
     servicer = servicer_class(catalogue, settings)
     asyncio.run(serve_provider(settings, servicer))

@@ -47,9 +47,13 @@ WATCH_KEY = "aitask:watch"
 WATCH_JOBS_KEY = "aitask:watch-jobs"
 
 
-def job_options(task_id: str) -> dict[str, Any]:
-    """RQ `enqueue` keywords of every task's job, whoever enqueues it."""
-    return {"result_ttl": RESULT_TTL_SECONDS, "failure_ttl": FAILURE_TTL_SECONDS, "description": f"task {task_id}"}
+def job_options(task_id: str, trace: dict[str, str] | None = None) -> dict[str, Any]:
+    """RQ `enqueue` keywords of every task's job, whoever enqueues it; `trace` is the trace context it carries
+    (aitask_common.tracing), when tracing is on."""
+    options = {"result_ttl": RESULT_TTL_SECONDS, "failure_ttl": FAILURE_TTL_SECONDS, "description": f"task {task_id}"}
+    if trace:
+        options["meta"] = {"trace": trace}
+    return options
 
 
 def watch_job(pipe: Pipeline, task_id: str, job_id: str, due: float) -> None:

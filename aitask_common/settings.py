@@ -71,6 +71,9 @@ class ServiceSettings(BaseSettings):
     """Address of the Prometheus /metrics server."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Port of /metrics; each service has its own default, 0 turns it off."""
+    otel_exporter_otlp_endpoint: str = ""
+    """OTLP/gRPC endpoint of a trace collector (`http://jaeger:4317`); empty: no traces. The SDK's other OTEL_*
+    variables (OTEL_TRACES_SAMPLER, OTEL_BSP_SCHEDULE_DELAY, ...) apply too."""
     starting_credits: int | None = Field(default=None, ge=0)
     """Credits each user's ledger starts with (a grant, its first entry); unset: 1,000,000 when
     ENVIRONMENT=development, else 0 (credits then come from an admin's grant)."""

@@ -62,8 +62,8 @@ docker-run-worker: ## Run the dispatcher (RQ workers) image (DOCKER_MONGO_URL, D
 	$(DOCKER) run $(DOCKER_RUN_FLAGS) --name aitask-dispatcher --stop-timeout 210 -p 127.0.0.1:9465:9465 \
 		$(IMAGE_PREFIX)aitask-dispatcher:$(IMAGE_TAG)
 
-docker-compose-up: ## Build and start the stack in containers (MONITORING=1: Prometheus, Grafana; VENDORS=1: real APIs)
-	$(COMPOSE) $(if $(MONITORING),--profile monitoring) up --build --detach --wait
+docker-compose-up: ## Build and start the stack in containers (MONITORING=1: Prometheus, Grafana, Jaeger; VENDORS=1: real APIs)
+	$(if $(MONITORING),OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4317) $(COMPOSE) $(if $(MONITORING),--profile monitoring) up --build --detach --wait
 
 docker-compose-down: ## Stop the containers of docker-compose-up (volumes kept; add -v by hand to drop them)
 	$(COMPOSE) --profile monitoring down

@@ -40,6 +40,7 @@ from aitask_common.queues import (
     job_options,
     watch_job,
 )
+from aitask_common.tracing import current_carrier
 
 
 class OptionalPollHint(TypedDict, total=False):
@@ -102,7 +103,7 @@ def enqueue_task(
     target = queue(connection, priority)
     with connection.pipeline() as pipe:
         pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
-        options = job_options(task_id) | {"pipeline": pipe}
+        options = job_options(task_id, current_carrier()) | {"pipeline": pipe}
         if delay is not None:
             # RQ's schedule keeps whole seconds, cutting the fraction off (a retry could come up to a second
             # before an upstream's Retry-After): due at the next whole second instead.

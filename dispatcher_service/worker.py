@@ -29,6 +29,7 @@ from aitask_common.outputs import OutputLinks, open_output_store
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
+from aitask_common.tracing import configure_tracing, job_span
 from aitask_common.webhooks import MESSAGES_COLLECTION, install_output_links
 from dispatcher_service.jobs import Runtime, install_runtime, run_poll
 from dispatcher_service.liveness import IDLE_BEAT_SECONDS, WorkerDeadline
@@ -206,7 +207,9 @@ class DispatcherWorker(SimpleWorker):
         # SimpleWorker's, less prepare_execution: prepare_job_execution records the execution too.
         self.deadline.busy(job.timeout)
         try:
-            self.perform_job(job, queue)
+            # A child of the trace that enqueued the job (the create's, or the run that scheduled this one).
+            with job_span(str(job.func_name).rpartition(".")[2], job.meta.get("trace"), task_id=str(job.args[0])):
+                self.perform_job(job, queue)
         except REDIS_DOWN as error:
             # RQ could not record the job's start or end; the task's state is in MongoDB.
             self._wait_for_redis(error)
@@ -275,6 +278,7 @@ def main() -> None:
     """Entry point of `python -m dispatcher_service`."""
     settings = load_settings(DispatcherSettings)
     configure_logging("dispatcher", settings)
+    configure_tracing("dispatcher", settings)
     redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
     # Metrics first: the process is up (its start-up probe passes) while it waits for the datastores.
     mongo = MongoClient(**client_options(settings, "dispatcher-reconciler"))

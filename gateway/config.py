@@ -235,6 +235,46 @@ def _openai_door_cluster(cluster_type: str, host: str, port: int) -> dict[str, A
     }
 
 
+# gRPC upstreams: HTTP/2.
+HTTP2_OPTIONS: dict[str, Any] = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
+
+
+def _tracing() -> dict[str, Any]:
+    """Every request traced, its context passed on in W3C `traceparent` headers."""
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "otlp_collector"}, "timeout": "2s"},
+                "service_name": "envoy",
+            },
+        },
+        "spawn_upstream_span": True,
+    }
+
+
+def _otlp_cluster(cluster_type: str, host: str, port: int) -> dict[str, Any]:
+    """The trace collector's OTLP/gRPC port."""
+    return {
+        "name": "otlp_collector",
+        "type": cluster_type,
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": HTTP2_OPTIONS,
+        "load_assignment": {
+            "cluster_name": "otlp_collector",
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}
+            ],
+        },
+    }
+
+
 def _output_route() -> dict[str, Any]:
     """GET (and HEAD) of a task's output: to the task services' output servers, past the transcoder (no RPC
     has this path), the buffer (bodies stream) and the Lua filter (the server answers the error envelope)."""
@@ -299,9 +339,12 @@ def render(
     request_timeout_seconds: float = 30.0,
     local_rate_limit_per_second: int = 0,
     edge: EdgeOptions | None = None,
+    otlp_host: str = "",
+    otlp_port: int = 4317,
 ) -> dict[str, Any]:
     """The whole Envoy bootstrap as a dict, hardened for the edge (gateway/edge.py; `edge` adds the optional
-    parts: probe listener, access log, CORS, per-IP limit)."""
+    parts: probe listener, access log, CORS, per-IP limit). With `otlp_host`, Envoy starts a trace for every
+    request and sends its spans there over OTLP/gRPC (aitask_common/tracing.py)."""
     print_options = {"preserve_proto_field_names": True, "always_print_primitive_fields": True}
     transcoder = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
@@ -411,12 +454,7 @@ def render(
         "lb_policy": "LEAST_REQUEST",
         "connect_timeout": "2s",
         "outlier_detection": OUTLIER_DETECTION,
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
+        "typed_extension_protocol_options": HTTP2_OPTIONS,
         "load_assignment": {
             "cluster_name": "task_service",
             "endpoints": [
@@ -456,7 +494,7 @@ def render(
             ],
         },
     }
-    bootstrap = {
+    bootstrap: dict[str, Any] = {
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
         "static_resources": {
             "listeners": [
@@ -482,6 +520,9 @@ def render(
             ],
         },
     }
+    if otlp_host:
+        connection_manager["tracing"] = _tracing()
+        bootstrap["static_resources"]["clusters"].append(_otlp_cluster(cluster_type, otlp_host, otlp_port))
     return apply_edge(bootstrap, replace(edge or EdgeOptions(), admin_port=admin_port))
 
 
@@ -501,6 +542,8 @@ def main() -> None:
     parser.add_argument("--descriptor", default=str(HERE / "aitask.pb"))
     parser.add_argument("--cluster-type", default="STATIC", choices=["STATIC", "STRICT_DNS"])
     parser.add_argument("--local-rate-limit-per-second", type=int, default=0, help="Envoy-wide request cap (0: off)")
+    parser.add_argument("--otlp-host", default="", help="trace collector (OTLP/gRPC); empty: no traces")
+    parser.add_argument("--otlp-port", type=int, default=4317)
     add_edge_arguments(parser)
     options = vars(parser.parse_args())
     options["edge"] = edge_options(options)

@@ -25,6 +25,7 @@ from aitask_common.metrics import serve_metrics
 from aitask_common.redis_async import async_redis
 from aitask_common.settings import Environment, load_settings
 from aitask_common.tasks import TaskStatus, TaskType
+from aitask_common.tracing import configure_tracing
 from openai_door.content import open_video
 from openai_door.errors import OpenAIError, bad_request
 from openai_door.retry_keys import RetryKeys
@@ -390,6 +391,7 @@ def main() -> None:
     """Entry point of `python -m openai_door`: serve until SIGTERM, then let requests in flight finish."""
     settings = load_settings(OpenAIDoorSettings)
     configure_logging("openai_door", settings)
+    configure_tracing("openai_door", settings)
     serve_metrics(settings.metrics_host, settings.metrics_port)
     log.info("openai door listening", host=settings.host, port=settings.port)
     web.run_app(

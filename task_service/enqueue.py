@@ -6,6 +6,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from redis import Redis
 from rq import Queue
@@ -14,14 +15,21 @@ from rq.serializers import JSONSerializer
 
 from aitask_common import fair_share
 from aitask_common.queues import PROCESS_TASK, WATCH_KEY, Priority, job_options, take_number, watch_job
+from aitask_common.tracing import current_carrier
 from task_service.batching import Batcher
 
 # Most jobs one pipeline carries.
 ENQUEUE_BATCH_MAX = 256
 
 
-# A new task: (task id, priority) or, to take a fair share of its priority's queue, (task id, priority, user id).
-NewTask = tuple[str, Priority | str] | tuple[str, Priority | str, str]
+class NewTask(NamedTuple):
+    """A created task to enqueue: given its user, it takes a fair share of its priority's queue; `trace` is the
+    create's trace context, carried in the job (aitask_common.tracing)."""
+
+    task_id: str
+    priority: Priority | str
+    user_id: str | None = None
+    trace: dict[str, str] | None = None
 
 
 class TaskQueue:
@@ -36,7 +44,7 @@ class TaskQueue:
     async def enqueue(self, task_id: str, priority: Priority | str, user_id: str | None = None) -> None:
         """Enqueue one task's job (sharing the round trip with whatever else is waiting); given its user, the
         task takes its fair share (aitask_common.fair_share)."""
-        await self.batcher.submit((task_id, priority) if user_id is None else (task_id, priority, user_id))
+        await self.batcher.submit(NewTask(task_id, priority, user_id, current_carrier()))
 
     async def _enqueue_batch(self, tasks: list[NewTask]) -> None:
         # The client is synchronous: one thread hop per batch, not per task.
@@ -51,20 +59,21 @@ def enqueue_tasks(connection: Redis, tasks: Iterable[NewTask], fair_share_depth:
     now = time.time()
     tasks = list(tasks)
     admitted = [True] * len(tasks)
-    if fair_share_depth > 0 and any(len(task) == 3 for task in tasks):
+    fair = [index for index, task in enumerate(tasks) if task.user_id is not None] if fair_share_depth > 0 else []
+    if fair:
         with connection.pipeline(transaction=False) as admissions:
-            fair = [index for index, task in enumerate(tasks) if len(task) == 3]
             for index in fair:
-                task_id, priority, user_id = tasks[index]  # type: ignore[misc]
-                fair_share.admit(admissions, task_id, str(priority), user_id, fair_share_depth, now)
+                task_id, priority, user_id, _ = tasks[index]
+                fair_share.admit(admissions, task_id, str(priority), str(user_id), fair_share_depth, now)
             for index, reply in zip(fair, admissions.execute(), strict=True):
                 admitted[index] = bool(reply)
     with connection.pipeline() as pipe:
         pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
         jobs = []
-        for (task_id, priority, *_), enqueue_now in zip(tasks, admitted, strict=True):
+        for (task_id, priority, _, trace), enqueue_now in zip(tasks, admitted, strict=True):
             if enqueue_now:
-                job = queue(connection, priority).enqueue(PROCESS_TASK, task_id, **job_options(task_id), pipeline=pipe)
+                options = job_options(task_id, trace)
+                job = queue(connection, priority).enqueue(PROCESS_TASK, task_id, **options, pipeline=pipe)
                 watch_job(pipe, task_id, job.id, now)
                 jobs.append(job)
             else:

@@ -23,6 +23,7 @@ from aitask_common.mongo import client_options
 from aitask_common.outputs import OutputLinks, open_output_store
 from aitask_common.redis_async import reconnecting
 from aitask_common.settings import load_settings
+from aitask_common.tracing import configure_tracing
 from aitask_common.webhooks import install_output_links
 from task_service.api_keys import ApiKeyStore
 from task_service.auth import AuthInterceptor, KeyVerifier
@@ -183,5 +184,6 @@ def main() -> None:
     """Entry point of `python -m task_service`."""
     settings = load_settings(TaskServiceSettings)
     configure_logging("task_service", settings)
+    configure_tracing("task_service", settings)
     # No start-up wait: the server is live at once and ready when MongoDB answers (GrpcServer's start_up).
     asyncio.run(serve(settings))

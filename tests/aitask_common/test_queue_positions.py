@@ -13,7 +13,7 @@ from redis.asyncio import Redis as AsyncRedis
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.queues import leave_queue, queue_position, started_key, task_number_key
 from devstack.stack import LoneRedis
-from task_service.enqueue import enqueue_tasks
+from task_service.enqueue import NewTask, enqueue_tasks
 from task_service.queue_position import QueuePositions
 
 DB = 11
@@ -46,8 +46,8 @@ def positions(redis_server: LoneRedis, task_ids: list[str], priority: str = "low
 
 def test_positions_count_down_as_the_dispatcher_picks_tasks_up(redis: Redis, redis_server: LoneRedis) -> None:
     low = [f"low-{n}" for n in range(5)]
-    enqueue_tasks(redis, [(task_id, "low") for task_id in low[:2]])
-    enqueue_tasks(redis, [("critical-0", "critical"), *[(task_id, "low") for task_id in low[2:]]])
+    enqueue_tasks(redis, [NewTask(task_id, "low") for task_id in low[:2]])
+    enqueue_tasks(redis, [NewTask("critical-0", "critical"), *[NewTask(task_id, "low") for task_id in low[2:]]])
     assert positions(redis_server, low) == [0, 1, 2, 3, 4]
     # Priorities count apart.
     assert positions(redis_server, ["critical-0"], "critical") == [0]
@@ -62,7 +62,7 @@ def test_positions_count_down_as_the_dispatcher_picks_tasks_up(redis: Redis, red
 
 
 def test_a_task_that_is_not_pending_or_not_numbered_has_no_position(redis: Redis, redis_server: LoneRedis) -> None:
-    enqueue_tasks(redis, [("t-1", "default")])
+    enqueue_tasks(redis, [NewTask("t-1", "default")])
     assert positions(redis_server, ["t-1"], "") == [0]  # no priority stored: the default queue
     assert positions(redis_server, ["never-enqueued"]) == [None]
 
