@@ -218,21 +218,27 @@ def _openai_door_route() -> dict[str, Any]:
     }
 
 
-def _openai_door_cluster(cluster_type: str, host: str, port: int) -> dict[str, Any]:
-    """The door's instances, over HTTP/1.1 (Envoy pools its connections to them)."""
+def _single_host_cluster(name: str, cluster_type: str, host: str, port: int, **options: Any) -> dict[str, Any]:
+    """A cluster of one address (a DNS name in Kubernetes, resolved to every pod with STRICT_DNS)."""
     return {
-        "name": "openai_door",
+        "name": name,
         "type": cluster_type,
-        "lb_policy": "LEAST_REQUEST",
         "connect_timeout": "2s",
-        "outlier_detection": OUTLIER_DETECTION,
+        **options,
         "load_assignment": {
-            "cluster_name": "openai_door",
+            "cluster_name": name,
             "endpoints": [
                 {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}
             ],
         },
     }
+
+
+def _openai_door_cluster(cluster_type: str, host: str, port: int) -> dict[str, Any]:
+    """The door's instances, over HTTP/1.1 (Envoy pools its connections to them)."""
+    return _single_host_cluster(
+        "openai_door", cluster_type, host, port, lb_policy="LEAST_REQUEST", outlier_detection=OUTLIER_DETECTION
+    )
 
 
 # gRPC upstreams: HTTP/2.
@@ -261,18 +267,9 @@ def _tracing() -> dict[str, Any]:
 
 def _otlp_cluster(cluster_type: str, host: str, port: int) -> dict[str, Any]:
     """The trace collector's OTLP/gRPC port."""
-    return {
-        "name": "otlp_collector",
-        "type": cluster_type,
-        "connect_timeout": "2s",
-        "typed_extension_protocol_options": HTTP2_OPTIONS,
-        "load_assignment": {
-            "cluster_name": "otlp_collector",
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}
-            ],
-        },
-    }
+    return _single_host_cluster(
+        "otlp_collector", cluster_type, host, port, typed_extension_protocol_options=HTTP2_OPTIONS
+    )
 
 
 def _output_route() -> dict[str, Any]:

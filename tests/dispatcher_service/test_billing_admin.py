@@ -53,6 +53,24 @@ def hold(redis: Redis, user_id: str, task_id: str, cost: int, at_ms: int | None 
     redis.hset(credit_key(user_id), f"hold:{task_id}", f"{cost}:{at_ms or int(time.time() * 1000)}")
 
 
+def forge_grant(ledger: Ledger, user_id: str, seq: int, balance_after: int, reserved_after: int) -> None:
+    """A grant of 5 written behind the ledger's back, claiming balances its predecessors do not add up to."""
+    ledger.entries.insert_one(
+        {
+            "_id": entry_id(user_id, seq),
+            "user_id": user_id,
+            "seq": seq,
+            "key": "grant:forged",
+            "reason": "grant",
+            "amount": 5,
+            "held": 0,
+            "balance_after": balance_after,
+            "reserved_after": reserved_after,
+            "time": utcnow(),
+        }
+    )
+
+
 def created_task(
     ledger: Ledger, redis: Redis, user_id: str, status: str, cost: int, task_type: str = "image", **fields: Any
 ) -> str:
@@ -132,20 +150,7 @@ def test_the_check_names_what_does_not_add_up(ledger: Ledger, redis: Redis, user
     lost = created_task(ledger, redis, user_id, "processing", 10)
     ledger.reserve(user_id, lost, 10)
     tasks.update_one({"_id": lost}, {"$unset": {"billing_open": ""}})
-    ledger.entries.insert_one(
-        {
-            "_id": entry_id(user_id, 3),
-            "user_id": user_id,
-            "seq": 3,
-            "key": "grant:forged",
-            "reason": "grant",
-            "amount": 5,
-            "held": 0,
-            "balance_after": 500,
-            "reserved_after": 10,
-            "time": utcnow(),
-        }
-    )
+    forge_grant(ledger, user_id, 3, balance_after=500, reserved_after=10)
     problems = check_ledger(ledger, tasks).problems
     assert len(problems) == 3, problems
     assert f"{user_id} entry 3: says balance 500, held 10; its entries add up to 105, 10" in problems
@@ -162,20 +167,7 @@ def test_the_reconciler_checks_the_ledgers_its_passes_touched(ledger: Ledger, re
     time.sleep(0.02)
     assert settlement.check_touched(0.01) == 0  # the grant and the reservation add up
     # An entry whose balance is not its predecessors' sum, under a task still holding credit.
-    ledger.entries.insert_one(
-        {
-            "_id": entry_id(user_id, 3),
-            "user_id": user_id,
-            "seq": 3,
-            "key": "grant:forged",
-            "reason": "grant",
-            "amount": 5,
-            "held": 0,
-            "balance_after": 500,
-            "reserved_after": 26,
-            "time": utcnow(),
-        }
-    )
+    forge_grant(ledger, user_id, 3, balance_after=500, reserved_after=26)
     settlement.run_once()
     assert settlement.check_touched(3600) == 0  # not due yet
     found_before = REGISTRY.get_sample_value("aitask_ledger_problems_total") or 0

@@ -158,7 +158,9 @@ def test_service_log_files_are_json_with_task_ids(stack: LocalStack, rest: httpx
     wait_for_status(rest, task_id, {"completed"})
     log_dir = stack.workdir / "logs"
     for service, message in (("task_service", "task created"), ("dispatcher", "task completed")):
-        (log_file,) = log_dir.glob(f"{service}-*.log")
-        events = [json.loads(line) for line in log_file.read_text().splitlines()]
+        # One file per local day: a stack running across midnight has two.
+        log_files = sorted(log_dir.glob(f"{service}-*.log"))
+        assert log_files and all(re.fullmatch(rf"{service}-\d{{4}}-\d\d-\d\d\.log", path.name) for path in log_files)
+        events = [json.loads(line) for path in log_files for line in path.read_text().splitlines()]
         assert all({"time", "level", "message", "service"} <= event.keys() for event in events)
         assert any(event.get("task_id") == task_id and event["message"] == message for event in events), service
