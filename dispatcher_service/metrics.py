@@ -9,17 +9,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
 
+from aitask_common.queue_state import AGE_SAMPLE_JOBS, oldest_queued_age
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.registry import read_instances
 from dispatcher_service.breakers import BreakerState, breaker_statuses
-from dispatcher_service.queue_admin import oldest_queued_age
 from dispatcher_service.schedule import queue
 
 # aitask_breaker_state's values.
 BREAKER_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-
-# The queue-age gauge reads the enqueue times of this many jobs at the head of each queue per scrape, not all.
-AGE_SAMPLE_JOBS = 100
 
 
 class QueueAndRegistryCollector(Collector):

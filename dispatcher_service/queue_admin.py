@@ -37,9 +37,10 @@ from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobEr
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
-from rq.utils import now, str_to_date
 
 from aitask_common.mongo import client_options
+from aitask_common.queue_state import OLDEST_AGE, STATES, paused_queues
+from aitask_common.queue_state import queue_status as shared_queue_status
 from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, leave_queue
 from aitask_common.settings import ServiceSettings, load_settings
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus
@@ -51,8 +52,6 @@ from dispatcher_service.storage import TaskTransitions
 QUEUE_NAMES = [str(name) for name in QUEUE_ORDER]
 ALL = "all"
 QUEUE_HELP = f"{', '.join(QUEUE_NAMES)} or {ALL}"
-STATES = ("queued", "started", "scheduled", "failed", "finished", "deferred")
-OLDEST_AGE = "oldest_queued_age_seconds"
 # `status --json`: cancelled tasks per cancel_reason, beside the queues.
 CANCELLED_TASKS = "cancelled_tasks"
 CANCEL_MESSAGE = "cancelled by an operator: queue {queue} cleared"
@@ -61,31 +60,9 @@ CLEAR_LEASE_SECONDS = 10.0
 
 
 def queue_status(redis: Redis, name: str) -> dict[str, Any]:
-    """Job counts per state for one queue, and the age in seconds of its oldest queued job (None if empty)."""
-    target = queue(redis, name)
-    registries = {
-        "started": target.started_job_registry,
-        "scheduled": target.scheduled_job_registry,
-        "failed": target.failed_job_registry,
-        "finished": target.finished_job_registry,
-        "deferred": target.deferred_job_registry,
-    }
-    counts: dict[str, Any] = {"queued": target.count}
-    counts |= {state: registry.get_job_count(cleanup=False) for state, registry in registries.items()}
-    counts[OLDEST_AGE] = oldest_queued_age(redis, target)
-    return counts
-
-
-def oldest_queued_age(redis: Redis, target: Queue, first: int = -1) -> float | None:
-    """Seconds the oldest of the queue's first `first` jobs (all: -1) has waited; None if empty."""
-    # Every enqueue time, not just the head's: a job put at the front would make the head look young.
-    job_ids = target.get_job_ids(0, first)
-    with redis.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.hget(Job.key_for(job_id), "enqueued_at")
-        stamps = pipe.execute()
-    enqueued = [str_to_date(stamp) for stamp in stamps if stamp]
-    return round((now() - min(enqueued)).total_seconds(), 3) if enqueued else None
+    """Job counts per state for one queue, the age in seconds of its oldest queued job (None if empty), and
+    whether it is paused."""
+    return shared_queue_status(redis, queue(redis, name)) | {"paused": name in paused_queues(redis)}
 
 
 def poll_status(redis: Redis) -> dict[str, int]:
@@ -108,12 +85,14 @@ def cancelled_counts(transitions: TaskTransitions) -> dict[str, int]:
 
 
 def format_status_table(statuses: dict[str, dict[str, Any]]) -> str:
-    """A fixed-width table: one row per queue, one column per state, then the oldest queued age."""
-    header = ["queue", *STATES, "oldest_queued_s"]
+    """A fixed-width table: one row per queue, one column per state, then the oldest queued age and whether it is
+    paused."""
+    header = ["queue", *STATES, "oldest_queued_s", "paused"]
     rows = [header]
     for name, counts in statuses.items():
         age = counts[OLDEST_AGE]
-        rows.append([name, *(str(counts[state]) for state in STATES), "-" if age is None else f"{age:.1f}"])
+        oldest = "-" if age is None else f"{age:.1f}"
+        rows.append([name, *(str(counts[state]) for state in STATES), oldest, "yes" if counts["paused"] else "no"])
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     return "\n".join(
         "  ".join(

@@ -26,6 +26,7 @@ from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
 from aitask_common.outputs import OutputLinks, open_output_store
+from aitask_common.queue_state import paused_queues
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
@@ -37,6 +38,7 @@ from dispatcher_service.metrics import QueueAndRegistryCollector
 from dispatcher_service.polls import Poller
 from dispatcher_service.reconciler import Reconciler
 from dispatcher_service.retention import RetentionSweeper
+from dispatcher_service.schedule import queue
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.webhook_delivery import WebhookBacklogCollector, WebhookDelivery
 
@@ -54,6 +56,12 @@ REDIS_WAIT_MAX_SECONDS = 5.0
 SCHEDULER_LOCK_RETRY_SECONDS = 5.0
 
 
+# BLPOP rounds while a priority is paused: its resume is seen within about this long.
+PAUSED_ROUND_SECONDS = 1
+# What the workers listen on while every priority is paused: no job is ever put in it.
+ALL_PAUSED_QUEUE = "aitask-all-paused"
+
+
 class DispatcherWorker(SimpleWorker):
     """A SimpleWorker that also runs this process's poller, and sends RQ's bookkeeping around a job
     in three round trips instead of eight (tests/dispatcher_service/test_worker.py counts them).
@@ -64,6 +72,10 @@ class DispatcherWorker(SimpleWorker):
     never enqueues with `depends_on`, and runs no callbacks between the job's end and its result);
     heartbeats and suspension checks less than a second apart are skipped. The failure path is
     RQ's own. The overrides follow rq 2.12's worker (pinned in pyproject.toml).
+
+    A priority an operator paused (AdminService.PauseQueue) is left out of the queues it takes from, read at
+    most a second apart; a job popped from one just paused (a BLPOP round started before) goes back to its
+    queue's head untouched.
 
     RQ's work loop quits on any Redis error outside its BLPOP (marking the worker idle, a heartbeat,
     the suspension check, recording a job's end): here each of those waits for Redis with backoff,
@@ -78,6 +90,8 @@ class DispatcherWorker(SimpleWorker):
     poller: Poller | None = None
     _next_suspension_check = 0.0
     _next_scheduler_lock_try = 0.0
+    _paused: frozenset[str] = frozenset()
+    _paused_read_at = 0.0
     # Replaced in bootstrap by this process's file (liveness.py); a no-op until then.
     deadline = WorkerDeadline("")
 
@@ -99,6 +113,9 @@ class DispatcherWorker(SimpleWorker):
         super().teardown()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is None:
+            # RQ's listening loop beats before each BLPOP round: where a pause or resume is noticed.
+            self._refresh_paused_queues()
         last: datetime | None = self.last_heartbeat
         if timeout is None and pipeline is None and last and (now() - last).total_seconds() < HEARTBEAT_EVERY_SECONDS:
             return
@@ -125,6 +142,14 @@ class DispatcherWorker(SimpleWorker):
         except REDIS_DOWN as error:
             self._wait_for_redis(error)
 
+    def _follow_paused_queues(self) -> None:
+        """Take work only from the priorities not paused; with all of them paused, listen on a queue no job is
+        ever put in (RQ cannot listen on none), in rounds of a second, until one is resumed."""
+        self._paused = frozenset(paused_queues(self.connection))
+        self._paused_read_at = time.monotonic()
+        open_queues = [target for target in self.queues if target.name not in self._paused]
+        self._ordered_queues = open_queues or [queue(self.connection, ALL_PAUSED_QUEUE)]
+
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
@@ -135,9 +160,33 @@ class DispatcherWorker(SimpleWorker):
             timeout = min(timeout, IDLE_BEAT_SECONDS if self._runs_scheduler() else int(SCHEDULER_LOCK_RETRY_SECONDS))
         while True:
             try:
-                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                # While a priority is paused, rounds of a second, so that its resume is seen within one.
+                rounds = timeout if timeout is None or not self._paused else min(timeout, PAUSED_ROUND_SECONDS)
+                result = super().dequeue_job_and_maintain_ttl(rounds, max_idle_time)
+                if result is None or not self._paused_since_listening(result[1]):
+                    return result
+                self._put_back(*result)
             except REDIS_DOWN as error:
                 self._wait_for_redis(error)
+
+    def _refresh_paused_queues(self) -> None:
+        """Read the paused set again if the last read is a second old (a failed read keeps the last one)."""
+        if time.monotonic() - self._paused_read_at >= SUSPENSION_CHECK_EVERY_SECONDS:
+            with contextlib.suppress(*REDIS_DOWN):
+                self._follow_paused_queues()
+
+    def _paused_since_listening(self, source: Queue) -> bool:
+        self._refresh_paused_queues()
+        return source.name in self._paused
+
+    def _put_back(self, job: Job, source: Queue) -> None:
+        """Return a job popped from a paused queue to its head (and out of the list RQ moves a lone queue's
+        jobs to), as if never taken."""
+        with self.connection.pipeline() as pipe:
+            pipe.lpush(source.key, job.id)
+            pipe.lrem(source.intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        log.info("job left in its paused queue", queue=source.name, job_id=job.id)
 
     def run_maintenance_tasks(self) -> None:
         try:

@@ -20,6 +20,7 @@ from gateway.edge import EdgeOptions, add_edge_arguments, apply_edge, edge_optio
 
 HERE = Path(__file__).resolve().parent
 TASK_SERVICE = "aitask.v1.TaskService"
+ADMIN_SERVICE = "aitask.v1.AdminService"
 TYPE_PREFIX = "type.googleapis.com/"
 # Transcoded REST requests carry this header; native gRPC calls do not.
 TRANSCODED = {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}}
@@ -120,14 +121,15 @@ OUTLIER_DETECTION = {
 
 
 def body_fields() -> list[dict[str, Any]]:
-    """Per REST method and path of TaskService whose body is the request message: the path as a Lua
+    """Per REST method and path of TaskService and AdminService whose body is the request message: the path as a Lua
     pattern, every field name the transcoder accepts (proto and JSON spellings) and the proto names."""
     from google.api import annotations_pb2  # the stubs exist wherever the config is rendered
 
     from aitask.v1 import task_service_pb2
 
     routes = []
-    for method in task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].methods:
+    services = task_service_pb2.DESCRIPTOR.services_by_name
+    for method in [*services["TaskService"].methods, *services["AdminService"].methods]:
         rule = method.GetOptions().Extensions[annotations_pb2.http]
         verb = rule.WhichOneof("pattern")
         if rule.body != "*" or verb not in ("post", "put", "patch"):
@@ -346,7 +348,7 @@ def render(
     transcoder = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
         "proto_descriptor": descriptor,
-        "services": [TASK_SERVICE],
+        "services": [TASK_SERVICE, ADMIN_SERVICE],
         "print_options": print_options,
         "convert_grpc_status": True,
         "request_validation_options": {"reject_unknown_method": True, "reject_unknown_query_parameters": True},

@@ -5,7 +5,7 @@ the document whose `_id` is the key id, so verifying a key is one `_id` lookup
 (the only filter FerretDB never answers with a scan). The secret has 256 bits
 of entropy, so a fast hash is enough: there is nothing to brute-force.
 
-    python -m task_service.api_keys create --user-id U --role user|admin [--name N] [--rate-limit R]
+    python -m task_service.api_keys create --user-id U --role user|admin|viewer [--name N] [--rate-limit R]
     python -m task_service.api_keys list
     python -m task_service.api_keys revoke KEY_ID
 
@@ -39,10 +39,12 @@ KEY_PATTERN = re.compile(r"ak_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 
 
 class Role(StrEnum):
-    """What a key may do: a user key acts for its own user only, an admin key for anyone."""
+    """What a key may do: a user key acts for its own user only, an admin key for anyone; a viewer key reads the
+    AdminService (the console's view of everything) and changes nothing, and elsewhere acts as a user key."""
 
     USER = "user"
     ADMIN = "admin"
+    VIEWER = "viewer"
 
 
 @dataclass(frozen=True)

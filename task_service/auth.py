@@ -1,10 +1,11 @@
-"""Who is calling: API-key authentication and the interceptor that guards every TaskService method.
+"""Who is calling: API-key authentication and the interceptor that guards every TaskService and AdminService
+method.
 
 Clients send `Authorization: Bearer ak_<key id>_<secret>` (an HTTP header over
 REST, the same metadata over gRPC). The interceptor authenticates each call,
 applies the key's request rate, and makes the caller's `Principal` current for
 the servicer (a contextvar: each RPC runs in its own asyncio task). Only
-TaskService methods are guarded: health checks and reflection stay open for
+TaskService and AdminService methods are guarded: health checks and reflection stay open for
 probes. Verified keys are cached for API_KEY_CACHE_SECONDS, so a revoked key
 keeps working for at most that long.
 """
@@ -30,8 +31,9 @@ log = get_logger(__name__)
 # Most key ids the verifier remembers at once.
 MAX_CACHED_KEYS = 10_000
 
-# The service the interceptor guards; every other one (health, reflection) stays open.
+# The services the interceptor guards; every other one (health, reflection) stays open.
 GUARDED_SERVICE = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
+ADMIN_SERVICE = task_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 RpcMethod = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamingRpcMethod = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -70,7 +72,7 @@ class Principal:
     def user_or_own(self, user_id: str) -> str:
         """`user_id`, or when it is empty a user key's own user: such a key can act for no one else, so naming
         it adds nothing (an admin key, or no key at all, must still say whom it acts for)."""
-        return user_id or (self.user_id if self.role is Role.USER else "")
+        return user_id or (self.user_id if self.role is not Role.ADMIN else "")
 
 
 # With authentication off (ENVIRONMENT=development) every caller is this.
@@ -144,7 +146,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, verifier: KeyVerifier | None, rate_limiter: RequestRate) -> None:
         self.verifier = verifier
         self.rate_limiter = rate_limiter
-        self._prefix = f"/{GUARDED_SERVICE}/"
+        self._prefixes = (f"/{GUARDED_SERVICE}/", f"/{ADMIN_SERVICE}/")
         # The guarded handler of each method, built once: (the servicer's handler, its guarded stand-in).
         self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -158,7 +160,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         known = self._guarded.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        if handler is None or not method.startswith(self._prefix):
+        if handler is None or not method.startswith(self._prefixes):
             return handler
         if handler.unary_unary is not None:
             guarded = grpc.unary_unary_rpc_method_handler(

@@ -25,6 +25,7 @@ from aitask_common.redis_async import reconnecting
 from aitask_common.settings import load_settings
 from aitask_common.tracing import configure_tracing
 from aitask_common.webhooks import install_output_links
+from task_service.admin import AUDIT_COLLECTION, AdminServicer
 from task_service.api_keys import ApiKeyStore
 from task_service.auth import AuthInterceptor, KeyVerifier
 from task_service.batching import Batcher
@@ -41,6 +42,7 @@ from task_service.storage import TaskStore
 from task_service.watch import WatchHub, task_reader
 
 SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
+ADMIN_SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 log = get_logger(__name__)
 
@@ -115,7 +117,8 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
             retry=reconnecting(),
         )
     )
-    # Authentication and the per-key rate limit guard every TaskService method; health and reflection stay open.
+    # Authentication and the per-key rate limit guard every TaskService and AdminService method; health and
+    # reflection stay open.
     auth = AuthInterceptor(
         _key_verifier(settings, mongo),
         RateLimiter(async_redis, settings.rate_limit_requests, settings.rate_limit_window_seconds),
@@ -123,7 +126,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
     # Envoy balances over task services: on SIGTERM it must see NOT_SERVING before this one stops listening.
     server = GrpcServer(
         f"{settings.host}:{settings.port}",
-        [SERVICE_NAME],
+        [SERVICE_NAME, ADMIN_SERVICE_NAME],
         dependencies_reachable,
         interceptors=[auth],
         drain_seconds=BALANCED_DRAIN_SECONDS,
@@ -156,6 +159,8 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         settings, store, task_queue, catalogues, inflight, results, positions, watch_hub, links, outputs, billing
     )
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server.server)
+    audit = mongo[settings.mongo_database][AUDIT_COLLECTION]
+    task_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(redis, audit), server.server)
     output_server = OutputServer(store, outputs, links)
     return TaskService(server, mongo, redis, async_redis, catalogues, batchers, watch_hub, output_server, sync_mongo)
 

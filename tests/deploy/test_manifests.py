@@ -486,7 +486,7 @@ def test_production_serves_https_through_an_ingress_or_the_gateway_api(rendered:
             for path in rule["http"]["paths"]:
                 assert path["backend"]["service"] == {"name": "envoy", "port": {"name": service_port["name"]}}
     grpc_paths = {path["path"] for rule in ingresses["aitask-grpc"]["spec"]["rules"] for path in rule["http"]["paths"]}
-    assert "/aitask.v1.TaskService/" in grpc_paths
+    assert {"/aitask.v1.TaskService/", "/aitask.v1.AdminService/"} <= grpc_paths
     assert ingresses["aitask-grpc"]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
 
     documents = rendered["prod-gateway-api"]

@@ -102,3 +102,20 @@ def test_the_lifecycle_and_model_examples_answer_as_the_readme_says(stack: Local
             assert answer["code"] == "INVALID_ARGUMENT" and "volcengine/jimeng_vgfm_t2v_l20" in answer["message"]
         else:
             assert json.loads(printed)["success"] is True, (command, printed)
+
+
+def test_the_queue_examples_pause_and_resume_as_the_readme_says(stack: LocalStack) -> None:
+    listing, pause, resume, audit = readme_curl_commands("## Operating the queues")
+    try:
+        assert [queue["priority"] for queue in run(listing, stack)["data"]] == ["critical", "default", "low"]
+        paused = run(pause, stack)["data"]
+        assert (paused["priority"], paused["paused"]) == ("low", True) and run(listing, stack)["data"][2]["paused"]
+        assert run(resume, stack)["data"]["paused"] is False
+        latest = run(audit, stack)["data"][:2]
+        assert [(entry["action"], entry["target"]) for entry in latest] == [
+            ("ResumeQueue", "queue low"),
+            ("PauseQueue", "queue low"),
+        ]
+    finally:
+        with stack.rest() as rest:
+            rest.post("/api/v1/admin/queues/low/resume", json={})

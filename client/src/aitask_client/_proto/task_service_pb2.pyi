@@ -636,3 +636,103 @@ class TaskOutput(_message.Message):
     sha256: str
     stored: _timestamp_pb2.Timestamp
     def __init__(self, size: _Optional[int] = ..., content_type: _Optional[str] = ..., sha256: _Optional[str] = ..., stored: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListQueuesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class QueueState(_message.Message):
+    __slots__ = ("priority", "queued", "started", "scheduled", "failed", "oldest_age_seconds", "paused", "finished_last_hour")
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_LAST_HOUR_FIELD_NUMBER: _ClassVar[int]
+    priority: str
+    queued: int
+    started: int
+    scheduled: int
+    failed: int
+    oldest_age_seconds: float
+    paused: bool
+    finished_last_hour: int
+    def __init__(self, priority: _Optional[str] = ..., queued: _Optional[int] = ..., started: _Optional[int] = ..., scheduled: _Optional[int] = ..., failed: _Optional[int] = ..., oldest_age_seconds: _Optional[float] = ..., paused: _Optional[bool] = ..., finished_last_hour: _Optional[int] = ...) -> None: ...
+
+class ListQueuesResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: _containers.RepeatedCompositeFieldContainer[QueueState]
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Iterable[_Union[QueueState, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PauseQueueRequest(_message.Message):
+    __slots__ = ("priority",)
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    priority: str
+    def __init__(self, priority: _Optional[str] = ...) -> None: ...
+
+class PauseQueueResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: QueueState
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[QueueState, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ResumeQueueRequest(_message.Message):
+    __slots__ = ("priority",)
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    priority: str
+    def __init__(self, priority: _Optional[str] = ...) -> None: ...
+
+class ResumeQueueResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: QueueState
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[QueueState, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ListAuditEntriesRequest(_message.Message):
+    __slots__ = ("limit", "offset")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    offset: int
+    def __init__(self, limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("time", "key_id", "user_id", "action", "target", "source")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    key_id: str
+    user_id: str
+    action: str
+    target: str
+    source: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., user_id: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ListAuditEntriesResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...

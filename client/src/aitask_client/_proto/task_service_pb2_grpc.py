@@ -720,3 +720,214 @@ class TaskService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminServiceStub:
+    """AdminService is the operator's API (and the console's): the queues and the audit log. Admin keys call every
+    method; viewer keys call the reads and are refused the rest (PERMISSION_DENIED); user keys call none.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListQueues = channel.unary_unary(
+                '/aitask.v1.AdminService/ListQueues',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.ListQueuesRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.ListQueuesResponse.FromString,
+                _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/aitask.v1.AdminService/PauseQueue',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.PauseQueueResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/aitask.v1.AdminService/ResumeQueue',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.ResumeQueueResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/aitask.v1.AdminService/ListAuditEntries',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServiceServicer:
+    """AdminService is the operator's API (and the console's): the queues and the audit log. Admin keys call every
+    method; viewer keys call the reads and are refused the rest (PERMISSION_DENIED); user keys call none.
+    """
+
+    def ListQueues(self, request, context):
+        """ListQueues reports each priority's queue: jobs by state, the oldest waiting job's age, whether it is paused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseQueue(self, request, context):
+        """PauseQueue stops the dispatchers taking work from a priority; what waits in it stays there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """ResumeQueue lets the dispatchers take work from a paused priority again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEntries(self, request, context):
+        """ListAuditEntries pages through the admin actions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueues,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.ListQueuesRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.ListQueuesResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.PauseQueueRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.PauseQueueResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'aitask.v1.AdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('aitask.v1.AdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdminService:
+    """AdminService is the operator's API (and the console's): the queues and the audit log. Admin keys call every
+    method; viewer keys call the reads and are refused the rest (PERMISSION_DENIED); user keys call none.
+    """
+
+    @staticmethod
+    def ListQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/ListQueues',
+            aitask_dot_v1_dot_task__service__pb2.ListQueuesRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/PauseQueue',
+            aitask_dot_v1_dot_task__service__pb2.PauseQueueRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.PauseQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/ResumeQueue',
+            aitask_dot_v1_dot_task__service__pb2.ResumeQueueRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/ListAuditEntries',
+            aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
