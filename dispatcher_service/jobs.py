@@ -416,9 +416,9 @@ class TaskRun:
     def _step(self) -> str:
         task = self.task
         model = self.rt.providers.model(task.provider, task.model)
-        if model is None:
+        if model is None and self.rt.providers.has_catalogue(task.provider):
             return self._fail(f"model {task.model!r} is no longer in provider {task.provider!r}")
-        if not self.rt.providers.has_instance(task.provider):
+        if model is None or not self.rt.providers.has_instance(task.provider):
             if task.upstream is None:
                 self._unclaim()
             return self._wait_for_provider()

@@ -60,6 +60,11 @@ class _Registry:
 _REGISTRY = "registry"
 
 
+def _find_model(registry: _Registry, provider: str, name: str) -> pb.Model | None:
+    catalogue = registry.catalogues.get(provider)
+    return next((model for model in catalogue.models if model.name == name), None) if catalogue else None
+
+
 class ProviderDirectory:
     """Per-process view of the registry plus one gRPC channel per instance address."""
 
@@ -76,9 +81,11 @@ class ProviderDirectory:
 
     def _read_registry(self, _: str) -> _Registry:
         """The registry; while Redis is unreachable, the last one read (a call already made, perhaps paid for,
-        must still reach a provider to fetch its output; an instance gone meanwhile fails over as usual)."""
+        must still reach a provider to fetch its output; an instance gone meanwhile fails over as usual). A
+        catalogue Redis forgot (it restarted without data) is kept until its provider publishes again."""
         try:
-            registry = _Registry(read_instances(self.redis), read_catalogues(self.redis))
+            known = self._last_registry.catalogues if self._last_registry else {}
+            registry = _Registry(read_instances(self.redis), known | read_catalogues(self.redis))
         except RedisError as error:
             if self._last_registry is None:
                 raise
@@ -88,9 +95,14 @@ class ProviderDirectory:
         return registry
 
     def model(self, provider: str, name: str) -> pb.Model | None:
-        """The catalogue entry of provider/name as last published."""
-        catalogue = self._registry.get(_REGISTRY).catalogues.get(provider)
-        return next((model for model in catalogue.models if model.name == name), None) if catalogue else None
+        """The catalogue entry of provider/name as last published (read again if the cached copy lacks it: a
+        provider that just started, or just added the model, should not wait out the cache)."""
+        found = _find_model(self._registry.get(_REGISTRY), provider, name)
+        return found or _find_model(self._registry.get(_REGISTRY, fresh=True), provider, name)
+
+    def has_catalogue(self, provider: str) -> bool:
+        """Whether the provider has published a catalogue (so a model missing from it is truly gone)."""
+        return provider in self._registry.get(_REGISTRY).catalogues
 
     def _candidates(self, provider: str) -> list[ProviderInstance]:
         candidates = [i for i in self._registry.get(_REGISTRY).instances if i.provider == provider]

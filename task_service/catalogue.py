@@ -29,8 +29,10 @@ class CatalogueCache:
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
-        """Re-read every catalogue (in a thread: the client is synchronous)."""
-        self.catalogues = await asyncio.to_thread(read_catalogues, self.redis)
+        """Re-read every catalogue (in a thread: the client is synchronous). A provider Redis no longer lists (it
+        lost its data and the provider has not published again yet) keeps its last catalogue: its creates are
+        accepted and wait for it, not refused as an unknown provider."""
+        self.catalogues = self.catalogues | await asyncio.to_thread(read_catalogues, self.redis)
         self._read_at = time.monotonic()
 
     async def current(self, provider: str) -> Catalogues:

@@ -250,6 +250,14 @@ def test_a_model_gone_from_the_catalogue_fails_its_task(rt: Runtime, user_id: st
     assert_forgotten(rt, task_id, user_id)
 
 
+def test_a_task_whose_provider_has_published_no_catalogue_waits_for_it(rt: Runtime, user_id: str) -> None:
+    # As after a Redis restart without data, to a dispatcher started since: the task service accepted the task
+    # against the catalogue it knew, so the provider is coming back, and its tasks wait, not fail.
+    task_id = insert_task(rt, user_id, {"provider": "not-published-yet", "model": "m-1"}, IMAGE_PARAMETERS)
+    assert process_task(task_id) == "waiting-for-provider"
+    assert task(rt, task_id)["status"] == "pending"
+
+
 def test_a_job_for_a_missing_final_or_leased_task_changes_nothing(rt: Runtime, user_id: str) -> None:
     assert process_task("no-such-task") == "missing"
     done = insert_task(rt, user_id, IMAGE, IMAGE_PARAMETERS, status="completed")
