@@ -202,6 +202,14 @@ class Ledger:
             model=model,
         )
 
+    def task_entries(self, task_id: str) -> list[Entry]:
+        """A task's entries (its hold, then its settle or refund), by their unique keys."""
+        keys = [f"{task_id}:reserve", f"{task_id}:release"]
+        return sorted(
+            (Entry.from_document(document) for document in self.entries.find({"key": {"$in": keys}})),
+            key=lambda entry: entry.seq,
+        )
+
     def flush_accounts(self) -> None:
         """Move the `accounts` documents of the users written since the last flush to their newest entry."""
         with self._behind_guard:

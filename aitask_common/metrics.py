@@ -55,8 +55,16 @@ RESULT_CACHE_LOOKUPS = Counter(
 )
 
 
+_in_flight = 0
+
+
+def in_flight_calls() -> int:
+    """Unary RPCs this process is serving now (a provider instance reports it in its registry heartbeat)."""
+    return _in_flight
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every unary RPC by method and final status code."""
+    """Counts and times every unary RPC by method and final status code, and counts those in flight."""
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -66,8 +74,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            global _in_flight
             started = time.perf_counter()
             code = "OK"
+            _in_flight += 1
             try:
                 return await inner(request, context)
             except Exception:
@@ -75,6 +85,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
                 raise
             finally:
+                _in_flight -= 1
                 GRPC_REQUESTS.labels(method, code).inc()
                 GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
 

@@ -8,6 +8,7 @@ SCAN the keyspace (which also holds every RQ job).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import uuid
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2
 from aitask_common.logging import get_logger
+from aitask_common.metrics import in_flight_calls
 
 log = get_logger(__name__)
 
@@ -28,6 +30,8 @@ INSTANCE_KEY_PREFIX = "aitask:registry:instance:"
 # The last catalogue each provider published outlives its instances, so a request
 # for a provider that is briefly down is still validated (and waits, pending).
 CATALOGUES_KEY = "aitask:registry:catalogues"
+# Instance ids an operator drained: the dispatchers send them no new calls (AdminService.DrainProvider).
+DRAINING_KEY = "aitask:registry:draining"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class ProviderInstance:
     instance_id: str
     address: str
     catalogue: provider_service_pb2.DescribeCatalogueResponse = field(compare=False)
+    # Calls it was serving at its last heartbeat.
+    in_flight: int = field(default=0, compare=False)
 
     @property
     def key(self) -> str:
@@ -51,6 +57,7 @@ class ProviderInstance:
                 "provider": self.provider,
                 "instance_id": self.instance_id,
                 "address": self.address,
+                "in_flight": self.in_flight,
                 "catalogue": json_format.MessageToDict(self.catalogue, preserving_proto_field_name=True),
             }
         )
@@ -62,7 +69,7 @@ class ProviderInstance:
         parsing a catalogue costs more than reading it; callers must not modify the result)."""
         data = json.loads(raw)
         catalogue = json_format.ParseDict(data["catalogue"], provider_service_pb2.DescribeCatalogueResponse())
-        return cls(data["provider"], data["instance_id"], data["address"], catalogue)
+        return cls(data["provider"], data["instance_id"], data["address"], catalogue, data.get("in_flight", 0))
 
 
 def read_instances(redis: Redis) -> list[ProviderInstance]:
@@ -75,6 +82,13 @@ def read_instances(redis: Redis) -> list[ProviderInstance]:
     if expired:
         redis.srem(INDEX_KEY, *expired)
     return [ProviderInstance.from_json(value) for value in values if value is not None]
+
+
+def read_draining(redis: Redis) -> frozenset[str]:
+    """The ids of the instances drained by an operator."""
+    return frozenset(
+        member.decode() if isinstance(member, bytes) else member for member in redis.smembers(DRAINING_KEY)
+    )
 
 
 def read_catalogues(redis: Redis) -> dict[str, provider_service_pb2.DescribeCatalogueResponse]:
@@ -130,8 +144,9 @@ class RegistryPublisher:
 
     async def _publish(self) -> None:
         catalogue = json_format.MessageToJson(self.instance.catalogue, preserving_proto_field_name=True)
+        current = dataclasses.replace(self.instance, in_flight=in_flight_calls())
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.instance.key, self.instance.to_json(), px=self.ttl_ms)
+            pipe.set(self.instance.key, current.to_json(), px=self.ttl_ms)
             pipe.sadd(INDEX_KEY, self.instance.key)
             pipe.hset(CATALOGUES_KEY, self.instance.provider, catalogue)
             await pipe.execute()

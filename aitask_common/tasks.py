@@ -16,6 +16,8 @@ COLLECTION = "tasks"
 # Indexes created at start-up (see DESIGN.md "Storage and state").
 INDEXES: list[list[tuple[str, int]]] = [
     [("user_id", 1), ("created", -1)],
+    # The admin search across users, newest first.
+    [("created", -1)],
     [("user_id", 1), ("type", 1), ("created", -1)],
     [("status", 1), ("updated", 1)],
     # The reconciler's sweep of pending tasks past their deadline.
@@ -27,8 +29,8 @@ INDEXES: list[list[tuple[str, int]]] = [
 # Set (true) on a priced task from its create until its credit is settled or refunded.
 BILLING_OPEN_FIELD = "billing_open"
 
-# Fields too large for list responses.
-PAYLOAD_FIELDS = ("image_base64",)
+# Fields too large for list responses (or not in them).
+PAYLOAD_FIELDS = ("image_base64", "timeline")
 
 
 class TaskStatus(StrEnum):
@@ -163,6 +165,8 @@ class TaskDocument(TypedDict):
     # The vendor's own link to the output, and the copy in the output store (absent once retention removed it).
     upstream_url: NotRequired[str]
     output: NotRequired[OutputDocument]
+    # What happened to the task, oldest first (aitask_common/timeline.py).
+    timeline: NotRequired[list[dict[str, Any]]]
     # While an image's copy is pending (removed when the task completes).
     generated: NotRequired[GeneratedImage | None]
     # A priced task: the credits its create reserved and the price it is settled at (aitask_common/prices.py),

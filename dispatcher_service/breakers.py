@@ -22,23 +22,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
-from enum import StrEnum
 
 from prometheus_client import Counter
 from redis import Redis
 
+from aitask_common.breaker_state import BREAKER_IDLE_SECONDS, BreakerState, breaker_keys
 from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRYABLE_CODES
 from dispatcher_service.settings import DispatcherSettings
 
 log = get_logger(__name__)
-
-BREAKER_KEY_PREFIX = "aitask:breaker:"
-# Set of every breaker scope that ever recorded a call, so the tools and metrics never SCAN.
-BREAKERS_INDEX_KEY = "aitask:breakers"
-# A breaker untouched this long is forgotten (an instance that went away, a model no longer used).
-BREAKER_IDLE_SECONDS = 24 * 3600
 
 # A worker that found a breaker closed lets calls through without asking Redis again for this long: two round
 # trips fewer per task in the usual case, at the price of noticing another worker's open breaker this much later.
@@ -50,30 +43,6 @@ FAILURE_CODES = RETRYABLE_CODES
 BREAKER_TRANSITIONS = Counter(
     "aitask_breaker_transitions_total", "Circuit breaker transitions, by breaker scope and new state", ["scope", "to"]
 )
-
-
-class BreakerState(StrEnum):
-    """Where a breaker stands."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-def instance_scope(provider: str, instance_id: str, model: str) -> str:
-    """The breaker of one provider instance, kept per model it serves: one model's outage upstream does not shut the
-    instance for its other models (a fallback among them)."""
-    return f"instance:{provider}:{instance_id}/{model}"
-
-
-def model_scope(provider: str, model: str) -> str:
-    """The breaker of one model of a provider, over all its instances."""
-    return f"model:{provider}/{model}"
-
-
-def _keys(scope: str) -> list[str]:
-    state = BREAKER_KEY_PREFIX + scope
-    return [state, f"{state}:calls", f"{state}:failures", BREAKERS_INDEX_KEY]
 
 
 # KEYS state hash; ARGV now, cooldown, probes, idle expiry. Returns {admitted 0/1, state, seconds to wait
@@ -140,19 +109,6 @@ return {'closed', ''}
 """
 
 
-@dataclass(frozen=True)
-class BreakerStatus:
-    """One breaker as the tools show it."""
-
-    scope: str
-    state: BreakerState
-    # Epoch seconds: when an open breaker half-opens, or when a half-open one issues its probes again.
-    until: float | None
-    # Calls and failures in the current window (closed breakers only).
-    calls: int
-    failures: int
-
-
 class Breakers:
     """The shared breakers, as one worker process uses them."""
 
@@ -169,7 +125,7 @@ class Breakers:
             return None
         s = self.settings
         admitted, state, wait, transition = self.redis.eval(
-            _ADMIT, 1, _keys(scope)[0], time.time(), s.breaker_cooldown_seconds, s.breaker_probe_calls,
+            _ADMIT, 1, breaker_keys(scope)[0], time.time(), s.breaker_cooldown_seconds, s.breaker_probe_calls,
             BREAKER_IDLE_SECONDS,
         )  # fmt: skip
         if transition:
@@ -188,7 +144,7 @@ class Breakers:
         """Count one finished call through `scope`; it may open or close the breaker."""
         s = self.settings
         state, transition = self.redis.eval(
-            _RECORD, 4, *_keys(scope), time.time(), int(failed), uuid.uuid4().hex, s.breaker_window_seconds,
+            _RECORD, 4, *breaker_keys(scope), time.time(), int(failed), uuid.uuid4().hex, s.breaker_window_seconds,
             min_calls, s.breaker_failure_ratio, s.breaker_cooldown_seconds, s.breaker_probe_calls,
             BREAKER_IDLE_SECONDS, scope,
         )  # fmt: skip
@@ -206,33 +162,3 @@ class Breakers:
         else:
             log.info(f"circuit breaker {'half-open: probing' if to is BreakerState.HALF_OPEN else 'closed'}",
                      breaker=scope)  # fmt: skip
-
-
-def breaker_statuses(redis: Redis) -> list[BreakerStatus]:
-    """Every known breaker, by scope; the ones forgotten (idle a day) are dropped from the index."""
-    scopes = sorted(m.decode() if isinstance(m, bytes) else m for m in redis.smembers(BREAKERS_INDEX_KEY))
-    with redis.pipeline(transaction=False) as pipe:
-        for scope in scopes:
-            state, calls, failures, _ = _keys(scope)
-            pipe.hmget(state, "state", "until")
-            pipe.zcard(calls)
-            pipe.zcard(failures)
-        replies = pipe.execute()
-    statuses, gone = [], []
-    for index, scope in enumerate(scopes):
-        (state, until), calls, failures = replies[3 * index : 3 * index + 3]
-        if state is None and not calls:
-            gone.append(scope)
-            continue
-        current = BreakerState(state.decode()) if state else BreakerState.CLOSED
-        shown_until = float(until) if until and current is not BreakerState.CLOSED else None
-        statuses.append(BreakerStatus(scope, current, shown_until, calls, failures))
-    if gone:
-        redis.srem(BREAKERS_INDEX_KEY, *gone)
-    return statuses
-
-
-def reset_breaker(redis: Redis, scope: str) -> None:
-    """Forget a breaker (closed, empty window): an operator's override."""
-    redis.delete(*_keys(scope)[:3])
-    redis.srem(BREAKERS_INDEX_KEY, scope)

@@ -23,6 +23,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
+from aitask_common import timeline
 from aitask_common.events import EventKind, publish
 from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRYABLE_CODES
@@ -119,7 +120,8 @@ def expire(collection: Collection[Any], redis: Redis, task_id: str, user_id: str
             "status": TaskStatus.CANCELLED.value,
             "cancel_reason": CancelReason.DEADLINE.value,
             "updated": now,
-        }
+        },
+        "$push": {timeline.FIELD: timeline.entry("cancelled", reason=CancelReason.DEADLINE.value)},
     }
     condition = {"_id": task_id, "status": TaskStatus.PENDING.value, "deadline": {"$lte": now}}
     if collection.update_one(condition, update).modified_count != 1:

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask_common import fair_share
+from aitask_common.breaker_state import model_scope
 from aitask_common.fallbacks import map_parameters, split_model_key
 from aitask_common.logging import bound_log_context, get_logger
 from aitask_common.metrics import RETRIES, TASK_DURATION, TASKS_FINISHED, UPSTREAM_CALL
@@ -54,7 +55,8 @@ from aitask_common.outputs import (
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import Priority, leave_queue
 from aitask_common.tasks import GeneratedImage, TaskDocument, TaskParameters, TaskStatus, TaskType, utcnow
-from dispatcher_service.breakers import FAILURE_CODES, Breakers, model_scope
+from aitask_common.timeline import keep_poll
+from dispatcher_service.breakers import FAILURE_CODES, Breakers
 from dispatcher_service.cancels import cancel_upstream_job, deadline_passed, enqueue_upstream_cancel, expire
 from dispatcher_service.caps import CapFull, Slot, UpstreamCaps
 from dispatcher_service.durations import UpstreamDurations
@@ -709,6 +711,7 @@ class TaskRun:
             return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
         self.task.last_polled = waited
         self._record_progress(response.progress)
+        self._note_poll(response)
         estimated = durations.likely_duration(model_key) is not None
         self._schedule_poll(upstream, self._next_poll_delay(waited, response.poll_after_ms))
         if not estimated and durations.likely_duration(model_key, fresh=True) is not None:
@@ -727,6 +730,14 @@ class TaskRun:
                 self.task.progress = progress
         except PyMongoError as error:
             log.warning("progress not stored", error=str(error))
+
+    def _note_poll(self, response: pb.PollJobResponse) -> None:
+        """Note the poll for the task's timeline (best effort: a lost note loses no work)."""
+        state = pb.JobState.Name(response.state).removeprefix("JOB_STATE_").lower()
+        try:
+            keep_poll(self.rt.redis, self.task.id, state, response.progress, self.settings.poll_give_up_seconds)
+        except RedisError as error:
+            log.warning("poll not noted for the timeline", error=str(error))
 
     def _replan_waiting_polls(self) -> None:
         """The model's first finish gave it an estimate: the jobs that waited for one poll by it now."""

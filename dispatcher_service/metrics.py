@@ -9,10 +9,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
 
+from aitask_common.breaker_state import BreakerState, breaker_statuses
 from aitask_common.queue_state import AGE_SAMPLE_JOBS, oldest_queued_age
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.registry import read_instances
-from dispatcher_service.breakers import BreakerState, breaker_statuses
 from dispatcher_service.schedule import queue
 
 # aitask_breaker_state's values.

@@ -13,10 +13,11 @@ from redis.exceptions import RedisError
 
 from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask.provider.v1 import provider_service_pb2_grpc
+from aitask_common.breaker_state import instance_scope
 from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRY_AFTER_METADATA, UPSTREAM_ERROR_METADATA
-from aitask_common.registry import ProviderInstance, read_catalogues, read_instances
-from dispatcher_service.breakers import FAILURE_CODES, Breakers, instance_scope
+from aitask_common.registry import ProviderInstance, read_catalogues, read_draining, read_instances
+from dispatcher_service.breakers import FAILURE_CODES, Breakers
 from dispatcher_service.read_cache import ReadThroughCache
 
 log = get_logger(__name__)
@@ -54,6 +55,12 @@ class _Registry:
 
     instances: list[ProviderInstance]
     catalogues: dict[str, pb.DescribeCatalogueResponse]
+    # Instance ids an operator drained: sent no new calls.
+    draining: frozenset[str] = frozenset()
+
+    def live(self, provider: str) -> list[ProviderInstance]:
+        """The provider's instances that take calls."""
+        return [i for i in self.instances if i.provider == provider and i.instance_id not in self.draining]
 
 
 # The registry is read whole, under this one cache key.
@@ -85,7 +92,9 @@ class ProviderDirectory:
         catalogue Redis forgot (it restarted without data) is kept until its provider publishes again."""
         try:
             known = self._last_registry.catalogues if self._last_registry else {}
-            registry = _Registry(read_instances(self.redis), known | read_catalogues(self.redis))
+            registry = _Registry(
+                read_instances(self.redis), known | read_catalogues(self.redis), read_draining(self.redis)
+            )
         except RedisError as error:
             if self._last_registry is None:
                 raise
@@ -105,10 +114,10 @@ class ProviderDirectory:
         return provider in self._registry.get(_REGISTRY).catalogues
 
     def _candidates(self, provider: str) -> list[ProviderInstance]:
-        candidates = [i for i in self._registry.get(_REGISTRY).instances if i.provider == provider]
+        candidates = self._registry.get(_REGISTRY).live(provider)
         if not candidates:
-            # A provider that just started should not wait out the cache.
-            candidates = [i for i in self._registry.get(_REGISTRY, fresh=True).instances if i.provider == provider]
+            # A provider that just started (or was undrained) should not wait out the cache.
+            candidates = self._registry.get(_REGISTRY, fresh=True).live(provider)
         return candidates
 
     def has_instance(self, provider: str) -> bool:

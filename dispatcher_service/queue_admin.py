@@ -38,13 +38,13 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
+from aitask_common.breaker_state import BreakerState, BreakerStatus, breaker_statuses, reset_breaker
 from aitask_common.mongo import client_options
 from aitask_common.queue_state import OLDEST_AGE, STATES, paused_queues
 from aitask_common.queue_state import queue_status as shared_queue_status
 from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, leave_queue
 from aitask_common.settings import ServiceSettings, load_settings
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus
-from dispatcher_service.breakers import BreakerState, BreakerStatus, breaker_statuses, reset_breaker
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished, queue
 from dispatcher_service.storage import TaskTransitions

@@ -14,6 +14,7 @@ from redis import Redis
 
 from aitask_common.events import EventKind, publish
 from aitask_common.tasks import COLLECTION, TaskDocument, TaskStatus, utcnow
+from aitask_common.timeline import forget_polls, noted_polls, with_entries, write_entries
 from aitask_common.webhooks import MESSAGES_COLLECTION, known_without_webhook, record_change
 
 # Fields `record` may write that no client sees: storing them alone publishes no notice.
@@ -54,7 +55,10 @@ class TaskTransitions:
                 "status": TaskStatus.PENDING.value,
                 "$or": [{"deadline": None}, {"deadline": {"$gt": now}}],
             },
-            {"$set": {"status": TaskStatus.PROCESSING.value, "updated": now}, "$inc": {"attempts": 1}},
+            with_entries(
+                {"$set": {"status": TaskStatus.PROCESSING.value, "updated": now}, "$inc": {"attempts": 1}},
+                write_entries({}, TaskStatus.PROCESSING),
+            ),
             return_document=ReturnDocument.AFTER,
         )
         if document is not None:
@@ -72,7 +76,12 @@ class TaskTransitions:
     ) -> bool:
         """Set `new` status (and `fields`, and add `attempts_delta` to attempts) only if the task is
         still `expected` (and, given `upstream_job_id`, still waits on that upstream job); True if it was."""
-        update: dict[str, Any] = {"$set": {**(fields or {}), "status": new.value, "updated": utcnow()}}
+        entries = write_entries(fields or {}, new)
+        # The polls of the upstream job join the timeline before its outcome.
+        polls_from = self.redis if new.is_final and upstream_job_id is not None else None
+        if polls_from is not None:
+            entries[-1:-1] = noted_polls(polls_from, task_id)
+        update = with_entries({"$set": {**(fields or {}), "status": new.value, "updated": utcnow()}}, entries)
         if attempts_delta:
             update["$inc"] = {"attempts": attempts_delta}
         condition = {"_id": task_id, "status": expected.value}
@@ -81,18 +90,20 @@ class TaskTransitions:
         kind = EventKind.FINAL if new.is_final else EventKind.STATUS
         if known_without_webhook(task_id):
             changed = self.collection.update_one(condition, update).modified_count == 1
-            if changed:
-                self.notify(task_id, kind)
-            return changed
-        # The task may have a webhook, whose message carries the task after this change: read in the same step.
-        document = self.collection.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
-        if document is not None:
-            self.notify(task_id, kind, cast(TaskDocument, document))
-        return document is not None
+            document = None
+        else:
+            # The task may have a webhook, whose message carries the task after this change: read in the same step.
+            document = self.collection.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
+            changed = document is not None
+        if changed:
+            if polls_from is not None:
+                forget_polls(polls_from, task_id)
+            self.notify(task_id, kind, cast(TaskDocument | None, document))
+        return changed
 
     def record(self, task_id: str, expected: TaskStatus, fields: dict[str, Any]) -> bool:
         """Store fields (e.g. an upstream job id) without changing status, if still `expected`."""
-        update = {"$set": {**fields, "updated": utcnow()}}
+        update = with_entries({"$set": {**fields, "updated": utcnow()}}, write_entries(fields))
         changed = self.collection.update_one({"_id": task_id, "status": expected.value}, update).modified_count == 1
         if changed and "progress" in fields:
             self.notify(task_id, EventKind.PROGRESS)

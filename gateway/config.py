@@ -72,6 +72,8 @@ OPENAI_DOOR_TIMEOUT_SECONDS = 300
 # timeout; a download that stalls for OUTPUT_IDLE_TIMEOUT is cut.
 OUTPUT_PATH = r"^/api/v1/ai/task/[^/]+/output$"
 OUTPUT_CLUSTER = "task_service_output"
+# The operator's console (task_service/console/): static files from the same HTTP servers, same origin as the API.
+CONSOLE_PREFIX = "/console"
 OUTPUT_IDLE_TIMEOUT = "60s"
 
 
@@ -274,15 +276,14 @@ def _otlp_cluster(cluster_type: str, host: str, port: int) -> dict[str, Any]:
     )
 
 
-def _output_route() -> dict[str, Any]:
-    """GET (and HEAD) of a task's output: to the task services' output servers, past the transcoder (no RPC
-    has this path), the buffer (bodies stream) and the Lua filter (the server answers the error envelope)."""
+def _output_server_route(path_match: dict[str, Any]) -> dict[str, Any]:
+    """GET (and HEAD) of a task's output or of the console's files: to the task services' HTTP servers, past the
+    transcoder (no RPC has these paths), the buffer (bodies stream) and the Lua filter (the server answers the
+    error envelope)."""
     disabled = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
     return {
-        "match": {
-            "safe_regex": {"regex": OUTPUT_PATH},
-            "headers": [{"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|HEAD)$"}}}],
-        },
+        "match": path_match
+        | {"headers": [{"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|HEAD)$"}}}]},
         "route": {
             "cluster": OUTPUT_CLUSTER,
             "timeout": "0s",
@@ -363,7 +364,8 @@ def render(
         }
     }
     routes = [
-        _output_route(),
+        _output_server_route({"safe_regex": {"regex": OUTPUT_PATH}}),
+        _output_server_route({"path_separated_prefix": CONSOLE_PREFIX}),
         {
             # WatchTask, native or transcoded (the transcoder rewrites the path to this one and routes again).
             "match": {"path": WATCH_METHOD_PATH},

@@ -32,6 +32,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
+from aitask_common import timeline
 from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
 from aitask_common.queues import (
@@ -163,7 +164,8 @@ class TaskCanceller:
                     "cancel_reason": reason.value,
                     "cancelled_from": status,
                     "updated": utcnow(),
-                }
+                },
+                "$push": {timeline.FIELD: timeline.entry("cancelled", reason=reason.value)},
             }
             written = await self.store.collection.find_one_and_update(
                 {"_id": task_id, "status": status}, update, return_document=ReturnDocument.AFTER

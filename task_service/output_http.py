@@ -1,4 +1,5 @@
-"""`GET /api/v1/ai/task/{task_id}/output?expires=…&signature=…`: a task's stored image or video, by signed link.
+"""`GET /api/v1/ai/task/{task_id}/output?expires=…&signature=…`: a task's stored image or video, by signed link;
+and `GET /console/`: the operator's console, three static files (task_service/console/) that call the API.
 
 An HTTP route beside the gRPC server, in the same process (Envoy routes the path here): bytes cannot go
 through the JSON transcoder, and a `<video>` element needs Range requests answered. The link's signature is
@@ -13,6 +14,7 @@ import json
 import re
 import time
 from collections.abc import Generator
+from pathlib import Path
 from typing import Final
 
 from aiohttp import web
@@ -27,6 +29,19 @@ from task_service.storage import TaskStore
 log = get_logger(__name__)
 
 ROUTE: Final = OUTPUT_PATH
+CONSOLE_DIR: Final = Path(__file__).with_name("console")
+# Every file the console has ("" is the page itself); anything else under /console/ is 404.
+CONSOLE_FILES: Final = {"": "index.html", "console.js": "console.js", "console.css": "console.css"}
+# The console runs only its own script and loads only from this origin (outputs may be the vendors' links).
+CONSOLE_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: http: https:; media-src 'self' http: https:; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 # `bytes=first-last`, `bytes=first-` or `bytes=-suffix`: one range (several are answered whole, as HTTP allows).
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -73,6 +88,8 @@ class OutputServer:
         self.links = links
         app = web.Application()
         app.router.add_get(ROUTE, self.serve_output)  # HEAD too
+        app.router.add_get("/console", self.console_home)
+        app.router.add_get("/console/{name:.*}", self.serve_console)
         self.runner = web.AppRunner(app, access_log=None)
         self.port = 0
 
@@ -86,6 +103,18 @@ class OutputServer:
     async def stop(self) -> None:
         """Stop listening; downloads in flight are cut."""
         await self.runner.cleanup()
+
+    @staticmethod
+    async def console_home(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/console/")
+
+    @staticmethod
+    async def serve_console(request: web.Request) -> web.StreamResponse:
+        """One of the console's files."""
+        name = CONSOLE_FILES.get(request.match_info["name"])
+        if name is None:
+            return _error(404, "NOT_FOUND", f"no console file {request.match_info['name']!r}")
+        return web.FileResponse(CONSOLE_DIR / name, headers=CONSOLE_HEADERS)
 
     async def serve_output(self, request: web.Request) -> web.StreamResponse:
         """The output, whole (200) or a range of it (206)."""

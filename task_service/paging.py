@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aitask_common.tasks import TaskDocument
+from aitask_common.tasks import TaskDocument, TaskStatus, TaskType
 from task_service.validation import InvalidRequest
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -24,14 +24,40 @@ MILLISECOND = timedelta(milliseconds=1)
 
 @dataclass(frozen=True)
 class ListFilters:
-    """What a list call selects; a token is valid only with the same."""
+    """What a list (a user's) or search (an admin's) call selects, each field optional; a token is valid only
+    with the same."""
 
-    user_id: str
-    task_type: str
-    status: str
+    user_id: str = ""
+    task_type: str = ""
+    status: str = ""
+    provider: str = ""
+    model: str = ""
+    task_id: str = ""
+    created_after: datetime | None = None
+    created_before: datetime | None = None
 
     def digest(self) -> str:
-        return hashlib.sha256(f"{self.user_id}\n{self.task_type}\n{self.status}".encode()).hexdigest()[:16]
+        text = f"{self.user_id}\n{self.task_type}\n{self.status}"
+        searched = (self.provider, self.model, self.task_id, self.created_after, self.created_before)
+        if any(searched):  # a ListTasks token stays what it was
+            text += "\n" + "\n".join(str(value or "") for value in searched)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def query(self) -> dict[str, Any]:
+        """The MongoDB query selecting these tasks."""
+        equal = {
+            "_id": self.task_id,
+            "user_id": self.user_id,
+            "type": self.task_type,
+            "status": self.status,
+            "provider": self.provider,
+            "model": self.model,
+        }
+        query: dict[str, Any] = {field: value for field, value in equal.items() if value}
+        created = {"$gte": self.created_after, "$lt": self.created_before}
+        if any(created.values()):
+            query["created"] = {operator: value for operator, value in created.items() if value is not None}
+        return query
 
 
 @dataclass(frozen=True)
@@ -44,6 +70,30 @@ class Position:
     def after(self) -> dict[str, Any]:
         """The query condition for the tasks after this one, newest first."""
         return {"$or": [{"created": {"$lt": self.created}}, {"created": self.created, "_id": {"$lt": self.task_id}}]}
+
+
+def validated_filters(**fields: Any) -> ListFilters:
+    """ListFilters with `fields`; InvalidRequest naming a type or status that does not exist."""
+    filters = ListFilters(**fields)
+    if filters.task_type and filters.task_type not in TaskType.__members__.values():
+        raise InvalidRequest("type", f"must be one of {', '.join(TaskType)} (got {filters.task_type!r})")
+    if filters.status and filters.status not in TaskStatus.__members__.values():
+        raise InvalidRequest("status", f"must be one of {', '.join(TaskStatus)} (got {filters.status!r})")
+    return filters
+
+
+def parse_instant(field: str, text: str) -> datetime | None:
+    """An RFC 3339 instant with its offset (None for ""); InvalidRequest naming `field` otherwise."""
+    if not text:
+        return None
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        example = "2026-12-01T00:00:00Z"
+        raise InvalidRequest(field, f"must be an RFC 3339 instant such as {example} (got {text!r})") from None
+    if instant.tzinfo is None:
+        raise InvalidRequest(field, f"must name its offset, e.g. a trailing Z for UTC (got {text!r})")
+    return instant.astimezone(UTC)
 
 
 def next_page_token(document: TaskDocument, filters: ListFilters) -> str:
@@ -67,5 +117,5 @@ def position_of(token: str, filters: ListFilters) -> Position:
             "page_token", "is not a token this API made: pass a page's next_page_token as it came"
         ) from None
     if digest != filters.digest():
-        raise InvalidRequest("page_token", "was made for other filters: keep user_id, type and status as they were")
+        raise InvalidRequest("page_token", "was made for other filters: keep every filter as it was")
     return position

@@ -160,7 +160,8 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
     )
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server.server)
     audit = mongo[settings.mongo_database][AUDIT_COLLECTION]
-    task_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(redis, audit), server.server)
+    admin = AdminServicer(redis, audit, servicer, ApiKeyStore(mongo, settings.mongo_database))
+    task_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server.server)
     output_server = OutputServer(store, outputs, links)
     return TaskService(server, mongo, redis, async_redis, catalogues, batchers, watch_hub, output_server, sync_mongo)
 

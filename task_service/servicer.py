@@ -21,6 +21,7 @@ from ulid import ULID
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
+from aitask_common import timeline
 from aitask_common.events import EventKind
 from aitask_common.ledger import InsufficientCredit
 from aitask_common.logging import get_logger
@@ -42,7 +43,7 @@ from task_service.enqueue import TaskQueue
 from task_service.idempotency import METADATA_NAME, fingerprint, idempotency_key, scoped
 from task_service.limits import AtCap, CreditsUnknown, InflightTasks
 from task_service.model_catalogue import list_models
-from task_service.paging import ListFilters, next_page_token, position_of
+from task_service.paging import ListFilters, next_page_token, position_of, validated_filters
 from task_service.prefer import PREFER_METADATA, PREFERENCE_APPLIED_METADATA, Wait, requested_wait
 from task_service.queue_position import QueuePositions
 from task_service.result_cache import FinalResultCache, Lookup
@@ -58,6 +59,13 @@ log = get_logger(__name__)
 CREDIT_REBUILDS = 2
 
 T = TypeVar("T")
+
+# The create request of each task type (RetryTask rebuilds one from a stored task).
+CREATE_REQUESTS: dict[TaskType, type[Any]] = {
+    TaskType.IMAGE: pb.CreateImageTaskRequest,
+    TaskType.VIDEO: pb.CreateVideoTaskRequest,
+    TaskType.TEXT: pb.CreateTextTaskRequest,
+}
 
 
 class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
@@ -159,7 +167,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         await self._forget_cached(request.task_id, context)
         if document.get(BILLING_OPEN_FIELD):
             await self._billing(context, self.billing.settle_deleted(dict(document)))
-        if not await self._database(context, self.store.delete(request.task_id)):
+        if not await self.database_call(context, self.store.delete(request.task_id)):
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(request.task_id))
         await self.results.mark_deleted(request.task_id)
         await self._purge_output(document)
@@ -186,43 +194,66 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
         try:
             user_id = validate_user_id(current_principal().user_or_own(request.user_id))
-            if request.type and request.type not in TaskType.__members__.values():
-                raise InvalidRequest("type", f"must be one of {', '.join(TaskType)} (got {request.type!r})")
-            if request.status and request.status not in TaskStatus.__members__.values():
-                raise InvalidRequest("status", f"must be one of {', '.join(TaskStatus)} (got {request.status!r})")
-            if request.limit < 0:
-                raise InvalidRequest("limit", "must not be negative")
-            if request.offset < 0:
-                raise InvalidRequest("offset", "must not be negative")
-            filters = ListFilters(user_id, request.type, request.status)
-            after = position_of(request.page_token, filters) if request.page_token else None
-            if after is not None and request.offset:
-                raise InvalidRequest("offset", "must be 0 with a page_token (the token says where the page starts)")
+            filters = validated_filters(user_id=user_id, task_type=request.type, status=request.status)
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         await self._check_acts_for(user_id, context)
-        limit = min(request.limit or self.settings.list_limit_default, self.settings.list_limit_max)
-        documents = await self._database(context, self.store.list(filters, limit, request.offset, after))
-        page = pb.TaskPage(
+        page = await self.page(filters, request.limit, request.offset, request.page_token, context)
+        return pb.ListTasksResponse(success=True, data=page, message="ok")
+
+    async def page(
+        self, filters: ListFilters, limit: int, offset: int, page_token: str, context: grpc.aio.ServicerContext
+    ) -> pb.TaskPage:
+        """One page of the tasks `filters` select, newest first (ListTasks, and the admin's SearchTasks)."""
+        try:
+            if limit < 0:
+                raise InvalidRequest("limit", "must not be negative")
+            if offset < 0:
+                raise InvalidRequest("offset", "must not be negative")
+            after = position_of(page_token, filters) if page_token else None
+            if after is not None and offset:
+                raise InvalidRequest("offset", "must be 0 with a page_token (the token says where the page starts)")
+        except InvalidRequest as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        limit = min(limit or self.settings.list_limit_default, self.settings.list_limit_max)
+        documents = await self.database_call(context, self.store.list(filters, limit, offset, after))
+        return pb.TaskPage(
             tasks=[self.links.sign(task_to_proto(document, include_payload=False)) for document in documents],
             limit=limit,
-            offset=request.offset,
+            offset=offset,
             next_page_token=next_page_token(documents[-1], filters) if len(documents) == limit else "",
         )
-        return pb.ListTasksResponse(success=True, data=page, message="ok")
+
+    async def recreate(self, document: TaskDocument, context: grpc.aio.ServicerContext) -> pb.TaskCreated:
+        """A new task asking what `document` asked, for its owner, created as any other (validated against today's
+        catalogue, counted in flight, its credit held)."""
+        task_type = TaskType(document["type"])
+        request = CREATE_REQUESTS[task_type](
+            prompt=document["prompt"],
+            user_id=document["user_id"],
+            provider=document["provider"],
+            model=document["model"],
+            webhook_url=document.get("webhook_url", ""),
+            webhook_events=document.get("webhook_events", []),
+            allow_fallback=document.get("allow_fallback", False),
+        )
+        for field, value in document["parameters"].items():
+            setattr(request, field, value)
+        created, _ = await self._create(task_type, request, context)
+        return created
 
     async def GetWebhookSecret(
         self, request: pb.GetWebhookSecretRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetWebhookSecretResponse:
         user_id = await self._named_user(request.user_id, context)
-        secrets = await self._database(context, self.webhooks.secrets.get(user_id))
+        secrets = await self.database_call(context, self.webhooks.secrets.get(user_id))
         return pb.GetWebhookSecretResponse(success=True, data=secret_to_proto(secrets), message="ok")
 
     async def RotateWebhookSecret(
         self, request: pb.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetWebhookSecretResponse:
         user_id = await self._named_user(request.user_id, context)
-        secrets = await self._database(context, self.webhooks.secrets.rotate(user_id))
+        secrets = await self.database_call(context, self.webhooks.secrets.rotate(user_id))
         return pb.GetWebhookSecretResponse(
             success=True, data=secret_to_proto(secrets), message="secret rotated; the previous one signs for 24 h"
         )
@@ -231,7 +262,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.ListWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWebhookDeliveriesResponse:
         await self._find(request.task_id, context)
-        deliveries = await self._database(context, self.webhooks.delivery_log(request.task_id))
+        deliveries = await self.database_call(context, self.webhooks.delivery_log(request.task_id))
         return pb.ListWebhookDeliveriesResponse(success=True, data=deliveries, message="ok")
 
     async def GetBalance(
@@ -360,7 +391,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         scoped_key = await self._scoped_idempotency_key(valid.user_id, request, context)
         digest = fingerprint(valid)
         if scoped_key is not None:
-            original = await self._database(context, self.store.get_by_idempotency(scoped_key))
+            original = await self.database_call(context, self.store.get_by_idempotency(scoped_key))
             if original is not None:
                 return await self._replay(original, digest, context)
         task_id = str(ULID())
@@ -429,7 +460,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         except DuplicateKeyError:
             # A concurrent create with the same key won the insert (the unique index decides): this is its retry.
             await self._release_slot(document["user_id"], document["_id"])
-            original = await self._database(context, self.store.get_by_idempotency(document[IDEMPOTENCY_FIELD]))
+            original = await self.database_call(context, self.store.get_by_idempotency(document[IDEMPOTENCY_FIELD]))
             if original is None:
                 await context.abort(grpc.StatusCode.ABORTED, "a concurrent request used this idempotency key; retry")
             return original
@@ -492,7 +523,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         except RedisError as error:
             # Undo the insert so a rejected create leaves nothing behind.
             log.error("enqueue failed; task withdrawn", task_id=task_id, error=str(error))
-            await self._database(context, self.store.delete(task_id))
+            await self.database_call(context, self.store.delete(task_id))
             await self._release_slot(document["user_id"], task_id)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "task queue unavailable, retry later")
 
@@ -528,7 +559,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
 
     async def _find_valid(self, task_id: str, context: grpc.aio.ServicerContext) -> TaskDocument:
         """`_find` for an id already checked."""
-        document = await self._database(context, self.store.get(task_id))
+        document = await self.database_call(context, self.store.get(task_id))
         if document is not None and current_principal().may_act_for(document.get("user_id", "")):
             return document
         await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
@@ -545,7 +576,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             raise AssertionError("unreachable: abort raises") from error
 
     @staticmethod
-    async def _database(context: grpc.aio.ServicerContext, operation: Awaitable[T]) -> T:
+    async def database_call(context: grpc.aio.ServicerContext, operation: Awaitable[T]) -> T:
         """Await a storage call; an unreachable database is UNAVAILABLE, not an internal error."""
         try:
             return await operation
@@ -572,6 +603,7 @@ def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, dig
         "attempts": 0,
         "created": now,
         "updated": now,
+        "timeline": [timeline.entry("created")],
     }
     if valid.deadline_seconds is not None:
         document["deadline"] = now + timedelta(seconds=valid.deadline_seconds)

@@ -78,14 +78,11 @@ class TaskStore:
     async def list(
         self, filters: ListFilters, limit: int, offset: int, after: Position | None = None
     ) -> list[TaskDocument]:
-        """A user's tasks, newest first, without base64 payloads: past `offset`, or after a page's last task."""
-        query: dict[str, Any] = {"user_id": filters.user_id}
-        if filters.task_type:
-            query["type"] = filters.task_type
-        if filters.status:
-            query["status"] = filters.status
+        """The tasks `filters` select, newest first, without base64 payloads or timelines: past `offset`, or after a
+        page's last task."""
+        query = filters.query()
         if after is not None:
-            query |= after.after()
+            query |= after.after()  # a top-level $or: the filters' equalities stay where FerretDB pushes them down
         cursor = (
             self.collection.find(query, projection={field: False for field in PAYLOAD_FIELDS})
             .sort([("created", DESCENDING), ("_id", DESCENDING)])

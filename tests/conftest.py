@@ -12,11 +12,13 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 from pymongo.database import Database
+from redis import Redis
 
 from devstack.processes import Ports
 from devstack.stack import LocalStack, LoneRedis
@@ -56,6 +58,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneRedis
     """
     with LoneRedis(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@contextmanager
+def emptied(server: LoneRedis, db: int) -> Iterator[Redis]:
+    """A client of one of the lone server's databases, emptied before and after the test that uses it."""
+    client = server.redis(db=db)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
 
 
 @pytest.fixture

@@ -387,7 +387,9 @@ def test_network_policies_allow_only_the_intended_callers(rendered: dict[str, Do
         assert not allowed(caller, "openai-door", "http"), caller
     for provider in providers:
         assert allowed("dispatcher", provider, "grpc")
-        not_dispatcher: list[str | Pod] = ["envoy", "task-service", outside]
+        # The task service: the admin API's health check of each instance.
+        assert allowed("task-service", provider, "grpc")
+        not_dispatcher: list[str | Pod] = ["envoy", "openai-door", outside]
         for caller in not_dispatcher:
             assert not allowed(caller, provider, "grpc"), (caller, provider)
     for name in SETTINGS:
@@ -428,7 +430,7 @@ def test_egress_reaches_dns_datastores_and_vendors_only(rendered: dict[str, Docu
         assert not reaches("envoy", port, ip=VENDOR_IP), port
     assert not reaches("envoy", "grpc", "provider-openai")
     assert reaches("dispatcher", "grpc", "provider-openai") and reaches("dispatcher", "grpc", "provider-volcengine")
-    assert not reaches("task-service", "grpc", "provider-openai")
+    assert reaches("task-service", "grpc", "provider-openai")  # the admin API's health checks
     assert reaches("envoy", "http", "openai-door") and reaches("openai-door", "grpc", "task-service")
     assert reaches("openai-door", "outputs", "task-service")
     assert not reaches("openai-door", "grpc", "provider-openai")

@@ -9,9 +9,10 @@ import sys
 import time
 import uuid
 
+from aitask_common.breaker_state import BreakerState, breaker_statuses, reset_breaker
 from devstack.processes import ROOT
 from devstack.stack import LoneRedis
-from dispatcher_service.breakers import Breakers, BreakerState, breaker_statuses, reset_breaker
+from dispatcher_service.breakers import Breakers
 from dispatcher_service.caps import CapFull, Slot, UpstreamCaps, cap_status
 from dispatcher_service.settings import DispatcherSettings, UpstreamCap
 from tests.conftest import wait_until

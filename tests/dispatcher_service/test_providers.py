@@ -12,16 +12,15 @@ from aitask.provider.v1 import provider_service_pb2 as pb
 from aitask_common.registry import CATALOGUES_KEY
 from devstack.stack import LoneRedis
 from dispatcher_service.providers import ProviderDirectory
+from tests.conftest import emptied
 
 REDIS_DB = 13
 
 
 @pytest.fixture
 def redis(redis_server: LoneRedis) -> Iterator[Redis]:
-    client = redis_server.redis(db=REDIS_DB)
-    client.flushdb()
-    yield client
-    client.flushdb()
+    with emptied(redis_server, REDIS_DB) as client:
+        yield client
 
 
 def publish(redis: Redis, provider: str, *models: str) -> None:

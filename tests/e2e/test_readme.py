@@ -119,3 +119,16 @@ def test_the_queue_examples_pause_and_resume_as_the_readme_says(stack: LocalStac
     finally:
         with stack.rest() as rest:
             rest.post("/api/v1/admin/queues/low/resume", json={})
+
+
+def test_the_task_and_provider_examples_answer_as_the_readme_says(stack: LocalStack, rest: httpx.Client) -> None:
+    search, timeline, providers = readme_curl_commands("## Looking into tasks and providers")
+    body = {"prompt": "a lighthouse for the README", "user_id": "readme-admin", "provider": "volcengine"}
+    created = rest.post("/api/v1/ai/image/task", json=body | {"model": "doubao-seedream-3-0-t2i-250415"})
+    task_id = created.json()["data"]["task_id"]
+    wait_for_status(rest, task_id, {"completed"})
+    found = run(search, stack)["data"]["tasks"]
+    assert 1 <= len(found) <= 5 and {task["status"] for task in found} == {"completed"}
+    events = [event["event"] for event in run(timeline, stack, task_id)["data"]["events"]]
+    assert events[0] == "created" and "completed" in events
+    assert {"volcengine", "openai"} <= {instance["provider"] for instance in run(providers, stack)["data"]}

@@ -11,16 +11,10 @@ import httpx
 import pytest
 
 from aitask.v1 import task_service_pb2 as pb
+from aitask_common.breaker_state import BREAKER_KEY_PREFIX, breaker_statuses, instance_scope, model_scope, reset_breaker
 from aitask_common.registry import read_instances
 from devstack.stack import LocalStack
-from dispatcher_service.breakers import (
-    BREAKER_KEY_PREFIX,
-    CLOSED_CACHE_SECONDS,
-    breaker_statuses,
-    instance_scope,
-    model_scope,
-    reset_breaker,
-)
+from dispatcher_service.breakers import CLOSED_CACHE_SECONDS
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM, ensure_running, stop_dispatcher, upstream_calls
 

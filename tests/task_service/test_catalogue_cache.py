@@ -10,6 +10,7 @@ from redis import Redis
 
 from devstack.stack import LoneRedis
 from task_service.catalogue import CatalogueCache
+from tests.conftest import emptied
 from tests.dispatcher_service.test_providers import publish
 
 REDIS_DB = 14
@@ -17,10 +18,8 @@ REDIS_DB = 14
 
 @pytest.fixture
 def redis(redis_server: LoneRedis) -> Iterator[Redis]:
-    client = redis_server.redis(db=REDIS_DB)
-    client.flushdb()
-    yield client
-    client.flushdb()
+    with emptied(redis_server, REDIS_DB) as client:
+        yield client
 
 
 def models(cache: CatalogueCache, provider: str) -> list[str]:

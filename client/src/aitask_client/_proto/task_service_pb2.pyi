@@ -736,3 +736,238 @@ class ListAuditEntriesResponse(_message.Message):
     data: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     message: str
     def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SearchTasksRequest(_message.Message):
+    __slots__ = ("task_id", "user_id", "status", "type", "provider", "model", "created_after", "created_before", "limit", "page_token")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    user_id: str
+    status: str
+    type: str
+    provider: str
+    model: str
+    created_after: str
+    created_before: str
+    limit: int
+    page_token: str
+    def __init__(self, task_id: _Optional[str] = ..., user_id: _Optional[str] = ..., status: _Optional[str] = ..., type: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., created_after: _Optional[str] = ..., created_before: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class GetTaskTimelineRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class TimelineEvent(_message.Message):
+    __slots__ = ("time", "event", "detail")
+    class DetailEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    event: str
+    detail: _containers.ScalarMap[str, str]
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event: _Optional[str] = ..., detail: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class TaskTimeline(_message.Message):
+    __slots__ = ("task", "events")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    task: Task
+    events: _containers.RepeatedCompositeFieldContainer[TimelineEvent]
+    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., events: _Optional[_Iterable[_Union[TimelineEvent, _Mapping]]] = ...) -> None: ...
+
+class GetTaskTimelineResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: TaskTimeline
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[TaskTimeline, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RetryTaskRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class RetryTaskResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: TaskCreated
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[TaskCreated, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ListProvidersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ProviderInstanceState(_message.Message):
+    __slots__ = ("provider", "instance_id", "address", "health", "circuit", "open_circuits", "in_flight", "draining", "models")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_FIELD_NUMBER: _ClassVar[int]
+    OPEN_CIRCUITS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    instance_id: str
+    address: str
+    health: str
+    circuit: str
+    open_circuits: _containers.RepeatedScalarFieldContainer[str]
+    in_flight: int
+    draining: bool
+    models: int
+    def __init__(self, provider: _Optional[str] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., health: _Optional[str] = ..., circuit: _Optional[str] = ..., open_circuits: _Optional[_Iterable[str]] = ..., in_flight: _Optional[int] = ..., draining: _Optional[bool] = ..., models: _Optional[int] = ...) -> None: ...
+
+class ListProvidersResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: _containers.RepeatedCompositeFieldContainer[ProviderInstanceState]
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Iterable[_Union[ProviderInstanceState, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class DrainProviderRequest(_message.Message):
+    __slots__ = ("instance_id",)
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    def __init__(self, instance_id: _Optional[str] = ...) -> None: ...
+
+class DrainProviderResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: ProviderInstanceState
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[ProviderInstanceState, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ListApiKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ApiKeyInfo(_message.Message):
+    __slots__ = ("key_id", "user_id", "role", "name", "created", "revoked", "rate_limit")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    user_id: str
+    role: str
+    name: str
+    created: _timestamp_pb2.Timestamp
+    revoked: _timestamp_pb2.Timestamp
+    rate_limit: int
+    def __init__(self, key_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[str] = ..., name: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rate_limit: _Optional[int] = ...) -> None: ...
+
+class ListApiKeysResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: _containers.RepeatedCompositeFieldContainer[ApiKeyInfo]
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Iterable[_Union[ApiKeyInfo, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CreateApiKeyRequest(_message.Message):
+    __slots__ = ("user_id", "role", "name", "rate_limit")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    role: str
+    name: str
+    rate_limit: int
+    def __init__(self, user_id: _Optional[str] = ..., role: _Optional[str] = ..., name: _Optional[str] = ..., rate_limit: _Optional[int] = ...) -> None: ...
+
+class CreatedApiKey(_message.Message):
+    __slots__ = ("key", "api_key")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    key: ApiKeyInfo
+    api_key: str
+    def __init__(self, key: _Optional[_Union[ApiKeyInfo, _Mapping]] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class CreateApiKeyResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: CreatedApiKey
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[CreatedApiKey, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: ApiKeyInfo
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[ApiKeyInfo, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetCallerRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Caller(_message.Message):
+    __slots__ = ("key_id", "user_id", "role")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    user_id: str
+    role: str
+    def __init__(self, key_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class GetCallerResponse(_message.Message):
+    __slots__ = ("success", "data", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: Caller
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[_Union[Caller, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...

@@ -733,6 +733,11 @@ class AdminServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetCaller = channel.unary_unary(
+                '/aitask.v1.AdminService/GetCaller',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.GetCallerRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.GetCallerResponse.FromString,
+                _registered_method=True)
         self.ListQueues = channel.unary_unary(
                 '/aitask.v1.AdminService/ListQueues',
                 request_serializer=aitask_dot_v1_dot_task__service__pb2.ListQueuesRequest.SerializeToString,
@@ -753,12 +758,64 @@ class AdminServiceStub:
                 request_serializer=aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesRequest.SerializeToString,
                 response_deserializer=aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesResponse.FromString,
                 _registered_method=True)
+        self.SearchTasks = channel.unary_unary(
+                '/aitask.v1.AdminService/SearchTasks',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.SearchTasksRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.GetTaskTimeline = channel.unary_unary(
+                '/aitask.v1.AdminService/GetTaskTimeline',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.GetTaskTimelineRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.GetTaskTimelineResponse.FromString,
+                _registered_method=True)
+        self.ListProviders = channel.unary_unary(
+                '/aitask.v1.AdminService/ListProviders',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.ListProvidersRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.ListProvidersResponse.FromString,
+                _registered_method=True)
+        self.DrainProvider = channel.unary_unary(
+                '/aitask.v1.AdminService/DrainProvider',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.DrainProviderRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.DrainProviderResponse.FromString,
+                _registered_method=True)
+        self.UndrainProvider = channel.unary_unary(
+                '/aitask.v1.AdminService/UndrainProvider',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.DrainProviderRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.DrainProviderResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/aitask.v1.AdminService/ListApiKeys',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/aitask.v1.AdminService/CreateApiKey',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/aitask.v1.AdminService/RevokeApiKey',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RetryTask = channel.unary_unary(
+                '/aitask.v1.AdminService/RetryTask',
+                request_serializer=aitask_dot_v1_dot_task__service__pb2.RetryTaskRequest.SerializeToString,
+                response_deserializer=aitask_dot_v1_dot_task__service__pb2.RetryTaskResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
     """AdminService is the operator's API (and the console's): the queues and the audit log. Admin keys call every
     method; viewer keys call the reads and are refused the rest (PERMISSION_DENIED); user keys call none.
     """
+
+    def GetCaller(self, request, context):
+        """GetCaller says who is calling: the key, its user and its role (the console shows or hides its buttons by it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def ListQueues(self, request, context):
         """ListQueues reports each priority's queue: jobs by state, the oldest waiting job's age, whether it is paused.
@@ -788,9 +845,80 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchTasks(self, request, context):
+        """SearchTasks finds the tasks of every user, newest first, by any of id, user, status, type, provider, model and
+        creation time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTaskTimeline(self, request, context):
+        """GetTaskTimeline returns a task and everything that happened to it, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProviders(self, request, context):
+        """ListProviders reports every live provider instance: address, health, circuit breakers, calls in flight,
+        whether it is drained.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainProvider(self, request, context):
+        """DrainProvider stops the dispatchers sending an instance new calls; it finishes the calls it has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainProvider(self, request, context):
+        """UndrainProvider lets the dispatchers send a drained instance calls again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """ListApiKeys lists every API key, oldest first (never a secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """CreateApiKey makes a key; the whole key is in this answer alone (only its hash is stored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """RevokeApiKey stops a key working (within API_KEY_CACHE_SECONDS on every task service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryTask(self, request, context):
+        """RetryTask runs a failed task again: a new task with the same request, owner and priority (its own credit hold
+        and timeline); the failed one keeps its history and names the new one on its timeline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetCaller': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaller,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.GetCallerRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.GetCallerResponse.SerializeToString,
+            ),
             'ListQueues': grpc.unary_unary_rpc_method_handler(
                     servicer.ListQueues,
                     request_deserializer=aitask_dot_v1_dot_task__service__pb2.ListQueuesRequest.FromString,
@@ -811,6 +939,51 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesRequest.FromString,
                     response_serializer=aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
+            'SearchTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchTasks,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.SearchTasksRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'GetTaskTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskTimeline,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.GetTaskTimelineRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.GetTaskTimelineResponse.SerializeToString,
+            ),
+            'ListProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviders,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.ListProvidersRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'DrainProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainProvider,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.DrainProviderRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.DrainProviderResponse.SerializeToString,
+            ),
+            'UndrainProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainProvider,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.DrainProviderRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.DrainProviderResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'RetryTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTask,
+                    request_deserializer=aitask_dot_v1_dot_task__service__pb2.RetryTaskRequest.FromString,
+                    response_serializer=aitask_dot_v1_dot_task__service__pb2.RetryTaskResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'aitask.v1.AdminService', rpc_method_handlers)
@@ -823,6 +996,33 @@ class AdminService:
     """AdminService is the operator's API (and the console's): the queues and the audit log. Admin keys call every
     method; viewer keys call the reads and are refused the rest (PERMISSION_DENIED); user keys call none.
     """
+
+    @staticmethod
+    def GetCaller(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/GetCaller',
+            aitask_dot_v1_dot_task__service__pb2.GetCallerRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.GetCallerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ListQueues(request,
@@ -922,6 +1122,249 @@ class AdminService:
             '/aitask.v1.AdminService/ListAuditEntries',
             aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesRequest.SerializeToString,
             aitask_dot_v1_dot_task__service__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/SearchTasks',
+            aitask_dot_v1_dot_task__service__pb2.SearchTasksRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/GetTaskTimeline',
+            aitask_dot_v1_dot_task__service__pb2.GetTaskTimelineRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.GetTaskTimelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/ListProviders',
+            aitask_dot_v1_dot_task__service__pb2.ListProvidersRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/DrainProvider',
+            aitask_dot_v1_dot_task__service__pb2.DrainProviderRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.DrainProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/UndrainProvider',
+            aitask_dot_v1_dot_task__service__pb2.DrainProviderRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.DrainProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/ListApiKeys',
+            aitask_dot_v1_dot_task__service__pb2.ListApiKeysRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/CreateApiKey',
+            aitask_dot_v1_dot_task__service__pb2.CreateApiKeyRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/RevokeApiKey',
+            aitask_dot_v1_dot_task__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitask.v1.AdminService/RetryTask',
+            aitask_dot_v1_dot_task__service__pb2.RetryTaskRequest.SerializeToString,
+            aitask_dot_v1_dot_task__service__pb2.RetryTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
