@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -22,13 +23,14 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 from rq.registry import FinishedJobRegistry
 from rq.serializers import JSONSerializer
+from ulid import ULID
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
@@ -57,6 +59,7 @@ SCENARIOS = (
     "fairness",
     "e2e_image_outputs",
     "billing",
+    "console",
 )
 GROUPS = {
     "api": ("floor", "create_rest", "create_grpc", "get_rest"),
@@ -68,6 +71,7 @@ GROUPS = {
     "fairness": ("fairness",),
     "outputs": ("e2e_image_outputs",),
     "billing": ("billing",),
+    "console": ("console",),
 }
 
 FLOOR_PROCESSES = 4
@@ -108,6 +112,7 @@ class Plan:
     webhook_tasks: int = 10_000
     fairness_burst: int = 5000
     fairness_seconds: int = 30
+    console_tasks: int = 100_000
 
     def with_sizes(self, assignments: list[str]) -> Plan:
         """This plan with `field=value` overrides (each value read as the field's type); ValueError names a bad one."""
@@ -139,6 +144,7 @@ class Plan:
             webhook_tasks=200,
             fairness_burst=300,
             fairness_seconds=5,
+            console_tasks=2000,
         )
 
 
@@ -1179,6 +1185,101 @@ def run_fairness(bench: Bench, stack: BenchStack, label: str) -> dict[str, Any]:
     }
 
 
+CONSOLE_USERS = 1000
+CONSOLE_REPEATS = 5
+CONSOLE_TARGET_S = 1.0
+
+
+def console_group(bench: Bench, selected: set[str]) -> None:
+    """Issue 23: each console page's API calls with plan.console_tasks tasks stored (1 % failed, over
+    CONSOLE_USERS users): a page's time is its slowest call (the console makes them at once), the median of
+    CONSOLE_REPEATS loads. Target: every page within CONSOLE_TARGET_S."""
+    with BenchStack("console", workers=1) as stack:
+        reset_data(stack)
+        began = time.monotonic()
+        load_console_tasks(stack, bench.plan.console_tasks)
+        say(f"  console: {bench.plan.console_tasks} tasks stored in {time.monotonic() - began:.1f} s")
+        sample = stack.local.tasks().find_one({"user_id": "console-user-7"}, {"_id": 1})
+        assert sample is not None
+        pages = {
+            "overview": [
+                "/api/v1/admin/queues",
+                "/api/v1/admin/providers",
+                "/api/v1/admin/tasks?status=failed&limit=5",
+            ],
+            "tasks (no filter)": ["/api/v1/admin/tasks?limit=25"],
+            "tasks of a user": ["/api/v1/admin/tasks?user_id=console-user-7&limit=25"],
+            "failed tasks": ["/api/v1/admin/tasks?status=failed&limit=25"],
+            "task detail": [f"/api/v1/admin/task/{sample['_id']}/timeline"],
+            "providers": ["/api/v1/admin/providers"],
+            "keys": ["/api/v1/admin/keys"],
+            "audit log": ["/api/v1/admin/audit?limit=25"],
+        }
+        seconds: dict[str, float] = {}
+        with stack.local.rest() as rest:
+            for page, paths in pages.items():
+                loads = []
+                for _ in range(CONSOLE_REPEATS):
+                    calls = []
+                    for path in paths:
+                        started = time.perf_counter()
+                        response = rest.get(path, timeout=60)
+                        response.raise_for_status()
+                        calls.append(time.perf_counter() - started)
+                    loads.append(max(calls))
+                seconds[page] = round(statistics.median(loads), 3)
+                say(f"    {page}: {seconds[page] * 1000:.0f} ms")
+        slowest = max(seconds.values())
+        median = statistics.median(seconds.values())
+        bench.results["console"] = {
+            "tasks": bench.plan.console_tasks,
+            "pages_s": seconds,
+            # The table's columns: loads per second of the median page; the median and the slowest page.
+            "throughput_per_s": round(1 / median, 1) if median else 0.0,
+            "p50_ms": round(median * 1000, 1),
+            "p95_ms": round(slowest * 1000, 1),
+            "p99_ms": round(slowest * 1000, 1),
+            "errors": 0,
+            "ratio_to_floor": round(CONSOLE_TARGET_S / slowest, 2) if slowest else 0.0,
+        }
+
+
+def load_console_tasks(stack: BenchStack, count: int) -> None:
+    """`count` finished image tasks as the services leave them, timeline included, newest last."""
+    tasks = stack.local.tasks()
+    now = datetime.now(UTC)
+    batch: list[dict[str, Any]] = []
+    for n in range(count):
+        created = now - timedelta(seconds=count - n)
+        failed = n % 100 == 0
+        batch.append(
+            {
+                "_id": str(ULID.from_datetime(created)),
+                "type": "image",
+                "status": "failed" if failed else "completed",
+                "user_id": f"console-user-{n % CONSOLE_USERS}",
+                **{key: value for key, value in IMAGE.items() if key != "size"},
+                "prompt": prompt("console"),
+                "parameters": {"priority": "default", "size": IMAGE["size"], "response_format": "url"},
+                "attempts": 1,
+                "created": created,
+                "updated": created + timedelta(seconds=2),
+                "error_message": "ark 400: bad prompt" if failed else "",
+                "image_url": "" if failed else "https://example.invalid/image.png",
+                "timeline": [
+                    {"at": created, "event": "created"},
+                    {"at": created, "event": "claimed"},
+                    {"at": created + timedelta(seconds=2), "event": "failed" if failed else "completed"},
+                ],
+            }
+        )
+        if len(batch) == 5000:
+            tasks.insert_many(batch, ordered=False)
+            batch = []
+    if batch:
+        tasks.insert_many(batch, ordered=False)
+
+
 GROUP_RUNNERS = {
     "api": api_group,
     "e2e": e2e_group,
@@ -1189,4 +1290,5 @@ GROUP_RUNNERS = {
     "fairness": fairness_group,
     "outputs": outputs_group,
     "billing": billing_group,
+    "console": console_group,
 }
