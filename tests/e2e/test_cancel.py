@@ -190,16 +190,18 @@ def test_a_running_video_is_never_polled_after_its_cancel(stack: LocalStack, res
     with faults(stack, VIDEO_POLL, video_seconds=30.0):
         task_id = create(rest, user_id, "video")
         wait_until(lambda: stack.redis().zscore(POLLS_KEY, task_id) is not None, timeout=15)
-        wait_until(lambda: requests_to(stack, VIDEO_POLL) > 0)
+        # This task's polls: those naming its upstream job (another test's video may still be polled meanwhile).
+        upstream_job_id = stored(stack, task_id)["upstream_job_id"]
+        wait_until(lambda: requests_to(stack, VIDEO_POLL, upstream_job_id) > 0)
         response = cancel(rest, task_id)
         assert response.status_code == 200, response.text
         # Out of the poll set at once.
         assert stack.redis().zscore(POLLS_KEY, task_id) is None
         # The visual API has no cancel: the provider says so, and the job is left to finish, unpolled.
         wait_until(lambda: logged(stack, task_id, "upstream job left to finish"), timeout=15)
-        polls_after_cancel = requests_to(stack, VIDEO_POLL)
+        polls_after_cancel = requests_to(stack, VIDEO_POLL, upstream_job_id)
         time.sleep(NO_POLL_WINDOW_SECONDS)  # nothing to wait for: the point is that nothing happens
-        assert requests_to(stack, VIDEO_POLL) == polls_after_cancel
+        assert requests_to(stack, VIDEO_POLL, upstream_job_id) == polls_after_cancel
     assert status_of(stack, task_id) == "cancelled"
     assert_forgotten(stack, task_id, user_id)
 
