@@ -698,6 +698,7 @@ class TaskRun:
         response: pb.PollJobResponse = self._call(
             "PollJob", pb.PollJobRequest(model=self.task.model, upstream_job_id=upstream.job_id)
         )
+        self._note_poll(response)
         waited = (utcnow() - upstream.submitted).total_seconds()
         durations, model_key = self.rt.durations, self.task.model_key
         if response.state == pb.JOB_STATE_SUCCEEDED:
@@ -711,7 +712,6 @@ class TaskRun:
             return self._fail(f"upstream job did not finish within {self.settings.poll_give_up_seconds:g} s")
         self.task.last_polled = waited
         self._record_progress(response.progress)
-        self._note_poll(response)
         estimated = durations.likely_duration(model_key) is not None
         self._schedule_poll(upstream, self._next_poll_delay(waited, response.poll_after_ms))
         if not estimated and durations.likely_duration(model_key, fresh=True) is not None:

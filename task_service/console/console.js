@@ -34,6 +34,7 @@ async function api(method, path, body) {
   return answer;
 }
 
+const flash = (message) => { document.getElementById("flash").textContent = message; };
 const isAdmin = () => caller && caller.role === "admin";
 const main = () => document.getElementById("main");
 const when = (timestamp) => (timestamp ? new Date(timestamp).toLocaleString() : "");
@@ -55,7 +56,8 @@ function action(label, run, className = "") {
     type: "button", class: `action ${className}`, "data-action": label,
     onclick: async (event) => {
       event.target.disabled = true;
-      try { await run(); } catch (error) { alert(error.message); }
+      flash("");
+      try { await run(); } catch (error) { flash(`${label}: ${error.message}`); }
       route();
     },
   }, label);
@@ -190,7 +192,7 @@ async function keysView() {
       const shown = document.getElementById("created-key");
       shown.replaceChildren("New key (shown this once): ", el("code", {}, answer.data.api_key));
       shown.hidden = false;
-    } catch (error) { alert(error.message); }
+    } catch (error) { flash(`Create key: ${error.message}`); }
   } }, el("label", {}, "user id", el("input", { name: "user_id", required: true })),
   el("label", {}, "role", el("select", { name: "role" }, ["user", "viewer", "admin"].map((role) => el("option", {}, role)))),
   el("label", {}, "name", el("input", { name: "name" })), el("button", { type: "submit" }, "Create key")) : null;

@@ -6,6 +6,7 @@ written to .local/test-artifacts/console/."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM
+from tests.e2e.test_admin import PAUSE_TAKES_EFFECT_SECONDS
 
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".local" / "test-artifacts" / "console"
@@ -82,10 +84,12 @@ def test_an_admin_finds_a_task_reads_its_timeline_cancels_drains_and_makes_a_key
 
     rest.post("/api/v1/admin/queues/low/pause", json={})
     try:
+        time.sleep(PAUSE_TAKES_EFFECT_SECONDS)  # a worker may pop a job from `low` within a second of the pause
         waiting = create(rest, user_id, "a lighthouse that never runs", priority="low")
         open_view(page, f"task/{waiting}", f"Task {waiting}")
         page.click("button[data-action=Cancel]")
         page.wait_for_selector("dd.status-cancelled")
+        assert page.text_content("#flash") == ""
     finally:
         rest.post("/api/v1/admin/queues/low/resume", json={})
     assert rest.get(f"/api/v1/ai/task/result/{waiting}").json()["data"]["status"] == "cancelled"
