@@ -18,7 +18,7 @@ from aitask_common.tasks import TaskStatus, utcnow
 
 FIELD = "timeline"
 POLLS_KEY_PREFIX = "aitask:timeline:polls:"
-# A task polled longer than this many times keeps its latest polls (the count says how many there were).
+# A task polled more often than this keeps its latest polls only (the older ones are dropped, uncounted).
 MAX_POLLS_KEPT = 200
 
 
