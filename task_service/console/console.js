@@ -82,13 +82,13 @@ async function overview() {
     el("td", {}, name), el("td", {}, instances.length),
     el("td", {}, instances.filter((i) => i.health === "serving" && !i.draining).length),
     el("td", {}, instances.filter((i) => i.circuit !== "closed").length)));
-  show(el("h1", {}, "Overview"),
+  return [el("h1", {}, "Overview"),
     el("h2", {}, "Queues"),
     table(["Priority", "Queued", "Started", "Scheduled", "Failed jobs", "Oldest wait", "Finished (1 h)", "State", ""], queueRows),
     el("h2", {}, "Providers"),
     table(["Provider", "Instances", "Taking work", "Circuits not closed"], providerRows),
     el("h2", {}, "Latest failures"),
-    taskTable(failures.data.tasks || []));
+    taskTable(failures.data.tasks || [])];
 }
 
 function taskTable(tasks) {
@@ -119,8 +119,8 @@ async function tasks(query) {
   } }, filters.map((name) => el("label", {}, name.replace("_", " "), field(name))), el("button", { type: "submit" }, "Search"));
   const next = new URLSearchParams(query);
   next.set("page_token", page.next_page_token || "");
-  show(el("h1", {}, "Tasks"), form, taskTable(page.tasks || []),
-    page.next_page_token ? el("p", {}, el("a", { href: `#/tasks?${next}`, id: "next-page" }, "Next page →")) : null);
+  return [el("h1", {}, "Tasks"), form, taskTable(page.tasks || []),
+    page.next_page_token ? el("p", {}, el("a", { href: `#/tasks?${next}`, id: "next-page" }, "Next page →")) : null];
 }
 
 function preview(task) {
@@ -152,12 +152,12 @@ async function taskDetail(taskId) {
   const rows = events.map((event) => el("tr", {},
     el("td", {}, when(event.time)), el("td", { class: "event" }, event.event),
     el("td", { class: "wrap" }, Object.entries(event.detail || {}).map(([name, value]) => `${name}: ${value}`).join(", "))));
-  show(el("h1", {}, `Task ${taskId}`), el("p", {}, buttons),
+  return [el("h1", {}, `Task ${taskId}`), el("p", {}, buttons),
     el("dl", { class: "fields" }, fields.filter((name) => task[name] !== undefined && task[name] !== "").map((name) =>
       [el("dt", {}, name), el("dd", { class: name === "status" ? `status-${task.status}` : "" },
         name === "created" || name === "updated" ? when(task[name]) : task[name])])),
     el("h2", {}, "Output"), el("div", { class: "preview" }, preview(task)),
-    el("h2", {}, "Timeline"), table(["Time", "Event", "Details"], rows));
+    el("h2", {}, "Timeline"), table(["Time", "Event", "Details"], rows)];
 }
 
 async function providersView() {
@@ -171,8 +171,8 @@ async function providersView() {
     el("td", {}, instance.draining
       ? action("Undrain", () => api("POST", `/api/v1/admin/providers/${instance.instance_id}/undrain`, {}))
       : action("Drain", () => api("POST", `/api/v1/admin/providers/${instance.instance_id}/drain`, {}), "danger"))));
-  show(el("h1", {}, "Providers"),
-    table(["Provider", "Instance", "Address", "Health", "Circuit", "In flight", "Models", "State", ""], rows));
+  return [el("h1", {}, "Providers"),
+    table(["Provider", "Instance", "Address", "Health", "Circuit", "In flight", "Models", "State", ""], rows)];
 }
 
 async function keysView() {
@@ -196,8 +196,8 @@ async function keysView() {
   } }, el("label", {}, "user id", el("input", { name: "user_id", required: true })),
   el("label", {}, "role", el("select", { name: "role" }, ["user", "viewer", "admin"].map((role) => el("option", {}, role)))),
   el("label", {}, "name", el("input", { name: "name" })), el("button", { type: "submit" }, "Create key")) : null;
-  show(el("h1", {}, "API keys"), form, created,
-    table(["Key", "User", "Role", "Name", "Created", "Revoked", "Rate limit", ""], rows));
+  return [el("h1", {}, "API keys"), form, created,
+    table(["Key", "User", "Role", "Name", "Created", "Revoked", "Rate limit", ""], rows)];
 }
 
 async function auditView(query) {
@@ -206,27 +206,31 @@ async function auditView(query) {
   const rows = entries.map((entry) => el("tr", {},
     el("td", {}, when(entry.time)), el("td", {}, entry.action), el("td", {}, entry.target),
     el("td", {}, entry.user_id), el("td", {}, entry.key_id), el("td", {}, entry.source)));
-  show(el("h1", {}, "Audit log"), table(["Time", "Action", "Target", "User", "Key", "From"], rows),
-    entries.length === PAGE_SIZE ? el("p", {}, el("a", { href: `#/audit?offset=${offset + PAGE_SIZE}` }, "Older →")) : null);
+  return [el("h1", {}, "Audit log"), table(["Time", "Action", "Target", "User", "Key", "From"], rows),
+    entries.length === PAGE_SIZE ? el("p", {}, el("a", { href: `#/audit?offset=${offset + PAGE_SIZE}` }, "Older →")) : null];
 }
 
 async function route() {
-  const [path, search] = (location.hash.slice(1) || "/overview").split("?");
+  const hash = location.hash;
+  const [path, search] = (hash.slice(1) || "/overview").split("?");
   const query = new URLSearchParams(search || "");
   for (const link of document.querySelectorAll("#nav a")) {
     link.classList.toggle("current", path.startsWith(link.getAttribute("href").slice(1)));
   }
+  let nodes;
   try {
-    if (path.startsWith("/task/")) await taskDetail(decodeURIComponent(path.slice("/task/".length)));
-    else if (path === "/tasks") await tasks(query);
-    else if (path === "/providers") await providersView();
-    else if (path === "/keys") await keysView();
-    else if (path === "/audit") await auditView(query);
-    else await overview();
+    if (path.startsWith("/task/")) nodes = await taskDetail(decodeURIComponent(path.slice("/task/".length)));
+    else if (path === "/tasks") nodes = await tasks(query);
+    else if (path === "/providers") nodes = await providersView();
+    else if (path === "/keys") nodes = await keysView();
+    else if (path === "/audit") nodes = await auditView(query);
+    else nodes = await overview();
   } catch (error) {
     if (error.status === 401) return signOut();
-    show(el("p", { class: "error", role: "alert" }, error.message));
+    nodes = [el("p", { class: "error", role: "alert" }, error.message)];
   }
+  // A slow view answered after the operator went elsewhere is dropped, not drawn over the newer one.
+  if (location.hash === hash) show(...nodes);
 }
 
 function signOut() {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
@@ -59,6 +59,26 @@ def create(rest: httpx.Client, user_id: str, prompt: str, **fields: str) -> str:
     response = rest.post("/api/v1/ai/image/task", json={"prompt": prompt, "user_id": user_id, **SEEDREAM, **fields})
     assert response.status_code == 200, response.text
     return str(response.json()["data"]["task_id"])
+
+
+def test_a_view_answered_after_the_operator_left_it_is_not_drawn_over_the_newer_one(
+    browser: Browser, stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    shown = create(rest, user_id, "a lighthouse seen while a list is slow")
+    page = signed_in(browser, stack, stack.admin_key)
+    page.wait_for_selector("h1:text-is('Overview')")
+    held: list[Route] = []
+    page.route(
+        "**/api/v1/admin/tasks?**", lambda route: held.append(route)
+    )  # the list's answer waits until released below
+    page.evaluate("() => { location.hash = '#/tasks'; }")
+    wait_until(lambda: page.wait_for_timeout(50) or bool(held), timeout=10)
+    open_view(page, f"task/{shown}", f"Task {shown}")
+    with page.expect_response("**/api/v1/admin/tasks?**"):
+        held[0].continue_()
+    page.wait_for_timeout(200)  # the late answer's handler has run
+    assert page.locator("h1").all_text_contents() == [f"Task {shown}"]
+    page.close()
 
 
 def test_an_admin_finds_a_task_reads_its_timeline_cancels_drains_and_makes_a_key(
