@@ -24,13 +24,33 @@ INDEXES: list[list[tuple[str, int]]] = [
     [("status", 1), ("deadline", 1)],
     # The settlement pass's tasks holding credit (dispatcher_service/settlement.py).
     [("billing_open", 1)],
+    # Lists newest first, a bucket at a time (task_service/newest_first.py); multikey on MongoDB.
+    [("created_buckets", 1)],
 ]
+
+# A task's creation time (UTC) as ISO 8601 prefixes of its year, month, day, hour, minute and second: equality
+# keys, so a store that filters only by equality can walk the tasks newest first (task_service/newest_first.py).
+# Each width is distinct, so the six share one array field and one index.
+CREATED_BUCKETS_FIELD = "created_buckets"
+BUCKET_WIDTHS = (4, 7, 10, 13, 16, 19)
 
 # Set (true) on a priced task from its create until its credit is settled or refunded.
 BILLING_OPEN_FIELD = "billing_open"
 
 # Fields too large for list responses (or not in them).
 PAYLOAD_FIELDS = ("image_base64", "timeline")
+
+
+def created_buckets(created: datetime) -> list[str]:
+    """The year, month, day, hour, minute and second `created` falls in: ["2026", …, "2026-12-04T07:31:15"]."""
+    text = created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return [text[:width] for width in BUCKET_WIDTHS]
+
+
+def bucket_start(key: str) -> datetime:
+    """The first instant of the bucket `key` names."""
+    day = len("2026-12-04")
+    return datetime.fromisoformat(key if len(key) >= day else (key + "-01-01")[:day]).replace(tzinfo=UTC)
 
 
 class TaskStatus(StrEnum):
@@ -132,6 +152,8 @@ class TaskDocument(TypedDict):
     attempts: int
     created: datetime
     updated: datetime
+    # created_buckets(created), written at create (older tasks get it from TaskStore.add_created_buckets).
+    created_buckets: NotRequired[list[str]]
     # "<user_id>:<idempotency key>" and the digest of the request that made it (only with a key).
     idempotency: NotRequired[str]
     request_fingerprint: NotRequired[str]

@@ -43,8 +43,8 @@ class ListFilters:
             text += "\n" + "\n".join(str(value or "") for value in searched)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def query(self) -> dict[str, Any]:
-        """The MongoDB query selecting these tasks."""
+    def equalities(self) -> dict[str, str]:
+        """The fields these filters fix (what FerretDB can push down to PostgreSQL)."""
         equal = {
             "_id": self.task_id,
             "user_id": self.user_id,
@@ -53,11 +53,20 @@ class ListFilters:
             "provider": self.provider,
             "model": self.model,
         }
-        query: dict[str, Any] = {field: value for field, value in equal.items() if value}
-        created = {"$gte": self.created_after, "$lt": self.created_before}
-        if any(created.values()):
-            query["created"] = {operator: value for operator, value in created.items() if value is not None}
+        return {field: value for field, value in equal.items() if value}
+
+    def query(self) -> dict[str, Any]:
+        """The MongoDB query selecting these tasks."""
+        query: dict[str, Any] = self.equalities()
+        if created := created_range(self.created_after, self.created_before):
+            query["created"] = created
         return query
+
+
+def created_range(after: datetime | None, before: datetime | None) -> dict[str, datetime]:
+    """The condition on `created` for [after, before), either end open when None ({} for both)."""
+    bounds = {"$gte": after, "$lt": before}
+    return {operator: value for operator, value in bounds.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,10 @@ class Position:
     def after(self) -> dict[str, Any]:
         """The query condition for the tasks after this one, newest first."""
         return {"$or": [{"created": {"$lt": self.created}}, {"created": self.created, "_id": {"$lt": self.task_id}}]}
+
+    def precedes(self, document: TaskDocument) -> bool:
+        """Whether `document` comes after this position, newest first (the condition above, in Python)."""
+        return (document["created"], document["_id"]) < (self.created, self.task_id)
 
 
 def validated_filters(**fields: Any) -> ListFilters:

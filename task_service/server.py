@@ -94,6 +94,8 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         # Retried by the server (not ready meanwhile) until MongoDB answers; an unreachable Redis only delays the
         # catalogues, which the periodic and on-demand refreshes read later.
         await store.ensure_indexes()
+        if migrated := await store.add_created_buckets():
+            log.info("tasks given their created_buckets", tasks=migrated)
         await asyncio.to_thread(ledger.ensure_indexes)
         try:
             await catalogues.refresh()

@@ -27,7 +27,15 @@ from aitask_common.ledger import InsufficientCredit
 from aitask_common.logging import get_logger
 from aitask_common.metrics import CREDITS, TASKS_CREATED
 from aitask_common.outputs import STORE_ERRORS, OutputLinks, OutputStore
-from aitask_common.tasks import BILLING_OPEN_FIELD, TaskDocument, TaskStatus, TaskType, task_to_proto, utcnow
+from aitask_common.tasks import (
+    BILLING_OPEN_FIELD,
+    TaskDocument,
+    TaskStatus,
+    TaskType,
+    created_buckets,
+    task_to_proto,
+    utcnow,
+)
 from task_service.api_keys import Role
 from task_service.auth import current_principal, metadata_value
 from task_service.billing import (
@@ -602,6 +610,7 @@ def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, dig
         "parameters": valid.parameters,
         "attempts": 0,
         "created": now,
+        "created_buckets": created_buckets(now),
         "updated": now,
         "timeline": [timeline.entry("created")],
     }

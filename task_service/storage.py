@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from typing import Any, Final, cast
 
-from pymongo import DESCENDING, AsyncMongoClient
+from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteError
 
-from aitask_common.tasks import COLLECTION, INDEXES, PAYLOAD_FIELDS, TaskDocument
+from aitask_common.tasks import (
+    COLLECTION,
+    CREATED_BUCKETS_FIELD,
+    INDEXES,
+    PAYLOAD_FIELDS,
+    TaskDocument,
+    created_buckets,
+    utcnow,
+)
 from task_service.batching import Batcher
+from task_service.newest_first import newest_first
 from task_service.paging import ListFilters, Position
 
 # "<user_id>:<idempotency key>", written only on tasks created with a key. The field is never null:
@@ -23,6 +32,8 @@ IDEMPOTENCY_FIELD: Final = "idempotency"
 FINGERPRINT_FIELD: Final = "request_fingerprint"
 # Most new tasks one insert_many carries.
 INSERT_BATCH_MAX = 256
+# One document per data migration done, by name: each runs once per database.
+MIGRATIONS = "migrations"
 DUPLICATE_KEY = 11000
 
 
@@ -80,16 +91,27 @@ class TaskStore:
     ) -> list[TaskDocument]:
         """The tasks `filters` select, newest first, without base64 payloads or timelines: past `offset`, or after a
         page's last task."""
-        query = filters.query()
-        if after is not None:
-            query |= after.after()  # a top-level $or: the filters' equalities stay where FerretDB pushes them down
-        cursor = (
-            self.collection.find(query, projection={field: False for field in PAYLOAD_FIELDS})
-            .sort([("created", DESCENDING), ("_id", DESCENDING)])
-            .skip(offset)
-            .limit(limit)
-        )
-        return await cursor.to_list(length=limit)
+        projection = {field: False for field in PAYLOAD_FIELDS}
+        if filters.task_id:  # one task at most
+            query = filters.query() | (after.after() if after is not None else {})
+            return await self.collection.find(query, projection).skip(offset).limit(limit).to_list()
+        found = await newest_first(self.collection, filters, projection, offset + limit, after, utcnow())
+        return found[offset:]
+
+    async def add_created_buckets(self) -> int:
+        """Give the tasks stored before `created_buckets` existed theirs; once per database (recorded in
+        `migrations`), since on FerretDB finding them reads every task. Returns how many it updated."""
+        migrations = self.collection.database[MIGRATIONS]
+        if await migrations.find_one({"_id": CREATED_BUCKETS_FIELD}) is not None:
+            return 0
+        updated = 0
+        async for task in self.collection.find({CREATED_BUCKETS_FIELD: {"$exists": False}}, {"created": True}):
+            buckets = created_buckets(task["created"])
+            await self.collection.update_one({"_id": task["_id"]}, {"$set": {CREATED_BUCKETS_FIELD: buckets}})
+            updated += 1
+        done = {"done_at": utcnow(), "updated": updated}
+        await migrations.update_one({"_id": CREATED_BUCKETS_FIELD}, {"$set": done}, upsert=True)
+        return updated
 
 
 def _document_error(write_error: dict[str, Any]) -> PyMongoError:

@@ -36,7 +36,7 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.outputs import GRIDFS_BUCKET
 from aitask_common.queues import QUEUE_ORDER, RESULT_TTL_SECONDS, WATCH_KEY
-from aitask_common.tasks import TaskStatus, inflight_key
+from aitask_common.tasks import TaskStatus, created_buckets, inflight_key
 from bench.harness import load
 from bench.harness.load import LoadResult
 from bench.harness.profiling import Profiler
@@ -1263,6 +1263,7 @@ def load_console_tasks(stack: BenchStack, count: int) -> None:
                 "parameters": {"priority": "default", "size": IMAGE["size"], "response_format": "url"},
                 "attempts": 1,
                 "created": created,
+                "created_buckets": created_buckets(created),
                 "updated": created + timedelta(seconds=2),
                 "error_message": "ark 400: bad prompt" if failed else "",
                 "image_url": "" if failed else "https://example.invalid/image.png",

@@ -1,6 +1,6 @@
 """The task store names only fields of the task document's schema (aitask_common.tasks.TaskDocument).
 
-mypy checks every `task["..."]` against the TypedDict; the field names inside queries, projections, sorts
+mypy checks every `task["..."]` against the TypedDict; the field names inside queries, projections
 and indexes are plain strings, so this test records what the store sends MongoDB and checks each name.
 """
 
@@ -20,17 +20,13 @@ class Cursor:
     def __init__(self, sent: list[tuple[str, Any]]) -> None:
         self.sent = sent
 
-    def sort(self, keys: list[tuple[str, int]]) -> Cursor:
-        self.sent.append(("sort", dict(keys)))
-        return self
-
     def skip(self, count: int) -> Cursor:
         return self
 
     def limit(self, count: int) -> Cursor:
         return self
 
-    async def to_list(self, length: int) -> list[TaskDocument]:
+    async def to_list(self, length: int | None = None) -> list[TaskDocument]:
         return []
 
 
@@ -73,7 +69,7 @@ def test_every_field_the_store_names_is_a_task_document_field() -> None:
 
     asyncio.run(use_every_query())
     kinds = {kind for kind, _ in collection.sent}
-    assert kinds == {"index", "find_one", "delete_one", "find", "projection", "sort"}
+    assert kinds == {"index", "find_one", "delete_one", "find", "projection"}
     named = {name for _, fields in collection.sent for name in fields}
-    assert {"user_id", "type", "status", "created", "_id", "idempotency", "image_base64"} <= named
+    assert {"user_id", "type", "status", "created", "created_buckets", "_id", "idempotency", "image_base64"} <= named
     assert named <= FIELDS, f"not TaskDocument fields: {sorted(named - FIELDS)}"
