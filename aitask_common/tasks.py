@@ -16,7 +16,7 @@ COLLECTION = "tasks"
 # Indexes created at start-up (see DESIGN.md "Storage and state").
 INDEXES: list[list[tuple[str, int]]] = [
     [("user_id", 1), ("created", -1)],
-    # The admin search across users, newest first.
+    # The retention sweep's old tasks (dispatcher_service/retention.py).
     [("created", -1)],
     [("user_id", 1), ("type", 1), ("created", -1)],
     [("status", 1), ("updated", 1)],

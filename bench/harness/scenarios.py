@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,7 @@ from bench.harness.stack import BenchStack
 from bench.harness.webhook_receiver import BenchReceiver
 from devstack.processes import ROOT
 from dispatcher_service.schedule import queue
+from task_service.paging import ListFilters, next_page_token
 
 SCENARIOS = (
     "create_rest",
@@ -1201,6 +1203,13 @@ def console_group(bench: Bench, selected: set[str]) -> None:
         say(f"  console: {bench.plan.console_tasks} tasks stored in {time.monotonic() - began:.1f} s")
         sample = stack.local.tasks().find_one({"user_id": "console-user-7"}, {"_id": 1})
         assert sample is not None
+        # A page half-way back (tasks are a second apart), by the token the page before it hands out.
+        half_way = created_buckets(datetime.now(UTC) - timedelta(seconds=bench.plan.console_tasks // 2))[-1]
+        middle = stack.local.tasks().find_one({"created_buckets": half_way}, {"_id": 1, "created": 1})
+        assert middle is not None
+        deep = next_page_token(middle, ListFilters())  # type: ignore[arg-type]
+        hours_ago = [(datetime.now(UTC) - timedelta(hours=hours)).isoformat() for hours in (11, 10)]
+        window = urllib.parse.urlencode({"created_after": hours_ago[0], "created_before": hours_ago[1], "limit": 25})
         pages = {
             "overview": [
                 "/api/v1/admin/queues",
@@ -1208,6 +1217,8 @@ def console_group(bench: Bench, selected: set[str]) -> None:
                 "/api/v1/admin/tasks?status=failed&limit=5",
             ],
             "tasks (no filter)": ["/api/v1/admin/tasks?limit=25"],
+            "tasks, a page deep by token": [f"/api/v1/admin/tasks?limit=25&page_token={deep}"],
+            "tasks in an hour's window": [f"/api/v1/admin/tasks?{window}"],
             "tasks of a user": ["/api/v1/admin/tasks?user_id=console-user-7&limit=25"],
             "failed tasks": ["/api/v1/admin/tasks?status=failed&limit=25"],
             "task detail": [f"/api/v1/admin/task/{sample['_id']}/timeline"],
