@@ -169,14 +169,14 @@ class AdminServicer(task_service_pb2_grpc.AdminServiceServicer):
         self, context: grpc.aio.ServicerContext, instance_id: str, draining: bool
     ) -> pb.ProviderInstanceState:
         await _require(context, write=True)
-        states = await _redis(context, provider_states(self.redis))
-        if instance_id not in {state.instance_id for state in states}:
+        states = await _redis(context, provider_states(self.redis, instance_id)) if instance_id else []
+        if not states:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no live provider instance {instance_id!r}")
         await self._record(context, "DrainProvider" if draining else "UndrainProvider", f"instance {instance_id}")
         change = self.redis.sadd if draining else self.redis.srem
         await _redis(context, asyncio.to_thread(change, DRAINING_KEY, instance_id))
         log.warning("provider instance drained" if draining else "provider instance undrained", instance=instance_id)
-        (state,) = [state for state in states if state.instance_id == instance_id]
+        (state,) = states
         state.draining = draining
         return state
 

@@ -20,12 +20,15 @@ HEALTH_CHECK_SECONDS = 1.0
 _SEVERITY = [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
 
 
-async def provider_states(redis: Redis) -> list[pb.ProviderInstanceState]:
-    """Every live instance, by provider then address; drain marks of instances gone are dropped."""
+async def provider_states(redis: Redis, instance_id: str = "") -> list[pb.ProviderInstanceState]:
+    """Every live instance (or only the one named), by provider then address; drain marks of instances gone are
+    dropped."""
     instances, draining, breakers = await asyncio.to_thread(_read, redis)
     gone = draining - {instance.instance_id for instance in instances}
     if gone:
         await asyncio.to_thread(redis.srem, DRAINING_KEY, *gone)
+    if instance_id:  # asked about one: the others' health is not
+        instances = [instance for instance in instances if instance.instance_id == instance_id]
     instances.sort(key=lambda instance: (instance.provider, instance.address))
     healths = await asyncio.gather(*(_health(instance.address) for instance in instances))
     return [
