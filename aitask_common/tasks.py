@@ -75,6 +75,14 @@ class CancelReason(StrEnum):
     DEADLINE = "deadline"
 
 
+class HoldReason(StrEnum):
+    """Why a claimed task went back to pending with nothing sent (`held_reason`)."""
+
+    CAP = "cap"
+    BREAKER = "breaker"
+    PROVIDER = "provider"
+
+
 class TaskType(StrEnum):
     """What a task generates."""
 
@@ -152,6 +160,11 @@ class TaskDocument(TypedDict):
     attempts: int
     created: datetime
     updated: datetime
+    # Held back with nothing sent (a full cap, an open breaker, no live provider): how often, when last, why
+    # (HoldReason). Counted here rather than on the timeline, so a task held for hours keeps a short one.
+    held_times: NotRequired[int]
+    held_last_at: NotRequired[datetime]
+    held_reason: NotRequired[str]
     # created_buckets(created), written at create (older tasks get it from TaskStore.add_created_buckets).
     created_buckets: NotRequired[list[str]]
     # "<user_id>:<idempotency key>" and the digest of the request that made it (only with a key).

@@ -14,7 +14,7 @@ from typing import Any
 
 from redis import Redis
 
-from aitask_common.tasks import TaskStatus, utcnow
+from aitask_common.tasks import HoldReason, TaskDocument, TaskStatus, utcnow
 
 FIELD = "timeline"
 POLLS_KEY_PREFIX = "aitask:timeline:polls:"
@@ -44,14 +44,35 @@ def write_entries(fields: dict[str, Any], new: TaskStatus | None = None) -> list
         entries.append(entry("output_stored", size=output.get("size"), content_type=output.get("content_type")))
     if new is TaskStatus.PROCESSING:
         entries.append(entry("claimed"))
-    elif new is TaskStatus.PENDING:
-        # Back to pending: after an upstream error (a retry), or with nothing sent (a breaker, cap or provider wait).
-        error = fields.get("error_message")
-        entries.append(entry("retry_scheduled", error=error) if error else entry("released"))
+    elif new is TaskStatus.PENDING and fields.get("error_message"):
+        # Back to pending after an upstream error: a retry. (With nothing sent, a hold: see `held`.)
+        entries.append(entry("retry_scheduled", error=fields["error_message"]))
     elif new is not None and new.is_final:
         served = {"served_provider": fields.get("served_provider"), "served_model": fields.get("served_model")}
         entries.append(entry(new.value, error=fields.get("error_message"), **served))
     return entries
+
+
+def with_hold(update: dict[str, Any], reason: HoldReason) -> dict[str, Any]:
+    """`update` (a move back to pending with nothing sent) that takes back the claim's attempt and its `claimed`
+    entry, the last one (nothing else is written while a task is claimed), and counts the hold in the task's
+    held_* fields instead."""
+    update["$pop"] = {FIELD: 1}
+    update["$set"] |= {"held_reason": reason.value, "held_last_at": utcnow()}
+    update["$inc"] = update.get("$inc", {}) | {"attempts": -1, "held_times": 1}
+    return update
+
+
+def held_entry(document: TaskDocument) -> dict[str, Any] | None:
+    """The task's holds as one entry (at the last), or None if it was never held back."""
+    if not document.get("held_times"):
+        return None
+    return {
+        "at": document["held_last_at"],
+        "event": "held_back",
+        "times": document["held_times"],
+        "reason": document.get("held_reason", ""),
+    }
 
 
 def keep_poll(redis: Redis, task_id: str, state: str, progress: int, keep_seconds: float) -> None:

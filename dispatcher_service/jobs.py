@@ -54,7 +54,15 @@ from aitask_common.outputs import (
 )
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import Priority, leave_queue
-from aitask_common.tasks import GeneratedImage, TaskDocument, TaskParameters, TaskStatus, TaskType, utcnow
+from aitask_common.tasks import (
+    GeneratedImage,
+    HoldReason,
+    TaskDocument,
+    TaskParameters,
+    TaskStatus,
+    TaskType,
+    utcnow,
+)
 from aitask_common.timeline import keep_poll
 from dispatcher_service.breakers import FAILURE_CODES, Breakers
 from dispatcher_service.cancels import cancel_upstream_job, deadline_passed, enqueue_upstream_cancel, expire
@@ -422,7 +430,7 @@ class TaskRun:
             return self._fail(f"model {task.model!r} is no longer in provider {task.provider!r}")
         if model is None or not self.rt.providers.has_instance(task.provider):
             if task.upstream is None:
-                self._unclaim()
+                self._unclaim(HoldReason.PROVIDER)
             return self._wait_for_provider()
         if task.upstream is not None:
             try:
@@ -457,7 +465,7 @@ class TaskRun:
         rate, the task comes back when its turn is due; held by the concurrency cap, it waits in the cap's line
         for a freed slot to wake it, with a later look in case that wake is lost. The lease goes with the line
         entry, so a wake that comes at once finds the task free."""
-        self._unclaim()
+        self._unclaim(HoldReason.CAP)
         if full.wait_seconds is not None:
             self._enqueue_job(full.wait_seconds)
             return "waiting-for-rate"
@@ -535,15 +543,15 @@ class TaskRun:
         """An open circuit breaker: nothing reached the upstream, so the attempt does not count; the task waits,
         pending, and asks again once the breaker may let it through (jittered, so waiting tasks do not all come
         back in the same instant)."""
-        self._unclaim()
+        self._unclaim(HoldReason.BREAKER)
         delay = wait_seconds + random.uniform(0.0, 1.0)
         log.info("circuit breaker open; task waits", breaker=breaker, delay_seconds=round(delay, 2))
         self._enqueue_job(delay)
         return "waiting-for-breaker"
 
-    def _unclaim(self) -> None:
-        """Nothing reached the upstream: back to pending, and the attempt does not count."""
-        self.rt.tasks.transition(self.task.id, TaskStatus.PROCESSING, TaskStatus.PENDING, attempts_delta=-1)
+    def _unclaim(self, reason: HoldReason) -> None:
+        """Nothing reached the upstream: back to pending, and the attempt (and its `claimed` entry) does not count."""
+        self.rt.tasks.transition(self.task.id, TaskStatus.PROCESSING, TaskStatus.PENDING, held=reason)
         self.status = TaskStatus.PENDING
 
     def _input(self, target: Fallback | None = None) -> pb.GenerationInput:
@@ -763,7 +771,7 @@ class TaskRun:
         upstream = self.task.upstream
         if isinstance(error, NoLiveInstance) and upstream is None:
             # Every registered instance was gone: nothing reached the upstream.
-            self._unclaim()
+            self._unclaim(HoldReason.PROVIDER)
             return self._wait_for_provider()
         if error.code not in RETRYABLE_CODES:
             return self._fail(message)

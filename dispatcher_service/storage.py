@@ -13,8 +13,8 @@ from pymongo.collection import Collection
 from redis import Redis
 
 from aitask_common.events import EventKind, publish
-from aitask_common.tasks import COLLECTION, TaskDocument, TaskStatus, utcnow
-from aitask_common.timeline import forget_polls, noted_polls, with_entries, write_entries
+from aitask_common.tasks import COLLECTION, HoldReason, TaskDocument, TaskStatus, utcnow
+from aitask_common.timeline import forget_polls, noted_polls, with_entries, with_hold, write_entries
 from aitask_common.webhooks import MESSAGES_COLLECTION, known_without_webhook, record_change
 
 # Fields `record` may write that no client sees: storing them alone publishes no notice.
@@ -73,9 +73,11 @@ class TaskTransitions:
         fields: dict[str, Any] | None = None,
         attempts_delta: int = 0,
         upstream_job_id: str | None = None,
+        held: HoldReason | None = None,
     ) -> bool:
         """Set `new` status (and `fields`, and add `attempts_delta` to attempts) only if the task is
-        still `expected` (and, given `upstream_job_id`, still waits on that upstream job); True if it was."""
+        still `expected` (and, given `upstream_job_id`, still waits on that upstream job); True if it was.
+        `held`: a claim handed back with nothing sent, whose attempt and `claimed` entry are taken back."""
         entries = write_entries(fields or {}, new)
         # The polls of the upstream job join the timeline before its outcome.
         polls_from = self.redis if new.is_final and upstream_job_id is not None else None
@@ -84,6 +86,8 @@ class TaskTransitions:
         update = with_entries({"$set": {**(fields or {}), "status": new.value, "updated": utcnow()}}, entries)
         if attempts_delta:
             update["$inc"] = {"attempts": attempts_delta}
+        if held is not None:
+            update = with_hold(update, held)
         condition = {"_id": task_id, "status": expected.value}
         if upstream_job_id is not None:
             condition["upstream_job_id"] = upstream_job_id

@@ -231,8 +231,10 @@ class AdminServicer(task_service_pb2_grpc.AdminServiceServicer):
         return document
 
     async def _events(self, document: TaskDocument) -> list[pb.TimelineEvent]:
-        """The task's stored timeline, its webhook attempts and its ledger entries, oldest first."""
+        """The task's stored timeline, its holds, its webhook attempts and its ledger entries, oldest first."""
         entries: list[dict[str, Any]] = list(document.get("timeline", []))
+        if held := timeline.held_entry(document):
+            entries.append(held)
         messages = self.tasks.store.collection.database.get_collection(MESSAGES_COLLECTION)
         async for message in cast(AsyncCollection[dict[str, Any]], messages).find({"task_id": document["_id"]}):
             for attempt in message["attempts"]:

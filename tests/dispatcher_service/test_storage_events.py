@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 
+from aitask_common import timeline
 from aitask_common.events import channel
-from aitask_common.tasks import TaskStatus, utcnow
+from aitask_common.tasks import HoldReason, TaskStatus, utcnow
 from devstack.stack import LocalStack
 from dispatcher_service.storage import TaskTransitions
 
@@ -37,4 +38,37 @@ def test_writes_a_client_sees_publish_their_kind_and_others_nothing(stack: Local
         assert pubsub.get_message(timeout=0.3) is None
     finally:
         pubsub.close()
+        mongo.drop_database(DATABASE)
+
+
+def test_a_task_held_back_keeps_a_short_timeline_and_counts_its_holds(stack: LocalStack) -> None:
+    mongo = stack.mongo()
+    transitions = TaskTransitions(mongo, DATABASE, None)
+    task_id = uuid.uuid4().hex
+    created = timeline.entry("created")
+    transitions.collection.insert_one(
+        {"_id": task_id, "status": TaskStatus.PENDING.value, "attempts": 0, "updated": utcnow(), "timeline": [created]}
+    )
+    try:
+        for reason in (HoldReason.CAP, HoldReason.CAP, HoldReason.BREAKER):
+            assert transitions.claim(task_id) is not None
+            assert transitions.transition(task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, held=reason)
+        assert not transitions.transition(task_id, TaskStatus.PROCESSING, TaskStatus.PENDING, held=HoldReason.CAP)
+        assert transitions.claim(task_id) is not None
+        assert transitions.transition(task_id, TaskStatus.PROCESSING, TaskStatus.COMPLETED, {"image_url": "u"})
+        task = transitions.get(task_id)
+        assert task is not None
+        # Three holds: no attempt counted, no claimed/released pair each; the claim that ran stays.
+        assert [entry["event"] for entry in task["timeline"]] == ["created", "claimed", "completed"]
+        assert (task["attempts"], task["held_times"], task["held_reason"]) == (1, 3, "breaker")
+        held = timeline.held_entry(task)
+        assert held is not None and held["times"] == 3 and held["at"] <= task["timeline"][1]["at"]
+        # A task stored before timelines existed is held back the same way.
+        older = uuid.uuid4().hex
+        transitions.collection.insert_one({"_id": older, "status": TaskStatus.PENDING.value, "attempts": 0})
+        assert transitions.claim(older) is not None
+        assert transitions.transition(older, TaskStatus.PROCESSING, TaskStatus.PENDING, held=HoldReason.PROVIDER)
+        stored = transitions.get(older)
+        assert stored is not None and (stored["held_times"], stored["timeline"]) == (1, [])
+    finally:
         mongo.drop_database(DATABASE)
