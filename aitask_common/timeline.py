@@ -45,7 +45,7 @@ def write_entries(fields: dict[str, Any], new: TaskStatus | None = None) -> list
     if new is TaskStatus.PROCESSING:
         entries.append(entry("claimed"))
     elif new is TaskStatus.PENDING and fields.get("error_message"):
-        # Back to pending after an upstream error: a retry. (With nothing sent, a hold: see `held`.)
+        # Back to pending after an upstream error: a retry. (With nothing sent, a hold: see `with_hold`.)
         entries.append(entry("retry_scheduled", error=fields["error_message"]))
     elif new is not None and new.is_final:
         served = {"served_provider": fields.get("served_provider"), "served_model": fields.get("served_model")}
