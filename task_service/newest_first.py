@@ -12,7 +12,7 @@ back from its newest possible instant one bucket at a time, each probe an equali
 - it moves to the coarser level after a quiet stretch, a second or a minute with fewer than SPARSE tasks or
   EMPTY_BEFORE_COARSER empty hours, days or months in a row (so a busy day behind a quiet hour is not selected
   whole to find it), and only where the coarser bucket holds few tasks already walked past (read again, dropped);
-- it ends at FIRST_YEAR: the end of a list costs a few hundred empty probes, not a read of everything.
+- it ends at FIRST_YEAR: the end of a list costs a few dozen empty probes, not a read of everything.
 
 MongoDB answers each probe from the multikey index on `created_buckets`; one code path for both stores.
 """
@@ -33,9 +33,9 @@ YEARS, MONTHS, DAYS, HOURS, MINUTES, SECONDS = range(len(BUCKET_WIDTHS))
 # A second or minute with fewer tasks than this is quiet enough to go on by the coarser level.
 SPARSE = 8
 # Empty hours, days or months in a row after which the walk goes on by the coarser level.
-EMPTY_BEFORE_COARSER = {HOURS: 24, DAYS: 31, MONTHS: 12}
-# No task is older (the walk's end).
-FIRST_YEAR = datetime(2000, 1, 1, tzinfo=UTC)
+EMPTY_BEFORE_COARSER = {HOURS: 6, DAYS: 7, MONTHS: 3}
+# No task is older (the walk's end; this gateway's first tasks are from 2026).
+FIRST_YEAR = datetime(2020, 1, 1, tzinfo=UTC)
 # Tasks created by a host whose clock runs this much ahead of ours are listed at once.
 CLOCK_SKEW = timedelta(seconds=2)
 SECOND = timedelta(seconds=1)

@@ -171,10 +171,13 @@ def test_the_end_of_a_list_and_a_quiet_stretch_cost_a_bounded_number_of_probes(
 ) -> None:
     everything, finds = walk(stack, ListFilters(), 10_000)
     assert len(everything) == len(stored)
-    # From NOW back to the year 2000 past gaps of 40 days and two years: a few hundred probes, not one a second.
-    assert len(finds.filters) < 400, len(finds.filters)
+    # From NOW back to 2020 past gaps of 40 days and two years: a couple of hundred probes, not one a second.
+    assert len(finds.filters) < 250, len(finds.filters)
     _, finds = walk(stack, ListFilters(), 25)
     assert len(finds.filters) < 40, len(finds.filters)
+    # A user with no task at all: the walk's end alone, a few dozen empty probes.
+    nothing, finds = walk(stack, ListFilters(user_id="nobody"), 20)
+    assert nothing == [] and len(finds.filters) < 40, len(finds.filters)
 
 
 def test_tasks_stored_before_buckets_existed_get_theirs_once(stack: LocalStack) -> None:
