@@ -8,12 +8,17 @@ made from its task and event, so recording the same change twice stores it once.
 The same step adds the message's id to a Redis sorted set scored by when it is due (DUE_KEY): the delivery loop
 takes due ids from it instead of asking MongoDB for due messages (FerretDB answers a range query on a due time by
 reading every pending message). MongoDB stays the truth: the loop rebuilds the set from it when Redis loses it.
+
+A worker's final message is the exception, as the common case on the task path: the task's final write already
+stored all it carries, so the worker only adds its id to the due set, and the delivery loop stores the message
+when it takes the id up, before its first attempt. The loop's sweep stores any whose id Redis lost.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, NotRequired, TypedDict
@@ -176,21 +181,37 @@ def message_for(document: TaskDocument, kind: EventKind) -> MessageDocument | No
 WITH_WEBHOOK: Final[dict[str, Any]] = {"webhook_url": {"$gt": ""}}
 
 
-# Tasks known to have no webhook (a webhook is set at create and never changes): their changes need no read. A
-# worker claims a task (which reads it) before it moves it, so on the task path the read is never needed.
-_without_webhook: LRUCache[str, bool] = LRUCache(maxsize=100_000)
-_without_webhook_lock = threading.Lock()
+# What this process knows of tasks' webhooks (set at create, never changed), by task id: the events subscribed to,
+# () for none. A worker claims a task (which reads it) before it moves it, so on the task path a change needs no read
+# to know whether it makes a message.
+_webhook_events: LRUCache[str, tuple[str, ...]] = LRUCache(maxsize=100_000)
+_webhook_events_lock = threading.Lock()
 
 
-def _remember_without_webhook(task_id: str) -> None:
-    with _without_webhook_lock:
-        _without_webhook[task_id] = True
+def remember_webhook(document: Any) -> None:
+    """Note which events the task `document` has a webhook for."""
+    events = tuple(document.get("webhook_events", DEFAULT_EVENTS)) if document.get("webhook_url") else ()
+    with _webhook_events_lock:
+        _webhook_events[document["_id"]] = events
+
+
+def known_webhook_events(task_id: str) -> tuple[str, ...] | None:
+    """The events the task has a webhook for (() for none), or None if this process does not know."""
+    with _webhook_events_lock:
+        return _webhook_events.get(task_id)
 
 
 def known_without_webhook(task_id: str) -> bool:
     """Whether this process knows the task has no webhook (its changes make no message)."""
-    with _without_webhook_lock:
-        return task_id in _without_webhook
+    return known_webhook_events(task_id) == ()
+
+
+def task_of_final_message(message_id: str) -> str | None:
+    """The task whose final message `message_id` is, or None for any other message."""
+    prefix, suffix = "msg_", "_final"
+    if message_id.startswith(prefix) and message_id.endswith(suffix):
+        return message_id[len(prefix) : -len(suffix)]
+    return None
 
 
 def epoch(moment: datetime) -> float:
@@ -203,10 +224,10 @@ def due_entry(message: MessageDocument) -> dict[str, float]:
     return {message["_id"]: epoch(message["next_attempt_at"])}
 
 
-def _due_not_indexed(message: MessageDocument, error: RedisError) -> None:
+def _due_not_indexed(message_id: str, error: RedisError) -> None:
     log.warning(
-        "webhook message stored but not indexed as due: the delivery loop's reconcile adds it",
-        message_id=message["_id"],
+        "webhook message not indexed as due: the delivery loop's sweep or reconcile finds it",
+        message_id=message_id,
         error=str(error),
     )
 
@@ -220,17 +241,35 @@ def record_change(
     redis: Redis | None = None,
 ) -> None:
     """Store the webhook message a task change makes, if any, and index it as due in `redis` (sync; the
-    dispatcher). Never raises: a failed write is logged (the delivery loop's sweep stores a lost final message
-    later, its reconcile indexes a stored one), and the task change stands."""
+    dispatcher). A final message is only indexed: the task's final write stored everything it carries, and the
+    delivery loop stores the message itself when it takes it up, before it is first sent (so a burst of tasks
+    pays one Redis write each; the loop runs at a lower priority). Never raises: a failed write is logged (the
+    delivery loop's sweep stores a lost final message later, its reconcile indexes a stored one), and the task
+    change stands."""
     try:
-        if document is None:
-            if known_without_webhook(task_id):
-                return
+        if document is not None:
+            remember_webhook(document)
+        events = known_webhook_events(task_id)
+        if events is None:
             document = tasks.find_one({"_id": task_id, **WITH_WEBHOOK})
-        if document is None or not document.get("webhook_url"):
-            _remember_without_webhook(task_id)
+            if document is None:
+                remember_webhook({"_id": task_id})
+                return
+            remember_webhook(document)
+            events = known_webhook_events(task_id)
+        if not events:
             return
-        message = message_for(document, kind)
+        if kind is EventKind.FINAL and redis is not None:
+            if WebhookEvent.FINAL.value in events:
+                message_id = final_message_id(task_id)
+                try:
+                    redis.zadd(DUE_KEY, {message_id: time.time()}, nx=True)
+                except RedisError as error:
+                    _due_not_indexed(message_id, error)
+            return
+        if document is None:
+            document = tasks.find_one({"_id": task_id})
+        message = message_for(document, kind) if document is not None else None
         if message is None:
             return
         messages.insert_one(message)
@@ -238,7 +277,7 @@ def record_change(
             try:
                 redis.zadd(DUE_KEY, due_entry(message))
             except RedisError as error:
-                _due_not_indexed(message, error)
+                _due_not_indexed(message["_id"], error)
     except DuplicateKeyError:
         pass  # recorded already
     except PyMongoError as error:
@@ -263,4 +302,4 @@ async def record_change_async(
         try:
             await redis.zadd(DUE_KEY, due_entry(message))
         except RedisError as error:
-            _due_not_indexed(message, error)
+            _due_not_indexed(message["_id"], error)

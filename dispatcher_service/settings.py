@@ -100,9 +100,12 @@ class DispatcherSettings(OutputSettings):
     webhook_poll_seconds: float = Field(default=0.5, gt=0)
     """How often the delivery loop looks for due webhook messages."""
     webhook_sweep_seconds: float = Field(default=60.0, gt=0)
-    """How often the delivery loop looks for tasks that turned final without their webhook message stored (the
-    writer died between the two writes) and stores it. Each look reads every final task (FerretDB cannot narrow a
-    query by time), so it is not frequent."""
+    """How often the delivery loop looks for tasks that turned final without their webhook message stored or indexed
+    (the writer died, or Redis failed, between the two writes) and stores it. Each look reads every final task
+    (FerretDB cannot narrow a query by time), so it is not frequent."""
+    webhook_delivery_nice: int = Field(default=10, ge=0, le=19)
+    """Nice value of the delivery loop's thread (Linux; higher yields more): when the CPU is short, the task path
+    comes first and deliveries catch up as it frees. 0 keeps the process's own priority."""
     webhook_ca_file: str = ""
     """A PEM file of certificate authorities that https webhook receivers' certificates may also chain to (an
     internal CA), besides the public ones; empty: the public ones only. Certificates are always verified."""

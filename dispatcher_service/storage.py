@@ -15,7 +15,7 @@ from redis import Redis
 from aitask_common.events import EventKind, publish
 from aitask_common.tasks import COLLECTION, HoldReason, TaskDocument, TaskStatus, utcnow
 from aitask_common.timeline import forget_polls, noted_polls, with_entries, with_hold, write_entries
-from aitask_common.webhooks import MESSAGES_COLLECTION, known_without_webhook, record_change
+from aitask_common.webhooks import MESSAGES_COLLECTION, known_webhook_events, record_change
 
 # Fields `record` may write that no client sees: storing them alone publishes no notice.
 INTERNAL_FIELDS = frozenset({"upstream_job_id", "submitted", "generated"})
@@ -92,13 +92,15 @@ class TaskTransitions:
         if upstream_job_id is not None:
             condition["upstream_job_id"] = upstream_job_id
         kind = EventKind.FINAL if new.is_final else EventKind.STATUS
-        if known_without_webhook(task_id):
-            changed = self.collection.update_one(condition, update).modified_count == 1
-            document = None
-        else:
-            # The task may have a webhook, whose message carries the task after this change: read in the same step.
+        events = known_webhook_events(task_id)
+        if events is None or (events and kind is not EventKind.FINAL):
+            # The task may have a webhook whose message carries the task after this change: read in the same step.
+            # (A final message is rendered by the delivery loop, from the stored task.)
             document = self.collection.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
             changed = document is not None
+        else:
+            changed = self.collection.update_one(condition, update).modified_count == 1
+            document = None
         if changed:
             if polls_from is not None:
                 forget_polls(polls_from, task_id)

@@ -2,27 +2,32 @@
 asyncio loop, so a thousand receivers that each hang for the whole timeout cost sockets, not workers, and never
 touch the task path.
 
-Each round claims due message ids from the Redis sorted set of due messages (DUE_KEY) in one script that also
-pushes each claimed id's score a lease ahead (a dispatcher killed mid-delivery leaves it to be claimed again once
-the lease passes: at least once), reads the claimed messages from MongoDB by id (one equality read each: FerretDB
-serves those from its index, an `$in` by reading every message), and starts them as their hosts
-have room (at most WEBHOOK_PER_HOST_CONCURRENCY deliveries in flight per host; the others wait in this process,
-their lease renewed). A delivery resolves the host, refuses it unless every address may be reached, connects to
-the checked address itself (Host header and TLS SNI name the host, so a DNS answer that changes between check and
-connect cannot redirect it), signs with every live secret of the user, follows no redirect and reads at most a
-short excerpt of the answer. Attempts are recorded in MongoDB in batches (one bulk write for every attempt that
-ended meanwhile), then the sorted set is updated: a delivered message leaves it, a retried one is scored by its
-next attempt.
+Each round claims due message ids from the Redis sorted set of due messages (DUE_KEY) in one script that also pushes
+each claimed id's score a lease ahead (a dispatcher killed mid-delivery leaves it to be claimed again once the lease
+passes: at least once), reads the claimed messages from MongoDB by id (one equality read each: FerretDB serves those
+from its index, an `$in` by reading every message), stores the final messages a worker only indexed (rendered from
+the task, before their first attempt), and starts them as their hosts have room (at most
+WEBHOOK_PER_HOST_CONCURRENCY deliveries in flight per host; the others wait in this process, their lease renewed). A
+delivery resolves the host, refuses it unless every address may be reached, connects to the checked address itself
+(Host header and TLS SNI name the host, so a DNS answer that changes between check and connect cannot redirect it),
+signs with every live secret of the user, follows no redirect and reads at most a short excerpt of the answer.
+Attempts are recorded in MongoDB in batches (one bulk write for every attempt that ended meanwhile), then the sorted
+set is updated: a delivered message leaves it, a retried one is scored by its next attempt.
+
+The thread runs at a lower priority (WEBHOOK_DELIVERY_NICE): when the CPU is short, the task path comes first and
+deliveries catch up after.
 
 MongoDB is the truth: the sorted set is rebuilt from the pending messages when Redis has lost it (its completion
-mark is gone), and re-filled every RECONCILE_EVERY_SECONDS in case an index write failed; a claimed id whose
-message is no longer pending is dropped from it, one not due yet is scored again by its stored due time.
+mark is gone), and the final tasks of the last SWEEP_REBUILD_LOOKBACK without a stored message get one; it is
+re-filled every RECONCILE_EVERY_SECONDS in case an index write failed; a claimed id whose message is no longer
+pending is dropped from it, one not due yet is scored again by its stored due time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import ssl
 import threading
@@ -42,7 +47,7 @@ from prometheus_client.registry import Collector
 from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from standardwebhooks.webhooks import Webhook
@@ -69,6 +74,7 @@ from aitask_common.webhooks import (
     final_message_id,
     message_for,
     record_change_async,
+    task_of_final_message,
 )
 from dispatcher_service.settings import DispatcherSettings
 
@@ -114,6 +120,9 @@ RECONCILE_BATCH: Final = 1000
 # tasks per query.
 SECRETS_CACHE_SECONDS: Final = 5.0
 SWEEP_FIRST_LOOKBACK: Final = timedelta(hours=1)
+# After Redis lost the due set, the sweep looks this far back: a worker's final message lives only as a due id until
+# the loop takes it up, so every final task in the lookback without a stored message is stored then.
+SWEEP_REBUILD_LOOKBACK: Final = timedelta(days=7)
 SWEEP_SETTLE: Final = timedelta(seconds=10)
 SWEEP_BATCH: Final = 200
 # The longest Retry-After honoured (a receiver cannot park a message for longer than the schedule's longest step).
@@ -220,7 +229,16 @@ class WebhookDelivery:
 
     def start(self) -> None:
         """Run the loop in a daemon thread (it dies with the process; a message it was sending is sent again)."""
-        threading.Thread(target=asyncio.run, args=(self.run(),), name="webhook-delivery", daemon=True).start()
+        threading.Thread(target=self._run_niced, name="webhook-delivery", daemon=True).start()
+
+    def _run_niced(self) -> None:
+        # On Linux a thread's priority is its own (and the threads it starts inherit it): only deliveries yield.
+        if self.settings.webhook_delivery_nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.settings.webhook_delivery_nice)
+            except OSError as error:
+                log.warning("webhook delivery runs at the process's priority", error=str(error))
+        asyncio.run(self.run())
 
     async def run(self) -> None:
         """Look for due messages every WEBHOOK_POLL_SECONDS, for ever."""
@@ -248,6 +266,7 @@ class WebhookDelivery:
         self.wake = asyncio.Event()
         indexed = False
         self.swept_until = utcnow() - SWEEP_FIRST_LOOKBACK
+        self.sweep_now = False
         next_sweep = next_check = next_reconcile = 0.0
         while True:
             try:
@@ -261,7 +280,8 @@ class WebhookDelivery:
                     if await self.reconcile(every):
                         next_reconcile = time.monotonic() + RECONCILE_EVERY_SECONDS
                     next_check = time.monotonic() + RECONCILE_CHECK_SECONDS
-                if time.monotonic() >= next_sweep:
+                if self.sweep_now or time.monotonic() >= next_sweep:
+                    self.sweep_now = False
                     await self.sweep()
                     next_sweep = time.monotonic() + settings.webhook_sweep_seconds
                 await self.round()
@@ -283,8 +303,13 @@ class WebhookDelivery:
         """Add every pending message to the due set, with its stored due time, unless the set is complete and
         `every_time` is false; whether it did. Reads in batches; an id already in the set keeps its score (it may
         be leased)."""
-        if not every_time and await self.redis.exists(DUE_COMPLETE_KEY):
+        complete = await self.redis.exists(DUE_COMPLETE_KEY)
+        if not every_time and complete:
             return False
+        if not complete:
+            # Ids of final messages not stored yet were lost with the set: the sweep stores them.
+            self.swept_until = min(self.swept_until, utcnow() - SWEEP_REBUILD_LOOKBACK)
+            self.sweep_now = True
         started = time.monotonic()
         pending = self.messages.find({"state": MessageState.PENDING.value}, {"next_attempt_at": True})
         batch: dict[str, float] = {}
@@ -310,8 +335,9 @@ class WebhookDelivery:
 
     async def sweep(self) -> None:
         """Store the final message of every task that turned final since the last sweep (and SWEEP_SETTLE_SECONDS
-        ago) with a webhook but without one: its writer died, or the database failed, between the task's write
-        and the message's. Started and progress messages are best effort; final ones are not."""
+        ago) with a webhook but neither a stored message nor a due id: its writer died, or Redis or the database
+        failed, between the task's write and the message's. Started and progress messages are best effort; final
+        ones are not."""
         until = utcnow() - SWEEP_SETTLE
         finished = self.tasks.find(
             {
@@ -334,8 +360,10 @@ class WebhookDelivery:
         if not ids:
             return
         stored = await self.read_by_id(ids, {"_id": True})
-        for document in documents:
-            if final_message_id(document["_id"]) in stored or message_for(document, EventKind.FINAL) is None:
+        # A due id without a stored message is a worker's final message waiting its turn: the claim stores it.
+        scores = await self.redis.zmscore(DUE_KEY, ids)
+        for document, message_id, due in zip(documents, ids, scores, strict=True):
+            if message_id in stored or due is not None or message_for(document, EventKind.FINAL) is None:
                 continue
             log.warning("final webhook message was missing; stored now", task_id=document["_id"])
             await record_change_async(self.messages, document, EventKind.FINAL, self.redis)
@@ -356,6 +384,7 @@ class WebhookDelivery:
         if not ids:
             return
         found = await self.read_by_id(ids)
+        found |= await self.store_finals([message_id for message_id in ids if message_id not in found])
         gone: list[str] = []
         not_due: dict[str, float] = {}
         claims: list[Claimed] = []
@@ -381,6 +410,24 @@ class WebhookDelivery:
         self.active.update(claimed.message["_id"] for claimed in claims)
         self.waiting.extend(claims)
         self.start_waiting()
+
+    async def store_finals(self, message_ids: list[str]) -> dict[str, Any]:
+        """Store the final messages among `message_ids` that a worker only indexed, rendered from their tasks as
+        stored now; the stored ones by id (a task deleted, or whose webhook stopped, makes none)."""
+        task_ids = [task_id for task_id in map(task_of_final_message, message_ids) if task_id is not None]
+        found = await asyncio.gather(*(self.tasks.find({"_id": task_id}).to_list() for task_id in task_ids))
+        stored: dict[str, Any] = {}
+        for documents in found:
+            message = message_for(documents[0], EventKind.FINAL) if documents else None
+            if message is None:
+                continue
+            try:
+                await self.messages.insert_one(message)
+            except DuplicateKeyError:  # stored meanwhile (another dispatcher's claim, the sweep): that one stands
+                stored |= await self.read_by_id([message["_id"]])
+                continue
+            stored[message["_id"]] = message
+        return stored
 
     async def load_secrets(self, user_ids: set[str]) -> None:
         """Read the secrets of these users that are not cached, concurrently, before their messages take a slot

@@ -1,14 +1,19 @@
 """The webhook due set (aitask_common.webhooks.DUE_KEY), end to end: MongoDB stays the truth behind it, so a
-message is delivered when Redis has lost the set, and a dispatcher killed while a receiver holds a message's
-answer sends it once more after a restart, with the same `webhook-id`."""
+message is delivered when Redis has lost the set (also a final message a worker had only indexed), and a
+dispatcher killed while a receiver holds a message's answer sends it once more after a restart, with the same
+`webhook-id`. A worker's final message is stored by the delivery loop before its first attempt, and the loop runs
+at a lower priority than the task path."""
 
 from __future__ import annotations
 
+import os
 import time
+from datetime import timedelta
+from pathlib import Path
 
 import httpx
 
-from aitask_common.webhooks import DUE_COMPLETE_KEY, DUE_KEY
+from aitask_common.webhooks import DUE_COMPLETE_KEY, DUE_KEY, MESSAGES_COLLECTION, final_message_id
 from devstack.stack import LocalStack
 from tests.conftest import wait_until
 from tests.e2e.helpers import restart_after_a_crash
@@ -18,6 +23,7 @@ from tests.e2e.test_webhooks import (
     deliveries,
     receiver,  # noqa: F401 - a fixture
     secret_of,
+    stored_final_task,
     verified,
 )
 
@@ -80,3 +86,73 @@ def test_a_dispatcher_killed_mid_delivery_sends_the_message_once_more(
     assert {request.headers["webhook-id"] for request in requests} == {logged["message_id"]}
     assert all(verified(request, secret)["type"] == "task.completed" for request in requests)
     assert [attempt["status_code"] for attempt in logged["attempts"]] == [200]
+
+
+def test_a_final_message_is_stored_before_its_first_attempt(
+    stack: LocalStack,
+    rest: httpx.Client,
+    user_id: str,
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The worker only indexes the final message; the delivery loop stores it (rendered from the task) before it
+    sends it: while the receiver holds the first request, the stored message is pending, with no attempt."""
+    receiver.stalls = 1
+    task_id = create(rest, user_id, "text", receiver.url)
+    (request,) = wait_until(lambda: receiver.of(task_id), timeout=30)
+    try:
+        stored = stack.tasks().database[MESSAGES_COLLECTION].find_one({"_id": request.headers["webhook-id"]})
+    finally:
+        receiver.released.set()
+    assert stored is not None and stored["_id"] == final_message_id(task_id)
+    assert stored["state"] == "pending" and stored["attempt_count"] == 0
+    assert stored["body"] == request.body
+
+
+def test_a_due_final_message_is_left_by_the_sweep_to_its_claim(
+    stack: LocalStack,
+    rest: httpx.Client,
+    user_id: str,
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+) -> None:
+    """A final task whose message a worker indexed but nobody stored yet (the loop is behind) is not the sweep's
+    to store: it stays unstored until its id comes due, and then the claim stores and sends it."""
+    task_id = stored_final_task(stack, user_id, receiver.url, updated_ago=timedelta(seconds=9.5))
+    message_id = final_message_id(task_id)
+    # Due once a sweep (every WEBHOOK_SWEEP_SECONDS, 5 in tests) has covered the task, 10 s after its final write.
+    stack.redis().zadd(DUE_KEY, {message_id: time.time() + 10})
+    messages = stack.tasks().database[MESSAGES_COLLECTION]
+    time.sleep(8)
+    assert messages.find_one({"_id": message_id}) is None
+    assert receiver.of(task_id) == []
+    (request,) = wait_until(lambda: receiver.of(task_id), timeout=20)
+    assert request.headers["webhook-id"] == message_id
+    assert verified(request, secret_of(rest, user_id)["secret"])["data"]["text_result"] == "hello"
+    logged = wait_until(lambda: messages.find_one({"_id": message_id, "state": "delivered"}), timeout=10)
+    assert [attempt["status_code"] for attempt in logged["attempts"]] == [200]
+
+
+def test_a_final_message_lost_with_the_due_set_before_it_was_stored_is_delivered(
+    stack: LocalStack,
+    rest: httpx.Client,
+    user_id: str,
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+) -> None:
+    """Redis lost the due set while a final message was only indexed there (hours behind, beyond the regular
+    sweep's window): the rebuild looks back days, stores the message and delivers it."""
+    task_id = stored_final_task(stack, user_id, receiver.url, updated_ago=timedelta(hours=3))
+    stack.redis().delete(DUE_KEY, DUE_COMPLETE_KEY)
+    (request,) = wait_until(lambda: receiver.of(task_id), timeout=30)
+    assert request.headers["webhook-id"] == final_message_id(task_id)
+    assert verified(request, secret_of(rest, user_id)["secret"])["type"] == "task.completed"
+
+
+def test_the_delivery_loop_alone_runs_at_a_lower_priority(stack: LocalStack) -> None:
+    """WEBHOOK_DELIVERY_NICE (10 by default) lowers the delivery thread only: the dispatcher's other threads and
+    its workers keep their priority."""
+    main = stack.running["dispatcher"].pid
+    threads = {int(tid): os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{main}/task")}
+    # The loop's thread, and the resolver threads it starts, which inherit its priority.
+    lowered = [tid for tid, nice in threads.items() if nice == 10]
+    assert threads[main] == 0 and lowered and len(lowered) < len(threads), threads
+    workers = Path(f"/proc/{main}/task/{main}/children").read_text().split()
+    assert workers and all(os.getpriority(os.PRIO_PROCESS, int(pid)) == 0 for pid in workers)

@@ -327,11 +327,9 @@ def test_a_refused_webhook_url_is_400_and_stores_nothing(
     assert stack.tasks().count_documents({"user_id": user_id}) == 0
 
 
-def test_a_final_message_its_writer_never_stored_is_swept_up(
-    stack: LocalStack, rest: httpx.Client, user_id: str, receiver: Receiver
-) -> None:
-    """A task that turned final without its message (its writer died between the two writes), as the sweep finds
-    it: the message is stored and delivered."""
+def stored_final_task(stack: LocalStack, user_id: str, url: str, updated_ago: timedelta) -> str:
+    """A completed text task with a webhook, written straight to the store, as if its worker died (or Redis lost
+    its due id) right after its final write: no message stored, no due id."""
     task_id = uuid.uuid4().hex
     now = utcnow()
     stack.tasks().insert_one(
@@ -345,12 +343,21 @@ def test_a_final_message_its_writer_never_stored_is_swept_up(
             "parameters": {"priority": "default"},
             "attempts": 1,
             "text_result": "hello",
-            "created": now - timedelta(seconds=12),
-            "updated": now - timedelta(seconds=9),
-            "webhook_url": receiver.url,
+            "created": now - updated_ago - timedelta(seconds=3),
+            "updated": now - updated_ago,
+            "webhook_url": url,
             "webhook_events": ["final"],
         }
     )
+    return task_id
+
+
+def test_a_final_message_its_writer_never_stored_is_swept_up(
+    stack: LocalStack, rest: httpx.Client, user_id: str, receiver: Receiver
+) -> None:
+    """A task that turned final without its message (its writer died between the two writes), as the sweep finds
+    it: the message is stored and delivered."""
+    task_id = stored_final_task(stack, user_id, receiver.url, updated_ago=timedelta(seconds=9))
     (request,) = wait_until(lambda: receiver.of(task_id), timeout=40)
     message = verified(request, secret_of(rest, user_id)["secret"])
     assert message["type"] == "task.completed" and message["data"]["text_result"] == "hello"
