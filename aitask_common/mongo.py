@@ -6,6 +6,9 @@ from typing import Any
 
 from aitask_common.settings import ServiceSettings
 
+# MongoDB's error code for a duplicate key (also inside a bulk write's errors).
+DUPLICATE_KEY = 11000
+
 
 def client_options(settings: ServiceSettings, app_name: str) -> dict[str, Any]:
     """Keyword arguments for `MongoClient` / `AsyncMongoClient`."""

@@ -30,6 +30,7 @@ from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from aitask.v1 import task_service_pb2
+from aitask_common.mongo import DUPLICATE_KEY
 from aitask_common.output_settings import OutputSettings, OutputStoreKind
 from aitask_common.settings import Environment
 from aitask_common.tasks import OutputDocument, utcnow
@@ -43,7 +44,6 @@ GRIDFS_BUCKET: Final = "outputs"
 CHUNK_BYTES: Final = 255 * 1024
 # Chunks one insert carries (2 MiB): what a copy holds in memory at most, beside one piece of the download.
 WRITE_BATCH_CHUNKS: Final = 8
-DUPLICATE_KEY: Final = 11000  # MongoDB's error code
 # Development only (production requires OUTPUT_URL_SECRET): a fixed key, so links survive restarts.
 DEVELOPMENT_SECRET: Final = hashlib.sha256(b"aitask development output-link key").hexdigest()
 OUTPUT_PATH: Final = "/api/v1/ai/task/{task_id}/output"

@@ -44,6 +44,9 @@ MESSAGES_COLLECTION: Final = "webhook_messages"
 DUE_KEY: Final = "aitask:webhooks:due"
 # Present while DUE_KEY holds every pending message: Redis losing its data loses it too, and the loop rebuilds.
 DUE_COMPLETE_KEY: Final = "aitask:webhooks:due-complete"
+# Due final messages a worker indexed and nobody stored yet: the loop's claim reads their task, not the message
+# first (a hint only: an id missing here costs a read that finds nothing, one here that was stored a duplicate key).
+UNSTORED_KEY: Final = "aitask:webhooks:unstored"
 MESSAGE_INDEXES: list[list[tuple[str, int]]] = [
     # The rebuild of DUE_KEY: pending messages.
     [("state", 1), ("next_attempt_at", 1)],
@@ -263,7 +266,10 @@ def record_change(
             if WebhookEvent.FINAL.value in events:
                 message_id = final_message_id(task_id)
                 try:
-                    redis.zadd(DUE_KEY, {message_id: time.time()}, nx=True)
+                    with redis.pipeline(transaction=False) as pipe:
+                        pipe.zadd(DUE_KEY, {message_id: time.time()}, nx=True)
+                        pipe.sadd(UNSTORED_KEY, message_id)
+                        pipe.execute()
                 except RedisError as error:
                     _due_not_indexed(message_id, error)
             return

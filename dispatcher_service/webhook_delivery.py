@@ -47,14 +47,14 @@ from prometheus_client.registry import Collector
 from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from standardwebhooks.webhooks import Webhook
 
 from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
-from aitask_common.mongo import client_options
+from aitask_common.mongo import DUPLICATE_KEY, client_options
 from aitask_common.redis_async import async_redis
 from aitask_common.tasks import COLLECTION, utcnow
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
@@ -66,6 +66,7 @@ from aitask_common.webhooks import (
     FINAL_TYPES,
     MESSAGE_INDEXES,
     MESSAGES_COLLECTION,
+    UNSTORED_KEY,
     WITH_WEBHOOK,
     AttemptRecord,
     MessageDocument,
@@ -383,8 +384,12 @@ class WebhookDelivery:
         ids = [message_id for message_id in ids if message_id not in self.active]
         if not ids:
             return
-        found = await self.read_by_id(ids)
+        hints = await self.redis.smismember(UNSTORED_KEY, ids)
+        unstored = {message_id for message_id, hint in zip(ids, hints, strict=True) if hint}
+        found = await self.read_by_id([message_id for message_id in ids if message_id not in unstored])
         found |= await self.store_finals([message_id for message_id in ids if message_id not in found])
+        if unstored:
+            await self.redis.srem(UNSTORED_KEY, *unstored)
         gone: list[str] = []
         not_due: dict[str, float] = {}
         claims: list[Claimed] = []
@@ -413,20 +418,26 @@ class WebhookDelivery:
 
     async def store_finals(self, message_ids: list[str]) -> dict[str, Any]:
         """Store the final messages among `message_ids` that a worker only indexed, rendered from their tasks as
-        stored now; the stored ones by id (a task deleted, or whose webhook stopped, makes none)."""
+        stored now, in bulk inserts of at most ATTEMPT_BATCH; the stored ones by id (a task deleted, or whose
+        webhook stopped, makes none)."""
         task_ids = [task_id for task_id in map(task_of_final_message, message_ids) if task_id is not None]
         found = await asyncio.gather(*(self.tasks.find({"_id": task_id}).to_list() for task_id in task_ids))
+        rendered = (message_for(documents[0], EventKind.FINAL) for documents in found if documents)
+        messages = [message for message in rendered if message is not None]
         stored: dict[str, Any] = {}
-        for documents in found:
-            message = message_for(documents[0], EventKind.FINAL) if documents else None
-            if message is None:
-                continue
+        for start in range(0, len(messages), ATTEMPT_BATCH):
+            batch = messages[start : start + ATTEMPT_BATCH]
+            duplicates: list[str] = []
             try:
-                await self.messages.insert_one(message)
-            except DuplicateKeyError:  # stored meanwhile (another dispatcher's claim, the sweep): that one stands
-                stored |= await self.read_by_id([message["_id"]])
-                continue
-            stored[message["_id"]] = message
+                await self.messages.insert_many(batch, ordered=False)
+            except BulkWriteError as error:
+                failed = {failure["index"]: failure for failure in error.details["writeErrors"]}
+                if any(failure["code"] != DUPLICATE_KEY for failure in failed.values()):
+                    raise
+                # Stored meanwhile (another dispatcher's claim, the sweep, a hint Redis kept): that one stands.
+                duplicates = [batch[index]["_id"] for index in failed]
+            stored |= {message["_id"]: message for message in batch if message["_id"] not in duplicates}
+            stored |= await self.read_by_id(duplicates)
         return stored
 
     async def load_secrets(self, user_ids: set[str]) -> None:

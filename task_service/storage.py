@@ -12,6 +12,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteError
 
+from aitask_common.mongo import DUPLICATE_KEY
 from aitask_common.tasks import (
     COLLECTION,
     CREATED_BUCKETS_FIELD,
@@ -34,7 +35,6 @@ FINGERPRINT_FIELD: Final = "request_fingerprint"
 INSERT_BATCH_MAX = 256
 # One document per data migration done, by name: each runs once per database.
 MIGRATIONS = "migrations"
-DUPLICATE_KEY = 11000
 
 
 class TaskStore:

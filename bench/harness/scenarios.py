@@ -966,6 +966,7 @@ def webhooks_group(bench: Bench, selected: set[str]) -> None:
             with_hooks = run_e2e(bench, stack, tag, total, body)
             delivered = receiver.wait_for(with_hooks["completed"], timeout=120 + total / 50)
             wall = time.monotonic() - began
+            receiver.stop()  # hands its arrivals over
             entry = with_hooks | close()
             documents = stack.local.tasks().find({"prompt": tag, "status": TaskStatus.COMPLETED.value}, {"updated": 1})
             lags = [
