@@ -20,6 +20,8 @@ INDEXES: list[list[tuple[str, int]]] = [
     [("created", -1)],
     [("user_id", 1), ("type", 1), ("created", -1)],
     [("status", 1), ("updated", 1)],
+    # The reconciler's tasks in flight, quiet since a time (dispatcher_service/reconciler.py).
+    [("in_flight", 1), ("updated", 1)],
     # The reconciler's sweep of pending tasks past their deadline.
     [("status", 1), ("deadline", 1)],
     # The settlement pass's tasks holding credit (dispatcher_service/settlement.py).
@@ -36,6 +38,17 @@ BUCKET_WIDTHS = (4, 7, 10, 13, 16, 19)
 
 # Set (true) on a priced task from its create until its credit is settled or refunded.
 BILLING_OPEN_FIELD = "billing_open"
+
+# Set (true) on a task from its create until it turns final: the equality that finds the tasks in flight without
+# reading the others. FerretDB hands an equality to PostgreSQL, where the index above gets a GIN twin; `status`
+# has none (devstack/postgres.py), so an equality on it reads every task.
+IN_FLIGHT_FIELD = "in_flight"
+
+
+def out_of_flight(update: dict[str, Any]) -> dict[str, Any]:
+    """`update` (a MongoDB update document turning a task final) also taking the task out of flight."""
+    return update | {"$unset": {**update.get("$unset", {}), IN_FLIGHT_FIELD: ""}}
+
 
 # Fields too large for list responses (or not in them).
 PAYLOAD_FIELDS = ("image_base64", "timeline")
@@ -208,6 +221,8 @@ class TaskDocument(TypedDict):
     # and, until the ledger has its settle or refund, billing_open.
     billing: NotRequired[BillingDocument]
     billing_open: NotRequired[bool]
+    # From its create until it turns final.
+    in_flight: NotRequired[bool]
     # A cancelled task: the status it was cancelled in (a processing one had reached the vendor).
     cancelled_from: NotRequired[str]
 

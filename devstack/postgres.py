@@ -15,8 +15,10 @@ and with it on, a claim plus a completion cost twice as much after 6,000 tasks.
 `status` gets no twin: the dispatcher's transitions filter on `_id` and `status`,
 and with a twin the planner intersected both indexes, or (after an ANALYZE taken
 while nothing was pending) scanned every pending task, 0.9 ms against 0.06 ms at
-3,000 pending. The one query by status alone, the reconciler's every 10 s, is
-filtered by a sequential scan inside PostgreSQL instead.
+3,000 pending. The queries for tasks in flight (the reconciler's every 10 s) ask
+for `in_flight: true` instead, a field only tasks in flight carry, whose twin
+finds them without reading the final ones (by status, they cost a sequential
+scan: 854 ms at 1,000,000 tasks).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from aitask_common.events import EventKind, publish
 from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import CANCEL_UPSTREAM, Priority, job_options
-from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus, utcnow
+from aitask_common.tasks import IN_FLIGHT_FIELD, CancelReason, TaskDocument, TaskStatus, out_of_flight, utcnow
 from aitask_common.webhooks import MESSAGES_COLLECTION, record_change
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
@@ -115,14 +115,16 @@ def expire(collection: Collection[Any], redis: Redis, task_id: str, user_id: str
     """Cancel a pending task whose deadline has passed (cancel_reason "deadline"), with the caller holding its
     lease; True if this call did. Its queued job, if any, ends at once when a worker takes it."""
     now = utcnow()
-    update = {
-        "$set": {
-            "status": TaskStatus.CANCELLED.value,
-            "cancel_reason": CancelReason.DEADLINE.value,
-            "updated": now,
-        },
-        "$push": {timeline.FIELD: timeline.entry("cancelled", reason=CancelReason.DEADLINE.value)},
-    }
+    update = out_of_flight(
+        {
+            "$set": {
+                "status": TaskStatus.CANCELLED.value,
+                "cancel_reason": CancelReason.DEADLINE.value,
+                "updated": now,
+            },
+            "$push": {timeline.FIELD: timeline.entry("cancelled", reason=CancelReason.DEADLINE.value)},
+        }
+    )
     condition = {"_id": task_id, "status": TaskStatus.PENDING.value, "deadline": {"$lte": now}}
     if collection.update_one(condition, update).modified_count != 1:
         return False
@@ -138,9 +140,11 @@ def expire(collection: Collection[Any], redis: Redis, task_id: str, user_id: str
 
 def expire_overdue(collection: Collection[Any], redis: Redis, limit: int) -> int:
     """The reconciler's sweep: cancel up to `limit` pending tasks past their deadline, however deep the backlog
-    in front of their jobs; how many. One query (an equality on status, which FerretDB hands to PostgreSQL)."""
+    in front of their jobs; how many. One query (equalities on in_flight and status, which FerretDB hands to
+    PostgreSQL: the first is indexed there)."""
     overdue = collection.find(
-        {"status": TaskStatus.PENDING.value, "deadline": {"$lte": utcnow()}}, {"_id": True, "user_id": True}
+        {IN_FLIGHT_FIELD: True, "status": TaskStatus.PENDING.value, "deadline": {"$lte": utcnow()}},
+        {"_id": True, "user_id": True},
     ).limit(limit)
     expired = 0
     for task in overdue:

@@ -43,7 +43,7 @@ from aitask_common import fair_share
 from aitask_common.ledger import Ledger
 from aitask_common.logging import get_logger
 from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
-from aitask_common.tasks import TaskStatus, inflight_key, utcnow
+from aitask_common.tasks import IN_FLIGHT_FIELD, TaskStatus, inflight_key, out_of_flight, utcnow
 from dispatcher_service.cancels import expire_overdue
 from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished
@@ -73,9 +73,9 @@ CREATE_GRACE_SECONDS = 60.0
 FINISHING_SECONDS = 0.5
 
 
-def user_in_flight_queries(user_id: str) -> list[dict[str, Any]]:
-    """A user's tasks in flight, one equality query per status (FerretDB filters them inside PostgreSQL)."""
-    return [{"user_id": user_id, "status": status.value} for status in (TaskStatus.PENDING, TaskStatus.PROCESSING)]
+def user_in_flight_query(user_id: str) -> dict[str, Any]:
+    """A user's tasks in flight: equalities only, which FerretDB hands to PostgreSQL (in_flight is indexed there)."""
+    return {"user_id": user_id, IN_FLIGHT_FIELD: True}
 
 
 def created_at(task_id: str) -> float | None:
@@ -86,14 +86,11 @@ def created_at(task_id: str) -> float | None:
         return None
 
 
-def in_flight_queries(quiet_since: datetime) -> list[dict[str, Any]]:
-    """The tasks in flight and unchanged since `quiet_since`, one query per status: FerretDB hands an
-    equality on status to PostgreSQL, but filters a `$in` itself, after reading every document of the
-    collection (the (status, updated) index serves both shapes on MongoDB)."""
-    return [
-        {"status": status.value, "updated": {"$lt": quiet_since}}
-        for status in (TaskStatus.PENDING, TaskStatus.PROCESSING)
-    ]
+def in_flight_query(quiet_since: datetime) -> dict[str, Any]:
+    """The tasks in flight and unchanged since `quiet_since`: FerretDB hands the in_flight equality to PostgreSQL,
+    which answers it from that field's GIN twin without reading a final task, and checks the time itself on what
+    it gets (the (in_flight, updated) index serves the whole query on MongoDB)."""
+    return {IN_FLIGHT_FIELD: True, "updated": {"$lt": quiet_since}}
 
 
 class Reconciler:
@@ -135,9 +132,8 @@ class Reconciler:
     def _requeue_stuck(self, now: float) -> int:
         quiet_since = utcnow() - timedelta(seconds=self.settings.reconcile_min_age_seconds)
         fields = {"_id": True, "status": True, "parameters.priority": True}
-        candidates = [
-            task for query in in_flight_queries(quiet_since) for task in self.tasks.find(query, fields).limit(BATCH)
-        ]
+        candidates = list(self.tasks.find(in_flight_query(quiet_since), fields).limit(BATCH))
+        candidates = self._landed_out(candidates)
         if not candidates:
             return 0
         overdue = self._unattended(candidates, now)
@@ -183,7 +179,7 @@ class Reconciler:
         suspects: list[tuple[str, str]] = []
         for key, (_, members) in zip(keys, pages, strict=True):
             user_id = key[len(INFLIGHT_PREFIX) :]
-            in_flight = {task["_id"] for task in self._find(user_in_flight_queries(user_id))}
+            in_flight = {task["_id"] for task in self.tasks.find(user_in_flight_query(user_id), {"_id": True})}
             suspects += [(user_id, task_id) for task_id in _decoded(members) if task_id not in in_flight]
         stale = []
         for user_id, task_id in suspects[:INFLIGHT_LOOKUPS_PER_PASS]:
@@ -218,9 +214,16 @@ class Reconciler:
                 break
         return keys
 
-    def _find(self, queries: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
-        for query in queries:
-            yield from self.tasks.find(query, {"_id": True})
+    def _landed_out(self, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The candidates not final; a final one still marked in flight (a writer from before in_flight existed
+        finished it after the marking migration) is taken out of flight."""
+        in_flight = []
+        for task in candidates:
+            if TaskStatus(task["status"]).is_final:
+                self.tasks.update_one({"_id": task["_id"], "status": task["status"]}, out_of_flight({}))
+            else:
+                in_flight.append(task)
+        return in_flight
 
     def _unattended(self, candidates: list[dict[str, Any]], now: float) -> list[tuple[dict[str, Any], float | None]]:
         """(task, due) of the candidates without a lease or a poll whose watch entry is missing or

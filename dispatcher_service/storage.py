@@ -13,7 +13,7 @@ from pymongo.collection import Collection
 from redis import Redis
 
 from aitask_common.events import EventKind, publish
-from aitask_common.tasks import COLLECTION, HoldReason, TaskDocument, TaskStatus, utcnow
+from aitask_common.tasks import COLLECTION, HoldReason, TaskDocument, TaskStatus, out_of_flight, utcnow
 from aitask_common.timeline import forget_polls, noted_polls, with_entries, with_hold, write_entries
 from aitask_common.webhooks import MESSAGES_COLLECTION, known_webhook_events, record_change
 
@@ -88,6 +88,8 @@ class TaskTransitions:
             update["$inc"] = {"attempts": attempts_delta}
         if held is not None:
             update = with_hold(update, held)
+        if new.is_final:
+            update = out_of_flight(update)
         condition = {"_id": task_id, "status": expected.value}
         if upstream_job_id is not None:
             condition["upstream_job_id"] = upstream_job_id

@@ -46,7 +46,7 @@ from aitask_common.queues import (
     forget_task,
     job_options,
 )
-from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus, utcnow
+from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus, out_of_flight, utcnow
 from aitask_common.webhooks import MESSAGES_COLLECTION, record_change_async
 from task_service.enqueue import queue
 from task_service.result_cache import FinalResultCache
@@ -158,15 +158,17 @@ class TaskCanceller:
             status = document["status"]
             if TaskStatus(status).is_final:
                 return None
-            update = {
-                "$set": {
-                    "status": TaskStatus.CANCELLED.value,
-                    "cancel_reason": reason.value,
-                    "cancelled_from": status,
-                    "updated": utcnow(),
-                },
-                "$push": {timeline.FIELD: timeline.entry("cancelled", reason=reason.value)},
-            }
+            update = out_of_flight(
+                {
+                    "$set": {
+                        "status": TaskStatus.CANCELLED.value,
+                        "cancel_reason": reason.value,
+                        "cancelled_from": status,
+                        "updated": utcnow(),
+                    },
+                    "$push": {timeline.FIELD: timeline.entry("cancelled", reason=reason.value)},
+                }
+            )
             written = await self.store.collection.find_one_and_update(
                 {"_id": task_id, "status": status}, update, return_document=ReturnDocument.AFTER
             )

@@ -96,6 +96,8 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         await store.ensure_indexes()
         if migrated := await store.add_created_buckets():
             log.info("tasks given their created_buckets", tasks=migrated)
+        if migrated := await store.mark_in_flight():
+            log.info("tasks in flight marked in_flight", tasks=migrated)
         await asyncio.to_thread(ledger.ensure_indexes)
         try:
             await catalogues.refresh()

@@ -609,6 +609,7 @@ def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, dig
         "prompt": valid.prompt,
         "parameters": valid.parameters,
         "attempts": 0,
+        "in_flight": True,
         "created": now,
         "created_buckets": created_buckets(now),
         "updated": now,

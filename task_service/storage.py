@@ -16,9 +16,11 @@ from aitask_common.mongo import DUPLICATE_KEY
 from aitask_common.tasks import (
     COLLECTION,
     CREATED_BUCKETS_FIELD,
+    IN_FLIGHT_FIELD,
     INDEXES,
     PAYLOAD_FIELDS,
     TaskDocument,
+    TaskStatus,
     created_buckets,
     utcnow,
 )
@@ -112,6 +114,21 @@ class TaskStore:
         done = {"done_at": utcnow(), "updated": updated}
         await migrations.update_one({"_id": CREATED_BUCKETS_FIELD}, {"$set": done}, upsert=True)
         return updated
+
+    async def mark_in_flight(self) -> int:
+        """Mark the pending and processing tasks stored before `in_flight` existed; once per database (recorded in
+        `migrations`: on FerretDB, finding them reads every task). Returns how many it marked. A task an older
+        dispatcher finishes after this stays marked until the reconciler meets it and takes the mark off."""
+        migrations = self.collection.database[MIGRATIONS]
+        if await migrations.find_one({"_id": IN_FLIGHT_FIELD}) is not None:
+            return 0
+        marked = 0
+        for status in (TaskStatus.PENDING, TaskStatus.PROCESSING):
+            unmarked = {"status": status.value, IN_FLIGHT_FIELD: {"$exists": False}}
+            marked += (await self.collection.update_many(unmarked, {"$set": {IN_FLIGHT_FIELD: True}})).modified_count
+        done = {"done_at": utcnow(), "updated": marked}
+        await migrations.update_one({"_id": IN_FLIGHT_FIELD}, {"$set": done}, upsert=True)
+        return marked
 
 
 def _document_error(write_error: dict[str, Any]) -> PyMongoError:
