@@ -9,7 +9,7 @@ The same step adds the message's id to a Redis sorted set scored by when it is d
 takes due ids from it instead of asking MongoDB for due messages (FerretDB answers a range query on a due time by
 reading every pending message). MongoDB stays the truth: the loop rebuilds the set from it when Redis loses it.
 
-A worker's final message is the exception, as the common case on the task path: the task's final write already
+The exception, and the common case on the task path, is a worker's final message: the task's final write already
 stored all it carries, so the worker only adds its id to the due set, and the delivery loop stores the message
 when it takes the id up, before its first attempt. The loop's sweep stores any whose id Redis lost.
 """
@@ -202,11 +202,6 @@ def known_webhook_events(task_id: str) -> tuple[str, ...] | None:
     """The events the task has a webhook for (() for none), or None if this process does not know."""
     with _webhook_events_lock:
         return _webhook_events.get(task_id)
-
-
-def known_without_webhook(task_id: str) -> bool:
-    """Whether this process knows the task has no webhook (its changes make no message)."""
-    return known_webhook_events(task_id) == ()
 
 
 def task_of_final_message(message_id: str) -> str | None:

@@ -36,7 +36,9 @@ def test_every_documented_variable_is_the_one_the_class_reads(
         if annotation is str:
             value = "warning" if variable.name == "LOG_LEVEL" else "probe-value"  # LOG_LEVEL takes a level name
         elif annotation is int:
-            value = 12345
+            # Within an upper bound too (a nice value stops at 19), and unlike any default.
+            upper = next((bound.le for bound in field.metadata if getattr(bound, "le", None) is not None), None)
+            value = 12345 if upper is None else upper
         elif annotation is float:
             # Within a ratio's bounds too, and unlike any default.
             value = 0.4375 if any(getattr(bound, "le", None) == 1 for bound in field.metadata) else 12345.0
