@@ -64,6 +64,13 @@ LOWEST_TEST_PORT = 10000
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on loopback `port` now."""
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def free_port(avoid: Container[int] = ()) -> int:
     """A loopback TCP port that is free now, below the ephemeral range, and not in `avoid`."""
     try:

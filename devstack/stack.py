@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from devstack.processes import (
     ROOT,
     Ports,
     Process,
+    accepts,
     base_environment,
     free_port,
     infrastructure,
@@ -205,7 +205,7 @@ class LocalStack:
                 raise RuntimeError(
                     f"{process.name} exited with {popen.returncode}:\n{self.log_text(process.name)[-3000:]}"
                 )
-            accepting = process.port is None or _accepts(process.port)
+            accepting = process.port is None or accepts(process.port)
             if accepting and (not process.name.startswith("provider_") or self._registered(process.port)):
                 return
             time.sleep(0.05)
@@ -316,7 +316,7 @@ class LoneRedis:
                 self.process.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.monotonic() + STARTUP_SECONDS
-        while not _accepts(self.port):
+        while not accepts(self.port):
             if self._popen.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
                 raise RuntimeError(f"redis-server did not start:\n{self._log_path.read_text(errors='replace')[-3000:]}")
@@ -370,9 +370,3 @@ def _live_group_members(group: int) -> list[int]:
             if int(fields[2]) == group and fields[0] != "Z":
                 members.append(int(entry.name))
     return members
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0

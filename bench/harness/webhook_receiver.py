@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
-import socket
 import time
 from datetime import UTC, datetime
 from multiprocessing.sharedctypes import Synchronized
@@ -20,7 +19,7 @@ from multiprocessing.synchronize import Event
 
 from aiohttp import web
 
-from devstack.processes import free_port
+from devstack.processes import accepts, free_port
 
 # How long the receiver's process may take to hand its arrivals back once told to stop.
 STOP_SECONDS = 15.0
@@ -84,7 +83,7 @@ class BenchReceiver:
     def start(self) -> BenchReceiver:
         self._process.start()
         deadline = time.monotonic() + 30
-        while not _accepts(self.port):
+        while not accepts(self.port):
             if time.monotonic() > deadline or not self._process.is_alive():
                 raise RuntimeError("the bench's webhook receiver did not start")
             time.sleep(0.05)
@@ -104,8 +103,3 @@ class BenchReceiver:
         while time.monotonic() < deadline and self._arrived.value < expected:
             time.sleep(0.2)
         return int(self._arrived.value)
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import subprocess
 import uuid
 import warnings
@@ -17,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from devstack.processes import ROOT, free_port
+from devstack.processes import ROOT, accepts, free_port
 from devstack.stack import LocalStack
 from tests.conftest import wait_until
 from tests.e2e.helpers import openai_videos_provider
@@ -333,7 +332,7 @@ def test_a_wait_past_the_bound_answers_a_timeout_naming_the_task(
     with stack.sim() as sim:
         sim.set_faults("ark.chat", latency_s=6)
     try:
-        wait_until(lambda: _accepts(port), timeout=60)
+        wait_until(lambda: accepts(port), timeout=60)
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1",
             api_key=user_key,
@@ -355,8 +354,3 @@ def test_a_wait_past_the_bound_answers_a_timeout_naming_the_task(
     with stack.rest() as rest:
         task = rest.get(f"/api/v1/ai/task/result/{task_id}", params={"wait_seconds": 30}).json()["data"]
     assert task["status"] == "completed" and task["user_id"] == user_id
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
