@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -82,9 +83,10 @@ class ProviderDirectory:
         self._last_registry: _Registry | None = None
         self._channels: dict[str, grpc.Channel] = {}
         # Round-robin turns, one counter per kind of call: an image's Generate is followed by its output's
-        # FetchOutput, and one shared counter would send every Generate to the same instance.
-        self._turn = itertools.count()
-        self._stream_turn = itertools.count()
+        # FetchOutput, and one shared counter would send every Generate to the same instance. Each process starts
+        # at a random turn: workers forked together would otherwise all send their first call to the same one.
+        self._turn = itertools.count(random.randrange(1 << 16))
+        self._stream_turn = itertools.count(random.randrange(1 << 16))
 
     def _read_registry(self, _: str) -> _Registry:
         """The registry; while Redis is unreachable, the last one read (a call already made, perhaps paid for,
