@@ -285,9 +285,14 @@ class LocalStack:
         """A client on the stack's FerretDB."""
         return MongoClient(self.env["MONGO_URL"], tz_aware=True)
 
+    @property
+    def database(self) -> str:
+        """The services' database (MONGO_DATABASE)."""
+        return self.env.get("MONGO_DATABASE", "aitask")
+
     def tasks(self) -> Collection[dict[str, Any]]:
         """The `tasks` collection."""
-        return self.mongo()["aitask"]["tasks"]
+        return self.mongo()[self.database]["tasks"]
 
 
 class LoneRedis:

@@ -10,8 +10,9 @@ back from its newest possible instant one bucket at a time, each probe an equali
 - it starts at seconds; a bucket with more than BUCKET_READ_MAX tasks sends it to the finer level (none is read
   whole but a second);
 - it moves to the coarser level after a quiet stretch, a second or a minute with fewer than SPARSE tasks or
-  EMPTY_BEFORE_COARSER empty hours, days or months in a row (so a busy day behind a quiet hour is not selected
-  whole to find it), and only where the coarser bucket holds few tasks already walked past (read again, dropped);
+  QUIET_BEFORE_COARSER hours, days or months in a row each with fewer than SPARSE (so a busy day behind one quiet
+  hour is not selected whole to find it, and a user with a task an hour is not walked an hour at a time), and
+  only where the coarser bucket holds few tasks already walked past (read again, dropped);
 - it ends at FIRST_YEAR: the end of a list costs a few dozen empty probes, not a read of everything.
 
 MongoDB answers each probe from the multikey index on `created_buckets`; one code path for both stores.
@@ -32,8 +33,9 @@ BUCKET_READ_MAX = 200
 YEARS, MONTHS, DAYS, HOURS, MINUTES, SECONDS = range(len(BUCKET_WIDTHS))
 # A second or minute with fewer tasks than this is quiet enough to go on by the coarser level.
 SPARSE = 8
-# Empty hours, days or months in a row after which the walk goes on by the coarser level.
-EMPTY_BEFORE_COARSER = {HOURS: 6, DAYS: 7, MONTHS: 3}
+# Quiet hours, days or months in a row (each with fewer than SPARSE tasks) after which the walk goes on by the
+# coarser level.
+QUIET_BEFORE_COARSER = {HOURS: 6, DAYS: 7, MONTHS: 3}
 # No task is older (the walk's end; this gateway's first tasks are from 2026).
 FIRST_YEAR = datetime(2020, 1, 1, tzinfo=UTC)
 # Tasks created by a host whose clock runs this much ahead of ours are listed at once.
@@ -62,7 +64,7 @@ async def newest_first(
     for bound in (filters.created_before, after.created + MILLISECOND if after is not None else None):
         upper = min(upper, bound or upper)
     found: list[TaskDocument] = []
-    level, empties = SECONDS, 0
+    level, quiet_run = SECONDS, 0
     crowded: set[str] = set()  # buckets found to hold more than BUCKET_READ_MAX: not probed again
     while len(found) < count and upper > lower:
         key = created_buckets(upper - MILLISECOND)[level]
@@ -71,18 +73,18 @@ async def newest_first(
         if len(bucket) > BUCKET_READ_MAX:
             if level < SECONDS:
                 crowded.add(key)
-                level, empties = level + 1, 0
+                level, quiet_run = level + 1, 0
                 continue
             bucket = await tasks.find(query, projection).to_list()
         if after is not None:
             bucket = [document for document in bucket if after.precedes(document)]
         found += sorted(bucket, key=newest_key, reverse=True)
         upper = bucket_start(key)
-        empties = 0 if bucket else empties + 1
-        quiet = len(bucket) < SPARSE if level > HOURS else empties >= EMPTY_BEFORE_COARSER.get(level, 0)
+        quiet_run = quiet_run + 1 if len(bucket) < SPARSE else 0
+        quiet = quiet_run >= QUIET_BEFORE_COARSER.get(level, 1)
         coarser = created_buckets(upper - MILLISECOND)[level - 1] if level > YEARS else ""
         if coarser and quiet and coarser not in crowded and _walked_within(found, level - 1, coarser) < SPARSE:
-            level, empties = level - 1, 0
+            level, quiet_run = level - 1, 0
     return found[:count]
 
 

@@ -30,8 +30,6 @@ from aitask_common.queues import Priority
 from aitask_common.tasks import COLLECTION, TaskStatus, TaskType, utcnow
 from dispatcher_service.schedule import enqueue_task
 
-DATABASE = "aitask"
-
 
 def task_document(user_id: str, prompt: str) -> dict[str, Any]:
     """The document TaskService._create inserts for a Seedream image request."""
@@ -56,7 +54,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
     mongo: MongoClient[dict[str, Any]] = MongoClient(
         args.mongo_url, tz_aware=True, maxPoolSize=args.threads, appname="bench-floor"
     )
-    tasks = mongo[DATABASE][COLLECTION]
+    tasks = mongo[args.database][COLLECTION]
     redis = Redis(connection_pool=ConnectionPool.from_url(args.redis_url, max_connections=args.threads))
     ids = [line.strip() for line in open(args.ids_file)] if args.ids_file else []  # noqa: SIM115
     mongo.admin.command("ping")
@@ -113,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("operation", choices=["create", "read"])
     parser.add_argument("--mongo-url", required=True)
+    parser.add_argument("--database", default="aitask")
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--duration", type=float, required=True)

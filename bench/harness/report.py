@@ -74,6 +74,8 @@ def _targets(name: str, e: dict[str, Any]) -> list[tuple[str, bool | None]]:
         ]
     if name == "billing":
         return [("ledger on >= 0.85 of off", e["ratio_to_floor"] >= 0.85), ("0 errors", e["errors"] == 0)]
+    if name == "scale":
+        return list(e["scale_targets"].items())
     if name == "console":
         return [("every page within 1 s", e["p99_ms"] <= 1000)]
     if name == "watch":

@@ -62,6 +62,7 @@ SCENARIOS = (
     "e2e_image_outputs",
     "billing",
     "console",
+    "scale",
 )
 GROUPS = {
     "api": ("floor", "create_rest", "create_grpc", "get_rest"),
@@ -74,6 +75,7 @@ GROUPS = {
     "outputs": ("e2e_image_outputs",),
     "billing": ("billing",),
     "console": ("console",),
+    "scale": ("scale",),
 }
 
 FLOOR_PROCESSES = 4
@@ -115,6 +117,8 @@ class Plan:
     fairness_burst: int = 5000
     fairness_seconds: int = 30
     console_tasks: int = 100_000
+    scale_tasks: int = 1_000_000
+    scale_users: int = 10_000
 
     def with_sizes(self, assignments: list[str]) -> Plan:
         """This plan with `field=value` overrides (each value read as the field's type); ValueError names a bad one."""
@@ -147,6 +151,8 @@ class Plan:
             fairness_burst=300,
             fairness_seconds=5,
             console_tasks=2000,
+            scale_tasks=20_000,
+            scale_users=200,
         )
 
 
@@ -322,6 +328,8 @@ def run_floor(
         operation,
         "--mongo-url",
         stack.local.env["MONGO_URL"],
+        "--database",
+        stack.local.database,
         "--redis-url",
         stack.local.env["REDIS_URL"],
         "--threads",
@@ -1293,6 +1301,12 @@ def load_console_tasks(stack: BenchStack, count: int) -> None:
         tasks.insert_many(batch, ordered=False)
 
 
+def scale_group(bench: Bench, selected: set[str]) -> None:
+    from bench.harness import scale  # noqa: PLC0415 - it builds on this module's helpers
+
+    scale.scale_group(bench, selected)
+
+
 GROUP_RUNNERS = {
     "api": api_group,
     "e2e": e2e_group,
@@ -1304,4 +1318,5 @@ GROUP_RUNNERS = {
     "outputs": outputs_group,
     "billing": billing_group,
     "console": console_group,
+    "scale": scale_group,
 }

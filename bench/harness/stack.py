@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -19,6 +20,9 @@ from devstack.processes import Ports, base_environment, service_environment
 from devstack.stack import LocalStack
 
 WORKERS_READY_SECONDS = 60.0
+# `BENCH_MONGO_URL=mongodb://… make bench` runs against that MongoDB, in EXTERNAL_DATABASE.
+EXTERNAL_MONGO_VARIABLE = "BENCH_MONGO_URL"
+EXTERNAL_DATABASE = "aitask_bench"
 DISPATCHER_STOP_SECONDS = 5.0
 # Envoy counters kept per scenario: responses by class, and the reasons Envoy answers by itself.
 ENVOY_COUNTERS = (
@@ -48,6 +52,12 @@ class BenchStack:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"aitask-bench-{label}-"))
         self.local = LocalStack(Ports.free(), self.workdir, workers=workers)
         self.local.env = make_run_environment(self.local) | {"LOG_LEVEL": "WARNING"} | (env or {})
+        if mongo_url := os.environ.get(EXTERNAL_MONGO_VARIABLE):
+            # A MongoDB the operator gives, in place of FerretDB: the bench's data goes to a database of its own
+            # there (the scenarios drop and refill its collections).
+            self.local.env |= {"MONGO_URL": mongo_url, "MONGO_DATABASE": EXTERNAL_DATABASE}
+            for name in ("postgres", "ferretdb"):
+                del self.local.definitions[name]
         self.workers = workers
         self.load_pids: dict[str, int] = {}
         self.monitor = ProcessMonitor(self.roots)

@@ -111,14 +111,16 @@ def stored(stack: LocalStack) -> Iterator[list[dict[str, Any]]]:
     client.close()
 
 
-def walk(stack: LocalStack, filters: ListFilters, count: int, after: Position | None = None) -> tuple[list[str], Finds]:
+def walk(
+    stack: LocalStack, filters: ListFilters, count: int, after: Position | None = None, collection: str = "tasks"
+) -> tuple[list[str], Finds]:
     async def run() -> tuple[list[str], Finds]:
         finds = Finds()
         client: AsyncMongoClient[TaskDocument] = AsyncMongoClient(
             stack.env["MONGO_URL"], tz_aware=True, event_listeners=[finds]
         )
         try:
-            found = await newest_first(client[DATABASE]["tasks"], filters, PROJECTION, count, after, NOW)
+            found = await newest_first(client[DATABASE][collection], filters, PROJECTION, count, after, NOW)
         finally:
             await client.close()
         return [document["_id"] for document in found], finds
@@ -178,6 +180,31 @@ def test_the_end_of_a_list_and_a_quiet_stretch_cost_a_bounded_number_of_probes(
     # A user with no task at all: the walk's end alone, a few dozen empty probes.
     nothing, finds = walk(stack, ListFilters(user_id="nobody"), 20)
     assert nothing == [] and len(finds.filters) < 40, len(finds.filters)
+
+
+def test_a_user_with_a_task_every_hour_is_walked_a_day_at_a_time_not_an_hour(stack: LocalStack) -> None:
+    hours = 24 * 60
+    tasks = [
+        {
+            "_id": str(ULID.from_datetime(created)),
+            "user_id": "steady",
+            "created": created,
+            CREATED_BUCKETS_FIELD: created_buckets(created),
+        }
+        for created in (NOW - timedelta(hours=n, minutes=20) for n in range(hours))
+    ]
+    collection = stack.mongo()[DATABASE]["steady"]
+    collection.drop()
+    collection.insert_many([dict(task) for task in tasks])
+    try:
+        found, finds = walk(stack, ListFilters(user_id="steady"), hours, collection="steady")
+        assert found == expected(tasks, ListFilters(user_id="steady"))
+        # Six hours with one task each send the walk to days (24 tasks a probe): about 60 probes, not 1,440.
+        assert len(finds.filters) < 120, len(finds.filters)
+        deep, _ = walk(stack, ListFilters(user_id="steady"), 1000 + 25, collection="steady")
+        assert deep[-25:] == found[1000:1025]
+    finally:
+        collection.drop()
 
 
 def test_tasks_stored_before_buckets_existed_get_theirs_once(stack: LocalStack) -> None:
