@@ -32,9 +32,13 @@ INDEXES: list[list[tuple[str, int]]] = [
 
 # A task's creation time (UTC) as ISO 8601 prefixes of its year, month, day, hour, minute and second: equality
 # keys, so a store that filters only by equality can walk the tasks newest first (task_service/newest_first.py).
-# Each width is distinct, so the six share one array field and one index.
+# Each width is distinct, so the six share one array field and one index. The same six again behind
+# "<user_id>|" (task_buckets): a user's list probes only that user's tasks in a bucket, however busy the bucket
+# and however many tasks the user has (an equality on the bucket and another on user_id made PostgreSQL read
+# one of the two whole: all of a second's tasks, or all of a heavy user's).
 CREATED_BUCKETS_FIELD = "created_buckets"
 BUCKET_WIDTHS = (4, 7, 10, 13, 16, 19)
+USER_BUCKET_SEPARATOR = "|"  # never in a bucket key, so "<user_id>|<key>" names one user's bucket whatever the id
 
 # Set (true) on a priced task from its create until its credit is settled or refunded.
 BILLING_OPEN_FIELD = "billing_open"
@@ -58,6 +62,17 @@ def created_buckets(created: datetime) -> list[str]:
     """The year, month, day, hour, minute and second `created` falls in: ["2026", …, "2026-12-04T07:31:15"]."""
     text = created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return [text[:width] for width in BUCKET_WIDTHS]
+
+
+def user_bucket(user_id: str, key: str) -> str:
+    """The bucket `key` of one user's tasks."""
+    return f"{user_id}{USER_BUCKET_SEPARATOR}{key}"
+
+
+def task_buckets(created: datetime, user_id: str) -> list[str]:
+    """What a task stores in CREATED_BUCKETS_FIELD: its six buckets, then the same six of its user's."""
+    keys = created_buckets(created)
+    return keys + [user_bucket(user_id, key) for key in keys]
 
 
 def bucket_start(key: str) -> datetime:
@@ -178,7 +193,7 @@ class TaskDocument(TypedDict):
     held_times: NotRequired[int]
     held_last_at: NotRequired[datetime]
     held_reason: NotRequired[str]
-    # created_buckets(created), written at create (older tasks get it from TaskStore.add_created_buckets).
+    # task_buckets(created, user_id), written at create (older tasks get it from TaskStore.add_created_buckets).
     created_buckets: NotRequired[list[str]]
     # "<user_id>:<idempotency key>" and the digest of the request that made it (only with a key).
     idempotency: NotRequired[str]

@@ -137,6 +137,15 @@ class LocalStack:
         self.definitions[name] = Process(name, base.argv, env, port)
         return self.definitions[name]
 
+    def add_dispatcher_instance(self, name: str, workers: int) -> Process:
+        """Define one more dispatcher (a replica, as Kubernetes runs them) with `workers` workers on a fresh metrics
+        port (start it with `start(name)`)."""
+        port = free_port()
+        base = self.definitions["dispatcher"]
+        env = base.env | {"WORKER_CONCURRENCY": str(workers), "METRICS_PORT": str(port)}
+        self.definitions[name] = Process(name, base.argv, env, port)
+        return self.definitions[name]
+
     def add_simulator_instance(self, name: str) -> Process:
         """Define a second upstream simulator on a fresh port (start it with `start(name)`): point one provider
         instance at it (ARK_BASE_URL) to give that instance an upstream of its own, down until started."""

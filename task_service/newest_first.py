@@ -15,6 +15,9 @@ back from its newest possible instant one bucket at a time, each probe an equali
   only where the coarser bucket holds few tasks already walked past (read again, dropped);
 - it ends at FIRST_YEAR: the end of a list costs a few dozen empty probes, not a read of everything.
 
+A user's list probes the user's own buckets ("<user_id>|<key>", aitask_common.tasks.task_buckets): each probe then
+selects only what it returns, not every task of a busy second nor every task of a user with a hundred thousand.
+
 MongoDB answers each probe from the multikey index on `created_buckets`; one code path for both stores.
 """
 
@@ -25,7 +28,14 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from aitask_common.tasks import BUCKET_WIDTHS, CREATED_BUCKETS_FIELD, TaskDocument, bucket_start, created_buckets
+from aitask_common.tasks import (
+    BUCKET_WIDTHS,
+    CREATED_BUCKETS_FIELD,
+    TaskDocument,
+    bucket_start,
+    created_buckets,
+    user_bucket,
+)
 from task_service.paging import ListFilters, Position, created_range
 
 # Most tasks a probe reads; a bucket with more is looked at closer (a second with more is read whole).
@@ -59,6 +69,7 @@ async def newest_first(
 ) -> list[TaskDocument]:
     """The first `count` tasks `filters` select, newest first by (created, _id), past `after` when given."""
     equalities = filters.equalities()
+    user_id = equalities.pop("user_id", "")  # a user's list probes that user's buckets, which imply it
     lower = max(filters.created_after or FIRST_YEAR, FIRST_YEAR)
     upper = bucket_start(created_buckets(now + CLOCK_SKEW)[SECONDS]) + SECOND
     for bound in (filters.created_before, after.created + MILLISECOND if after is not None else None):
@@ -68,7 +79,8 @@ async def newest_first(
     crowded: set[str] = set()  # buckets found to hold more than BUCKET_READ_MAX: not probed again
     while len(found) < count and upper > lower:
         key = created_buckets(upper - MILLISECOND)[level]
-        query: dict[str, Any] = equalities | {CREATED_BUCKETS_FIELD: key, "created": created_range(lower, upper)}
+        probe = user_bucket(user_id, key) if user_id else key
+        query: dict[str, Any] = equalities | {CREATED_BUCKETS_FIELD: probe, "created": created_range(lower, upper)}
         bucket = await tasks.find(query, projection).limit(BUCKET_READ_MAX + 1).to_list()
         if len(bucket) > BUCKET_READ_MAX:
             if level < SECONDS:

@@ -32,7 +32,7 @@ from aitask_common.tasks import (
     TaskDocument,
     TaskStatus,
     TaskType,
-    created_buckets,
+    task_buckets,
     task_to_proto,
     utcnow,
 )
@@ -611,7 +611,7 @@ def _new_task(task_id: str, valid: ValidatedRequest, scoped_key: str | None, dig
         "attempts": 0,
         "in_flight": True,
         "created": now,
-        "created_buckets": created_buckets(now),
+        "created_buckets": task_buckets(now, valid.user_id),
         "updated": now,
         "timeline": [timeline.entry("created")],
     }

@@ -14,6 +14,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, Writ
 
 from aitask_common.mongo import DUPLICATE_KEY
 from aitask_common.tasks import (
+    BUCKET_WIDTHS,
     COLLECTION,
     CREATED_BUCKETS_FIELD,
     IN_FLIGHT_FIELD,
@@ -21,7 +22,7 @@ from aitask_common.tasks import (
     PAYLOAD_FIELDS,
     TaskDocument,
     TaskStatus,
-    created_buckets,
+    task_buckets,
     utcnow,
 )
 from task_service.batching import Batcher
@@ -37,6 +38,9 @@ FINGERPRINT_FIELD: Final = "request_fingerprint"
 INSERT_BATCH_MAX = 256
 # One document per data migration done, by name: each runs once per database.
 MIGRATIONS = "migrations"
+# The migration giving older tasks their created_buckets with their user's (a database that ran the one before it,
+# "created_buckets", gave them the first six only).
+BUCKETS_MIGRATION: Final = "created_buckets_by_user"
 
 
 class TaskStore:
@@ -101,18 +105,20 @@ class TaskStore:
         return found[offset:]
 
     async def add_created_buckets(self) -> int:
-        """Give the tasks stored before `created_buckets` existed theirs; once per database (recorded in
-        `migrations`), since on FerretDB finding them reads every task. Returns how many it updated."""
+        """Give the tasks stored before `created_buckets` existed, or before it held their user's buckets too,
+        theirs; once per database (recorded in `migrations`), since on FerretDB finding them reads every task.
+        Returns how many it updated."""
         migrations = self.collection.database[MIGRATIONS]
-        if await migrations.find_one({"_id": CREATED_BUCKETS_FIELD}) is not None:
+        if await migrations.find_one({"_id": BUCKETS_MIGRATION}) is not None:
             return 0
         updated = 0
-        async for task in self.collection.find({CREATED_BUCKETS_FIELD: {"$exists": False}}, {"created": True}):
-            buckets = created_buckets(task["created"])
+        without_user_buckets = {f"{CREATED_BUCKETS_FIELD}.{len(BUCKET_WIDTHS)}": {"$exists": False}}
+        async for task in self.collection.find(without_user_buckets, {"created": True, "user_id": True}):
+            buckets = task_buckets(task["created"], task["user_id"])
             await self.collection.update_one({"_id": task["_id"]}, {"$set": {CREATED_BUCKETS_FIELD: buckets}})
             updated += 1
         done = {"done_at": utcnow(), "updated": updated}
-        await migrations.update_one({"_id": CREATED_BUCKETS_FIELD}, {"$set": done}, upsert=True)
+        await migrations.update_one({"_id": BUCKETS_MIGRATION}, {"$set": done}, upsert=True)
         return updated
 
     async def mark_in_flight(self) -> int:

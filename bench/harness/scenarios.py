@@ -37,7 +37,7 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.outputs import GRIDFS_BUCKET
 from aitask_common.queues import QUEUE_ORDER, RESULT_TTL_SECONDS, WATCH_KEY
-from aitask_common.tasks import TaskStatus, created_buckets, inflight_key
+from aitask_common.tasks import TaskStatus, created_buckets, inflight_key, task_buckets
 from bench.harness import load
 from bench.harness.load import LoadResult
 from bench.harness.profiling import Profiler
@@ -63,6 +63,7 @@ SCENARIOS = (
     "billing",
     "console",
     "scale",
+    "capacity",
 )
 GROUPS = {
     "api": ("floor", "create_rest", "create_grpc", "get_rest"),
@@ -76,6 +77,7 @@ GROUPS = {
     "billing": ("billing",),
     "console": ("console",),
     "scale": ("scale",),
+    "capacity": ("capacity",),
 }
 
 FLOOR_PROCESSES = 4
@@ -236,6 +238,7 @@ def window(stack: BenchStack) -> Callable[[], dict[str, Any]]:
     log_offsets = stack.log_offsets()
     envoy_before = stack.envoy_counters()
     redis_before, mongo_before = stack.redis_calls(), stack.mongo_operations()
+    redis_work_before, store_before = stack.redis_work(), stack.store_work()
 
     def close() -> dict[str, Any]:
         cpu = stack.monitor.cpu_seconds()
@@ -244,6 +247,8 @@ def window(stack: BenchStack) -> Callable[[], dict[str, Any]]:
         return {
             "redis_commands": sum(redis_calls.values()),
             "redis_commands_by_name": dict(sorted(redis_calls.items(), key=lambda item: -item[1])),
+            "redis_work": _growth(redis_work_before, stack.redis_work()),
+            "store_work": _growth(store_before, stack.store_work()),
             "mongo_operations": _growth(mongo_before, stack.mongo_operations()),
             "max_rss_mib": top,
             "rss_mib": peaks,
@@ -638,13 +643,46 @@ def e2e_group(bench: Bench, selected: set[str]) -> None:
             bench.results["e2e_image_slow_upstream"] = entry
 
 
+def capacity_group(bench: Bench, selected: set[str]) -> None:
+    """The first step of issue 24's capacity model (deploy/CAPACITY.md), measured: e2e_image on the stack's two
+    task-service processes and one dispatcher of E2E_WORKERS workers, then two dispatchers of half as many each,
+    all against one Redis; what a task costs each process and Redis (its command time from INFO commandstats)."""
+    del selected  # one scenario
+    runs: dict[str, dict[str, Any]] = {}
+    with BenchStack("capacity", workers=E2E_WORKERS) as stack:
+        for dispatchers in (1, 2):
+            stack.stop_dispatcher()
+            stack.start_dispatcher(E2E_WORKERS // dispatchers)
+            if dispatchers == 2:
+                stack.local.add_dispatcher_instance("dispatcher_2", E2E_WORKERS // 2)
+                stack.local.start("dispatcher_2")
+                stack.wait_for_workers(E2E_WORKERS)
+            say(f"  capacity: e2e_image, {bench.plan.e2e_tasks} tasks, 2 task services, {dispatchers} dispatcher(s)")
+            reset_data(stack)
+            close = window(stack)
+            entry = run_e2e(bench, stack, prompt(f"capacity_{dispatchers}"), bench.plan.e2e_tasks) | close()
+            per_task(entry)
+            say(f"    {_line(entry)}; Redis {entry['redis_per_task']} per task")
+            runs[f"dispatchers_{dispatchers}"] = entry
+    two = runs["dispatchers_2"]
+    bench.results["capacity"] = (
+        runs
+        | {key: two[key] for key in ("throughput_per_s", "p50_ms", "p95_ms", "p99_ms", "errors")}
+        | {"ratio_to_floor": round(two["throughput_per_s"] / runs["dispatchers_1"]["throughput_per_s"], 3)}
+    )
+
+
 def per_task(entry: dict[str, Any]) -> None:
-    """Redis commands and MongoDB operations per completed task (the whole stack's, bench reads included)."""
-    if entry["completed"]:
-        entry["redis_commands_per_task"] = round(entry["redis_commands"] / entry["completed"], 1)
+    """Redis commands, Redis's own time and bytes, each process's CPU and MongoDB operations per completed task (the
+    whole stack's, bench reads included)."""
+    if completed := entry["completed"]:
+        entry["redis_commands_per_task"] = round(entry["redis_commands"] / completed, 1)
+        entry["redis_per_task"] = {name: round(value / completed, 1) for name, value in entry["redis_work"].items()}
+        entry["store_per_task"] = {name: round(value / completed, 1) for name, value in entry["store_work"].items()}
+        entry["cpu_ms_per_task"] = {name: round(cpu * 1000 / completed, 2) for name, cpu in entry["cpu_s"].items()}
         operations = sum(entry["mongo_operations"].values())
         if operations:  # a store that keeps no opcounters reports none, not zero
-            entry["mongo_operations_per_task"] = round(operations / entry["completed"], 1)
+            entry["mongo_operations_per_task"] = round(operations / completed, 1)
 
 
 def run_e2e(
@@ -1272,18 +1310,19 @@ def load_console_tasks(stack: BenchStack, count: int) -> None:
     for n in range(count):
         created = now - timedelta(seconds=count - n)
         failed = n % 100 == 0
+        user = f"console-user-{n % CONSOLE_USERS}"
         batch.append(
             {
                 "_id": str(ULID.from_datetime(created)),
                 "type": "image",
                 "status": "failed" if failed else "completed",
-                "user_id": f"console-user-{n % CONSOLE_USERS}",
+                "user_id": user,
                 **{key: value for key, value in IMAGE.items() if key != "size"},
                 "prompt": prompt("console"),
                 "parameters": {"priority": "default", "size": IMAGE["size"], "response_format": "url"},
                 "attempts": 1,
                 "created": created,
-                "created_buckets": created_buckets(created),
+                "created_buckets": task_buckets(created, user),
                 "updated": created + timedelta(seconds=2),
                 "error_message": "ark 400: bad prompt" if failed else "",
                 "image_url": "" if failed else "https://example.invalid/image.png",
@@ -1319,4 +1358,5 @@ GROUP_RUNNERS = {
     "billing": billing_group,
     "console": console_group,
     "scale": scale_group,
+    "capacity": capacity_group,
 }

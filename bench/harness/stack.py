@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -16,6 +17,7 @@ from redis import Redis
 from rq import Worker
 
 from bench.harness.procs import ProcessMonitor
+from devstack.postgres import binary as psql_binary
 from devstack.processes import Ports, base_environment, service_environment
 from devstack.stack import LocalStack
 
@@ -141,6 +143,31 @@ class BenchStack:
         """Calls per Redis command since the server started (INFO commandstats), to count the commands a task costs."""
         stats = self.local.redis().info("commandstats")
         return {name.removeprefix("cmdstat_"): int(values["calls"]) for name, values in stats.items()}
+
+    def redis_work(self) -> dict[str, int]:
+        """Redis's own counters since it started: microseconds spent executing commands (INFO commandstats' usec,
+        summed) and bytes in and out (INFO stats), for what a task costs the one Redis primary."""
+        redis = self.local.redis()
+        stats = redis.info("stats")
+        return {
+            "command_us": sum(int(values["usec"]) for values in redis.info("commandstats").values()),
+            "net_input_bytes": int(stats["total_net_input_bytes"]),
+            "net_output_bytes": int(stats["total_net_output_bytes"]),
+        }
+
+    def psql(self, query: str) -> str:
+        """What psql prints for `query` on the stack's PostgreSQL (unaligned, tuples only)."""
+        argv = [psql_binary("psql"), "-h", "127.0.0.1", "-p", str(self.ports.postgres), "-U", "postgres", "-Atc", query]
+        return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+    def store_work(self) -> dict[str, int]:
+        """PostgreSQL's counters under FerretDB (pg_stat_database): transactions and rows, since FerretDB keeps no
+        operation counters of its own; {} against a MongoDB (BENCH_MONGO_URL)."""
+        if "postgres" not in self.local.running:
+            return {}
+        columns = ("xact_commit", "tup_fetched", "tup_inserted", "tup_updated", "tup_deleted")
+        values = self.psql(f"SELECT {', '.join(columns)} FROM pg_stat_database WHERE datname = 'postgres'")
+        return dict(zip(columns, map(int, values.split("|")), strict=True))
 
     def mongo_operations(self) -> dict[str, int]:
         """MongoDB's operation counters (serverStatus opcounters; FerretDB keeps them too): operations a task costs."""

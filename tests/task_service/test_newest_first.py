@@ -14,11 +14,11 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 from ulid import ULID
 
-from aitask_common.tasks import CREATED_BUCKETS_FIELD, TaskDocument, bucket_start, created_buckets
+from aitask_common.tasks import CREATED_BUCKETS_FIELD, TaskDocument, bucket_start, created_buckets, task_buckets
 from devstack.stack import LocalStack
 from task_service.newest_first import BUCKET_READ_MAX, newest_first, newest_key
 from task_service.paging import ListFilters, Position
-from task_service.storage import MIGRATIONS, TaskStore
+from task_service.storage import BUCKETS_MIGRATION, MIGRATIONS, TaskStore
 
 DATABASE = "aitask_newest_first_test"
 NOW = datetime(2026, 12, 4, 12, 0, 0, tzinfo=UTC)
@@ -58,7 +58,7 @@ def spread_of_tasks() -> list[dict[str, Any]]:
                 "status": "failed" if n % 3 == 0 else "completed",
                 "type": "image",
                 "created": created,
-                CREATED_BUCKETS_FIELD: created_buckets(created),
+                CREATED_BUCKETS_FIELD: task_buckets(created, f"user-{'ab'[n % 2]}"),
                 "timeline": [{"event": "created", "at": created}],
             }
         )
@@ -145,10 +145,14 @@ def test_the_walk_lists_what_a_sort_of_everything_lists(
 ) -> None:
     found, finds = walk(stack, filters, count)
     assert found == expected(stored, filters)[:count]
-    # Every probe is an equality on a bucket FerretDB pushes down with the filters' own: none reads everything.
+    # Every probe is an equality on a bucket FerretDB pushes down with the filters' own: none reads everything. A
+    # user's list probes that user's buckets in place of an equality on user_id.
     assert finds.filters
     assert all(isinstance(query.get(CREATED_BUCKETS_FIELD), str) for query in finds.filters)
-    assert all(query.items() >= filters.equalities().items() for query in finds.filters)
+    others = {field: value for field, value in filters.equalities().items() if field != "user_id"}
+    assert all(query.items() >= others.items() and "user_id" not in query for query in finds.filters)
+    if filters.user_id:
+        assert all(query[CREATED_BUCKETS_FIELD].startswith(filters.user_id + "|") for query in finds.filters)
 
 
 @pytest.mark.parametrize("filters", FILTERS[:3], ids=lambda filters: repr(filters.query()))
@@ -189,7 +193,7 @@ def test_a_user_with_a_task_every_hour_is_walked_a_day_at_a_time_not_an_hour(sta
             "_id": str(ULID.from_datetime(created)),
             "user_id": "steady",
             "created": created,
-            CREATED_BUCKETS_FIELD: created_buckets(created),
+            CREATED_BUCKETS_FIELD: task_buckets(created, "steady"),
         }
         for created in (NOW - timedelta(hours=n, minutes=20) for n in range(hours))
     ]
@@ -207,27 +211,35 @@ def test_a_user_with_a_task_every_hour_is_walked_a_day_at_a_time_not_an_hour(sta
         collection.drop()
 
 
-def test_tasks_stored_before_buckets_existed_get_theirs_once(stack: LocalStack) -> None:
+def test_tasks_stored_before_buckets_existed_or_before_they_held_their_users_get_theirs_once(
+    stack: LocalStack,
+) -> None:
     async def scenario() -> tuple[int, int, list[dict[str, Any]]]:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.env["MONGO_URL"], tz_aware=True)
         database = client[f"{DATABASE}_migration"]
         try:
             store = TaskStore(client, database.name)  # type: ignore[arg-type]
-            old = [{"_id": f"old-{n}", "created": NOW - timedelta(days=n)} for n in range(3)]
-            await database["tasks"].insert_many(old)
+            old = [{"_id": f"old-{n}", "user_id": "u", "created": NOW - timedelta(days=n)} for n in range(3)]
+            # A task the migration before this one gave the first six buckets only.
+            six = {"_id": "six", "user_id": "v", "created": NOW, CREATED_BUCKETS_FIELD: created_buckets(NOW)}
+            current = {"_id": "current", "user_id": "w", "created": NOW, CREATED_BUCKETS_FIELD: task_buckets(NOW, "w")}
+            await database["tasks"].insert_many([*old, six, current])
+            await database[MIGRATIONS].insert_one({"_id": CREATED_BUCKETS_FIELD})  # that earlier migration's record
             first = await store.add_created_buckets()
-            await database["tasks"].insert_one({"_id": "later", "created": NOW})
+            await database["tasks"].insert_one({"_id": "later", "user_id": "u", "created": NOW})
             second = await store.add_created_buckets()
             stored = await database["tasks"].find({}, {CREATED_BUCKETS_FIELD: True, "created": True}).to_list()
-            assert await database[MIGRATIONS].find_one({"_id": CREATED_BUCKETS_FIELD}) is not None
+            assert await database[MIGRATIONS].find_one({"_id": BUCKETS_MIGRATION}) is not None
             return first, second, stored
         finally:
             await client.drop_database(database.name)
             await client.close()
 
     first, second, stored = asyncio.run(scenario())
-    assert (first, second) == (3, 0)  # the second start finds the migration recorded and reads no task
+    assert (first, second) == (4, 0)  # the second start finds the migration recorded and reads no task
     by_id = {task["_id"]: task for task in stored}
     for n in range(3):
-        assert by_id[f"old-{n}"][CREATED_BUCKETS_FIELD] == created_buckets(NOW - timedelta(days=n))
+        assert by_id[f"old-{n}"][CREATED_BUCKETS_FIELD] == task_buckets(NOW - timedelta(days=n), "u")
+    assert by_id["six"][CREATED_BUCKETS_FIELD] == task_buckets(NOW, "v")
+    assert by_id["current"][CREATED_BUCKETS_FIELD] == task_buckets(NOW, "w")
     assert CREATED_BUCKETS_FIELD not in by_id["later"]
