@@ -80,7 +80,7 @@ def scale_group(bench: Bench, selected: set[str]) -> None:
             reset_data(stack)
             began = time.monotonic()
             fill(stack, normal, users, heavy_tasks)
-            if "postgres" in stack.local.running:
+            if stack.on_ferretdb:
                 # A store that grew over a year has been vacuumed and analysed as it grew; one filled in minutes
                 # has not, and autovacuum's first pass over it (a million rows and their GIN indexes) would run
                 # during the measurements. Without fresh statistics the heavy user's page 1 took 146 ms, not 24.
@@ -239,7 +239,7 @@ def reconciler_pass_ms(stack: BenchStack) -> dict[str, float]:
 def disk_mib(stack: BenchStack) -> float:
     """The store's size on disk: PostgreSQL's database under FerretDB (tables and indexes, no WAL), or what a
     MongoDB says it stores."""
-    if "postgres" not in stack.local.definitions:
+    if not stack.on_ferretdb:
         stats = stack.local.mongo()[stack.local.database].command("dbStats")
         return round(float(stats["storageSize"] + stats["indexSize"]) / 2**20, 1)
     return round(int(stack.psql("SELECT pg_database_size('postgres')")) / 2**20, 1)

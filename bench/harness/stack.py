@@ -155,6 +155,11 @@ class BenchStack:
             "net_output_bytes": int(stats["total_net_output_bytes"]),
         }
 
+    @property
+    def on_ferretdb(self) -> bool:
+        """Whether the store is the local FerretDB on PostgreSQL (not a MongoDB given by BENCH_MONGO_URL)."""
+        return "postgres" in self.local.definitions
+
     def psql(self, query: str) -> str:
         """What psql prints for `query` on the stack's PostgreSQL (unaligned, tuples only)."""
         argv = [psql_binary("psql"), "-h", "127.0.0.1", "-p", str(self.ports.postgres), "-U", "postgres", "-Atc", query]
@@ -163,7 +168,7 @@ class BenchStack:
     def store_work(self) -> dict[str, int]:
         """PostgreSQL's counters under FerretDB (pg_stat_database): transactions and rows, since FerretDB keeps no
         operation counters of its own; {} against a MongoDB (BENCH_MONGO_URL)."""
-        if "postgres" not in self.local.running:
+        if not self.on_ferretdb:
             return {}
         columns = ("xact_commit", "tup_fetched", "tup_inserted", "tup_updated", "tup_deleted")
         values = self.psql(f"SELECT {', '.join(columns)} FROM pg_stat_database WHERE datname = 'postgres'")
