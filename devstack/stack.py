@@ -128,31 +128,29 @@ class LocalStack:
         if wait:
             self.wait_ready(process)
 
+    def _define_copy(self, base_name: str, name: str, port_variable: str, env: dict[str, str] | None = None) -> Process:
+        """Define `name` as a copy of process `base_name` listening on a fresh port (set in `port_variable`), with
+        `env` on top; start it with `start(name)`."""
+        base = self.definitions[base_name]
+        port = free_port()
+        self.definitions[name] = Process(name, base.argv, base.env | {port_variable: str(port)} | (env or {}), port)
+        return self.definitions[name]
+
     def add_provider_instance(self, provider_process: str, name: str) -> Process:
         """Define one more instance of a provider on fresh ports (start it with `start(name)`)."""
-        base = self.definitions[provider_process]
-        port = free_port()
         port_variable = {"provider_volcengine": "VOLCENGINE_PORT", "provider_openai": "OPENAI_PROVIDER_PORT"}
-        env = base.env | {port_variable[provider_process]: str(port), "METRICS_PORT": str(free_port())}
-        self.definitions[name] = Process(name, base.argv, env, port)
-        return self.definitions[name]
+        metrics = {"METRICS_PORT": str(free_port())}
+        return self._define_copy(provider_process, name, port_variable[provider_process], metrics)
 
     def add_dispatcher_instance(self, name: str, workers: int) -> Process:
         """Define one more dispatcher (a replica, as Kubernetes runs them) with `workers` workers on a fresh metrics
         port (start it with `start(name)`)."""
-        port = free_port()
-        base = self.definitions["dispatcher"]
-        env = base.env | {"WORKER_CONCURRENCY": str(workers), "METRICS_PORT": str(port)}
-        self.definitions[name] = Process(name, base.argv, env, port)
-        return self.definitions[name]
+        return self._define_copy("dispatcher", name, "METRICS_PORT", {"WORKER_CONCURRENCY": str(workers)})
 
     def add_simulator_instance(self, name: str) -> Process:
         """Define a second upstream simulator on a fresh port (start it with `start(name)`): point one provider
         instance at it (ARK_BASE_URL) to give that instance an upstream of its own, down until started."""
-        base = self.definitions["simulator"]
-        port = free_port()
-        self.definitions[name] = Process(name, base.argv, base.env | {"SIMULATOR_PORT": str(port)}, port)
-        return self.definitions[name]
+        return self._define_copy("simulator", name, "SIMULATOR_PORT")
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         """Signal a process and wait for it to exit; SIGKILL its whole group after `timeout`.
