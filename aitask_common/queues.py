@@ -31,8 +31,9 @@ QUEUE_ORDER = [Priority.CRITICAL, Priority.DEFAULT, Priority.LOW]
 # Referenced by name so the task service never imports dispatcher code.
 PROCESS_TASK = "dispatcher_service.jobs.process_task"
 
-# Finished job records are only bookkeeping: MongoDB holds the outcome.
-RESULT_TTL_SECONDS = 3600
+# Finished job records are only bookkeeping: MongoDB holds the outcome. Each costs Redis about 6.4 KB while it lives
+# (the job's hash and RQ's result stream), so at a steady rate Redis holds rate x this many seconds of them.
+RESULT_TTL_SECONDS = 300
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 
 # The watch set belongs to the dispatcher's reconciler, but its keys are shared: a task's first job and

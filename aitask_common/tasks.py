@@ -299,3 +299,10 @@ def task_to_proto(document: TaskDocument, include_payload: bool = True) -> task_
 def inflight_key(user_id: str) -> str:
     """Redis set of a user's task ids that are not final yet (for the per-user in-flight cap)."""
     return f"aitask:inflight:{user_id}"
+
+
+# Redis set of the users whose in-flight set may hold members: every create adds its user after reserving the slot,
+# and the reconciler drops a user whose set it finds empty (atomically with the check). The reconciler reads its sets
+# from here, not by a SCAN of the whole keyspace. A set from before this index is found at its user's next create,
+# the only time its count matters.
+INFLIGHT_USERS_KEY = "aitask:inflight-users"

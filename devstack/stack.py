@@ -22,6 +22,7 @@ import httpx
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from redis import Redis
+from redis.exceptions import RedisError
 
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.registry import read_instances
@@ -213,6 +214,8 @@ class LocalStack:
                     f"{process.name} exited with {popen.returncode}:\n{self.log_text(process.name)[-3000:]}"
                 )
             accepting = process.port is None or accepts(process.port)
+            if process.name == "redis":
+                accepting = accepting and redis_loaded(process.port)
             if accepting and (not process.name.startswith("provider_") or self._registered(process.port)):
                 return
             time.sleep(0.05)
@@ -302,6 +305,16 @@ class LocalStack:
         return self.mongo()[self.database]["tasks"]
 
 
+def redis_loaded(port: int | None) -> bool:
+    """Whether the Redis on `port` answers commands: one restarted on a large append-only file accepts connections
+    while it loads it, and answers LOADING (which the services take for Redis down) until done."""
+    try:
+        with Redis(port=port or 0, socket_timeout=1) as redis:
+            return bool(redis.ping())
+    except RedisError:
+        return False
+
+
 class LoneRedis:
     """One redis-server on a free loopback port and nothing else: for tests that need a real Redis only.
 
@@ -328,7 +341,7 @@ class LoneRedis:
                 self.process.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.monotonic() + STARTUP_SECONDS
-        while not accepts(self.port):
+        while not (accepts(self.port) and redis_loaded(self.port)):
             if self._popen.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
                 raise RuntimeError(f"redis-server did not start:\n{self._log_path.read_text(errors='replace')[-3000:]}")

@@ -20,7 +20,9 @@ and a backlog nothing advances any more has its next task enqueued.
 Each pass also prunes the users' in-flight sets (task_service/limits.py) of tasks
 that are final or gone, whatever left them there (a Redis outage during a task's
 cleanup, a create withdrawn while Redis was down, a crash): a user's count of
-tasks in flight heals within a pass (a few, over a large keyspace).
+tasks in flight heals within a pass (a few, when many users have tasks in flight).
+The sets are found through their users' index (aitask_common.tasks.INFLIGHT_USERS_KEY),
+so a pass costs the same however many other keys Redis holds.
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ from aitask_common import fair_share
 from aitask_common.ledger import Ledger
 from aitask_common.logging import get_logger
 from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
-from aitask_common.tasks import IN_FLIGHT_FIELD, TaskStatus, inflight_key, out_of_flight, utcnow
+from aitask_common.tasks import (
+    IN_FLIGHT_FIELD,
+    INFLIGHT_USERS_KEY,
+    TaskStatus,
+    inflight_key,
+    out_of_flight,
+    utcnow,
+)
 from dispatcher_service.cancels import expire_overdue
 from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished
@@ -56,12 +65,9 @@ LOCK_KEY = "aitask:reconciler:lock"
 BATCH = 1000
 # Watch entries for tasks that were deleted or finished long ago.
 WATCH_RETENTION_SECONDS = 24 * 3600
-# The users' in-flight sets: one pass SCANs at most INFLIGHT_SCANS_PER_PASS pages of the keyspace (from
-# where the last pass stopped) for up to INFLIGHT_SETS_PER_PASS sets and reads up to
-# INFLIGHT_MEMBERS_PER_SET members of each; it reads at most INFLIGHT_LOOKUPS_PER_PASS tasks by _id.
-INFLIGHT_PREFIX = inflight_key("")
-INFLIGHT_SCAN_PAGE = 1000
-INFLIGHT_SCANS_PER_PASS = 20
+# The users' in-flight sets: one pass reads about INFLIGHT_SETS_PER_PASS users from their index (from where the
+# last pass stopped) and up to INFLIGHT_MEMBERS_PER_SET members of each set; it reads at most
+# INFLIGHT_LOOKUPS_PER_PASS tasks by _id.
 INFLIGHT_SETS_PER_PASS = 100
 INFLIGHT_MEMBERS_PER_SET = 1000
 INFLIGHT_LOOKUPS_PER_PASS = 500
@@ -110,8 +116,9 @@ class Reconciler:
         self.settlement = Settlement(ledger, tasks, redis) if ledger is not None else None
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
-        # Where the next pass's SCAN for in-flight sets starts.
+        # Where the next pass's SSCAN of the in-flight sets' users starts.
         self._inflight_cursor = 0
+        self._forget_idle_user = redis.register_script(_FORGET_IDLE_USER)
 
     def run_once(self) -> int:
         """Re-enqueue every stuck task; returns how many. Only one replica's reconciler works per interval."""
@@ -169,16 +176,18 @@ class Reconciler:
         Per set, the user's tasks in flight (two equality queries); each member not among them is read by
         _id (those are the leaks, normally none) and dropped, with the rest of what Redis keeps for it, if
         its task is final, or gone and older than CREATE_GRACE_SECONDS."""
-        keys = self._inflight_sets()
-        if not keys:
+        users = self._inflight_users()
+        if not users:
             return 0
         with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.sscan(key, 0, count=INFLIGHT_MEMBERS_PER_SET)
+            for user_id in users:
+                pipe.sscan(inflight_key(user_id), 0, count=INFLIGHT_MEMBERS_PER_SET)
             pages = pipe.execute()
         suspects: list[tuple[str, str]] = []
-        for key, (_, members) in zip(keys, pages, strict=True):
-            user_id = key[len(INFLIGHT_PREFIX) :]
+        for user_id, (_, members) in zip(users, pages, strict=True):
+            if not members:
+                self._forget_idle_user(keys=[inflight_key(user_id), INFLIGHT_USERS_KEY], args=[user_id])
+                continue
             in_flight = {task["_id"] for task in self.tasks.find(user_in_flight_query(user_id), {"_id": True})}
             suspects += [(user_id, task_id) for task_id in _decoded(members) if task_id not in in_flight]
         stale = []
@@ -202,17 +211,12 @@ class Reconciler:
                     log.warning("released an in-flight slot left behind", task_id=task_id, user_id=user_id, task=why)
         return len(stale)
 
-    def _inflight_sets(self) -> list[str]:
-        """Up to INFLIGHT_SETS_PER_PASS in-flight set keys, continuing the SCAN where the last pass stopped."""
-        keys: list[str] = []
-        for _ in range(INFLIGHT_SCANS_PER_PASS):
-            self._inflight_cursor, page = self.redis.scan(
-                self._inflight_cursor, match=INFLIGHT_PREFIX + "*", count=INFLIGHT_SCAN_PAGE, _type="set"
-            )
-            keys += _decoded(page)
-            if self._inflight_cursor == 0 or len(keys) >= INFLIGHT_SETS_PER_PASS:
-                break
-        return keys
+    def _inflight_users(self) -> list[str]:
+        """About INFLIGHT_SETS_PER_PASS users from the in-flight sets' index, continuing where the last pass stopped."""
+        self._inflight_cursor, users = self.redis.sscan(
+            INFLIGHT_USERS_KEY, self._inflight_cursor, count=INFLIGHT_SETS_PER_PASS
+        )
+        return _decoded(users)
 
     def _landed_out(self, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The candidates not final; a final one still marked in flight (a writer from before in_flight existed
@@ -306,6 +310,16 @@ class Reconciler:
             if failing:
                 log.info("reconciler passes work again")
             failing = False
+
+
+# KEYS[1] a user's in-flight set, KEYS[2] the users' index; ARGV[1] the user. Drops the user from the index only
+# while their set is empty, so a create that reserves a slot meanwhile keeps (or re-adds) its user there.
+_FORGET_IDLE_USER = """
+if redis.call('SCARD', KEYS[1]) == 0 then
+  return redis.call('SREM', KEYS[2], ARGV[1])
+end
+return 0
+"""
 
 
 def _decoded(values: Iterable[bytes | str]) -> list[str]:

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from aitask_common.credit_holds import credit_key
 from aitask_common.ledger import InsufficientCredit
-from aitask_common.tasks import inflight_key
+from aitask_common.tasks import INFLIGHT_USERS_KEY, inflight_key
 from task_service.batching import Batcher
 
 # Fixed window that opens at a key's first request. The TTL is re-set when missing, so a counter can
@@ -126,7 +126,8 @@ class InflightTasks:
         await self.reserves.submit((user_id, task_id, cost))
 
     async def _reserve_many(self, slots: list[tuple[str, str, int]]) -> list[Exception | None]:
-        """One round trip for concurrent creates; each script runs atomically on its own, in order.
+        """One round trip for concurrent creates; each script runs atomically on its own, in order. The users go to
+        the reconciler's index after their scripts, so an index entry dropped for an empty set in between is re-added.
 
         EVAL, not EVALSHA: a pipeline of registered scripts first asks SCRIPT EXISTS, a second round trip.
         """
@@ -134,7 +135,8 @@ class InflightTasks:
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id, task_id, cost in slots:
                 pipe.eval(_RESERVE_SLOT, 2, inflight_key(user_id), credit_key(user_id), task_id, self.cap, cost, now_ms)
-            replies = await pipe.execute()
+            pipe.sadd(INFLIGHT_USERS_KEY, *{user_id for user_id, _, _ in slots})
+            replies = (await pipe.execute())[:-1]
         return [_outcome(slot, reply) for slot, reply in zip(slots, replies, strict=True)]
 
     async def release(self, user_id: str, task_id: str) -> None:

@@ -11,8 +11,10 @@ back from its newest possible instant one bucket at a time, each probe an equali
   whole but a second);
 - it moves to the coarser level after a quiet stretch, a second or a minute with fewer than SPARSE tasks or
   QUIET_BEFORE_COARSER hours, days or months in a row each with fewer than SPARSE (so a busy day behind one quiet
-  hour is not selected whole to find it, and a user with a task an hour is not walked an hour at a time), and
-  only where the coarser bucket holds few tasks already walked past (read again, dropped);
+  hour is not selected whole to find it, and a user with a task an hour is not walked an hour at a time), only
+  where the rest of the coarser bucket, as busy as the span just read, would hold no more than half BUCKET_READ_MAX
+  (half: one bucket's rate is a small sample), and only where it holds few tasks already walked past (read again,
+  dropped);
 - it ends at FIRST_YEAR: the end of a list costs a few dozen empty probes, not a read of everything.
 
 A user's list probes the user's own buckets ("<user_id>|<key>", aitask_common.tasks.task_buckets): each probe then
@@ -79,6 +81,7 @@ async def newest_first(
     crowded: set[str] = set()  # buckets found to hold more than BUCKET_READ_MAX: not probed again
     while len(found) < count and upper > lower:
         key = created_buckets(upper - MILLISECOND)[level]
+        probed_from = upper
         probe = user_bucket(user_id, key) if user_id else key
         query: dict[str, Any] = equalities | {CREATED_BUCKETS_FIELD: probe, "created": created_range(lower, upper)}
         bucket = await tasks.find(query, projection).limit(BUCKET_READ_MAX + 1).to_list()
@@ -95,9 +98,23 @@ async def newest_first(
         quiet_run = quiet_run + 1 if len(bucket) < SPARSE else 0
         quiet = quiet_run >= QUIET_BEFORE_COARSER.get(level, 1)
         coarser = created_buckets(upper - MILLISECOND)[level - 1] if level > YEARS else ""
-        if coarser and quiet and coarser not in crowded and _walked_within(found, level - 1, coarser) < SPARSE:
+        if (
+            coarser
+            and quiet
+            and coarser not in crowded
+            and _walked_within(found, level - 1, coarser) < SPARSE
+            and _likely_in_rest(len(bucket), probed_from, upper, coarser) <= BUCKET_READ_MAX / 2
+        ):
             level, quiet_run = level - 1, 0
     return found[:count]
+
+
+def _likely_in_rest(tasks: int, top: datetime, bottom: datetime, coarser: str) -> float:
+    """How many tasks the rest of the `coarser` bucket (its start to `bottom`) likely holds, at the rate of the span
+    just read (`tasks` between `bottom` and `top`). A user with 7 tasks a minute is quiet by the minute, but an hour
+    of theirs holds 420: probing it read 201 of them on every page 1 (in the soak scenario, lists slowed fourfold as
+    the hour filled)."""
+    return tasks * (bottom - bucket_start(coarser)) / (top - bottom)
 
 
 def _walked_within(found: list[TaskDocument], level: int, key: str) -> int:

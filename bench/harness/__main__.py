@@ -102,6 +102,10 @@ def main() -> None:
                 scaling["curve"], plot, f"aitask end-to-end scaling, {meta['started']}, {meta['machine']['cpus']} CPUs"
             )
             say(f"wrote {plot.relative_to(ROOT)}")
+        if soak := results.get("soak", {}).get("samples"):
+            plot = RESULTS / "soak.png"
+            report.plot_soak(soak, bench.plan.soak_warmup_s, plot, f"aitask soak, {meta['started']}")
+            say(f"wrote {plot.relative_to(ROOT)}")
     say(f"total {meta['duration_s']:.0f} s")
     if any("error" in entry for entry in results.values()):
         sys.exit(1)

@@ -76,6 +76,8 @@ def _targets(name: str, e: dict[str, Any]) -> list[tuple[str, bool | None]]:
         return [("ledger on >= 0.85 of off", e["ratio_to_floor"] >= 0.85), ("0 errors", e["errors"] == 0)]
     if name == "scale":
         return list(e["scale_targets"].items())
+    if name == "soak":
+        return list(e["soak_targets"].items())
     if name == "console":
         return [("every page within 1 s", e["p99_ms"] <= 1000)]
     if name == "watch":
@@ -167,6 +169,52 @@ def plot_scaling(curve: list[dict[str, Any]], path: Path, title: str) -> None:
         axes.set_xlabel("dispatcher workers (SimpleWorker processes)")
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=8, loc="upper left")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
+
+
+def plot_soak(samples: list[dict[str, Any]], warmup_s: float, path: Path, title: str) -> None:
+    """Three panels against minutes of soak: each process's private memory, Redis's own memory, and tasks finished
+    per second with the tasks in flight; a dotted line at the end of the warm-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    minutes = [sample["t_s"] / 60 for sample in samples]
+    figure, (memory, redis, rate) = pyplot.subplots(3, 1, figsize=(10, 10), dpi=110, sharex=True)
+    for process in sorted(samples[-1]["private_mib"]):
+        memory.plot(minutes, [sample["private_mib"].get(process) for sample in samples], label=process)
+    memory.set_yscale("log")
+    memory.set_ylabel("private memory, MiB (RSS less shared)")
+    memory.legend(fontsize=7, ncol=3, loc="upper left")
+    redis.plot(minutes, [sample["redis_used_mib"] for sample in samples], label="Redis used_memory, MiB")
+    keys = redis.twinx()
+    keys.plot(
+        minutes,
+        [sample["redis_keys"] - sample["redis_keys_expiring"] for sample in samples],
+        "--",
+        color="tab:red",
+        label="keys without a TTL",
+    )
+    keys.set_ylabel("keys without a TTL")
+    redis.set_ylabel("MiB")
+    redis.legend(fontsize=7, loc="upper left")
+    keys.legend(fontsize=7, loc="lower right")
+    pairs = list(zip(samples, samples[1:], strict=False))
+    rate.plot(
+        [later["t_s"] / 60 for _, later in pairs],
+        [(later["finished"] - earlier["finished"]) / (later["t_s"] - earlier["t_s"]) for earlier, later in pairs],
+        label="tasks finished per second",
+    )
+    rate.plot(minutes, [sample["in_flight"] for sample in samples], ":", label="tasks in flight")
+    rate.set_xlabel("minutes")
+    rate.legend(fontsize=7, loc="upper left")
+    for axes in (memory, redis, rate):
+        axes.axvline(warmup_s / 60, color="grey", linestyle=":")
+        axes.grid(True, alpha=0.3)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path)

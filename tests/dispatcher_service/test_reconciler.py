@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from ulid import ULID
 
 from aitask_common.queues import PROCESS_TASK, WATCH_JOBS_KEY, WATCH_KEY
-from aitask_common.tasks import TaskStatus, inflight_key, utcnow
+from aitask_common.tasks import INFLIGHT_USERS_KEY, TaskStatus, inflight_key, utcnow
 from devstack.stack import LocalStack
 from dispatcher_service.reconciler import CREATE_GRACE_SECONDS, Reconciler, in_flight_query, user_in_flight_query
 from dispatcher_service.schedule import POLLS_KEY, queue
@@ -106,6 +106,8 @@ def test_in_flight_sets_lose_final_and_long_gone_tasks_and_keep_the_rest(stack: 
     ]
     tasks.insert_many(documents)
     redis.sadd(inflight_key(user), *ids.values())
+    idle = f"idle-{uuid.uuid4().hex[:8]}"  # every task of theirs finished: an empty set
+    redis.sadd(INFLIGHT_USERS_KEY, user, idle)
     redis.zadd(WATCH_KEY, {ids["completed"]: now - 100})
     try:
         reconciler = Reconciler(DispatcherSettings(), redis, tasks)
@@ -116,6 +118,7 @@ def test_in_flight_sets_lose_final_and_long_gone_tasks_and_keep_the_rest(stack: 
         left = {member.decode() for member in redis.smembers(inflight_key(user))}
         assert left == {ids["pending"], ids["processing"], ids["being-created"]}
         assert redis.zscore(WATCH_KEY, ids["completed"]) is None  # forgotten altogether
+        assert redis.smembers(INFLIGHT_USERS_KEY) == {user.encode()}  # the idle user left the index
         assert reconciler._prune_inflight(now) == 0
     finally:
         redis.flushdb()

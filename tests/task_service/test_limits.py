@@ -13,7 +13,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from aitask_common.credit_holds import credit_key
 from aitask_common.ledger import InsufficientCredit
-from aitask_common.tasks import inflight_key
+from aitask_common.tasks import INFLIGHT_USERS_KEY, inflight_key
 from devstack.stack import LoneRedis
 from task_service.limits import AtCap, CreditsUnknown, InflightTasks
 
@@ -68,6 +68,9 @@ def test_concurrent_reservations_share_a_round_trip_and_stop_at_the_cap(redis_se
     assert granted == [True] * CAP + ["cap"] * 3 + [True] * 3
     assert members(redis_server, alice) == {f"a{n}".encode() for n in range(CAP)}
     assert members(redis_server, bob) == {b"b0", b"b1", b"b2"}
+    # Both are in the index the reconciler prunes from (dispatcher_service/reconciler.py).
+    index = Redis(port=redis_server.port, db=REDIS_DB).smembers(INFLIGHT_USERS_KEY)
+    assert {alice.encode(), bob.encode()} <= index
 
 
 def test_a_reservation_sent_twice_keeps_its_slot(redis_server: LoneRedis) -> None:

@@ -23,7 +23,7 @@ from aitask_common.tasks import (
     user_bucket,
 )
 from devstack.stack import LocalStack
-from task_service.newest_first import BUCKET_READ_MAX, newest_first, newest_key
+from task_service.newest_first import BUCKET_READ_MAX, HOURS, newest_first, newest_key
 from task_service.paging import ListFilters, Position
 from task_service.storage import BUCKETS_MIGRATION, MIGRATIONS, TaskStore
 
@@ -119,7 +119,12 @@ def stored(stack: LocalStack) -> Iterator[list[dict[str, Any]]]:
 
 
 def walk(
-    stack: LocalStack, filters: ListFilters, count: int, after: Position | None = None, collection: str = "tasks"
+    stack: LocalStack,
+    filters: ListFilters,
+    count: int,
+    after: Position | None = None,
+    collection: str = "tasks",
+    now: datetime = NOW,
 ) -> tuple[list[str], Finds]:
     async def run() -> tuple[list[str], Finds]:
         finds = Finds()
@@ -127,7 +132,7 @@ def walk(
             stack.env["MONGO_URL"], tz_aware=True, event_listeners=[finds]
         )
         try:
-            found = await newest_first(client[DATABASE][collection], filters, PROJECTION, count, after, NOW)
+            found = await newest_first(client[DATABASE][collection], filters, PROJECTION, count, after, now)
         finally:
             await client.close()
         return [document["_id"] for document in found], finds
@@ -215,6 +220,33 @@ def test_a_user_with_a_task_every_hour_is_walked_a_day_at_a_time_not_an_hour(sta
         assert len(finds.filters) < 120, len(finds.filters)
         deep, _ = walk(stack, ListFilters(user_id="steady"), 1000 + 25, collection="steady")
         assert deep[-25:] == found[1000:1025]
+    finally:
+        collection.drop()
+
+
+def test_a_user_quiet_by_the_minute_but_busy_by_the_hour_is_not_read_an_hour_at_a_time(stack: LocalStack) -> None:
+    # A task every 8.5 s since the hour began, 40 minutes ago: each minute is quiet (7 tasks, fewer than 8), but the
+    # rest of the hour holds 280.
+    now = NOW + timedelta(minutes=40, seconds=30)
+    created = [NOW + timedelta(seconds=8.5 * n) for n in range(int(40.5 * 60 / 8.5))]
+    tasks = [
+        {
+            "_id": str(ULID.from_datetime(at)),
+            "user_id": "busy",
+            "created": at,
+            CREATED_BUCKETS_FIELD: task_buckets(at, "busy"),
+        }
+        for at in created
+    ]
+    collection = stack.mongo()[DATABASE]["busy"]
+    collection.drop()
+    collection.insert_many([dict(task) for task in tasks])
+    try:
+        found, finds = walk(stack, ListFilters(user_id="busy"), 25, collection="busy", now=now)
+        assert found == expected(tasks, ListFilters(user_id="busy"))[:25]
+        probes = [query[CREATED_BUCKETS_FIELD] for query in finds.filters]
+        assert user_bucket("busy", created_buckets(now)[HOURS]) not in probes, probes
+        assert len(probes) < 10, probes
     finally:
         collection.drop()
 
