@@ -85,6 +85,33 @@ def labelled_tree(roots: dict[str, int]) -> dict[int, tuple[str, ProcStat]]:
     return tree
 
 
+class Every:
+    """Calls `step` every `seconds` on a daemon thread of its own, from `start()` until `stop()`; a step that raises
+    is reported and skipped (a missed sample only thins a series)."""
+
+    def __init__(self, name: str, seconds: float, step: Callable[[], None]) -> None:
+        self._step = step
+        self._seconds = seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._step()
+            except Exception as error:  # noqa: BLE001 - see the class's docstring
+                print(f"  {self._thread.name}: {error!r}", flush=True)
+            if self._stop.wait(self._seconds):
+                return
+
+
 class ProcessMonitor:
     """Polls the stack's process trees; `roots()` returns {name: pid} of the processes to watch."""
 
@@ -92,27 +119,16 @@ class ProcessMonitor:
         self._roots = roots
         self._peak_kib: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-monitor", daemon=True)
+        self._polls = Every("rss-monitor", POLL_SECONDS, self.poll)
         self._cpu_mark: dict[int, tuple[str, float]] = {}
 
     def start(self) -> None:
         """Begin polling."""
-        self._thread.start()
+        self._polls.start()
 
     def stop(self) -> None:
-        """Stop polling (after one last poll)."""
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.poll()
-            except Exception as error:  # noqa: BLE001 - a missed poll only lowers the peak's precision
-                print(f"  rss monitor: {error!r}", flush=True)
-            if self._stop.wait(POLL_SECONDS):
-                return
+        """Stop polling."""
+        self._polls.stop()
 
     def poll(self) -> None:
         """Record the current VmHWM of every watched process."""

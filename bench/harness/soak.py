@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 from aitask_common.queues import WATCH_KEY
 from aitask_common.tasks import TaskStatus
-from bench.harness.procs import PROC, labelled_tree
+from bench.harness.procs import PROC, Every, labelled_tree
 from bench.harness.scenarios import (
     E2E_WORKERS,
     Bench,
@@ -49,7 +48,7 @@ DRIFT_WINDOW_S = 300.0
 DRAIN_S = 120.0
 FINISHED_METRIC = "aitask_tasks_finished_total"
 CREATES = ("image", "video", "text")  # the client's create operations, by task type
-# Not judged: the upstream simulator is the one fake (it keeps every job it ran, for its statistics).
+# Not judged: the upstream simulator is the one fake, not a process anyone runs in production.
 UNJUDGED = ("simulator",)
 EACH = "each_process"  # a sample's {pid: (name, private MiB)}: judged, then left out of the results
 
@@ -88,26 +87,15 @@ class Sampler:
     def __init__(self, stack: BenchStack) -> None:
         self.stack = stack
         self.samples: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
+        self._every = Every("soak sampler", SAMPLE_S, lambda: self.samples.append(self.sample()))
         self._started = time.monotonic()
 
     def start(self) -> None:
         self._started = time.monotonic()
-        self._thread.start()
+        self._every.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.samples.append(self.sample())
-            except Exception as error:  # noqa: BLE001 - a missed sample only thins the series
-                say(f"    soak sampler: {error!r}")
-            if self._stop.wait(SAMPLE_S):
-                return
+        self._every.stop()
 
     def sample(self) -> dict[str, Any]:
         roots = {name: pid for name, pid in self.stack.roots().items() if not name.startswith("load:")}
