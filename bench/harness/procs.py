@@ -44,15 +44,23 @@ def read_stat(pid: int) -> ProcStat | None:
     return ProcStat(pid, int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
 
 
-def read_hwm_kib(pid: int) -> int:
-    """Peak resident set size (VmHWM) in KiB, 0 if unknown."""
+def status_kib(pid: int, *names: str) -> dict[str, int]:
+    """The named memory fields of /proc/<pid>/status (VmHWM, VmRSS, RssShmem, ...) in KiB; 0 for a field not
+    found or a process gone."""
+    found = dict.fromkeys(names, 0)
     try:
         for line in (PROC / str(pid) / "status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+            name, *value = line.split()
+            if name.removesuffix(":") in found:
+                found[name.removesuffix(":")] = int(value[0])
     except OSError:
         pass
-    return 0
+    return found
+
+
+def read_hwm_kib(pid: int) -> int:
+    """Peak resident set size (VmHWM) in KiB, 0 if unknown."""
+    return status_kib(pid, "VmHWM")["VmHWM"]
 
 
 def all_stats() -> dict[int, ProcStat]:

@@ -1007,10 +1007,10 @@ def read_rss_mib(pid: int) -> float:
 
 
 def counter(metrics_url: str, name: str) -> float:
-    """The sum of a Prometheus counter's samples at a /metrics endpoint."""
+    """The sum of a Prometheus counter's samples at a /metrics endpoint, every label's."""
     with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - loopback metrics port
         text = response.read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{")))
 
 
 def webhooks_group(bench: Bench, selected: set[str]) -> None:

@@ -20,16 +20,16 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from aitask_common.queues import WATCH_KEY
 from aitask_common.tasks import TaskStatus
-from bench.harness.procs import PROC, Every, labelled_tree
+from bench.harness.procs import Every, labelled_tree, status_kib
 from bench.harness.scenarios import (
     E2E_WORKERS,
     Bench,
+    counter,
     per_task,
     percentiles,
     prompt,
@@ -104,7 +104,7 @@ class Sampler:
         each: dict[int, tuple[str, float]] = {}
         for pid, (label, stat) in labelled_tree(roots).items():
             process = label.split("/")[0]
-            total_kib, shared_kib = memory_kib(pid)
+            total_kib, shared_kib = status_kib(pid, "VmRSS", "RssShmem").values()
             rss[process] = rss.get(process, 0.0) + total_kib / 1024
             private[process] = private.get(process, 0.0) + (total_kib - shared_kib) / 1024
             each[pid] = (f"{process} ({stat.comm} {pid})", (total_kib - shared_kib) / 1024)
@@ -120,29 +120,11 @@ class Sampler:
             "redis_keys": int(keyspace.get("keys", 0)),
             "redis_keys_expiring": int(keyspace.get("expires", 0)),
             "in_flight": in_flight,
-            "finished": finished_count(f"http://127.0.0.1:{self.stack.ports.metrics_dispatcher}/metrics"),
+            "finished": int(
+                counter(f"http://127.0.0.1:{self.stack.ports.metrics_dispatcher}/metrics", FINISHED_METRIC)
+            ),
             EACH: each,
         }
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    """(VmRSS, RssShmem) of a process in KiB; (0, 0) once it is gone."""
-    fields = {"VmRSS:": 0, "RssShmem:": 0}
-    try:
-        for line in (PROC / str(pid) / "status").read_text().splitlines():
-            name, *value = line.split()
-            if name in fields:
-                fields[name] = int(value[0])
-    except OSError:
-        pass
-    return fields["VmRSS:"], fields["RssShmem:"]
-
-
-def finished_count(metrics_url: str) -> int:
-    """Tasks the dispatcher has brought to a final state (every label of FINISHED_METRIC summed)."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - loopback metrics port
-        lines = response.read().decode().splitlines()
-    return int(sum(float(line.split()[-1]) for line in lines if line.startswith(FINISHED_METRIC + "{")))
 
 
 def run_client(stack: BenchStack, rate: float, seconds: float, tag: str) -> dict[str, Any]:
