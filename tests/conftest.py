@@ -21,6 +21,7 @@ from pymongo.database import Database
 from redis import Redis
 
 from devstack.processes import Ports
+from devstack.redis_cluster import RedisClusterServers
 from devstack.stack import LocalStack, LoneRedis
 from tests.upstream_simulator.helpers import ARK_KEY, OPENAI_KEY, VOLC_AK, VOLC_SK
 from upstream_simulator import SimulatorSettings, SimulatorThread
@@ -58,6 +59,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneRedis
     """
     with LoneRedis(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A real Redis Cluster (3 masters, 3 replicas) on free loopback ports, shared by the tests that keep to keys
+    of their own; a test that kills a node starts its own."""
+    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 @contextmanager

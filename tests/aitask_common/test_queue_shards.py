@@ -1,0 +1,188 @@
+"""Queue shards on a real Redis Cluster (3 masters, 3 replicas on loopback): each shard is a whole RQ namespace in
+one hash slot, RQ's MULTIs stay transactions there, and the shards land on different masters."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from redis.exceptions import CrossSlotTransactionError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker
+
+from aitask_common.queue_shards import (
+    QueueShards,
+    priority_of,
+    shard_of_key,
+    shard_queue_class,
+    shard_worker_class,
+)
+from aitask_common.redis_cluster import ClusterClient, cluster_client, startup_nodes
+from devstack.redis_cluster import RedisClusterServers
+from tests.conftest import wait_until
+
+SHARDS = QueueShards.layout(3, cluster=True)
+PRIORITIES = ("critical", "default", "low")
+WATCH = "aitask:{tag}:watch"
+
+
+def double(value: int) -> int:
+    """The job the shard workers below run."""
+    return value * 2
+
+
+@pytest.fixture
+def cluster(redis_cluster: RedisClusterServers) -> Iterator[ClusterClient]:
+    client = cluster_client(",".join(redis_cluster.urls), socket_timeout=30)
+    client.flushall()
+    yield client
+    client.flushall()
+    client.close()
+
+
+def enqueue(client: ClusterClient, shards: QueueShards, task_ids: list[str]) -> dict[str, str]:
+    """Each task's job in its shard's default queue, with a watch entry, in one MULTI per shard (as a create
+    batch would); returns task id -> job id."""
+    jobs: dict[str, str] = {}
+    for shard in shards.shards():
+        tag = shards.tag(shard)
+        queue = shard_queue_class(tag)(
+            shards.queue_name("default", shard), connection=client, serializer=JSONSerializer
+        )
+        with client.pipeline() as pipe:
+            pipe.multi()
+            for task_id in (task for task in task_ids if shards.shard_of(task) == shard):
+                job = queue.enqueue(
+                    f"{__name__}.double", len(task_id), job_id=shards.new_job_id(shard), pipeline=pipe, result_ttl=300
+                )
+                pipe.zadd(WATCH.format(tag=tag), {task_id: 0})
+                jobs[task_id] = job.id
+            pipe.execute()
+    return jobs
+
+
+def drain(client: ClusterClient, shards: QueueShards, shard: int) -> None:
+    """One burst worker of the shard runs every job waiting in its queues."""
+    tag = shards.tag(shard)
+    queue_class = shard_queue_class(tag)
+    queues = [
+        queue_class(shards.queue_name(priority, shard), connection=client, serializer=JSONSerializer)
+        for priority in PRIORITIES
+    ]
+    worker = shard_worker_class(SimpleWorker, tag)(
+        queues, connection=client, serializer=JSONSerializer, name=f"{tag}worker-{uuid.uuid4().hex[:8]}"
+    )
+    worker.work(burst=True)
+
+
+def test_rq_takes_a_shard_tag_at_the_head_of_a_job_id_and_nothing_else_it_forbids() -> None:
+    # RQ 2.12 checks ids only through rq.job.validate_job_id: this pins that the shard tag passes and the rest of
+    # RQ's rule still holds.
+    assert Job(id="{q2}0f3a", connection=Redis()).id == "{q2}0f3a"
+    for bad in ("{q2}a b", "x{q2}a", "{a}b", "a:b"):
+        with pytest.raises(ValueError, match="Job ID must only contain"):
+            Job(id=bad, connection=Redis())
+
+
+def test_without_sharding_keys_are_rqs_own() -> None:
+    single = QueueShards.layout(1, cluster=False)
+    assert single.tag(0) == ""
+    assert single.queue_name("default", 0) == "default"
+    assert "{" not in single.new_job_id(0)
+    assert shard_queue_class("") is shard_queue_class("")
+    assert shard_queue_class("")("default", connection=Redis()).key == "rq:queue:default"
+    assert shard_worker_class(SimpleWorker, "") is SimpleWorker
+
+
+def test_a_tagged_layout_names_queues_and_jobs_after_their_shard() -> None:
+    assert SHARDS.queue_name("low", 2) == "{q2}low"
+    assert priority_of("{q2}low") == "low"
+    assert priority_of("low") == "low"
+    assert shard_of_key(SHARDS.new_job_id(1)) == 1
+    assert shard_of_key("default") is None
+    # One shard on a cluster is tagged too: the cluster needs the tag for its MULTIs.
+    assert QueueShards.layout(1, cluster=True).queue_name("default", 0) == "{q0}default"
+    with pytest.raises(ValueError, match="QUEUE_SHARDS must be at least 1"):
+        QueueShards(0)
+
+
+def test_tasks_spread_over_the_shards_and_always_to_the_same_one() -> None:
+    task_ids = [uuid.uuid4().hex for _ in range(3000)]
+    counts = Counter(SHARDS.shard_of(task_id) for task_id in task_ids)
+    assert set(counts) == {0, 1, 2}
+    assert all(500 <= count <= 2000 for count in counts.values()), counts
+    assert [SHARDS.shard_of(task_id) for task_id in task_ids[:50]] == [
+        QueueShards.layout(3, cluster=True).shard_of(task_id) for task_id in task_ids[:50]
+    ]
+
+
+def test_the_cluster_urls_name_their_nodes_and_bad_ones_are_named() -> None:
+    nodes = startup_nodes("redis://127.0.0.1:7001, redis://10.0.0.2:7002/0")
+    assert [(node.host, node.port) for node in nodes] == [("127.0.0.1", 7001), ("10.0.0.2", 7002)]
+    with pytest.raises(ValueError, match="'redis://h' is not redis://host:port"):
+        startup_nodes("redis://h")
+    with pytest.raises(ValueError, match="names no node"):
+        startup_nodes(" , ")
+
+
+def test_each_shard_runs_its_jobs_on_its_own_master(cluster: ClusterClient) -> None:
+    task_ids = [f"task-{n}" for n in range(60)]
+    jobs = enqueue(cluster, SHARDS, task_ids)
+    for shard in SHARDS.shards():
+        drain(cluster, SHARDS, shard)
+
+    for task_id, job_id in jobs.items():
+        job = Job.fetch(job_id, connection=cluster, serializer=JSONSerializer)
+        assert job.get_status() == JobStatus.FINISHED
+        assert job.return_value() == 2 * len(task_id)
+
+    # Every key RQ and the watch entries made is in a shard's slot, and each shard's slot is on its own master.
+    masters_of_shard = {}
+    for shard in SHARDS.shards():
+        slot = cluster.keyslot(SHARDS.tag(shard))
+        masters_of_shard[shard] = cluster.nodes_manager.get_node_from_slot(slot).name
+    assert len(set(masters_of_shard.values())) == 3
+    keys = [key.decode() for key in cluster.keys(target_nodes=ClusterClient.PRIMARIES)]
+    tags = [re.search(r"\{q(\d)\}", key) for key in keys]
+    assert [key for key, tag in zip(keys, tags, strict=True) if tag is None] == []
+    per_shard = Counter(int(tag.group(1)) for tag in tags if tag)
+    assert set(per_shard) == {0, 1, 2}
+    assert max(per_shard.values()) <= 2 * min(per_shard.values()), per_shard
+    for shard, master in masters_of_shard.items():
+        node = cluster.get_node(node_name=master)
+        assert cluster.dbsize(target_nodes=node) == per_shard[shard]
+
+
+def test_a_multi_across_two_shards_is_refused_not_run_piecemeal(cluster: ClusterClient) -> None:
+    with pytest.raises(CrossSlotTransactionError), cluster.pipeline() as pipe:
+        pipe.zadd(WATCH.format(tag=SHARDS.tag(0)), {"a": 0})
+        pipe.zadd(WATCH.format(tag=SHARDS.tag(1)), {"b": 0})
+        pipe.execute()
+    assert cluster.zcard(WATCH.format(tag=SHARDS.tag(0))) == 0
+
+
+def test_a_shard_whose_master_is_killed_runs_its_jobs_on_the_promoted_replica(tmp_path: Path) -> None:
+    with RedisClusterServers(tmp_path) as servers:
+        client = cluster_client(",".join(servers.urls), socket_timeout=30)
+        jobs = enqueue(client, SHARDS, [f"task-{n}" for n in range(30)])
+        victim = client.nodes_manager.get_node_from_slot(client.keyslot(SHARDS.tag(1)))
+        # The replica has every job before its master dies (replication is asynchronous: WAIT for it).
+        with Redis(host=victim.host, port=victim.port) as master:
+            assert master.execute_command("WAIT", 1, 5000) == 1
+        servers.kill(victim.port)
+        wait_until(lambda: victim.port not in servers.masters(), timeout=30)
+        servers.wait_until_healthy()
+
+        for shard in SHARDS.shards():
+            drain(client, SHARDS, shard)
+        statuses = {
+            Job.fetch(job_id, connection=client, serializer=JSONSerializer).get_status() for job_id in jobs.values()
+        }
+        assert statuses == {JobStatus.FINISHED}
+        client.close()
