@@ -1,9 +1,10 @@
 """The sync Redis Cluster client RQ and our MULTIs run on (REDIS_CLUSTER_URLS).
 
-redis-py's cluster pipelines are not transactions unless asked, refuse `multi()` otherwise, and lack the
-`explicit_transaction` RQ reads. Here a pipeline is a MULTI unless told otherwise, as on a single Redis: RQ's
-bookkeeping and our own MULTIs stay atomic, and one whose keys span slots fails (CrossSlotTransactionError)
-instead of running without its atomicity. Keys meant to meet share a hash tag (aitask_common.queue_shards).
+redis-py's cluster pipelines are not transactions unless asked, refuse `multi()` otherwise, lack the
+`explicit_transaction` RQ reads, and refuse scripts. Here a pipeline is a MULTI unless told otherwise, as on a
+single Redis: RQ's bookkeeping and our own MULTIs stay atomic, and one whose keys span slots fails
+(CrossSlotTransactionError, which is not a RedisError: a programming error, not an outage) instead of running
+without its atomicity. Keys meant to meet share a hash tag (aitask_common.queue_shards).
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ class AtomicClusterPipeline(ClusterPipeline):
     def explicit_transaction(self) -> bool:
         """Whether `multi()` was called (RQ checks before calling it)."""
         return bool(getattr(self._execution_strategy, "_explicit_transaction", False))
+
+    def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:  # type: ignore[override]
+        """Queue a script with its body (EVAL): redis-py blocks scripts in cluster pipelines, and an EVALSHA of a
+        script the node has not loaded would fail inside the MULTI."""
+        return self.execute_command("EVAL", script, numkeys, *keys_and_args)  # type: ignore[no-untyped-call]
 
 
 class ClusterClient(RedisCluster):

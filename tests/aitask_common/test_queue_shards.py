@@ -167,6 +167,18 @@ def test_a_multi_across_two_shards_is_refused_not_run_piecemeal(cluster: Cluster
     assert cluster.zcard(WATCH.format(tag=SHARDS.tag(0))) == 0
 
 
+def test_a_multi_runs_scripts_on_a_cluster_as_on_one_redis(cluster: ClusterClient) -> None:
+    # The queue-number script of a create goes in the create's MULTI (aitask_common.queues.take_number).
+    counter, entry = "aitask:{q1}:enqueued", "aitask:{q1}:task"
+    with cluster.pipeline() as pipe:
+        pipe.multi()
+        pipe.set(entry, "x")
+        take_number_like = "redis.call('SET', KEYS[2], ARGV[1] .. redis.call('INCR', KEYS[1])) return 1"
+        pipe.eval(take_number_like, 2, counter, entry, "default ")
+        assert pipe.execute()[-1] == 1
+    assert cluster.get(entry) == b"default 1"
+
+
 def test_a_shard_whose_master_is_killed_runs_its_jobs_on_the_promoted_replica(tmp_path: Path) -> None:
     with RedisClusterServers(tmp_path) as servers:
         client = cluster_client(",".join(servers.urls), socket_timeout=30)
