@@ -24,18 +24,19 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, cast
+from typing import ClassVar, Final, TypeVar, cast
 
 import rq.job
 from rq import worker_registration
 from rq.exceptions import StopRequested
 from rq.queue import Queue
 from rq.registry import clean_registries
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
-AnyWorker = TypeVar("AnyWorker", bound=BaseWorker)
+AnyWorker = TypeVar("AnyWorker", bound="ShardWorker")
 
 SHARD_TAG: Final = "{{q{}}}"
 # RQ's own rule (letters, digits, `_` and `-`), after an optional shard tag.
@@ -49,8 +50,18 @@ def _validate_job_id(job_id: str) -> None:
         raise ValueError("Job ID must only contain letters, numbers, underscores and dashes, after a shard tag")
 
 
-# RQ 2.12 checks ids only through this module-level function (tests/aitask_common/test_queue_shards.py pins it).
+def _scheduler_key(self: RQScheduler) -> str:
+    """The scheduler's own hash, under the tag of the queues it schedules: it is written in one MULTI with their
+    locks. RQ names it after the scheduler alone."""
+    tags = {_TAG_PREFIX.match(name) for name in self._queue_names}
+    tag = next((match.group(0) for match in tags if match), "")
+    return SCHEDULER_KEY_TEMPLATE % (tag + self.name)
+
+
+# RQ 2.12 checks ids only through this module-level function, and names the scheduler's hash only through this
+# property (tests/aitask_common/test_queue_shards.py pins both). Untagged names are left as RQ makes them.
 rq.job.validate_job_id = _validate_job_id
+RQScheduler.key = property(_scheduler_key)  # type: ignore[assignment,method-assign]
 
 
 @dataclass(frozen=True)
@@ -107,46 +118,66 @@ def shard_queue_class(tag: str) -> type[Queue]:
     return type(f"Queue{tag}", (Queue,), {"redis_queues_keys": f"rq:{tag}:queues"})
 
 
+class ShardWorker(BaseWorker):
+    """What a worker of one shard does differently from RQ's, as a mixin placed before an RQ worker class
+    (`class W(ShardWorker, SimpleWorker)`); with no tag (a single Redis, one shard) it is RQ's own.
+
+    Its connection reaches the shard's master only (aitask_common.redis_cluster.shard_client), so RQ's global keys
+    become the shard's: the suspension flag (`rq suspend` is per shard: `rq:{q1}:suspended`) and the list of
+    workers; RQ's job groups, which aitask does not use, are not cleaned.
+    """
+
+    shard_tag: ClassVar[str] = ""
+
+    def check_for_suspension(self, burst: bool) -> None:
+        if not self.shard_tag:
+            super().check_for_suspension(burst)
+            return
+        self.heartbeat()
+        while not self._stop_requested and self.connection.exists(suspended_key(self.shard_tag)):
+            if burst:
+                raise StopRequested
+            self.set_state(WorkerStatus.SUSPENDED)
+            time.sleep(1)
+            self.heartbeat()
+
+    def clean_registries(self) -> None:
+        if not self.shard_tag:
+            super().clean_registries()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+            return
+        for target in self.queues:
+            if target.acquire_maintenance_lock():
+                clean_registries(target, self._exc_handlers)
+                dead = [key for key in worker_registration.get_keys(target) if not self.connection.exists(key)]
+                if dead:
+                    self.connection.srem(worker_registration.WORKERS_BY_QUEUE_KEY % target.name, *dead)
+                    self.connection.srem(self.redis_workers_keys, *dead)
+                target.intermediate_queue.cleanup(self, target)
+                target.release_maintenance_lock()
+        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ annotates it None only
+
+    def run_maintenance_tasks(self) -> None:
+        if not self.shard_tag:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+            return
+        if (
+            self.last_cleaned_at
+            and self.scheduler
+            and not (self.scheduler._process and self.scheduler._process.is_alive())
+        ):
+            self.scheduler.acquire_locks(auto_start=True)
+        self.clean_registries()
+
+
+def suspended_key(tag: str) -> str:
+    """RQ's suspension flag, for the workers of one shard."""
+    return f"rq:{tag}:suspended" if tag else WORKERS_SUSPENDED
+
+
 def shard_worker_class(base: type[AnyWorker], tag: str) -> type[AnyWorker]:
-    """`base` (an RQ worker class) serving one shard: its queues are the shard's, and its registration lives under
-    the tag. A worker serves a single shard: BLPOP takes its queues in one call, so they must share a slot."""
+    """`base` (a ShardWorker) serving one shard: its queues are the shard's, and its registration lives under the
+    tag. A worker serves a single shard: BLPOP takes its queues in one call, so they must share a slot."""
     if not tag:
         return base
-    attributes = {
-        "redis_workers_keys": f"rq:{tag}:workers",
-        "queue_class": shard_queue_class(tag),
-        "check_for_suspension": _check_for_suspension,
-        "clean_registries": _clean_registries,
-        "_set_connection": _keep_connection,
-    }
+    attributes = {"shard_tag": tag, "redis_workers_keys": f"rq:{tag}:workers", "queue_class": shard_queue_class(tag)}
     return cast(type[AnyWorker], type(f"{base.__name__}{tag}", (base,), attributes))
-
-
-# What the shard worker changes in RQ's BaseWorker: three methods whose single pipeline joins a shard's key with one
-# of RQ's global keys (rq:suspended, rq:workers), split in two round trips; and the socket timeout RQ sets through a
-# plain client's connection pool, which a cluster client sets when it is made (aitask_common.redis_cluster).
-def _check_for_suspension(self: BaseWorker, burst: bool) -> None:
-    self.heartbeat()
-    while not self._stop_requested and self.connection.exists(WORKERS_SUSPENDED):
-        if burst:
-            raise StopRequested
-        self.set_state(WorkerStatus.SUSPENDED)
-        time.sleep(1)
-        self.heartbeat()
-
-
-def _clean_registries(self: BaseWorker) -> None:
-    for target in self.queues:
-        if target.acquire_maintenance_lock():
-            clean_registries(target, self._exc_handlers)
-            dead = [key for key in worker_registration.get_keys(target) if not self.connection.exists(key)]
-            if dead:
-                self.connection.srem(worker_registration.WORKERS_BY_QUEUE_KEY % target.name, *dead)
-                self.connection.srem(self.redis_workers_keys, *dead)
-            target.intermediate_queue.cleanup(self, target)
-            target.release_maintenance_lock()
-    self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ annotates it None only
-
-
-def _keep_connection(self: BaseWorker, connection: Any) -> Any:
-    return connection

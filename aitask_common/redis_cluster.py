@@ -1,25 +1,30 @@
-"""The sync Redis Cluster client RQ and our MULTIs run on (REDIS_CLUSTER_URLS).
+"""Clients of a Redis Cluster (REDIS_CLUSTER_URLS): a shard's connection, for RQ and the shard's own keys, and a
+cluster client for the rest.
 
-redis-py's cluster pipelines are not transactions unless asked, refuse `multi()` otherwise, lack the
-`explicit_transaction` RQ reads, and refuse scripts. Here a pipeline is a MULTI unless told otherwise, as on a
-single Redis: RQ's bookkeeping and our own MULTIs stay atomic, and one whose keys span slots fails
-(CrossSlotTransactionError, which is not a RedisError: a programming error, not an outage) instead of running
-without its atomicity. Keys meant to meet share a hash tag (aitask_common.queue_shards).
+A queue shard's keys all share one hash slot (aitask_common.queue_shards), so RQ runs on a plain client connected
+to the master serving that slot: RQ's worker pool, scheduler, pipelines and scripts work as on a single Redis. The
+master is looked up at each connect, so a failover (the old master unreachable) or a slot moved away (MOVED) is
+followed by reconnecting.
+
+For the other keys (users', providers', ...), a cluster client. redis-py's cluster pipelines are not transactions
+unless asked, refuse `multi()` otherwise, and refuse scripts; here a pipeline is a MULTI unless told otherwise, as on
+a single Redis, and runs scripts. One whose keys span slots fails (CrossSlotTransactionError, which is not a
+RedisError: a programming error, not an outage) instead of running without its atomicity.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from redis import Redis
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.connection import Connection, ConnectionPool
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, RedisError
 
 
 class AtomicClusterPipeline(ClusterPipeline):
-    @property
-    def explicit_transaction(self) -> bool:
-        """Whether `multi()` was called (RQ checks before calling it)."""
-        return bool(getattr(self._execution_strategy, "_explicit_transaction", False))
-
     def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:  # type: ignore[override]
         """Queue a script with its body (EVAL): redis-py blocks scripts in cluster pipelines, and an EVALSHA of a
         script the node has not loaded would fail inside the MULTI."""
@@ -67,3 +72,57 @@ def startup_nodes(urls: str) -> list[ClusterNode]:
 def cluster_client(urls: str, socket_timeout: float, **options: Any) -> ClusterClient:
     """A client of the cluster the URLs' nodes belong to (any one live node is enough to find the others)."""
     return ClusterClient(startup_nodes=startup_nodes(urls), socket_timeout=socket_timeout, **options)
+
+
+class SlotConnection(Connection):
+    """A connection to the master serving `slot` now, found through any of `cluster_nodes` at each connect."""
+
+    def __init__(self, *, cluster_nodes: tuple[tuple[str, int], ...], slot: int, **kwargs: Any) -> None:
+        self.cluster_nodes = cluster_nodes
+        self.slot = slot
+        host, port = cluster_nodes[0]
+        super().__init__(host=host, port=port, **kwargs)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+
+    def _connect(self) -> Any:
+        self._host, self.port = slot_master(self.cluster_nodes, self.slot, self.socket_connect_timeout or 2.0)
+        return super()._connect()  # type: ignore[no-untyped-call]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except MovedError as moved:
+            # The slot moved to another master: a broken connection to the client, which reconnects (and looks the
+            # slot up again) on its retry; a MULTI refused this way ran nothing, so retrying it is safe.
+            self.disconnect()  # type: ignore[no-untyped-call]
+            raise RedisConnectionError(f"slot {self.slot} moved: {moved}") from moved
+
+
+def slot_master(nodes: tuple[tuple[str, int], ...], slot: int, timeout: float) -> tuple[str, int]:
+    """The address of the master serving `slot`, asked of the first node that answers."""
+    errors = []
+    for host, port in nodes:
+        try:
+            with Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout) as node:
+                ranges = node.execute_command("CLUSTER", "SLOTS")
+        except RedisError as error:
+            errors.append(f"{host}:{port}: {error}")
+            continue
+        for start, end, master, *_replicas in ranges:
+            if start <= slot <= end:
+                master_host = master[0].decode() if isinstance(master[0], bytes) else master[0]
+                return master_host or host, int(master[1])
+        errors.append(f"{host}:{port}: slot {slot} is not served")
+    raise RedisConnectionError(f"no cluster node could say which master serves slot {slot}: {'; '.join(errors)}")
+
+
+def shard_client(urls: str, tag: str, socket_timeout: float, **options: Any) -> Redis:
+    """A plain client whose connections go to the master serving the hash slot of `tag` (a queue shard's)."""
+    nodes = tuple((node.host, node.port) for node in startup_nodes(urls))
+    pool = ConnectionPool(
+        connection_class=SlotConnection,
+        cluster_nodes=nodes,
+        slot=key_slot(tag.encode()),
+        socket_timeout=socket_timeout,
+        **options,
+    )
+    return Redis(connection_pool=pool)

@@ -84,6 +84,21 @@ class RedisClusterServers:
         process.send_signal(signal.SIGKILL)
         process.wait()
 
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Move one hash slot, with its keys, to the master on `to_port` (as a resharding does, slot by slot)."""
+        with self.client() as cluster:
+            source_port = cluster.nodes_manager.get_node_from_slot(slot).port
+        with Redis(port=source_port) as source, Redis(port=to_port) as target:
+            source_id, target_id = source.execute_command("CLUSTER MYID"), target.execute_command("CLUSTER MYID")
+            target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            while keys := source.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                source.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+            others = [port for port in self.masters() if port not in (to_port, source_port)]
+            for port in (to_port, source_port, *others):  # the new owner first, as the Redis docs ask
+                with Redis(port=port) as master:
+                    master.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+
     def wait_until_healthy(self, timeout: float = STARTUP_SECONDS) -> None:
         """Until every live node reports the cluster ok with all slots served (after a create or a failover)."""
         deadline = time.monotonic() + timeout

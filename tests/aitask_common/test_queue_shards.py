@@ -6,30 +6,38 @@ from __future__ import annotations
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.crc import key_slot
 from redis.exceptions import CrossSlotTransactionError
 from rq.job import Job, JobStatus
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from aitask_common.queue_shards import (
     QueueShards,
+    ShardWorker,
     priority_of,
     shard_of_key,
     shard_queue_class,
     shard_worker_class,
 )
-from aitask_common.redis_cluster import ClusterClient, cluster_client, startup_nodes
+from aitask_common.redis_cluster import ClusterClient, cluster_client, shard_client, startup_nodes
 from devstack.redis_cluster import RedisClusterServers
 from tests.conftest import wait_until
 
 SHARDS = QueueShards.layout(3, cluster=True)
 PRIORITIES = ("critical", "default", "low")
 WATCH = "aitask:{tag}:watch"
+
+
+class ShardTestWorker(ShardWorker, SimpleWorker):
+    """A plain RQ worker of one shard (the dispatcher's adds its own; dispatcher_service/worker.py)."""
 
 
 def double(value: int) -> int:
@@ -46,11 +54,16 @@ def cluster(redis_cluster: RedisClusterServers) -> Iterator[ClusterClient]:
     client.close()
 
 
-def enqueue(client: ClusterClient, shards: QueueShards, task_ids: list[str]) -> dict[str, str]:
+def shard_clients(servers: RedisClusterServers, shards: QueueShards) -> dict[int, Redis]:
+    """Each shard's plain client, on the master serving its slot (what RQ runs on)."""
+    return {shard: shard_client(",".join(servers.urls), shards.tag(shard), 30) for shard in shards.shards()}
+
+
+def enqueue(clients: dict[int, Redis], shards: QueueShards, task_ids: list[str]) -> dict[str, str]:
     """Each task's job in its shard's default queue, with a watch entry, in one MULTI per shard (as a create
-    batch would); returns task id -> job id."""
+    batch would), and one job per shard due a second ago through RQ's scheduler; returns id -> job id."""
     jobs: dict[str, str] = {}
-    for shard in shards.shards():
+    for shard, client in clients.items():
         tag = shards.tag(shard)
         queue = shard_queue_class(tag)(
             shards.queue_name("default", shard), connection=client, serializer=JSONSerializer
@@ -64,21 +77,32 @@ def enqueue(client: ClusterClient, shards: QueueShards, task_ids: list[str]) -> 
                 pipe.zadd(WATCH.format(tag=tag), {task_id: 0})
                 jobs[task_id] = job.id
             pipe.execute()
+        delayed = queue.enqueue_at(
+            datetime.now(UTC) - timedelta(seconds=1), f"{__name__}.double", 1, job_id=shards.new_job_id(shard)
+        )
+        jobs[f"delayed-{shard}"] = delayed.id
     return jobs
 
 
-def drain(client: ClusterClient, shards: QueueShards, shard: int) -> None:
-    """One burst worker of the shard runs every job waiting in its queues."""
+def drain(client: Redis, shards: QueueShards, shard: int) -> None:
+    """One burst worker of the shard, with RQ's scheduler, runs every job waiting or due in its queues."""
     tag = shards.tag(shard)
     queue_class = shard_queue_class(tag)
     queues = [
         queue_class(shards.queue_name(priority, shard), connection=client, serializer=JSONSerializer)
         for priority in PRIORITIES
     ]
-    worker = shard_worker_class(SimpleWorker, tag)(
+    worker = shard_worker_class(ShardTestWorker, tag)(
         queues, connection=client, serializer=JSONSerializer, name=f"{tag}worker-{uuid.uuid4().hex[:8]}"
     )
-    worker.work(burst=True)
+    worker.work(burst=True, with_scheduler=True)
+
+
+def assert_all_finished(client: Redis, job_ids: Iterable[str]) -> None:
+    statuses = {
+        job_id: Job.fetch(job_id, connection=client, serializer=JSONSerializer).get_status() for job_id in job_ids
+    }
+    assert set(statuses.values()) == {JobStatus.FINISHED}, statuses
 
 
 def test_rq_takes_a_shard_tag_at_the_head_of_a_job_id_and_nothing_else_it_forbids() -> None:
@@ -88,6 +112,9 @@ def test_rq_takes_a_shard_tag_at_the_head_of_a_job_id_and_nothing_else_it_forbid
     for bad in ("{q2}a b", "x{q2}a", "{a}b", "a:b"):
         with pytest.raises(ValueError, match="Job ID must only contain"):
             Job(id=bad, connection=Redis())
+    # The scheduler's own hash goes under its queues' tag (it shares a MULTI with their locks); RQ's name otherwise.
+    assert RQScheduler(["{q2}default", "{q2}low"], connection=Redis(), name="s").key == "rq:scheduler:{q2}s"
+    assert RQScheduler(["default"], connection=Redis(), name="s").key == "rq:scheduler:s"
 
 
 def test_without_sharding_keys_are_rqs_own() -> None:
@@ -97,7 +124,7 @@ def test_without_sharding_keys_are_rqs_own() -> None:
     assert "{" not in single.new_job_id(0)
     assert shard_queue_class("") is shard_queue_class("")
     assert shard_queue_class("")("default", connection=Redis()).key == "rq:queue:default"
-    assert shard_worker_class(SimpleWorker, "") is SimpleWorker
+    assert shard_worker_class(ShardTestWorker, "") is ShardTestWorker
 
 
 def test_a_tagged_layout_names_queues_and_jobs_after_their_shard() -> None:
@@ -131,22 +158,24 @@ def test_the_cluster_urls_name_their_nodes_and_bad_ones_are_named() -> None:
         startup_nodes(" , ")
 
 
-def test_each_shard_runs_its_jobs_on_its_own_master(cluster: ClusterClient) -> None:
+def test_each_shard_runs_its_jobs_on_its_own_master(redis_cluster: RedisClusterServers, cluster: ClusterClient) -> None:
+    clients = shard_clients(redis_cluster, SHARDS)
     task_ids = [f"task-{n}" for n in range(60)]
-    jobs = enqueue(cluster, SHARDS, task_ids)
-    for shard in SHARDS.shards():
-        drain(cluster, SHARDS, shard)
+    jobs = enqueue(clients, SHARDS, task_ids)
+    for shard, client in clients.items():
+        drain(client, SHARDS, shard)
 
-    for task_id, job_id in jobs.items():
-        job = Job.fetch(job_id, connection=cluster, serializer=JSONSerializer)
-        assert job.get_status() == JobStatus.FINISHED
-        assert job.return_value() == 2 * len(task_id)
+    assert_all_finished(cluster, jobs.values())
+    for task_id in task_ids:
+        assert Job.fetch(jobs[task_id], connection=cluster, serializer=JSONSerializer).return_value() == 2 * len(
+            task_id
+        )
 
     # Every key RQ and the watch entries made is in a shard's slot, and each shard's slot is on its own master.
-    masters_of_shard = {}
-    for shard in SHARDS.shards():
-        slot = cluster.keyslot(SHARDS.tag(shard))
-        masters_of_shard[shard] = cluster.nodes_manager.get_node_from_slot(slot).name
+    masters_of_shard = {
+        shard: cluster.nodes_manager.get_node_from_slot(cluster.keyslot(SHARDS.tag(shard))).name
+        for shard in SHARDS.shards()
+    }
     assert len(set(masters_of_shard.values())) == 3
     keys = [key.decode() for key in cluster.keys(target_nodes=ClusterClient.PRIMARIES)]
     tags = [re.search(r"\{q(\d)\}", key) for key in keys]
@@ -155,8 +184,7 @@ def test_each_shard_runs_its_jobs_on_its_own_master(cluster: ClusterClient) -> N
     assert set(per_shard) == {0, 1, 2}
     assert max(per_shard.values()) <= 2 * min(per_shard.values()), per_shard
     for shard, master in masters_of_shard.items():
-        node = cluster.get_node(node_name=master)
-        assert cluster.dbsize(target_nodes=node) == per_shard[shard]
+        assert cluster.dbsize(target_nodes=cluster.get_node(node_name=master)) == per_shard[shard]
 
 
 def test_a_multi_across_two_shards_is_refused_not_run_piecemeal(cluster: ClusterClient) -> None:
@@ -181,20 +209,33 @@ def test_a_multi_runs_scripts_on_a_cluster_as_on_one_redis(cluster: ClusterClien
 
 def test_a_shard_whose_master_is_killed_runs_its_jobs_on_the_promoted_replica(tmp_path: Path) -> None:
     with RedisClusterServers(tmp_path) as servers:
-        client = cluster_client(",".join(servers.urls), socket_timeout=30)
-        jobs = enqueue(client, SHARDS, [f"task-{n}" for n in range(30)])
-        victim = client.nodes_manager.get_node_from_slot(client.keyslot(SHARDS.tag(1)))
+        clients = shard_clients(servers, SHARDS)
+        jobs = enqueue(clients, SHARDS, [f"task-{n}" for n in range(30)])
         # The replica has every job before its master dies (replication is asynchronous: WAIT for it).
-        with Redis(host=victim.host, port=victim.port) as master:
-            assert master.execute_command("WAIT", 1, 5000) == 1
-        servers.kill(victim.port)
-        wait_until(lambda: victim.port not in servers.masters(), timeout=30)
+        assert clients[1].execute_command("WAIT", 1, 5000) == 1
+        victim = clients[1].connection_pool.get_connection().port
+        servers.kill(victim)
+        wait_until(lambda: victim not in servers.masters(), timeout=30)
         servers.wait_until_healthy()
 
-        for shard in SHARDS.shards():
+        for shard, client in clients.items():
             drain(client, SHARDS, shard)
-        statuses = {
-            Job.fetch(job_id, connection=client, serializer=JSONSerializer).get_status() for job_id in jobs.values()
-        }
-        assert statuses == {JobStatus.FINISHED}
-        client.close()
+        with servers.client() as cluster:
+            assert_all_finished(cluster, jobs.values())
+
+
+def test_a_shard_whose_slot_moves_to_another_master_follows_it(tmp_path: Path) -> None:
+    with RedisClusterServers(tmp_path) as servers:
+        clients = shard_clients(servers, SHARDS)
+        first = enqueue(clients, SHARDS, [f"task-{n}" for n in range(30)])
+        slot = key_slot(SHARDS.tag(1).encode())
+        before = clients[1].connection_pool.get_connection().port
+        servers.move_slot(slot, next(port for port in servers.masters() if port != before))
+
+        # The shard's pooled connection still points at the old master, which now answers MOVED.
+        second = enqueue(clients, SHARDS, [f"task-{n}" for n in range(30, 60)])
+        for shard, client in clients.items():
+            drain(client, SHARDS, shard)
+        assert clients[1].connection_pool.get_connection().port != before
+        with servers.client() as cluster:
+            assert_all_finished(cluster, [*first.values(), *second.values()])
