@@ -14,6 +14,9 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.utils import now, str_to_date
 
+from aitask_common.queue_shards import layout
+from aitask_common.rq_shards import shard_queue
+
 # Set of the priorities (queue names) the workers take no work from.
 PAUSED_QUEUES_KEY: Final = "aitask:queues:paused"
 STATES: Final = ("queued", "started", "scheduled", "failed", "finished", "deferred")
@@ -38,6 +41,16 @@ def queue_status(redis: Redis, target: Queue, age_sample: int = -1) -> dict[str,
     counts |= {state: registry.get_job_count(cleanup=False) for state, registry in registries.items()}
     counts[OLDEST_AGE] = oldest_queued_age(redis, target, age_sample)
     return counts
+
+
+def priority_status(redis: Redis, priority: str, age_sample: int = -1) -> dict[str, Any]:
+    """`queue_status` of a priority's queues, summed over the queue shards; the oldest age is the oldest of any."""
+    per_shard = [queue_status(redis, shard_queue(redis, priority, shard), age_sample) for shard in layout().shards()]
+    if len(per_shard) == 1:
+        return per_shard[0]
+    total = {state: sum(counts[state] for counts in per_shard) for state in per_shard[0] if state != OLDEST_AGE}
+    ages = [counts[OLDEST_AGE] for counts in per_shard if counts[OLDEST_AGE] is not None]
+    return total | {OLDEST_AGE: max(ages, default=None)}
 
 
 def oldest_queued_age(redis: Redis, target: Queue, first: int = -1) -> float | None:

@@ -15,6 +15,7 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 
+from aitask_common.queue_shards import layout
 from aitask_common.tasks import inflight_key
 
 
@@ -42,10 +43,24 @@ FAILURE_TTL_SECONDS = 7 * 24 * 3600
 # seconds): the reconciler re-enqueues a task that is long overdue, which covers a job lost between BLPOP
 # and RQ's registry, a worker killed mid-task, and a Redis that restarted empty (the set is gone too, so
 # nothing counts as scheduled).
+# Each queue shard (aitask_common.queue_shards) has its own, in its slot: `watch_key(shard)`.
 WATCH_KEY = "aitask:watch"
 # Hash of in-flight task id -> id of its latest RQ job, so the reconciler can tell a job that merely waits
 # in a long queue from a lost one.
 WATCH_JOBS_KEY = "aitask:watch-jobs"
+
+
+def watch_key(shard: int) -> str:
+    return layout().key(WATCH_KEY, shard)
+
+
+def watch_jobs_key(shard: int) -> str:
+    return layout().key(WATCH_JOBS_KEY, shard)
+
+
+def shard_of(task_id: str) -> int:
+    """The queue shard holding the task's jobs and the keys that meet them."""
+    return layout().shard_of(task_id)
 
 
 def job_options(task_id: str, trace: dict[str, str] | None = None) -> dict[str, Any]:
@@ -60,14 +75,25 @@ def job_options(task_id: str, trace: dict[str, str] | None = None) -> dict[str, 
 def watch_job(pipe: Pipeline, task_id: str, job_id: str, due: float) -> None:
     """Add the task's watch entry (when its job `job_id` is due, epoch seconds) to the MULTI that enqueues
     the job: both are stored, or neither."""
-    pipe.zadd(WATCH_KEY, {task_id: due})
-    pipe.hset(WATCH_JOBS_KEY, task_id, job_id)
+    shard = shard_of(task_id)
+    pipe.zadd(watch_key(shard), {task_id: due})
+    pipe.hset(watch_jobs_key(shard), task_id, job_id)
 
 
 # Sorted set of task ids scored by when their next poll is due (epoch seconds), and the hash of their hints
 # (dispatcher_service/schedule.py). Here because a cancel in the task service takes a video out of them at once.
 POLLS_KEY = "aitask:polls"
 POLL_HINTS_KEY = "aitask:poll-hints"
+
+
+def polls_key(shard: int) -> str:
+    return layout().key(POLLS_KEY, shard)
+
+
+def poll_hints_key(shard: int) -> str:
+    return layout().key(POLL_HINTS_KEY, shard)
+
+
 # A task's owner while a step runs (dispatcher_service/lease.py); a cancel takes it too, when it is free.
 LEASE_KEY_PREFIX = "aitask:lease:"
 
@@ -82,17 +108,19 @@ CANCELLED_MARK_SECONDS = 24 * 3600
 
 
 def cancelled_key(task_id: str) -> str:
-    """Redis key saying the task was cancelled (its value: the reason)."""
-    return CANCELLED_KEY_PREFIX + task_id
+    """Redis key saying the task was cancelled (its value: the reason); in the task's shard, whose poll set it
+    meets in one script."""
+    return CANCELLED_KEY_PREFIX + layout().tag(shard_of(task_id)) + task_id
 
 
 def forget_task(pipe: Pipeline | Any, task_id: str, user_id: str | None = None) -> None:
     """Add to `pipe` (sync or asyncio) the commands that drop a final (or gone) task from the watch set, the poll
     set and, when its user is known, from the user's in-flight set."""
-    pipe.zrem(WATCH_KEY, task_id)
-    pipe.hdel(WATCH_JOBS_KEY, task_id)
-    pipe.zrem(POLLS_KEY, task_id)
-    pipe.hdel(POLL_HINTS_KEY, task_id)
+    shard = shard_of(task_id)
+    pipe.zrem(watch_key(shard), task_id)
+    pipe.hdel(watch_jobs_key(shard), task_id)
+    pipe.zrem(polls_key(shard), task_id)
+    pipe.hdel(poll_hints_key(shard), task_id)
     if user_id is not None:
         pipe.srem(inflight_key(user_id), task_id)
 
@@ -102,7 +130,8 @@ def forget_task(pipe: Pipeline | Any, task_id: str, user_id: str | None = None) 
 # the dispatcher picks up that task (whatever it then finds: pending, cancelled, deleted), it deletes the key
 # and bumps the priority's `started` counter. A pending task's position is then its number less the started
 # count, less one. Approximate: retries, re-checks and orphan re-runs share the queues without a number, and
-# a Redis that restarts empty loses every number (the position is then unknown, not wrong).
+# a Redis that restarts empty loses every number (the position is then unknown, not wrong). With several queue
+# shards, each counts its own: a position is within the task's shard.
 QUEUE_SEQUENCE_PREFIX = "aitask:queue-seq:"
 STARTED_KEY_PREFIX = f"{QUEUE_SEQUENCE_PREFIX}started:"
 # A task pending longer than this loses its number.
@@ -113,40 +142,46 @@ local number = redis.call('INCR', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. number, 'EX', ARGV[2])
 return number
 """
-# The started counter's name is built here from the priority the entry holds: the dispatcher's job knows
-# only the task id.
+# KEYS: the task's entry, then the started counter of each priority, in QUEUE_ORDER (ARGV: their names); the
+# entry says which to bump.
 _LEAVE_QUEUE = """
 local entry = redis.call('GET', KEYS[1])
 if not entry then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('INCR', ARGV[1] .. string.match(entry, '^(%S+)'))
+local priority = string.match(entry, '^(%S+)')
+for i = 1, #ARGV do
+  if ARGV[i] == priority then redis.call('INCR', KEYS[i + 1]) end
+end
 return 1
 """
 
 
-def enqueued_key(priority: Priority | str) -> str:
-    """Counter of first jobs a create enqueued at `priority`."""
-    return f"{QUEUE_SEQUENCE_PREFIX}enqueued:{priority}"
+def enqueued_key(priority: Priority | str, shard: int) -> str:
+    """Counter of first jobs a create enqueued at `priority` in the shard."""
+    return layout().key(f"{QUEUE_SEQUENCE_PREFIX}enqueued:{priority}", shard)
 
 
-def started_key(priority: Priority | str) -> str:
-    """Counter of numbered tasks at `priority` the dispatcher has picked up."""
-    return f"{STARTED_KEY_PREFIX}{priority}"
+def started_key(priority: Priority | str, shard: int) -> str:
+    """Counter of numbered tasks at `priority` in the shard the dispatcher has picked up."""
+    return layout().key(f"{STARTED_KEY_PREFIX}{priority}", shard)
 
 
 def task_number_key(task_id: str) -> str:
     """The task's place in its queue while it waits for its first run: "<priority> <number>"."""
-    return f"{QUEUE_SEQUENCE_PREFIX}task:{task_id}"
+    return f"{QUEUE_SEQUENCE_PREFIX}task:{layout().tag(shard_of(task_id))}{task_id}"
 
 
 def take_number(pipe: Pipeline, task_id: str, priority: Priority | str) -> None:
     """Number the task in its priority's queue, in the MULTI that enqueues its first job."""
-    pipe.eval(_TAKE_NUMBER, 2, enqueued_key(priority), task_number_key(task_id), str(priority), SEQUENCE_TTL_SECONDS)
+    counter = enqueued_key(priority, shard_of(task_id))
+    pipe.eval(_TAKE_NUMBER, 2, counter, task_number_key(task_id), str(priority), SEQUENCE_TTL_SECONDS)
 
 
 def leave_queue(redis: Redis, task_id: str) -> None:
     """The dispatcher picked up the task's job: if it was numbered, it no longer waits (one Redis call)."""
-    redis.eval(_LEAVE_QUEUE, 1, task_number_key(task_id), STARTED_KEY_PREFIX)
+    shard = shard_of(task_id)
+    counters = [started_key(priority, shard) for priority in QUEUE_ORDER]
+    redis.eval(_LEAVE_QUEUE, 1 + len(counters), task_number_key(task_id), *counters, *QUEUE_ORDER)
 
 
 def queue_position(entry: bytes | str | None, started: bytes | str | None) -> int | None:

@@ -16,6 +16,9 @@ from typing import TypeVar
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aitask_common import queue_shards
+from aitask_common.queue_shards import QueueShards
+
 
 class Environment(StrEnum):
     """Where the process runs; development relaxes auth and says so."""
@@ -54,6 +57,10 @@ class ServiceSettings(BaseSettings):
     """Redis: the queue, leases, the registry, limits and caches."""
     redis_socket_timeout: float = Field(default=5.0, gt=0)
     """Timeout of a single Redis command: a dead Redis must fail a request, not hang it."""
+    queue_shards: int = Field(default=1, ge=1, le=1024)
+    """Queue shards: each task's jobs go to one of this many RQ namespaces (by task id), each under its own Redis hash
+    tag, so a Redis Cluster spreads them over its masters. Every process must be given the same number; see the
+    README's "Queue shards" for changing it."""
     model_fallbacks: dict[str, list[str]] = Field(
         default_factory=lambda: {
             "volcengine/doubao-seedream-3-0-t2i-250415": ["volcengine/jimeng_high_aes_general_v21_L"],
@@ -85,7 +92,7 @@ class ServiceSettings(BaseSettings):
         return DEVELOPMENT_STARTING_CREDITS if self.environment is Environment.DEVELOPMENT else 0
 
 
-SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 # Written by `make run` (devstack) relative to the checkout: REDIS_URL, MONGO_URL and the gateway's addresses.
 LOCAL_STACK_ENV = Path(".local") / "stack.env"
@@ -101,12 +108,19 @@ def load_settings(settings_class: type[SettingsT], *, local_stack: bool = False)
         if local_stack:
             configured = settings_class.model_config.get("env_file")
             files = [configured] if isinstance(configured, str | Path) else list(configured or [])
-            return settings_class(_env_file=(*files, LOCAL_STACK_ENV))
-        return settings_class()
+            settings = settings_class(_env_file=(*files, LOCAL_STACK_ENV))  # type: ignore[call-arg]  # pydantic-settings
+        else:
+            settings = settings_class()
     except ValidationError as error:
         lines = [f"invalid configuration for {settings_class.__name__}:"]
         for problem in error.errors():
             variable = "_".join(str(part) for part in problem["loc"]).upper()
-            lines.append(f"  {variable}: {problem['msg']} (got {problem.get('input')!r})")
+            # A check of several variables together names them in its message.
+            lines.append(
+                f"  {variable}: {problem['msg']} (got {problem.get('input')!r})" if variable else f"  {problem['msg']}"
+            )
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None
+    # Every process that reads the settings names keys and queues by the same shard layout.
+    queue_shards.configure(QueueShards.layout(settings.queue_shards, cluster=False))
+    return settings

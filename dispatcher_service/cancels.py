@@ -27,12 +27,13 @@ from aitask_common import timeline
 from aitask_common.events import EventKind, publish
 from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRYABLE_CODES
-from aitask_common.queues import CANCEL_UPSTREAM, Priority, job_options
+from aitask_common.queues import CANCEL_UPSTREAM, Priority, job_options, shard_of
+from aitask_common.rq_shards import job_id_option, shard_queue
 from aitask_common.tasks import IN_FLIGHT_FIELD, CancelReason, TaskDocument, TaskStatus, out_of_flight, utcnow
 from aitask_common.webhooks import MESSAGES_COLLECTION, record_change
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
-from dispatcher_service.schedule import forget_finished, queue
+from dispatcher_service.schedule import forget_finished
 from dispatcher_service.settings import DispatcherSettings
 
 log = get_logger(__name__)
@@ -58,12 +59,14 @@ def enqueue_upstream_cancel(
     delay_seconds: float = 0.0,
 ) -> None:
     """Have a dispatcher cancel or delete `upstream_job_id` (after `delay_seconds`), at critical priority."""
-    target = queue(redis, Priority.CRITICAL)
+    shard = shard_of(task_id)
+    target = shard_queue(redis, Priority.CRITICAL, shard)
     args = (task_id, provider, model, upstream_job_id, first_tried or time.time())
+    options = job_options(task_id) | job_id_option(shard)
     if delay_seconds > 0:
-        target.enqueue_in(timedelta(seconds=delay_seconds), CANCEL_UPSTREAM, *args, **job_options(task_id))
+        target.enqueue_in(timedelta(seconds=delay_seconds), CANCEL_UPSTREAM, *args, **options)
     else:
-        target.enqueue(CANCEL_UPSTREAM, *args, **job_options(task_id))
+        target.enqueue(CANCEL_UPSTREAM, *args, **options)
 
 
 def cancel_upstream_job(

@@ -10,10 +10,11 @@ from prometheus_client.registry import Collector
 from redis import Redis
 
 from aitask_common.breaker_state import BreakerState, breaker_statuses
+from aitask_common.queue_shards import layout
 from aitask_common.queue_state import AGE_SAMPLE_JOBS, oldest_queued_age
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.registry import read_instances
-from dispatcher_service.schedule import queue
+from aitask_common.rq_shards import shard_queue
 
 # aitask_breaker_state's values.
 BREAKER_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
@@ -26,12 +27,14 @@ class QueueAndRegistryCollector(Collector):
         self.redis = redis
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("aitask_queue_depth", "Jobs per queue and state", labels=["queue", "state"])
+        depth = GaugeMetricFamily(
+            "aitask_queue_depth", "Jobs per queue, state and queue shard", labels=["queue", "state", "shard"]
+        )
         instances = GaugeMetricFamily("aitask_provider_instances", "Live provider instances", labels=["provider"])
         oldest = GaugeMetricFamily(
             "aitask_queue_oldest_job_age_seconds",
-            "How long the oldest job at the head of each queue has waited (0 when empty)",
-            labels=["queue"],
+            "How long the oldest job at the head of each queue (per queue shard) has waited (0 when empty)",
+            labels=["queue", "shard"],
         )
         breakers = GaugeMetricFamily(
             "aitask_breaker_state",
@@ -40,13 +43,15 @@ class QueueAndRegistryCollector(Collector):
             labels=["scope"],
         )
         try:
-            for name in QUEUE_ORDER:
-                rq_queue = queue(self.redis, name)
-                depth.add_metric([str(name), "queued"], rq_queue.count)
-                depth.add_metric([str(name), "started"], rq_queue.started_job_registry.count)
-                depth.add_metric([str(name), "scheduled"], rq_queue.scheduled_job_registry.count)
-                depth.add_metric([str(name), "failed"], rq_queue.failed_job_registry.count)
-                oldest.add_metric([str(name)], oldest_queued_age(self.redis, rq_queue, AGE_SAMPLE_JOBS) or 0.0)
+            for shard in layout().shards():
+                for name in QUEUE_ORDER:
+                    rq_queue = shard_queue(self.redis, name, shard)
+                    labels = [str(name), str(shard)]
+                    depth.add_metric([str(name), "queued", str(shard)], rq_queue.count)
+                    depth.add_metric([str(name), "started", str(shard)], rq_queue.started_job_registry.count)
+                    depth.add_metric([str(name), "scheduled", str(shard)], rq_queue.scheduled_job_registry.count)
+                    depth.add_metric([str(name), "failed", str(shard)], rq_queue.failed_job_registry.count)
+                    oldest.add_metric(labels, oldest_queued_age(self.redis, rq_queue, AGE_SAMPLE_JOBS) or 0.0)
             counts: dict[str, int] = {}
             for instance in read_instances(self.redis):
                 counts[instance.provider] = counts.get(instance.provider, 0) + 1

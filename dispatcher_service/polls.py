@@ -24,7 +24,8 @@ from collections.abc import Callable
 from redis import Redis
 
 from aitask_common.logging import get_logger
-from dispatcher_service.schedule import POLL_HINTS_KEY, POLLS_KEY, PollHint, parse_hint
+from aitask_common.queues import poll_hints_key, polls_key
+from dispatcher_service.schedule import PollHint, parse_hint
 
 log = get_logger(__name__)
 
@@ -70,9 +71,11 @@ RunPoll = Callable[[str, PollHint | None], object]
 class Poller:
     """Claims due polls and runs `run_poll(task_id, hint)` on each; `start()` does so on a daemon thread."""
 
-    def __init__(self, redis: Redis, run_poll: RunPoll) -> None:
+    def __init__(self, redis: Redis, run_poll: RunPoll, shard: int = 0) -> None:
         self.redis = redis
         self.run_poll = run_poll
+        # The queue shard whose poll set this poller drains (its worker's).
+        self.polls, self.hints = polls_key(shard), poll_hints_key(shard)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
         self._unclaim = redis.register_script(_UNCLAIM)
@@ -84,7 +87,7 @@ class Poller:
         outdated: the run then reads the task)."""
         now = time.time()
         until = now + CLAIM_SECONDS
-        flat = self._claim(keys=[POLLS_KEY, POLL_HINTS_KEY], args=[now, until, limit])
+        flat = self._claim(keys=[self.polls, self.hints], args=[now, until, limit])
         polls = [(task_id.decode(), parse_hint(hint)) for task_id, hint in zip(flat[::2], flat[1::2], strict=True)]
         return until, polls
 
@@ -96,14 +99,14 @@ class Poller:
             if self._stop.is_set() or time.monotonic() - claimed_at > CLAIM_SECONDS / 2:
                 # Stopping, or the claim is running out: hand the rest back at once.
                 rest = [task_id for task_id, _ in batch[done:]]
-                self._unclaim(keys=[POLLS_KEY], args=[until, time.time(), *rest])
+                self._unclaim(keys=[self.polls], args=[until, time.time(), *rest])
                 break
             try:
                 self.run_poll(task_id, hint)
             except Exception as error:  # noqa: BLE001 - the claimed entry comes due again
                 log.warning("poll failed; it will be retried", task_id=task_id, error=str(error))
                 continue
-            self._release(keys=[POLLS_KEY, POLL_HINTS_KEY], args=[task_id, until])
+            self._release(keys=[self.polls, self.hints], args=[task_id, until])
         return len(batch)
 
     def start(self) -> None:

@@ -36,17 +36,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
+from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from aitask_common.breaker_state import BreakerState, BreakerStatus, breaker_statuses, reset_breaker
 from aitask_common.mongo import client_options
-from aitask_common.queue_state import OLDEST_AGE, STATES, paused_queues
+from aitask_common.queue_shards import layout
+from aitask_common.queue_state import OLDEST_AGE, STATES, paused_queues, priority_status
 from aitask_common.queue_state import queue_status as shared_queue_status
-from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, leave_queue
+from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, leave_queue, polls_key
+from aitask_common.rq_shards import shard_queue
 from aitask_common.settings import ServiceSettings, load_settings
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus
 from dispatcher_service.lease import TaskLease
-from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished, queue
+from dispatcher_service.schedule import enqueue_task, forget_finished
 from dispatcher_service.storage import TaskTransitions
 
 QUEUE_NAMES = [str(name) for name in QUEUE_ORDER]
@@ -60,18 +63,33 @@ CLEAR_LEASE_SECONDS = 10.0
 
 
 def queue_status(redis: Redis, name: str) -> dict[str, Any]:
-    """Job counts per state for one queue, the age in seconds of its oldest queued job (None if empty), and
-    whether it is paused."""
-    return shared_queue_status(redis, queue(redis, name)) | {"paused": name in paused_queues(redis)}
+    """Job counts per state for one priority's queues (summed over the queue shards), the age in seconds of its
+    oldest queued job (None if empty), and whether it is paused."""
+    return priority_status(redis, name) | {"paused": name in paused_queues(redis)}
+
+
+def shard_statuses(redis: Redis) -> dict[str, dict[str, Any]]:
+    """With several queue shards, `queue_status` of each shard's queue, by its RQ name (`{q1}default`)."""
+    if layout().count == 1:
+        return {}
+    paused = paused_queues(redis)
+    return {
+        target.name: shared_queue_status(redis, target) | {"paused": name in paused}
+        for shard in layout().shards()
+        for name in QUEUE_NAMES
+        for target in [shard_queue(redis, name, shard)]
+    }
 
 
 def poll_status(redis: Redis) -> dict[str, int]:
-    """Polls of running upstream jobs (dispatcher_service/schedule.py): how many wait, how many are due."""
+    """Polls of running upstream jobs (dispatcher_service/schedule.py), over the queue shards: how many wait, how
+    many are due."""
     with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(POLLS_KEY)
-        pipe.zcount(POLLS_KEY, "-inf", time.time())
-        waiting, due = pipe.execute()
-    return {"waiting": waiting, "due": due}
+        for shard in layout().shards():
+            pipe.zcard(polls_key(shard))
+            pipe.zcount(polls_key(shard), "-inf", time.time())
+        replies = pipe.execute()
+    return {"waiting": sum(replies[::2]), "due": sum(replies[1::2])}
 
 
 def cancelled_counts(transitions: TaskTransitions) -> dict[str, int]:
@@ -125,16 +143,22 @@ class ClearOutcome:
 
 
 def clear_queue(redis: Redis, transitions: TaskTransitions, name: str, requeue: bool) -> ClearOutcome:
-    """Remove the queued and scheduled jobs of queue `name`; fail (or, with `requeue`, re-enqueue) their
-    unfinished tasks. Jobs enqueued after the call starts are left alone."""
-    target = queue(redis, name)
+    """Remove the queued and scheduled jobs of priority `name`'s queues (in every queue shard); fail (or, with
+    `requeue`, re-enqueue) their unfinished tasks. Jobs enqueued after the call starts are left alone."""
+    outcome = ClearOutcome(name)
+    for shard in layout().shards():
+        _clear(redis, transitions, shard_queue(redis, name, shard), requeue, outcome)
+    return outcome
+
+
+def _clear(redis: Redis, transitions: TaskTransitions, target: Queue, requeue: bool, outcome: ClearOutcome) -> None:
+    name = outcome.queue
     # One MULTI: a job the scheduler moves from the schedule to the queue meanwhile is seen exactly once.
     with redis.pipeline() as pipe:
         pipe.lrange(target.key, 0, -1)
         pipe.zrange(target.scheduled_job_registry.key, 0, -1)
         queued_ids, scheduled_ids = pipe.execute()
     job_ids = list(dict.fromkeys(raw.decode() for raw in [*queued_ids, *scheduled_ids]))
-    outcome = ClearOutcome(name)
     handled: set[str] = set()
     for job_id, job in zip(job_ids, Job.fetch_many(job_ids, redis, serializer=JSONSerializer), strict=True):
         task_id = _task_id(job)
@@ -160,7 +184,6 @@ def clear_queue(redis: Redis, transitions: TaskTransitions, name: str, requeue: 
             # Only once the lease is released: a worker would drop a job for a task it finds leased.
             enqueue_task(redis, task_id, name)
             outcome.requeued_tasks += 1
-    return outcome
 
 
 def _unfinished_status(task: TaskDocument | None) -> TaskStatus | None:
@@ -212,10 +235,17 @@ class RequeueOutcome:
 
 
 def requeue_failed(redis: Redis, name: str, transitions: TaskTransitions) -> RequeueOutcome:
-    """Move every job of queue `name`'s FailedJobRegistry back onto its queue (RQ's requeue), but the jobs
-    of tasks already final."""
-    registry = queue(redis, name).failed_job_registry
+    """Move every job of the FailedJobRegistries of priority `name` (one per queue shard) back onto its queue
+    (RQ's requeue), but the jobs of tasks already final."""
     outcome = RequeueOutcome()
+    for shard in layout().shards():
+        _requeue_failed(redis, shard_queue(redis, name, shard).failed_job_registry, transitions, outcome)
+    return outcome
+
+
+def _requeue_failed(
+    redis: Redis, registry: FailedJobRegistry, transitions: TaskTransitions, outcome: RequeueOutcome
+) -> None:
     job_ids = registry.get_job_ids()
     for job_id, job in zip(job_ids, Job.fetch_many(job_ids, redis, serializer=JSONSerializer), strict=True):
         task_id = _task_id(job)
@@ -232,12 +262,12 @@ def requeue_failed(redis: Redis, name: str, transitions: TaskTransitions) -> Req
             continue
         else:
             outcome.moved += 1
-    return outcome
 
 
 def _confirmed(redis: Redis, names: list[str], target: str, requeue: bool) -> bool:
-    queued = sum(queue(redis, name).count for name in names)
-    scheduled = sum(queue(redis, name).scheduled_job_registry.get_job_count(cleanup=False) for name in names)
+    targets = [shard_queue(redis, name, shard) for name in names for shard in layout().shards()]
+    queued = sum(target.count for target in targets)
+    scheduled = sum(target.scheduled_job_registry.get_job_count(cleanup=False) for target in targets)
     fate = "get a new job" if requeue else "are marked failed"
     print(
         f"This removes {queued} queued and {scheduled} scheduled jobs from {', '.join(names)}; "
@@ -299,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("\n".join(lines) or "no circuit breaker has counted a call")
             return 0
         if args.command in (None, "status"):
-            statuses = {name: queue_status(redis, name) for name in QUEUE_NAMES}
+            statuses = {name: queue_status(redis, name) for name in QUEUE_NAMES} | shard_statuses(redis)
             cancelled = cancelled_counts(transitions)
             if getattr(args, "json", False):
                 print(json.dumps({**statuses, CANCELLED_TASKS: cancelled}))

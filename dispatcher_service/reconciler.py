@@ -44,7 +44,8 @@ from ulid import ULID
 from aitask_common import fair_share
 from aitask_common.ledger import Ledger
 from aitask_common.logging import get_logger
-from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
+from aitask_common.queue_shards import layout
+from aitask_common.queues import polls_key, shard_of, watch_jobs_key, watch_key
 from aitask_common.tasks import (
     IN_FLIGHT_FIELD,
     INFLIGHT_USERS_KEY,
@@ -55,7 +56,7 @@ from aitask_common.tasks import (
 )
 from dispatcher_service.cancels import expire_overdue
 from dispatcher_service.lease import LEASE_KEY_PREFIX
-from dispatcher_service.schedule import POLLS_KEY, enqueue_task, forget_finished
+from dispatcher_service.schedule import enqueue_task, forget_finished
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.settlement import Settlement
 
@@ -234,9 +235,10 @@ class Reconciler:
         overdue by more than the grace: one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for task in candidates:
+            shard = shard_of(task["_id"])
             pipe.exists(LEASE_KEY_PREFIX + task["_id"])
-            pipe.zscore(POLLS_KEY, task["_id"])
-            pipe.zscore(WATCH_KEY, task["_id"])
+            pipe.zscore(polls_key(shard), task["_id"])
+            pipe.zscore(watch_key(shard), task["_id"])
         answers = pipe.execute()
         return [
             (task, due)
@@ -251,20 +253,24 @@ class Reconciler:
         return task is None or TaskStatus(task["status"]).is_final
 
     def _prune(self, before: float) -> None:
-        """Drop watch entries (and their job ids) of tasks deleted or finished long ago."""
-        stale = self.redis.zrangebyscore(WATCH_KEY, "-inf", before, start=0, num=BATCH)
-        if stale:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(WATCH_KEY, *stale)
-                pipe.hdel(WATCH_JOBS_KEY, *stale)
-                pipe.execute()
+        """Drop watch entries (and their job ids) of tasks deleted or finished long ago, in every queue shard."""
+        for shard in layout().shards():
+            stale = self.redis.zrangebyscore(watch_key(shard), "-inf", before, start=0, num=BATCH)
+            if stale:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zrem(watch_key(shard), *stale)
+                    pipe.hdel(watch_jobs_key(shard), *stale)
+                    pipe.execute()
 
     def _jobs_still_waiting(self, task_ids: list[str], now: float) -> set[str]:
         """The tasks whose latest job is still in its queue, or in its schedule and not overdue there
         (a schedule stalls while a killed worker's scheduler lock lives on): three round trips."""
         if not task_ids:
             return set()
-        job_ids = self.redis.hmget(WATCH_JOBS_KEY, task_ids)
+        with self.redis.pipeline(transaction=False) as lookups:
+            for task_id in task_ids:
+                lookups.hget(watch_jobs_key(shard_of(task_id)), task_id)
+            job_ids = lookups.execute()
         known = [
             (task_id, job_id.decode() if isinstance(job_id, bytes) else job_id)
             for task_id, job_id in zip(task_ids, job_ids, strict=True)

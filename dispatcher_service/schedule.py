@@ -15,7 +15,6 @@ step does is dispatcher_service/jobs.py.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -24,22 +23,23 @@ from typing import TypedDict, cast
 
 from redis import Redis
 from redis.client import Pipeline
-from rq import Queue
 from rq.job import Job
-from rq.serializers import JSONSerializer
 
-from aitask_common.queues import POLL_HINTS_KEY as POLL_HINTS_KEY  # re-exported: the dispatcher's name for them
-from aitask_common.queues import POLLS_KEY as POLLS_KEY
+from aitask_common.queue_shards import layout
 from aitask_common.queues import (
     PROCESS_TASK,
-    WATCH_JOBS_KEY,
-    WATCH_KEY,
     Priority,
     cancelled_key,
     forget_task,
     job_options,
+    poll_hints_key,
+    polls_key,
+    shard_of,
     watch_job,
+    watch_jobs_key,
+    watch_key,
 )
+from aitask_common.rq_shards import job_id_option, shard_queue
 from aitask_common.tracing import current_carrier
 
 
@@ -52,8 +52,9 @@ class OptionalPollHint(TypedDict, total=False):
 
 
 class PollHint(OptionalPollHint):
-    """What a poll carries (JSON in POLL_HINTS_KEY): the task as a poll run needs it, less the request,
-    which is never sent again once the upstream job exists. `_REPLAN` reads provider, model, submitted."""
+    """What a poll carries (JSON in the poll hints, aitask_common.queues): the task as a poll run needs it, less
+    the request, which is never sent again once the upstream job exists. `_REPLAN` reads provider, model,
+    submitted."""
 
     user_id: str
     type: str
@@ -77,18 +78,6 @@ def parse_hint(raw: bytes | str | None) -> PollHint | None:
     return None
 
 
-def queue(connection: Redis, priority: Priority | str) -> Queue:
-    """The RQ queue for a priority, with the JSON serializer (one object per connection and priority)."""
-    return _queue(connection, str(priority))
-
-
-# Building a Queue checks its serializer against a typing.Protocol, which walks the protocol's MRO on every
-# isinstance: worth sparing on every retry.
-@functools.lru_cache(maxsize=64)
-def _queue(connection: Redis, name: str) -> Queue:
-    return Queue(name, connection=connection, serializer=JSONSerializer)
-
-
 def enqueue_task(
     connection: Redis,
     task_id: str,
@@ -100,10 +89,11 @@ def enqueue_task(
 
     `at_front` puts the job ahead of everything waiting in its queue (work already started, resumed)."""
     due = time.time() + (delay.total_seconds() if delay else 0.0)
-    target = queue(connection, priority)
+    shard = shard_of(task_id)
+    target = shard_queue(connection, str(priority), shard)
     with connection.pipeline() as pipe:
         pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
-        options = job_options(task_id, current_carrier()) | {"pipeline": pipe}
+        options = job_options(task_id, current_carrier()) | job_id_option(shard) | {"pipeline": pipe}
         if delay is not None:
             # RQ's schedule keeps whole seconds, cutting the fraction off (a retry could come up to a second
             # before an upstream's Retry-After): due at the next whole second instead.
@@ -123,7 +113,8 @@ def schedule_poll(connection: Redis, task_id: str, delay_seconds: float, hint: P
     meanwhile (the task service took it out of the poll set while this run polled) gets no poll.
     """
     due = time.time() + delay_seconds
-    keys = [POLLS_KEY, POLL_HINTS_KEY, WATCH_KEY, WATCH_JOBS_KEY, cancelled_key(task_id)]
+    shard = shard_of(task_id)
+    keys = [polls_key(shard), poll_hints_key(shard), watch_key(shard), watch_jobs_key(shard), cancelled_key(task_id)]
     connection.eval(_SCHEDULE_POLL, len(keys), *keys, task_id, due, json.dumps(hint))
 
 
@@ -188,4 +179,5 @@ def replan(redis: Redis, provider: str, model: str, offsets: list[float], initia
     and gave it a duration estimate (see dispatcher_service/durations.py); how many moved. One pass
     over the poll set, inside Redis."""
     args: list[str | float] = [provider, model, time.time(), initial, *offsets]
-    return int(redis.eval(_REPLAN, 2, POLLS_KEY, POLL_HINTS_KEY, *args))
+    shards = layout().shards()
+    return sum(int(redis.eval(_REPLAN, 2, polls_key(shard), poll_hints_key(shard), *args)) for shard in shards)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from typing import Self
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from aitask_common.output_settings import OutputSettings
 
@@ -25,7 +27,8 @@ class DispatcherSettings(OutputSettings):
     """Port of /metrics (0: off)."""
 
     worker_concurrency: int = Field(default=4, ge=1, validation_alias=AliasChoices("WORKER_CONCURRENCY", "WORKERS"))
-    """Worker processes, each running one task at a time and polling upstream jobs."""
+    """Worker processes, each running one task at a time and polling upstream jobs; each serves one queue shard, so
+    at least QUEUE_SHARDS of them."""
     max_attempts: int = Field(default=8, ge=1)
     """Upstream attempts per task before a retryable error becomes final."""
     retry_base_seconds: float = Field(default=2.0, gt=0)
@@ -109,3 +112,12 @@ class DispatcherSettings(OutputSettings):
     webhook_ca_file: str = ""
     """A PEM file of certificate authorities that https webhook receivers' certificates may also chain to (an
     internal CA), besides the public ones; empty: the public ones only. Certificates are always verified."""
+
+    @model_validator(mode="after")
+    def _a_worker_per_queue_shard(self) -> Self:
+        if self.worker_concurrency < self.queue_shards:
+            raise ValueError(
+                f"WORKER_CONCURRENCY ({self.worker_concurrency}) must be at least QUEUE_SHARDS ({self.queue_shards}): "
+                "each worker serves one queue shard, and a shard no worker serves runs nothing"
+            )
+        return self

@@ -18,7 +18,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
-from rq.worker_pool import WorkerPool
+from rq.worker_pool import ForkProcess, WorkerData, WorkerPool, run_worker
 
 from aitask_common.dependencies import wait_for_dependencies
 from aitask_common.ledger import Ledger
@@ -26,8 +26,10 @@ from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
 from aitask_common.outputs import OutputLinks, open_output_store
+from aitask_common.queue_shards import layout, priority_of
 from aitask_common.queue_state import paused_queues
 from aitask_common.queues import QUEUE_ORDER
+from aitask_common.rq_shards import ShardWorker, shard_queue, shard_queue_class, shard_worker_class
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
 from aitask_common.tracing import configure_tracing, job_span
@@ -38,7 +40,6 @@ from dispatcher_service.metrics import QueueAndRegistryCollector
 from dispatcher_service.polls import Poller
 from dispatcher_service.reconciler import Reconciler
 from dispatcher_service.retention import RetentionSweeper
-from dispatcher_service.schedule import queue
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.webhook_delivery import WebhookBacklogCollector, WebhookDelivery
 
@@ -62,7 +63,7 @@ PAUSED_ROUND_SECONDS = 1
 ALL_PAUSED_QUEUE = "aitask-all-paused"
 
 
-class DispatcherWorker(SimpleWorker):
+class DispatcherWorker(ShardWorker, SimpleWorker):
     """A SimpleWorker that also runs this process's poller, and sends RQ's bookkeeping around a job
     in three round trips instead of eight (tests/dispatcher_service/test_worker.py counts them).
 
@@ -101,7 +102,7 @@ class DispatcherWorker(SimpleWorker):
         runtime = Runtime.open(self.settings)
         install_runtime(runtime)
         install_output_links(OutputLinks(self.settings))
-        self.poller = Poller(runtime.redis, run_poll)
+        self.poller = Poller(runtime.redis, run_poll, self.shard)
         self.poller.start()
         self.deadline = WorkerDeadline(self.settings.worker_deadline_dir)
         self.deadline.idle()
@@ -147,8 +148,8 @@ class DispatcherWorker(SimpleWorker):
         ever put in (RQ cannot listen on none), in rounds of a second, until one is resumed."""
         self._paused = frozenset(paused_queues(self.connection))
         self._paused_read_at = time.monotonic()
-        open_queues = [target for target in self.queues if target.name not in self._paused]
-        self._ordered_queues = open_queues or [queue(self.connection, ALL_PAUSED_QUEUE)]
+        open_queues = [target for target in self.queues if priority_of(target.name) not in self._paused]
+        self._ordered_queues = open_queues or [shard_queue(self.connection, ALL_PAUSED_QUEUE, self.shard)]
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
@@ -177,7 +178,7 @@ class DispatcherWorker(SimpleWorker):
 
     def _paused_since_listening(self, source: Queue) -> bool:
         self._refresh_paused_queues()
-        return source.name in self._paused
+        return priority_of(source.name) in self._paused
 
     def _put_back(self, job: Job, source: Queue) -> None:
         """Return a job popped from a paused queue to its head (and out of the list RQ moves a lone queue's
@@ -190,7 +191,7 @@ class DispatcherWorker(SimpleWorker):
 
     def run_maintenance_tasks(self) -> None:
         try:
-            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+            super().run_maintenance_tasks()
         except REDIS_DOWN as error:
             self._wait_for_redis(error)
 
@@ -303,8 +304,43 @@ class DispatcherWorker(SimpleWorker):
             pipeline.execute()
 
 
+class ShardedWorkerPool(WorkerPool):
+    """RQ's WorkerPool, each worker serving one queue shard (aitask_common.queue_shards): a new or respawned worker
+    takes the shard with the fewest live workers, so every shard is served while the pool has one per shard."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shard_of_worker: dict[str, int] = {}
+
+    def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO") -> Any:
+        alive = [self.shard_of_worker[worker] for worker in self.worker_dict if worker in self.shard_of_worker]
+        shard = min(layout().shards(), key=alive.count)
+        self.shard_of_worker[name] = shard
+        tag = layout().tag(shard)
+        return ForkProcess(
+            target=run_worker,
+            args=(tag + name, [layout().queue_name(str(priority), shard) for priority in QUEUE_ORDER]),
+            kwargs={
+                "connection_class": self._connection_class,
+                "connection_pool_class": self._pool_class,
+                "connection_pool_kwargs": self._pool_kwargs,
+                "_sleep": _sleep,
+                "burst": burst,
+                "logging_level": logging_level,
+                "worker_class": shard_worker_class(self.worker_class, tag),
+                "queue_class": shard_queue_class(tag),
+                "serializer": self.serializer,
+            },
+            name=f"Worker {name} of shard {shard} (WorkerPool {self.name})",
+        )
+
+    def handle_dead_worker(self, worker_data: WorkerData) -> None:
+        super().handle_dead_worker(worker_data)
+        self.shard_of_worker.pop(worker_data.name, None)
+
+
 def build_pool(settings: DispatcherSettings) -> WorkerPool:
-    """A pool of `worker_concurrency` forked processes, each running jobs in-process.
+    """A pool of `worker_concurrency` forked processes, each running jobs in-process, spread over the queue shards.
 
     SimpleWorker (no fork per job) keeps each process's MongoDB client, Redis
     pool and gRPC channels alive across jobs; the pool restarts a dead worker.
@@ -314,7 +350,7 @@ def build_pool(settings: DispatcherSettings) -> WorkerPool:
         """A DispatcherWorker with this pool's settings: RQ builds each worker itself, from its class."""
 
     PoolWorker.settings = settings
-    return WorkerPool(
+    return ShardedWorkerPool(
         [str(name) for name in QUEUE_ORDER],
         connection=Redis.from_url(settings.redis_url),
         num_workers=settings.worker_concurrency,

@@ -22,14 +22,13 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common import timeline
 from aitask_common.logging import get_logger
-from aitask_common.queue_state import AGE_SAMPLE_JOBS, OLDEST_AGE, PAUSED_QUEUES_KEY, paused_queues, queue_status
+from aitask_common.queue_state import AGE_SAMPLE_JOBS, OLDEST_AGE, PAUSED_QUEUES_KEY, paused_queues, priority_status
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.registry import DRAINING_KEY
 from aitask_common.tasks import TaskDocument, TaskStatus, task_to_proto, utcnow
 from aitask_common.webhooks import MESSAGES_COLLECTION
 from task_service.api_keys import ApiKey, ApiKeyStore, Role
 from task_service.auth import current_principal, metadata_value
-from task_service.enqueue import queue
 from task_service.paging import parse_instant, validated_filters
 from task_service.provider_states import provider_states
 from task_service.servicer import TaskServicer
@@ -287,7 +286,7 @@ class AdminServicer(task_service_pb2_grpc.AdminServiceServicer):
         paused = paused_queues(self.redis)
         states = []
         for name in PRIORITIES:
-            counts = queue_status(self.redis, queue(self.redis, name), AGE_SAMPLE_JOBS)
+            counts = priority_status(self.redis, name, AGE_SAMPLE_JOBS)
             states.append(
                 pb.QueueState(
                     priority=name,

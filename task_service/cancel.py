@@ -39,16 +39,17 @@ from aitask_common.queues import (
     CANCEL_UPSTREAM,
     CANCELLED_MARK_SECONDS,
     LEASE_KEY_PREFIX,
-    POLL_HINTS_KEY,
-    POLLS_KEY,
     Priority,
     cancelled_key,
     forget_task,
     job_options,
+    poll_hints_key,
+    polls_key,
+    shard_of,
 )
+from aitask_common.rq_shards import job_id_option, shard_queue
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus, out_of_flight, utcnow
 from aitask_common.webhooks import MESSAGES_COLLECTION, record_change_async
-from task_service.enqueue import queue
 from task_service.result_cache import FinalResultCache
 from task_service.storage import TaskStore
 
@@ -127,9 +128,10 @@ class TaskCanceller:
         task_id = document["_id"]
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
+                shard = shard_of(task_id)
                 pipe.set(cancelled_key(task_id), reason.value, ex=CANCELLED_MARK_SECONDS)
-                pipe.zrem(POLLS_KEY, task_id)
-                pipe.hdel(POLL_HINTS_KEY, task_id)
+                pipe.zrem(polls_key(shard), task_id)
+                pipe.hdel(poll_hints_key(shard), task_id)
                 await pipe.execute()
         except RedisError as error:
             if document.get("upstream_job_id"):
@@ -214,6 +216,13 @@ class TaskCanceller:
 
 def enqueue_upstream_cancel(connection: Redis, task_id: str, provider: str, model: str, upstream_job_id: str) -> None:
     """The dispatcher's job that cancels or deletes a cancelled video's upstream job, first on the critical queue."""
-    queue(connection, Priority.CRITICAL).enqueue(
-        CANCEL_UPSTREAM, task_id, provider, model, upstream_job_id, time.time(), **job_options(task_id)
+    shard = shard_of(task_id)
+    shard_queue(connection, Priority.CRITICAL, shard).enqueue(
+        CANCEL_UPSTREAM,
+        task_id,
+        provider,
+        model,
+        upstream_job_id,
+        time.time(),
+        **job_options(task_id) | job_id_option(shard),
     )

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from redis import Redis
-from rq import Queue
 from rq.job import Job
-from rq.serializers import JSONSerializer
 
 from aitask_common import fair_share
-from aitask_common.queues import PROCESS_TASK, WATCH_KEY, Priority, job_options, take_number, watch_job
+from aitask_common.queues import PROCESS_TASK, Priority, job_options, shard_of, take_number, watch_job, watch_key
+from aitask_common.rq_shards import job_id_option, shard_queue
 from aitask_common.tracing import current_carrier
 from task_service.batching import Batcher
 
@@ -53,9 +52,9 @@ class TaskQueue:
 
 def enqueue_tasks(connection: Redis, tasks: Iterable[NewTask], fair_share_depth: int = 0) -> list[Job]:
     """Enqueue the first job of each new task, with its watch entry and its number in the queue
-    (aitask_common.queues), all in one MULTI. With a `fair_share_depth` (aitask_common.fair_share), a task
-    whose user already has that many first jobs waiting in its queue joins the user's backlog instead (one
-    round trip before); its watch entry is written all the same."""
+    (aitask_common.queues), all in one MULTI per queue shard (aitask_common.queue_shards). With a
+    `fair_share_depth` (aitask_common.fair_share), a task whose user already has that many first jobs waiting in
+    its queue joins the user's backlog instead (one round trip before); its watch entry is written all the same."""
     now = time.time()
     tasks = list(tasks)
     admitted = [True] * len(tasks)
@@ -67,29 +66,23 @@ def enqueue_tasks(connection: Redis, tasks: Iterable[NewTask], fair_share_depth:
                 fair_share.admit(admissions, task_id, str(priority), str(user_id), fair_share_depth, now)
             for index, reply in zip(fair, admissions.execute(), strict=True):
                 admitted[index] = bool(reply)
-    with connection.pipeline() as pipe:
-        pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
-        jobs = []
-        for (task_id, priority, _, trace), enqueue_now in zip(tasks, admitted, strict=True):
-            if enqueue_now:
-                options = job_options(task_id, trace)
-                job = queue(connection, priority).enqueue(PROCESS_TASK, task_id, **options, pipeline=pipe)
-                watch_job(pipe, task_id, job.id, now)
-                jobs.append(job)
-            else:
-                pipe.zadd(WATCH_KEY, {task_id: now})
-            take_number(pipe, task_id, priority)
-        pipe.execute()
+    by_shard: dict[int, list[tuple[NewTask, bool]]] = defaultdict(list)
+    for task, enqueue_now in zip(tasks, admitted, strict=True):
+        by_shard[shard_of(task.task_id)].append((task, enqueue_now))
+    jobs = []
+    for shard, group in by_shard.items():
+        with connection.pipeline() as pipe:
+            pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
+            for (task_id, priority, _, trace), enqueue_now in group:
+                if enqueue_now:
+                    options = job_options(task_id, trace) | job_id_option(shard)
+                    job = shard_queue(connection, priority, shard).enqueue(
+                        PROCESS_TASK, task_id, **options, pipeline=pipe
+                    )
+                    watch_job(pipe, task_id, job.id, now)
+                    jobs.append(job)
+                else:
+                    pipe.zadd(watch_key(shard), {task_id: now})
+                take_number(pipe, task_id, priority)
+            pipe.execute()
     return jobs
-
-
-def queue(connection: Redis, priority: Priority | str) -> Queue:
-    """The RQ queue for a priority, with the JSON serializer (one object per connection and priority)."""
-    return _queue(connection, str(priority))
-
-
-# Building a Queue checks its serializer against a typing.Protocol, which walks the protocol's MRO on every
-# isinstance: about 4 % of the task service's CPU under create load, when it was built per enqueue.
-@functools.lru_cache(maxsize=64)
-def _queue(connection: Redis, name: str) -> Queue:
-    return Queue(name, connection=connection, serializer=JSONSerializer)

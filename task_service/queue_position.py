@@ -7,7 +7,7 @@ from redis.exceptions import RedisError
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.logging import get_logger
-from aitask_common.queues import Priority, queue_position, started_key, task_number_key
+from aitask_common.queues import Priority, queue_position, shard_of, started_key, task_number_key
 from aitask_common.tasks import TaskStatus
 
 log = get_logger(__name__)
@@ -25,7 +25,8 @@ class QueuePositions:
             return
         priority = task.parameters.priority or Priority.DEFAULT
         try:
-            entry, started = await self.redis.mget(task_number_key(task.task_id), started_key(priority))
+            counter = started_key(priority, shard_of(task.task_id))
+            entry, started = await self.redis.mget(task_number_key(task.task_id), counter)
         except RedisError as error:
             log.warning("queue position unknown", task_id=task.task_id, error=str(error))
             return

@@ -36,6 +36,7 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.outputs import GRIDFS_BUCKET
 from aitask_common.queues import QUEUE_ORDER, RESULT_TTL_SECONDS, WATCH_KEY
+from aitask_common.rq_shards import shard_queue
 from aitask_common.tasks import (
     BILLING_OPEN_FIELD,
     INFLIGHT_USERS_KEY,
@@ -50,7 +51,6 @@ from bench.harness.profiling import Profiler
 from bench.harness.stack import BenchStack
 from bench.harness.webhook_receiver import BenchReceiver
 from devstack.processes import ROOT
-from dispatcher_service.schedule import queue
 from task_service.paging import ListFilters, next_page_token
 
 SCENARIOS = (
@@ -251,7 +251,7 @@ def reset_data(stack: BenchStack) -> None:
             collection.create_index(spec["key"], **options)
     with stack.redis() as redis:
         for name in QUEUE_ORDER:
-            queue(redis, name).empty()
+            shard_queue(redis, name, 0).empty()
         redis.delete(WATCH_KEY, INFLIGHT_USERS_KEY, *redis.scan_iter(inflight_key("*"), count=1000))
 
 

@@ -58,7 +58,7 @@ def test_positions_count_down_as_the_dispatcher_picks_tasks_up(redis: Redis, red
     # A second pick-up of the same task (a retry's job, a duplicate delivery) counts nothing.
     leave_queue(redis, "low-1")
     assert positions(redis_server, low[2:]) == [0, 1, 2]
-    assert int(redis.get(started_key("low")) or 0) == 2
+    assert int(redis.get(started_key("low", 0)) or 0) == 2
 
 
 def test_a_task_that_is_not_pending_or_not_numbered_has_no_position(redis: Redis, redis_server: LoneRedis) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from redis import Redis
 from redis.crc import key_slot
 from redis.exceptions import CrossSlotTransactionError
@@ -19,16 +20,14 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from aitask_common.queue_shards import (
-    QueueShards,
-    ShardWorker,
-    priority_of,
-    shard_of_key,
-    shard_queue_class,
-    shard_worker_class,
-)
+from aitask_common import queue_shards
+from aitask_common.queue_shards import QueueShards, priority_of, shard_of_key
+from aitask_common.queues import watch_key
 from aitask_common.redis_cluster import ClusterClient, cluster_client, shard_client, startup_nodes
+from aitask_common.rq_shards import ShardWorker, shard_queue_class, shard_worker_class
+from aitask_common.settings import load_settings
 from devstack.redis_cluster import RedisClusterServers
+from dispatcher_service.settings import DispatcherSettings
 from tests.conftest import wait_until
 
 SHARDS = QueueShards.layout(3, cluster=True)
@@ -239,3 +238,18 @@ def test_a_shard_whose_slot_moves_to_another_master_follows_it(tmp_path: Path) -
         assert clients[1].connection_pool.get_connection().port != before
         with servers.client() as cluster:
             assert_all_finished(cluster, [*first.values(), *second.values()])
+
+
+def test_the_settings_set_every_process_on_one_layout_and_a_dispatcher_serves_every_shard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUEUE_SHARDS", "3")
+    try:
+        load_settings(DispatcherSettings)
+        assert queue_shards.layout() == QueueShards(3, tagged=True)
+        assert watch_key(1) == "aitask:watch:{q1}" and queue_shards.layout().queue_name("low", 2) == "{q2}low"
+    finally:
+        queue_shards.configure(QueueShards())
+    assert watch_key(1) == "aitask:watch"
+    with pytest.raises(ValidationError, match=r"WORKER_CONCURRENCY \(2\) must be at least QUEUE_SHARDS \(3\)"):
+        DispatcherSettings(queue_shards=3, worker_concurrency=2)

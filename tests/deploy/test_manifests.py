@@ -20,11 +20,11 @@ from rq.queue import Queue
 
 from aitask_common.grpc_server import LIVENESS, OVERALL
 from aitask_common.queues import QUEUE_ORDER
+from aitask_common.rq_shards import shard_queue
 from aitask_common.settings import ServiceSettings
 from deploy import pin_images
 from deploy.check import K8S_ENVOY_CONFIG, kustomize_build
 from deploy.dockerfile import ROOT, stages
-from dispatcher_service.schedule import queue
 from dispatcher_service.settings import DispatcherSettings
 from openai_door.settings import OpenAIDoorSettings
 from provider_openai.settings import OpenAISettings
@@ -304,7 +304,7 @@ def test_keda_scales_the_dispatcher_on_jobs_queued_and_running(rendered: dict[st
     # The list keys RQ really uses, from the code that enqueues (the client never connects here).
     unconnected = Redis()
     assert [trigger["metadata"]["listName"] for trigger in redis_triggers] == [
-        queue(unconnected, name).key for name in QUEUE_ORDER
+        shard_queue(unconnected, name, 0).key for name in QUEUE_ORDER
     ]
     # Redis credentials come through a TriggerAuthentication from the datastores Secret, not the pod's env.
     authentications = objects(documents, "TriggerAuthentication")

@@ -21,7 +21,8 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from aitask_common.outputs import GridFSOutputStore
-from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
+from aitask_common.queues import POLL_HINTS_KEY, POLLS_KEY, WATCH_JOBS_KEY, WATCH_KEY
+from aitask_common.rq_shards import shard_queue
 from aitask_common.tasks import TaskDocument, TaskStatus, TaskType, inflight_key, utcnow
 from devstack.stack import LocalStack
 from dispatcher_service import jobs
@@ -39,7 +40,7 @@ from dispatcher_service.jobs import (
 )
 from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.providers import ProviderDirectory
-from dispatcher_service.schedule import POLL_HINTS_KEY, POLLS_KEY, PollHint, parse_hint, queue
+from dispatcher_service.schedule import PollHint, parse_hint
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.storage import TaskTransitions
 from upstream_simulator.control import SimulatorControl
@@ -215,7 +216,7 @@ def test_a_retryable_error_sends_the_task_back_to_pending_with_a_delayed_job(
     document = task(rt, task_id)
     assert document["status"] == "pending" and document["attempts"] == 1 and document["error_message"]
     job = next_job(rt, task_id)
-    assert job.origin == "low" and job.id in queue(rt.redis, "low").scheduled_job_registry.get_job_ids()
+    assert job.origin == "low" and job.id in shard_queue(rt.redis, "low", 0).scheduled_job_registry.get_job_ids()
     due = rt.redis.zscore(WATCH_KEY, task_id)
     # Due after the backoff, at the next whole second (RQ's schedule keeps whole seconds; see schedule.py).
     assert due is not None and due == int(due) and started + 0.25 <= due <= time.time() + 1.5
@@ -237,7 +238,7 @@ def test_a_task_whose_provider_has_no_live_instance_waits_pending_without_an_att
     document = task(rt, waiting)
     assert document["status"] == "pending" and document["attempts"] == 0
     # A re-check in a while.
-    assert next_job(rt, waiting).id in queue(rt.redis, "default").scheduled_job_registry.get_job_ids()
+    assert next_job(rt, waiting).id in shard_queue(rt.redis, "default", 0).scheduled_job_registry.get_job_ids()
     waited_too_long = insert_task(rt, user_id, IMAGE, IMAGE_PARAMETERS, created=utcnow() - timedelta(minutes=5))
     assert process_task(waited_too_long) == "failed"
     assert "no live instance" in task(rt, waited_too_long)["error_message"]
@@ -330,7 +331,7 @@ def test_a_paid_result_outlasting_the_retries_is_kept_and_the_next_run_writes_it
     assert kept.status is None and kept.fields["generated"]["image_url"]
     assert 0 < (rt.redis.ttl(kept_write_key(task_id)) or 0) <= KEPT_WRITE_SECONDS
     # The next run is due in a few seconds (the reconciler would also find the task).
-    assert next_job(rt, task_id).id in queue(rt.redis, "default").scheduled_job_registry.get_job_ids()
+    assert next_job(rt, task_id).id in shard_queue(rt.redis, "default", 0).scheduled_job_registry.get_job_ids()
     assert not rt.redis.exists(LEASE_KEY_PREFIX + task_id)
 
     monkeypatch.setattr(rt, "tasks", store)

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from aitask_common.queues import WATCH_JOBS_KEY, WATCH_KEY
+from aitask_common.queues import POLL_HINTS_KEY, POLLS_KEY, WATCH_JOBS_KEY, WATCH_KEY
 from devstack.stack import LoneRedis
 from dispatcher_service.polls import CLAIM_SECONDS, Poller
 from dispatcher_service.queue_admin import poll_status
-from dispatcher_service.schedule import POLL_HINTS_KEY, POLLS_KEY, PollHint, replan, schedule_poll
+from dispatcher_service.schedule import PollHint, replan, schedule_poll
 
 HINT = PollHint(
     user_id="user-1",

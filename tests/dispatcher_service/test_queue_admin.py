@@ -25,12 +25,13 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from aitask_common.queues import WATCH_KEY
+from aitask_common.rq_shards import shard_queue
 from aitask_common.tasks import inflight_key
 from devstack.processes import ROOT
 from devstack.stack import LocalStack
 from dispatcher_service.lease import LEASE_KEY_PREFIX
 from dispatcher_service.queue_admin import OLDEST_AGE, QUEUE_NAMES, STATES
-from dispatcher_service.schedule import enqueue_task, queue
+from dispatcher_service.schedule import enqueue_task
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM, stop_dispatcher
 
@@ -56,7 +57,10 @@ def status(stack: LocalStack) -> dict[str, dict[str, Any]]:
 
 def waiting_jobs(redis: Redis) -> int:
     """Queued plus scheduled jobs over every queue."""
-    return sum(queue(redis, name).count + queue(redis, name).scheduled_job_registry.count for name in QUEUE_NAMES)
+    return sum(
+        shard_queue(redis, name, 0).count + shard_queue(redis, name, 0).scheduled_job_registry.count
+        for name in QUEUE_NAMES
+    )
 
 
 @contextmanager
@@ -88,7 +92,7 @@ def create_task(rest: httpx.Client, user_id: str, priority: str) -> str:
 
 def fail_a_job(redis: Redis, name: str) -> Job:
     """Put one job into queue `name`'s FailedJobRegistry by running it with a real RQ worker."""
-    target = queue(redis, name)
+    target = shard_queue(redis, name, 0)
     job = target.enqueue(MISSING_FUNCTION, "no-task", failure_ttl=600)
     # The burst worker runs whatever the queue holds: it must hold only this job.
     assert target.get_job_ids() == [job.id]
@@ -107,7 +111,7 @@ def test_status_counts_jobs_per_queue_and_state(stack: LocalStack, rest: httpx.C
     with dispatcher_stopped(stack) as redis:
         # The burst worker cleans the registries when it starts; clean them first so the baseline is what it sees.
         for name in QUEUE_NAMES:
-            clean_registries(queue(redis, name))
+            clean_registries(shard_queue(redis, name, 0))
         before = status(stack)
         failed_job = fail_a_job(redis, "critical")
         scheduled_job: Job | None = None
@@ -157,7 +161,7 @@ def test_clear_asks_then_fails_the_pending_tasks_it_unqueues(
         other_queue_task = create_task(rest, user_id, "default")
         # A retry-like second job of the same task, scheduled: the task is failed once, both jobs go.
         scheduled_job = enqueue_task(redis, low_tasks[0], "low", LATER)
-        low_job_ids = [*queue(redis, "low").get_job_ids(), scheduled_job.id]
+        low_job_ids = [*shard_queue(redis, "low", 0).get_job_ids(), scheduled_job.id]
 
         refused = admin(stack, "clear", "low", answer="no\n")
         assert refused.returncode == 1
@@ -191,7 +195,11 @@ def test_clear_with_requeue_gives_the_tasks_a_new_job_instead(
         low_task = create_task(rest, user_id, "low")
         critical_task = create_task(rest, user_id, "critical")
         scheduled_job = enqueue_task(redis, low_task, "low", LATER)
-        old_job_ids = [*queue(redis, "low").get_job_ids(), *queue(redis, "critical").get_job_ids(), scheduled_job.id]
+        old_job_ids = [
+            *shard_queue(redis, "low", 0).get_job_ids(),
+            *shard_queue(redis, "critical", 0).get_job_ids(),
+            scheduled_job.id,
+        ]
 
         cleared = admin(stack, "clear", "all", "--force", "--requeue")
         assert cleared.returncode == 0, cleared.stderr
@@ -203,7 +211,7 @@ def test_clear_with_requeue_gives_the_tasks_a_new_job_instead(
         after = status(stack)
         assert (after["low"]["queued"], after["low"]["scheduled"], after["critical"]["queued"]) == (1, 0, 1)
         for name, task_id in (("low", low_task), ("critical", critical_task)):
-            (new_job,) = queue(redis, name).get_jobs()
+            (new_job,) = shard_queue(redis, name, 0).get_jobs()
             assert new_job.args == [task_id]
             assert new_job.id not in old_job_ids
         assert redis.exists(*(Job.key_for(job_id) for job_id in old_job_ids)) == 0
@@ -236,7 +244,7 @@ def test_requeue_failed_puts_failed_jobs_back_on_their_queue(stack: LocalStack) 
     with dispatcher_stopped(stack) as redis:
         job = fail_a_job(redis, "default")
         try:
-            registry = queue(redis, "default").failed_job_registry
+            registry = shard_queue(redis, "default", 0).failed_job_registry
             failed_ids = registry.get_job_ids()
             assert job.id in failed_ids
 
@@ -249,7 +257,7 @@ def test_requeue_failed_puts_failed_jobs_back_on_their_queue(stack: LocalStack) 
             assert int(counts[1]) + int(counts[2] or 0) == len(failed_ids) and int(counts[1]) >= 1, result.stdout
             after = status(stack)
             assert after["default"]["failed"] == int(counts[2] or 0)  # the skipped stay
-            assert job.id in queue(redis, "default").get_job_ids()
+            assert job.id in shard_queue(redis, "default", 0).get_job_ids()
             assert job.get_status(refresh=True) == JobStatus.QUEUED
         finally:
             # Would only fail again once the dispatcher is back.

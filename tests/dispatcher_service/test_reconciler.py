@@ -13,11 +13,11 @@ from rq.serializers import JSONSerializer
 from structlog.testing import capture_logs
 from ulid import ULID
 
-from aitask_common.queues import PROCESS_TASK, WATCH_JOBS_KEY, WATCH_KEY
+from aitask_common.queues import POLLS_KEY, PROCESS_TASK, WATCH_JOBS_KEY, WATCH_KEY
+from aitask_common.rq_shards import shard_queue
 from aitask_common.tasks import INFLIGHT_USERS_KEY, TaskStatus, inflight_key, utcnow
 from devstack.stack import LocalStack
 from dispatcher_service.reconciler import CREATE_GRACE_SECONDS, Reconciler, in_flight_query, user_in_flight_query
-from dispatcher_service.schedule import POLLS_KEY, queue
 from dispatcher_service.settings import DispatcherSettings
 
 
@@ -136,7 +136,7 @@ def test_a_task_left_processing_goes_back_at_the_front_of_its_queue(stack: Local
     redis = Redis(port=stack.ports.redis, db=RECONCILER_DB)
     redis.flushdb()
     tasks = stack.mongo()["aitask_reconciler_test"]["tasks"]
-    backlog = queue(redis, "default")
+    backlog = shard_queue(redis, "default", 0)
     waiting = [backlog.enqueue(PROCESS_TASK, f"backlog-{n}").id for n in range(3)]
     long_ago = utcnow() - timedelta(minutes=10)
     orphan, lost, landed = (f"{name}-{uuid.uuid4().hex}" for name in ("orphan", "lost", "landed"))

@@ -82,6 +82,23 @@ FINGERPRINTS = [
     ("rq.scheduler.RQScheduler.acquire_locks", "check_for_suspension", "f9879fe4ba1fe77b"),
 ]
 
+# aitask_common/rq_shards.py: what its ShardWorker (a base of DispatcherWorker) overrides, and the RQ code it copies,
+# adjusts or replaces, with rq 2.12.x's fingerprints.
+SHARD_WORKER_OVERRIDDEN = {
+    "check_for_suspension": "(self, burst)",
+    "clean_registries": "(self)",
+    "run_maintenance_tasks": "(self)",
+}
+SHARD_FINGERPRINTS = [
+    ("rq.worker.BaseWorker.check_for_suspension", "22faaf53ba488f24"),
+    ("rq.suspension.is_suspended", "82814fe10bbcd039"),
+    ("rq.worker.BaseWorker.clean_registries", "cdae05de537dad0a"),
+    ("rq.worker_registration.clean_worker_registry", "a06fded55ad0a6ca"),
+    ("rq.worker.BaseWorker.run_maintenance_tasks", "bd2b279e6eb23a38"),
+    ("aitask_common.rq_shards.RQ_VALIDATE_JOB_ID", "ddace774fa1a9e8f"),
+    ("aitask_common.rq_shards.RQ_SCHEDULER_KEY.fget", "405c4e08e178c3c4"),
+]
+
 # What a name in DispatcherWorker's code stands for, to check its calls against rq's signatures.
 RECEIVERS: dict[str, type] = {"self": SimpleWorker, "super()": SimpleWorker, "job": Job, "Execution": Execution}
 
@@ -101,8 +118,10 @@ def methods_of_ours() -> dict[str, ast.FunctionDef]:
 
 
 def names_of_ours() -> set[str]:
-    """The methods and class attributes DispatcherWorker defines itself."""
-    names = set(methods_of_ours())
+    """The methods and class attributes DispatcherWorker defines itself, or its base ShardWorker does."""
+    from aitask_common.rq_shards import ShardWorker
+
+    names = set(methods_of_ours()) | set(vars(ShardWorker))
     for node in dispatcher_worker_code().body:
         if isinstance(node, ast.AnnAssign | ast.Assign):
             targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
@@ -224,6 +243,26 @@ def test_the_rq_code_our_overrides_replace_or_copy_is_unchanged(path: str, ours:
     assert fingerprint(rq_function) == expected, (
         f"rq {RQ_VERSION} changed {rq_function.__qualname__} ({path}); review DispatcherWorker.{ours} against "
         f"the new body and update the hash in FINGERPRINTS to {fingerprint(rq_function)!r}"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(SHARD_WORKER_OVERRIDDEN))
+def test_each_method_the_shard_worker_overrides_has_rqs_signature(name: str) -> None:
+    from aitask_common.rq_shards import ShardWorker
+
+    rq_method = getattr(SimpleWorker, name, None)
+    assert rq_method is not None, f"rq {RQ_VERSION}'s SimpleWorker has no {name} any more: ShardWorker.{name} is moot"
+    assert shape(rq_method) == SHARD_WORKER_OVERRIDDEN[name] == shape(getattr(ShardWorker, name)), (
+        f"rq {RQ_VERSION} changed {rq_method.__qualname__} to {shape(rq_method)}; review ShardWorker.{name}"
+    )
+
+
+@pytest.mark.parametrize(("path", "expected"), SHARD_FINGERPRINTS, ids=[path for path, _ in SHARD_FINGERPRINTS])
+def test_the_rq_code_the_shard_worker_adjusts_is_unchanged(path: str, expected: str) -> None:
+    rq_function = resolve(path)
+    assert fingerprint(rq_function) == expected, (
+        f"rq {RQ_VERSION} changed {rq_function.__qualname__} ({path}); review aitask_common/rq_shards.py against "
+        f"the new body and update the hash in SHARD_FINGERPRINTS to {fingerprint(rq_function)!r}"
     )
 
 
@@ -361,8 +400,10 @@ def test_a_scheduled_job_is_where_the_reconciler_looks(redis: Redis) -> None:
 
 
 def test_the_worker_and_job_attributes_our_overrides_use_exist(redis: Redis) -> None:
+    from aitask_common.rq_shards import ShardWorker
+
     queue = queue_in(redis)
-    worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer)
+    worker = type("Worker", (ShardWorker, SimpleWorker), {})([queue], connection=redis, serializer=JSONSerializer)
     job = queue.enqueue("dispatcher_service.jobs.process_task", "task-3")
     job.started_at = job.ended_at = datetime.now()
     instances = {"self": worker, "job": job, "self.execution": Execution("e", job.id, connection=redis)}

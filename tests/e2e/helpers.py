@@ -13,10 +13,10 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from aitask_common.queues import QUEUE_ORDER, WATCH_JOBS_KEY
+from aitask_common.rq_shards import shard_queue
 from devstack.processes import Process, free_port
 from devstack.stack import LocalStack
 from dispatcher_service.durations import DURATIONS_KEY
-from dispatcher_service.schedule import queue
 from tests.conftest import wait_until
 
 SEEDREAM = {"provider": "volcengine", "model": "doubao-seedream-3-0-t2i-250415"}
@@ -27,7 +27,7 @@ def waiting_job_task_ids(stack: LocalStack) -> list[str]:
     redis = stack.redis()
     job_ids: list[str] = []
     for name in QUEUE_ORDER:
-        job_ids += queue(redis, name).get_job_ids()
+        job_ids += shard_queue(redis, name, 0).get_job_ids()
         job_ids += ScheduledJobRegistry(str(name), connection=redis, serializer=JSONSerializer).get_job_ids()
     jobs = Job.fetch_many(job_ids, connection=redis, serializer=JSONSerializer)
     return [job.args[0] for job in jobs if job is not None]

@@ -25,11 +25,11 @@ from aitask.provider.v1 import provider_service_pb2_grpc
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.queues import CANCEL_UPSTREAM, POLLS_KEY, WATCH_JOBS_KEY, WATCH_KEY, job_options
 from aitask_common.registry import read_instances
+from aitask_common.rq_shards import shard_queue
 from aitask_common.tasks import inflight_key, utcnow
 from devstack.stack import LocalStack
 from dispatcher_service.jobs import Runtime, process_task
 from dispatcher_service.queue_admin import CANCELLED_TASKS
-from dispatcher_service.schedule import queue
 from tests.conftest import wait_for_status, wait_until
 from tests.dispatcher_service import test_jobs
 from tests.dispatcher_service.test_jobs import IMAGE, IMAGE_PARAMETERS, insert_task
@@ -249,7 +249,7 @@ def test_openai_cancel_job_deletes_the_video_once_the_vendor_allows_it(stack: Lo
             requests_to(stack, "openai.videos.retrieve"),
         )
         # The dispatcher's job tries again (every POLL_MAX_SECONDS) until the video has finished, then deletes it.
-        job = queue(stack.redis(), "critical").enqueue(
+        job = shard_queue(stack.redis(), "critical", 0).enqueue(
             CANCEL_UPSTREAM, "openai-cancel", "openai", "sora-2", video_id, time.time(), **job_options("openai-cancel")
         )
         assert wait_until(lambda: finished(job), timeout=45) == "cancel-again"
@@ -310,7 +310,7 @@ def test_the_queue_tools_count_cancelled_tasks_and_never_requeue_one(
         job = waiting_job(stack, task_id)
         assert cancel(rest, task_id).status_code == 200
         # Its job, as if it had failed in a worker: in the failed registry instead of the queue.
-        critical = queue(stack.redis(), "critical")
+        critical = shard_queue(stack.redis(), "critical", 0)
         critical.remove(job)
         critical.failed_job_registry.add(job, ttl=600, exc_string="worker died")
         try:

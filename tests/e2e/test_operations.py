@@ -145,7 +145,7 @@ def test_metrics_move_by_exact_deltas(stack: LocalStack, rest: httpx.Client, use
 
     assert metric(dispatcher, "aitask_provider_instances", provider="volcengine") >= 1
     assert re.search(
-        r'aitask_queue_depth\{queue="critical",state="queued"\}',
+        r'aitask_queue_depth\{queue="critical",shard="0",state="queued"\}',
         httpx.get(f"http://127.0.0.1:{dispatcher}/metrics", trust_env=False).text,
     )
     envoy_stats = httpx.get(f"http://127.0.0.1:{stack.ports.envoy_admin}/stats/prometheus", trust_env=False).text

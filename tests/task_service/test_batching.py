@@ -20,10 +20,11 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from aitask_common.queues import QUEUE_ORDER, WATCH_KEY
+from aitask_common.rq_shards import shard_queue
 from devstack.processes import free_port
 from devstack.stack import LocalStack, LoneRedis
 from task_service.batching import Batcher
-from task_service.enqueue import TaskQueue, queue
+from task_service.enqueue import TaskQueue
 from task_service.storage import IDEMPOTENCY_FIELD, TaskStore
 
 DATABASE = "aitask_batching_test"
@@ -119,7 +120,9 @@ def test_concurrent_enqueues_share_one_pipeline(redis_server: LoneRedis) -> None
     try:
         assert asyncio.run(scenario()) == [1, len(tasks)]
         for priority in QUEUE_ORDER:
-            jobs = Job.fetch_many(queue(redis, priority).get_job_ids(), connection=redis, serializer=JSONSerializer)
+            jobs = Job.fetch_many(
+                shard_queue(redis, priority, 0).get_job_ids(), connection=redis, serializer=JSONSerializer
+            )
             expected = [task_id for task_id, queued_at in tasks if queued_at == priority]
             if priority == "default":
                 expected.insert(0, "lone")
