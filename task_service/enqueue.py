@@ -14,7 +14,15 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from aitask_common import fair_share
-from aitask_common.queues import PROCESS_TASK, WATCH_KEY, Priority, job_options, take_number, watch_job
+from aitask_common.queues import (
+    PROCESS_TASK,
+    WATCH_KEY,
+    Priority,
+    job_options,
+    process_task_arguments,
+    take_number,
+    watch_job,
+)
 from aitask_common.tracing import current_carrier
 from task_service.batching import Batcher
 
@@ -70,10 +78,11 @@ def enqueue_tasks(connection: Redis, tasks: Iterable[NewTask], fair_share_depth:
     with connection.pipeline() as pipe:
         pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
         jobs = []
-        for (task_id, priority, _, trace), enqueue_now in zip(tasks, admitted, strict=True):
+        for (task_id, priority, user_id, trace), enqueue_now in zip(tasks, admitted, strict=True):
             if enqueue_now:
                 options = job_options(task_id, trace)
-                job = queue(connection, priority).enqueue(PROCESS_TASK, task_id, **options, pipeline=pipe)
+                arguments = process_task_arguments(task_id, user_id)
+                job = queue(connection, priority).enqueue(PROCESS_TASK, *arguments, **options, pipeline=pipe)
                 watch_job(pipe, task_id, job.id, now)
                 jobs.append(job)
             else:
