@@ -26,6 +26,9 @@ from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM, faults
 from tests.e2e.test_webhooks import Receiver
 
+# A stack of its own (not the session's `stack`, which conftest marks by itself).
+pytestmark = pytest.mark.stack
+
 COMMANDS_DIR = Path(__file__).resolve().parents[1] / "mongo_commands"
 JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
 VIDEO_POLL = "visual.CVSync2AsyncGetResult"
