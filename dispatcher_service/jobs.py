@@ -284,7 +284,7 @@ def install_runtime(runtime: Runtime) -> None:
 def process_task(task_id: str, user_id: str | None = None) -> str:
     """RQ's entry point; returns a short word saying what happened (kept as the job result). `user_id`, the
     task's user, routes its reads and writes to one shard of a sharded MongoDB; a job without it (queued before
-    jobs carried it, or handed on by a queue that keeps task ids only) reads it first."""
+    jobs carried it) reads it first."""
     if _runtime is not None:
         _leave_queue(_runtime.redis, task_id)
     return _run(task_id, None, user_id)
@@ -483,13 +483,13 @@ class TaskRun:
             return "waiting-for-rate"
         self._enqueue_job(self.settings.cap_recheck_seconds)
         self.lease.release_in(self.rt.redis)
-        self.rt.caps.wait_in_line(full.cap, self.task.id, self.task.priority)
+        self.rt.caps.wait_in_line(full.cap, self.task.id, self.task.priority, self.task.user_id)
         return "waiting-for-slot"
 
     def _release_slot(self, slot: Slot) -> None:
         try:
-            for task_id, priority in self.rt.caps.release(slot):
-                enqueue_task(self.rt.redis, task_id, priority, at_front=True)
+            for task_id, priority, user_id in self.rt.caps.release(slot):
+                enqueue_task(self.rt.redis, task_id, priority, at_front=True, user_id=user_id)
         except RedisError as error:
             # The slots' leases expire on their own, and the waiting tasks look again later.
             log.warning("upstream cap slot not released", error=str(error))

@@ -52,7 +52,7 @@ ALLOWED_SCATTERS: dict[str, str] = {
         "LEFT TO DO: a final message's id names its task, not its user"
     ),
     "dispatcher_service/storage.py:TaskTransitions.owner": (
-        "a job without its user (queued before jobs carried it, or woken from an upstream cap's line): one read"
+        "a job without its user (queued before jobs carried it): one read by id"
     ),
 }
 
