@@ -82,7 +82,7 @@ end
 """
 
 # A worker picked up a first job: KEYS[1] backlogged hash, KEYS[2] its marker; ARGV[6] its task id. Returns
-# {next task id, priority} or false.
+# {next task id, priority, user} or false.
 _STARTED = (
     _NEXT_TURN
     + """
@@ -94,7 +94,7 @@ local scope = string.sub(owner, 1, space - 1) .. ':' .. string.sub(owner, space 
 redis.call('ZREM', ARGV[1] .. 'queued:' .. scope, ARGV[6])
 local next_task = next_turn(owner)
 if not next_task then return false end
-return {next_task, string.sub(owner, 1, space - 1)}
+return {next_task, string.sub(owner, 1, space - 1), string.sub(owner, space + 1)}
 """
 )
 
@@ -126,16 +126,16 @@ def admit(pipe: Pipeline, task_id: str, priority: str, user_id: str, depth: int,
     pipe.eval(_ADMIT, len(keys), *keys, *args)
 
 
-def started(redis: Redis, task_id: str) -> tuple[str, str] | None:
+def started(redis: Redis, task_id: str) -> tuple[str, str, str] | None:
     """A worker picked up the task's job: if it was a first job counted against its user, the user's next
-    backlogged task takes its turn; that task's (id, priority), to be enqueued by the caller."""
+    backlogged task takes its turn; that task's (id, priority, user), to be enqueued by the caller."""
     now = time.time()
     args: list[str | float] = [FAIR_PREFIX, "", now, now - QUEUED_STALE_SECONDS, MARKER_SECONDS, task_id]
     reply = redis.eval(_STARTED, 2, BACKLOGGED_KEY, marker_key(task_id), *args)
     if not reply:
         return None
-    next_task, priority = (value.decode() if isinstance(value, bytes) else value for value in reply)
-    return next_task, priority
+    next_task, priority, user_id = (value.decode() if isinstance(value, bytes) else value for value in reply)
+    return next_task, priority, user_id
 
 
 def backlogged_owners(redis: Redis, task_ids: list[str]) -> dict[str, str]:

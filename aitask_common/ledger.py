@@ -7,8 +7,10 @@ is written by inserts only:
 
 - Each user's entries are numbered: entry n has `_id` "<user>:<n>". Appending n+1 is an insert that only one
   writer can win; the loser re-reads the head and decides again (the balance check included).
-- Each entry has a unique `key`: "<task>:reserve", "<task>:release" (a settle and a refund share it, so a task
-  is settled or refunded once, never both), "grant:<id>". A retried write finds its key taken and stops.
+- Each entry has a `key` unique among its user's: "<task>:reserve", "<task>:release" (a settle and a refund share
+  it, so a task is settled or refunded once, never both), "grant:<id>". A retried write finds its key taken and
+  stops. Unique per user, not overall: a task has one user, and on a MongoDB sharded by user (the ledger's shard
+  key, aitask_common.sharding) a unique index must start with the shard key. Every query names the user.
 - An entry carries the balance and the reservations after it, so the newest entry is the account. The
   `accounts` document only says where to start looking (it may lag; never lead): readers roll forward.
 
@@ -37,6 +39,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from aitask_common.sharding import owned_by
 from aitask_common.tasks import utcnow
 
 ENTRIES = "ledger"
@@ -145,7 +148,7 @@ class Ledger:
         self._behind_guard = threading.Lock()
 
     def ensure_indexes(self) -> None:
-        self.entries.create_index([("key", ASCENDING)], unique=True)
+        self.entries.create_index([("user_id", ASCENDING), ("key", ASCENDING)], unique=True)
         self.entries.create_index([("user_id", ASCENDING), ("seq", DESCENDING)])
 
     # --- reads -------------------------------------------------------------------------------------------------
@@ -161,8 +164,8 @@ class Ledger:
         cursor = self.entries.find({"user_id": user_id}).sort("seq", DESCENDING).skip(offset).limit(limit)
         return [Entry.from_document(document) for document in cursor]
 
-    def entry(self, key: str) -> Entry | None:
-        document = self.entries.find_one({"key": key})
+    def entry(self, user_id: str, key: str) -> Entry | None:
+        document = self.entries.find_one({"key": key} | owned_by(user_id))
         return Entry.from_document(document) if document is not None else None
 
     def users_below(self, credits: int) -> int:
@@ -202,11 +205,11 @@ class Ledger:
             model=model,
         )
 
-    def task_entries(self, task_id: str) -> list[Entry]:
+    def task_entries(self, user_id: str, task_id: str) -> list[Entry]:
         """A task's entries (its hold, then its settle or refund), by their unique keys."""
-        keys = [f"{task_id}:reserve", f"{task_id}:release"]
+        query = {"key": {"$in": [f"{task_id}:reserve", f"{task_id}:release"]}} | owned_by(user_id)
         return sorted(
-            (Entry.from_document(document) for document in self.entries.find({"key": {"$in": keys}})),
+            (Entry.from_document(document) for document in self.entries.find(query)),
             key=lambda entry: entry.seq,
         )
 
@@ -250,7 +253,7 @@ class Ledger:
                 written = self._write(head, key, reason, amount, held, task_id, extra)
                 if written is not None:
                     return written
-                existing = self.entry(key)
+                existing = self.entry(user_id, key)
                 if existing is not None:
                     return existing  # written before: by a retry of this call, or by an earlier run
                 head = self._roll_forward(user_id, head)
@@ -296,7 +299,7 @@ class Ledger:
     def _roll_forward(self, user_id: str, head: Account) -> Account:
         """`head` moved past every entry written after it (by other processes, or before a crash)."""
         while True:
-            document = self.entries.find_one({"_id": entry_id(user_id, head.seq + 1)})
+            document = self.entries.find_one({"_id": entry_id(user_id, head.seq + 1)} | owned_by(user_id))
             if document is None:
                 self._heads[user_id] = head
                 return head

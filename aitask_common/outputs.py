@@ -33,6 +33,7 @@ from aitask.v1 import task_service_pb2
 from aitask_common.mongo import DUPLICATE_KEY
 from aitask_common.output_settings import OutputSettings, OutputStoreKind
 from aitask_common.settings import Environment
+from aitask_common.sharding import routed_by
 from aitask_common.tasks import OutputDocument, utcnow
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ class GridFSOutputStore:
             raise NoFile(f"no stored output for task {task_id}")
         first, last = start // CHUNK_BYTES, end // CHUNK_BYTES
         for number in range(first, last + 1):
-            found = self.chunks.find({"_id": chunk_id(task_id, number)}, {"data": 1}).to_list()
+            found = self.chunks.find(_chunk_filter(task_id, number), {"data": 1}).to_list()
             if not found:
                 found = self.chunks.find({"files_id": task_id, "n": number}, {"data": 1}).to_list()
             if not found:
@@ -229,7 +230,7 @@ class GridFSOutputStore:
         """Delete the task's chunks by id, in order until one is missing (a killed run stored a first few);
         how many."""
         deleted = 0
-        while self.chunks.delete_one({"_id": chunk_id(task_id, deleted)}).deleted_count:
+        while self.chunks.delete_one(_chunk_filter(task_id, deleted)).deleted_count:
             deleted += 1
         return deleted
 
@@ -259,6 +260,11 @@ def _file_document(task_id: str, stored: StoredOutput) -> dict[str, Any]:
 def _chunk(task_id: str, number: int, data: bytes) -> dict[str, Any]:
     """GridFS's chunk document, with an `_id` of its own (chunk_id)."""
     return {"_id": chunk_id(task_id, number), "files_id": task_id, "n": number, "data": Binary(data)}
+
+
+def _chunk_filter(task_id: str, number: int) -> dict[str, Any]:
+    """One chunk's filter: its `_id`, and its file's (the shard key of chunks on a sharded MongoDB)."""
+    return {"_id": chunk_id(task_id, number)} | routed_by("files_id", task_id)
 
 
 def chunk_id(task_id: str, number: int) -> str:

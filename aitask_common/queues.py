@@ -63,6 +63,12 @@ def shard_of(task_id: str) -> int:
     return layout().shard_of(task_id)
 
 
+def process_task_arguments(task_id: str, user_id: str | None) -> tuple[str, ...]:
+    """The arguments of a task's PROCESS_TASK job: its id, and its user when known (the shard key its reads and
+    writes carry on a sharded MongoDB; a job without it costs the worker one read by id)."""
+    return (task_id,) if user_id is None else (task_id, user_id)
+
+
 def job_options(task_id: str, trace: dict[str, str] | None = None) -> dict[str, Any]:
     """RQ `enqueue` keywords of every task's job, whoever enqueues it; `trace` is the trace context it carries
     (aitask_common.tracing), when tracing is on."""

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
 from aitask.v1 import task_service_pb2
+from aitask_common.sharding import owned_by
 
 COLLECTION = "tasks"
 
@@ -52,6 +53,13 @@ IN_FLIGHT_FIELD = "in_flight"
 def out_of_flight(update: dict[str, Any]) -> dict[str, Any]:
     """`update` (a MongoDB update document turning a task final) also taking the task out of flight."""
     return update | {"$unset": {**update.get("$unset", {}), IN_FLIGHT_FIELD: ""}}
+
+
+def task_filter(task_id: str, user_id: str | None) -> dict[str, Any]:
+    """The filter of one task: its `_id` and, when its user is known, the shard key that routes it to one shard
+    of a sharded MongoDB (aitask_common.sharding). None where the user is not known (an admin's read by id, a
+    signed output link): that query asks every shard."""
+    return {"_id": task_id} | (owned_by(user_id) if user_id is not None else {})
 
 
 # Fields too large for list responses (or not in them).

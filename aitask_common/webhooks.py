@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
 from aitask_common.outputs import OutputLinks
-from aitask_common.tasks import TaskDocument, TaskStatus, task_to_proto, utcnow
+from aitask_common.tasks import TaskDocument, TaskStatus, task_filter, task_to_proto, utcnow
 
 log = get_logger(__name__)
 
@@ -234,6 +234,7 @@ def record_change(
     tasks: Collection[Any],
     messages: Collection[Any],
     task_id: str,
+    user_id: str,
     kind: EventKind,
     document: Any = None,
     redis: Redis | None = None,
@@ -249,7 +250,7 @@ def record_change(
             remember_webhook(document)
         events = known_webhook_events(task_id)
         if events is None:
-            document = tasks.find_one({"_id": task_id, **WITH_WEBHOOK})
+            document = tasks.find_one(task_filter(task_id, user_id) | WITH_WEBHOOK)
             if document is None:
                 remember_webhook({"_id": task_id})
                 return
@@ -269,7 +270,7 @@ def record_change(
                     _due_not_indexed(message_id, error)
             return
         if document is None:
-            document = tasks.find_one({"_id": task_id})
+            document = tasks.find_one(task_filter(task_id, user_id))
         message = message_for(document, kind) if document is not None else None
         if message is None:
             return

@@ -29,7 +29,15 @@ from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import CANCEL_UPSTREAM, Priority, job_options, shard_of
 from aitask_common.rq_shards import job_id_option, shard_queue
-from aitask_common.tasks import IN_FLIGHT_FIELD, CancelReason, TaskDocument, TaskStatus, out_of_flight, utcnow
+from aitask_common.tasks import (
+    IN_FLIGHT_FIELD,
+    CancelReason,
+    TaskDocument,
+    TaskStatus,
+    out_of_flight,
+    task_filter,
+    utcnow,
+)
 from aitask_common.webhooks import MESSAGES_COLLECTION, record_change
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
@@ -128,7 +136,7 @@ def expire(collection: Collection[Any], redis: Redis, task_id: str, user_id: str
             "$push": {timeline.FIELD: timeline.entry("cancelled", reason=CancelReason.DEADLINE.value)},
         }
     )
-    condition = {"_id": task_id, "status": TaskStatus.PENDING.value, "deadline": {"$lte": now}}
+    condition = task_filter(task_id, user_id) | {"status": TaskStatus.PENDING.value, "deadline": {"$lte": now}}
     if collection.update_one(condition, update).modified_count != 1:
         return False
     log.info("task cancelled: deadline passed before it started upstream", task_id=task_id)
@@ -136,7 +144,7 @@ def expire(collection: Collection[Any], redis: Redis, task_id: str, user_id: str
         forget_finished(redis, task_id, user_id)
     except RedisError as error:
         log.warning("expired task not forgotten in Redis: the reconciler prunes it", error=str(error))
-    record_change(collection, collection.database[MESSAGES_COLLECTION], task_id, EventKind.FINAL, redis=redis)
+    record_change(collection, collection.database[MESSAGES_COLLECTION], task_id, user_id, EventKind.FINAL, redis=redis)
     publish(redis, task_id, EventKind.FINAL)
     return True
 

@@ -26,7 +26,8 @@ from redis import Redis
 from dispatcher_service.settings import DispatcherSettings, UpstreamCap
 
 CAP_KEY_PREFIX = "aitask:cap:"
-# Waiting lines hold "task_id priority" members scored by when the task first waited.
+# Waiting lines hold "task_id priority user_id" members (a task id and a priority have no space) scored by when
+# the task first waited; members from before the user was kept are "task_id priority".
 _SEPARATOR = " "
 
 
@@ -135,16 +136,22 @@ class UpstreamCaps:
         full, wait = applying[int(reply[1]) - 1][0], float(reply[2])
         return CapFull(full, wait or None)
 
-    def wait_in_line(self, cap: str, task_id: str, priority: str) -> None:
+    def wait_in_line(self, cap: str, task_id: str, priority: str, user_id: str) -> None:
         """Put the task in the cap's waiting line (kept where it was if it already waits)."""
-        self.redis.zadd(_waiting_key(cap), {f"{task_id}{_SEPARATOR}{priority}": time.time()}, nx=True)
+        member = _SEPARATOR.join((task_id, priority, user_id))
+        self.redis.zadd(_waiting_key(cap), {member: time.time()}, nx=True)
 
-    def release(self, slot: Slot) -> list[tuple[str, str]]:
-        """Give the slots back; the (task id, priority) of each task woken to take one."""
+    def release(self, slot: Slot) -> list[tuple[str, str, str | None]]:
+        """Give the slots back; the (task id, priority, user) of each task woken to take one (the user None for
+        a task that waited from before it was kept)."""
         keys = [key for name in slot.caps for key in (_holders_key(name), _waiting_key(name))]
         woken = self.redis.eval(_RELEASE, len(keys), *keys, slot.token)
-        pairs = [(member.decode() if isinstance(member, bytes) else member).split(_SEPARATOR) for member in woken]
-        return [(task_id, priority) for task_id, priority in pairs]
+        return [_waiting_task(member.decode() if isinstance(member, bytes) else member) for member in woken]
+
+
+def _waiting_task(member: str) -> tuple[str, str, str | None]:
+    task_id, priority, *user = member.split(_SEPARATOR, 2)
+    return task_id, priority, user[0] if user else None
 
 
 def cap_status(redis: Redis, caps: dict[str, UpstreamCap]) -> dict[str, dict[str, float]]:

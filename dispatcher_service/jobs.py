@@ -281,11 +281,13 @@ def install_runtime(runtime: Runtime) -> None:
     _runtime = runtime
 
 
-def process_task(task_id: str) -> str:
-    """RQ's entry point; returns a short word saying what happened (kept as the job result)."""
+def process_task(task_id: str, user_id: str | None = None) -> str:
+    """RQ's entry point; returns a short word saying what happened (kept as the job result). `user_id`, the
+    task's user, routes its reads and writes to one shard of a sharded MongoDB; a job without it (queued before
+    jobs carried it) reads it first."""
     if _runtime is not None:
         _leave_queue(_runtime.redis, task_id)
-    return _run(task_id, None)
+    return _run(task_id, None, user_id)
 
 
 def _leave_queue(redis: Redis, task_id: str) -> None:
@@ -296,14 +298,15 @@ def _leave_queue(redis: Redis, task_id: str) -> None:
         leave_queue(redis, task_id)
         next_turn = fair_share.started(redis, task_id)
         if next_turn is not None:
-            enqueue_task(redis, *next_turn)
+            next_task, priority, user_id = next_turn
+            enqueue_task(redis, next_task, priority, user_id=user_id)
     except RedisError as error:
         log.warning("queue position not updated", error=str(error))
 
 
 def run_poll(task_id: str, hint: PollHint | None) -> str:
     """The poller's entry point; without a hint (gone, or from an older dispatcher) it runs as a job does."""
-    return _run(task_id, hint)
+    return _run(task_id, hint, None)
 
 
 def cancel_upstream(task_id: str, provider: str, model: str, upstream_job_id: str, first_tried: float) -> str:
@@ -317,7 +320,7 @@ def cancel_upstream(task_id: str, provider: str, model: str, upstream_job_id: st
         )
 
 
-def _run(task_id: str, hint: PollHint | None) -> str:
+def _run(task_id: str, hint: PollHint | None, user_id: str | None) -> str:
     if _runtime is None:
         raise RuntimeError("no dispatcher runtime in this process: the worker's bootstrap installs it")
     rt = _runtime
@@ -328,7 +331,7 @@ def _run(task_id: str, hint: PollHint | None) -> str:
             return "leased-elsewhere"
         if lease.read is not None:
             return _store_kept(rt, lease, task_id, KeptWrite.loads(lease.read))
-        task = Task.from_hint(task_id, hint) if hint is not None else _claim(rt, task_id)
+        task = Task.from_hint(task_id, hint) if hint is not None else _claim(rt, task_id, user_id)
         return task if isinstance(task, str) else TaskRun(rt, lease, task).run()
 
 
@@ -336,10 +339,12 @@ def _store_kept(rt: Runtime, lease: TaskLease, task_id: str, kept: KeptWrite) ->
     """An earlier run had this task's outcome (or its upstream job) in hand but could not store it: store it
     now (the upstream is not called for it again), then carry on from there."""
     try:
-        document = rt.tasks.get(task_id)
+        document = rt.tasks.get(task_id, kept.user_id)
     except ConnectionFailure:
         log.warning("database still unreachable; the kept write waits")
-        enqueue_task(rt.redis, task_id, kept.priority, timedelta(seconds=KEPT_WRITE_RETRY_SECONDS))
+        enqueue_task(
+            rt.redis, task_id, kept.priority, timedelta(seconds=KEPT_WRITE_RETRY_SECONDS), user_id=kept.user_id
+        )
         return "write-kept"
     if document is None or TaskStatus(document["status"]).is_final:
         with rt.redis.pipeline(transaction=False) as pipe:
@@ -355,21 +360,22 @@ def _store_kept(rt: Runtime, lease: TaskLease, task_id: str, kept: KeptWrite) ->
     return TaskRun(rt, lease, Task.from_document(document), TaskStatus(document["status"])).resume(kept)
 
 
-def _claim(rt: Runtime, task_id: str) -> Task | str:
+def _claim(rt: Runtime, task_id: str, user_id: str | None) -> Task | str:
     """The task, now processing, or a word saying why there is nothing to run.
 
     A pending task is claimed (its attempt counted) and read in one round trip. A processing one either
     waits on its upstream job (it is polled, no attempt counted) or was left by a worker that died
     mid-call (it runs again, as a new attempt).
     """
-    document = rt.tasks.claim(task_id)
+    user_id = user_id or rt.tasks.owner(task_id)
+    if user_id is None:
+        return _missing(rt, task_id)
+    document = rt.tasks.claim(task_id, user_id)
     if document is not None:
         return Task.from_document(document)
-    document = rt.tasks.get(task_id)
+    document = rt.tasks.get(task_id, user_id)
     if document is None:
-        log.warning("job dropped: task does not exist")
-        forget_finished(rt.redis, task_id)
-        return "missing"
+        return _missing(rt, task_id)
     status = TaskStatus(document["status"])
     if status.is_final:
         # A duplicate job (a reconciler re-enqueue that raced the finish) re-added the watch entry.
@@ -381,10 +387,16 @@ def _claim(rt: Runtime, task_id: str) -> Task | str:
     task = Task.from_document(document)
     if task.upstream is None:
         # Processing from a dead owner (or pending again since the claim): counted as a new attempt.
-        if not rt.tasks.transition(task_id, status, TaskStatus.PROCESSING, attempts_delta=1):
+        if not rt.tasks.transition(task_id, task.user_id, status, TaskStatus.PROCESSING, attempts_delta=1):
             return "lost-race"
         task.attempts += 1
     return task
+
+
+def _missing(rt: Runtime, task_id: str) -> str:
+    log.warning("job dropped: task does not exist")
+    forget_finished(rt.redis, task_id)
+    return "missing"
 
 
 class TaskRun:
@@ -471,13 +483,13 @@ class TaskRun:
             return "waiting-for-rate"
         self._enqueue_job(self.settings.cap_recheck_seconds)
         self.lease.release_in(self.rt.redis)
-        self.rt.caps.wait_in_line(full.cap, self.task.id, self.task.priority)
+        self.rt.caps.wait_in_line(full.cap, self.task.id, self.task.priority, self.task.user_id)
         return "waiting-for-slot"
 
     def _release_slot(self, slot: Slot) -> None:
         try:
-            for task_id, priority in self.rt.caps.release(slot):
-                enqueue_task(self.rt.redis, task_id, priority, at_front=True)
+            for task_id, priority, user_id in self.rt.caps.release(slot):
+                enqueue_task(self.rt.redis, task_id, priority, at_front=True, user_id=user_id)
         except RedisError as error:
             # The slots' leases expire on their own, and the waiting tasks look again later.
             log.warning("upstream cap slot not released", error=str(error))
@@ -551,7 +563,9 @@ class TaskRun:
 
     def _unclaim(self, reason: HoldReason) -> None:
         """Nothing reached the upstream: back to pending, and the attempt (and its `claimed` entry) does not count."""
-        self.rt.tasks.transition(self.task.id, TaskStatus.PROCESSING, TaskStatus.PENDING, held=reason)
+        self.rt.tasks.transition(
+            self.task.id, self.task.user_id, TaskStatus.PROCESSING, TaskStatus.PENDING, held=reason
+        )
         self.status = TaskStatus.PENDING
 
     def _input(self, target: Fallback | None = None) -> pb.GenerationInput:
@@ -734,7 +748,7 @@ class TaskRun:
         if not progress or progress == self.task.progress:
             return
         try:
-            if self.rt.tasks.record(self.task.id, TaskStatus.PROCESSING, {"progress": progress}):
+            if self.rt.tasks.record(self.task.id, self.task.user_id, TaskStatus.PROCESSING, {"progress": progress}):
                 self.task.progress = progress
         except PyMongoError as error:
             log.warning("progress not stored", error=str(error))
@@ -784,7 +798,8 @@ class TaskRun:
             return self._fall_back("retries spent") or self._fail(f"{message} (gave up after {attempts} attempts)")
         delay = self._backoff(attempts, error.retry_after_seconds)
         # Back to pending so the next attempt (and a reconciler) sees a task waiting to run.
-        self.rt.tasks.transition(self.task.id, TaskStatus.PROCESSING, TaskStatus.PENDING, {"error_message": message})
+        fields = {"error_message": message}
+        self.rt.tasks.transition(self.task.id, self.task.user_id, TaskStatus.PROCESSING, TaskStatus.PENDING, fields)
         RETRIES.labels(self.task.provider, self.task.model).inc()
         log.info("retrying after upstream error", error=message, attempt=attempts, delay_seconds=round(delay, 2))
         self._enqueue_job(delay)
@@ -851,9 +866,14 @@ class TaskRun:
 
     def _write(self, write: KeptWrite) -> bool:
         if write.status is None:
-            return self.rt.tasks.record(self.task.id, self.status, write.fields)
+            return self.rt.tasks.record(self.task.id, self.task.user_id, self.status, write.fields)
         return self.rt.tasks.transition(
-            self.task.id, self.status, write.status, write.fields, upstream_job_id=write.upstream_job_id
+            self.task.id,
+            self.task.user_id,
+            self.status,
+            write.status,
+            write.fields,
+            upstream_job_id=write.upstream_job_id,
         )
 
     def _keep(self, write: KeptWrite, error: ConnectionFailure) -> None:
@@ -867,7 +887,7 @@ class TaskRun:
 
     def _moved_on(self) -> str:
         """The outcome was not written: the task was deleted, finished meanwhile, or (a stale poll) resubmitted."""
-        document = self.rt.tasks.get(self.task.id)
+        document = self.rt.tasks.get(self.task.id, self.task.user_id)
         if document is None or TaskStatus(document["status"]).is_final:
             if self.task.upstream is not None:
                 self.rt.durations.stopped(self.task.model_key, self.task.id)
@@ -894,4 +914,5 @@ class TaskRun:
         schedule_poll(self.rt.redis, self.task.id, delay_seconds, self.task.poll_hint(upstream))
 
     def _enqueue_job(self, delay_seconds: float) -> None:
-        enqueue_task(self.rt.redis, self.task.id, self.task.priority, timedelta(seconds=delay_seconds))
+        delay = timedelta(seconds=delay_seconds)
+        enqueue_task(self.rt.redis, self.task.id, self.task.priority, delay, user_id=self.task.user_id)

@@ -171,18 +171,19 @@ def _clear(redis: Redis, transitions: TaskTransitions, target: Queue, requeue: b
                 outcome.kept_jobs += 1
                 continue
             handled.add(task_id)
-            task = transitions.get(task_id)
+            task = transitions.get(task_id, None)
             waiting = _unfinished_status(task)
             if task is not None and waiting is not None and not requeue:
                 # Failed before its job goes: if this tool dies in between, the job finds a final task and stops.
                 message = CANCEL_MESSAGE.format(queue=name)
-                if transitions.transition(task_id, waiting, TaskStatus.FAILED, {"error_message": message}):
+                failed = {"error_message": message}
+                if transitions.transition(task_id, task["user_id"], waiting, TaskStatus.FAILED, failed):
                     forget_finished(redis, task["_id"], task["user_id"])
                     outcome.failed_tasks += 1
             outcome.removed_jobs += _remove_job(redis, target, job_id, job)
         if waiting is not None and requeue:
             # Only once the lease is released: a worker would drop a job for a task it finds leased.
-            enqueue_task(redis, task_id, name)
+            enqueue_task(redis, task_id, name, user_id=task["user_id"] if task is not None else None)
             outcome.requeued_tasks += 1
 
 
@@ -249,7 +250,7 @@ def _requeue_failed(
     job_ids = registry.get_job_ids()
     for job_id, job in zip(job_ids, Job.fetch_many(job_ids, redis, serializer=JSONSerializer), strict=True):
         task_id = _task_id(job)
-        if task_id is not None and _unfinished_status(transitions.get(task_id)) is None:
+        if task_id is not None and _unfinished_status(transitions.get(task_id, None)) is None:
             outcome.skipped_final += 1
             continue
         try:

@@ -52,6 +52,7 @@ from aitask_common.tasks import (
     TaskStatus,
     inflight_key,
     out_of_flight,
+    task_filter,
     utcnow,
 )
 from dispatcher_service.cancels import expire_overdue
@@ -139,7 +140,7 @@ class Reconciler:
 
     def _requeue_stuck(self, now: float) -> int:
         quiet_since = utcnow() - timedelta(seconds=self.settings.reconcile_min_age_seconds)
-        fields = {"_id": True, "status": True, "parameters.priority": True}
+        fields = {"_id": True, "user_id": True, "status": True, "parameters.priority": True}
         candidates = list(self.tasks.find(in_flight_query(quiet_since), fields).limit(BATCH))
         candidates = self._landed_out(candidates)
         if not candidates:
@@ -151,13 +152,13 @@ class Reconciler:
         waiting = self._jobs_still_waiting([task["_id"] for task, _ in overdue], now)
         requeued = 0
         for task, due in overdue:
-            if task["_id"] in waiting or (due is None and self._finished_meanwhile(task["_id"])):
+            if task["_id"] in waiting or (due is None and self._finished_meanwhile(task["_id"], task["user_id"])):
                 continue
             reason = "no job scheduled" if due is None else f"job overdue by {now - due:.0f} s and not queued"
             started = task.get("status") == TaskStatus.PROCESSING.value
             log.warning("re-enqueueing stuck task", task_id=task["_id"], reason=reason, at_front=started)
             priority = task.get("parameters", {}).get("priority", "default")
-            enqueue_task(self.redis, task["_id"], priority, at_front=started)
+            enqueue_task(self.redis, task["_id"], priority, at_front=started, user_id=task["user_id"])
             requeued += 1
         return requeued
 
@@ -169,7 +170,8 @@ class Reconciler:
             task_id = fair_share.rescue(self.redis, owner)
             if task_id is not None:
                 log.warning("enqueueing the next task of a backlog nothing advanced", task_id=task_id, owner=owner)
-                enqueue_task(self.redis, task_id, owner.split(" ", 1)[0])
+                priority, user_id = owner.split(" ", 1)
+                enqueue_task(self.redis, task_id, priority, user_id=user_id)
 
     def _prune_inflight(self, now: float) -> int:
         """Drop the members of users' in-flight sets whose task is final or gone; how many.
@@ -193,7 +195,7 @@ class Reconciler:
             suspects += [(user_id, task_id) for task_id in _decoded(members) if task_id not in in_flight]
         stale = []
         for user_id, task_id in suspects[:INFLIGHT_LOOKUPS_PER_PASS]:
-            task = self.tasks.find_one({"_id": task_id}, {"status": True, "updated": True})
+            task = self.tasks.find_one(task_filter(task_id, user_id), {"status": True, "updated": True})
             created = created_at(task_id)
             if task is None and (created is None or created < now - CREATE_GRACE_SECONDS):
                 stale.append((user_id, task_id, "gone"))
@@ -225,7 +227,8 @@ class Reconciler:
         in_flight = []
         for task in candidates:
             if TaskStatus(task["status"]).is_final:
-                self.tasks.update_one({"_id": task["_id"], "status": task["status"]}, out_of_flight({}))
+                condition = task_filter(task["_id"], task["user_id"]) | {"status": task["status"]}
+                self.tasks.update_one(condition, out_of_flight({}))
             else:
                 in_flight.append(task)
         return in_flight
@@ -246,10 +249,10 @@ class Reconciler:
             if not leased and poll is None and (due is None or due <= now - self.settings.watch_grace_seconds)
         ]
 
-    def _finished_meanwhile(self, task_id: str) -> bool:
+    def _finished_meanwhile(self, task_id: str, user_id: str) -> bool:
         """Whether a task without a watch entry reached a final state after the candidate query read it
         (finishing removes the entry; that query scans the collection on FerretDB and takes a while)."""
-        task = self.tasks.find_one({"_id": task_id}, {"status": True})
+        task = self.tasks.find_one(task_filter(task_id, user_id), {"status": True})
         return task is None or TaskStatus(task["status"]).is_final
 
     def _prune(self, before: float) -> None:

@@ -38,7 +38,7 @@ from aitask_common.mongo import client_options
 from aitask_common.output_settings import OutputSettings
 from aitask_common.outputs import OutputStore, open_output_store
 from aitask_common.settings import load_settings
-from aitask_common.tasks import COLLECTION, TaskStatus, utcnow
+from aitask_common.tasks import COLLECTION, TaskStatus, task_filter, utcnow
 
 log = get_logger(__name__)
 
@@ -86,19 +86,23 @@ class RetentionSweeper:
                 for document in batch:
                     if "output" in document or document.get("type") != "text":
                         self.outputs.delete(document["_id"])
-                    result.tasks_deleted += self.tasks.delete_one({"_id": document["_id"]}).deleted_count
+                    owned = task_filter(document["_id"], document["user_id"])
+                    result.tasks_deleted += self.tasks.delete_one(owned).deleted_count
         if self.settings.output_retention_days:
             cutoff = now - timedelta(days=self.settings.output_retention_days)
             for batch in self._batches({"output.stored": {"$lt": cutoff}}):
                 for document in batch:
                     self.outputs.delete(document["_id"])
-                    self.tasks.update_one({"_id": document["_id"]}, {"$unset": {"output": ""}})
+                    owned = task_filter(document["_id"], document["user_id"])
+                    self.tasks.update_one(owned, {"$unset": {"output": ""}})
                     result.outputs_deleted += 1
         return result
 
     def _batches(self, query: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
         for _ in range(SWEEP_MAX_BATCHES):
-            batch = list(self.tasks.find(query, {"_id": 1, "type": 1, "output": 1}).limit(SWEEP_BATCH))
+            # With the user: each delete or update then reaches one shard of a sharded MongoDB.
+            fields = {"_id": 1, "user_id": 1, "type": 1, "output": 1}
+            batch = list(self.tasks.find(query, fields).limit(SWEEP_BATCH))
             if not batch:
                 return
             yield batch

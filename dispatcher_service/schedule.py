@@ -34,6 +34,7 @@ from aitask_common.queues import (
     job_options,
     poll_hints_key,
     polls_key,
+    process_task_arguments,
     shard_of,
     watch_job,
     watch_jobs_key,
@@ -84,13 +85,16 @@ def enqueue_task(
     priority: Priority | str,
     delay: timedelta | None = None,
     at_front: bool = False,
+    user_id: str | None = None,
 ) -> Job:
     """Enqueue the job that runs `task_id` again (after `delay`, when given) and its watch entry, in one MULTI.
 
-    `at_front` puts the job ahead of everything waiting in its queue (work already started, resumed)."""
+    `at_front` puts the job ahead of everything waiting in its queue (work already started, resumed). The job
+    carries `user_id` when the caller knows it (jobs.process_task)."""
     due = time.time() + (delay.total_seconds() if delay else 0.0)
     shard = shard_of(task_id)
     target = shard_queue(connection, str(priority), shard)
+    arguments = process_task_arguments(task_id, user_id)
     with connection.pipeline() as pipe:
         pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
         options = job_options(task_id, current_carrier()) | job_id_option(shard) | {"pipeline": pipe}
@@ -98,9 +102,9 @@ def enqueue_task(
             # RQ's schedule keeps whole seconds, cutting the fraction off (a retry could come up to a second
             # before an upstream's Retry-After): due at the next whole second instead.
             due = math.ceil(due)
-            job = cast(Job, target.enqueue_at(datetime.fromtimestamp(due, UTC), PROCESS_TASK, task_id, **options))
+            job = cast(Job, target.enqueue_at(datetime.fromtimestamp(due, UTC), PROCESS_TASK, *arguments, **options))
         else:
-            job = target.enqueue(PROCESS_TASK, task_id, at_front=at_front, **options)
+            job = target.enqueue(PROCESS_TASK, *arguments, at_front=at_front, **options)
         watch_job(pipe, task_id, job.id, due)
         pipe.execute()
     return job

@@ -34,7 +34,7 @@ from aitask_common.ledger import Ledger, Reason
 from aitask_common.logging import get_logger
 from aitask_common.metrics import CREDITS, LEDGER_PROBLEMS
 from aitask_common.prices import charge
-from aitask_common.tasks import BILLING_OPEN_FIELD, TaskStatus
+from aitask_common.tasks import BILLING_OPEN_FIELD, TaskStatus, task_filter
 from dispatcher_service.billing_admin import check_ledger
 
 log = get_logger(__name__)
@@ -126,7 +126,7 @@ class Settlement:
             keys=[credit_key(user_id), released_key(task_id)],
             args=[task_id, entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],
         )
-        self.tasks.update_one({"_id": task_id}, {"$unset": {BILLING_OPEN_FIELD: ""}})
+        self.tasks.update_one(task_filter(task_id, user_id), {"$unset": {BILLING_OPEN_FIELD: ""}})
         self._entered.pop(task_id, None)
         kind = "settled" if entry.reason is Reason.SETTLE else "refunded"
         CREDITS.labels(kind, model).inc(-entry.amount if entry.reason is Reason.SETTLE else reserved)
@@ -148,7 +148,8 @@ class Settlement:
                 task_id = field.removeprefix(HOLD_PREFIX)
                 if task_id in open_ids or parse_hold(value)[1] > stale_before:
                     continue
-                if self.tasks.find_one({"_id": task_id}, {"_id": 1}) is None:
+                owner = key.removeprefix(CREDIT_KEY_PREFIX)
+                if self.tasks.find_one(task_filter(task_id, owner), {"_id": 1}) is None:
                     self._release(keys=[key, released_key(task_id)], args=[task_id, 0, 0, RELEASED_TOMBSTONE_MS])
                     log.warning(
                         "dropped the credit hold of a task never stored", task_id=task_id, credits=parse_hold(value)[0]

@@ -421,7 +421,7 @@ class WebhookDelivery:
         stored now, in bulk inserts of at most ATTEMPT_BATCH; the stored ones by id (a task deleted, or whose
         webhook stopped, makes none)."""
         task_ids = [task_id for task_id in map(task_of_final_message, message_ids) if task_id is not None]
-        found = await asyncio.gather(*(self.tasks.find({"_id": task_id}).to_list() for task_id in task_ids))
+        found = await asyncio.gather(*(self._final_task(task_id) for task_id in task_ids))
         rendered = (message_for(documents[0], EventKind.FINAL) for documents in found if documents)
         messages = [message for message in rendered if message is not None]
         stored: dict[str, Any] = {}
@@ -439,6 +439,11 @@ class WebhookDelivery:
             stored |= {message["_id"]: message for message in batch if message["_id"] not in duplicates}
             stored |= await self.read_by_id(duplicates)
         return stored
+
+    async def _final_task(self, task_id: str) -> list[Any]:
+        """The task a final message is rendered from ([] when gone): by id alone, since the message's id names no
+        user (on a sharded MongoDB this read asks every shard)."""
+        return await self.tasks.find({"_id": task_id}).to_list()
 
     async def load_secrets(self, user_ids: set[str]) -> None:
         """Read the secrets of these users that are not cached, concurrently, before their messages take a slot

@@ -25,7 +25,7 @@ from aitask_common.logging import get_logger
 from aitask_common.queue_state import AGE_SAMPLE_JOBS, OLDEST_AGE, PAUSED_QUEUES_KEY, paused_queues, priority_status
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.registry import DRAINING_KEY
-from aitask_common.tasks import TaskDocument, TaskStatus, task_to_proto, utcnow
+from aitask_common.tasks import TaskDocument, TaskStatus, task_filter, task_to_proto, utcnow
 from aitask_common.webhooks import MESSAGES_COLLECTION
 from task_service.api_keys import ApiKey, ApiKeyStore, Role
 from task_service.auth import current_principal, metadata_value
@@ -140,7 +140,9 @@ class AdminServicer(task_service_pb2_grpc.AdminServiceServicer):
         created = await self.tasks.recreate(document, context)
         entry = timeline.entry("retried_as", task_id=created.task_id, by=current_principal().key_id)
         try:
-            await self.tasks.store.collection.update_one({"_id": request.task_id}, {"$push": {timeline.FIELD: entry}})
+            await self.tasks.store.collection.update_one(
+                task_filter(request.task_id, document["user_id"]), {"$push": {timeline.FIELD: entry}}
+            )
         except PyMongoError as error:  # the new task runs; only the old one's pointer to it is missing
             log.warning("retry not noted on the failed task", error=str(error))
         return pb.RetryTaskResponse(success=True, data=created, message=f"task retried as {created.task_id}")
@@ -223,7 +225,7 @@ class AdminServicer(task_service_pb2_grpc.AdminServiceServicer):
         return pb.RevokeApiKeyResponse(success=True, data=_key_to_proto(key), message=message)
 
     async def _task(self, task_id: str, context: grpc.aio.ServicerContext) -> TaskDocument:
-        document = await self.tasks.database_call(context, self.tasks.store.get(task_id))
+        document = await self.tasks.database_call(context, self.tasks.store.get(task_id, None))
         if document is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id!r} not found")
             raise AssertionError("unreachable: abort raises")
@@ -240,7 +242,9 @@ class AdminServicer(task_service_pb2_grpc.AdminServiceServicer):
                 detail = {key: attempt[key] for key in ("status_code", "error", "latency_ms") if attempt.get(key)}
                 entries.append({"at": attempt["at"], "event": "webhook_attempt", "webhook_event": message["event"]})
                 entries[-1] |= detail
-        for line in await asyncio.to_thread(self.tasks.billing.ledger.task_entries, document["_id"]):
+        for line in await asyncio.to_thread(
+            self.tasks.billing.ledger.task_entries, document["user_id"], document["_id"]
+        ):
             entries.append(
                 {"at": line.time, "event": f"credit_{line.reason.value}", "amount": line.amount, "held": line.held}
             )

@@ -48,7 +48,7 @@ from aitask_common.queues import (
     shard_of,
 )
 from aitask_common.rq_shards import job_id_option, shard_queue
-from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus, out_of_flight, utcnow
+from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus, out_of_flight, task_filter, utcnow
 from aitask_common.webhooks import MESSAGES_COLLECTION, record_change_async
 from task_service.result_cache import FinalResultCache
 from task_service.storage import TaskStore
@@ -108,7 +108,7 @@ class TaskCanceller:
             if token is not None:
                 await self._best_effort("cancel lease not released", lambda: self._release_lease(task_id, token))
         if cancelled is None:
-            current = await self.store.get(task_id)
+            current = await self.store.get(task_id, document["user_id"])
             if current is None:
                 raise LookupError(task_id)
             return self._already_final(current), False
@@ -172,11 +172,13 @@ class TaskCanceller:
                 }
             )
             written = await self.store.collection.find_one_and_update(
-                {"_id": task_id, "status": status}, update, return_document=ReturnDocument.AFTER
+                task_filter(task_id, document["user_id"]) | {"status": status},
+                update,
+                return_document=ReturnDocument.AFTER,
             )
             if written is not None:
                 return written
-            current = await self.store.get(task_id)
+            current = await self.store.get(task_id, document["user_id"])
             if current is None:
                 return None
             document = current

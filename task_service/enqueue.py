@@ -12,7 +12,16 @@ from redis import Redis
 from rq.job import Job
 
 from aitask_common import fair_share
-from aitask_common.queues import PROCESS_TASK, Priority, job_options, shard_of, take_number, watch_job, watch_key
+from aitask_common.queues import (
+    PROCESS_TASK,
+    Priority,
+    job_options,
+    process_task_arguments,
+    shard_of,
+    take_number,
+    watch_job,
+    watch_key,
+)
 from aitask_common.rq_shards import job_id_option, shard_queue
 from aitask_common.tracing import current_carrier
 from task_service.batching import Batcher
@@ -73,12 +82,11 @@ def enqueue_tasks(connection: Redis, tasks: Iterable[NewTask], fair_share_depth:
     for shard, group in by_shard.items():
         with connection.pipeline() as pipe:
             pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
-            for (task_id, priority, _, trace), enqueue_now in group:
+            for (task_id, priority, user_id, trace), enqueue_now in group:
                 if enqueue_now:
-                    options = job_options(task_id, trace) | job_id_option(shard)
-                    job = shard_queue(connection, priority, shard).enqueue(
-                        PROCESS_TASK, task_id, **options, pipeline=pipe
-                    )
+                    options = job_options(task_id, trace) | job_id_option(shard) | {"pipeline": pipe}
+                    arguments = process_task_arguments(task_id, user_id)
+                    job = shard_queue(connection, priority, shard).enqueue(PROCESS_TASK, *arguments, **options)
                     watch_job(pipe, task_id, job.id, now)
                     jobs.append(job)
                 else:

@@ -20,7 +20,8 @@ back from its newest possible instant one bucket at a time, each probe an equali
 A user's list probes the user's own buckets ("<user_id>|<key>", aitask_common.tasks.task_buckets): each probe then
 selects only what it returns, not every task of a busy second nor every task of a user with a hundred thousand.
 
-MongoDB answers each probe from the multikey index on `created_buckets`; one code path for both stores.
+MongoDB answers each probe from the multikey index on `created_buckets`; one code path for both stores. A user's
+probes also name the user (the shard key, aitask_common.sharding), so on a sharded MongoDB each asks one shard.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
+from aitask_common.sharding import owned_by
 from aitask_common.tasks import (
     BUCKET_WIDTHS,
     CREATED_BUCKETS_FIELD,
@@ -72,6 +74,8 @@ async def newest_first(
     """The first `count` tasks `filters` select, newest first by (created, _id), past `after` when given."""
     equalities = filters.equalities()
     user_id = equalities.pop("user_id", "")  # a user's list probes that user's buckets, which imply it
+    if user_id:
+        equalities |= owned_by(user_id)  # and routes by it on a sharded MongoDB
     lower = max(filters.created_after or FIRST_YEAR, FIRST_YEAR)
     upper = bucket_start(created_buckets(now + CLOCK_SKEW)[SECONDS]) + SECOND
     for bound in (filters.created_before, after.created + MILLISECOND if after is not None else None):

@@ -123,7 +123,7 @@ class OutputServer:
         if not self.links.valid(task_id, expires, request.query.get("signature", "")):
             return _error(403, "PERMISSION_DENIED", "the output link is invalid or has expired")
         try:
-            document = await self.tasks.get(task_id)
+            document = await self.tasks.get(task_id, None)  # a signed link names no user
         except PyMongoError as error:
             log.error("database unavailable", task_id=task_id, error=str(error))
             return _error(503, "UNAVAILABLE", "task database unavailable, retry later")

@@ -175,7 +175,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         await self._forget_cached(request.task_id, context)
         if document.get(BILLING_OPEN_FIELD):
             await self._billing(context, self.billing.settle_deleted(dict(document)))
-        if not await self.database_call(context, self.store.delete(request.task_id)):
+        if not await self.database_call(context, self.store.delete(request.task_id, document["user_id"])):
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(request.task_id))
         await self.results.mark_deleted(request.task_id)
         await self._purge_output(document)
@@ -399,7 +399,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         scoped_key = await self._scoped_idempotency_key(valid.user_id, request, context)
         digest = fingerprint(valid)
         if scoped_key is not None:
-            original = await self.database_call(context, self.store.get_by_idempotency(scoped_key))
+            original = await self.database_call(context, self.store.get_by_idempotency(valid.user_id, scoped_key))
             if original is not None:
                 return await self._replay(original, digest, context)
         task_id = str(ULID())
@@ -468,7 +468,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         except DuplicateKeyError:
             # A concurrent create with the same key won the insert (the unique index decides): this is its retry.
             await self._release_slot(document["user_id"], document["_id"])
-            original = await self.database_call(context, self.store.get_by_idempotency(document[IDEMPOTENCY_FIELD]))
+            scoped_key = document[IDEMPOTENCY_FIELD]
+            original = await self.database_call(context, self.store.get_by_idempotency(document["user_id"], scoped_key))
             if original is None:
                 await context.abort(grpc.StatusCode.ABORTED, "a concurrent request used this idempotency key; retry")
             return original
@@ -531,7 +532,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         except RedisError as error:
             # Undo the insert so a rejected create leaves nothing behind.
             log.error("enqueue failed; task withdrawn", task_id=task_id, error=str(error))
-            await self.database_call(context, self.store.delete(task_id))
+            await self.database_call(context, self.store.delete(task_id, document["user_id"]))
             await self._release_slot(document["user_id"], task_id)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "task queue unavailable, retry later")
 
@@ -566,8 +567,11 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))
 
     async def _find_valid(self, task_id: str, context: grpc.aio.ServicerContext) -> TaskDocument:
-        """`_find` for an id already checked."""
-        document = await self.database_call(context, self.store.get(task_id))
+        """`_find` for an id already checked. A user's key reads by its user too (routed to one shard); an admin key
+        names no user, so its read by id asks every shard."""
+        principal = current_principal()
+        owner = principal.user_id if principal.role is not Role.ADMIN else None
+        document = await self.database_call(context, self.store.get(task_id, owner))
         if document is not None and current_principal().may_act_for(document.get("user_id", "")):
             return document
         await context.abort(grpc.StatusCode.NOT_FOUND, _not_found(task_id))

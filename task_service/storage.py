@@ -1,4 +1,6 @@
-"""Task storage for the task service (async pymongo); every per-task query is by `_id` only.
+"""Task storage for the task service (async pymongo); every per-task query is by `_id`, and carries the task's
+user when the caller knows it: the shard key on a sharded MongoDB (aitask_common.sharding), and another user's
+task is then simply not found.
 
 Every filter value here comes from a proto string field (task_id, user_id, type) or
 is built by the service: a JSON body cannot smuggle a query operator in.
@@ -13,6 +15,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteError
 
 from aitask_common.mongo import DUPLICATE_KEY
+from aitask_common.sharding import owned_by
 from aitask_common.tasks import (
     BUCKET_WIDTHS,
     COLLECTION,
@@ -23,13 +26,15 @@ from aitask_common.tasks import (
     TaskDocument,
     TaskStatus,
     task_buckets,
+    task_filter,
     utcnow,
 )
 from task_service.batching import Batcher
 from task_service.newest_first import newest_first
 from task_service.paging import ListFilters, Position
 
-# "<user_id>:<idempotency key>", written only on tasks created with a key. The field is never null:
+# "<user_id>:<idempotency key>", written only on tasks created with a key; unique with user_id (the shard key:
+# a unique index on a sharded collection starts with it). The field is never null:
 # FerretDB ignores `sparse`, and there two documents lacking the field do not collide but two nulls do.
 IDEMPOTENCY_FIELD: Final = "idempotency"
 # Digest of the validated request that made a task with an idempotency key (tells a retry from a reuse).
@@ -57,7 +62,7 @@ class TaskStore:
         for keys in INDEXES:
             await self.collection.create_index(keys)
         # sparse: so MongoDB skips the documents without a key (FerretDB drops the option; see above).
-        await self.collection.create_index([(IDEMPOTENCY_FIELD, 1)], unique=True, sparse=True)
+        await self.collection.create_index([("user_id", 1), (IDEMPOTENCY_FIELD, 1)], unique=True, sparse=True)
 
     async def insert(self, document: TaskDocument) -> None:
         """Store a new task; DuplicateKeyError when its idempotency key is taken.
@@ -79,17 +84,17 @@ class TaskStore:
             return outcomes
         return [None] * len(documents)
 
-    async def get_by_idempotency(self, scoped_key: str) -> TaskDocument | None:
-        """The task created with this scoped idempotency key, or None."""
-        return await self.collection.find_one({IDEMPOTENCY_FIELD: scoped_key})
+    async def get_by_idempotency(self, user_id: str, scoped_key: str) -> TaskDocument | None:
+        """The user's task created with this scoped idempotency key, or None."""
+        return await self.collection.find_one({IDEMPOTENCY_FIELD: scoped_key} | owned_by(user_id))
 
-    async def get(self, task_id: str) -> TaskDocument | None:
-        """One task by id, or None."""
-        return await self.collection.find_one({"_id": task_id})
+    async def get(self, task_id: str, user_id: str | None) -> TaskDocument | None:
+        """One task by id (of `user_id`, when not None), or None."""
+        return await self.collection.find_one(task_filter(task_id, user_id))
 
-    async def delete(self, task_id: str) -> bool:
-        """Delete one task; False when it did not exist."""
-        result = await self.collection.delete_one({"_id": task_id})
+    async def delete(self, task_id: str, user_id: str) -> bool:
+        """Delete one of the user's tasks; False when it did not exist."""
+        result = await self.collection.delete_one(task_filter(task_id, user_id))
         return result.deleted_count == 1
 
     async def list(

@@ -75,7 +75,7 @@ def task_reader(store: TaskStore, positions: QueuePositions, links: OutputLinks)
     """The hub's read: the task as GetTaskResult answers it (a fresh output link signed at the read)."""
 
     async def read(task_id: str) -> Snapshot:
-        document = await store.get(task_id)
+        document = await store.get(task_id, None)  # followers of any user share the read: by id alone
         if document is None:
             return None
         task = links.sign(task_to_proto(document))

@@ -94,8 +94,8 @@ def created_task(
     return task_id
 
 
-def release_of(ledger: Ledger, task_id: str) -> tuple[Reason, int] | None:
-    entry = ledger.entry(f"{task_id}:release")
+def release_of(ledger: Ledger, user_id: str, task_id: str) -> tuple[Reason, int] | None:
+    entry = ledger.entry(user_id, f"{task_id}:release")
     return None if entry is None else (entry.reason, entry.amount)
 
 
@@ -123,14 +123,14 @@ def test_the_pass_settles_final_tasks_at_what_they_cost_and_refunds_the_rest(
 
     settlement = Settlement(ledger, tasks, redis)
     assert settlement.run_once() == 6
-    assert release_of(ledger, completed) == (Reason.SETTLE, -26)
-    assert release_of(ledger, failed) == (Reason.REFUND, 0)
-    assert release_of(ledger, cancelled_queued) == (Reason.REFUND, 0)
-    assert release_of(ledger, cancelled_in_call) == (Reason.SETTLE, -26)
-    assert release_of(ledger, cancelled_video) == (Reason.SETTLE, -150)
-    assert release_of(ledger, text) == (Reason.SETTLE, -50)  # 10 x 1000 / 1000 + 20 x 2000 / 1000
+    assert release_of(ledger, user_id, completed) == (Reason.SETTLE, -26)
+    assert release_of(ledger, user_id, failed) == (Reason.REFUND, 0)
+    assert release_of(ledger, user_id, cancelled_queued) == (Reason.REFUND, 0)
+    assert release_of(ledger, user_id, cancelled_in_call) == (Reason.SETTLE, -26)
+    assert release_of(ledger, user_id, cancelled_video) == (Reason.SETTLE, -150)
+    assert release_of(ledger, user_id, text) == (Reason.SETTLE, -50)  # 10 x 1000 / 1000 + 20 x 2000 / 1000
     # The running task's reservation is in the ledger; its credit is still held.
-    assert release_of(ledger, running) is None and ledger.entry(f"{running}:reserve") is not None
+    assert release_of(ledger, user_id, running) is None and ledger.entry(user_id, f"{running}:reserve") is not None
     assert held(redis, user_id) == 26 + 26  # the running task's and the create still storing its task
     assert redis.hget(credit_key(user_id), "balance") == str(10_000 - 26 - 26 - 150 - 50).encode()
     account = ledger.account(user_id)

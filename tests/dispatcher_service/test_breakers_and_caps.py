@@ -71,11 +71,11 @@ def test_a_concurrency_cap_lends_leases_wakes_the_longest_waiting_and_frees_a_ki
     assert isinstance(first, Slot) and isinstance(second, Slot)
     full = caps.acquire("test", model)
     assert full == CapFull(f"test/{model}", None)
-    caps.wait_in_line(full.cap, "task-a", "default")
-    caps.wait_in_line(full.cap, "task-b", "low")
-    caps.wait_in_line(full.cap, "task-a", "default")  # already waiting: keeps its place
+    caps.wait_in_line(full.cap, "task-a", "default", "user 1")
+    caps.wait_in_line(full.cap, "task-b", "low", "user-2")
+    caps.wait_in_line(full.cap, "task-a", "default", "user 1")  # already waiting: keeps its place
     assert cap_status(redis_server.redis(), settings.upstream_caps)[f"test/{model}"]["waiting"] == 2
-    assert caps.release(first) == [("task-a", "default")]
+    assert caps.release(first) == [("task-a", "default", "user 1")]
     assert isinstance(caps.acquire("test", model), Slot)
     # `second` and the third holder never release (SIGKILL): their leases run out and the slots are free again.
     assert isinstance(caps.acquire("test", model), CapFull)

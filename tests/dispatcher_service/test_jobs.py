@@ -122,7 +122,7 @@ def insert_task(rt: Runtime, user_id: str, model: dict[str, str], parameters: di
 
 
 def task(rt: Runtime, task_id: str) -> TaskDocument:
-    document = rt.tasks.get(task_id)
+    document = rt.tasks.get(task_id, None)
     assert document is not None
     return document
 
@@ -146,7 +146,7 @@ def next_job(rt: Runtime, task_id: str) -> Job:
     job_id = rt.redis.hget(WATCH_JOBS_KEY, task_id)
     assert job_id is not None
     job = Job.fetch(job_id.decode(), connection=rt.redis, serializer=JSONSerializer)
-    assert job.func_name == "dispatcher_service.jobs.process_task" and job.args == [task_id]
+    assert job.func_name == "dispatcher_service.jobs.process_task" and job.args[0] == task_id
     return job
 
 
@@ -198,7 +198,7 @@ def test_a_stale_poll_leaves_a_task_that_moved_on_alone(rt: Runtime, user_id: st
     task_id = insert_task(rt, user_id, VIDEO, VIDEO_PARAMETERS)
     assert process_task(task_id) == "submitted"
     stale = hint(rt, task_id)
-    rt.tasks.record(task_id, TaskStatus.PROCESSING, {"upstream_job_id": "resubmitted"})
+    rt.tasks.record(task_id, user_id, TaskStatus.PROCESSING, {"upstream_job_id": "resubmitted"})
     time.sleep(1.2)
     # The old upstream job is done, but the task waits on another one now.
     assert run_poll(task_id, stale) == "moved-on"

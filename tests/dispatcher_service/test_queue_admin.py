@@ -212,7 +212,7 @@ def test_clear_with_requeue_gives_the_tasks_a_new_job_instead(
         assert (after["low"]["queued"], after["low"]["scheduled"], after["critical"]["queued"]) == (1, 0, 1)
         for name, task_id in (("low", low_task), ("critical", critical_task)):
             (new_job,) = shard_queue(redis, name, 0).get_jobs()
-            assert new_job.args == [task_id]
+            assert new_job.args == [task_id, user_id]  # the task and its user (the shard key)
             assert new_job.id not in old_job_ids
         assert redis.exists(*(Job.key_for(job_id) for job_id in old_job_ids)) == 0
         assert task_states(stack, [low_task, critical_task]) == {

@@ -132,6 +132,9 @@ def test_the_in_flight_set_query_is_filtered_inside_postgresql(stack: LocalStack
     assert plan["filterPushdown"] is True, (query, plan)
 
 
+OWNER = {"user_id": "user-reconciler"}
+
+
 def test_a_task_left_processing_goes_back_at_the_front_of_its_queue(stack: LocalStack) -> None:
     redis = Redis(port=stack.ports.redis, db=RECONCILER_DB)
     redis.flushdb()
@@ -142,10 +145,31 @@ def test_a_task_left_processing_goes_back_at_the_front_of_its_queue(stack: Local
     orphan, lost, landed = (f"{name}-{uuid.uuid4().hex}" for name in ("orphan", "lost", "landed"))
     tasks.insert_many(
         [
-            {"_id": orphan, "status": "processing", "updated": long_ago, "in_flight": True, **DEFAULT_PRIORITY},
-            {"_id": lost, "status": "pending", "updated": long_ago, "in_flight": True, **DEFAULT_PRIORITY},
+            {
+                "_id": orphan,
+                "user_id": "user-r",
+                "status": "processing",
+                "updated": long_ago,
+                "in_flight": True,
+                **DEFAULT_PRIORITY,
+            },
+            {
+                "_id": lost,
+                "user_id": "user-r",
+                "status": "pending",
+                "updated": long_ago,
+                "in_flight": True,
+                **DEFAULT_PRIORITY,
+            },
             # Finished by a dispatcher from before in_flight existed, after the migration marked it.
-            {"_id": landed, "status": "completed", "updated": long_ago, "in_flight": True, **DEFAULT_PRIORITY},
+            {
+                "_id": landed,
+                "user_id": "user-r",
+                "status": "completed",
+                "updated": long_ago,
+                "in_flight": True,
+                **DEFAULT_PRIORITY,
+            },
         ]
     )
     try:

@@ -379,7 +379,7 @@ def test_a_job_reaching_a_task_past_its_deadline_cancels_it_without_an_upstream_
         rt, user_id, IMAGE, IMAGE_PARAMETERS, prompt=f"overdue {user_id}", deadline=utcnow() - timedelta(seconds=1)
     )
     assert process_task(overdue) == "deadline-passed"
-    document = rt.tasks.get(overdue)
+    document = rt.tasks.get(overdue, user_id)
     assert document is not None and document["status"] == "cancelled" and document["cancel_reason"] == "deadline"
     assert document["attempts"] == 0
     assert not rt.redis.sismember(inflight_key(user_id), overdue) and rt.redis.zscore(WATCH_KEY, overdue) is None

@@ -55,7 +55,7 @@ async def concurrently(calls: list[Callable[[], Awaitable[None]]]) -> list[BaseE
 
 
 def task(key: str | None = None) -> dict[str, Any]:
-    document: dict[str, Any] = {"_id": uuid.uuid4().hex, "status": "pending"}
+    document: dict[str, Any] = {"_id": uuid.uuid4().hex, "user_id": "u", "status": "pending"}
     if key is not None:
         document[IDEMPOTENCY_FIELD] = key
     return document

@@ -62,9 +62,9 @@ def test_every_field_the_store_names_is_a_task_document_field() -> None:
 
     async def use_every_query() -> None:
         await store.ensure_indexes()
-        await store.get("01KBGZ0000000000000000TEST")
-        await store.get_by_idempotency("user-1:key")
-        await store.delete("01KBGZ0000000000000000TEST")
+        await store.get("01KBGZ0000000000000000TEST", "user-1")
+        await store.get_by_idempotency("user-1", "user-1:key")
+        await store.delete("01KBGZ0000000000000000TEST", "user-1")
         await store.list(ListFilters("user-1", "image", "completed"), 10, 0)
 
     asyncio.run(use_every_query())
