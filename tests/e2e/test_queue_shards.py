@@ -137,3 +137,27 @@ def test_the_queue_tools_and_metrics_show_every_shard(sharded_stack: LocalStack)
         )
     metrics = httpx.get(f"http://127.0.0.1:{sharded_stack.ports.metrics_dispatcher}/metrics", trust_env=False).text
     assert {int(shard) for shard in re.findall(r'aitask_queue_depth\{[^}]*shard="(\d+)"', metrics)} == {0, 1, 2}
+
+
+def test_fewer_shards_lose_no_queued_task_and_pay_for_none_twice(
+    sharded_stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    stop_dispatcher(sharded_stack)
+    try:
+        tasks = [create(rest, user_id, "image", SEEDREAM) for _ in range(15)]
+        stranded = [task_id for task_id in tasks if shard_of(task_id) == 2]
+        assert stranded
+        # A dispatcher told QUEUE_SHARDS=2 serves shards 0 and 1 only: shard 2's jobs wait where no worker looks.
+        sharded_stack.start("dispatcher", {"QUEUE_SHARDS": "2"})
+        for task_id in tasks:
+            assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)["status"] == "completed"
+    finally:
+        stop_dispatcher(sharded_stack)
+        sharded_stack.start("dispatcher")
+    # The reconciler found each of them and enqueued it again in its shard under the new count.
+    log = sharded_stack.log_text("dispatcher").splitlines()
+    requeued = [line for line in log if "re-enqueueing stuck task" in line]
+    assert all(any(task_id in line for line in requeued) for task_id in stranded)
+    with sharded_stack.sim() as sim:
+        calls = [call for call in sim.requests(user_id) if call["endpoint"] == "ark.images"]
+    assert len(calls) == len(tasks)
