@@ -8,6 +8,8 @@ from enum import StrEnum
 
 from redis import Redis
 
+from aitask_common.queue_shards import shared
+
 BREAKER_KEY_PREFIX = "aitask:breaker:"
 # Set of every breaker scope that ever recorded a call, so the tools and metrics never SCAN.
 BREAKERS_INDEX_KEY = "aitask:breakers"
@@ -35,8 +37,8 @@ def model_scope(provider: str, model: str) -> str:
 
 
 def breaker_keys(scope: str) -> list[str]:
-    state = BREAKER_KEY_PREFIX + scope
-    return [state, f"{state}:calls", f"{state}:failures", BREAKERS_INDEX_KEY]
+    state = shared(BREAKER_KEY_PREFIX) + scope
+    return [state, f"{state}:calls", f"{state}:failures", shared(BREAKERS_INDEX_KEY)]
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class BreakerStatus:
 
 def breaker_statuses(redis: Redis) -> list[BreakerStatus]:
     """Every known breaker, by scope; the ones forgotten (idle a day) are dropped from the index."""
-    scopes = sorted(m.decode() if isinstance(m, bytes) else m for m in redis.smembers(BREAKERS_INDEX_KEY))
+    scopes = sorted(m.decode() if isinstance(m, bytes) else m for m in redis.smembers(shared(BREAKERS_INDEX_KEY)))
     with redis.pipeline(transaction=False) as pipe:
         for scope in scopes:
             state, calls, failures, _ = breaker_keys(scope)
@@ -72,11 +74,11 @@ def breaker_statuses(redis: Redis) -> list[BreakerStatus]:
         shown_until = float(until) if until and current is not BreakerState.CLOSED else None
         statuses.append(BreakerStatus(scope, current, shown_until, calls, failures))
     if gone:
-        redis.srem(BREAKERS_INDEX_KEY, *gone)
+        redis.srem(shared(BREAKERS_INDEX_KEY), *gone)
     return statuses
 
 
 def reset_breaker(redis: Redis, scope: str) -> None:
     """Forget a breaker (closed, empty window): an operator's override."""
     redis.delete(*breaker_keys(scope)[:3])
-    redis.srem(BREAKERS_INDEX_KEY, scope)
+    redis.srem(shared(BREAKERS_INDEX_KEY), scope)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from aitask_common.queue_shards import layout, user_key
+
 CREDIT_KEY_PREFIX: Final = "aitask:credit:"
 # A released task's tombstone.
 RELEASED_PREFIX: Final = "aitask:credit-released:"
@@ -26,11 +28,18 @@ HOLD_PREFIX: Final = "hold:"
 
 
 def credit_key(user_id: str) -> str:
-    return CREDIT_KEY_PREFIX + user_id
+    return user_key(CREDIT_KEY_PREFIX, user_id)
 
 
-def released_key(task_id: str) -> str:
-    return RELEASED_PREFIX + task_id
+def user_of_credit_key(key: str) -> str:
+    """The user whose hash `key` is (credit_key's inverse)."""
+    user_id = key.removeprefix(CREDIT_KEY_PREFIX)
+    return user_id[1:-1] if layout().cluster else user_id
+
+
+def released_key(user_id: str, task_id: str) -> str:
+    """A released task's tombstone: a script joins it with its user's hash, so on a cluster it takes the user's tag."""
+    return f"{RELEASED_PREFIX}{{{user_id}}}{task_id}" if layout().cluster else RELEASED_PREFIX + task_id
 
 
 # KEYS[1] the user's hash, KEYS[2] the task's tombstone; ARGV task id, the ledger's newest seq and balance after

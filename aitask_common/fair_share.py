@@ -26,26 +26,36 @@ import time
 from redis import Redis
 from redis.client import Pipeline
 
+from aitask_common.queue_shards import shared
+
 FAIR_PREFIX = "aitask:fair:"
-BACKLOGGED_KEY = f"{FAIR_PREFIX}backlogged"
 # Long enough for a first job to reach the head of a deep queue of many users; past it the entry stops counting.
 QUEUED_STALE_SECONDS = 300.0
 MARKER_SECONDS = 7 * 24 * 3600
 
 
+def fair_prefix() -> str:
+    """The prefix of fair share's keys; on a cluster under the shared tag, as its scripts build keys from it."""
+    return shared(FAIR_PREFIX)
+
+
+def backlogged_key() -> str:
+    return fair_prefix() + "backlogged"
+
+
 def queued_key(priority: str, user_id: str) -> str:
     """The user's first jobs waiting in the priority's RQ queue."""
-    return f"{FAIR_PREFIX}queued:{priority}:{user_id}"
+    return f"{fair_prefix()}queued:{priority}:{user_id}"
 
 
 def backlog_key(priority: str, user_id: str) -> str:
     """The user's tasks waiting for their turn to be enqueued."""
-    return f"{FAIR_PREFIX}backlog:{priority}:{user_id}"
+    return f"{fair_prefix()}backlog:{priority}:{user_id}"
 
 
 def marker_key(task_id: str) -> str:
     """Whose turn a task's first job took: "<priority> <user>"."""
-    return f"{FAIR_PREFIX}task:{task_id}"
+    return f"{fair_prefix()}task:{task_id}"
 
 
 # KEYS queued, backlog, marker, backlogged; ARGV task id, now, depth, stale before, "<priority> <user>".
@@ -120,7 +130,7 @@ def owner(priority: str, user_id: str) -> str:
 def admit(pipe: Pipeline, task_id: str, priority: str, user_id: str, depth: int, now: float) -> None:
     """Add to `pipe` the admission of a new task: its reply is 1 when its first job may go to RQ now, 0 when it
     joined its user's backlog."""
-    keys = [queued_key(priority, user_id), backlog_key(priority, user_id), marker_key(task_id), BACKLOGGED_KEY]
+    keys = [queued_key(priority, user_id), backlog_key(priority, user_id), marker_key(task_id), backlogged_key()]
     stale_before = now - QUEUED_STALE_SECONDS
     args: list[str | float] = [task_id, now, depth, stale_before, owner(priority, user_id), MARKER_SECONDS]
     pipe.eval(_ADMIT, len(keys), *keys, *args)
@@ -130,8 +140,8 @@ def started(redis: Redis, task_id: str) -> tuple[str, str, str] | None:
     """A worker picked up the task's job: if it was a first job counted against its user, the user's next
     backlogged task takes its turn; that task's (id, priority, user), to be enqueued by the caller."""
     now = time.time()
-    args: list[str | float] = [FAIR_PREFIX, "", now, now - QUEUED_STALE_SECONDS, MARKER_SECONDS, task_id]
-    reply = redis.eval(_STARTED, 2, BACKLOGGED_KEY, marker_key(task_id), *args)
+    args: list[str | float] = [fair_prefix(), "", now, now - QUEUED_STALE_SECONDS, MARKER_SECONDS, task_id]
+    reply = redis.eval(_STARTED, 2, backlogged_key(), marker_key(task_id), *args)
     if not reply:
         return None
     next_task, priority, user_id = (value.decode() if isinstance(value, bytes) else value for value in reply)
@@ -142,7 +152,7 @@ def backlogged_owners(redis: Redis, task_ids: list[str]) -> dict[str, str]:
     """Which of `task_ids` wait in a backlog, with their "<priority> <user>"."""
     if not task_ids:
         return {}
-    owners = redis.hmget(BACKLOGGED_KEY, task_ids)
+    owners = redis.hmget(backlogged_key(), task_ids)
     return {
         task_id: value.decode() if isinstance(value, bytes) else value
         for task_id, value in zip(task_ids, owners, strict=True)
@@ -154,8 +164,8 @@ def rescue(redis: Redis, owner_: str) -> str | None:
     """If none of the owner's jobs is left in RQ to advance its backlog, take its next task out (the caller
     enqueues it); its id, or None."""
     now = time.time()
-    args: list[str | float] = [FAIR_PREFIX, owner_, now, now - QUEUED_STALE_SECONDS, MARKER_SECONDS]
-    reply = redis.eval(_RESCUE, 1, BACKLOGGED_KEY, *args)
+    args: list[str | float] = [fair_prefix(), owner_, now, now - QUEUED_STALE_SECONDS, MARKER_SECONDS]
+    reply = redis.eval(_RESCUE, 1, backlogged_key(), *args)
     if not reply:
         return None
     return reply.decode() if isinstance(reply, bytes) else str(reply)

@@ -27,7 +27,7 @@ from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
 from aitask_common.provider_errors import RETRY_AFTER_METADATA, UPSTREAM_ERROR_METADATA
 from aitask_common.provider_keys import available_models
-from aitask_common.redis_async import async_redis
+from aitask_common.redis_clients import async_redis_client
 from aitask_common.registry import RegistryPublisher
 from aitask_common.settings import ServiceSettings, load_settings
 from aitask_common.tracing import configure_tracing
@@ -136,7 +136,7 @@ async def serve_provider(settings: ProviderSettings, servicer: ProviderServicer)
 
     The instance deregisters before draining, so the dispatcher stops picking it.
     """
-    redis = async_redis(settings.redis_url, settings.redis_socket_timeout)
+    redis = async_redis_client(settings)
     # The registry lives in Redis: without it this instance cannot be found.
     server = GrpcServer(f"{settings.host}:{settings.port}", [SERVICE_NAME], redis.ping)
     provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server.server)

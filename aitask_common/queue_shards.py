@@ -31,10 +31,12 @@ TAG_PREFIX: Final = re.compile(r"^\{q(\d+)\}")
 
 @dataclass(frozen=True)
 class QueueShards:
-    """The shard layout: `count` shards; `tagged` when keys carry shard tags (a cluster, or more than one shard)."""
+    """The shard layout: `count` shards; `tagged` when keys carry shard tags (a cluster, or more than one shard);
+    `cluster` when Redis is a Redis Cluster, where a user's keys and the keys every task shares carry tags too."""
 
     count: int = 1
     tagged: bool = False
+    cluster: bool = False
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -42,7 +44,7 @@ class QueueShards:
 
     @classmethod
     def layout(cls, count: int, cluster: bool) -> QueueShards:
-        return cls(count, tagged=cluster or count > 1)
+        return cls(count, tagged=cluster or count > 1, cluster=cluster)
 
     def shard_of(self, task_id: str) -> int:
         """The shard every job of the task goes to (stable across processes and restarts)."""
@@ -65,6 +67,16 @@ class QueueShards:
     def key(self, name: str, shard: int) -> str:
         """One of our keys that a shard holds its own of (`aitask:watch` -> `aitask:watch:{q1}`)."""
         return f"{name}:{self.tag(shard)}" if self.tagged else name
+
+    def user_key(self, prefix: str, user_id: str) -> str:
+        """A key of one user's (`aitask:inflight:` + user): on a cluster the user id is its hash tag, so the keys of
+        one user that a script joins share a slot."""
+        return f"{prefix}{{{user_id}}}" if self.cluster else prefix + user_id
+
+    def shared(self, key: str) -> str:
+        """A key, or a prefix of keys, that every task shares (the provider registry, breakers, caps, fair share's
+        bookkeeping): on a cluster they all carry one tag, `{aitask}`, so the scripts that join them work."""
+        return key.replace("aitask:", "aitask:{aitask}:", 1) if self.cluster else key
 
 
 # The layout every process uses, set once at start-up (configure) from QUEUE_SHARDS; one untagged shard until then.
@@ -89,3 +101,13 @@ def shard_of_key(name: str) -> int | None:
     """The shard a tagged queue name or job id belongs to; None when untagged."""
     match = TAG_PREFIX.match(name)
     return int(match.group(1)) if match else None
+
+
+def shared(key: str) -> str:
+    """`key` as the layout names a key every task shares (QueueShards.shared)."""
+    return _layout.shared(key)
+
+
+def user_key(prefix: str, user_id: str) -> str:
+    """A user's key under `prefix`, as the layout names it (QueueShards.user_key)."""
+    return _layout.user_key(prefix, user_id)

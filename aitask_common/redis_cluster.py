@@ -32,7 +32,11 @@ class AtomicClusterPipeline(ClusterPipeline):
 
 
 class ClusterClient(RedisCluster):
-    """A RedisCluster whose pipelines are transactions by default."""
+    """A RedisCluster whose pipelines are transactions by default; it keeps the URLs and timeout it was made with,
+    for the shard clients made from it (aitask_common.redis_clients.rq_connection)."""
+
+    urls: str = ""
+    socket_timeout: float = 5.0
 
     def pipeline(self, transaction: bool | None = True, shard_hint: Any = None) -> AtomicClusterPipeline:
         if shard_hint:
@@ -71,7 +75,9 @@ def startup_nodes(urls: str) -> list[ClusterNode]:
 
 def cluster_client(urls: str, socket_timeout: float, **options: Any) -> ClusterClient:
     """A client of the cluster the URLs' nodes belong to (any one live node is enough to find the others)."""
-    return ClusterClient(startup_nodes=startup_nodes(urls), socket_timeout=socket_timeout, **options)
+    client = ClusterClient(startup_nodes=startup_nodes(urls), socket_timeout=socket_timeout, **options)
+    client.urls, client.socket_timeout = urls, socket_timeout
+    return client
 
 
 class SlotConnection(Connection):

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from aitask.provider.v1 import provider_service_pb2
 from aitask_common.logging import get_logger
 from aitask_common.metrics import in_flight_calls
+from aitask_common.queue_shards import shared
 
 log = get_logger(__name__)
 
@@ -48,7 +49,7 @@ class ProviderInstance:
     @property
     def key(self) -> str:
         """The Redis key this instance's heartbeat keeps alive."""
-        return f"{INSTANCE_KEY_PREFIX}{self.provider}:{self.instance_id}"
+        return f"{shared(INSTANCE_KEY_PREFIX)}{self.provider}:{self.instance_id}"
 
     def to_json(self) -> str:
         """Serialise for Redis."""
@@ -74,20 +75,20 @@ class ProviderInstance:
 
 def read_instances(redis: Redis) -> list[ProviderInstance]:
     """Every live instance; index entries whose key expired are pruned."""
-    keys = sorted(redis.smembers(INDEX_KEY))
+    keys = sorted(redis.smembers(shared(INDEX_KEY)))
     if not keys:
         return []
     values = redis.mget(keys)
     expired = [key for key, value in zip(keys, values, strict=True) if value is None]
     if expired:
-        redis.srem(INDEX_KEY, *expired)
+        redis.srem(shared(INDEX_KEY), *expired)
     return [ProviderInstance.from_json(value) for value in values if value is not None]
 
 
 def read_draining(redis: Redis) -> frozenset[str]:
     """The ids of the instances drained by an operator."""
     return frozenset(
-        member.decode() if isinstance(member, bytes) else member for member in redis.smembers(DRAINING_KEY)
+        member.decode() if isinstance(member, bytes) else member for member in redis.smembers(shared(DRAINING_KEY))
     )
 
 
@@ -95,7 +96,7 @@ def read_catalogues(redis: Redis) -> dict[str, provider_service_pb2.DescribeCata
     """The last published catalogue of every provider ever registered, by provider name."""
     return {
         (name.decode() if isinstance(name, bytes) else name): _parse_catalogue(raw)
-        for name, raw in redis.hgetall(CATALOGUES_KEY).items()
+        for name, raw in redis.hgetall(shared(CATALOGUES_KEY)).items()
     }
 
 
@@ -134,7 +135,7 @@ class RegistryPublisher:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self.instance.key)
-                pipe.srem(INDEX_KEY, self.instance.key)
+                pipe.srem(shared(INDEX_KEY), self.instance.key)
                 await pipe.execute()
         except RedisError as error:
             # Stopping while Redis is down must still stop cleanly; the entry expires with its TTL.
@@ -147,8 +148,8 @@ class RegistryPublisher:
         current = dataclasses.replace(self.instance, in_flight=in_flight_calls())
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.instance.key, current.to_json(), px=self.ttl_ms)
-            pipe.sadd(INDEX_KEY, self.instance.key)
-            pipe.hset(CATALOGUES_KEY, self.instance.provider, catalogue)
+            pipe.sadd(shared(INDEX_KEY), self.instance.key)
+            pipe.hset(shared(CATALOGUES_KEY), self.instance.provider, catalogue)
             await pipe.execute()
 
     async def _beat(self) -> None:

@@ -25,6 +25,7 @@ from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
 from aitask_common.queue_shards import TAG_PREFIX, layout, shard_of_key
+from aitask_common.redis_clients import rq_connection
 
 AnyWorker = TypeVar("AnyWorker", bound="ShardWorker")
 # RQ's own rule (letters, digits, `_` and `-`), after an optional shard tag.
@@ -133,9 +134,10 @@ def shard_worker_class(base: type[AnyWorker], tag: str) -> type[AnyWorker]:
 
 
 def shard_queue(connection: Redis, priority: str, shard: int) -> Queue:
-    """The RQ queue of `priority` in `shard` (aitask_common.queue_shards.layout), with the JSON serializer."""
+    """The RQ queue of `priority` in `shard` (aitask_common.queue_shards.layout), with the JSON serializer, on the
+    shard's RQ client (aitask_common.redis_clients.rq_connection)."""
     shards = layout()
-    return _shard_queue(connection, shards.queue_name(str(priority), shard), shards.tag(shard))
+    return _shard_queue(rq_connection(connection, shard), shards.queue_name(str(priority), shard), shards.tag(shard))
 
 
 # Building a Queue checks its serializer against a typing.Protocol, which walks the protocol's MRO on every

@@ -57,6 +57,9 @@ class ServiceSettings(BaseSettings):
     """Redis: the queue, leases, the registry, limits and caches."""
     redis_socket_timeout: float = Field(default=5.0, gt=0)
     """Timeout of a single Redis command: a dead Redis must fail a request, not hang it."""
+    redis_cluster_urls: str = ""
+    """A Redis Cluster's nodes (comma-separated `redis://host:port`; any one live node finds the others). Set, every
+    process runs on the cluster and REDIS_URL is not used; see the README's "Queue shards"."""
     queue_shards: int = Field(default=1, ge=1, le=1024)
     """Queue shards: each task's jobs go to one of this many RQ namespaces (by task id), each under its own Redis hash
     tag, so a Redis Cluster spreads them over its masters. Every process must be given the same number; see the
@@ -122,5 +125,5 @@ def load_settings(settings_class: type[SettingsT], *, local_stack: bool = False)
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None
     # Every process that reads the settings names keys and queues by the same shard layout.
-    queue_shards.configure(QueueShards.layout(settings.queue_shards, cluster=False))
+    queue_shards.configure(QueueShards.layout(settings.queue_shards, cluster=bool(settings.redis_cluster_urls)))
     return settings

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
 from aitask.v1 import task_service_pb2
+from aitask_common.queue_shards import user_key
 from aitask_common.sharding import owned_by
 
 COLLECTION = "tasks"
@@ -306,7 +307,7 @@ def task_to_proto(document: TaskDocument, include_payload: bool = True) -> task_
 
 def inflight_key(user_id: str) -> str:
     """Redis set of a user's task ids that are not final yet (for the per-user in-flight cap)."""
-    return f"aitask:inflight:{user_id}"
+    return user_key("aitask:inflight:", user_id)
 
 
 # Redis set of the users whose in-flight set may hold members: every create adds its user after reserving the slot,

@@ -26,8 +26,9 @@ STARTUP_SECONDS = 60.0
 NODE_TIMEOUT_MS = 2000
 
 
-def cluster_node_argv(port: int, data_dir: Path) -> list[str]:
-    """A cluster-enabled redis-server on 127.0.0.1:`port`, its append-only file and nodes.conf in `data_dir`."""
+def cluster_node_argv(port: int, bus_port: int, data_dir: Path) -> list[str]:
+    """A cluster-enabled redis-server on 127.0.0.1:`port` (its cluster bus on `bus_port`: the default, port + 10000,
+    may be taken), its append-only file and nodes.conf in `data_dir`."""
     return [
         shutil.which("redis-server") or "/usr/bin/redis-server",
         "--bind",
@@ -38,6 +39,8 @@ def cluster_node_argv(port: int, data_dir: Path) -> list[str]:
         str(data_dir),
         "--cluster-enabled",
         "yes",
+        "--cluster-port",
+        str(bus_port),
         "--cluster-config-file",
         "nodes.conf",
         "--cluster-node-timeout",
@@ -58,7 +61,10 @@ class RedisClusterServers:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.ports = [free_port() for _ in range(MASTERS * (1 + REPLICAS_PER_MASTER))]
+        taken: list[int] = []
+        for _ in range(2 * MASTERS * (1 + REPLICAS_PER_MASTER)):
+            taken.append(free_port(avoid=taken))
+        self.ports, self.bus_ports = taken[::2], taken[1::2]
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
@@ -108,12 +114,12 @@ class RedisClusterServers:
             time.sleep(0.1)
 
     def __enter__(self) -> RedisClusterServers:
-        for port in self.ports:
+        for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
             node_dir = self.data_dir / str(port)
             node_dir.mkdir(parents=True, exist_ok=True)
             with (node_dir / "redis.log").open("ab") as log:
                 self._processes[port] = subprocess.Popen(
-                    cluster_node_argv(port, node_dir),
+                    cluster_node_argv(port, bus_port, node_dir),
                     cwd=ROOT,
                     stdout=log,
                     stderr=subprocess.STDOUT,

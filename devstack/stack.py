@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import grpc
 import httpx
@@ -25,6 +25,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from aitask.v1 import task_service_pb2_grpc
+from aitask_common.redis_cluster import cluster_client
 from aitask_common.registry import read_instances
 from devstack.processes import (
     ROOT,
@@ -288,7 +289,10 @@ class LocalStack:
         return SimulatorControl(f"http://127.0.0.1:{self.ports.simulator}")
 
     def redis(self) -> Redis:
-        """A client on the stack's Redis."""
+        """A client on the stack's Redis: its Redis Cluster when REDIS_CLUSTER_URLS is set (keys are then named as
+        on a cluster in this process too: aitask_common.queue_shards.configure)."""
+        if urls := self.env.get("REDIS_CLUSTER_URLS"):
+            return cast(Redis, cluster_client(urls, socket_timeout=30))
         return Redis(port=self.ports.redis)
 
     def mongo(self) -> MongoClient[dict[str, Any]]:

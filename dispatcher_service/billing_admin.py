@@ -20,11 +20,11 @@ from typing import Any
 
 from pymongo import MongoClient
 from pymongo.collection import Collection
-from redis import Redis
 
 from aitask_common.credit_holds import ADVANCE_SCRIPT, credit_key
 from aitask_common.ledger import InsufficientCredit, Ledger, Reason, iterate_history
 from aitask_common.mongo import client_options
+from aitask_common.redis_clients import redis_client
 from aitask_common.settings import load_settings
 from aitask_common.tasks import BILLING_OPEN_FIELD, COLLECTION, TaskStatus, utcnow
 from dispatcher_service.settings import DispatcherSettings
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             ledger.flush_accounts()
             # The user's credit hash in Redis moves on (a missing one is rebuilt from the ledger when next read).
-            with Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout) as redis:
+            with redis_client(settings) as redis:
                 redis.eval(ADVANCE_SCRIPT, 1, credit_key(args.user_id), entry.seq, entry.balance_after)
             print(
                 f"{args.user_id}: {args.amount:+d} credits; balance {entry.balance_after}, held {entry.reserved_after}"

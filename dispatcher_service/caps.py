@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from aitask_common.queue_shards import shared
 from dispatcher_service.settings import DispatcherSettings, UpstreamCap
 
 CAP_KEY_PREFIX = "aitask:cap:"
@@ -32,15 +33,15 @@ _SEPARATOR = " "
 
 
 def _holders_key(cap: str) -> str:
-    return f"{CAP_KEY_PREFIX}{cap}:holders"
+    return f"{shared(CAP_KEY_PREFIX)}{cap}:holders"
 
 
 def _rate_key(cap: str) -> str:
-    return f"{CAP_KEY_PREFIX}{cap}:next"
+    return f"{shared(CAP_KEY_PREFIX)}{cap}:next"
 
 
 def _waiting_key(cap: str) -> str:
-    return f"{CAP_KEY_PREFIX}{cap}:waiting"
+    return f"{shared(CAP_KEY_PREFIX)}{cap}:waiting"
 
 
 # KEYS per cap: holders, rate; ARGV now, lease until, token, then per cap: concurrency, interval (0: none).

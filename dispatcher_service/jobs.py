@@ -54,6 +54,7 @@ from aitask_common.outputs import (
 )
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import Priority, leave_queue
+from aitask_common.redis_clients import redis_client
 from aitask_common.tasks import (
     GeneratedImage,
     HoldReason,
@@ -154,7 +155,7 @@ class Runtime:
     @classmethod
     def open(cls, settings: DispatcherSettings) -> Runtime:
         """Connect, in the process that will use the connections (after any fork)."""
-        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+        redis = redis_client(settings)
         mongo: MongoClient[dict[str, Any]] = MongoClient(**client_options(settings, "dispatcher"))
         tasks = TaskTransitions(mongo, settings.mongo_database, redis)
         breakers = Breakers(redis, settings)

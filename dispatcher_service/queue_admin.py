@@ -45,6 +45,7 @@ from aitask_common.queue_shards import layout
 from aitask_common.queue_state import OLDEST_AGE, STATES, paused_queues, priority_status
 from aitask_common.queue_state import queue_status as shared_queue_status
 from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, leave_queue, polls_key
+from aitask_common.redis_clients import redis_client
 from aitask_common.rq_shards import shard_queue
 from aitask_common.settings import ServiceSettings, load_settings
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus
@@ -309,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # REDIS_URL / MONGO_URL from the environment, else from the local stack's .local/stack.env (make run).
     settings = load_settings(ServiceSettings, local_stack=True)
     try:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+        redis = redis_client(settings)
     except ValueError as error:
         print(f"invalid configuration: REDIS_URL: {error}", file=sys.stderr)
         return 2

@@ -120,7 +120,6 @@ class Reconciler:
         self._stop = threading.Event()
         # Where the next pass's SSCAN of the in-flight sets' users starts.
         self._inflight_cursor = 0
-        self._forget_idle_user = redis.register_script(_FORGET_IDLE_USER)
 
     def run_once(self) -> int:
         """Re-enqueue every stuck task; returns how many. Only one replica's reconciler works per interval."""
@@ -189,7 +188,7 @@ class Reconciler:
         suspects: list[tuple[str, str]] = []
         for user_id, (_, members) in zip(users, pages, strict=True):
             if not members:
-                self._forget_idle_user(keys=[inflight_key(user_id), INFLIGHT_USERS_KEY], args=[user_id])
+                self._forget_idle_user(user_id)
                 continue
             in_flight = {task["_id"] for task in self.tasks.find(user_in_flight_query(user_id), {"_id": True})}
             suspects += [(user_id, task_id) for task_id in _decoded(members) if task_id not in in_flight]
@@ -213,6 +212,14 @@ class Reconciler:
                 else:
                     log.warning("released an in-flight slot left behind", task_id=task_id, user_id=user_id, task=why)
         return len(stale)
+
+    def _forget_idle_user(self, user_id: str) -> None:
+        """Take a user whose in-flight set is empty out of the index. Out first, then the set is looked at again: a
+        create that reserved meanwhile has its user back in by then, or adds it after (it adds after reserving),
+        so a user with a task in flight always ends up in the index (the two keys may be on two cluster nodes)."""
+        self.redis.srem(INFLIGHT_USERS_KEY, user_id)
+        if self.redis.scard(inflight_key(user_id)):
+            self.redis.sadd(INFLIGHT_USERS_KEY, user_id)
 
     def _inflight_users(self) -> list[str]:
         """About INFLIGHT_SETS_PER_PASS users from the in-flight sets' index, continuing where the last pass stopped."""
@@ -283,19 +290,22 @@ class Reconciler:
         for _, job_id in known:
             pipe.hmget(Job.key_for(job_id), "status", "origin")
         places = pipe.execute()
-        for (_, job_id), (status, origin) in zip(known, places, strict=True):
+        # Finished, failed, started by a dead worker, or expired: not waiting, so not looked for.
+        looked_for = []
+        for (task_id, job_id), (status, origin) in zip(known, places, strict=True):
             if status == b"queued":
                 pipe.lpos(f"{Queue.redis_queue_namespace_prefix}{origin.decode()}", job_id)
             elif status == b"scheduled":
                 pipe.zscore(f"{ScheduledJobRegistry.key_template.format(origin.decode())}", job_id)
             else:
-                pipe.echo("")  # finished, failed, started by a dead worker, or expired: not waiting
+                continue
+            looked_for.append((task_id, status))
         found = pipe.execute()
         stalled_before = now - self.settings.watch_grace_seconds
         return {
             task_id
-            for (task_id, _), (status, _), place in zip(known, places, found, strict=True)
-            if place not in (None, b"") and (status != b"scheduled" or place > stalled_before)
+            for (task_id, status), place in zip(looked_for, found, strict=True)
+            if place is not None and (status != b"scheduled" or place > stalled_before)
         }
 
     def start(self) -> None:
@@ -323,12 +333,6 @@ class Reconciler:
 
 # KEYS[1] a user's in-flight set, KEYS[2] the users' index; ARGV[1] the user. Drops the user from the index only
 # while their set is empty, so a create that reserves a slot meanwhile keeps (or re-adds) its user there.
-_FORGET_IDLE_USER = """
-if redis.call('SCARD', KEYS[1]) == 0 then
-  return redis.call('SREM', KEYS[2], ARGV[1])
-end
-return 0
-"""
 
 
 def _decoded(values: Iterable[bytes | str]) -> list[str]:

@@ -37,6 +37,7 @@ from aitask_common.logging import get_logger
 from aitask_common.mongo import client_options
 from aitask_common.output_settings import OutputSettings
 from aitask_common.outputs import OutputStore, open_output_store
+from aitask_common.redis_clients import redis_client
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION, TaskStatus, task_filter, utcnow
 
@@ -193,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = mongo[settings.mongo_database][COLLECTION]
         outputs = open_output_store(settings, mongo)
         if args.command == "sweep":
-            redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+            redis = redis_client(settings)
             started = time.perf_counter()
             result = RetentionSweeper(settings, redis, tasks, outputs).sweep()
             print(json.dumps(asdict(result) | {"seconds": round(time.perf_counter() - started, 3)}))

@@ -23,6 +23,7 @@ from typing import TypedDict, cast
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.cluster import ClusterPipeline
 from rq.job import Job
 
 from aitask_common.queue_shards import layout
@@ -40,6 +41,7 @@ from aitask_common.queues import (
     watch_jobs_key,
     watch_key,
 )
+from aitask_common.redis_clients import rq_connection
 from aitask_common.rq_shards import job_id_option, shard_queue
 from aitask_common.tracing import current_carrier
 
@@ -95,7 +97,7 @@ def enqueue_task(
     shard = shard_of(task_id)
     target = shard_queue(connection, str(priority), shard)
     arguments = process_task_arguments(task_id, user_id)
-    with connection.pipeline() as pipe:
+    with rq_connection(connection, shard).pipeline() as pipe:
         pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
         options = job_options(task_id, current_carrier()) | job_id_option(shard) | {"pipeline": pipe}
         if delay is not None:
@@ -125,7 +127,7 @@ def schedule_poll(connection: Redis, task_id: str, delay_seconds: float, hint: P
 def forget_finished(connection: Redis | Pipeline, task_id: str, user_id: str | None = None) -> None:
     """A task reached a final state (or is gone): drop it from the watch set and the poll set and, when its
     user is known, from the user's in-flight set. Given a pipeline, only adds the commands to it."""
-    if not isinstance(connection, Pipeline):
+    if not isinstance(connection, Pipeline | ClusterPipeline):
         with connection.pipeline(transaction=False) as pipe:
             forget_finished(pipe, task_id, user_id)
             pipe.execute()

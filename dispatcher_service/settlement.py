@@ -20,6 +20,7 @@ from cachetools import LRUCache
 from prometheus_client import Gauge
 from pymongo.collection import Collection
 from redis import Redis
+from redis.cluster import RedisCluster
 
 from aitask_common.credit_holds import (
     CREDIT_KEY_PREFIX,
@@ -29,6 +30,7 @@ from aitask_common.credit_holds import (
     credit_key,
     parse_hold,
     released_key,
+    user_of_credit_key,
 )
 from aitask_common.ledger import Ledger, Reason
 from aitask_common.logging import get_logger
@@ -72,7 +74,8 @@ class Settlement:
         self.redis = redis
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._entered: LRUCache[str, bool] = LRUCache(maxsize=200_000)
-        self._scan_cursor = 0
+        # Where the incremental SCAN of credit hashes stands: one cursor, or one per master on a Redis Cluster.
+        self._scan_cursors: dict[str, int] = {}
         self._counted_at = 0.0
         # Users whose tasks held credit since the last ledger check.
         self._touched: set[str] = set()
@@ -123,7 +126,7 @@ class Settlement:
         entered = task_id in self._entered
         entry = self.ledger.release(user_id, task_id, reserved, charge(task, reserved), model, entered=entered)
         self._release(
-            keys=[credit_key(user_id), released_key(task_id)],
+            keys=[credit_key(user_id), released_key(user_id, task_id)],
             args=[task_id, entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],
         )
         self.tasks.update_one(task_filter(task_id, user_id), {"$unset": {BILLING_OPEN_FIELD: ""}})
@@ -132,12 +135,25 @@ class Settlement:
         CREDITS.labels(kind, model).inc(-entry.amount if entry.reason is Reason.SETTLE else reserved)
         return 1
 
+    def _scan_credit_keys(self) -> list[bytes | str]:
+        """The next page of users' credit hashes, going on where the last page stopped (on each master)."""
+        match = f"{CREDIT_KEY_PREFIX}*"
+        if not isinstance(self.redis, RedisCluster):
+            self._scan_cursors[""], keys = self.redis.scan(self._scan_cursors.get("", 0), match, ORPHAN_SCAN_COUNT)
+            return list(keys)
+        found: list[bytes | str] = []
+        for node in self.redis.get_primaries():
+            cursors, keys = self.redis.scan(
+                self._scan_cursors.get(node.name, 0), match, ORPHAN_SCAN_COUNT, target_nodes=node
+            )
+            self._scan_cursors[node.name] = cursors[node.name]
+            found += keys
+        return found
+
     def _drop_orphans(self, open_ids: set[str]) -> None:
         """Holds older than the grace whose task holds no credit in MongoDB: a create died between its hold and
         its insert (a task settled since has left its hold already)."""
-        self._scan_cursor, keys = self.redis.scan(
-            self._scan_cursor, match=f"{CREDIT_KEY_PREFIX}*", count=ORPHAN_SCAN_COUNT
-        )
+        keys = self._scan_credit_keys()
         stale_before = int(time.time() * 1000) - ORPHAN_GRACE_MS
         for raw_key in keys:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
@@ -148,9 +164,10 @@ class Settlement:
                 task_id = field.removeprefix(HOLD_PREFIX)
                 if task_id in open_ids or parse_hold(value)[1] > stale_before:
                     continue
-                owner = key.removeprefix(CREDIT_KEY_PREFIX)
+                owner = user_of_credit_key(key)
                 if self.tasks.find_one(task_filter(task_id, owner), {"_id": 1}) is None:
-                    self._release(keys=[key, released_key(task_id)], args=[task_id, 0, 0, RELEASED_TOMBSTONE_MS])
+                    tombstone = released_key(owner, task_id)
+                    self._release(keys=[key, tombstone], args=[task_id, 0, 0, RELEASED_TOMBSTONE_MS])
                     log.warning(
                         "dropped the credit hold of a task never stored", task_id=task_id, credits=parse_hold(value)[0]
                     )

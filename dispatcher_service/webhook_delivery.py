@@ -55,7 +55,7 @@ from standardwebhooks.webhooks import Webhook
 from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
 from aitask_common.mongo import DUPLICATE_KEY, client_options
-from aitask_common.redis_async import async_redis
+from aitask_common.redis_clients import async_redis_client
 from aitask_common.tasks import COLLECTION, utcnow
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
 from aitask_common.webhook_secrets import UserSecrets, WebhookSecretStore, cipher
@@ -252,7 +252,7 @@ class WebhookDelivery:
         database = mongo[settings.mongo_database]
         self.messages: AsyncCollection[Any] = database[MESSAGES_COLLECTION]
         self.tasks: AsyncCollection[Any] = database[COLLECTION]
-        self.redis = async_redis(settings.redis_url, settings.redis_socket_timeout)
+        self.redis = async_redis_client(settings)
         self.claim_script = self.redis.register_script(CLAIM_SCRIPT)
         self.writer = AttemptWriter(self.messages, self.redis)
         writing = asyncio.create_task(self.writer.run())

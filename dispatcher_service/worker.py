@@ -11,6 +11,7 @@ from pymongo import MongoClient
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.connections import parse_connection
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -29,6 +30,7 @@ from aitask_common.outputs import OutputLinks, open_output_store
 from aitask_common.queue_shards import layout, priority_of
 from aitask_common.queue_state import paused_queues
 from aitask_common.queues import QUEUE_ORDER
+from aitask_common.redis_clients import redis_client, rq_connection
 from aitask_common.rq_shards import ShardWorker, shard_queue, shard_queue_class, shard_worker_class
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
@@ -95,12 +97,16 @@ class DispatcherWorker(ShardWorker, SimpleWorker):
     _paused_read_at = 0.0
     # Replaced in bootstrap by this process's file (liveness.py); a no-op until then.
     deadline = WorkerDeadline("")
+    # The client of every key but RQ's (whose client, `connection`, reaches this worker's shard alone on a
+    # cluster); the runtime's, from bootstrap.
+    main_redis: Redis
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
-        super().bootstrap(*args, **kwargs)
         # Connections are opened here, in the worker process, not in the pool's parent before the fork.
         runtime = Runtime.open(self.settings)
         install_runtime(runtime)
+        self.main_redis = runtime.redis
+        super().bootstrap(*args, **kwargs)
         install_output_links(OutputLinks(self.settings))
         self.poller = Poller(runtime.redis, run_poll, self.shard)
         self.poller.start()
@@ -146,7 +152,7 @@ class DispatcherWorker(ShardWorker, SimpleWorker):
     def _follow_paused_queues(self) -> None:
         """Take work only from the priorities not paused; with all of them paused, listen on a queue no job is
         ever put in (RQ cannot listen on none), in rounds of a second, until one is resumed."""
-        self._paused = frozenset(paused_queues(self.connection))
+        self._paused = frozenset(paused_queues(self.main_redis))
         self._paused_read_at = time.monotonic()
         open_queues = [target for target in self.queues if priority_of(target.name) not in self._paused]
         self._ordered_queues = open_queues or [shard_queue(self.connection, ALL_PAUSED_QUEUE, self.shard)]
@@ -308,8 +314,10 @@ class ShardedWorkerPool(WorkerPool):
     """RQ's WorkerPool, each worker serving one queue shard (aitask_common.queue_shards): a new or respawned worker
     takes the shard with the fewest live workers, so every shard is served while the pool has one per shard."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, main: Redis, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Whence each shard's RQ client (aitask_common.redis_clients.rq_connection), which its workers re-make.
+        self.main = main
         self.shard_of_worker: dict[str, int] = {}
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO") -> Any:
@@ -317,13 +325,14 @@ class ShardedWorkerPool(WorkerPool):
         shard = min(layout().shards(), key=alive.count)
         self.shard_of_worker[name] = shard
         tag = layout().tag(shard)
+        connection_class, pool_class, pool_kwargs = parse_connection(rq_connection(self.main, shard))
         return ForkProcess(
             target=run_worker,
             args=(tag + name, [layout().queue_name(str(priority), shard) for priority in QUEUE_ORDER]),
             kwargs={
-                "connection_class": self._connection_class,
-                "connection_pool_class": self._pool_class,
-                "connection_pool_kwargs": self._pool_kwargs,
+                "connection_class": connection_class,
+                "connection_pool_class": pool_class,
+                "connection_pool_kwargs": pool_kwargs,
                 "_sleep": _sleep,
                 "burst": burst,
                 "logging_level": logging_level,
@@ -350,9 +359,11 @@ def build_pool(settings: DispatcherSettings) -> WorkerPool:
         """A DispatcherWorker with this pool's settings: RQ builds each worker itself, from its class."""
 
     PoolWorker.settings = settings
+    main = redis_client(settings)
     return ShardedWorkerPool(
+        main,
         [str(name) for name in QUEUE_ORDER],
-        connection=Redis.from_url(settings.redis_url),
+        connection=rq_connection(main, 0),
         num_workers=settings.worker_concurrency,
         worker_class=PoolWorker,
         serializer=JSONSerializer,
@@ -364,7 +375,7 @@ def main() -> None:
     settings = load_settings(DispatcherSettings)
     configure_logging("dispatcher", settings)
     configure_tracing("dispatcher", settings)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    redis = redis_client(settings)
     # Metrics first: the process is up (its start-up probe passes) while it waits for the datastores.
     mongo = MongoClient(**client_options(settings, "dispatcher-reconciler"))
     webhook_messages = mongo[settings.mongo_database][MESSAGES_COLLECTION]

@@ -22,7 +22,7 @@ from aiohttp import web
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.logging import configure_logging, get_logger
 from aitask_common.metrics import serve_metrics
-from aitask_common.redis_async import async_redis
+from aitask_common.redis_clients import async_redis_client
 from aitask_common.settings import Environment, load_settings
 from aitask_common.tasks import TaskStatus, TaskType
 from aitask_common.tracing import configure_tracing
@@ -374,7 +374,7 @@ def build_app(settings: OpenAIDoorSettings) -> web.Application:
     )
 
     async def connections(app: web.Application) -> Any:
-        redis = async_redis(settings.redis_url, settings.redis_socket_timeout)
+        redis = async_redis_client(settings)
         app[TASKS] = TaskClient(settings.openai_compat_task_service)
         app[RETRY_KEYS] = RetryKeys(redis, settings.openai_compat_retry_key_seconds)
         app[HTTP] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))

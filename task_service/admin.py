@@ -22,6 +22,7 @@ from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common import timeline
 from aitask_common.logging import get_logger
+from aitask_common.queue_shards import shared
 from aitask_common.queue_state import AGE_SAMPLE_JOBS, OLDEST_AGE, PAUSED_QUEUES_KEY, paused_queues, priority_status
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.registry import DRAINING_KEY
@@ -175,7 +176,7 @@ class AdminServicer(task_service_pb2_grpc.AdminServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no live provider instance {instance_id!r}")
         await self._record(context, "DrainProvider" if draining else "UndrainProvider", f"instance {instance_id}")
         change = self.redis.sadd if draining else self.redis.srem
-        await _redis(context, asyncio.to_thread(change, DRAINING_KEY, instance_id))
+        await _redis(context, asyncio.to_thread(change, shared(DRAINING_KEY), instance_id))
         log.warning("provider instance drained" if draining else "provider instance undrained", instance=instance_id)
         (state,) = states
         state.draining = draining

@@ -47,7 +47,7 @@ class Billing:
         """Drop the hold of a task the create did not store (best effort: the settlement pass drops it later)."""
         try:
             await self._release(
-                keys=[credit_key(user_id), released_key(task_id)], args=[task_id, 0, 0, RELEASED_TOMBSTONE_MS]
+                keys=[credit_key(user_id), released_key(user_id, task_id)], args=[task_id, 0, 0, RELEASED_TOMBSTONE_MS]
             )
         except Exception as error:  # noqa: BLE001 - the hold stays; the settlement pass drops orphans
             log.warning("credit hold not dropped yet", task_id=task_id, error=str(error))
@@ -64,7 +64,7 @@ class Billing:
         )
         await asyncio.to_thread(self.ledger.flush_accounts)
         await self._release(
-            keys=[credit_key(task["user_id"]), released_key(task["_id"])],
+            keys=[credit_key(task["user_id"]), released_key(task["user_id"], task["_id"])],
             args=[task["_id"], entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],
         )
 
@@ -99,7 +99,7 @@ class Billing:
         query = {"user_id": user_id, BILLING_OPEN_FIELD: True}
         async for task in self.tasks.find(query, {"billing.reserved": 1, "created": 1}):
             holds += [task["_id"], task["billing"]["reserved"], int(task["created"].timestamp() * 1000)]
-            tombstones.append(released_key(task["_id"]))
+            tombstones.append(released_key(user_id, task["_id"]))
         if await self._rebuild(keys=[credit_key(user_id), *tombstones], args=[account.seq, account.balance, *holds]):
             log.info("credit hash built from the ledger", user_id=user_id, holds=len(tombstones))
 

@@ -22,6 +22,7 @@ from aitask_common.queues import (
     watch_job,
     watch_key,
 )
+from aitask_common.redis_clients import rq_connection
 from aitask_common.rq_shards import job_id_option, shard_queue
 from aitask_common.tracing import current_carrier
 from task_service.batching import Batcher
@@ -80,7 +81,7 @@ def enqueue_tasks(connection: Redis, tasks: Iterable[NewTask], fair_share_depth:
         by_shard[shard_of(task.task_id)].append((task, enqueue_now))
     jobs = []
     for shard, group in by_shard.items():
-        with connection.pipeline() as pipe:
+        with rq_connection(connection, shard).pipeline() as pipe:
             pipe.multi()  # RQ would start the MULTI itself, and refuses once a command is queued
             for (task_id, priority, user_id, trace), enqueue_now in group:
                 if enqueue_now:

@@ -12,6 +12,7 @@ from redis import Redis
 from aitask.provider.v1 import provider_service_pb2
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.breaker_state import BreakerState, BreakerStatus, breaker_statuses, instance_scope
+from aitask_common.queue_shards import shared
 from aitask_common.registry import DRAINING_KEY, ProviderInstance, read_draining, read_instances
 
 PROVIDER_SERVICE = provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
@@ -26,7 +27,7 @@ async def provider_states(redis: Redis, instance_id: str = "") -> list[pb.Provid
     instances, draining, breakers = await asyncio.to_thread(_read, redis)
     gone = draining - {instance.instance_id for instance in instances}
     if gone:
-        await asyncio.to_thread(redis.srem, DRAINING_KEY, *gone)
+        await asyncio.to_thread(redis.srem, shared(DRAINING_KEY), *gone)
     if instance_id:  # asked about one: the others' health is not
         instances = [instance for instance in instances if instance.instance_id == instance_id]
     instances.sort(key=lambda instance: (instance.provider, instance.address))

@@ -22,6 +22,7 @@ from aitask_common.metrics import serve_metrics
 from aitask_common.mongo import client_options
 from aitask_common.outputs import OutputLinks, open_output_store
 from aitask_common.redis_async import reconnecting
+from aitask_common.redis_clients import async_redis_client, events_redis, redis_client
 from aitask_common.settings import load_settings
 from aitask_common.tracing import configure_tracing
 from aitask_common.webhooks import install_output_links
@@ -43,6 +44,8 @@ from task_service.watch import WatchHub, task_reader
 
 SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
 ADMIN_SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+# Pooled connections of the request path's Redis client (per node on a cluster).
+REQUEST_CONNECTIONS = 200
 
 log = get_logger(__name__)
 
@@ -82,11 +85,26 @@ class TaskService:
         await self.async_redis.aclose()
 
 
+def _request_redis(settings: TaskServiceSettings) -> AsyncRedis:
+    if settings.redis_cluster_urls:
+        return async_redis_client(settings, max_connections=REQUEST_CONNECTIONS)  # per node
+    return AsyncRedis(
+        # Under a burst, wait for a pooled connection instead of failing with "Too many connections".
+        connection_pool=BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=REQUEST_CONNECTIONS,
+            timeout=settings.redis_socket_timeout,
+            socket_timeout=settings.redis_socket_timeout,
+            retry=reconnecting(),
+        )
+    )
+
+
 async def build_server(settings: TaskServiceSettings) -> TaskService:
     """Wire storage, queue and catalogue into a gRPC server bound to settings.host:port."""
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(**client_options(settings, "task_service"))
     store = TaskStore(mongo, settings.mongo_database)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    redis = redis_client(settings)
     catalogues = CatalogueCache(redis, settings.catalogue_refresh_seconds)
     catalogues.start()
 
@@ -111,16 +129,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
 
     # The limits and the result cache run on every request: an asyncio client, not a thread hop per call like
     # the RQ client; retried on broken connections (aitask_common/redis_async.py).
-    async_redis = AsyncRedis(
-        # Under a burst, wait for a pooled connection instead of failing with "Too many connections".
-        connection_pool=BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=200,
-            timeout=settings.redis_socket_timeout,
-            socket_timeout=settings.redis_socket_timeout,
-            retry=reconnecting(),
-        )
-    )
+    async_redis = _request_redis(settings)
     # Authentication and the per-key rate limit guard every TaskService and AdminService method; health and
     # reflection stay open.
     auth = AuthInterceptor(
@@ -144,12 +153,7 @@ async def build_server(settings: TaskServiceSettings) -> TaskService:
         batcher.start()
     positions = QueuePositions(async_redis)
     # Its own client: the hub holds one pub/sub connection and reconnects it itself (no retries underneath).
-    watch_redis = AsyncRedis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-    )
+    watch_redis = events_redis(settings, socket_keepalive=True, retry=Retry(NoBackoff(), 0))
     links = OutputLinks(settings)
     install_output_links(links)  # webhook message bodies
     # The stores are synchronous (GridFS, boto3): called in worker threads, with their own MongoDB client.

@@ -30,7 +30,7 @@ from upstream_simulator.control import SimulatorControl
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 # Fixtures that start (part of) a whole LocalStack: a test using any of them, directly or not, is in the stack tier.
-STACK_FIXTURES = frozenset({"stack", "datastores", "sharded_stack"})
+STACK_FIXTURES = frozenset({"stack", "datastores", "sharded_stack", "cluster_stack"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
