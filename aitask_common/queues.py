@@ -58,6 +58,11 @@ def watch_jobs_key(shard: int) -> str:
     return layout().key(WATCH_JOBS_KEY, shard)
 
 
+def watched(redis: Redis) -> int:
+    """Tasks in flight: the watch entries of every queue shard."""
+    return sum(int(redis.zcard(watch_key(shard))) for shard in layout().shards())
+
+
 def shard_of(task_id: str) -> int:
     """The queue shard holding the task's jobs and the keys that meet them."""
     return layout().shard_of(task_id)

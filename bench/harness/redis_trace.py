@@ -21,7 +21,7 @@ from redis import Redis
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
-from aitask_common.queues import WATCH_KEY
+from aitask_common.queues import watched
 from bench.harness.procs import labelled_tree
 from bench.harness.scenarios import E2E_WORKERS, IMAGE, prompt, say
 from bench.harness.stack import BenchStack
@@ -116,7 +116,7 @@ def main() -> None:
         began = time.monotonic()
         asyncio.run(create(f"127.0.0.1:{stack.ports.envoy}", args.tasks))
         with stack.redis() as redis:
-            while redis.zcard(WATCH_KEY):
+            while watched(redis):
                 time.sleep(0.2)
         busy_s = time.monotonic() - began
         ports = owners(stack)

@@ -5,7 +5,7 @@ Scenarios run in groups (GROUPS), each group on a fresh stack (BenchStack); the 
   e2e      e2e_image, e2e_image_slow_upstream          (10 workers)
   video    video_in_flight                             (10 workers, 60 s videos)
   scaling  scaling                                     (1, 2, 4, 8, 16 workers)
-The larger groups (scale, soak) live in modules of their own.
+The larger groups (scale, soak, cluster) live in modules of their own.
 Before every measured load the task collection and the queues are emptied, so each
 measurement starts from the same state, and a warm-up run goes first.
 """
@@ -35,7 +35,8 @@ from ulid import ULID
 from aitask.v1 import task_service_pb2 as pb
 from aitask.v1 import task_service_pb2_grpc
 from aitask_common.outputs import GRIDFS_BUCKET
-from aitask_common.queues import QUEUE_ORDER, RESULT_TTL_SECONDS, WATCH_KEY
+from aitask_common.queue_shards import layout
+from aitask_common.queues import QUEUE_ORDER, RESULT_TTL_SECONDS, watch_key, watched
 from aitask_common.rq_shards import shard_queue
 from aitask_common.tasks import (
     BILLING_OPEN_FIELD,
@@ -71,6 +72,7 @@ SCENARIOS = (
     "scale",
     "capacity",
     "soak",
+    "cluster",
 )
 GROUPS = {
     "api": ("floor", "create_rest", "create_grpc", "get_rest"),
@@ -86,6 +88,7 @@ GROUPS = {
     "scale": ("scale",),
     "capacity": ("capacity",),
     "soak": ("soak",),
+    "cluster": ("cluster",),
 }
 
 FLOOR_PROCESSES = 4
@@ -250,9 +253,13 @@ def reset_data(stack: BenchStack) -> None:
             options = {key: spec[key] for key in ("unique", "sparse") if key in spec}
             collection.create_index(spec["key"], **options)
     with stack.redis() as redis:
-        for name in QUEUE_ORDER:
-            shard_queue(redis, name, 0).empty()
-        redis.delete(WATCH_KEY, INFLIGHT_USERS_KEY, *redis.scan_iter(inflight_key("*"), count=1000))
+        for shard in layout().shards():
+            for name in QUEUE_ORDER:
+                shard_queue(redis, name, shard).empty()
+            redis.delete(watch_key(shard))
+        redis.delete(INFLIGHT_USERS_KEY)
+        for key in redis.scan_iter(inflight_key("*"), count=1000):
+            redis.delete(key)
 
 
 def window(stack: BenchStack) -> Callable[[], dict[str, Any]]:
@@ -314,7 +321,7 @@ def wait_final(
     last_report = time.monotonic()
     with stack.redis() as redis:
         while True:
-            final = expected - redis.zcard(WATCH_KEY)
+            final = expected - watched(redis)
             if final >= expected or time.monotonic() > deadline:
                 return final
             if progress and time.monotonic() - last_report > 15:
@@ -1371,6 +1378,12 @@ def scale_group(bench: Bench, selected: set[str]) -> None:
     scale.scale_group(bench, selected)
 
 
+def cluster_group(bench: Bench, selected: set[str]) -> None:
+    from bench.harness import cluster  # noqa: PLC0415 - it builds on this module's helpers
+
+    cluster.cluster_group(bench, selected)
+
+
 def soak_group(bench: Bench, selected: set[str]) -> None:
     from bench.harness import soak  # noqa: PLC0415 - it builds on this module's helpers
 
@@ -1391,4 +1404,5 @@ GROUP_RUNNERS = {
     "scale": scale_group,
     "capacity": capacity_group,
     "soak": soak_group,
+    "cluster": cluster_group,
 }

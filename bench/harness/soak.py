@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aitask_common.queues import WATCH_KEY
+from aitask_common.queues import watched
 from aitask_common.tasks import TaskStatus
 from bench.harness.procs import Every, labelled_tree, status_kib
 from bench.harness.scenarios import (
@@ -111,7 +111,7 @@ class Sampler:
         with self.stack.redis() as redis:
             keyspace = redis.info("keyspace").get("db0", {})
             used = int(redis.info("memory")["used_memory"])
-            in_flight = int(redis.zcard(WATCH_KEY))
+            in_flight = watched(redis)
         return {
             "t_s": round(time.monotonic() - self._started, 1),
             "rss_mib": {name: round(value, 1) for name, value in sorted(rss.items())},
@@ -150,9 +150,9 @@ def drain(stack: BenchStack) -> bool:
     """Wait up to DRAIN_S for the tasks in flight to finish; whether they did."""
     deadline = time.monotonic() + DRAIN_S
     with stack.redis() as redis:
-        while redis.zcard(WATCH_KEY) and time.monotonic() < deadline:
+        while watched(redis) and time.monotonic() < deadline:
             time.sleep(1)
-        return not redis.zcard(WATCH_KEY)
+        return not watched(redis)
 
 
 def outcome(stack: BenchStack, tag: str, client: dict[str, Any], drained: bool) -> dict[str, Any]:

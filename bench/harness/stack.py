@@ -16,6 +16,8 @@ from types import TracebackType
 from redis import Redis
 from rq import Worker
 
+from aitask_common.queue_shards import layout
+from aitask_common.rq_shards import shard_queue
 from bench.harness.procs import ProcessMonitor
 from devstack.postgres import binary as psql_binary
 from devstack.processes import Ports, base_environment, service_environment
@@ -102,7 +104,7 @@ class BenchStack:
         self.local.stop_all()
 
     def redis(self) -> Redis:
-        return Redis(port=self.ports.redis)
+        return self.local.redis()
 
     def stop_dispatcher(self) -> None:
         """SIGTERM the worker pool (a busy worker finishes its job first), SIGKILL what is left after a few seconds.
@@ -122,7 +124,8 @@ class BenchStack:
         deadline = time.monotonic() + WORKERS_READY_SECONDS
         with self.redis() as redis:
             while time.monotonic() < deadline:
-                if Worker.count(connection=redis) >= count:
+                # Workers by the queue they serve: each shard's register under its tag (aitask_common.rq_shards).
+                if sum(Worker.count(queue=shard_queue(redis, "default", k)) for k in layout().shards()) >= count:
                     return
                 time.sleep(0.1)
         raise RuntimeError(f"{count} RQ workers not registered after {WORKERS_READY_SECONDS} s")

@@ -1,0 +1,76 @@
+"""Issue 25's bench line: e2e_image on one Redis, then on a Redis Cluster of 3 masters (and 3 replicas) with
+QUEUE_SHARDS=3, in one run, with each Redis node's CPU from INFO (used_cpu_sys + used_cpu_user) and its command
+time (INFO commandstats' usec).
+
+On 2 cores the total rate cannot grow; what sharding buys is each master's share of the work, which should fall by
+about the shard count: `busiest_master_share` is the busiest master's Redis CPU per task over the lone Redis's.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+from aitask_common import queue_shards
+from aitask_common.queue_shards import QueueShards
+from bench.harness.scenarios import E2E_WORKERS, Bench, _line, prompt, run_e2e, say
+from bench.harness.stack import BenchStack
+from devstack.redis_cluster import RedisClusterServers
+
+SHARDS = 3
+
+
+def redis_cpu(nodes: dict[str, Redis]) -> dict[str, dict[str, float]]:
+    """Each node's CPU and command time so far, in seconds."""
+    readings = {}
+    for name, node in nodes.items():
+        cpu = node.info("cpu")
+        command_us = sum(int(values["usec"]) for values in node.info("commandstats").values())
+        readings[name] = {"cpu_s": cpu["used_cpu_sys"] + cpu["used_cpu_user"], "command_s": command_us / 1e6}
+    return readings
+
+
+def measured(bench: Bench, stack: BenchStack, nodes: dict[str, Redis], tag: str) -> dict[str, Any]:
+    """e2e_image on `stack`, with what it cost each Redis node per completed task (ms)."""
+    before = redis_cpu(nodes)
+    entry = run_e2e(bench, stack, prompt(tag), bench.plan.e2e_tasks)
+    after = redis_cpu(nodes)
+    completed = max(entry["completed"], 1)
+    entry["redis_ms_per_task"] = {
+        name: {what: round((after[name][what] - before[name][what]) * 1000 / completed, 3) for what in after[name]}
+        for name in nodes
+    }
+    say(f"    {_line(entry)}; Redis per task: {entry['redis_ms_per_task']}")
+    return entry
+
+
+def cluster_group(bench: Bench, selected: set[str]) -> None:
+    del selected  # one scenario
+    runs: dict[str, dict[str, Any]] = {}
+    say(f"  cluster: e2e_image, {bench.plan.e2e_tasks} tasks, on one Redis")
+    with BenchStack("one-redis", workers=E2E_WORKERS) as stack:
+        runs["one_redis"] = measured(bench, stack, {"redis": stack.redis()}, "cluster_one_redis")
+    say(f"  cluster: e2e_image, {bench.plan.e2e_tasks} tasks, on 3 masters and 3 replicas, QUEUE_SHARDS={SHARDS}")
+    with RedisClusterServers(Path(tempfile.mkdtemp(prefix="aitask-bench-cluster-"))) as servers:
+        queue_shards.configure(QueueShards.layout(SHARDS, cluster=True))
+        try:
+            env = {"REDIS_CLUSTER_URLS": ",".join(servers.urls), "QUEUE_SHARDS": str(SHARDS)}
+            with BenchStack("cluster", workers=E2E_WORKERS, env=env) as stack:
+                masters = {f"master:{port}": Redis(port=port) for port in servers.masters()}
+                runs["cluster"] = measured(bench, stack, masters, "cluster_three_shards")
+        finally:
+            queue_shards.configure(QueueShards())
+    lone = runs["one_redis"]["redis_ms_per_task"]["redis"]["cpu_s"]
+    busiest = max(node["cpu_s"] for node in runs["cluster"]["redis_ms_per_task"].values())
+    cluster = runs["cluster"]
+    bench.results["cluster"] = (
+        runs
+        | {key: cluster[key] for key in ("throughput_per_s", "p50_ms", "p95_ms", "p99_ms", "errors")}
+        | {
+            "ratio_to_floor": round(cluster["throughput_per_s"] / runs["one_redis"]["throughput_per_s"], 3),
+            "busiest_master_share": round(busiest / lone, 3) if lone else None,
+        }
+    )
