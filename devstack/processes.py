@@ -196,27 +196,29 @@ def infrastructure(ports: Ports, data_dir: Path) -> list[Process]:
 def redis_server(port: int, data_dir: Path) -> Process:
     """Redis on 127.0.0.1:`port`, its append-only file under `data_dir` (no snapshots)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    return Process(
-        "redis",
-        [
-            shutil.which("redis-server") or "/usr/bin/redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            str(data_dir),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--loglevel",
-            "warning",
-        ],
-        port=port,
-    )
+    return Process("redis", redis_server_argv(port, data_dir), port=port)
+
+
+def redis_server_argv(port: int, data_dir: Path, *options: str) -> list[str]:
+    """redis-server on 127.0.0.1:`port` with its append-only file under `data_dir` (no snapshots), and `options`."""
+    return [
+        shutil.which("redis-server") or "/usr/bin/redis-server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--loglevel",
+        "warning",
+        *options,
+    ]
 
 
 def services(ports: Ports, workers: int = 4) -> list[Process]:

@@ -17,7 +17,7 @@ from redis import Redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
-from devstack.processes import ROOT, accepts, free_port
+from devstack.processes import ROOT, accepts, free_port, redis_server_argv
 
 MASTERS = 3
 REPLICAS_PER_MASTER = 1
@@ -29,14 +29,9 @@ NODE_TIMEOUT_MS = 2000
 def cluster_node_argv(port: int, bus_port: int, data_dir: Path) -> list[str]:
     """A cluster-enabled redis-server on 127.0.0.1:`port` (its cluster bus on `bus_port`: the default, port + 10000,
     may be taken), its append-only file and nodes.conf in `data_dir`."""
-    return [
-        shutil.which("redis-server") or "/usr/bin/redis-server",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dir",
-        str(data_dir),
+    return redis_server_argv(
+        port,
+        data_dir,
         "--cluster-enabled",
         "yes",
         "--cluster-port",
@@ -45,15 +40,7 @@ def cluster_node_argv(port: int, bus_port: int, data_dir: Path) -> list[str]:
         "nodes.conf",
         "--cluster-node-timeout",
         str(NODE_TIMEOUT_MS),
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--loglevel",
-        "warning",
-    ]
+    )
 
 
 class RedisClusterServers:

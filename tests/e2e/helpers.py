@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 from redis import Redis
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
@@ -20,6 +21,17 @@ from dispatcher_service.durations import DURATIONS_KEY
 from tests.conftest import wait_until
 
 SEEDREAM = {"provider": "volcengine", "model": "doubao-seedream-3-0-t2i-250415"}
+JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
+GPT = {"provider": "openai", "model": "gpt-4"}
+
+
+def create_task(rest: httpx.Client, user_id: str, path: str, model: dict[str, str], **fields: object) -> str:
+    """Create one task of `model` over REST (`path`: image, video or text) for `user_id`; its id. The prompt names
+    the user, so the simulator's requests can be told apart by test."""
+    body = {"prompt": f"a task of {user_id}", "user_id": user_id, **model, **fields}
+    response = rest.post(f"/api/v1/ai/{path}/task", json=body)
+    assert response.status_code == 200, response.text
+    return str(response.json()["data"]["task_id"])
 
 
 def waiting_job_task_ids(stack: LocalStack) -> list[str]:

@@ -21,11 +21,9 @@ from devstack.processes import Ports
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
 from tests.dispatcher_service.test_queue_admin import admin
-from tests.e2e.helpers import SEEDREAM, faults, stop_dispatcher, wait_for_retry
+from tests.e2e.helpers import GPT, JIMENG_VIDEO, SEEDREAM, create_task, faults, stop_dispatcher, wait_for_retry
 
 SHARDS = QueueShards.layout(3, cluster=False)
-JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
-GPT = {"provider": "openai", "model": "gpt-4"}
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +51,6 @@ def rest(sharded_stack: LocalStack) -> Iterator[httpx.Client]:
         yield client
 
 
-def create(rest: httpx.Client, user_id: str, path: str, model: dict[str, str], **fields: object) -> str:
-    body = {"prompt": f"shards {user_id}", "user_id": user_id, **model, **fields}
-    response = rest.post(f"/api/v1/ai/{path}/task", json=body)
-    assert response.status_code == 200, response.text
-    return str(response.json()["data"]["task_id"])
-
-
 def finished_per_shard(stack: LocalStack, priority: str) -> list[int]:
     redis = stack.redis()
     return [shard_queue(redis, priority, shard).finished_job_registry.count for shard in SHARDS.shards()]
@@ -69,9 +60,9 @@ def test_every_model_runs_with_tasks_spread_over_the_shards(
     sharded_stack: LocalStack, rest: httpx.Client, user_id: str
 ) -> None:
     before = finished_per_shard(sharded_stack, "default")
-    images = [create(rest, user_id, "image", SEEDREAM) for _ in range(24)]
-    text = create(rest, user_id, "text", GPT)
-    video = create(rest, user_id, "video", JIMENG_VIDEO)
+    images = [create_task(rest, user_id, "image", SEEDREAM) for _ in range(24)]
+    text = create_task(rest, user_id, "text", GPT)
+    video = create_task(rest, user_id, "video", JIMENG_VIDEO)
     assert {shard_of(task_id) for task_id in images} == {0, 1, 2}
     for task_id in [*images, text, video]:
         assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)["status"] == "completed"
@@ -88,7 +79,7 @@ def test_a_retry_is_scheduled_and_run_in_its_tasks_shard(
     sharded_stack: LocalStack, rest: httpx.Client, user_id: str
 ) -> None:
     with faults(sharded_stack, "ark.images", rate_limit_rate=1.0, retry_after_s=0.3):
-        task_id = create(rest, user_id, "image", SEEDREAM)
+        task_id = create_task(rest, user_id, "image", SEEDREAM)
         wait_for_retry(sharded_stack, task_id)
         job_id = sharded_stack.redis().hget(watch_jobs_key(shard_of(task_id)), task_id)
         assert job_id is not None and job_id.decode().startswith(SHARDS.tag(shard_of(task_id)))
@@ -100,7 +91,7 @@ def test_a_video_is_polled_from_its_shard_and_a_cancel_takes_it_out(
     sharded_stack: LocalStack, rest: httpx.Client, user_id: str
 ) -> None:
     with faults(sharded_stack, "visual.CVSync2AsyncGetResult", video_seconds=30.0):
-        task_id = create(rest, user_id, "video", JIMENG_VIDEO)
+        task_id = create_task(rest, user_id, "video", JIMENG_VIDEO)
         polls = polls_key(shard_of(task_id))
         wait_until(lambda: sharded_stack.redis().zscore(polls, task_id) is not None, timeout=15)
         assert rest.post(f"/api/v1/ai/task/{task_id}/cancel").status_code == 200
@@ -113,7 +104,7 @@ def test_a_lost_job_is_found_by_the_reconciler_and_enqueued_again_in_its_shard(
 ) -> None:
     stop_dispatcher(sharded_stack)
     try:
-        task_id = create(rest, user_id, "image", SEEDREAM)
+        task_id = create_task(rest, user_id, "image", SEEDREAM)
         shard = shard_of(task_id)
         redis = sharded_stack.redis()
         job_id = redis.hget(watch_jobs_key(shard), task_id).decode()
@@ -144,7 +135,7 @@ def test_fewer_shards_lose_no_queued_task_and_pay_for_none_twice(
 ) -> None:
     stop_dispatcher(sharded_stack)
     try:
-        tasks = [create(rest, user_id, "image", SEEDREAM) for _ in range(15)]
+        tasks = [create_task(rest, user_id, "image", SEEDREAM) for _ in range(15)]
         stranded = [task_id for task_id in tasks if shard_of(task_id) == 2]
         assert stranded
         # A dispatcher told QUEUE_SHARDS=2 serves shards 0 and 1 only: shard 2's jobs wait where no worker looks.

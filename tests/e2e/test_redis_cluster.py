@@ -24,11 +24,9 @@ from devstack.processes import Ports
 from devstack.redis_cluster import RedisClusterServers
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, faults, wait_for_retry
+from tests.e2e.helpers import GPT, JIMENG_VIDEO, SEEDREAM, create_task, faults, wait_for_retry
 
 SHARDS = QueueShards.layout(3, cluster=True)
-JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
-GPT = {"provider": "openai", "model": "gpt-4"}
 WORKERS = 4  # the test stack's dispatcher
 SPREAD_TASKS = 3000
 
@@ -76,19 +74,12 @@ def cluster(cluster_stack: LocalStack) -> Iterator[ClusterClient]:
     client.close()
 
 
-def create(rest: httpx.Client, user_id: str, path: str, model: dict[str, str], **fields: object) -> str:
-    body = {"prompt": f"cluster {user_id}", "user_id": user_id, **model, **fields}
-    response = rest.post(f"/api/v1/ai/{path}/task", json=body)
-    assert response.status_code == 200, response.text
-    return str(response.json()["data"]["task_id"])
-
-
 def test_every_model_runs_on_the_cluster_with_tasks_spread_over_its_masters(
     rest: httpx.Client, cluster: ClusterClient, user_id: str
 ) -> None:
-    images = [create(rest, user_id, "image", SEEDREAM) for _ in range(24)]
-    text = create(rest, user_id, "text", GPT)
-    video = create(rest, user_id, "video", JIMENG_VIDEO)
+    images = [create_task(rest, user_id, "image", SEEDREAM) for _ in range(24)]
+    text = create_task(rest, user_id, "text", GPT)
+    video = create_task(rest, user_id, "video", JIMENG_VIDEO)
     for task_id in [*images, text, video]:
         assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)["status"] == "completed"
     finished = [shard_queue(cluster, "default", shard).finished_job_registry.count for shard in SHARDS.shards()]
@@ -107,12 +98,12 @@ def test_a_retry_and_a_cancelled_video_on_the_cluster(
     cluster_stack: LocalStack, rest: httpx.Client, cluster: ClusterClient, user_id: str
 ) -> None:
     with faults(cluster_stack, "ark.images", rate_limit_rate=1.0, retry_after_s=0.3):
-        task_id = create(rest, user_id, "image", SEEDREAM)
+        task_id = create_task(rest, user_id, "image", SEEDREAM)
         wait_for_retry(cluster_stack, task_id)
     assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)["status"] == "completed"
 
     with faults(cluster_stack, "visual.CVSync2AsyncGetResult", video_seconds=30.0):
-        video = create(rest, user_id, "video", JIMENG_VIDEO)
+        video = create_task(rest, user_id, "video", JIMENG_VIDEO)
         polls = polls_key(shard_of(video))
         wait_until(lambda: cluster.zscore(polls, video) is not None, timeout=15)
         assert rest.post(f"/api/v1/ai/task/{video}/cancel").status_code == 200
@@ -125,7 +116,7 @@ def test_a_lost_job_is_found_by_the_reconciler_on_the_cluster(
 ) -> None:
     cluster_stack.stop("dispatcher")
     try:
-        task_id = create(rest, user_id, "image", SEEDREAM)
+        task_id = create_task(rest, user_id, "image", SEEDREAM)
         shard = shard_of(task_id)
         job_id = cluster.hget(watch_jobs_key(shard), task_id).decode()
         assert cluster.lrem(shard_queue(cluster, "default", shard).key, 0, job_id) == 1
@@ -180,7 +171,7 @@ def test_three_thousand_tasks_leave_each_master_a_share_of_the_keys_within_twice
 
     def create_for(user_ids: list[str]) -> list[str]:
         with cluster_stack.rest() as client:
-            return [create(client, user, "image", SEEDREAM) for user in user_ids for _ in range(15)]
+            return [create_task(client, user, "image", SEEDREAM) for user in user_ids for _ in range(15)]
 
     with ThreadPoolExecutor(4) as pool:
         created = [task for batch in pool.map(create_for, [users[n::4] for n in range(4)]) for task in batch]

@@ -23,14 +23,13 @@ from aitask_common.sharding import SHARD_KEYS
 from devstack.processes import Ports
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
-from tests.e2e.helpers import SEEDREAM, faults
+from tests.e2e.helpers import JIMENG_VIDEO, SEEDREAM, create_task, faults
 from tests.e2e.test_webhooks import Receiver
 
 # A stack of its own (not the session's `stack`, which conftest marks by itself).
 pytestmark = pytest.mark.stack
 
 COMMANDS_DIR = Path(__file__).resolve().parents[1] / "mongo_commands"
-JIMENG_VIDEO = {"provider": "volcengine", "model": "jimeng_vgfm_t2v_l20"}
 VIDEO_POLL = "visual.CVSync2AsyncGetResult"
 
 # Queries allowed to ask every shard, by a caller on their way ("path:function"), with why; deploy/CAPACITY.md
@@ -72,13 +71,6 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSt
         local.stop_all()
 
 
-def create(rest: httpx.Client, user_id: str, path: str, model: dict[str, str], **fields: object) -> str:
-    body = {"prompt": f"shard keys {user_id}", "user_id": user_id, **model, **fields}
-    response = rest.post(f"/api/v1/ai/{path}/task", json=body)
-    assert response.status_code == 200, response.text
-    return str(response.json()["data"]["task_id"])
-
-
 def drive_the_main_cases(stack: LocalStack, user_id: str) -> None:
     """Create, get, list and page, an idempotent create, a video polled to its end, a cancel, an output read, a
     webhook, the user's credits, a delete: each as a user does, with the user's own key."""
@@ -87,7 +79,7 @@ def drive_the_main_cases(stack: LocalStack, user_id: str) -> None:
     receiver.start()
     try:
         with stack.rest(key) as rest:
-            image = create(rest, user_id, "image", SEEDREAM, webhook_url=receiver.url)
+            image = create_task(rest, user_id, "image", SEEDREAM, webhook_url=receiver.url)
             done = wait_for_status(rest, image, {"completed"})
             wait_until(lambda: receiver.of(image))
             assert httpx.get(done["image_url"], timeout=10).status_code == 200
@@ -98,7 +90,7 @@ def drive_the_main_cases(stack: LocalStack, user_id: str) -> None:
                     headers={"Idempotency-Key": "shard-keys"},
                 )
                 assert response.status_code == 200, response.text
-            video = create(rest, user_id, "video", JIMENG_VIDEO)
+            video = create_task(rest, user_id, "video", JIMENG_VIDEO)
             wait_for_status(rest, video, {"completed"})
             first = rest.get("/api/v1/ai/tasks", params={"user_id": user_id, "limit": 1}).json()["data"]
             token = first["next_page_token"]
@@ -106,7 +98,7 @@ def drive_the_main_cases(stack: LocalStack, user_id: str) -> None:
             assert second.status_code == 200, second.text
             assert rest.get("/api/v1/ai/tasks", params={"user_id": user_id, "type": "video"}).status_code == 200
             with faults(stack, VIDEO_POLL, video_seconds=30.0):
-                running = create(rest, user_id, "video", JIMENG_VIDEO)
+                running = create_task(rest, user_id, "video", JIMENG_VIDEO)
                 wait_for_status(rest, running, {"processing"})
                 assert rest.post(f"/api/v1/ai/task/{running}/cancel").status_code == 200
             assert rest.get(f"/api/v1/ai/task/{image}/webhooks").status_code == 200
