@@ -135,7 +135,11 @@ class RedisClusterServers:
         if create.returncode != 0:
             self.__exit__()
             raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}")
-        self.wait_until_healthy()
+        try:
+            self.wait_until_healthy()
+        except RuntimeError:
+            self.__exit__()  # no server outlives a cluster that never came up
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
