@@ -1,5 +1,6 @@
-"""RQ for queue shards (aitask_common.queue_shards): the Queue and worker classes of one shard, and the two places
-RQ 2.12 names a key in a way no subclass reaches, adjusted so a shard's tag leads them.
+"""RQ for queue shards (aitask_common.queue_shards): the Queue and worker classes of one shard, the two places
+RQ 2.12 names a key in a way no subclass reaches, adjusted so a shard's tag leads them, and the one job both the
+task service and the dispatcher enqueue by hand (an upstream cancel).
 
 A shard's worker runs on a plain client of the master serving its slot (aitask_common.redis_cluster.shard_client),
 so every key RQ touches for it must be in that slot.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+from datetime import timedelta
 from typing import ClassVar, Final, TypeVar, cast
 
 import rq.job
@@ -25,6 +27,7 @@ from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
 from aitask_common.queue_shards import TAG_PREFIX, layout, shard_of_key
+from aitask_common.queues import CANCEL_UPSTREAM, Priority, job_options, shard_of
 from aitask_common.redis_clients import rq_connection
 
 AnyWorker = TypeVar("AnyWorker", bound="ShardWorker")
@@ -151,3 +154,24 @@ def job_id_option(shard: int) -> dict[str, str]:
     """The `job_id` keyword a job of `shard` is enqueued with: its tag must lead the id (RQ makes untagged ones)."""
     shards = layout()
     return {"job_id": shards.new_job_id(shard)} if shards.tagged else {}
+
+
+def enqueue_upstream_cancel(
+    connection: Redis,
+    task_id: str,
+    provider: str,
+    model: str,
+    upstream_job_id: str,
+    first_tried: float | None = None,
+    delay_seconds: float = 0.0,
+) -> None:
+    """Have a dispatcher cancel or delete a cancelled video's `upstream_job_id` (after `delay_seconds`), at critical
+    priority, in the task's shard; `first_tried` (epoch seconds) is when cancelling it was first tried."""
+    shard = shard_of(task_id)
+    target = shard_queue(connection, Priority.CRITICAL, shard)
+    args = (task_id, provider, model, upstream_job_id, first_tried or time.time())
+    options = job_options(task_id) | job_id_option(shard)
+    if delay_seconds > 0:
+        target.enqueue_in(timedelta(seconds=delay_seconds), CANCEL_UPSTREAM, *args, **options)
+    else:
+        target.enqueue(CANCEL_UPSTREAM, *args, **options)

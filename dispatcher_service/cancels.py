@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -27,8 +27,7 @@ from aitask_common import timeline
 from aitask_common.events import EventKind, publish
 from aitask_common.logging import get_logger
 from aitask_common.provider_errors import RETRYABLE_CODES
-from aitask_common.queues import CANCEL_UPSTREAM, Priority, job_options, shard_of
-from aitask_common.rq_shards import job_id_option, shard_queue
+from aitask_common.rq_shards import enqueue_upstream_cancel
 from aitask_common.tasks import (
     IN_FLIGHT_FIELD,
     CancelReason,
@@ -55,26 +54,6 @@ CANCEL_AGAIN_MAX_SECONDS = 60.0
 CANCEL_CALL_SECONDS = 30.0
 # Held only around one expiry's update; the expiry matters only if the sweep dies holding it.
 EXPIRE_LEASE_SECONDS = 10.0
-
-
-def enqueue_upstream_cancel(
-    redis: Redis,
-    task_id: str,
-    provider: str,
-    model: str,
-    upstream_job_id: str,
-    first_tried: float | None = None,
-    delay_seconds: float = 0.0,
-) -> None:
-    """Have a dispatcher cancel or delete `upstream_job_id` (after `delay_seconds`), at critical priority."""
-    shard = shard_of(task_id)
-    target = shard_queue(redis, Priority.CRITICAL, shard)
-    args = (task_id, provider, model, upstream_job_id, first_tried or time.time())
-    options = job_options(task_id) | job_id_option(shard)
-    if delay_seconds > 0:
-        target.enqueue_in(timedelta(seconds=delay_seconds), CANCEL_UPSTREAM, *args, **options)
-    else:
-        target.enqueue(CANCEL_UPSTREAM, *args, **options)
 
 
 def cancel_upstream_job(

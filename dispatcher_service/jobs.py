@@ -55,6 +55,7 @@ from aitask_common.outputs import (
 from aitask_common.provider_errors import RETRYABLE_CODES
 from aitask_common.queues import Priority, leave_queue
 from aitask_common.redis_clients import redis_client
+from aitask_common.rq_shards import enqueue_upstream_cancel
 from aitask_common.tasks import (
     GeneratedImage,
     HoldReason,
@@ -66,7 +67,7 @@ from aitask_common.tasks import (
 )
 from aitask_common.timeline import keep_poll
 from dispatcher_service.breakers import FAILURE_CODES, Breakers
-from dispatcher_service.cancels import cancel_upstream_job, deadline_passed, enqueue_upstream_cancel, expire
+from dispatcher_service.cancels import cancel_upstream_job, deadline_passed, expire
 from dispatcher_service.caps import CapFull, Slot, UpstreamCaps
 from dispatcher_service.durations import UpstreamDurations
 from dispatcher_service.lease import TaskLease

@@ -21,7 +21,6 @@ A pending task's RQ job stays where it is: the dispatcher's claim moves only pen
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,18 +35,15 @@ from aitask_common import timeline
 from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
 from aitask_common.queues import (
-    CANCEL_UPSTREAM,
     CANCELLED_MARK_SECONDS,
     LEASE_KEY_PREFIX,
-    Priority,
     cancelled_key,
     forget_task,
-    job_options,
     poll_hints_key,
     polls_key,
     shard_of,
 )
-from aitask_common.rq_shards import job_id_option, shard_queue
+from aitask_common.rq_shards import enqueue_upstream_cancel
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus, out_of_flight, task_filter, utcnow
 from aitask_common.webhooks import MESSAGES_COLLECTION, record_change_async
 from task_service.result_cache import FinalResultCache
@@ -214,17 +210,3 @@ class TaskCanceller:
             await operation()
         except RedisError as error:
             log.warning(warning, error=str(error))
-
-
-def enqueue_upstream_cancel(connection: Redis, task_id: str, provider: str, model: str, upstream_job_id: str) -> None:
-    """The dispatcher's job that cancels or deletes a cancelled video's upstream job, first on the critical queue."""
-    shard = shard_of(task_id)
-    shard_queue(connection, Priority.CRITICAL, shard).enqueue(
-        CANCEL_UPSTREAM,
-        task_id,
-        provider,
-        model,
-        upstream_job_id,
-        time.time(),
-        **job_options(task_id) | job_id_option(shard),
-    )
