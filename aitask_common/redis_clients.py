@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from aitask_common.queue_shards import layout
 from aitask_common.redis_async import async_redis
-from aitask_common.redis_cluster import ClusterClient, cluster_client, shard_client, startup_nodes
+from aitask_common.redis_cluster import ClusterClient, cluster_client, startup_nodes
 from aitask_common.settings import ServiceSettings
 
 
@@ -46,17 +46,9 @@ def events_redis(settings: ServiceSettings, **options: Any) -> AsyncRedis:
     return AsyncRedis(host=node.host, port=node.port, socket_timeout=settings.redis_socket_timeout, **options)
 
 
-_shard_clients: dict[tuple[int, int], Redis] = {}
-
-
 def rq_connection(connection: Redis, shard: int) -> Redis:
     """The client RQ runs on for `shard`: `connection` itself on one Redis; on a cluster, a plain client of the
     master serving the shard's slot (made once per cluster client and shard)."""
     if not isinstance(connection, ClusterClient):
         return connection
-    key = (id(connection), shard)
-    client = _shard_clients.get(key)
-    if client is None:
-        client = shard_client(connection.urls, layout().tag(shard), connection.socket_timeout)
-        _shard_clients[key] = client
-    return client
+    return connection.rq_client(layout().tag(shard))

@@ -32,11 +32,18 @@ class AtomicClusterPipeline(ClusterPipeline):
 
 
 class ClusterClient(RedisCluster):
-    """A RedisCluster whose pipelines are transactions by default; it keeps the URLs and timeout it was made with,
-    for the shard clients made from it (aitask_common.redis_clients.rq_connection)."""
+    """A RedisCluster whose pipelines are transactions by default; it keeps the URLs and timeout it was made with
+    (cluster_client), and the plain clients it made from them for queue shards."""
 
     urls: str = ""
     socket_timeout: float = 5.0
+    rq_clients: dict[str, Redis]
+
+    def rq_client(self, tag: str) -> Redis:
+        """A plain client of the master serving `tag`'s slot, made once per tag: what a queue shard's RQ runs on."""
+        if tag not in self.rq_clients:
+            self.rq_clients[tag] = shard_client(self.urls, tag, self.socket_timeout)
+        return self.rq_clients[tag]
 
     def pipeline(self, transaction: bool | None = True, shard_hint: Any = None) -> AtomicClusterPipeline:
         if shard_hint:
@@ -76,7 +83,7 @@ def startup_nodes(urls: str) -> list[ClusterNode]:
 def cluster_client(urls: str, socket_timeout: float, **options: Any) -> ClusterClient:
     """A client of the cluster the URLs' nodes belong to (any one live node is enough to find the others)."""
     client = ClusterClient(startup_nodes=startup_nodes(urls), socket_timeout=socket_timeout, **options)
-    client.urls, client.socket_timeout = urls, socket_timeout
+    client.urls, client.socket_timeout, client.rq_clients = urls, socket_timeout, {}
     return client
 
 
