@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 import uuid
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
@@ -90,6 +92,17 @@ def configure(layout: QueueShards) -> None:
 
 def layout() -> QueueShards:
     return _layout
+
+
+@contextmanager
+def configured(layout: QueueShards) -> Iterator[None]:
+    """`layout` for the length of a block (a test, a bench stage), then the one before again."""
+    previous = _layout
+    configure(layout)
+    try:
+        yield
+    finally:
+        configure(previous)
 
 
 def priority_of(queue_name: str) -> str:

@@ -14,8 +14,7 @@ from typing import Any
 
 from redis import Redis
 
-from aitask_common import queue_shards
-from aitask_common.queue_shards import QueueShards
+from aitask_common.queue_shards import QueueShards, configured
 from bench.harness.scenarios import E2E_WORKERS, Bench, _line, prompt, run_e2e, say
 from bench.harness.stack import BenchStack
 from devstack.redis_cluster import RedisClusterServers
@@ -55,14 +54,13 @@ def cluster_group(bench: Bench, selected: set[str]) -> None:
         runs["one_redis"] = measured(bench, stack, {"redis": stack.redis()}, "cluster_one_redis")
     say(f"  cluster: e2e_image, {bench.plan.e2e_tasks} tasks, on 3 masters and 3 replicas, QUEUE_SHARDS={SHARDS}")
     with RedisClusterServers(Path(tempfile.mkdtemp(prefix="aitask-bench-cluster-"))) as servers:
-        queue_shards.configure(QueueShards.layout(SHARDS, cluster=True))
-        try:
-            env = {"REDIS_CLUSTER_URLS": ",".join(servers.urls), "QUEUE_SHARDS": str(SHARDS)}
-            with BenchStack("cluster", workers=E2E_WORKERS, env=env) as stack:
-                masters = {f"master:{port}": Redis(port=port) for port in servers.masters()}
-                runs["cluster"] = measured(bench, stack, masters, "cluster_three_shards")
-        finally:
-            queue_shards.configure(QueueShards())
+        env = {"REDIS_CLUSTER_URLS": ",".join(servers.urls), "QUEUE_SHARDS": str(SHARDS)}
+        with (
+            configured(QueueShards.layout(SHARDS, cluster=True)),
+            BenchStack("cluster", workers=E2E_WORKERS, env=env) as stack,
+        ):
+            masters = {f"master:{port}": Redis(port=port) for port in servers.masters()}
+            runs["cluster"] = measured(bench, stack, masters, "cluster_three_shards")
     lone = runs["one_redis"]["redis_ms_per_task"]["redis"]["cpu_s"]
     busiest = max(node["cpu_s"] for node in runs["cluster"]["redis_ms_per_task"].values())
     cluster = runs["cluster"]

@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from aitask_common import queue_shards
-from aitask_common.queue_shards import QueueShards, priority_of, shard_of_key
+from aitask_common.queue_shards import QueueShards, configured, priority_of, shard_of_key
 from aitask_common.queues import watch_key
 from aitask_common.redis_cluster import ClusterClient, cluster_client, shard_client, startup_nodes
 from aitask_common.rq_shards import ShardWorker, shard_queue_class, shard_worker_class
@@ -244,12 +244,10 @@ def test_the_settings_set_every_process_on_one_layout_and_a_dispatcher_serves_ev
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("QUEUE_SHARDS", "3")
-    try:
+    with configured(QueueShards()):
         load_settings(DispatcherSettings)
         assert queue_shards.layout() == QueueShards(3, tagged=True)
         assert watch_key(1) == "aitask:watch:{q1}" and queue_shards.layout().queue_name("low", 2) == "{q2}low"
-    finally:
-        queue_shards.configure(QueueShards())
     assert watch_key(1) == "aitask:watch"
     with pytest.raises(ValidationError, match=r"WORKER_CONCURRENCY \(2\) must be at least QUEUE_SHARDS \(3\)"):
         DispatcherSettings(queue_shards=3, worker_concurrency=2)

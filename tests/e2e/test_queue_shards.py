@@ -13,8 +13,7 @@ import pytest
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from aitask_common import queue_shards
-from aitask_common.queue_shards import QueueShards
+from aitask_common.queue_shards import QueueShards, configured
 from aitask_common.queues import QUEUE_ORDER, polls_key, shard_of, watch_jobs_key
 from aitask_common.rq_shards import shard_queue
 from devstack.processes import Ports
@@ -40,9 +39,8 @@ def sharded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSta
 @pytest.fixture(autouse=True)
 def layout() -> Iterator[None]:
     """This process names keys as the stack's services do, for these tests only."""
-    queue_shards.configure(SHARDS)
-    yield
-    queue_shards.configure(QueueShards())
+    with configured(SHARDS):
+        yield
 
 
 @pytest.fixture

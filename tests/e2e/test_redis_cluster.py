@@ -14,8 +14,7 @@ import pytest
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from aitask_common import queue_shards
-from aitask_common.queue_shards import QueueShards
+from aitask_common.queue_shards import QueueShards, configured
 from aitask_common.queues import polls_key, shard_of, watch_jobs_key
 from aitask_common.redis_clients import rq_connection
 from aitask_common.redis_cluster import ClusterClient
@@ -34,9 +33,8 @@ SPREAD_TASKS = 3000
 @pytest.fixture(autouse=True)
 def layout() -> Iterator[None]:
     """This process names keys as the stack's services do, for these tests only."""
-    queue_shards.configure(SHARDS)
-    yield
-    queue_shards.configure(QueueShards())
+    with configured(SHARDS):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +49,13 @@ def cluster_stack(
 ) -> Iterator[LocalStack]:
     local = LocalStack(Ports.free(), tmp_path_factory.mktemp("cluster-stack"))
     local.env |= {"REDIS_CLUSTER_URLS": ",".join(cluster_servers.urls), "QUEUE_SHARDS": str(SHARDS.count)}
-    queue_shards.configure(SHARDS)  # start_all waits for the providers in the registry, named as on a cluster
-    try:
-        local.start_all()
-        yield local
-    finally:
-        queue_shards.configure(QueueShards())
-        local.stop_all()
+    # start_all waits for the providers in the registry, named as on a cluster.
+    with configured(SHARDS):
+        try:
+            local.start_all()
+            yield local
+        finally:
+            local.stop_all()
 
 
 @pytest.fixture
