@@ -8,7 +8,11 @@ at the back of the queue. A newcomer's task is therefore behind at most `depth` 
 their backlogs: round-robin between users, with RQ still the queue underneath and priorities still served in
 order (each priority has its own backlogs).
 
-Keys (the task service admits, the dispatcher advances, the reconciler rescues):
+With queue shards (aitask_common/queue_shards.py) each shard's queues have fair share of their own, its keys under
+the shard's tag beside its queues: a user may have `depth` first jobs waiting in each shard's queue, and a task
+waits behind at most `depth` of each busy user's in the queue it is in, which is the one that serves it.
+
+Keys (the task service admits, the dispatcher advances, the reconciler rescues), each under its task's shard:
 - `aitask:fair:queued:<priority>:<user>`: the user's first jobs waiting in RQ (task id -> enqueue time); an
   entry older than QUEUED_STALE_SECONDS no longer counts (a job an operator cleared must not block the user).
 - `aitask:fair:backlog:<priority>:<user>`: the user's tasks not yet enqueued (task id -> create time).
@@ -17,16 +21,21 @@ Keys (the task service admits, the dispatcher advances, the reconciler rescues):
 - `aitask:fair:backlogged`: hash of every backlogged task id -> "<priority> <user>": the reconciler leaves those
   alone (they wait their turn, they are not lost), and enqueues a user's next one itself when none of the
   user's jobs is left in RQ to advance the backlog.
+
+Sharded, the prefix is `aitask:fair:{q<k>}:`. After QUEUE_SHARDS shrinks, the backlogs of the shards no longer
+served are not found there: the reconciler enqueues those tasks as stuck ones, once, without waiting their turn.
 """
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from typing import NamedTuple
 
 from redis import Redis
 from redis.client import Pipeline
 
-from aitask_common.queue_shards import shared
+from aitask_common.queue_shards import layout
 
 FAIR_PREFIX = "aitask:fair:"
 # Long enough for a first job to reach the head of a deep queue of many users; past it the entry stops counting.
@@ -34,28 +43,14 @@ QUEUED_STALE_SECONDS = 300.0
 MARKER_SECONDS = 7 * 24 * 3600
 
 
-def fair_prefix() -> str:
-    """The prefix of fair share's keys; on a cluster under the shared tag, as its scripts build keys from it."""
-    return shared(FAIR_PREFIX)
+def fair_prefix(shard: int) -> str:
+    """The prefix of a shard's fair share keys (its scripts build keys from it): under the shard's tag, so they
+    share its slot on a cluster."""
+    return layout().key(FAIR_PREFIX.rstrip(":"), shard) + ":"
 
 
-def backlogged_key() -> str:
-    return fair_prefix() + "backlogged"
-
-
-def queued_key(priority: str, user_id: str) -> str:
-    """The user's first jobs waiting in the priority's RQ queue."""
-    return f"{fair_prefix()}queued:{priority}:{user_id}"
-
-
-def backlog_key(priority: str, user_id: str) -> str:
-    """The user's tasks waiting for their turn to be enqueued."""
-    return f"{fair_prefix()}backlog:{priority}:{user_id}"
-
-
-def marker_key(task_id: str) -> str:
-    """Whose turn a task's first job took: "<priority> <user>"."""
-    return f"{fair_prefix()}task:{task_id}"
+def backlogged_key(shard: int) -> str:
+    return fair_prefix(shard) + "backlogged"
 
 
 # KEYS queued, backlog, marker, backlogged; ARGV task id, now, depth, stale before, "<priority> <user>".
@@ -130,7 +125,9 @@ def owner(priority: str, user_id: str) -> str:
 def admit(pipe: Pipeline, task_id: str, priority: str, user_id: str, depth: int, now: float) -> None:
     """Add to `pipe` the admission of a new task: its reply is 1 when its first job may go to RQ now, 0 when it
     joined its user's backlog."""
-    keys = [queued_key(priority, user_id), backlog_key(priority, user_id), marker_key(task_id), backlogged_key()]
+    prefix = fair_prefix(layout().shard_of(task_id))
+    scope = f"{priority}:{user_id}"
+    keys = [f"{prefix}queued:{scope}", f"{prefix}backlog:{scope}", f"{prefix}task:{task_id}", f"{prefix}backlogged"]
     stale_before = now - QUEUED_STALE_SECONDS
     args: list[str | float] = [task_id, now, depth, stale_before, owner(priority, user_id), MARKER_SECONDS]
     pipe.eval(_ADMIT, len(keys), *keys, *args)
@@ -140,32 +137,42 @@ def started(redis: Redis, task_id: str) -> tuple[str, str, str] | None:
     """A worker picked up the task's job: if it was a first job counted against its user, the user's next
     backlogged task takes its turn; that task's (id, priority, user), to be enqueued by the caller."""
     now = time.time()
-    args: list[str | float] = [fair_prefix(), "", now, now - QUEUED_STALE_SECONDS, MARKER_SECONDS, task_id]
-    reply = redis.eval(_STARTED, 2, backlogged_key(), marker_key(task_id), *args)
+    prefix = fair_prefix(layout().shard_of(task_id))
+    args: list[str | float] = [prefix, "", now, now - QUEUED_STALE_SECONDS, MARKER_SECONDS, task_id]
+    reply = redis.eval(_STARTED, 2, f"{prefix}backlogged", f"{prefix}task:{task_id}", *args)
     if not reply:
         return None
     next_task, priority, user_id = (value.decode() if isinstance(value, bytes) else value for value in reply)
     return next_task, priority, user_id
 
 
-def backlogged_owners(redis: Redis, task_ids: list[str]) -> dict[str, str]:
-    """Which of `task_ids` wait in a backlog, with their "<priority> <user>"."""
-    if not task_ids:
-        return {}
-    owners = redis.hmget(backlogged_key(), task_ids)
-    return {
-        task_id: value.decode() if isinstance(value, bytes) else value
-        for task_id, value in zip(task_ids, owners, strict=True)
-        if value is not None
-    }
+class BacklogOwner(NamedTuple):
+    """Whose backlog a task waits in: its queue shard, and "<priority> <user>"."""
+
+    shard: int
+    owner: str
 
 
-def rescue(redis: Redis, owner_: str) -> str | None:
-    """If none of the owner's jobs is left in RQ to advance its backlog, take its next task out (the caller
-    enqueues it); its id, or None."""
+def backlogged_owners(redis: Redis, task_ids: list[str]) -> dict[str, BacklogOwner]:
+    """Which of `task_ids` wait in a backlog, with whose."""
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for task_id in task_ids:
+        by_shard[layout().shard_of(task_id)].append(task_id)
+    found = {}
+    for shard, ids in by_shard.items():
+        for task_id, value in zip(ids, redis.hmget(backlogged_key(shard), ids), strict=True):
+            if value is not None:
+                found[task_id] = BacklogOwner(shard, value.decode() if isinstance(value, bytes) else value)
+    return found
+
+
+def rescue(redis: Redis, backlog: BacklogOwner) -> str | None:
+    """If none of the owner's jobs is left in its shard's queue to advance its backlog, take its next task out (the
+    caller enqueues it); its id, or None."""
     now = time.time()
-    args: list[str | float] = [fair_prefix(), owner_, now, now - QUEUED_STALE_SECONDS, MARKER_SECONDS]
-    reply = redis.eval(_RESCUE, 1, backlogged_key(), *args)
+    prefix = fair_prefix(backlog.shard)
+    args: list[str | float] = [prefix, backlog.owner, now, now - QUEUED_STALE_SECONDS, MARKER_SECONDS]
+    reply = redis.eval(_RESCUE, 1, backlogged_key(backlog.shard), *args)
     if not reply:
         return None
     return reply.decode() if isinstance(reply, bytes) else str(reply)

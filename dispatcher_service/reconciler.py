@@ -161,15 +161,17 @@ class Reconciler:
             requeued += 1
         return requeued
 
-    def _advance_backlogs(self, owners: set[str]) -> None:
+    def _advance_backlogs(self, owners: set[fair_share.BacklogOwner]) -> None:
         """Backlogged tasks wait their user's turn (aitask_common.fair_share); a user none of whose jobs is left in
         RQ to advance the backlog (an operator cleared them, a worker died before enqueueing the next) gets its
         next one enqueued here."""
-        for owner in owners:
-            task_id = fair_share.rescue(self.redis, owner)
+        for backlog in owners:
+            task_id = fair_share.rescue(self.redis, backlog)
             if task_id is not None:
-                log.warning("enqueueing the next task of a backlog nothing advanced", task_id=task_id, owner=owner)
-                priority, user_id = owner.split(" ", 1)
+                log.warning(
+                    "enqueueing the next task of a backlog nothing advanced", task_id=task_id, owner=backlog.owner
+                )
+                priority, user_id = backlog.owner.split(" ", 1)
                 enqueue_task(self.redis, task_id, priority, user_id=user_id)
 
     def _prune_inflight(self, now: float) -> int:

@@ -4,6 +4,7 @@ one hash slot, RQ's MULTIs stay transactions there, and the shards land on diffe
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -20,7 +21,7 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from aitask_common import queue_shards
+from aitask_common import fair_share, queue_shards
 from aitask_common.queue_shards import QueueShards, configured, priority_of, shard_of_key
 from aitask_common.queues import watch_key
 from aitask_common.redis_cluster import ClusterClient, cluster_client, shard_client, startup_nodes
@@ -240,7 +241,7 @@ def test_a_shard_whose_slot_moves_to_another_master_follows_it(tmp_path: Path) -
             assert_all_finished(cluster, [*first.values(), *second.values()])
 
 
-def test_the_settings_set_every_process_on_one_layout_and_a_dispatcher_serves_every_shard(
+def test_the_settings_set_every_process_on_one_layout_and_a_dispatcher_serves_every_shard_or_those_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("QUEUE_SHARDS", "3")
@@ -249,5 +250,44 @@ def test_the_settings_set_every_process_on_one_layout_and_a_dispatcher_serves_ev
         assert queue_shards.layout() == QueueShards(3, tagged=True)
         assert watch_key(1) == "aitask:watch:{q1}" and queue_shards.layout().queue_name("low", 2) == "{q2}low"
     assert watch_key(1) == "aitask:watch"
-    with pytest.raises(ValidationError, match=r"WORKER_CONCURRENCY \(2\) must be at least QUEUE_SHARDS \(3\)"):
+    with pytest.raises(ValidationError, match=r"WORKER_CONCURRENCY \(2\) must be at least the number of queue shards"):
         DispatcherSettings(queue_shards=3, worker_concurrency=2)
+    assert DispatcherSettings(queue_shards=3).served_shards == [0, 1, 2]
+    assert DispatcherSettings(queue_shards=3, queue_shards_served="2, 0", worker_concurrency=2).served_shards == [0, 2]
+    with pytest.raises(ValidationError, match=r"QUEUE_SHARDS_SERVED names '3', 'x': shards are numbered 0 to 2"):
+        DispatcherSettings(queue_shards=3, queue_shards_served="1,3,x")
+    with pytest.raises(ValidationError, match=r"WORKER_CONCURRENCY \(1\) must be at least the number of queue shards"):
+        DispatcherSettings(queue_shards=3, queue_shards_served="0,1", worker_concurrency=1)
+
+
+def test_fair_share_keeps_each_shards_turns_in_the_shard_on_its_master(cluster: ClusterClient) -> None:
+    # Six tasks of one user per shard, fair share depth 2: per shard, two go to the queue and four wait their turn,
+    # every key of a shard's turns in its slot (a cross-slot script would be refused).
+    with configured(SHARDS):
+        task_ids = [f"fair-{n}" for n in range(200)]
+        per_shard = {shard: [t for t in task_ids if SHARDS.shard_of(t) == shard][:6] for shard in SHARDS.shards()}
+        with cluster.pipeline(transaction=False) as pipe:
+            for tasks in per_shard.values():
+                for task_id in tasks:
+                    fair_share.admit(pipe, task_id, "default", "ann", 2, time.time())
+            admitted = pipe.execute()
+        assert admitted == [1, 1, 0, 0, 0, 0] * 3
+        slots = {key_slot(key) for key in cluster.scan_iter(match="aitask:fair:*")}
+        assert slots == {key_slot(SHARDS.tag(shard).encode()) for shard in SHARDS.shards()}
+
+        # A first job starting gives its shard's next task the turn; nothing moves in another shard.
+        first, second, third = per_shard[0][0], per_shard[0][2], per_shard[1][2]
+        assert fair_share.started(cluster, first) == (second, "default", "ann")
+        backlogged = fair_share.backlogged_owners(cluster, [second, per_shard[0][3], third])
+        assert backlogged == {
+            per_shard[0][3]: fair_share.BacklogOwner(0, "default ann"),
+            third: fair_share.BacklogOwner(1, "default ann"),
+        }
+        # The reconciler's rescue moves a backlog only once none of its user's jobs waits in that shard's queue.
+        assert fair_share.rescue(cluster, backlogged[third]) is None
+        for task_id in per_shard[1][:2]:
+            fair_share.started(cluster, task_id)  # each gives the next its turn
+        assert fair_share.backlogged_owners(cluster, per_shard[1]) == {
+            per_shard[1][4]: fair_share.BacklogOwner(1, "default ann"),
+            per_shard[1][5]: fair_share.BacklogOwner(1, "default ann"),
+        }
