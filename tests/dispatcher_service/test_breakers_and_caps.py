@@ -9,10 +9,10 @@ import sys
 import time
 import uuid
 
-from aitask_common.breaker_state import BreakerState, breaker_statuses, reset_breaker
+from aitask_common.breaker_state import BreakerState, breaker_keys, breaker_statuses, reset_breaker
 from devstack.processes import ROOT
 from devstack.stack import LoneRedis
-from dispatcher_service.breakers import Breakers
+from dispatcher_service.breakers import CLOSED_CACHE_SECONDS, Breakers
 from dispatcher_service.caps import CapFull, Slot, UpstreamCaps, cap_status
 from dispatcher_service.settings import DispatcherSettings, UpstreamCap
 from tests.conftest import wait_until
@@ -59,6 +59,27 @@ def test_a_failed_probe_reopens_and_lost_probes_are_issued_again(redis_server: L
     wait_until(lambda: breakers.admit(scope) is None, timeout=3, interval=0.05)
     reset_breaker(redis_server.redis(), scope)
     assert all(status.scope != scope for status in breaker_statuses(redis_server.redis()))
+
+
+def test_a_workers_successes_through_a_closed_breaker_are_counted_together_and_a_failure_at_once(
+    redis_server: LoneRedis,
+) -> None:
+    redis = redis_server.redis()
+    breakers, scope = Breakers(redis, QUICK), f"model:test/{uuid.uuid4().hex}"
+    calls = breaker_keys(scope)[1]
+    assert breakers.admit(scope) is None
+    for _ in range(5):
+        breakers.record(scope, False, min_calls=4)
+    assert redis.zcard(calls) == 0  # kept by the worker
+    breakers.record(scope, True, min_calls=4)  # a failure goes at once, with the successes before it
+    assert redis.zcard(calls) == 6 and state(redis_server, scope) is BreakerState.CLOSED
+    assert breakers.admit(scope) is None
+    breakers.record(scope, False, min_calls=4)
+    time.sleep(CLOSED_CACHE_SECONDS)
+    breakers.record(scope, False, min_calls=4)  # kept long enough: both counted, each at its own time
+    times = [score for _, score in redis.zrange(calls, 0, -1, withscores=True)]
+    assert len(times) == 8 and times[-1] - times[-2] >= CLOSED_CACHE_SECONDS * 0.9
+    reset_breaker(redis, scope)
 
 
 def test_a_concurrency_cap_lends_leases_wakes_the_longest_waiting_and_frees_a_killed_holders_slot(
