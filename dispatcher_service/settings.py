@@ -28,7 +28,11 @@ class DispatcherSettings(OutputSettings):
 
     worker_concurrency: int = Field(default=4, ge=1, validation_alias=AliasChoices("WORKER_CONCURRENCY", "WORKERS"))
     """Worker processes, each running one task at a time and polling upstream jobs; each serves one queue shard, so
-    at least QUEUE_SHARDS of them."""
+    at least as many as the shards this dispatcher serves."""
+    queue_shards_served: str = ""
+    """The queue shards this dispatcher's workers serve, by number, comma-separated (`1`, `0,2`); empty: all of them.
+    One dispatcher Deployment per shard, each with its own autoscaler on its shard's queue, scales each shard apart
+    (deploy/README.md, "Queue shards")."""
     max_attempts: int = Field(default=8, ge=1)
     """Upstream attempts per task before a retryable error becomes final."""
     retry_base_seconds: float = Field(default=2.0, gt=0)
@@ -113,11 +117,26 @@ class DispatcherSettings(OutputSettings):
     """A PEM file of certificate authorities that https webhook receivers' certificates may also chain to (an
     internal CA), besides the public ones; empty: the public ones only. Certificates are always verified."""
 
+    @property
+    def served_shards(self) -> list[int]:
+        """The queue shards this dispatcher serves, in order."""
+        if not self.queue_shards_served.strip():
+            return list(range(self.queue_shards))
+        return sorted({int(shard) for shard in self.queue_shards_served.split(",")})
+
     @model_validator(mode="after")
     def _a_worker_per_queue_shard(self) -> Self:
-        if self.worker_concurrency < self.queue_shards:
+        named = [part.strip() for part in self.queue_shards_served.split(",")] if self.queue_shards_served else []
+        wrong = [part for part in named if not part.isdigit() or int(part) >= self.queue_shards]
+        if wrong:
             raise ValueError(
-                f"WORKER_CONCURRENCY ({self.worker_concurrency}) must be at least QUEUE_SHARDS ({self.queue_shards}): "
-                "each worker serves one queue shard, and a shard no worker serves runs nothing"
+                f"QUEUE_SHARDS_SERVED names {', '.join(map(repr, wrong))}: shards are numbered 0 to "
+                f"{self.queue_shards - 1} (QUEUE_SHARDS={self.queue_shards}), comma-separated"
+            )
+        served = self.served_shards
+        if self.worker_concurrency < len(served):
+            raise ValueError(
+                f"WORKER_CONCURRENCY ({self.worker_concurrency}) must be at least the number of queue shards served "
+                f"({len(served)}): each worker serves one queue shard, and a shard no worker serves runs nothing"
             )
         return self

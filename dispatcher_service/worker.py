@@ -314,15 +314,16 @@ class ShardedWorkerPool(WorkerPool):
     """RQ's WorkerPool, each worker serving one queue shard (aitask_common.queue_shards): a new or respawned worker
     takes the shard with the fewest live workers, so every shard is served while the pool has one per shard."""
 
-    def __init__(self, main: Redis, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, main: Redis, served: list[int], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Whence each shard's RQ client (aitask_common.redis_clients.rq_connection), which its workers re-make.
         self.main = main
+        self.served = served
         self.shard_of_worker: dict[str, int] = {}
 
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO") -> Any:
         alive = [self.shard_of_worker[worker] for worker in self.worker_dict if worker in self.shard_of_worker]
-        shard = min(layout().shards(), key=alive.count)
+        shard = min(self.served, key=alive.count)
         self.shard_of_worker[name] = shard
         tag = layout().tag(shard)
         connection_class, pool_class, pool_kwargs = parse_connection(rq_connection(self.main, shard))
@@ -349,7 +350,8 @@ class ShardedWorkerPool(WorkerPool):
 
 
 def build_pool(settings: DispatcherSettings) -> WorkerPool:
-    """A pool of `worker_concurrency` forked processes, each running jobs in-process, spread over the queue shards.
+    """A pool of `worker_concurrency` forked processes, each running jobs in-process, spread over the queue shards
+    served.
 
     SimpleWorker (no fork per job) keeps each process's MongoDB client, Redis
     pool and gRPC channels alive across jobs; the pool restarts a dead worker.
@@ -360,10 +362,12 @@ def build_pool(settings: DispatcherSettings) -> WorkerPool:
 
     PoolWorker.settings = settings
     main = redis_client(settings)
+    served = settings.served_shards
     return ShardedWorkerPool(
         main,
+        served,
         [str(name) for name in QUEUE_ORDER],
-        connection=rq_connection(main, 0),
+        connection=rq_connection(main, served[0]),
         num_workers=settings.worker_concurrency,
         worker_class=PoolWorker,
         serializer=JSONSerializer,

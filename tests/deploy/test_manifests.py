@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from redis import Redis
 from rq.queue import Queue
 
 from aitask_common.grpc_server import LIVENESS, OVERALL
+from aitask_common.queue_shards import QueueShards, configured
 from aitask_common.queues import QUEUE_ORDER
 from aitask_common.rq_shards import shard_queue
 from aitask_common.settings import ServiceSettings
-from deploy import pin_images
+from deploy import pin_images, queue_shards
 from deploy.check import K8S_ENVOY_CONFIG, kustomize_build
 from deploy.dockerfile import ROOT, stages
 from dispatcher_service.settings import DispatcherSettings
@@ -320,6 +322,53 @@ def test_keda_scales_the_dispatcher_on_jobs_queued_and_running(rendered: dict[st
         entry for entry in dispatcher["env"] if entry["name"].startswith("REDIS_") and entry["name"] != "REDIS_URL"
     ]
     assert "replicas" not in _deployment(documents, "dispatcher")["spec"], "KEDA owns it"
+
+
+def test_each_queue_shard_has_its_own_dispatcher_scaled_on_its_own_jobs(
+    rendered: dict[str, Documents], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert {path.name: path.read_text() for path in queue_shards.COMPONENT.iterdir()} == queue_shards.component(
+        3, cluster=False
+    ), "run `python -m deploy.queue_shards 3`"
+    documents = rendered["prod-queue-shards"]
+    config = _aitask_config(documents)["data"]
+    shards = QueueShards.layout(int(config["QUEUE_SHARDS"]), cluster=False)
+    deployments = {name: d for name, d in objects(documents, "Deployment").items() if name.startswith("dispatcher")}
+    image = {_container(documents, name)["image"] for name in deployments}
+    assert image == {_container(rendered["prod"], "dispatcher")["image"]}
+    monkeypatch.chdir(tmp_path)
+    served: dict[int, str] = {}
+    for name, deployment in deployments.items():
+        environment = config | {entry["name"]: entry.get("value", "x") for entry in _container(documents, name)["env"]}
+        with monkeypatch.context() as patch:
+            for variable, value in environment.items():
+                patch.setenv(variable, value)
+            (shard,) = DispatcherSettings().served_shards
+        assert shard not in served, (name, served)
+        served[shard] = name
+        # No other dispatcher Deployment's selector takes this one's pods.
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        others = [other for other in deployments.values() if other is not deployment]
+        assert not any(selects(other["spec"]["selector"], labels) for other in others), name
+    assert sorted(served) == list(shards.shards())
+    unconnected = Redis()
+    with configured(shards):
+        for scaled in objects(documents, "ScaledObject").values():
+            shard = next(s for s, name in served.items() if name == scaled["spec"]["scaleTargetRef"]["name"])
+            triggers = scaled["spec"]["triggers"]
+            (prometheus,) = [trigger["metadata"]["query"] for trigger in triggers if trigger["type"] == "prometheus"]
+            assert f'shard="{shard}"' in prometheus and "max by (queue, shard, state)" in prometheus
+            assert [trigger["metadata"]["listName"] for trigger in triggers if trigger["type"] == "redis"] == [
+                shard_queue(unconnected, name, shard).key for name in QUEUE_ORDER
+            ]
+    assert len(objects(documents, "ScaledObject")) == shards.count
+    # On a Redis Cluster, KEDA's redis-cluster scaler reads the lists, with every node's address.
+    on_cluster = list(yaml.safe_load_all(queue_shards.component(3, cluster=True)["shards.yaml"]))
+    cluster_triggers = [t for d in on_cluster if d["kind"] == "ScaledObject" for t in d["spec"]["triggers"]]
+    assert {t["type"] for t in cluster_triggers} == {"prometheus", "redis-cluster"}
+    assert {t["authenticationRef"]["name"] for t in cluster_triggers if t["type"] == "redis-cluster"} == {
+        d["metadata"]["name"] for d in on_cluster if d["kind"] == "TriggerAuthentication"
+    }
 
 
 def test_development_runs_without_keda(rendered: dict[str, Documents]) -> None:

@@ -150,3 +150,24 @@ def test_fewer_shards_lose_no_queued_task_and_pay_for_none_twice(
     with sharded_stack.sim() as sim:
         calls = [call for call in sim.requests(user_id) if call["endpoint"] == "ark.images"]
     assert len(calls) == len(tasks)
+
+
+def test_a_dispatcher_serving_one_shard_runs_that_shards_tasks_only(
+    sharded_stack: LocalStack, rest: httpx.Client, user_id: str
+) -> None:
+    stop_dispatcher(sharded_stack)
+    try:
+        # One Deployment per shard (deploy/queue_shards.py) runs dispatchers like this one.
+        sharded_stack.start("dispatcher", {"QUEUE_SHARDS_SERVED": "1", "WORKER_CONCURRENCY": "2"})
+        tasks = [create_task(rest, user_id, "image", SEEDREAM) for _ in range(12)]
+        served = [task_id for task_id in tasks if shard_of(task_id) == 1]
+        others = [task_id for task_id in tasks if shard_of(task_id) != 1]
+        assert served and others
+        for task_id in served:
+            assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)["status"] == "completed"
+        assert {rest.get(f"/api/v1/ai/task/result/{t}").json()["data"]["status"] for t in others} == {"pending"}
+    finally:
+        stop_dispatcher(sharded_stack)
+        sharded_stack.start("dispatcher")
+    for task_id in others:
+        assert wait_for_status(rest, task_id, {"completed", "failed"}, timeout=60)["status"] == "completed"
