@@ -21,7 +21,22 @@ from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.connection import Connection, ConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError, RedisError
+from redis.exceptions import CrossSlotTransactionError, MovedError, RedisClusterException, RedisError
+
+
+class ClusterUnavailable(RedisConnectionError):
+    """The cluster cannot serve a command now (a failover under way leaves slots uncovered, no node answers):
+    redis-py says so with RedisClusterException, which is no RedisError; this one is, so every caller that rides
+    out a Redis outage rides out this one too."""
+
+
+def _served(call: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return call(*args, **kwargs)
+    except CrossSlotTransactionError:
+        raise  # a bug in our keys, not an outage
+    except RedisClusterException as error:
+        raise ClusterUnavailable(str(error)) from error
 
 
 class AtomicClusterPipeline(ClusterPipeline):
@@ -29,6 +44,9 @@ class AtomicClusterPipeline(ClusterPipeline):
         """Queue a script with its body (EVAL): redis-py blocks scripts in cluster pipelines, and an EVALSHA of a
         script the node has not loaded would fail inside the MULTI."""
         return self.execute_command("EVAL", script, numkeys, *keys_and_args)  # type: ignore[no-untyped-call]
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        return _served(super().execute, raise_on_error)  # type: ignore[no-any-return]
 
 
 class ClusterClient(RedisCluster):
@@ -44,6 +62,9 @@ class ClusterClient(RedisCluster):
         if tag not in self.rq_clients:
             self.rq_clients[tag] = shard_client(self.urls, tag, self.socket_timeout)
         return self.rq_clients[tag]
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return _served(super().execute_command, *args, **kwargs)
 
     def pipeline(self, transaction: bool | None = True, shard_hint: Any = None) -> AtomicClusterPipeline:
         if shard_hint:

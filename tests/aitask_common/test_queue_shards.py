@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 from redis import Redis
 from redis.crc import key_slot
-from redis.exceptions import CrossSlotTransactionError
+from redis.exceptions import CrossSlotTransactionError, RedisError
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
@@ -291,3 +291,18 @@ def test_fair_share_keeps_each_shards_turns_in_the_shard_on_its_master(cluster: 
             per_shard[1][4]: fair_share.BacklogOwner(1, "default ann"),
             per_shard[1][5]: fair_share.BacklogOwner(1, "default ann"),
         }
+
+
+def test_a_cluster_that_cannot_serve_is_a_redis_outage_to_its_callers(tmp_path: Path) -> None:
+    # redis-py says "Redis Cluster cannot be connected" with RedisClusterException, which is no RedisError: every
+    # `except RedisError` that rides out an outage would have let it through.
+    with RedisClusterServers(tmp_path) as servers:
+        client = cluster_client(",".join(servers.urls), socket_timeout=2)
+        client.set("key", 1)
+        for port in servers.live_ports():
+            servers.kill(port)
+        with pytest.raises(RedisError, match="cannot be connected"):
+            client.get("key")
+        with pytest.raises(RedisError, match="cannot be connected"), client.pipeline() as pipe:
+            pipe.get("key")
+            pipe.execute()
