@@ -22,27 +22,42 @@ from devstack.redis_cluster import RedisClusterServers
 SHARDS = 3
 
 
-def redis_cpu(nodes: dict[str, Redis]) -> dict[str, dict[str, float]]:
-    """Each node's CPU and command time so far, in seconds."""
+def redis_cpu(nodes: dict[str, Redis]) -> dict[str, dict[str, Any]]:
+    """Each node's CPU and command time so far, in seconds, and its calls of each command."""
     readings = {}
     for name, node in nodes.items():
         cpu = node.info("cpu")
-        command_us = sum(int(values["usec"]) for values in node.info("commandstats").values())
-        readings[name] = {"cpu_s": cpu["used_cpu_sys"] + cpu["used_cpu_user"], "command_s": command_us / 1e6}
+        commands = node.info("commandstats")
+        readings[name] = {
+            "cpu_s": cpu["used_cpu_sys"] + cpu["used_cpu_user"],
+            "command_s": sum(int(values["usec"]) for values in commands.values()) / 1e6,
+            "calls": {command.removeprefix("cmdstat_"): int(values["calls"]) for command, values in commands.items()},
+        }
     return readings
 
 
 def measured(bench: Bench, stack: BenchStack, nodes: dict[str, Redis], tag: str) -> dict[str, Any]:
-    """e2e_image on `stack`, with what it cost each Redis node per completed task (ms)."""
+    """e2e_image on `stack`, with what it cost each Redis node per completed task: CPU and command time (ms), and
+    the commands it ran most (calls)."""
     before = redis_cpu(nodes)
     entry = run_e2e(bench, stack, prompt(tag), bench.plan.e2e_tasks)
     after = redis_cpu(nodes)
     completed = max(entry["completed"], 1)
-    entry["redis_ms_per_task"] = {
-        name: {what: round((after[name][what] - before[name][what]) * 1000 / completed, 3) for what in after[name]}
-        for name in nodes
-    }
-    say(f"    {_line(entry)}; Redis per task: {entry['redis_ms_per_task']}")
+    per_task: dict[str, dict[str, Any]] = {}
+    for name in nodes:
+        calls = {
+            command: (count - before[name]["calls"].get(command, 0)) / completed
+            for command, count in after[name]["calls"].items()
+        }
+        top = sorted(calls.items(), key=lambda call: -call[1])[:8]
+        per_task[name] = {
+            "cpu_s": round((after[name]["cpu_s"] - before[name]["cpu_s"]) * 1000 / completed, 3),
+            "command_s": round((after[name]["command_s"] - before[name]["command_s"]) * 1000 / completed, 3),
+            "calls": round(sum(calls.values()), 1),
+            "top_calls": {command: round(count, 2) for command, count in top},
+        }
+    entry["redis_ms_per_task"] = per_task
+    say(f"    {_line(entry)}; Redis per task: {per_task}")
     return entry
 
 
