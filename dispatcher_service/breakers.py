@@ -14,10 +14,10 @@ gives the vendor the pause it asks for, which per-task backoff alone does not. A
 (a 400) says the upstream works: it counts as a successful call.
 
 A worker that found a breaker closed keeps the successes that follow to itself for up to CLOSED_CACHE_SECONDS and
-counts them in one script, with their own times: with the admission cache, a busy closed breaker costs each
-worker about two scripts a second, not two per call. A failure is counted at once, with the successes kept
-before it. Successes a worker held when it died are never counted: the window's failure ratio comes out higher
-by at most half a second of one worker's calls.
+counts them in one script, with their own times, whose answer also renews what it knows of the breaker: a busy
+closed breaker costs each worker two to four scripts a second, whatever its rate, not two per call. A failure is
+counted at once, with the successes kept before it. Successes a worker held when it died are never counted: the
+window's failure ratio comes out higher by at most half a second of one worker's calls.
 
 Each transition is one Lua script, so two workers never both make it; the one that does logs it and counts it
 in `aitask_breaker_transitions_total`. `aitask_breaker_state` (read at scrape time) and the queue tools
@@ -128,9 +128,8 @@ class Breakers:
         self.settings = settings
         # scope -> monotonic time until which it is taken as closed without asking Redis.
         self._closed_until: dict[str, float] = {}
-        # scope -> times (epoch seconds) of the successes not yet counted, and when the first of them was kept.
+        # scope -> times (epoch seconds) of the successes not yet counted.
         self._successes: dict[str, list[float]] = {}
-        self._kept_since: dict[str, float] = {}
 
     def admit(self, scope: str) -> float | None:
         """None if a call may go through `scope` now (a half-open breaker's probe among them), else how many
@@ -157,14 +156,11 @@ class Breakers:
     def record(self, scope: str, failed: bool, min_calls: int) -> None:
         """Count one finished call through `scope`; it may open or close the breaker. A success through a breaker
         this worker found closed is kept and counted with the next ones (see the module's docstring)."""
-        now = time.monotonic()
-        if not failed and self._closed_until.get(scope, 0.0) > now:
-            kept = self._successes.setdefault(scope, [])
-            if not kept:
-                self._kept_since[scope] = now
-            if now - self._kept_since[scope] < CLOSED_CACHE_SECONDS:
-                kept.append(time.time())
-                return
+        # Kept while the breaker is known closed for a while yet; in the second half of that while, counted with
+        # the ones before, and the state the script returns keeps the breaker known: admit need not ask.
+        if not failed and self._closed_until.get(scope, 0.0) - time.monotonic() > CLOSED_CACHE_SECONDS / 2:
+            self._successes.setdefault(scope, []).append(time.time())
+            return
         earlier = self._successes.pop(scope, [])
         s = self.settings
         state, transition = self.redis.eval(
@@ -172,7 +168,9 @@ class Breakers:
             s.breaker_window_seconds, min_calls, s.breaker_failure_ratio, s.breaker_cooldown_seconds,
             s.breaker_probe_calls, BREAKER_IDLE_SECONDS, scope, *earlier,
         )  # fmt: skip
-        if state != b"closed":
+        if state == b"closed":
+            self._closed_until[scope] = time.monotonic() + CLOSED_CACHE_SECONDS
+        else:
             self._closed_until.pop(scope, None)
         if transition:
             self._transitioned(scope, BreakerState(transition.decode()))
