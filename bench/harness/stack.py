@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -19,7 +18,6 @@ from rq import Worker
 from aitask_common.queue_shards import layout
 from aitask_common.rq_shards import shard_queue
 from bench.harness.procs import ProcessMonitor
-from devstack.postgres import binary as psql_binary
 from devstack.processes import Ports, base_environment, service_environment
 from devstack.stack import LocalStack
 
@@ -165,8 +163,7 @@ class BenchStack:
 
     def psql(self, query: str) -> str:
         """What psql prints for `query` on the stack's PostgreSQL (unaligned, tuples only)."""
-        argv = [psql_binary("psql"), "-h", "127.0.0.1", "-p", str(self.ports.postgres), "-U", "postgres", "-Atc", query]
-        return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+        return self.local.psql(query)
 
     def store_work(self) -> dict[str, int]:
         """PostgreSQL's counters under FerretDB (pg_stat_database): transactions and rows, since FerretDB keeps no

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-
 from devstack.stack import LocalStack
 
 
-def psql(stack: LocalStack, sql: str) -> str:
-    command = ["psql", "-h", "127.0.0.1", "-p", str(stack.ports.postgres), "-U", "postgres", "-At", "-c", sql]
-    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
-
-
 def tasks_table(stack: LocalStack) -> str:
-    table = psql(
-        stack, "SELECT _jsonb->>'table' FROM aitask._ferretdb_database_metadata WHERE _jsonb->>'_id' = 'tasks'"
-    ).strip()
+    table = stack.ferretdb_table("tasks")
     assert table, "the task service creates the tasks collection at start-up"
     return table
 
@@ -26,9 +17,9 @@ def test_task_lookups_by_id_and_user_use_an_index_not_a_table_scan(stack: LocalS
         # The shape of FerretDB 1.x's pushed-down equality filter, with the key as a constant as in a custom plan.
         # enable_seqscan=off: the table is small, so only "no usable index" would still give a Seq Scan.
         query = f"EXPLAIN SELECT _jsonb FROM aitask.\"{table}\" WHERE _jsonb->'{field}' @> '\"x\"'"
-        plan = psql(stack, f"SET enable_seqscan = off; {query}")
+        plan = stack.psql(f"SET enable_seqscan = off; {query}")
         assert "Index Scan" in plan and "Seq Scan" not in plan, plan
-    assert psql(stack, "SHOW plan_cache_mode").strip() == "force_custom_plan"
+    assert stack.psql("SHOW plan_cache_mode").strip() == "force_custom_plan"
 
 
 def test_a_transition_finds_its_task_by_id_alone(stack: LocalStack) -> None:
@@ -37,15 +28,14 @@ def test_a_transition_finds_its_task_by_id_alone(stack: LocalStack) -> None:
     table = tasks_table(stack)
     condition = "_jsonb->'_id' @> '\"x\"' AND _jsonb->'status' @> '\"pending\"'"
     query = f'EXPLAIN SELECT _jsonb FROM aitask."{table}" WHERE {condition}'
-    plan = psql(stack, f"SET enable_seqscan = off; {query}")
+    plan = stack.psql(f"SET enable_seqscan = off; {query}")
     conditions = [line for line in plan.splitlines() if "Index Cond" in line]
     assert conditions and all("'_id'" in line and "'status'" not in line for line in conditions), plan
 
 
 def test_gin_twins_skip_the_pending_list(stack: LocalStack) -> None:
     # With fastupdate on, every lookup scans GIN's pending list, which grows with each write until a vacuum.
-    options = psql(
-        stack,
+    options = stack.psql(
         "SELECT coalesce(array_to_string(c.reloptions, ','), '') FROM pg_index i JOIN pg_class c "
         "ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'gin' "
         "AND c.relnamespace = 'aitask'::regnamespace",
