@@ -17,7 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from redis import Redis
+from redis._parsers.commands import CommandPolicies, RequestPolicy, ResponsePolicy
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.commands.policies import StaticPolicyResolver
 from redis.connection import Connection, ConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,6 +39,20 @@ def _served(call: Any, *args: Any, **kwargs: Any) -> Any:
         raise  # a bug in our keys, not an outage
     except RedisClusterException as error:
         raise ClusterUnavailable(str(error)) from error
+
+
+_KEYED = CommandPolicies(request_policy=RequestPolicy.DEFAULT_KEYED, response_policy=ResponsePolicy.DEFAULT_KEYED)
+
+
+class KeyedScripts(StaticPolicyResolver):
+    """redis-py's policies, plus: EVAL and EVALSHA go to their keys' node. Without a policy for them a pipeline that
+    is not a transaction asks a node for each script's keys (COMMAND GETKEYS, a round trip per script, two per
+    create) only to learn that it has keys; with one it reads them from the script's own arguments."""
+
+    def resolve(self, command_name: str) -> CommandPolicies | None:
+        if command_name in ("eval", "evalsha"):
+            return _KEYED
+        return super().resolve(command_name)
 
 
 class AtomicClusterPipeline(ClusterPipeline):
@@ -82,6 +98,7 @@ class ClusterClient(RedisCluster):
             lock=self._lock,
             transaction=transaction,
             event_dispatcher=self._event_dispatcher,
+            policy_resolver=self._policy_resolver,
         )
 
 
@@ -103,7 +120,9 @@ def startup_nodes(urls: str) -> list[ClusterNode]:
 
 def cluster_client(urls: str, socket_timeout: float, **options: Any) -> ClusterClient:
     """A client of the cluster the URLs' nodes belong to (any one live node is enough to find the others)."""
-    client = ClusterClient(startup_nodes=startup_nodes(urls), socket_timeout=socket_timeout, **options)
+    client = ClusterClient(
+        startup_nodes=startup_nodes(urls), socket_timeout=socket_timeout, policy_resolver=KeyedScripts(), **options
+    )
     client.urls, client.socket_timeout, client.rq_clients = urls, socket_timeout, {}
     return client
 

@@ -306,3 +306,18 @@ def test_a_cluster_that_cannot_serve_is_a_redis_outage_to_its_callers(tmp_path: 
         with pytest.raises(RedisError, match="cannot be connected"), client.pipeline() as pipe:
             pipe.get("key")
             pipe.execute()
+
+
+def test_scripts_in_a_pipeline_go_to_their_keys_node_without_asking_a_node_for_their_keys(
+    redis_cluster: RedisClusterServers, cluster: ClusterClient
+) -> None:
+    def getkeys() -> int:
+        stats = [Redis(port=port).info("commandstats") for port in redis_cluster.masters()]
+        return sum(int(node.get("cmdstat_command|getkeys", {}).get("calls", 0)) for node in stats)
+
+    before = getkeys()
+    with cluster.pipeline(transaction=False) as pipe:
+        for shard in SHARDS.shards():
+            pipe.eval("return redis.call('INCR', KEYS[1])", 1, f"count:{SHARDS.tag(shard)}")
+        assert pipe.execute() == [1, 1, 1]
+    assert getkeys() == before
