@@ -1,5 +1,5 @@
 """Circuit breakers per provider instance (for each model it serves) and per (provider, model), their state in Redis
-so every worker of every dispatcher shares it.
+so every worker of every dispatcher shares it (with queue shards, each shard its own: aitask_common/breaker_state.py).
 
 A breaker is closed (calls go through) until, within `breaker_window_seconds`, at least its minimum number of
 calls were made and `breaker_failure_ratio` of them failed: it opens. While open no call goes through: a task
@@ -121,11 +121,12 @@ return {'closed', ''}
 
 
 class Breakers:
-    """The shared breakers, as one worker process uses them."""
+    """The breakers a queue shard's workers share (aitask_common/breaker_state.py), as one worker process uses them."""
 
-    def __init__(self, redis: Redis, settings: DispatcherSettings) -> None:
+    def __init__(self, redis: Redis, settings: DispatcherSettings, shard: int = 0) -> None:
         self.redis = redis
         self.settings = settings
+        self.shard = shard
         # scope -> monotonic time until which it is taken as closed without asking Redis.
         self._closed_until: dict[str, float] = {}
         # scope -> times (epoch seconds) of the successes not yet counted.
@@ -138,8 +139,8 @@ class Breakers:
             return None
         s = self.settings
         admitted, state, wait, transition = self.redis.eval(
-            _ADMIT, 1, breaker_keys(scope)[0], time.time(), s.breaker_cooldown_seconds, s.breaker_probe_calls,
-            BREAKER_IDLE_SECONDS,
+            _ADMIT, 1, breaker_keys(scope, self.shard)[0], time.time(), s.breaker_cooldown_seconds,
+            s.breaker_probe_calls, BREAKER_IDLE_SECONDS,
         )  # fmt: skip
         if transition:
             self._transitioned(scope, BreakerState.HALF_OPEN)
@@ -164,7 +165,7 @@ class Breakers:
         earlier = self._successes.pop(scope, [])
         s = self.settings
         state, transition = self.redis.eval(
-            _RECORD, 4, *breaker_keys(scope), time.time(), int(failed), uuid.uuid4().hex,
+            _RECORD, 4, *breaker_keys(scope, self.shard), time.time(), int(failed), uuid.uuid4().hex,
             s.breaker_window_seconds, min_calls, s.breaker_failure_ratio, s.breaker_cooldown_seconds,
             s.breaker_probe_calls, BREAKER_IDLE_SECONDS, scope, *earlier,
         )  # fmt: skip

@@ -154,12 +154,12 @@ class Runtime:
     caps: UpstreamCaps
 
     @classmethod
-    def open(cls, settings: DispatcherSettings) -> Runtime:
-        """Connect, in the process that will use the connections (after any fork)."""
+    def open(cls, settings: DispatcherSettings, shard: int = 0) -> Runtime:
+        """Connect, in the process that will use the connections (after any fork), for a worker of queue `shard`."""
         redis = redis_client(settings)
         mongo: MongoClient[dict[str, Any]] = MongoClient(**client_options(settings, "dispatcher"))
         tasks = TaskTransitions(mongo, settings.mongo_database, redis)
-        breakers = Breakers(redis, settings)
+        breakers = Breakers(redis, settings, shard)
         providers = ProviderDirectory(redis, settings.registry_cache_seconds, breakers)
         caps = UpstreamCaps(redis, settings, lease_seconds=settings.ai_timeout + DEADLINE_MARGIN_SECONDS + 5.0)
         outputs = open_output_store(settings, mongo)

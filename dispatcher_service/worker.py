@@ -103,7 +103,7 @@ class DispatcherWorker(ShardWorker, SimpleWorker):
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         # Connections are opened here, in the worker process, not in the pool's parent before the fork.
-        runtime = Runtime.open(self.settings)
+        runtime = Runtime.open(self.settings, self.shard)
         install_runtime(runtime)
         self.main_redis = runtime.redis
         super().bootstrap(*args, **kwargs)

@@ -22,12 +22,14 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from aitask_common import fair_share, queue_shards
+from aitask_common.breaker_state import BreakerState, breaker_statuses, reset_breaker
 from aitask_common.queue_shards import QueueShards, configured, priority_of, shard_of_key
 from aitask_common.queues import watch_key
 from aitask_common.redis_cluster import ClusterClient, cluster_client, shard_client, startup_nodes
 from aitask_common.rq_shards import ShardWorker, shard_queue_class, shard_worker_class
 from aitask_common.settings import load_settings
 from devstack.redis_cluster import RedisClusterServers
+from dispatcher_service.breakers import Breakers
 from dispatcher_service.settings import DispatcherSettings
 from tests.conftest import wait_until
 
@@ -321,3 +323,23 @@ def test_scripts_in_a_pipeline_go_to_their_keys_node_without_asking_a_node_for_t
             pipe.eval("return redis.call('INCR', KEYS[1])", 1, f"count:{SHARDS.tag(shard)}")
         assert pipe.execute() == [1, 1, 1]
     assert getkeys() == before
+
+
+def test_each_shards_workers_share_breakers_of_their_own_and_the_tools_show_them_together(
+    cluster: ClusterClient,
+) -> None:
+    settings = DispatcherSettings(breaker_failure_ratio=0.5, breaker_cooldown_seconds=60, queue_shards=3)
+    scope = "model:test/m"
+    with configured(SHARDS):
+        breakers = {shard: Breakers(cluster, settings, shard) for shard in SHARDS.shards()}
+        for shard_breakers in breakers.values():
+            shard_breakers.record(scope, False, min_calls=2)  # each shard's keys in its own slot (a script joins them)
+        breakers[1].record(scope, True, min_calls=2)  # shard 1: one of two failed: open
+        assert breakers[1].admit(scope) is not None
+        assert breakers[0].admit(scope) is None and breakers[2].admit(scope) is None  # the others see their own
+        slots = {key_slot(key) for key in cluster.scan_iter(match="aitask:breaker*")}
+        assert slots == {key_slot(SHARDS.tag(shard).encode()) for shard in SHARDS.shards()}
+        (status,) = breaker_statuses(cluster)
+        assert (status.scope, status.state, status.calls) == (scope, BreakerState.OPEN, 2)  # shard 1's window reset
+        reset_breaker(cluster, scope)
+        assert breaker_statuses(cluster) == [] and breakers[1].admit(scope) is None

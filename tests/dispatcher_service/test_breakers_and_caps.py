@@ -66,7 +66,7 @@ def test_a_workers_successes_through_a_closed_breaker_are_counted_together_and_a
 ) -> None:
     redis = redis_server.redis()
     breakers, scope = Breakers(redis, QUICK), f"model:test/{uuid.uuid4().hex}"
-    calls = breaker_keys(scope)[1]
+    calls = breaker_keys(scope, 0)[1]
     assert breakers.admit(scope) is None
     for _ in range(5):
         breakers.record(scope, False, min_calls=4)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from aitask.v1 import task_service_pb2 as pb
-from aitask_common.breaker_state import BREAKER_KEY_PREFIX, breaker_statuses, instance_scope, model_scope, reset_breaker
+from aitask_common.breaker_state import breaker_keys, breaker_statuses, instance_scope, model_scope, reset_breaker
 from aitask_common.registry import read_instances
 from devstack.stack import LocalStack
 from dispatcher_service.breakers import CLOSED_CACHE_SECONDS
@@ -39,7 +39,7 @@ def create(rest: httpx.Client, user_id: str, prompt: str) -> str:
 
 def breaker(stack: LocalStack, scope: str) -> dict[str, str]:
     """The breaker's state hash ({} while it never opened)."""
-    raw = stack.redis().hgetall(BREAKER_KEY_PREFIX + scope)
+    raw = stack.redis().hgetall(breaker_keys(scope, 0)[0])
     return {key.decode(): value.decode() for key, value in raw.items()}
 
 
