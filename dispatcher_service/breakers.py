@@ -14,10 +14,11 @@ gives the vendor the pause it asks for, which per-task backoff alone does not. A
 (a 400) says the upstream works: it counts as a successful call.
 
 A worker that found a breaker closed keeps the successes that follow to itself for up to CLOSED_CACHE_SECONDS and
-counts them in one script, with their own times, whose answer also renews what it knows of the breaker: a busy
-closed breaker costs each worker two to four scripts a second, whatever its rate, not two per call. A failure is
-counted at once, with the successes kept before it. Successes a worker held when it died are never counted: the
-window's failure ratio comes out higher by at most half a second of one worker's calls.
+counts them in one script, with their own times, whose answer also renews what it knows of the breaker, so admit
+need not ask while calls flow: a closed breaker costs each worker at most one script per call, and about four a
+second when its calls come faster. A failure is counted at once, with the successes kept before it. Successes a
+worker held when it died are never counted: the window's failure ratio comes out higher by at most half a second
+of one worker's calls.
 
 Each transition is one Lua script, so two workers never both make it; the one that does logs it and counts it
 in `aitask_breaker_transitions_total`. `aitask_breaker_state` (read at scrape time) and the queue tools
