@@ -115,7 +115,7 @@ def component(count: int, cluster: bool) -> dict[str, str]:
         added.append(budget(base["PodDisruptionBudget"], shard))
     if cluster:
         added.append(cluster_authentication())
-    # The base objects become shard 0's: merged over them, these keep everything else they say.
+    # The base objects become shard 0's: merged over them, these keep everything else they say (shard-0.yaml).
     zero = deployment(base["Deployment"], 0)
     served = zero["spec"]["template"]["spec"]["containers"][0]["env"][0]  # QUEUE_SHARDS_SERVED=0
     patches = [
@@ -149,7 +149,7 @@ def component(count: int, cluster: bool) -> dict[str, str]:
         # What the base gives every object of its own.
         "labels": [{"pairs": {"app.kubernetes.io/part-of": "aitask"}, "includeTemplates": True}],
         "configMapGenerator": [{"name": "aitask-config", "behavior": "merge", "literals": [f"QUEUE_SHARDS={count}"]}],
-        "patches": [{"patch": yaml.safe_dump(patch, sort_keys=False)} for patch in patches],
+        "patches": [{"path": "shard-0.yaml"}],
         # Each shard's dispatcher runs the image the overlay gave the base's (its name, tag and digest).
         "replacements": [
             {
@@ -171,6 +171,9 @@ def component(count: int, cluster: bool) -> dict[str, str]:
     return {
         "kustomization.yaml": HEADER.format(args=args) + intro + yaml.safe_dump(kustomization, sort_keys=False),
         "shards.yaml": HEADER.format(args=args) + yaml.safe_dump_all(added, sort_keys=False),
+        "shard-0.yaml": HEADER.format(args=args)
+        + "# Merged over the base's dispatcher objects, which become shard 0's.\n"
+        + yaml.safe_dump_all(patches, sort_keys=False),
     }
 
 
