@@ -26,14 +26,15 @@ SHARDS = 3
 
 
 def redis_cpu(nodes: dict[str, Redis]) -> dict[str, dict[str, Any]]:
-    """Each node's CPU and command time so far, in seconds, the reads it served (a read event: about one round
-    trip, however many commands it carries), and its calls of each command."""
+    """Each node's CPU (and of it, the kernel's) and command time so far, in seconds, the reads it served (a read
+    event: about one round trip, however many commands it carries), and its calls of each command."""
     readings = {}
     for name, node in nodes.items():
         cpu = node.info("cpu")
         commands = node.info("commandstats")
         readings[name] = {
             "cpu_s": cpu["used_cpu_sys"] + cpu["used_cpu_user"],
+            "sys_cpu_s": cpu["used_cpu_sys"],
             "reads": int(node.info("stats")["total_reads_processed"]),
             "command_s": sum(int(values["usec"]) for values in commands.values()) / 1e6,
             "calls": {command.removeprefix("cmdstat_"): int(values["calls"]) for command, values in commands.items()},
@@ -58,6 +59,7 @@ def measured(bench: Bench, stack: BenchStack, nodes: dict[str, Redis], tag: str)
         per_task[name] = {
             "cpu_s": round((after[name]["cpu_s"] - before[name]["cpu_s"]) * 1000 / completed, 3),
             "command_s": round((after[name]["command_s"] - before[name]["command_s"]) * 1000 / completed, 3),
+            "sys_cpu_s": round((after[name]["sys_cpu_s"] - before[name]["sys_cpu_s"]) * 1000 / completed, 3),
             "calls": round(sum(calls.values()), 1),
             "reads": round((after[name]["reads"] - before[name]["reads"]) / completed, 1),
             "top_calls": {command: round(count, 2) for command, count in top},
