@@ -43,7 +43,8 @@ def test_check_script_fails_on_an_unknown_check() -> None:
 
 
 def test_every_overlay_is_checked(rendered: dict[str, Documents]) -> None:
-    assert {overlay.name for overlay in check.OVERLAYS} == {"dev", "prod", "prod-gateway-api"} == set(rendered)
+    overlays = {"dev", "prod", "prod-gateway-api", "prod-queue-shards"}
+    assert {overlay.name for overlay in check.OVERLAYS} == overlays == set(rendered)
     assert {path.name for path in check.COMPOSE_FILES} == {"compose.yaml", "compose.vendors.yaml"}
 
 
