@@ -56,6 +56,8 @@ class LocalStack:
         # Outside pytest's private (0700) temp tree: PostgreSQL runs as its own user.
         self.data_dir = Path(tempfile.mkdtemp(prefix="aitask-stack-"))
         self.data_dir.chmod(0o755)
+        # collection -> the PostgreSQL table FerretDB keeps it in (ferretdb_table).
+        self._ferretdb_tables: dict[str, str] = {}
         self.env = (
             base_environment()
             | service_environment(ports, workdir / "logs", {})
@@ -315,9 +317,15 @@ class LocalStack:
         return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
     def ferretdb_table(self, collection: str) -> str:
-        """The PostgreSQL table FerretDB keeps `collection` in (in the schema named after the database)."""
+        """The PostgreSQL table FerretDB keeps `collection` in (in the schema named after the database); its name is
+        derived from the collection's, so it is looked up once."""
+        if table := self._ferretdb_tables.get(collection):
+            return table
         metadata = f"{self.database}._ferretdb_database_metadata"
-        return self.psql(f"SELECT _jsonb->>'table' FROM {metadata} WHERE _jsonb->>'_id' = '{collection}'")
+        table = self.psql(f"SELECT _jsonb->>'table' FROM {metadata} WHERE _jsonb->>'_id' = '{collection}'")
+        if table:  # "" while the collection is not created yet: asked again next time
+            self._ferretdb_tables[collection] = table
+        return table
 
     def task_count(self) -> int:
         """How many tasks the store holds, counted by PostgreSQL: FerretDB's own count reads and decodes every
