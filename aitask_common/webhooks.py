@@ -10,8 +10,9 @@ takes due ids from it instead of asking MongoDB for due messages (FerretDB answe
 reading every pending message). MongoDB stays the truth: the loop rebuilds the set from it when Redis loses it.
 
 The exception, and the common case on the task path, is a worker's final message: the task's final write already
-stored all it carries, so the worker only adds its id to the due set, and the delivery loop stores the message
-when it takes the id up, before its first attempt. The loop's sweep stores any whose id Redis lost.
+stored all it carries, so the worker only adds its id to the due set, with a copy of the task as that write left it
+(FINAL_COPY_PREFIX, for the delivery loop to render the message from without reading MongoDB), and the loop stores
+the message with its first attempt. The loop's sweep stores any whose id Redis lost.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, NotRequired, TypedDict
 
+import bson
 from cachetools import LRUCache
 from google.protobuf import json_format
 from pymongo.asynchronous.collection import AsyncCollection
@@ -44,9 +46,13 @@ MESSAGES_COLLECTION: Final = "webhook_messages"
 DUE_KEY: Final = "aitask:webhooks:due"
 # Present while DUE_KEY holds every pending message: Redis losing its data loses it too, and the loop rebuilds.
 DUE_COMPLETE_KEY: Final = "aitask:webhooks:due-complete"
-# Due final messages a worker indexed and nobody stored yet: the loop's claim reads their task, not the message
-# first (a hint only: an id missing here costs a read that finds nothing, one here that was stored a duplicate key).
-UNSTORED_KEY: Final = "aitask:webhooks:unstored"
+# + task id: the task as its final write left it (BSON), from the worker that indexed its final message until the
+# delivery loop's claim takes it. A copy missing (expired, too large, lost with Redis) costs the claim a read of the
+# message, then of the task, in MongoDB.
+FINAL_COPY_PREFIX: Final = "aitask:webhooks:final-copy:"
+FINAL_COPY_SECONDS: Final = 600
+# A larger task (an image kept inline) is read from MongoDB instead.
+FINAL_COPY_MAX_BYTES: Final = 64 * 1024
 MESSAGE_INDEXES: list[list[tuple[str, int]]] = [
     # The rebuild of DUE_KEY: pending messages.
     [("state", 1), ("next_attempt_at", 1)],
@@ -204,6 +210,11 @@ def known_webhook_events(task_id: str) -> tuple[str, ...] | None:
         return _webhook_events.get(task_id)
 
 
+def final_copy_key(task_id: str) -> str:
+    """Where a worker leaves its copy of a final task for the delivery loop."""
+    return FINAL_COPY_PREFIX + task_id
+
+
 def task_of_final_message(message_id: str) -> str | None:
     """The task whose final message `message_id` is, or None for any other message."""
     prefix, suffix = "msg_", "_final"
@@ -240,11 +251,11 @@ def record_change(
     redis: Redis | None = None,
 ) -> None:
     """Store the webhook message a task change makes, if any, and index it as due in `redis` (sync; the
-    dispatcher). A final message is only indexed: the task's final write stored everything it carries, and the
-    delivery loop stores the message itself when it takes it up, before it is first sent (so a burst of tasks
-    pays one Redis write each; the loop runs at a lower priority). Never raises: a failed write is logged (the
-    delivery loop's sweep stores a lost final message later, its reconcile indexes a stored one), and the task
-    change stands."""
+    dispatcher). A final message is only indexed, beside a copy of `document` (the task after its final write):
+    that write stored everything the message carries, and the delivery loop renders the message from the copy and
+    stores it with its first attempt (so a burst of tasks pays one Redis round trip each; the loop runs at a lower
+    priority). Never raises: a failed write is logged (the delivery loop's sweep stores a lost final message
+    later, its reconcile indexes a stored one), and the task change stands."""
     try:
         if document is not None:
             remember_webhook(document)
@@ -261,10 +272,12 @@ def record_change(
         if kind is EventKind.FINAL and redis is not None:
             if WebhookEvent.FINAL.value in events:
                 message_id = final_message_id(task_id)
+                copy = bson.encode(document) if document is not None else b""
                 try:
                     with redis.pipeline(transaction=False) as pipe:
+                        if 0 < len(copy) <= FINAL_COPY_MAX_BYTES:  # before the id is due: the claim finds it
+                            pipe.set(final_copy_key(task_id), copy, ex=FINAL_COPY_SECONDS)
                         pipe.zadd(DUE_KEY, {message_id: time.time()}, nx=True)
-                        pipe.sadd(UNSTORED_KEY, message_id)
                         pipe.execute()
                 except RedisError as error:
                     _due_not_indexed(message_id, error)

@@ -6,7 +6,8 @@ With QUEUE_SHARDS=N (aitask_common/queue_shards.py) a dispatcher serving every s
 so one hot shard adds workers to every shard. The component makes the base `dispatcher` serve shard 0 and adds
 `dispatcher-shard-<k>` for each other shard: each Deployment sets QUEUE_SHARDS_SERVED to its shard, and each
 ScaledObject counts only its shard's jobs (the `shard` label of aitask_queue_depth, and its shard's RQ lists).
-`--cluster` makes the list triggers KEDA's `redis-cluster` ones, for REDIS_CLUSTER_URLS. The Deployments are copies
+`--cluster` makes the list triggers KEDA's `redis-cluster` ones, and gives every Deployment that reads REDIS_URL the
+cluster's node URLs too (REDIS_CLUSTER_URLS, from the same Secret). The Deployments are copies
 of the base's (read from deploy/k8s/base/dispatcher.yaml), their image taken from the base Deployment's as the
 overlay rendered it, so `images:` and pinned digests carry over. tests/deploy checks the committed component is
 what this writes.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,33 @@ SHARD_LABEL = "aitask/queue-shard"
 HEADER = "# Written by `python -m deploy.queue_shards {args}` (deploy/queue_shards.py): edit that, not this.\n"
 CLUSTER_AUTH = "dispatcher-redis-cluster"
 IMAGE_PATH = "spec.template.spec.containers.[name=dispatcher].image"
+
+
+def redis_deployments() -> list[str]:
+    """The base's Deployments whose container reads REDIS_URL: on a Redis Cluster, each needs REDIS_CLUSTER_URLS."""
+    names = []
+    for path in sorted(BASE.parent.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document and document.get("kind") == "Deployment":
+                (container,) = document["spec"]["template"]["spec"]["containers"]
+                if any(entry["name"] == "REDIS_URL" for entry in container.get("env", [])):
+                    names.append(document["metadata"]["name"])
+    return names
+
+
+def cluster_urls_patch(count: int) -> dict[str, Any]:
+    """A patch adding REDIS_CLUSTER_URLS (Secret `aitask-datastores`) to every Deployment that reads REDIS_URL, the
+    shards' dispatchers included."""
+    names = [*redis_deployments(), *(shard_name(shard) for shard in range(1, count))]
+    variable = {
+        "name": "REDIS_CLUSTER_URLS",
+        "valueFrom": {"secretKeyRef": {"name": "aitask-datastores", "key": "REDIS_CLUSTER_URLS"}},
+    }
+    operation = [{"op": "add", "path": "/spec/template/spec/containers/0/env/-", "value": variable}]
+    return {
+        "target": {"kind": "Deployment", "name": f"^({'|'.join(names)})$"},
+        "patch": json.dumps(operation),
+    }
 
 
 def shard_name(shard: int) -> str:
@@ -149,7 +178,7 @@ def component(count: int, cluster: bool) -> dict[str, str]:
         # What the base gives every object of its own.
         "labels": [{"pairs": {"app.kubernetes.io/part-of": "aitask"}, "includeTemplates": True}],
         "configMapGenerator": [{"name": "aitask-config", "behavior": "merge", "literals": [f"QUEUE_SHARDS={count}"]}],
-        "patches": [{"path": "shard-0.yaml"}],
+        "patches": [{"path": "shard-0.yaml"}, *([cluster_urls_patch(count)] if cluster else [])],
         # Each shard's dispatcher runs the image the overlay gave the base's (its name, tag and digest).
         "replacements": [
             {

@@ -27,7 +27,7 @@ from aitask_common.tasks import (
     utcnow,
 )
 from aitask_common.timeline import forget_polls, noted_polls, with_entries, with_hold, write_entries
-from aitask_common.webhooks import MESSAGES_COLLECTION, known_webhook_events, record_change
+from aitask_common.webhooks import MESSAGES_COLLECTION, WebhookEvent, known_webhook_events, record_change
 
 # Fields `record` may write that no client sees: storing them alone publishes no notice.
 INTERNAL_FIELDS = frozenset({"upstream_job_id", "submitted", "generated"})
@@ -113,9 +113,9 @@ class TaskTransitions:
             condition["upstream_job_id"] = upstream_job_id
         kind = EventKind.FINAL if new.is_final else EventKind.STATUS
         events = known_webhook_events(task_id)
-        if events is None or (events and kind is not EventKind.FINAL):
-            # The task may have a webhook whose message carries the task after this change: read in the same step.
-            # (A final message is rendered by the delivery loop, from the stored task.)
+        if events is None or (WebhookEvent.FINAL.value in events if kind is EventKind.FINAL else bool(events)):
+            # The change may make a webhook message carrying the task after it: read in the same step (a final
+            # message's copy goes to the delivery loop through Redis, aitask_common.webhooks).
             document = self.collection.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
             changed = document is not None
         else:

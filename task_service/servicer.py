@@ -269,8 +269,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def ListWebhookDeliveries(
         self, request: pb.ListWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWebhookDeliveriesResponse:
-        await self._find(request.task_id, context)
-        deliveries = await self.database_call(context, self.webhooks.delivery_log(request.task_id))
+        task = await self._find(request.task_id, context)
+        deliveries = await self.database_call(context, self.webhooks.delivery_log(task))
         return pb.ListWebhookDeliveriesResponse(success=True, data=deliveries, message="ok")
 
     async def GetBalance(

@@ -11,10 +11,18 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.settings import Environment
+from aitask_common.tasks import TaskDocument, TaskStatus
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
 from aitask_common.webhook_secrets import UserSecrets, WebhookSecretStore, cipher
 from aitask_common.webhook_settings import WebhookSettings
-from aitask_common.webhooks import DEFAULT_EVENTS, MESSAGES_COLLECTION, MessageDocument, WebhookEvent
+from aitask_common.webhooks import (
+    DEFAULT_EVENTS,
+    FINAL_TYPES,
+    MESSAGES_COLLECTION,
+    MessageDocument,
+    WebhookEvent,
+    final_message_id,
+)
 from task_service.storage import TaskStore
 from task_service.validation import InvalidRequest
 
@@ -90,11 +98,16 @@ class WebhookReads:
         self.secrets = WebhookSecretStore(database, cipher(settings))
         self.messages: AsyncCollection[Any] = database[MESSAGES_COLLECTION]
 
-    async def delivery_log(self, task_id: str) -> pb.WebhookDeliveryLog:
-        """Every message of a task, oldest first, with its attempts."""
-        log = pb.WebhookDeliveryLog(task_id=task_id)
-        async for message in self.messages.find({"task_id": task_id}).sort([("created", 1), ("_id", 1)]):
+    async def delivery_log(self, task: TaskDocument) -> pb.WebhookDeliveryLog:
+        """Every message of a task, oldest first, with its attempts; a final message not stored yet (the task's
+        final write holds it until its first attempt is recorded) is shown pending."""
+        log = pb.WebhookDeliveryLog(task_id=task["_id"])
+        stored: set[str] = set()
+        async for message in self.messages.find({"task_id": task["_id"]}).sort([("created", 1), ("_id", 1)]):
             log.messages.append(message_to_proto(message))
+            stored.add(message["_id"])
+        if final_message_id(task["_id"]) not in stored and (message := final_message_due(task)) is not None:
+            log.messages.append(message)
         return log
 
 
@@ -115,6 +128,22 @@ def message_to_proto(message: MessageDocument) -> pb.WebhookMessage:
         if attempt["next_attempt_at"] is not None:
             shown.next_attempt.FromDatetime(attempt["next_attempt_at"])
     return rendered
+
+
+def final_message_due(task: TaskDocument) -> pb.WebhookMessage | None:
+    """The final message a task owes its webhook, pending since its final write, or None if it owes none."""
+    status = TaskStatus(task["status"])
+    if (
+        not status.is_final
+        or not task.get("webhook_url")
+        or task.get("webhook_stopped")
+        or WebhookEvent.FINAL.value not in task.get("webhook_events", DEFAULT_EVENTS)
+    ):
+        return None
+    message = pb.WebhookMessage(message_id=final_message_id(task["_id"]), type=FINAL_TYPES[status], state="pending")
+    message.created.FromDatetime(task["updated"])
+    message.next_attempt.FromDatetime(task["updated"])
+    return message
 
 
 def secret_to_proto(secrets: UserSecrets) -> pb.WebhookSecret:

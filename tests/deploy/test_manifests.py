@@ -371,6 +371,27 @@ def test_each_queue_shard_has_its_own_dispatcher_scaled_on_its_own_jobs(
     }
 
 
+def test_on_a_redis_cluster_every_deployment_that_reads_redis_gets_the_cluster_urls(tmp_path: Path) -> None:
+    """`python -m deploy.queue_shards 3 --cluster`, rendered over overlays/prod: each Deployment reading REDIS_URL
+    also reads REDIS_CLUSTER_URLS from the same Secret (a service given only one would split its keys wrongly)."""
+    queue_shards.write(tmp_path / "components" / "queue-shards", queue_shards.component(3, cluster=True))
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    prod = Path(os.path.relpath(ROOT / "deploy" / "k8s" / "overlays" / "prod", overlay))
+    overlay.joinpath("kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": [str(prod)], "components": ["../components/queue-shards"]})
+    )
+    readers: dict[str, list[dict[str, Any]]] = {}
+    for name, _, container in containers(kustomize_build(overlay)):
+        variables = {entry["name"]: entry for entry in container.get("env", [])}
+        if "REDIS_URL" in variables:
+            readers[name] = [variables["REDIS_URL"], variables.get("REDIS_CLUSTER_URLS", {})]
+    assert {"dispatcher", "dispatcher-shard-1", "dispatcher-shard-2", "task-service"} <= set(readers)
+    for name, (single, cluster) in readers.items():
+        secret = single["valueFrom"]["secretKeyRef"]["name"]
+        assert cluster.get("valueFrom", {}).get("secretKeyRef") == {"name": secret, "key": "REDIS_CLUSTER_URLS"}, name
+
+
 def test_development_runs_without_keda(rendered: dict[str, Documents]) -> None:
     assert not {"ScaledObject", "TriggerAuthentication"} & {document["kind"] for document in rendered["dev"]}
 

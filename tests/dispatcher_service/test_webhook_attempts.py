@@ -1,7 +1,8 @@
 """The webhook delivery loop's attempt writer against the stack's FerretDB and Redis: a burst of attempts is
 recorded in bulk writes of at most ATTEMPT_BATCH statements. FerretDB 1.24 holds a PostgreSQL connection for every
 statement of one update command until the command ends: a bulk write of 150 attempts once held its whole pool and
-it stopped answering every client."""
+it stopped answering every client. A message stored with its first attempt that someone stored meanwhile gets the
+attempt as an update instead."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 import uuid
 from typing import Any
 
-from pymongo import AsyncMongoClient, UpdateOne
+from pymongo import AsyncMongoClient, InsertOne, UpdateOne
 from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 from redis.asyncio import Redis as AsyncRedis
 
@@ -59,3 +60,48 @@ def test_a_burst_of_attempts_is_written_in_bounded_bulk_writes(stack: LocalStack
 
     assert asyncio.run(burst()) == [1] * len(ids)
     assert sum(sizes.sizes) == len(ids) and max(sizes.sizes) <= ATTEMPT_BATCH, sizes.sizes
+
+
+def test_a_first_attempt_whose_message_was_stored_meanwhile_joins_the_stored_message(stack: LocalStack) -> None:
+    stored_meanwhile, fresh = (f"msg-first-test-{uuid.uuid4().hex}-{n}" for n in range(2))
+    attempt = {"status_code": 204, "error": ""}
+
+    async def write() -> dict[str, Any]:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(f"mongodb://127.0.0.1:{stack.ports.ferretdb}/")
+        redis = AsyncRedis(port=stack.ports.redis)
+        messages = client["aitask"][f"first_attempts_test_{uuid.uuid4().hex}"]
+        try:
+            # The sweep's copy: pending, no attempt yet.
+            await messages.insert_one({"_id": stored_meanwhile, "state": "pending", "attempt_count": 0, "attempts": []})
+            writer = AttemptWriter(messages, redis)
+            running = asyncio.create_task(writer.run())
+            update = {"$inc": {"attempt_count": 1}, "$set": {"state": "delivered"}, "$push": {"attempts": attempt}}
+            first = {"state": "delivered", "attempt_count": 1, "attempts": [attempt], "body": "{}"}
+            await asyncio.gather(
+                *(
+                    writer.write(InsertOne({"_id": i} | first), i, None, if_stored=UpdateOne({"_id": i}, update))
+                    for i in (stored_meanwhile, fresh)
+                )
+            )
+            running.cancel()
+            return {document["_id"]: document async for document in messages.find({})}
+        finally:
+            await messages.drop()
+            await client.close()
+            await redis.aclose()
+
+    documents = asyncio.run(write())
+    assert documents[fresh] == {
+        "_id": fresh,
+        "state": "delivered",
+        "attempt_count": 1,
+        "attempts": [attempt],
+        "body": "{}",
+    }
+    # The stored one keeps what it had (no body here) and gains the attempt once.
+    assert documents[stored_meanwhile] == {
+        "_id": stored_meanwhile,
+        "state": "delivered",
+        "attempt_count": 1,
+        "attempts": [attempt],
+    }

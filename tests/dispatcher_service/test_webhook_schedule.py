@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import httpx
+from multidict import CIMultiDict
 
 from aitask_common.tasks import utcnow
 from aitask_common.webhook_secrets import ROTATION_OVERLAP, UserSecrets, new_secret
@@ -27,10 +27,10 @@ def test_retry_after_is_never_undercut() -> None:
 
 
 def test_retry_after_is_read_on_429_and_503_only() -> None:
-    assert retry_after_seconds(httpx.Response(429, headers={"retry-after": "2"})) == 2.0
-    assert retry_after_seconds(httpx.Response(503, headers={"retry-after": "7"})) == 7.0
-    assert retry_after_seconds(httpx.Response(500, headers={"retry-after": "2"})) is None
-    assert retry_after_seconds(httpx.Response(429, headers={"retry-after": "soon"})) is None
+    assert retry_after_seconds(429, CIMultiDict({"Retry-After": "2"})) == 2.0
+    assert retry_after_seconds(503, CIMultiDict({"retry-after": "7"})) == 7.0
+    assert retry_after_seconds(500, CIMultiDict({"retry-after": "2"})) is None
+    assert retry_after_seconds(429, CIMultiDict({"retry-after": "soon"})) is None
 
 
 def test_the_previous_secret_signs_only_during_the_overlap() -> None:

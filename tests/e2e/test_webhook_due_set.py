@@ -1,7 +1,7 @@
 """The webhook due set (aitask_common.webhooks.DUE_KEY), end to end: MongoDB stays the truth behind it, so a
 message is delivered when Redis has lost the set (also a final message a worker had only indexed), and a
 dispatcher killed while a receiver holds a message's answer sends it once more after a restart, with the same
-`webhook-id`. A worker's final message is stored by the delivery loop before its first attempt, and the loop runs
+`webhook-id`. A worker's final message is stored by the delivery loop with its first attempt, and the loop runs
 at a lower priority than the task path."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import bson
 import httpx
 
-from aitask_common.webhooks import DUE_COMPLETE_KEY, DUE_KEY, MESSAGES_COLLECTION, final_message_id
+from aitask_common.webhooks import DUE_COMPLETE_KEY, DUE_KEY, MESSAGES_COLLECTION, final_copy_key, final_message_id
 from devstack.stack import LocalStack
 from tests.conftest import wait_until
 from tests.e2e.helpers import restart_after_a_crash
@@ -88,24 +89,51 @@ def test_a_dispatcher_killed_mid_delivery_sends_the_message_once_more(
     assert [attempt["status_code"] for attempt in logged["attempts"]] == [200]
 
 
-def test_a_final_message_is_stored_before_its_first_attempt(
+def test_a_final_message_is_stored_with_its_first_attempt_in_one_insert(
     stack: LocalStack,
     rest: httpx.Client,
     user_id: str,
     receiver: Receiver,  # noqa: F811 - the fixture imported above
 ) -> None:
-    """The worker only indexes the final message; the delivery loop stores it (rendered from the task) before it
-    sends it: while the receiver holds the first request, the stored message is pending, with no attempt."""
+    """The worker only indexes the final message; the delivery loop renders it from the task and stores it with its
+    first attempt. While the receiver holds the first request, the task's final write is the message's stored copy
+    and the delivery log shows it pending; once answered, one document holds the body sent and the attempt."""
     receiver.stalls = 1
     task_id = create(rest, user_id, "text", receiver.url)
+    messages = stack.tasks().database[MESSAGES_COLLECTION]
     (request,) = wait_until(lambda: receiver.of(task_id), timeout=30)
     try:
-        stored = stack.tasks().database[MESSAGES_COLLECTION].find_one({"_id": request.headers["webhook-id"]})
+        stored_early = messages.find_one({"_id": request.headers["webhook-id"]})
+        (shown,) = deliveries(rest, task_id)
     finally:
         receiver.released.set()
-    assert stored is not None and stored["_id"] == final_message_id(task_id)
-    assert stored["state"] == "pending" and stored["attempt_count"] == 0
+    assert request.headers["webhook-id"] == final_message_id(task_id)
+    assert stored_early is None
+    assert shown["message_id"] == final_message_id(task_id) and shown["state"] == "pending"
+    assert shown["type"] == "task.completed" and not shown.get("attempts")
+    stored = wait_until(lambda: messages.find_one({"_id": final_message_id(task_id), "state": "delivered"}), 10)
     assert stored["body"] == request.body
+    assert stored["attempt_count"] == 1 and [attempt["status_code"] for attempt in stored["attempts"]] == [200]
+    (logged,) = deliveries(rest, task_id)
+    assert logged["state"] == "delivered" and len(logged["attempts"]) == 1
+
+
+def test_a_final_message_is_rendered_from_the_copy_its_worker_left(
+    stack: LocalStack,
+    rest: httpx.Client,
+    user_id: str,
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The claim renders a final message from the copy of its task in Redis, not from MongoDB (here the copy
+    differs from the stored task, so the body shows which was read), and takes the copy."""
+    task_id = stored_final_task(stack, user_id, receiver.url, updated_ago=timedelta(seconds=1))
+    copy = stack.tasks().find_one({"_id": task_id}) or {}
+    redis = stack.redis()
+    redis.set(final_copy_key(task_id), bson.encode(copy | {"text_result": "from the copy"}), ex=60)
+    redis.zadd(DUE_KEY, {final_message_id(task_id): time.time()})
+    (request,) = wait_until(lambda: receiver.of(task_id), timeout=20)
+    assert verified(request, secret_of(rest, user_id)["secret"])["data"]["text_result"] == "from the copy"
+    assert redis.exists(final_copy_key(task_id)) == 0
 
 
 def test_a_due_final_message_is_left_by_the_sweep_to_its_claim(
@@ -115,7 +143,7 @@ def test_a_due_final_message_is_left_by_the_sweep_to_its_claim(
     receiver: Receiver,  # noqa: F811 - the fixture imported above
 ) -> None:
     """A final task whose message a worker indexed but nobody stored yet (the loop is behind) is not the sweep's
-    to store: it stays unstored until its id comes due, and then the claim stores and sends it."""
+    to store: it stays unstored until its id comes due, and then the claim sends it and stores it."""
     task_id = stored_final_task(stack, user_id, receiver.url, updated_ago=timedelta(seconds=9.5))
     message_id = final_message_id(task_id)
     # Due once a sweep (every WEBHOOK_SWEEP_SECONDS, 5 in tests) has covered the task, 10 s after its final write.

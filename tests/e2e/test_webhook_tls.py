@@ -1,6 +1,7 @@
 """Webhooks over https (issue 17): the delivery verifies the receiver's certificate against the URL's host name
-(sent as SNI and Host) while it connects to the address it resolved and checked. The receiver's certificate
-chains to a throwaway authority the dispatcher is told to trust with WEBHOOK_CA_FILE."""
+(sent as SNI and Host) while it connects to the address it resolved and checked, and a kept-alive connection serves
+only the name it was verified for. The receiver's certificate chains to a throwaway authority the dispatcher is told
+to trust with WEBHOOK_CA_FILE."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def tls_receiver(stack: LocalStack, tmp_path: Path) -> Iterator[Receiver]:
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(chain, key)
-    receiver = Receiver(tls=context, name=NAME)
+    receiver = Receiver(tls=context, name=NAME, keep_alive=True)
     receiver.start()
     stop_dispatcher(stack)
     stack.start("dispatcher", extra_env={"WEBHOOK_CA_FILE": str(ca_file)})
@@ -104,7 +105,10 @@ def test_an_https_webhook_is_verified_against_the_url_name_and_sent_to_the_check
     # Host header named the URL's host, and the certificate was checked against that name.
     assert tls_receiver.server_names and set(tls_receiver.server_names) == {NAME}
     assert request.headers["host"] == f"{NAME}:{tls_receiver.port}"
-    (logged,) = deliveries(rest, task_id)
+    # The attempt is recorded once answered (the receiver has the request a moment before).
+    (logged,) = wait_until(
+        lambda: [m for m in deliveries(rest, task_id) if m["state"] == "delivered"] or None, timeout=10
+    )
     assert [attempt["status_code"] for attempt in logged["attempts"]] == [200]
 
 
@@ -113,6 +117,22 @@ def test_an_https_webhook_with_an_untrusted_certificate_is_not_sent(
 ) -> None:
     """The same receiver, reached by its address: the certificate does not name 127.0.0.1, so no message body
     leaves (the attempt fails and is retried)."""
+    assert_not_sent_by_address(rest, user_id, tls_receiver)
+
+
+def test_a_connection_verified_for_one_name_serves_no_other_name_of_its_address(
+    rest: httpx.Client, user_id: str, tls_receiver: Receiver
+) -> None:
+    """A delivery to `localhost` leaves a kept-alive connection to 127.0.0.1 verified for that name; a webhook to
+    the same address by another name (which the certificate does not carry) must not ride on it."""
+    verified_first = create(rest, user_id, "text", tls_receiver.url)
+    wait_until(lambda: tls_receiver.of(verified_first), timeout=40)
+    assert_not_sent_by_address(rest, user_id, tls_receiver)
+
+
+def assert_not_sent_by_address(rest: httpx.Client, user_id: str, tls_receiver: Receiver) -> None:
+    """A webhook to the receiver's address, which its certificate does not name: the attempt fails on the
+    certificate and the receiver gets nothing."""
     url = tls_receiver.url.replace(f"//{NAME}:", "//127.0.0.1:")
     task_id = create(rest, user_id, "text", url)
     failed = wait_until(

@@ -49,7 +49,8 @@ class Received:
 class Receiver:
     """A webhook endpoint on 127.0.0.1: it records every request and answers the scripted statuses in turn
     (then 200); it can go down and come back on the same port, and hold its next `stalls` answers back until
-    `released` is set. Given a TLS context it serves https, its URL naming `name`, and notes each SNI name."""
+    `released` is set. Given a TLS context it serves https, its URL naming `name`, and notes each SNI name. With
+    `keep_alive` it answers in HTTP/1.1 and keeps each connection open for the next request."""
 
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
@@ -60,6 +61,7 @@ class Receiver:
     tls: ssl.SSLContext | None = None
     name: str = "127.0.0.1"
     server_names: list[str | None] = field(default_factory=list)
+    keep_alive: bool = False
 
     @property
     def url(self) -> str:
@@ -69,6 +71,8 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["content-length"])).decode()
                 receiver.received.append(Received(dict(self.headers.items()), body, time.monotonic()))
@@ -165,8 +169,11 @@ def test_the_final_event_carries_the_task_as_get_shows_it(
         assert link.startswith(f"{stack.env['OUTPUT_PUBLIC_URL']}/api/v1/ai/task/{task_id}/output?expires=")
         assert httpx.get(link, trust_env=False).status_code == 200
     assert message["data"]["webhook_url"] == receiver.url and message["data"]["webhook_events"] == ["final"]
-    (logged,) = deliveries(rest, task_id)
-    assert logged["message_id"] == request.headers["webhook-id"] and logged["state"] == "delivered"
+    # The attempt is recorded once answered (the receiver has the request a moment before).
+    (logged,) = wait_until(
+        lambda: [m for m in deliveries(rest, task_id) if m["state"] == "delivered"] or None, timeout=10
+    )
+    assert logged["message_id"] == request.headers["webhook-id"]
     assert [attempt["status_code"] for attempt in logged["attempts"]] == [200]
 
 
