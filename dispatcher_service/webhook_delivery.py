@@ -462,12 +462,16 @@ class WebhookDelivery:
             for task_id in finals.values():
                 pipe.getdel(final_copy_key(task_id))
             copies: list[bytes | None] = await pipe.execute()
-        options = self.tasks.codec_options
-        return {
-            message_id: message_for(bson.decode(copy, options), EventKind.FINAL)
-            for message_id, copy in zip(finals, copies, strict=True)
-            if copy is not None
-        }
+        rendered: dict[str, MessageDocument | None] = {}
+        for message_id, copy in zip(finals, copies, strict=True):
+            try:
+                task = bson.decode(copy, self.tasks.codec_options) if copy is not None else None
+            except bson.errors.BSONError:  # not a worker's copy: the claim reads MongoDB instead
+                log.warning("unreadable copy of a final task ignored", message_id=message_id)
+                continue
+            if task is not None:
+                rendered[message_id] = message_for(task, EventKind.FINAL)
+        return rendered
 
     async def render_finals(self, message_ids: list[str]) -> dict[str, Any]:
         """The final messages among `message_ids` that a worker only indexed, rendered from their tasks as stored

@@ -136,6 +136,20 @@ def test_a_final_message_is_rendered_from_the_copy_its_worker_left(
     assert redis.exists(final_copy_key(task_id)) == 0
 
 
+def test_an_unreadable_copy_is_ignored_and_the_task_read_from_mongodb(
+    stack: LocalStack,
+    rest: httpx.Client,
+    user_id: str,
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+) -> None:
+    task_id = stored_final_task(stack, user_id, receiver.url, updated_ago=timedelta(seconds=1))
+    redis = stack.redis()
+    redis.set(final_copy_key(task_id), b"not BSON", ex=60)
+    redis.zadd(DUE_KEY, {final_message_id(task_id): time.time()})
+    (request,) = wait_until(lambda: receiver.of(task_id), timeout=20)
+    assert verified(request, secret_of(rest, user_id)["secret"])["data"]["text_result"] == "hello"
+
+
 def test_a_due_final_message_is_left_by_the_sweep_to_its_claim(
     stack: LocalStack,
     rest: httpx.Client,
