@@ -158,23 +158,28 @@ def final_message_id(task_id: str) -> str:
     return f"msg_{task_id}_final"
 
 
-def message_for(document: TaskDocument, kind: EventKind) -> MessageDocument | None:
-    """The message a task change makes, if the task has a webhook subscribed to that event."""
-    url = document.get("webhook_url")
-    if not url or document.get("webhook_stopped"):
+def subscribed_event(document: TaskDocument, kind: EventKind) -> tuple[WebhookEvent, str, str] | None:
+    """`event_of` a task change, or None unless the task has a live webhook subscribed to that event."""
+    if not document.get("webhook_url") or document.get("webhook_stopped"):
         return None
     event = event_of(document, kind)
+    if event is None or event[0].value not in document.get("webhook_events", DEFAULT_EVENTS):
+        return None
+    return event
+
+
+def message_for(document: TaskDocument, kind: EventKind) -> MessageDocument | None:
+    """The message a task change makes, if the task has a webhook subscribed to that event."""
+    event = subscribed_event(document, kind)
     if event is None:
         return None
     webhook_event, event_type, suffix = event
-    if webhook_event.value not in document.get("webhook_events", DEFAULT_EVENTS):
-        return None
     now = utcnow()
     return {
         "_id": final_message_id(document["_id"]) if suffix == "final" else f"msg_{document['_id']}_{suffix}",
         "task_id": document["_id"],
         "user_id": document["user_id"],
-        "url": url,
+        "url": document["webhook_url"],
         "event": webhook_event.value,
         "type": event_type,
         "body": render_body(document, event_type, now),

@@ -10,18 +10,19 @@ from urllib.parse import urlsplit
 from pymongo.asynchronous.collection import AsyncCollection
 
 from aitask.v1 import task_service_pb2 as pb
+from aitask_common.events import EventKind
 from aitask_common.settings import Environment
-from aitask_common.tasks import TaskDocument, TaskStatus
+from aitask_common.tasks import TaskDocument
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
 from aitask_common.webhook_secrets import UserSecrets, WebhookSecretStore, cipher
 from aitask_common.webhook_settings import WebhookSettings
 from aitask_common.webhooks import (
     DEFAULT_EVENTS,
-    FINAL_TYPES,
     MESSAGES_COLLECTION,
     MessageDocument,
     WebhookEvent,
     final_message_id,
+    subscribed_event,
 )
 from task_service.storage import TaskStore
 from task_service.validation import InvalidRequest
@@ -132,15 +133,10 @@ def message_to_proto(message: MessageDocument) -> pb.WebhookMessage:
 
 def final_message_due(task: TaskDocument) -> pb.WebhookMessage | None:
     """The final message a task owes its webhook, pending since its final write, or None if it owes none."""
-    status = TaskStatus(task["status"])
-    if (
-        not status.is_final
-        or not task.get("webhook_url")
-        or task.get("webhook_stopped")
-        or WebhookEvent.FINAL.value not in task.get("webhook_events", DEFAULT_EVENTS)
-    ):
+    event = subscribed_event(task, EventKind.FINAL)
+    if event is None:
         return None
-    message = pb.WebhookMessage(message_id=final_message_id(task["_id"]), type=FINAL_TYPES[status], state="pending")
+    message = pb.WebhookMessage(message_id=final_message_id(task["_id"]), type=event[1], state="pending")
     message.created.FromDatetime(task["updated"])
     message.next_attempt.FromDatetime(task["updated"])
     return message
