@@ -22,7 +22,7 @@ from aitask_common.ledger import Ledger, Reason, iterate_history
 from devstack.stack import LocalStack
 from dispatcher_service.billing_admin import check_ledger
 from tests.conftest import wait_until
-from tests.e2e.helpers import ensure_running, faults, restart_after_a_crash
+from tests.e2e.helpers import ensure_running, faults, restart_after_a_crash, waiting_job_task_ids
 from tests.e2e.test_billing import PRICES
 
 USERS = 100
@@ -160,6 +160,9 @@ def test_the_ledger_adds_up_after_kills_outages_failures_and_cancels(stack: Loca
         assert not [field for field in credits if field.startswith(b"hold:")]
     # The run covered every ending: completed, failed (the simulator's 400s) and cancelled.
     assert all(statuses.get(status, 0) > 20 for status in ("completed", "failed", "cancelled")), statuses
+    # The cancelled tasks' jobs drain too: none is left to meet a deleted task.
+    created = set(load.created)
+    wait_until(lambda: not created & set(waiting_job_task_ids(stack)), timeout=60)
     # 2,000 tasks and their ledgers would slow every later test's queries that FerretDB filters by reading all.
     tasks.delete_many({"user_id": {"$in": users}})
     ledger.entries.delete_many({"user_id": {"$in": users}})

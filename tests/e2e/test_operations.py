@@ -131,6 +131,10 @@ def test_metrics_move_by_exact_deltas(stack: LocalStack, rest: httpx.Client, use
             "calls_ok": metric(dispatcher, "aitask_upstream_call_duration_seconds_count", code="OK", **calls),
         }
 
+    # The call and duration counters are not labelled by model: another test's volcengine image still running
+    # would move them.
+    unfinished = {"provider": "volcengine", "type": "image", "status": {"$in": ["pending", "processing"]}}
+    wait_until(lambda: stack.tasks().count_documents(unfinished) == 0, timeout=120)
     before = counts()
     prompts = ["counted 1", "counted 2", "counted 3", "refused [[fail:400]]"]
     bodies = [{"prompt": prompt, "user_id": user_id, "provider": "volcengine", "model": model} for prompt in prompts]
