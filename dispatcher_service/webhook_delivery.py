@@ -24,7 +24,9 @@ deliveries catch up after.
 MongoDB is the truth: the sorted set is rebuilt from the pending messages when Redis has lost it (its completion
 mark is gone), and the final tasks of the last SWEEP_REBUILD_LOOKBACK without a stored message get one; it is
 re-filled every RECONCILE_EVERY_SECONDS in case an index write failed; a claimed id whose message is no longer
-pending is dropped from it, one not due yet is scored again by its stored due time.
+pending is dropped from it, one not due yet is scored again by its stored due time. The sweep for final messages
+never stored asks Redis first (due ids, and the final messages this loop stored lately: STORED_FINALS_KEY) and reads
+MongoDB only for the other tasks it finds (Redis having lost both, for all of them).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from aitask_common.webhooks import (
     FINAL_TYPES,
     MESSAGE_INDEXES,
     MESSAGES_COLLECTION,
+    STORED_FINALS_KEY,
     WITH_WEBHOOK,
     AttemptRecord,
     MessageDocument,
@@ -210,6 +213,7 @@ class AttemptWriter:
                 if not write.written.done():
                     write.written.set_exception(error)
             return
+        stored_finals = {write.message_id: time.time() for write in batch if task_of_final_message(write.message_id)}
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for write in batch:
@@ -217,6 +221,8 @@ class AttemptWriter:
                         pipe.zrem(DUE_KEY, write.message_id)
                     else:
                         pipe.zadd(DUE_KEY, {write.message_id: write.next_due})
+                if stored_finals:
+                    pipe.zadd(STORED_FINALS_KEY, stored_finals)
                 await pipe.execute()
         except RedisError as error:
             # MongoDB has them: once their lease passes, a claim reads them and drops or re-scores them.
@@ -258,6 +264,9 @@ class WebhookDelivery:
         # Users' secrets, reused for a few seconds (a rotation's new secret signs within SECRETS_CACHE_SECONDS; the
         # old one still verifies meanwhile).
         self.secrets_cache: TTLCache[str, UserSecrets] = TTLCache(maxsize=10_000, ttl=SECRETS_CACHE_SECONDS)
+        # A message stored at most this long ago is still in STORED_FINALS_KEY when the sweep that covers its task's
+        # final write (one interval and SWEEP_SETTLE after it, at the latest) asks, with an interval to spare.
+        self.stored_finals_seconds = 3 * settings.webhook_sweep_seconds + SWEEP_SETTLE.total_seconds()
 
     def start(self) -> None:
         """Run the loop in a daemon thread (it dies with the process; a message it was sending is sent again)."""
@@ -389,16 +398,26 @@ class WebhookDelivery:
                 batch = []
         await self._record_missing(batch)
         self.swept_until = until
+        await self.redis.zremrangebyscore(STORED_FINALS_KEY, "-inf", time.time() - self.stored_finals_seconds)
 
     async def _record_missing(self, documents: list[Any]) -> None:
         ids = [final_message_id(document["_id"]) for document in documents]
         if not ids:
             return
-        stored = await self.read_by_id(ids, {"_id": True})
-        # A due id without a stored message is a worker's final message waiting its turn: the claim stores it.
-        scores = await self.redis.zmscore(DUE_KEY, ids)
-        for document, message_id, due in zip(documents, ids, scores, strict=True):
-            if message_id in stored or due is not None or message_for(document, EventKind.FINAL) is None:
+        # A due id without a stored message is a worker's final message waiting its turn: the claim stores it. An
+        # id this loop stored lately needs no read; only the others are read from MongoDB.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zmscore(DUE_KEY, ids)
+            pipe.zmscore(STORED_FINALS_KEY, ids)
+            due_scores, stored_scores = await pipe.execute()
+        known = {
+            message_id
+            for message_id, due, stored in zip(ids, due_scores, stored_scores, strict=True)
+            if due is not None or stored is not None
+        }
+        stored = await self.read_by_id([message_id for message_id in ids if message_id not in known], {"_id": True})
+        for document, message_id in zip(documents, ids, strict=True):
+            if message_id in known or message_id in stored or message_for(document, EventKind.FINAL) is None:
                 continue
             log.warning("final webhook message was missing; stored now", task_id=document["_id"])
             await record_change_async(self.messages, document, EventKind.FINAL, self.redis)

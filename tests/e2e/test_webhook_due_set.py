@@ -14,7 +14,14 @@ from pathlib import Path
 import bson
 import httpx
 
-from aitask_common.webhooks import DUE_COMPLETE_KEY, DUE_KEY, MESSAGES_COLLECTION, final_copy_key, final_message_id
+from aitask_common.webhooks import (
+    DUE_COMPLETE_KEY,
+    DUE_KEY,
+    MESSAGES_COLLECTION,
+    STORED_FINALS_KEY,
+    final_copy_key,
+    final_message_id,
+)
 from devstack.stack import LocalStack
 from tests.conftest import wait_until
 from tests.e2e.helpers import restart_after_a_crash
@@ -171,6 +178,28 @@ def test_a_due_final_message_is_left_by_the_sweep_to_its_claim(
     assert verified(request, secret_of(rest, user_id)["secret"])["data"]["text_result"] == "hello"
     logged = wait_until(lambda: messages.find_one({"_id": message_id, "state": "delivered"}), timeout=10)
     assert [attempt["status_code"] for attempt in logged["attempts"]] == [200]
+
+
+def test_the_sweep_asks_redis_which_final_messages_the_loop_stored_lately(
+    stack: LocalStack,
+    rest: httpx.Client,
+    user_id: str,
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+) -> None:
+    """Two final tasks without a stored message. One's message id is in STORED_FINALS_KEY, as if the loop had
+    stored it a moment ago: the sweep takes Redis's word and reads nothing for it (so here it stays missing). The
+    other is stored and delivered by the sweep, and once delivered its id is in the set."""
+    marked = stored_final_task(stack, user_id, receiver.url, updated_ago=timedelta(seconds=9))
+    unmarked = stored_final_task(stack, user_id, receiver.url, updated_ago=timedelta(seconds=9))
+    redis = stack.redis()
+    redis.zadd(STORED_FINALS_KEY, {final_message_id(marked): time.time()})
+    (request,) = wait_until(lambda: receiver.of(unmarked), timeout=30)
+    assert request.headers["webhook-id"] == final_message_id(unmarked)
+    wait_until(lambda: redis.zscore(STORED_FINALS_KEY, final_message_id(unmarked)), timeout=10)
+    # The sweep that stored the unmarked task's message covered the marked one too (written before it).
+    messages = stack.tasks().database[MESSAGES_COLLECTION]
+    assert messages.find_one({"_id": final_message_id(marked)}) is None
+    assert receiver.of(marked) == []
 
 
 def test_a_final_message_lost_with_the_due_set_before_it_was_stored_is_delivered(
