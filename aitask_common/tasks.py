@@ -5,7 +5,7 @@ One `tasks` collection holds every task type; MongoDB is the source of truth.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
@@ -30,6 +30,8 @@ INDEXES: list[list[tuple[str, int]]] = [
     [("billing_open", 1)],
     # Lists newest first, a bucket at a time (task_service/newest_first.py); multikey on MongoDB.
     [("created_buckets", 1)],
+    # The webhook sweep's tasks that turned final in its window (FINAL_BUCKETS_FIELD).
+    [("final_buckets", 1)],
 ]
 
 # A task's creation time (UTC) as ISO 8601 prefixes of its year, month, day, hour, minute and second: equality
@@ -51,9 +53,14 @@ BILLING_OPEN_FIELD = "billing_open"
 IN_FLIGHT_FIELD = "in_flight"
 
 
-def out_of_flight(update: dict[str, Any]) -> dict[str, Any]:
-    """`update` (a MongoDB update document turning a task final) also taking the task out of flight."""
-    return update | {"$unset": {**update.get("$unset", {}), IN_FLIGHT_FIELD: ""}}
+def out_of_flight(update: dict[str, Any], final_webhook: bool = False) -> dict[str, Any]:
+    """`update` (a MongoDB update document turning a task final) also taking the task out of flight and, for a task
+    that may have a final webhook, filing it under its final write's buckets (FINAL_BUCKETS_FIELD, from the
+    `updated` the update sets)."""
+    update = update | {"$unset": {**update.get("$unset", {}), IN_FLIGHT_FIELD: ""}}
+    if final_webhook:
+        update["$set"] = {**update["$set"], FINAL_BUCKETS_FIELD: final_buckets(update["$set"]["updated"])}
+    return update
 
 
 def task_filter(task_id: str, user_id: str | None) -> dict[str, Any]:
@@ -71,6 +78,34 @@ def created_buckets(created: datetime) -> list[str]:
     """The year, month, day, hour, minute and second `created` falls in: ["2026", …, "2026-12-04T07:31:15"]."""
     text = created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return [text[:width] for width in BUCKET_WIDTHS]
+
+
+# Set when a task that may have a final webhook turns final: the hour and the minute of its final write (ISO 8601
+# prefixes, as created_buckets). Equality keys: the webhook sweep (dispatcher_service/webhook_delivery.py) reads the
+# tasks that turned final in its window from PostgreSQL's index, where a range on `updated` read every task.
+FINAL_BUCKETS_FIELD = "final_buckets"
+FINAL_BUCKET_WIDTHS = (len("2026-12-05T07"), len("2026-12-05T07:26"))
+# A sweep's span up to this long is read a minute at a time; a longer one (a new dispatcher's first look back, or
+# the look back after Redis lost the due set) an hour at a time.
+MINUTE_BUCKETS_UP_TO = timedelta(hours=2)
+
+
+def final_buckets(at: datetime) -> list[str]:
+    """The hour and minute `at` (naive: UTC, as MongoDB returns it) falls in: ["2026-12-05T07", "2026-12-05T07:26"]."""
+    text = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    return [text[:width] for width in FINAL_BUCKET_WIDTHS]
+
+
+def final_buckets_between(since: datetime, until: datetime) -> list[str]:
+    """The keys of the buckets that together hold every instant from `since` up to `until`, oldest first."""
+    hourly = until - since > MINUTE_BUCKETS_UP_TO
+    step = timedelta(hours=1) if hourly else timedelta(minutes=1)
+    at = since.astimezone(UTC).replace(minute=0 if hourly else since.minute, second=0, microsecond=0)
+    keys = []
+    while at < until:
+        keys.append(final_buckets(at)[0 if hourly else 1])
+        at += step
+    return keys
 
 
 def user_bucket(user_id: str, key: str) -> str:
@@ -247,6 +282,8 @@ class TaskDocument(TypedDict):
     billing_open: NotRequired[bool]
     # From its create until it turns final.
     in_flight: NotRequired[bool]
+    # Once final, for a task that may have had a final webhook: final_buckets(updated).
+    final_buckets: NotRequired[list[str]]
     # A cancelled task: the status it was cancelled in (a processing one had reached the vendor).
     cancelled_from: NotRequired[str]
 

@@ -218,6 +218,17 @@ def known_webhook_events(task_id: str) -> tuple[str, ...] | None:
         return _webhook_events.get(task_id)
 
 
+def may_send_final(task_id: str, document: Any | None = None) -> bool:
+    """Whether the task may have a webhook for its final state: from its `document` when given, else from what this
+    process knows of it (True when it knows nothing)."""
+    if document is not None:
+        return bool(document.get("webhook_url")) and WebhookEvent.FINAL.value in document.get(
+            "webhook_events", DEFAULT_EVENTS
+        )
+    events = known_webhook_events(task_id)
+    return events is None or WebhookEvent.FINAL.value in events
+
+
 def final_copy_key(task_id: str) -> str:
     """Where a worker leaves its copy of a final task for the delivery loop."""
     return FINAL_COPY_PREFIX + task_id

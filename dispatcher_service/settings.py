@@ -108,8 +108,8 @@ class DispatcherSettings(OutputSettings):
     """How often the delivery loop looks for due webhook messages."""
     webhook_sweep_seconds: float = Field(default=60.0, gt=0)
     """How often the delivery loop looks for tasks that turned final without their webhook message stored or indexed
-    (the writer died, or Redis failed, between the two writes) and stores it. Each look reads every final task
-    (FerretDB cannot narrow a query by time), so it is not frequent; it reads a task's message only when Redis knows
+    (the writer died, or Redis failed, between the two writes) and stores it. Each look reads the tasks with a final
+    webhook that turned final since the last, a minute's bucket at a time, and a task's message only when Redis knows
     of it neither as due nor as stored lately."""
     webhook_delivery_nice: int = Field(default=10, ge=0, le=19)
     """Nice value of the delivery loop's thread (Linux; higher yields more): when the CPU is short, the task path

@@ -27,7 +27,7 @@ from aitask_common.tasks import (
     utcnow,
 )
 from aitask_common.timeline import forget_polls, noted_polls, with_entries, with_hold, write_entries
-from aitask_common.webhooks import MESSAGES_COLLECTION, WebhookEvent, known_webhook_events, record_change
+from aitask_common.webhooks import MESSAGES_COLLECTION, known_webhook_events, may_send_final, record_change
 
 # Fields `record` may write that no client sees: storing them alone publishes no notice.
 INTERNAL_FIELDS = frozenset({"upstream_job_id", "submitted", "generated"})
@@ -106,14 +106,15 @@ class TaskTransitions:
             update["$inc"] = {"attempts": attempts_delta}
         if held is not None:
             update = with_hold(update, held)
+        final_webhook = new.is_final and may_send_final(task_id)
         if new.is_final:
-            update = out_of_flight(update)
+            update = out_of_flight(update, final_webhook)
         condition = task_filter(task_id, user_id) | {"status": expected.value}
         if upstream_job_id is not None:
             condition["upstream_job_id"] = upstream_job_id
         kind = EventKind.FINAL if new.is_final else EventKind.STATUS
         events = known_webhook_events(task_id)
-        if events is None or (WebhookEvent.FINAL.value in events if kind is EventKind.FINAL else bool(events)):
+        if final_webhook or (not new.is_final and (events is None or bool(events))):
             # The change may make a webhook message carrying the task after it: read in the same step (a final
             # message's copy goes to the delivery loop through Redis, aitask_common.webhooks).
             document = self.collection.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)

@@ -65,14 +65,13 @@ from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
 from aitask_common.mongo import DUPLICATE_KEY, client_options
 from aitask_common.redis_clients import async_redis_client
-from aitask_common.tasks import COLLECTION, utcnow
+from aitask_common.tasks import COLLECTION, FINAL_BUCKETS_FIELD, final_buckets_between, utcnow
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
 from aitask_common.webhook_secrets import UserSecrets, WebhookSecretStore, cipher
 from aitask_common.webhooks import (
     DUE_COMPLETE_KEY,
     DUE_KEY,
     EXCERPT_CHARS,
-    FINAL_TYPES,
     MESSAGE_INDEXES,
     MESSAGES_COLLECTION,
     STORED_FINALS_KEY,
@@ -382,20 +381,18 @@ class WebhookDelivery:
         ago) with a webhook but neither a stored message nor a due id: its writer died, or Redis or the database
         failed, between the task's write and the message's. Started and progress messages are best effort; final
         ones are not."""
-        until = utcnow() - SWEEP_SETTLE
-        finished = self.tasks.find(
-            {
-                "status": {"$in": [status.value for status in FINAL_TYPES]},
-                "updated": {"$gte": self.swept_until, "$lt": until},
-                **WITH_WEBHOOK,
-            }
-        )
+        since, until = self.swept_until, utcnow() - SWEEP_SETTLE
         batch: list[Any] = []
-        async for document in finished:
-            batch.append(document)
-            if len(batch) >= SWEEP_BATCH:
-                await self._record_missing(batch)
-                batch = []
+        # One equality per bucket (FerretDB hands it to PostgreSQL's index); the range only trims its edges.
+        for bucket in final_buckets_between(since, until):
+            finished = self.tasks.find(
+                {FINAL_BUCKETS_FIELD: bucket, "updated": {"$gte": since, "$lt": until}, **WITH_WEBHOOK}
+            )
+            async for document in finished:
+                batch.append(document)
+                if len(batch) >= SWEEP_BATCH:
+                    await self._record_missing(batch)
+                    batch = []
         await self._record_missing(batch)
         self.swept_until = until
         await self.redis.zremrangebyscore(STORED_FINALS_KEY, "-inf", time.time() - self.stored_finals_seconds)

@@ -39,7 +39,7 @@ ALLOWED_SCATTERS: dict[str, str] = {
     "dispatcher_service/reconciler.py:Reconciler._requeue_stuck": SWEEP + " (in_flight, updated)",
     "dispatcher_service/cancels.py:expire_overdue": SWEEP + " (in_flight, status, deadline)",
     "dispatcher_service/settlement.py:Settlement.run_once": SWEEP + " (billing_open)",
-    "dispatcher_service/webhook_delivery.py:WebhookDelivery.sweep": SWEEP + " (status, updated)",
+    "dispatcher_service/webhook_delivery.py:WebhookDelivery.sweep": SWEEP + " (final_buckets)",
     "dispatcher_service/webhook_delivery.py:WebhookDelivery.reconcile": "pending messages, at start and rarely after",
     "aitask_common/ledger.py:Ledger.users_below": "a metric counting users short of credit, every scrape",
     "task_service/storage.py:TaskStore.add_created_buckets": "a migration, once per database",

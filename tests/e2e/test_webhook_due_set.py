@@ -14,6 +14,7 @@ from pathlib import Path
 import bson
 import httpx
 
+from aitask_common.tasks import FINAL_BUCKETS_FIELD, final_buckets
 from aitask_common.webhooks import (
     DUE_COMPLETE_KEY,
     DUE_KEY,
@@ -200,6 +201,25 @@ def test_the_sweep_asks_redis_which_final_messages_the_loop_stored_lately(
     messages = stack.tasks().database[MESSAGES_COLLECTION]
     assert messages.find_one({"_id": final_message_id(marked)}) is None
     assert receiver.of(marked) == []
+
+
+def test_only_a_task_with_a_final_webhook_is_filed_for_the_sweep(
+    stack: LocalStack,
+    rest: httpx.Client,
+    user_id: str,
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The worker's final write files a task whose webhook wants its final state under that write's hour and minute
+    (the sweep's equality keys); a task whose webhook wants only its start is not filed."""
+    final = create(rest, user_id, "text", receiver.url)
+    started_only = create(rest, user_id, "text", receiver.url, webhook_events=["started"])
+    tasks = stack.tasks()
+    documents = [
+        wait_until(lambda task_id=task_id: tasks.find_one({"_id": task_id, "status": "completed"}), timeout=30)
+        for task_id in (final, started_only)
+    ]
+    assert documents[0][FINAL_BUCKETS_FIELD] == final_buckets(documents[0]["updated"])
+    assert FINAL_BUCKETS_FIELD not in documents[1]
 
 
 def test_a_final_message_lost_with_the_due_set_before_it_was_stored_is_delivered(

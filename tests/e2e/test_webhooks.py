@@ -19,7 +19,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from aitask_common.tasks import utcnow
+from aitask_common.tasks import FINAL_BUCKETS_FIELD, final_buckets, utcnow
 from devstack.processes import free_port
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
@@ -354,6 +354,7 @@ def stored_final_task(stack: LocalStack, user_id: str, url: str, updated_ago: ti
             "updated": now - updated_ago,
             "webhook_url": url,
             "webhook_events": ["final"],
+            FINAL_BUCKETS_FIELD: final_buckets(now - updated_ago),
         }
     )
     return task_id
