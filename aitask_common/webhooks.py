@@ -47,7 +47,8 @@ DUE_KEY: Final = "aitask:webhooks:due"
 # Present while DUE_KEY holds every pending message: Redis losing its data loses it too, and the loop rebuilds.
 DUE_COMPLETE_KEY: Final = "aitask:webhooks:due-complete"
 # Ids of the final messages the delivery loop stored lately, scored by when: the sweep for lost final messages asks
-# this set before reading MongoDB (a message neither here nor due is read). Kept STORED_FINALS_SECONDS.
+# this set before reading MongoDB (a message neither here nor due is read). Each sweep prunes what is older than
+# three sweep intervals.
 STORED_FINALS_KEY: Final = "aitask:webhooks:stored-finals"
 # + task id: the task as its final write left it (BSON), from the worker that indexed its final message until the
 # delivery loop's claim takes it. A copy missing (expired, too large, lost with Redis) costs the claim a read of the
