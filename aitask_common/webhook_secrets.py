@@ -21,6 +21,8 @@ from cryptography.fernet import Fernet, MultiFernet
 from pymongo import MongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
 
 from aitask_common.logging import get_logger
 from aitask_common.mongo import client_options
@@ -35,6 +37,9 @@ SECRET_PREFIX: Final = "whsec_"
 SECRET_BYTES: Final = 32
 # How long a rotated-out secret keeps signing beside the new one.
 ROTATION_OVERLAP: Final = timedelta(hours=24)
+# Per user, a field a rotation bumps once its write is done: a cache of secrets (the delivery loop's) asks this hash,
+# one command for all the users it is about to sign for, and re-reads only those whose mark moved (or was lost).
+SECRET_MARKS_KEY: Final = "aitask:webhooks:secret-marks"
 # Against a concurrent rotation of the same user: how often a conditional write is tried.
 WRITE_ATTEMPTS: Final = 5
 # Development only (never production, which requires WEBHOOK_SECRET_KEY): a fixed key, so secrets survive restarts.
@@ -77,9 +82,11 @@ class UserSecrets:
 class WebhookSecretStore:
     """Reads, makes and rotates users' secrets (async pymongo)."""
 
-    def __init__(self, database: AsyncDatabase[Any], fernet: MultiFernet) -> None:
+    def __init__(self, database: AsyncDatabase[Any], fernet: MultiFernet, redis: AsyncRedis | None = None) -> None:
         self.collection = database[SECRETS_COLLECTION]
         self.fernet = fernet
+        # Where a rotation bumps its user's mark (SECRET_MARKS_KEY); None: a store that never rotates.
+        self.redis = redis
 
     async def get(self, user_id: str) -> UserSecrets:
         """The user's secrets, made on first use."""
@@ -117,8 +124,19 @@ class WebhookSecretStore:
             written = await self.collection.update_one({"_id": user_id, "version": stored["version"]}, update)
             if written.modified_count == 1:
                 log.info("webhook secret rotated", user_id=user_id)
+                await self._bump_mark(user_id)
                 return await self.get(user_id)
         raise RuntimeError(f"could not rotate the webhook secret of {user_id!r}: concurrent rotations")
+
+    async def _bump_mark(self, user_id: str) -> None:
+        """Tell caches of secrets that the user's changed (best effort: without it, a cache keeps the old secrets
+        for its whole lifetime, while the old one still signs)."""
+        if self.redis is None:
+            return
+        try:
+            await self.redis.hincrby(SECRET_MARKS_KEY, user_id, 1)
+        except RedisError as error:
+            log.warning("webhook secret rotation not marked in Redis", user_id=user_id, error=str(error))
 
     def _encrypt(self, secret: str) -> str:
         return self.fernet.encrypt(secret.encode()).decode()

@@ -67,7 +67,7 @@ from aitask_common.mongo import DUPLICATE_KEY, client_options
 from aitask_common.redis_clients import async_redis_client
 from aitask_common.tasks import COLLECTION, FINAL_BUCKETS_FIELD, final_buckets_between, utcnow
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
-from aitask_common.webhook_secrets import UserSecrets, WebhookSecretStore, cipher
+from aitask_common.webhook_secrets import SECRET_MARKS_KEY, UserSecrets, WebhookSecretStore, cipher
 from aitask_common.webhooks import (
     DUE_COMPLETE_KEY,
     DUE_KEY,
@@ -125,10 +125,11 @@ JITTER: Final = 0.1
 RECONCILE_CHECK_SECONDS: Final = 2.0
 RECONCILE_EVERY_SECONDS: Final = 300.0
 RECONCILE_BATCH: Final = 1000
+# Users' secrets kept between rounds at most this long: the delay of a rotation's new secret if Redis missed its mark.
+SECRETS_CACHE_SECONDS: Final = 300.0
 # The sweep for final messages whose writer died before storing them (every WEBHOOK_SWEEP_SECONDS): how far back
 # a new dispatcher looks, how long after a task's final write (the writer's own store comes first), and how many
 # tasks per query.
-SECRETS_CACHE_SECONDS: Final = 5.0
 SWEEP_FIRST_LOOKBACK: Final = timedelta(hours=1)
 # After Redis lost the due set, the sweep looks this far back: a worker's final message lives only as a due id until
 # the loop takes it up, so every final task in the lookback without a stored message is stored then.
@@ -260,9 +261,11 @@ class WebhookDelivery:
         # Ids claimed by this process and not settled yet (waiting, sending or being recorded): a claim that
         # returns one again (its lease passed while its record was slow) leaves it to its delivery.
         self.active: set[str] = set()
-        # Users' secrets, reused for a few seconds (a rotation's new secret signs within SECRETS_CACHE_SECONDS; the
-        # old one still verifies meanwhile).
-        self.secrets_cache: TTLCache[str, UserSecrets] = TTLCache(maxsize=10_000, ttl=SECRETS_CACHE_SECONDS)
+        # Users' secrets with the rotation mark they were read under (SECRET_MARKS_KEY): a round re-reads a user whose
+        # mark moved, so a rotation's new secret signs from the next round on (the old one still verifies meanwhile).
+        self.secrets_cache: TTLCache[str, tuple[bytes | str | None, UserSecrets]] = TTLCache(
+            maxsize=10_000, ttl=SECRETS_CACHE_SECONDS
+        )
         # A message stored at most this long ago is still in STORED_FINALS_KEY when the sweep that covers its task's
         # final write (one interval and SWEEP_SETTLE after it, at the latest) asks, with an interval to spare.
         self.stored_finals_seconds = 3 * settings.webhook_sweep_seconds + SWEEP_SETTLE.total_seconds()
@@ -505,11 +508,20 @@ class WebhookDelivery:
     async def load_secrets(self, user_ids: set[str]) -> None:
         """Read the secrets of these users that are not cached, concurrently, before their messages take a slot
         of their host (best effort: a delivery reads what is missing itself)."""
-        missing = [user_id for user_id in user_ids if user_id not in self.secrets_cache]
+        users = list(user_ids)
+        if not users:
+            return
+        # Each mark is read before the secrets it is kept with: a rotation in between leaves a mark that moves.
+        marks: list[bytes | str | None] = await self.redis.hmget(SECRET_MARKS_KEY, users)
+        missing = {
+            user_id: mark
+            for user_id, mark in zip(users, marks, strict=True)
+            if (cached := self.secrets_cache.get(user_id)) is None or cached[0] != mark
+        }
         loaded = await asyncio.gather(*(self.secrets.get(user_id) for user_id in missing), return_exceptions=True)
-        for user_id, secrets in zip(missing, loaded, strict=True):
+        for (user_id, mark), secrets in zip(missing.items(), loaded, strict=True):
             if isinstance(secrets, UserSecrets):
-                self.secrets_cache[user_id] = secrets
+                self.secrets_cache[user_id] = (mark, secrets)
 
     async def read_by_id(self, ids: list[str], projection: dict[str, bool] | None = None) -> dict[str, Any]:
         """The stored messages of `ids` (those that exist), by id: one equality read each, concurrently (FerretDB
@@ -600,9 +612,12 @@ class WebhookDelivery:
             )
         except AddressRefused as error:
             raise DeliveryRefused(str(error)) from error
-        secrets = self.secrets_cache.get(message["user_id"])
-        if secrets is None:
-            secrets = self.secrets_cache[message["user_id"]] = await self.secrets.get(message["user_id"])
+        cached = self.secrets_cache.get(message["user_id"])
+        if cached is not None:
+            secrets = cached[1]
+        else:  # the round's read failed: read now, kept under no mark (the next round reads it again)
+            secrets = await self.secrets.get(message["user_id"])
+            self.secrets_cache[message["user_id"]] = (None, secrets)
         timestamp = datetime.now(UTC)  # `sign` reads a naive or aware time as UTC
         body = message["body"]
         signatures = " ".join(

@@ -105,7 +105,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self.outputs = outputs
         self.billing = billing
         self.canceller = TaskCanceller(store, results.redis, queue.connection, results, watch_hub.publish)
-        self.webhooks = WebhookReads(settings, store)
+        self.webhooks = WebhookReads(settings, store, results.redis)
 
     async def CreateImageTask(
         self, request: pb.CreateImageTaskRequest, context: grpc.aio.ServicerContext

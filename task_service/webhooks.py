@@ -8,6 +8,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from pymongo.asynchronous.collection import AsyncCollection
+from redis.asyncio import Redis as AsyncRedis
 
 from aitask.v1 import task_service_pb2 as pb
 from aitask_common.events import EventKind
@@ -94,9 +95,9 @@ def _events(requested: list[str]) -> list[str]:
 class WebhookReads:
     """Secrets and delivery logs, for the RPCs."""
 
-    def __init__(self, settings: WebhookSettings, store: TaskStore) -> None:
+    def __init__(self, settings: WebhookSettings, store: TaskStore, redis: AsyncRedis) -> None:
         database = store.collection.database
-        self.secrets = WebhookSecretStore(database, cipher(settings))
+        self.secrets = WebhookSecretStore(database, cipher(settings), redis)
         self.messages: AsyncCollection[Any] = database[MESSAGES_COLLECTION]
 
     async def delivery_log(self, task: TaskDocument) -> pb.WebhookDeliveryLog:

@@ -293,7 +293,12 @@ def test_a_message_outlives_a_dead_receiver_and_a_killed_dispatcher(
 
 
 def test_after_a_rotation_both_secrets_sign(rest: httpx.Client, user_id: str, receiver: Receiver) -> None:
+    """The delivery loop keeps a user's secrets for minutes, but the rotation's mark in Redis has the next message
+    signed by both at once."""
     old = secret_of(rest, user_id)["secret"]
+    before = create(rest, user_id, "text", receiver.url)
+    (first,) = wait_until(lambda: receiver.of(before), timeout=30)  # the loop now holds the user's secrets
+    assert len(first.headers["webhook-signature"].split(" ")) == 1
     rotated = rest.post("/api/v1/webhooks/secret/rotate", json={"user_id": user_id})
     assert rotated.status_code == 200, rotated.text
     new = rotated.json()["data"]
