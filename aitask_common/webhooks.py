@@ -206,9 +206,14 @@ _webhook_events: LRUCache[str, tuple[str, ...]] = LRUCache(maxsize=100_000)
 _webhook_events_lock = threading.Lock()
 
 
+def webhook_events_of(document: Any) -> tuple[str, ...]:
+    """The events the task `document` has a webhook for (() for none)."""
+    return tuple(document.get("webhook_events", DEFAULT_EVENTS)) if document.get("webhook_url") else ()
+
+
 def remember_webhook(document: Any) -> None:
     """Note which events the task `document` has a webhook for."""
-    events = tuple(document.get("webhook_events", DEFAULT_EVENTS)) if document.get("webhook_url") else ()
+    events = webhook_events_of(document)
     with _webhook_events_lock:
         _webhook_events[document["_id"]] = events
 
@@ -219,14 +224,8 @@ def known_webhook_events(task_id: str) -> tuple[str, ...] | None:
         return _webhook_events.get(task_id)
 
 
-def may_send_final(task_id: str, document: Any | None = None) -> bool:
-    """Whether the task may have a webhook for its final state: from its `document` when given, else from what this
-    process knows of it (True when it knows nothing)."""
-    if document is not None:
-        return bool(document.get("webhook_url")) and WebhookEvent.FINAL.value in document.get(
-            "webhook_events", DEFAULT_EVENTS
-        )
-    events = known_webhook_events(task_id)
+def may_send_final(events: tuple[str, ...] | None) -> bool:
+    """Whether a task whose webhook is for `events` (None: this process does not know) may owe a final message."""
     return events is None or WebhookEvent.FINAL.value in events
 
 

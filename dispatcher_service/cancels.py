@@ -37,7 +37,7 @@ from aitask_common.tasks import (
     task_filter,
     utcnow,
 )
-from aitask_common.webhooks import MESSAGES_COLLECTION, may_send_final, record_change
+from aitask_common.webhooks import MESSAGES_COLLECTION, known_webhook_events, may_send_final, record_change
 from dispatcher_service.lease import TaskLease
 from dispatcher_service.providers import NoLiveInstance, ProviderCallError, ProviderDirectory
 from dispatcher_service.schedule import forget_finished
@@ -114,7 +114,7 @@ def expire(collection: Collection[Any], redis: Redis, task_id: str, user_id: str
             },
             "$push": {timeline.FIELD: timeline.entry("cancelled", reason=CancelReason.DEADLINE.value)},
         },
-        may_send_final(task_id),
+        may_send_final(known_webhook_events(task_id)),
     )
     condition = task_filter(task_id, user_id) | {"status": TaskStatus.PENDING.value, "deadline": {"$lte": now}}
     if collection.update_one(condition, update).modified_count != 1:

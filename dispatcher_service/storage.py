@@ -106,14 +106,14 @@ class TaskTransitions:
             update["$inc"] = {"attempts": attempts_delta}
         if held is not None:
             update = with_hold(update, held)
-        final_webhook = new.is_final and may_send_final(task_id)
+        events = known_webhook_events(task_id)
+        final_webhook = new.is_final and may_send_final(events)
         if new.is_final:
             update = out_of_flight(update, final_webhook)
         condition = task_filter(task_id, user_id) | {"status": expected.value}
         if upstream_job_id is not None:
             condition["upstream_job_id"] = upstream_job_id
         kind = EventKind.FINAL if new.is_final else EventKind.STATUS
-        events = known_webhook_events(task_id)
         if final_webhook or (not new.is_final and (events is None or bool(events))):
             # The change may make a webhook message carrying the task after it: read in the same step (a final
             # message's copy goes to the delivery loop through Redis, aitask_common.webhooks).

@@ -473,8 +473,11 @@ class WebhookDelivery:
         """The final messages among `message_ids` whose task a worker left a copy of, rendered from it (None: the
         task makes no message), by id. The copies are taken: a claim that comes back after this one's lease reads
         MongoDB, where the message may be stored by then."""
-        task_ids = {message_id: task_of_final_message(message_id) for message_id in message_ids}
-        finals = {message_id: task_id for message_id, task_id in task_ids.items() if task_id is not None}
+        finals = {
+            message_id: task_id
+            for message_id in message_ids
+            if (task_id := task_of_final_message(message_id)) is not None
+        }
         if not finals:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:

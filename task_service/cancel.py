@@ -45,7 +45,7 @@ from aitask_common.queues import (
 )
 from aitask_common.rq_shards import enqueue_upstream_cancel
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus, out_of_flight, task_filter, utcnow
-from aitask_common.webhooks import MESSAGES_COLLECTION, may_send_final, record_change_async
+from aitask_common.webhooks import MESSAGES_COLLECTION, may_send_final, record_change_async, webhook_events_of
 from task_service.result_cache import FinalResultCache
 from task_service.storage import TaskStore
 
@@ -166,7 +166,7 @@ class TaskCanceller:
                     },
                     "$push": {timeline.FIELD: timeline.entry("cancelled", reason=reason.value)},
                 },
-                may_send_final(task_id, document),
+                may_send_final(webhook_events_of(document)),
             )
             written = await self.store.collection.find_one_and_update(
                 task_filter(task_id, document["user_id"]) | {"status": status},
