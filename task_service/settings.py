@@ -46,8 +46,9 @@ class TaskServiceSettings(OutputSettings):
     time; the rest wait in the user's backlog and are enqueued one by one as workers pick the user's tasks up, so
     another user's task waits behind at most this many of each busy user's, not behind their whole backlog
     (aitask_common/fair_share.py). 0 turns it off: first come, first served."""
-    result_cache_seconds: int = Field(default=3600, ge=0)
-    """How long a final task result (or a deleted task's tombstone) stays in Redis; 0 turns the cache off.
+    result_cache_seconds: int = Field(default=300, ge=0)
+    """How long a final task result (or a deleted task's tombstone) stays in Redis; 0 turns the cache off. Redis
+    holds every final result first read in this window: its memory grows with the rate times this (deploy/CAPACITY.md).
     Replicas sharing a Redis must agree: one with the cache off leaves no tombstone when it deletes."""
     result_cache_max_bytes: int = Field(default=65536, ge=0)
     """Larger serialized results (big base64 images) are always read from MongoDB."""
