@@ -2,7 +2,7 @@
 
 Scenarios run in groups (GROUPS), each group on a fresh stack (BenchStack); the first ones:
   api      floor, create_rest, create_grpc, get_rest   (dispatcher stopped while load runs)
-  e2e      e2e_image, e2e_image_slow_upstream          (10 workers)
+  e2e      e2e_image, e2e_image_light, e2e_image_slow_upstream   (10 workers)
   video    video_in_flight                             (10 workers, 60 s videos)
   scaling  scaling                                     (1, 2, 4, 8, 16 workers)
 The larger groups (scale, soak, cluster) live in modules of their own.
@@ -60,6 +60,7 @@ SCENARIOS = (
     "floor",
     "get_rest",
     "e2e_image",
+    "e2e_image_light",
     "e2e_image_slow_upstream",
     "video_in_flight",
     "scaling",
@@ -76,7 +77,7 @@ SCENARIOS = (
 )
 GROUPS = {
     "api": ("floor", "create_rest", "create_grpc", "get_rest"),
-    "e2e": ("e2e_image", "e2e_image_slow_upstream"),
+    "e2e": ("e2e_image", "e2e_image_light", "e2e_image_slow_upstream"),
     "video": ("video_in_flight",),
     "scaling": ("scaling",),
     "watch": ("watch",),
@@ -94,6 +95,8 @@ GROUPS = {
 FLOOR_PROCESSES = 4
 E2E_WORKERS = 10
 SLOW_LATENCY_S = 3.0
+# e2e_image_light's pace: one task at a time, so its latency is a single task's time to complete (issue 24).
+LIGHT_RATE_PER_S = 20
 SCALING_WORKERS = (1, 2, 4, 8, 16)
 WATCH_LATENCY_S = 2.0
 # reset_data waits this long at most for the settlement of the tasks it drops (a pass every 10 s).
@@ -121,6 +124,7 @@ class Plan:
     read_tasks: int = 1000
     e2e_tasks: int = 3000
     slow_tasks: int = 120
+    light_tasks: int = 600
     video_tasks: int = 5000
     video_seconds: float = 60
     video_patience_s: float = 240
@@ -157,6 +161,7 @@ class Plan:
             read_tasks=100,
             e2e_tasks=200,
             slow_tasks=20,
+            light_tasks=40,
             video_tasks=100,
             video_seconds=10,
             video_patience_s=60,
@@ -331,9 +336,17 @@ def wait_final(
 
 
 def create_tasks(
-    bench: Bench, stack: BenchStack, method: str, body: dict[str, Any], tag: str, total: int, concurrency: int = 100
+    bench: Bench,
+    stack: BenchStack,
+    method: str,
+    body: dict[str, Any],
+    tag: str,
+    total: int,
+    concurrency: int = 100,
+    rate: float | None = None,
 ) -> LoadResult:
-    """Create `total` tasks with prompt `tag` through Envoy with ghz (set-up or the create phase of e2e)."""
+    """Create `total` tasks with prompt `tag` through Envoy with ghz (set-up or the create phase of e2e), at once
+    or `rate` a second."""
     return load.ghz(
         bench.ghz_path,
         watcher(stack),
@@ -343,6 +356,7 @@ def create_tasks(
         concurrency=concurrency,
         connections=max(1, concurrency // 10),
         total=total,
+        rate=rate,
     )
 
 
@@ -657,6 +671,19 @@ def e2e_group(bench: Bench, selected: set[str]) -> None:
                 delay=2.0,
             )
 
+        if "e2e_image_light" in selected:
+            say(f"  e2e_image_light: {plan.light_tasks} Seedream tasks created at {LIGHT_RATE_PER_S}/s, latency 0")
+            reset_data(stack)
+            # Each worker's first task opens its connections (MongoDB, the provider's channel, GridFS's indexes):
+            # measured apart, so the run measures a task on a running system.
+            cold = run_e2e(bench, stack, prompt("e2e_image_light_cold"), 4 * E2E_WORKERS, rate=LIGHT_RATE_PER_S)
+            close = window(stack)
+            entry = run_e2e(bench, stack, prompt("e2e_image_light"), plan.light_tasks, rate=LIGHT_RATE_PER_S)
+            entry |= close() | {"offered_per_s": LIGHT_RATE_PER_S, "cold_start": cold}
+            per_task(entry)
+            say(f"    {_line(entry)}")
+            bench.results["e2e_image_light"] = entry
+
         if "e2e_image_slow_upstream" in selected:
             ideal = E2E_WORKERS / SLOW_LATENCY_S
             say(
@@ -718,11 +745,18 @@ def per_task(entry: dict[str, Any]) -> None:
 
 
 def run_e2e(
-    bench: Bench, stack: BenchStack, tag: str, total: int, body: dict[str, Any] | None = None
+    bench: Bench,
+    stack: BenchStack,
+    tag: str,
+    total: int,
+    body: dict[str, Any] | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Create `total` image tasks at once, wait for all to finish; throughput and latency from create to completed."""
+    """Create `total` image tasks at once (or `rate` a second), wait for all to finish; throughput and latency from
+    create to completed."""
     started = time.monotonic()
-    created = create_tasks(bench, stack, "CreateImageTask", body or IMAGE, tag, total)
+    concurrency = 100 if rate is None else 10
+    created = create_tasks(bench, stack, "CreateImageTask", body or IMAGE, tag, total, concurrency, rate)
     accepted = total - created.errors
     final = wait_final(stack, tag, accepted, timeout=60 + total / 20)
     wall = time.monotonic() - started
