@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -203,6 +205,23 @@ class ProviderDirectory:
             self.breakers.record(scope, failed, self.breakers.settings.breaker_min_calls)
         except RedisError as error:
             log.warning("circuit breaker not updated", breaker=scope, error=str(error))
+
+    def connect(self, timeout: float) -> None:
+        """Open a channel to every live instance now (a worker's bootstrap), so the worker's first task does not wait
+        for its connection. Best effort: an instance not ready within `timeout` is connected on first use, as any."""
+        try:
+            registry = self._registry.get(_REGISTRY)
+        except RedisError:
+            return
+        deadline = time.monotonic() + timeout
+        pending = [
+            grpc.channel_ready_future(self._channel(instance.address))
+            for instance in registry.instances
+            if instance.instance_id not in registry.draining
+        ]
+        for ready in pending:
+            with contextlib.suppress(grpc.FutureTimeoutError):
+                ready.result(timeout=max(deadline - time.monotonic(), 0.0))
 
     def _channel(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)

@@ -57,6 +57,9 @@ REDIS_WAIT_MAX_SECONDS = 5.0
 # How often a worker without the scheduler tries for its locks: a dispatcher killed with SIGKILL holds
 # them until they expire (RQ's 61 s), and RQ itself tries again only at its 10-minute maintenance.
 SCHEDULER_LOCK_RETRY_SECONDS = 5.0
+# How long a new worker waits for its channels to the providers before it takes jobs (each first task paid about
+# 100 ms for its connection); one not ready by then is connected on first use.
+PROVIDER_CONNECT_SECONDS = 1.0
 
 
 # BLPOP rounds while a priority is paused: its resume is seen within about this long.
@@ -105,6 +108,7 @@ class DispatcherWorker(ShardWorker, SimpleWorker):
         # Connections are opened here, in the worker process, not in the pool's parent before the fork.
         runtime = Runtime.open(self.settings, self.shard)
         install_runtime(runtime)
+        runtime.providers.connect(timeout=PROVIDER_CONNECT_SECONDS)
         self.main_redis = runtime.redis
         super().bootstrap(*args, **kwargs)
         install_output_links(OutputLinks(self.settings))

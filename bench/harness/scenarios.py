@@ -140,6 +140,7 @@ class Plan:
     scale_users: int = 10_000
     soak_seconds: float = 1800
     soak_warmup_s: float = 600
+    soak_calibration_s: float = 120
 
     def with_sizes(self, assignments: list[str]) -> Plan:
         """This plan with `field=value` overrides (each value read as the field's type); ValueError names a bad one."""
@@ -177,6 +178,7 @@ class Plan:
             scale_users=200,
             soak_seconds=60,
             soak_warmup_s=20,
+            soak_calibration_s=10,
         )
 
 

@@ -1,10 +1,15 @@
 """The soak group (issue 24, part 3): plan.soak_seconds of a mix of creates, gets, lists and deletes at half the
 capacity measured on the same stack, with the memory of every process sampled throughout.
 
-The capacity is e2e_image's throughput on this stack, measured first. The soak's client (soak_client.py) then creates
-tasks at half that rate: 80 % images, 10 % videos (the simulator's default 5 s), 10 % texts; with two gets per create,
-a list per four and a delete per ten. Every SAMPLE_S the harness records each process's resident memory, Redis's own
-memory and key counts, the dispatcher's count of finished tasks and the tasks in flight.
+The soak's client (soak_client.py) creates tasks: 80 % images, 10 % videos (the simulator's default 5 s), 10 % texts;
+with two gets per create, a list per four and a delete per ten. The capacity is that mix's, measured first in two
+steps: e2e_image's throughput and its CPU per task on this stack (the stack saturated), then the mix's CPU per create
+in plan.soak_calibration_s at a quarter of that throughput; the mix's capacity is e2e_image's scaled by the two CPU
+costs. (Half of e2e_image's throughput, the rate taken before, kept the stack 90 % busy: the mix's gets, lists,
+deletes, polls and texts cost as much CPU again as its creates.)
+
+Every SAMPLE_S the harness records each process's resident memory, Redis's own memory and key counts, the dispatcher's
+count of finished tasks and the tasks in flight.
 
 What is judged, after plan.soak_warmup_s: no process grows more than GROWTH_LIMIT, its peak over the run's last
 MEMORY_WINDOW_S against its peak over the warm-up's last (a garbage-collected heap, FerretDB's, swings by a fifth
@@ -59,11 +64,15 @@ def soak_group(bench: Bench, selected: set[str]) -> None:
     plan = bench.plan
     tag = prompt("soak")
     with BenchStack("soak", workers=E2E_WORKERS) as stack:
-        say(f"  soak: capacity first, e2e_image with {plan.e2e_tasks} tasks")
-        reset_data(stack)
-        capacity = run_e2e(bench, stack, prompt("soak_capacity"), plan.e2e_tasks)["throughput_per_s"]
+        say(f"  soak: capacity first: e2e_image with {plan.e2e_tasks} tasks, the mix for {plan.soak_calibration_s:g} s")
+        calibration = price_e2e(bench, stack, plan.e2e_tasks)
+        calibration |= price_mix(stack, calibration["e2e_image_per_s"] / 4, plan.soak_calibration_s)
+        capacity = round(
+            calibration["e2e_image_per_s"] * calibration["cpu_ms_per_e2e_task"] / calibration["cpu_ms_per_mix_create"],
+            1,
+        )
         rate = round(capacity / 2, 1)
-        say(f"    {capacity}/s; soaking at {rate} creates/s for {plan.soak_seconds:g} s")
+        say(f"    the mix's capacity {capacity}/s; soaking at {rate} creates/s for {plan.soak_seconds:g} s")
         reset_data(stack)
         sampler = Sampler(stack)
         close = window(stack)
@@ -71,7 +80,11 @@ def soak_group(bench: Bench, selected: set[str]) -> None:
         client = run_client(stack, rate, plan.soak_seconds, tag)
         drained = drain(stack)
         sampler.stop()
-        entry = close() | outcome(stack, tag, client, drained) | {"capacity_per_s": capacity, "rate_per_s": rate}
+        entry = (
+            close()
+            | outcome(stack, tag, client, drained)
+            | {"capacity_per_s": capacity, "rate_per_s": rate, "calibration": calibration}
+        )
     per_task(entry)
     entry |= judge(sampler.samples, client, plan.soak_warmup_s)
     entry["soak_targets"]["0 errors"] = entry["errors"] == 0
@@ -80,6 +93,32 @@ def soak_group(bench: Bench, selected: set[str]) -> None:
         f"{entry['largest_growth']['process']} {entry['largest_growth']['percent']} %; drift {entry['drift']}"
     )
     bench.results["soak"] = entry
+
+
+def price_e2e(bench: Bench, stack: BenchStack, tasks: int) -> dict[str, float]:
+    """e2e_image's throughput on an empty store, and its CPU per task (every process of the stack)."""
+    reset_data(stack)
+    close = window(stack)
+    e2e = run_e2e(bench, stack, prompt("soak_capacity"), tasks)
+    cpu_s = sum(close()["cpu_s"].values())
+    return {
+        "e2e_image_per_s": e2e["throughput_per_s"],
+        "cpu_ms_per_e2e_task": round(cpu_s * 1000 / e2e["completed"], 2),
+    }
+
+
+def price_mix(stack: BenchStack, rate: float, seconds: float) -> dict[str, float]:
+    """The soak's mix at `rate` creates a second for `seconds`, drained: its CPU per create (every process of the
+    stack; the client apart)."""
+    reset_data(stack)
+    close = window(stack)
+    client = run_client(stack, round(rate, 1), seconds, prompt("soak_calibration"))
+    drain(stack)
+    cpu_s = sum(close()["cpu_s"].values())
+    return {
+        "mix_calibration_per_s": round(rate, 1),
+        "cpu_ms_per_mix_create": round(cpu_s * 1000 / client["created"], 2),
+    }
 
 
 class Sampler:
