@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 import time
@@ -220,8 +219,10 @@ class ProviderDirectory:
             if instance.instance_id not in registry.draining
         ]
         for ready in pending:
-            with contextlib.suppress(grpc.FutureTimeoutError):
+            try:
                 ready.result(timeout=max(deadline - time.monotonic(), 0.0))
+            except grpc.FutureTimeoutError:
+                ready.cancel()  # stop watching it: the channel still connects, or is retried on first use
 
     def _channel(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)
