@@ -86,9 +86,11 @@ def test_a_drained_provider_gets_no_new_work_until_undrained(
     time.sleep(1.5)  # the dispatchers re-read the registry every second
     task_id = create(rest, user_id, "a drained lighthouse")
     time.sleep(2.0)
+    # It waits pending; at each recheck (PROVIDER_RECHECK_SECONDS) a worker claims it for a few milliseconds, finds
+    # no instance to call and puts it back, so a read can catch it processing.
+    wait_until(lambda: rest.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["status"] == "pending", timeout=5)
     with stack.sim() as sim:
         assert sim.requests(task_id) == []
-    assert rest.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["status"] == "pending"
 
     for instance in instances:
         undrained = rest.post(f"/api/v1/admin/providers/{instance['instance_id']}/undrain", json={})
