@@ -109,6 +109,11 @@ class Entry:
     model: str = ""
     note: str = ""
 
+    @property
+    def account(self) -> Account:
+        """The user's credits after this entry."""
+        return Account(self.user_id, self.seq, self.balance_after, self.reserved_after)
+
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> Entry:
         return cls(
@@ -243,8 +248,8 @@ class Ledger:
             for _ in range(MAX_ROUNDS):
                 if head.seq == 0 and self.starting_credits:
                     # The user's first entry: the starting grant (once, whichever process writes it).
-                    self._write(head, f"grant:start:{user_id}", Reason.GRANT, self.starting_credits, 0, "", {})
-                    head = self._roll_forward(user_id, head)
+                    start = self._write(head, f"grant:start:{user_id}", Reason.GRANT, self.starting_credits, 0, "", {})
+                    head = start.account if start is not None else self._roll_forward(user_id, head)
                     continue
                 # A grant takes credits only from what is available. A reserve entry records a hold the create
                 # already made (task_service/billing.py), and a settled charge is owed whatever is left.

@@ -741,9 +741,9 @@ def per_task(entry: dict[str, Any]) -> None:
         entry["redis_per_task"] = {name: round(value / completed, 1) for name, value in entry["redis_work"].items()}
         entry["store_per_task"] = {name: round(value / completed, 1) for name, value in entry["store_work"].items()}
         entry["cpu_ms_per_task"] = {name: round(cpu * 1000 / completed, 2) for name, cpu in entry["cpu_s"].items()}
-        operations = sum(entry["mongo_operations"].values())
-        if operations:  # a store that keeps no opcounters reports none, not zero
-            entry["mongo_operations_per_task"] = round(operations / completed, 1)
+        if operations := entry["mongo_operations"]:  # a store that counts nothing reports none, not zero
+            entry["mongo_operations_per_task"] = round(sum(operations.values()) / completed, 1)
+            entry["mongo_per_task"] = {name: round(value / completed, 1) for name, value in operations.items()}
 
 
 def run_e2e(

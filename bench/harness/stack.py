@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from redis import Redis
 from rq import Worker
@@ -24,6 +25,10 @@ from devstack.stack import LocalStack
 WORKERS_READY_SECONDS = 60.0
 # `BENCH_MONGO_URL=mongodb://… make bench` runs against that MongoDB, in EXTERNAL_DATABASE.
 EXTERNAL_MONGO_VARIABLE = "BENCH_MONGO_URL"
+# What drivers and the harness send to keep a connection, not operations a task costs: left out of FerretDB's counts.
+CONNECTION_COMMANDS = frozenset(
+    {"hello", "isMaster", "ismaster", "ping", "buildInfo", "buildinfo", "serverStatus", "endSessions", "getParameter"}
+)
 EXTERNAL_DATABASE = "aitask_bench"
 DISPATCHER_STOP_SECONDS = 5.0
 # Envoy counters kept per scenario: responses by class, and the reasons Envoy answers by itself.
@@ -44,6 +49,15 @@ def make_run_environment(local: LocalStack) -> dict[str, str]:
     return {name: local.env[name] for name in make_run if name in local.env} | {
         "POSTGRES_EXTRA_ARGS": local.env.get("POSTGRES_EXTRA_ARGS", "")
     }
+
+
+def store_operations(server_status: dict[str, Any]) -> dict[str, int]:
+    """Operations by kind from a serverStatus reply: MongoDB's `opcounters`, or FerretDB's commands (it keeps no
+    opcounters) less the connection's own."""
+    if counters := server_status.get("opcounters"):
+        return {name: int(value) for name, value in counters.items()}
+    commands = server_status.get("metrics", {}).get("commands", {})
+    return {name: int(entry["total"]) for name, entry in commands.items() if name not in CONNECTION_COMMANDS}
 
 
 class BenchStack:
@@ -175,9 +189,8 @@ class BenchStack:
         return dict(zip(columns, map(int, values.split("|")), strict=True))
 
     def mongo_operations(self) -> dict[str, int]:
-        """MongoDB's operation counters (serverStatus opcounters; FerretDB keeps them too): operations a task costs."""
-        counters = self.local.mongo().admin.command("serverStatus").get("opcounters", {})
-        return {name: int(value) for name, value in counters.items()}
+        """Operations the store served, by kind (store_operations)."""
+        return store_operations(self.local.mongo().admin.command("serverStatus"))
 
     def log_offsets(self) -> dict[str, int]:
         """How far each process's log has been written, to summarise what comes after."""

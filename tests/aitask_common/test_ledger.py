@@ -7,10 +7,12 @@ import threading
 from typing import Any
 
 import pytest
+from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 
 from aitask_common.ledger import InsufficientCredit, Ledger, Reason, entry_id, iterate_history
 from aitask_common.tasks import utcnow
+from devstack.stack import LocalStack
 
 
 @pytest.fixture
@@ -147,3 +149,41 @@ def test_the_starting_grant_is_written_once(database: Database[dict[str, Any]], 
     assert [entry.reason for entry in entries].count(Reason.GRANT) == 1 and entries[0].amount == 1000
     assert processes[0].account(user_id).available == 960
     assert_consistent(processes[0], user_id)
+
+
+class CommandLog(monitoring.CommandListener):
+    """The commands a client sent, as (command, collection)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.sent.append((event.command_name, event.command[event.command_name]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_new_user_costs_two_reads_and_reads_nothing_after_its_own_writes(
+    stack: LocalStack, database: Database[dict[str, Any]], user_id: str
+) -> None:
+    Ledger(database).ensure_indexes()
+    commands = CommandLog()
+    with MongoClient(stack.env["MONGO_URL"], tz_aware=True, event_listeners=[commands]) as client:
+        ledger = Ledger(client[database.name], starting_credits=1000)
+        ledger.release(user_id, "task-a", 10, charge=10)  # the settlement of a user's first task
+        # Its account and entry 1 are read once (neither exists); the starting grant, the reserve and the release
+        # are inserted after the head this process wrote, with no read in between.
+        assert commands.sent == [
+            ("find", "accounts"),
+            ("find", "ledger"),
+            ("insert", "ledger"),
+            ("insert", "ledger"),
+            ("insert", "ledger"),
+        ]
+    account = Ledger(database).account(user_id)
+    assert (account.seq, account.balance, account.reserved) == (3, 990, 0)
+    assert_consistent(Ledger(database), user_id)
