@@ -1,10 +1,12 @@
 """OpenTelemetry traces, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
 
-When set, each process exports its spans over OTLP/gRPC, and what a task's path goes through is instrumented:
-gRPC servers and clients, Redis, MongoDB, httpx and requests (the vendors' SDKs call through them). Envoy starts
-the trace (gateway/config.py); the task service carries its context in the job it enqueues (`job_options`), so the
-dispatcher's run of the job, its call to a provider and the provider's call upstream join the same trace, and so
-do the task's later jobs (retries, polls). Log lines written inside a span carry its `trace_id`.
+When set, each process exports its spans over OTLP/gRPC, and what a task's path goes through is instrumented: gRPC
+servers and clients, Redis, MongoDB, httpx and requests (the vendors' SDKs call through them), and aiohttp's servers
+(the OpenAI door, output downloads) and client (webhook deliveries). Envoy starts the trace (gateway/config.py); the
+task service carries its context in the job it enqueues (`job_options`), so the dispatcher's run of the job, its
+call to a provider and the provider's call upstream join the same trace, and so do the task's later jobs (retries,
+polls) and its webhook messages' deliveries (the message keeps the context of the change that made it). Log lines
+written inside a span carry its `trace_id`.
 
 Off, nothing here is imported past this module and no library is patched: the hot paths stay as they were.
 """
@@ -31,6 +33,8 @@ def configure_tracing(service: str, settings: ServiceSettings) -> bool:
     # Imported here: a process that does not trace loads none of it (memory at rest, start-up time).
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
     from opentelemetry.instrumentation.grpc import (
         GrpcAioInstrumentorClient,
         GrpcAioInstrumentorServer,
@@ -58,6 +62,8 @@ def configure_tracing(service: str, settings: ServiceSettings) -> bool:
         PymongoInstrumentor(),
         HTTPXClientInstrumentor(),
         RequestsInstrumentor(),
+        AioHttpClientInstrumentor(),
+        AioHttpServerInstrumentor(),
     ):
         instrumentor.instrument()
     _enabled = True
@@ -77,7 +83,8 @@ def current_carrier() -> dict[str, str] | None:
 
 @contextmanager
 def job_span(name: str, carrier: dict[str, str] | None, **attributes: Any) -> Iterator[None]:
-    """A span around one job's run, a child of the context the job carries (`current_carrier` at enqueue)."""
+    """A span around one job's run (an RQ job, a webhook delivery), a child of the context the job carries
+    (`current_carrier` when it was made)."""
     if not _enabled:
         yield
         return

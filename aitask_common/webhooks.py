@@ -38,6 +38,7 @@ from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
 from aitask_common.outputs import OutputLinks
 from aitask_common.tasks import TaskDocument, TaskStatus, task_filter, task_to_proto, utcnow
+from aitask_common.tracing import current_carrier
 
 log = get_logger(__name__)
 
@@ -55,6 +56,8 @@ STORED_FINALS_KEY: Final = "aitask:webhooks:stored-finals"
 # message, then of the task, in MongoDB.
 FINAL_COPY_PREFIX: Final = "aitask:webhooks:final-copy:"
 FINAL_COPY_SECONDS: Final = 600
+# A copy's one field that is not the task's: the trace context of the run that made it (the message keeps it).
+TRACE_FIELD: Final = "trace"
 # A larger task (an image kept inline) is read from MongoDB instead.
 FINAL_COPY_MAX_BYTES: Final = 64 * 1024
 MESSAGE_INDEXES: list[list[tuple[str, int]]] = [
@@ -121,6 +124,8 @@ class MessageDocument(TypedDict):
     attempt_count: int
     attempts: list[AttemptRecord]
     delivered: NotRequired[datetime]
+    # The trace context of the change that made it, when tracing is on: its deliveries join the task's trace.
+    trace: NotRequired[dict[str, str]]
 
 
 def event_of(document: TaskDocument, kind: EventKind) -> tuple[WebhookEvent, str, str] | None:
@@ -172,14 +177,15 @@ def subscribed_event(document: TaskDocument, kind: EventKind) -> tuple[WebhookEv
     return event
 
 
-def message_for(document: TaskDocument, kind: EventKind) -> MessageDocument | None:
-    """The message a task change makes, if the task has a webhook subscribed to that event."""
+def message_for(document: TaskDocument, kind: EventKind, trace: dict[str, str] | None = None) -> MessageDocument | None:
+    """The message a task change makes, if the task has a webhook subscribed to that event; `trace` is the change's
+    trace context (aitask_common.tracing.current_carrier)."""
     event = subscribed_event(document, kind)
     if event is None:
         return None
     webhook_event, event_type, suffix = event
     now = utcnow()
-    return {
+    message: MessageDocument = {
         "_id": final_message_id(document["_id"]) if suffix == "final" else f"msg_{document['_id']}_{suffix}",
         "task_id": document["_id"],
         "user_id": document["user_id"],
@@ -193,6 +199,9 @@ def message_for(document: TaskDocument, kind: EventKind) -> MessageDocument | No
         "attempt_count": 0,
         "attempts": [],
     }
+    if trace:
+        message["trace"] = trace
+    return message
 
 
 # Only tasks with a webhook: for every other task, recording a change costs one read that finds nothing.
@@ -291,7 +300,10 @@ def record_change(
         if kind is EventKind.FINAL and redis is not None:
             if WebhookEvent.FINAL.value in events:
                 message_id = final_message_id(task_id)
-                copy = bson.encode(document) if document is not None else b""
+                copy = b""
+                if document is not None:
+                    carrier = current_carrier()
+                    copy = bson.encode(document | {TRACE_FIELD: carrier} if carrier else document)
                 try:
                     with redis.pipeline(transaction=False) as pipe:
                         if 0 < len(copy) <= FINAL_COPY_MAX_BYTES:  # before the id is due: the claim finds it
@@ -303,7 +315,7 @@ def record_change(
             return
         if document is None:
             document = tasks.find_one(task_filter(task_id, user_id))
-        message = message_for(document, kind) if document is not None else None
+        message = message_for(document, kind, current_carrier()) if document is not None else None
         if message is None:
             return
         messages.insert_one(message)
@@ -322,7 +334,7 @@ async def record_change_async(
     messages: AsyncCollection[Any], document: TaskDocument, kind: EventKind, redis: AsyncRedis | None
 ) -> None:
     """`record_change` for a caller holding the task after its change (the task service, the delivery loop)."""
-    message = message_for(document, kind)
+    message = message_for(document, kind, current_carrier())
     if message is None:
         return
     try:

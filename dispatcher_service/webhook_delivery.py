@@ -66,6 +66,7 @@ from aitask_common.logging import get_logger
 from aitask_common.mongo import DUPLICATE_KEY, client_options
 from aitask_common.redis_clients import async_redis_client
 from aitask_common.tasks import COLLECTION, FINAL_BUCKETS_FIELD, final_buckets_between, utcnow
+from aitask_common.tracing import job_span
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
 from aitask_common.webhook_secrets import SECRET_MARKS_KEY, UserSecrets, WebhookSecretStore, cipher
 from aitask_common.webhooks import (
@@ -75,6 +76,7 @@ from aitask_common.webhooks import (
     MESSAGE_INDEXES,
     MESSAGES_COLLECTION,
     STORED_FINALS_KEY,
+    TRACE_FIELD,
     WITH_WEBHOOK,
     AttemptRecord,
     MessageDocument,
@@ -492,7 +494,7 @@ class WebhookDelivery:
                 log.warning("unreadable copy of a final task ignored", message_id=message_id)
                 continue
             if task is not None:
-                rendered[message_id] = message_for(task, EventKind.FINAL)
+                rendered[message_id] = message_for(task, EventKind.FINAL, task.pop(TRACE_FIELD, None))
         return rendered
 
     async def render_finals(self, message_ids: list[str]) -> dict[str, Any]:
@@ -587,7 +589,14 @@ class WebhookDelivery:
         try:
             # The client's timeouts bound the connect and each read; this bounds the whole attempt (trickled bytes).
             async with asyncio.timeout(self.lease.total_seconds() - LEASE_MARGIN_SECONDS):
-                status_code, excerpt, retry_after = await self.post(message)
+                with job_span(
+                    "webhook delivery",
+                    message.get("trace"),
+                    task_id=message["task_id"],
+                    message_id=message["_id"],
+                    attempt=message["attempt_count"] + 1,
+                ):
+                    status_code, excerpt, retry_after = await self.post(message)
         except DeliveryRefused as refused:
             error = str(refused)
         except TimeoutError:  # aiohttp's connect and read timeouts too

@@ -1,5 +1,6 @@
 """One task, one trace: Envoy → task service → the queued job → dispatcher → provider → the SDK's HTTP call to the
-vendor (the simulator), each process exporting over OTLP to a real gRPC trace collector on loopback."""
+vendor (the simulator), then the task's webhook deliveries to a real receiver, each process exporting over OTLP to a
+real gRPC trace collector on loopback."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -18,6 +20,7 @@ from devstack.processes import Ports
 from devstack.stack import LocalStack
 from tests.conftest import wait_for_status, wait_until
 from tests.e2e.helpers import SEEDREAM
+from tests.e2e.test_webhooks import Receiver, create, receiver  # noqa: F401 - a fixture
 
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -129,6 +132,86 @@ def test_one_trace_covers_every_service_a_task_goes_through(
     lines = [json.loads(line) for line in traced_stack.log_text("dispatcher").splitlines() if task_id in line]
     traced = {line.get("trace_id") for line in lines if line.get("task_id") == task_id} - {None}
     assert traced == {run.trace_id.hex()}, lines
+
+
+def test_a_tasks_webhook_deliveries_join_its_trace(
+    traced_stack: LocalStack,
+    collector: tuple[Collector, int],
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+) -> None:
+    received, _ = collector
+    with traced_stack.rest() as rest:
+        task_id = create(rest, "tracing-hooks", "text", receiver.url, webhook_events=["started", "final"])
+        wait_until(lambda: len(receiver.of(task_id)) == 2, timeout=30)
+
+    def delivery_spans() -> list[Span] | None:
+        with received._lock:
+            spans = [span for service, span in received.spans if service == "dispatcher"]
+        deliveries = [
+            span for span in spans if span.name == "webhook delivery" and _attribute(span, "task_id") == task_id
+        ]
+        return deliveries if len(deliveries) == 2 else None
+
+    deliveries = wait_until(delivery_spans, timeout=20)
+    run = next(
+        span for service, span in received.spans if service == "dispatcher" and _attribute(span, "task_id") == task_id
+    )
+    # The started message was made inside the task's run, the final copy by it too: both join the task's trace.
+    assert {span.trace_id for span in deliveries} == {run.trace_id}
+    assert sorted(_attribute(span, "message_id") for span in deliveries) == sorted(
+        request.headers["webhook-id"] for request in receiver.of(task_id)
+    )
+
+    def posts() -> list[Span] | None:
+        spans = [span for _, span in received.trace(run.trace_id) if span.kind == Span.SPAN_KIND_CLIENT]
+        found = [span for span in spans if span.parent_span_id in {delivery.span_id for delivery in deliveries}]
+        return found if len(found) == 2 else None
+
+    # Each attempt's HTTP POST (aiohttp's span) is a child of its delivery span, to the receiver's port.
+    for post in wait_until(posts, timeout=20):
+        assert f":{receiver.port}/" in str(_attribute(post, "url.full") or _attribute(post, "http.url"))
+    # The receiver is told the trace too (W3C traceparent), as the vendors are.
+    assert {request.headers["traceparent"].split("-")[1] for request in receiver.of(task_id)} == {run.trace_id.hex()}
+
+
+def test_a_request_to_the_openai_door_is_one_trace(traced_stack: LocalStack, collector: tuple[Collector, int]) -> None:
+    received, _ = collector
+    key = traced_stack.create_api_key("tracing-door", name="tracing")
+    with httpx.Client(base_url=f"http://127.0.0.1:{traced_stack.ports.envoy}", trust_env=False, timeout=60) as http:
+        response = http.post(
+            "/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "gpt-4", "messages": [{"role": "user", "content": "a haiku about tracing"}]},
+        )
+    assert response.status_code == 200, response.text
+
+    def door_span() -> Span | None:
+        with received._lock:
+            spans = list(received.spans)
+        return next(
+            (
+                span
+                for service, span in spans
+                if service == "openai_door"
+                and span.kind == Span.SPAN_KIND_SERVER
+                and "/v1/chat/completions" in str(_attribute(span, "http.target") or _attribute(span, "url.path"))
+            ),
+            None,
+        )
+
+    door = wait_until(door_span, timeout=20)
+
+    def whole_trace() -> list[tuple[str, Span]] | None:
+        spans = received.trace(door.trace_id)
+        return spans if {"envoy", "openai_door", "task_service", "dispatcher"} <= {name for name, _ in spans} else None
+
+    spans = wait_until(whole_trace, timeout=20)
+    # Envoy's span is the one root: the door took the trace from its request, and passed it on to the task service.
+    ids = {span.span_id for _, span in spans}
+    assert [service for service, span in spans if span.parent_span_id not in ids] == ["envoy"]
+    assert any(service == "task_service" and span.name.endswith("/CreateTextTask") for service, span in spans), sorted(
+        {span.name for _, span in spans}
+    )
 
 
 def test_without_an_endpoint_nothing_is_traced(stack: LocalStack) -> None:
