@@ -25,11 +25,11 @@ from devstack.stack import LocalStack
 WORKERS_READY_SECONDS = 60.0
 # `BENCH_MONGO_URL=mongodb://… make bench` runs against that MongoDB, in EXTERNAL_DATABASE.
 EXTERNAL_MONGO_VARIABLE = "BENCH_MONGO_URL"
+EXTERNAL_DATABASE = "aitask_bench"
 # What drivers and the harness send to keep a connection, not operations a task costs: left out of FerretDB's counts.
 CONNECTION_COMMANDS = frozenset(
     {"hello", "isMaster", "ismaster", "ping", "buildInfo", "buildinfo", "serverStatus", "endSessions", "getParameter"}
 )
-EXTERNAL_DATABASE = "aitask_bench"
 DISPATCHER_STOP_SECONDS = 5.0
 # Envoy counters kept per scenario: responses by class, and the reasons Envoy answers by itself.
 ENVOY_COUNTERS = (
