@@ -214,6 +214,27 @@ def test_a_request_to_the_openai_door_is_one_trace(traced_stack: LocalStack, col
     )
 
 
+def test_traced_servers_still_stream(traced_stack: LocalStack) -> None:
+    # The door's SSE and the task service's ranged output reads pass aiohttp's traced middleware whole.
+    key = traced_stack.create_api_key("tracing-stream", name="tracing")
+    with httpx.Client(base_url=f"http://127.0.0.1:{traced_stack.ports.envoy}", trust_env=False, timeout=60) as http:
+        chat = {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "stream a haiku"}]}
+        with http.stream("POST", "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=chat) as sse:
+            assert sse.status_code == 200 and sse.headers["content-type"].startswith("text/event-stream")
+            events = [line for line in sse.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and len(events) >= 3, events
+        assert json.loads(events[0].removeprefix("data: "))["object"] == "chat.completion.chunk"
+        with traced_stack.rest() as rest:
+            body = {"prompt": "a traced fox", "user_id": "tracing-stream", **SEEDREAM, "size": "1024x1024"}
+            task_id = rest.post("/api/v1/ai/image/task", json=body).json()["data"]["task_id"]
+            task = wait_for_status(rest, task_id, {"completed", "failed"})
+        assert task["status"] == "completed", task
+        whole = http.get(task["image_url"])  # the signed link to our copy
+        assert whole.status_code == 200 and len(whole.content) > 16
+        part = http.get(task["image_url"], headers={"range": "bytes=2-9"})
+        assert part.status_code == 206 and part.content == whole.content[2:10]
+
+
 def test_without_an_endpoint_nothing_is_traced(stack: LocalStack) -> None:
     # The shared stack sets no OTEL_EXPORTER_OTLP_ENDPOINT: its log lines carry no trace id.
     assert stack.log_text("dispatcher") and '"trace_id"' not in stack.log_text("dispatcher")
