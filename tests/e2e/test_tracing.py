@@ -153,9 +153,20 @@ def test_a_tasks_webhook_deliveries_join_its_trace(
         return deliveries if len(deliveries) == 2 else None
 
     deliveries = wait_until(delivery_spans, timeout=20)
-    run = next(
-        span for service, span in received.spans if service == "dispatcher" and _attribute(span, "task_id") == task_id
-    )
+
+    def task_run() -> Span | None:
+        with received._lock:
+            spans = list(received.spans)
+        return next(
+            (
+                span
+                for service, span in spans
+                if service == "dispatcher" and span.name == "process_task" and _attribute(span, "task_id") == task_id
+            ),
+            None,
+        )
+
+    run = wait_until(task_run, timeout=20)
     # The started message was made inside the task's run, the final copy by it too: both join the task's trace.
     assert {span.trace_id for span in deliveries} == {run.trace_id}
     assert sorted(_attribute(span, "message_id") for span in deliveries) == sorted(
