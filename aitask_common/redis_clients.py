@@ -13,11 +13,16 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aitask_common.queue_shards import layout
 from aitask_common.redis_async import async_redis
 from aitask_common.redis_cluster import ClusterClient, cluster_client, startup_nodes
 from aitask_common.settings import ServiceSettings
+
+# What Redis going away raises (a cluster's failover too: aitask_common.redis_cluster.ClusterUnavailable).
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 
 def redis_client(settings: ServiceSettings, **options: Any) -> Redis:

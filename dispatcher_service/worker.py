@@ -9,8 +9,6 @@ from typing import Any, ClassVar
 
 from pymongo import MongoClient
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.connections import parse_connection
 from rq.executions import Execution
 from rq.job import Job
@@ -30,7 +28,7 @@ from aitask_common.outputs import OutputLinks, open_output_store
 from aitask_common.queue_shards import layout, priority_of
 from aitask_common.queue_state import paused_queues
 from aitask_common.queues import QUEUE_ORDER
-from aitask_common.redis_clients import redis_client, rq_connection
+from aitask_common.redis_clients import REDIS_DOWN, redis_client, rq_connection
 from aitask_common.rq_shards import ShardWorker, shard_queue, shard_queue_class, shard_worker_class
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
@@ -42,6 +40,7 @@ from dispatcher_service.metrics import QueueAndRegistryCollector
 from dispatcher_service.polls import Poller
 from dispatcher_service.reconciler import Reconciler
 from dispatcher_service.retention import RetentionSweeper
+from dispatcher_service.scheduler import OutageTolerantScheduler
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.webhook_delivery import WebhookBacklogCollector, WebhookDelivery
 
@@ -50,8 +49,7 @@ log = get_logger(__name__)
 # RQ refreshes a worker's heartbeat about four times per job; its key lives for minutes.
 HEARTBEAT_EVERY_SECONDS = 1.0
 SUSPENSION_CHECK_EVERY_SECONDS = 1.0
-# What Redis going away raises, and how a worker waits for it to come back (backoff between pings).
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# How a worker waits for Redis to come back (backoff between pings).
 REDIS_WAIT_FIRST_SECONDS = 0.5
 REDIS_WAIT_MAX_SECONDS = 5.0
 # How often a worker without the scheduler tries for its locks: a dispatcher killed with SIGKILL holds
@@ -86,9 +84,13 @@ class DispatcherWorker(ShardWorker, SimpleWorker):
     RQ's work loop quits on any Redis error outside its BLPOP (marking the worker idle, a heartbeat,
     the suspension check, recording a job's end): here each of those waits for Redis with backoff,
     logging once, and carries on. A job whose end RQ could not record has its outcome in MongoDB (or
-    kept in Redis, jobs.py); the reconciler sees to its task. The scheduler RQ forked for this worker
-    dies on the outage and is started again.
+    kept in Redis, jobs.py); the reconciler sees to its task. The scheduler this worker started waits the
+    outage out too (OutageTolerantScheduler); one that died otherwise is started again.
     """
+
+    # RQ's own wait between failed BLPOPs doubles up to a minute: an idle worker would listen again that long
+    # after Redis returned.
+    max_connection_wait_time = REDIS_WAIT_MAX_SECONDS
 
     log_result_lifespan = False
     # What main read at start-up, set by `build_pool`.
@@ -221,12 +223,6 @@ class DispatcherWorker(ShardWorker, SimpleWorker):
         if self._stop_requested:
             return
         log.info("Redis reachable again", worker=self.name, waited_seconds=round(time.monotonic() - started, 1))
-        # The scheduler touches Redis every second, so it died during the wait: now, not at this worker's next
-        # job (an idle worker sits in BLPOP for minutes), or delayed jobs would wait for the reconciler.
-        try:
-            self._restart_dead_scheduler()
-        except REDIS_DOWN as again:
-            log.warning("could not restart the RQ scheduler yet", worker=self.name, error=str(again))
 
     def _runs_scheduler(self) -> bool:
         process = self.scheduler._process if self.scheduler is not None else None
@@ -234,14 +230,45 @@ class DispatcherWorker(ShardWorker, SimpleWorker):
 
     def stop_scheduler(self) -> None:
         super().stop_scheduler()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
-        # A scheduler that died (a Redis outage kills it) left its locks behind: release them (only if still
+        # A scheduler that died (killed) left its locks behind: release them (only if still
         # its own), or the next dispatcher's workers would wait out their 61 s before delayed jobs run again.
         if self.scheduler is not None:
             with contextlib.suppress(*REDIS_DOWN):
                 self.scheduler.release_locks()
 
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = "%H:%M:%S",
+        log_format: str = "%(asctime)s %(message)s",
+    ) -> None:
+        # RQ's (its defaults too, tests/dispatcher_service/test_rq_contract.py), with a scheduler that rides out
+        # Redis outages.
+        self.scheduler = OutageTolerantScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+            settings=self.settings,
+        )
+        self.scheduler.acquire_locks()
+        if not self.scheduler.acquired_locks:
+            return
+        if not burst:
+            self.scheduler.start()
+            return
+        try:
+            self.scheduler.register_birth()
+            self.scheduler.enqueue_scheduled_jobs()
+        finally:
+            self.scheduler.release_locks()
+            self.scheduler.register_death()
+
     def _restart_dead_scheduler(self) -> None:
-        """Start the scheduler this worker forked again if it died (as it does when Redis goes away), or take
+        """Start the scheduler this worker started again if it died (killed, or of a bug), or take
         the scheduler locks a dead worker left: a local check; RQ itself would look only at its next
         maintenance, minutes later."""
         scheduler = self.scheduler
@@ -255,7 +282,7 @@ class DispatcherWorker(ShardWorker, SimpleWorker):
                 return
             self._next_scheduler_lock_try = time.monotonic() + SCHEDULER_LOCK_RETRY_SECONDS
         else:
-            log.info("restarting the RQ scheduler", worker=self.name)
+            log.info("restarting the RQ scheduler", worker=self.name, exitcode=scheduler._process.exitcode)
         scheduler.acquire_locks(auto_start=True)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:

@@ -211,8 +211,15 @@ def test_image_command_starts_a_healthy_service(
             addresses = {instance.address for instance in read_instances(datastores.redis())}
             assert f"127.0.0.1:{port}" in addresses, f"{target} did not register itself: {addresses}"
         if target == "dispatcher":
-            workers = Worker.all(connection=Redis(port=datastores.ports.redis))
-            assert len(workers) == int(process.env["WORKER_CONCURRENCY"])
+            # Its health check is the metrics port, served before the workers start: they register soon after.
+            redis = Redis(port=datastores.ports.redis)
+            concurrency = int(process.env["WORKER_CONCURRENCY"])
+
+            def all_registered() -> list[Worker] | None:
+                workers = Worker.all(connection=redis)
+                return workers if len(workers) == concurrency else None
+
+            workers = wait_until(all_registered)
             assert all(worker.queue_names() == [str(name) for name in QUEUE_ORDER] for worker in workers)
             # Kubernetes' liveness command passes: each worker keeps a deadline file, none is overdue.
             liveness = _container_of(rendered["prod"], "dispatcher")["livenessProbe"]["exec"]["command"]

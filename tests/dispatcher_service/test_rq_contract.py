@@ -1,6 +1,6 @@
 """The RQ internals the dispatcher relies on are still the ones its code was written against.
 
-`DispatcherWorker` (dispatcher_service/worker.py) overrides eleven methods of RQ's SimpleWorker, copies
+`DispatcherWorker` (dispatcher_service/worker.py) overrides thirteen methods of RQ's SimpleWorker, copies
 parts of their bodies, and calls the private `Job._handle_success`; the reconciler reads RQ's Redis
 key layout. None of that is RQ's public API, so rq is pinned (pyproject.toml). Before raising the pin,
 run this file against the new rq: every failure names the internal that changed and the code of ours to
@@ -54,6 +54,9 @@ OVERRIDDEN = {
     "handle_job_success": "(self, job, queue, started_job_registry)",
     "dequeue_job_and_maintain_ttl": "(self, timeout, max_idle_time=None)",
     "run_maintenance_tasks": "(self)",
+    "_start_scheduler": (
+        "(self, burst=False, logging_level='INFO', date_format='%H:%M:%S', log_format='%(asctime)s %(message)s')"
+    ),
 }
 
 # RQ code that an override replaces, copies, wraps or is called from, with the DispatcherWorker method to
@@ -77,8 +80,14 @@ FINGERPRINTS = [
     ("rq.worker.SimpleWorker.work", "dequeue_job_and_maintain_ttl", "4fb172339e3d1b31"),
     ("rq.worker.SimpleWorker.dequeue_job_and_maintain_ttl", "dequeue_job_and_maintain_ttl", "d8c532970d2ce459"),
     ("rq.worker.SimpleWorker.run_maintenance_tasks", "run_maintenance_tasks", "bd2b279e6eb23a38"),
-    # The scheduler process dies on a Redis error; _restart_dead_scheduler starts it again.
-    ("rq.scheduler.run", "check_for_suspension", "6f20d69d38e46aa0"),
+    # The scheduler: _start_scheduler starts dispatcher_service.scheduler's instead of RQ's. It replaces RQ's work
+    # loop (which run calls, in the scheduler's process), its connection and its start (RQ's forks).
+    ("rq.worker.SimpleWorker._start_scheduler", "_start_scheduler", "788ae5e1a67b8124"),
+    ("rq.scheduler.RQScheduler.work", "_start_scheduler", "5fc98a41beca992b"),
+    ("rq.scheduler.RQScheduler.connection.fget", "_start_scheduler", "b9e0c49aba3fa30f"),
+    ("rq.scheduler.RQScheduler.start", "_start_scheduler", "2a6975690c132733"),
+    ("rq.scheduler.run", "_start_scheduler", "6f20d69d38e46aa0"),
+    # A scheduler that died otherwise (killed) is started again by _restart_dead_scheduler.
     ("rq.scheduler.RQScheduler.acquire_locks", "check_for_suspension", "f9879fe4ba1fe77b"),
 ]
 

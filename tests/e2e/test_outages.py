@@ -120,7 +120,7 @@ def test_a_redis_outage_leaks_no_slot_and_ends_no_worker(
     # Workers waited the outage out instead of exiting and being restarted by the pool.
     assert "quitting" not in log and "is dead" not in log
     assert "Redis reachable again" in log
-    # RQ's scheduler (it died with the outage) runs again: a retry after backoff, a delayed job, comes due.
+    # RQ's scheduler waited the outage out: a retry after backoff, a delayed job, comes due.
     upstream.set_faults(IMAGES, error_rate=1.0, error_status=500)
     retried = create(rest, users[0], "retried after the outage")
     wait_until(lambda: stack.tasks().find_one({"_id": retried, "status": "pending", "attempts": {"$gte": 1}}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,6 +43,27 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     def trace(self, trace_id: bytes) -> list[tuple[str, Span]]:
         with self._lock:
             return [(service, span) for service, span in self.spans if span.trace_id == trace_id]
+
+    def of(self, service: str, wanted: Callable[[Span], bool]) -> list[Span]:
+        """The spans `service` sent that are `wanted`."""
+        with self._lock:
+            return [span for name, span in self.spans if name == service and wanted(span)]
+
+    def first(self, service: str, wanted: Callable[[Span], bool]) -> Span | None:
+        return next(iter(self.of(service, wanted)), None)
+
+    def whole_trace(self, trace_id: bytes, services: set[str]) -> list[tuple[str, Span]]:
+        """The trace once each of `services` sent spans to it and then none came for a second: a process exports
+        the spans that ended every 200 ms, so a span's parent may come in a later batch than the span."""
+        wait_until(lambda: services <= {service for service, _ in self.trace(trace_id)}, timeout=20)
+        counts = [-1]
+
+        def settled() -> bool:
+            counts.append(len(self.trace(trace_id)))
+            return counts[-1] == counts[-2]
+
+        wait_until(settled, timeout=20, interval=1.0)
+        return self.trace(trace_id)
 
 
 @pytest.fixture(scope="module")
@@ -87,22 +108,10 @@ def test_one_trace_covers_every_service_a_task_goes_through(
         assert wait_for_status(rest, task_id, {"completed", "failed"})["status"] == "completed"
 
     # The dispatcher's run of the task's job names the task; its trace is the one to follow.
-    def job_span() -> Span | None:
-        with received._lock:
-            spans = list(received.spans)
-        return next(
-            (span for service, span in spans if service == "dispatcher" and _attribute(span, "task_id") == task_id),
-            None,
-        )
-
-    run = wait_until(job_span, timeout=20)
-    wanted = {"envoy", "task_service", "dispatcher", "provider_volcengine"}
-
-    def whole_trace() -> list[tuple[str, Span]] | None:
-        spans = received.trace(run.trace_id)
-        return spans if wanted <= {service for service, _ in spans} else None
-
-    spans = wait_until(whole_trace, timeout=20)
+    run = wait_until(
+        lambda: received.first("dispatcher", lambda span: _attribute(span, "task_id") == task_id), timeout=20
+    )
+    spans = received.whole_trace(run.trace_id, {"envoy", "task_service", "dispatcher", "provider_volcengine"})
     by_service: dict[str, list[Span]] = {}
     for service, span in spans:
         by_service.setdefault(service, []).append(span)
@@ -145,28 +154,19 @@ def test_a_tasks_webhook_deliveries_join_its_trace(
         wait_until(lambda: len(receiver.of(task_id)) == 2, timeout=30)
 
     def delivery_spans() -> list[Span] | None:
-        with received._lock:
-            spans = [span for service, span in received.spans if service == "dispatcher"]
-        deliveries = [
-            span for span in spans if span.name == "webhook delivery" and _attribute(span, "task_id") == task_id
-        ]
+        deliveries = received.of(
+            "dispatcher", lambda span: span.name == "webhook delivery" and _attribute(span, "task_id") == task_id
+        )
         return deliveries if len(deliveries) == 2 else None
 
     deliveries = wait_until(delivery_spans, timeout=20)
 
-    def task_run() -> Span | None:
-        with received._lock:
-            spans = list(received.spans)
-        return next(
-            (
-                span
-                for service, span in spans
-                if service == "dispatcher" and span.name == "process_task" and _attribute(span, "task_id") == task_id
-            ),
-            None,
-        )
-
-    run = wait_until(task_run, timeout=20)
+    run = wait_until(
+        lambda: received.first(
+            "dispatcher", lambda span: span.name == "process_task" and _attribute(span, "task_id") == task_id
+        ),
+        timeout=20,
+    )
     # The started message was made inside the task's run, the final copy by it too: both join the task's trace.
     assert {span.trace_id for span in deliveries} == {run.trace_id}
     assert sorted(_attribute(span, "message_id") for span in deliveries) == sorted(
@@ -196,27 +196,13 @@ def test_a_request_to_the_openai_door_is_one_trace(traced_stack: LocalStack, col
         )
     assert response.status_code == 200, response.text
 
-    def door_span() -> Span | None:
-        with received._lock:
-            spans = list(received.spans)
-        return next(
-            (
-                span
-                for service, span in spans
-                if service == "openai_door"
-                and span.kind == Span.SPAN_KIND_SERVER
-                and "/v1/chat/completions" in str(_attribute(span, "http.target") or _attribute(span, "url.path"))
-            ),
-            None,
-        )
+    def chat_request(span: Span) -> bool:
+        path = _attribute(span, "http.target") or _attribute(span, "url.path")
+        return span.kind == Span.SPAN_KIND_SERVER and "/v1/chat/completions" in str(path)
 
-    door = wait_until(door_span, timeout=20)
+    door = wait_until(lambda: received.first("openai_door", chat_request), timeout=20)
 
-    def whole_trace() -> list[tuple[str, Span]] | None:
-        spans = received.trace(door.trace_id)
-        return spans if {"envoy", "openai_door", "task_service", "dispatcher"} <= {name for name, _ in spans} else None
-
-    spans = wait_until(whole_trace, timeout=20)
+    spans = received.whole_trace(door.trace_id, {"envoy", "openai_door", "task_service", "dispatcher"})
     # Envoy's span is the one root: the door took the trace from its request, and passed it on to the task service.
     ids = {span.span_id for _, span in spans}
     assert [service for service, span in spans if span.parent_span_id not in ids] == ["envoy"]
