@@ -31,8 +31,6 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import ConnectionFailure
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
@@ -45,7 +43,7 @@ from aitask_common.queue_shards import layout
 from aitask_common.queue_state import OLDEST_AGE, STATES, paused_queues, priority_status
 from aitask_common.queue_state import queue_status as shared_queue_status
 from aitask_common.queues import PROCESS_TASK, QUEUE_ORDER, leave_queue, polls_key
-from aitask_common.redis_clients import redis_client
+from aitask_common.redis_clients import REDIS_DOWN, redis_client
 from aitask_common.rq_shards import shard_queue
 from aitask_common.settings import ServiceSettings, load_settings
 from aitask_common.tasks import CancelReason, TaskDocument, TaskStatus
@@ -368,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 line += f", kept {outcome.kept_jobs} jobs whose task a worker holds (clear again later)"
             print(line)
         return 0
-    except (RedisConnectionError, RedisTimeoutError) as error:
+    except REDIS_DOWN as error:
         print(f"Redis at REDIS_URL is unavailable: {error}", file=sys.stderr)
     except ConnectionFailure as error:
         print(f"MongoDB at MONGO_URL is unavailable: {error}", file=sys.stderr)
