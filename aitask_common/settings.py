@@ -34,7 +34,7 @@ DEVELOPMENT_STARTING_CREDITS = 1_000_000
 class ServiceSettings(BaseSettings):
     """Settings every aitask process shares."""
 
-    # Field docstrings are the settings' descriptions: `.env.example` and the README's table are made from them.
+    # Field docstrings are the settings' descriptions: `env.example` and the README's table are made from them.
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", case_sensitive=False, use_attribute_docstrings=True
     )

@@ -1,4 +1,4 @@
-"""Every variable the processes read, from their settings classes: `.env.example` and the README's table.
+"""Every variable the processes read, from their settings classes: `env.example` and the README's table.
 
     python -m devstack.settings_doc          # rewrite both
     python -m devstack.settings_doc --check  # exit 1 if either is out of step (the tests run this)
@@ -30,7 +30,7 @@ from provider_volcengine.settings import VolcengineSettings
 from task_service.settings import TaskServiceSettings
 from upstream_simulator.settings import SimulatorSettings
 
-ENV_EXAMPLE = ROOT / ".env.example"
+ENV_EXAMPLE = ROOT / "env.example"
 README = ROOT / "README.md"
 TABLE_START = "<!-- settings table: python -m devstack.settings_doc -->"
 TABLE_END = "<!-- end of settings table -->"
@@ -104,7 +104,7 @@ def variables(settings_class: type[BaseSettings], base: type[BaseSettings] | Non
 
 
 def env_example() -> str:
-    """The whole `.env.example`."""
+    """The whole `env.example`."""
     lines = [
         "# Every variable aitask's processes read, with its default. Copy this file to .env and uncomment what you",
         "# change: the processes read .env from their working folder, and the environment wins over it.",
@@ -135,7 +135,7 @@ def readme_with_table(readme: str) -> str:
 
 
 def main() -> int:
-    """Rewrite `.env.example` and the README's table, or with --check report whether they are in step."""
+    """Rewrite `env.example` and the README's table, or with --check report whether they are in step."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if a file is out of step")
     check = parser.parse_args().check

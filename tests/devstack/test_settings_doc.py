@@ -1,4 +1,4 @@
-"""`.env.example` and the README's settings table are made from the settings classes and stay in step with them;
+"""`env.example` and the README's settings table are made from the settings classes and stay in step with them;
 `make run` says what a `.env` changes."""
 
 from __future__ import annotations
