@@ -27,18 +27,21 @@ from __future__ import annotations
 import threading
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from cachetools import LRUCache
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from aitask_common.mongo import DUPLICATE_KEY, update_batches
 from aitask_common.sharding import owned_by
 from aitask_common.tasks import utcnow
 
@@ -132,6 +135,34 @@ class Entry:
         )
 
 
+@dataclass(frozen=True)
+class Posting:
+    """An entry to append: `key` is unique among the user's entries, so it is written once."""
+
+    user_id: str
+    key: str
+    reason: Reason
+    amount: int
+    held: int
+    task_id: str = ""
+    model: str = ""
+    note: str = ""
+
+
+def reserve_posting(user_id: str, task_id: str, cost: int, model: str = "") -> Posting:
+    """The entry of the hold a task's create made."""
+    return Posting(user_id, f"{task_id}:reserve", Reason.RESERVE, amount=0, held=cost, task_id=task_id, model=model)
+
+
+def release_posting(user_id: str, task_id: str, reserved: int, charge: int | None, model: str = "") -> Posting:
+    """The entry that ends a task's hold: a charge of `charge` credits (settle), or none when None (refund). A
+    settle and a refund share the key, so a task gets one of them."""
+    reason = Reason.REFUND if charge is None else Reason.SETTLE
+    return Posting(
+        user_id, f"{task_id}:release", reason, amount=-(charge or 0), held=-reserved, task_id=task_id, model=model
+    )
+
+
 def entry_id(user_id: str, seq: int) -> str:
     return f"{user_id}:{seq:0{SEQ_DIGITS}d}"
 
@@ -184,13 +215,11 @@ class Ledger:
     def grant(self, user_id: str, amount: int, note: str = "", grant_id: str = "") -> Entry:
         """Add (or, negative, take) credits; `grant_id` makes a retried grant a no-op."""
         key = f"grant:{grant_id or uuid.uuid4().hex}"
-        return self._append(user_id, key, Reason.GRANT, amount=amount, held=0, note=note)
+        return self._append(Posting(user_id, key, Reason.GRANT, amount=amount, held=0, note=note))
 
     def reserve(self, user_id: str, task_id: str, cost: int, model: str = "") -> Entry:
         """Record the hold a task's create made (once; the credit check was the create's, in Redis)."""
-        return self._append(
-            user_id, f"{task_id}:reserve", Reason.RESERVE, amount=0, held=cost, task_id=task_id, model=model
-        )
+        return self._append(reserve_posting(user_id, task_id, cost, model))
 
     def release(
         self, user_id: str, task_id: str, reserved: int, charge: int | None, model: str = "", *, entered: bool = False
@@ -199,16 +228,50 @@ class Ledger:
         task whatever happens; the reserve entry is written first unless the caller knows it is (`entered`)."""
         if not entered:
             self.reserve(user_id, task_id, reserved, model)
-        reason = Reason.REFUND if charge is None else Reason.SETTLE
-        return self._append(
-            user_id,
-            f"{task_id}:release",
-            reason,
-            amount=-(charge or 0),
-            held=-reserved,
-            task_id=task_id,
-            model=model,
-        )
+        return self._append(release_posting(user_id, task_id, reserved, charge, model))
+
+    def append_many(self, postings: Sequence[Posting]) -> list[Entry]:
+        """Write each posting once, each user's in their order, as one `_append` each would; their entries in the
+        postings' order. Holds and releases only: a grant's balance check is `grant`'s.
+
+        Round k inserts every user's k-th entry in one command (entry n+1 is numbered after entry n, so it waits
+        for n's round). A user whose entry lost its number to another writer, or found its key taken, is finished
+        by `_append` one entry at a time, as it would have been alone."""
+        if any(posting.reason is Reason.GRANT for posting in postings):
+            raise ValueError("append_many writes holds and releases; a grant goes through grant()")
+        queues: dict[str, deque[tuple[int, Posting]]] = {}
+        for index, posting in enumerate(postings):
+            queues.setdefault(posting.user_id, deque()).append((index, posting))
+        written: dict[int, Entry] = {}
+        with ExitStack() as locks:
+            for stripe in sorted({self._stripe(user_id) for user_id in queues}):
+                locks.enter_context(self._locks[stripe])
+            heads = {user_id: self._current_head(user_id) for user_id in queues}
+            for user_id, head in heads.items():
+                if head.seq == 0 and self.starting_credits:
+                    queues[user_id].appendleft((-1, self._starting_grant(user_id)))
+            alone: dict[str, deque[tuple[int, Posting]]] = {}
+            while queues:
+                users = list(queues)
+                documents = [self._document(heads[user_id], queues[user_id][0][1]) for user_id in users]
+                lost = self._insert_round(documents)
+                for position, user_id in enumerate(users):
+                    if position in lost:
+                        alone[user_id] = queues.pop(user_id)
+                        continue
+                    index, _ = queues[user_id].popleft()
+                    entry = Entry.from_document(documents[position])
+                    heads[user_id] = entry.account
+                    self._wrote(entry.account)
+                    if index >= 0:
+                        written[index] = entry
+                    if not queues[user_id]:
+                        del queues[user_id]
+            for left in alone.values():
+                for index, posting in left:
+                    if index >= 0:  # the starting grant is _append's to write, if still missing
+                        written[index] = self._append_locked(posting)
+        return [written[index] for index in range(len(postings))]
 
     def task_entries(self, user_id: str, task_id: str) -> list[Entry]:
         """A task's entries (its hold, then its settle or refund), by their unique keys."""
@@ -222,9 +285,12 @@ class Ledger:
         """Move the `accounts` documents of the users written since the last flush to their newest entry."""
         with self._behind_guard:
             behind, self._behind = self._behind, {}
-        for account in behind.values():
-            # It may lag behind the entries (never lead), so an unconditional write is enough.
-            self.accounts.update_one(
+        if not behind:
+            return
+        # An account may lag behind the entries (never lead), so unconditional writes are enough; an upsert that
+        # lost to another process's (a duplicate key) leaves it lagging.
+        updates = [
+            UpdateOne(
                 {"_id": account.user_id},
                 {
                     "$set": {
@@ -236,61 +302,94 @@ class Ledger:
                 },
                 upsert=True,
             )
+            for account in behind.values()
+        ]
+        for batch in update_batches(updates):
+            try:
+                self.accounts.bulk_write(batch, ordered=False)
+            except BulkWriteError as error:
+                if any(failure["code"] != DUPLICATE_KEY for failure in error.details["writeErrors"]):
+                    raise
 
     # --- the append ----------------------------------------------------------------------------------------------
-    def _append(
-        self, user_id: str, key: str, reason: Reason, *, amount: int, held: int, task_id: str = "", **extra: str
-    ) -> Entry:
-        with self._lock(user_id):
-            # A head this process wrote is usually still the newest: insert after it at once, and roll forward
-            # only when another writer took the number.
-            head = self._heads.get(user_id) or self._roll_forward(user_id, self._known_head(user_id))
-            for _ in range(MAX_ROUNDS):
-                if head.seq == 0 and self.starting_credits:
-                    # The user's first entry: the starting grant (once, whichever process writes it).
-                    start = self._write(head, f"grant:start:{user_id}", Reason.GRANT, self.starting_credits, 0, "", {})
-                    head = start.account if start is not None else self._roll_forward(user_id, head)
-                    continue
-                # A grant takes credits only from what is available. A reserve entry records a hold the create
-                # already made (task_service/billing.py), and a settled charge is owed whatever is left.
-                if reason is Reason.GRANT and -amount > head.available:
-                    raise InsufficientCredit(user_id, -amount, head.available)
-                written = self._write(head, key, reason, amount, held, task_id, extra)
-                if written is not None:
-                    return written
-                existing = self.entry(user_id, key)
-                if existing is not None:
-                    return existing  # written before: by a retry of this call, or by an earlier run
-                head = self._roll_forward(user_id, head)
-            raise RuntimeError(f"ledger of {user_id!r}: {MAX_ROUNDS} rounds lost to concurrent writers")
+    def _append(self, posting: Posting) -> Entry:
+        with self._locks[self._stripe(posting.user_id)]:
+            return self._append_locked(posting)
 
-    def _write(
-        self, head: Account, key: str, reason: Reason, amount: int, held: int, task_id: str, extra: dict[str, str]
-    ) -> Entry | None:
-        """Insert entry head.seq + 1; None when the number or the key was taken."""
-        after = Account(head.user_id, head.seq + 1, head.balance + amount, head.reserved + held)
-        document: dict[str, Any] = {
-            "_id": entry_id(head.user_id, after.seq),
+    def _append_locked(self, posting: Posting) -> Entry:
+        user_id = posting.user_id
+        head = self._current_head(user_id)
+        for _ in range(MAX_ROUNDS):
+            if head.seq == 0 and self.starting_credits:
+                # The user's first entry: the starting grant (once, whichever process writes it).
+                start = self._write(head, self._starting_grant(user_id))
+                head = start.account if start is not None else self._roll_forward(user_id, head)
+                continue
+            # A grant takes credits only from what is available. A reserve entry records a hold the create
+            # already made (task_service/billing.py), and a settled charge is owed whatever is left.
+            if posting.reason is Reason.GRANT and -posting.amount > head.available:
+                raise InsufficientCredit(user_id, -posting.amount, head.available)
+            written = self._write(head, posting)
+            if written is not None:
+                return written
+            existing = self.entry(user_id, posting.key)
+            if existing is not None:
+                return existing  # written before: by a retry of this call, or by an earlier run
+            head = self._roll_forward(user_id, head)
+        raise RuntimeError(f"ledger of {user_id!r}: {MAX_ROUNDS} rounds lost to concurrent writers")
+
+    def _starting_grant(self, user_id: str) -> Posting:
+        return Posting(user_id, f"grant:start:{user_id}", Reason.GRANT, amount=self.starting_credits, held=0)
+
+    def _current_head(self, user_id: str) -> Account:
+        """A head this process wrote is usually still the newest: entries go after it at once, and the ledger is
+        read forward only when another writer took the number."""
+        return self._heads.get(user_id) or self._roll_forward(user_id, self._known_head(user_id))
+
+    def _document(self, head: Account, posting: Posting) -> dict[str, Any]:
+        """Entry head.seq + 1 of `posting`, as stored."""
+        seq = head.seq + 1
+        optional = {"task_id": posting.task_id, "model": posting.model, "note": posting.note}
+        return {
+            "_id": entry_id(head.user_id, seq),
             "user_id": head.user_id,
-            "seq": after.seq,
-            "key": key,
-            "reason": reason.value,
-            "amount": amount,
-            "held": held,
-            "balance_after": after.balance,
-            "reserved_after": after.reserved,
+            "seq": seq,
+            "key": posting.key,
+            "reason": posting.reason.value,
+            "amount": posting.amount,
+            "held": posting.held,
+            "balance_after": head.balance + posting.amount,
+            "reserved_after": head.reserved + posting.held,
             "time": utcnow(),
-            **({"task_id": task_id} if task_id else {}),
-            **{name: value for name, value in extra.items() if value},
+            **{name: value for name, value in optional.items() if value},
         }
+
+    def _write(self, head: Account, posting: Posting) -> Entry | None:
+        """Insert entry head.seq + 1; None when the number or the key was taken."""
+        document = self._document(head, posting)
         try:
             self.entries.insert_one(document)
         except DuplicateKeyError:
             return None
-        self._heads[head.user_id] = after
+        entry = Entry.from_document(document)
+        self._wrote(entry.account)
+        return entry
+
+    def _insert_round(self, documents: list[dict[str, Any]]) -> set[int]:
+        """Insert each document in one command; the positions of those whose number or key was taken."""
+        try:
+            self.entries.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            failures = error.details["writeErrors"]
+            if any(failure["code"] != DUPLICATE_KEY for failure in failures):
+                raise
+            return {failure["index"] for failure in failures}
+        return set()
+
+    def _wrote(self, account: Account) -> None:
+        self._heads[account.user_id] = account
         with self._behind_guard:
-            self._behind[head.user_id] = after
-        return Entry.from_document(document)
+            self._behind[account.user_id] = account
 
     def _known_head(self, user_id: str) -> Account:
         cached = self._heads.get(user_id)
@@ -310,8 +409,8 @@ class Ledger:
                 return head
             head = Account(user_id, document["seq"], document["balance_after"], document["reserved_after"])
 
-    def _lock(self, user_id: str) -> threading.Lock:
-        return self._locks[zlib.crc32(user_id.encode()) % LOCK_STRIPES]
+    def _stripe(self, user_id: str) -> int:
+        return zlib.crc32(user_id.encode()) % LOCK_STRIPES
 
 
 def iterate_history(ledger: Ledger, user_id: str, page: int = 1000) -> Iterator[Entry]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from cachetools import LRUCache
 from prometheus_client import Gauge
+from pymongo import UpdateOne
 from pymongo.collection import Collection
 from redis import Redis
 from redis.cluster import RedisCluster
@@ -32,9 +33,10 @@ from aitask_common.credit_holds import (
     released_key,
     user_of_credit_key,
 )
-from aitask_common.ledger import Ledger, Reason
+from aitask_common.ledger import Ledger, Reason, release_posting, reserve_posting
 from aitask_common.logging import get_logger
 from aitask_common.metrics import CREDITS, LEDGER_PROBLEMS
+from aitask_common.mongo import update_batches
 from aitask_common.prices import charge
 from aitask_common.tasks import BILLING_OPEN_FIELD, TaskStatus, task_filter
 from dispatcher_service.billing_admin import check_ledger
@@ -45,6 +47,8 @@ log = get_logger(__name__)
 ORPHAN_GRACE_MS = 2 * 60 * 1000
 # Credit hashes looked at per pass for orphan holds.
 ORPHAN_SCAN_COUNT = 200
+# Tasks settled together: their ledger entries go in one insert a round, their `billing_open` in one update.
+SETTLE_BATCH = 500
 TASK_FIELDS = {
     "user_id": 1,
     "model": 1,
@@ -105,35 +109,55 @@ class Settlement:
         """Write new reserve entries, settle final tasks, drop orphan holds; how many tasks were settled."""
         settled = 0
         open_ids = set()
+        batch: list[dict[str, Any]] = []
         try:
             for task in self.tasks.find({BILLING_OPEN_FIELD: True}, TASK_FIELDS):
                 open_ids.add(task["_id"])
                 self._touched.add(task["user_id"])
-                settled += self._settle(task)
+                batch.append(task)
+                if len(batch) == SETTLE_BATCH:
+                    settled, batch = settled + self._settle(batch), []
+            settled += self._settle(batch)
         finally:
             self.ledger.flush_accounts()
         self._drop_orphans(open_ids)
         return settled
 
-    def _settle(self, task: dict[str, Any]) -> int:
-        task_id, user_id, model = task["_id"], task["user_id"], task.get("model", "")
-        reserved = task["billing"]["reserved"]
-        if not TaskStatus(task["status"]).is_final:
+    def _settle(self, tasks: list[dict[str, Any]]) -> int:
+        """The tasks' reserve entries not yet written, and for the final ones their releases, all in one ledger
+        append; then each final task's hold leaves Redis, then `billing_open` leaves them all. How many settled."""
+        postings = []
+        opened = []  # tasks still running whose reserve entry this append writes
+        final: list[tuple[dict[str, Any], int]] = []  # a final task, and where its release is among the postings
+        for task in tasks:
+            task_id, user_id, model = task["_id"], task["user_id"], task.get("model", "")
+            reserved = task["billing"]["reserved"]
             if task_id not in self._entered:
-                self.ledger.reserve(user_id, task_id, reserved, model)
-                self._entered[task_id] = True
-            return 0
-        entered = task_id in self._entered
-        entry = self.ledger.release(user_id, task_id, reserved, charge(task, reserved), model, entered=entered)
-        self._release(
-            keys=[credit_key(user_id), released_key(user_id, task_id)],
-            args=[task_id, entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],
-        )
-        self.tasks.update_one(task_filter(task_id, user_id), {"$unset": {BILLING_OPEN_FIELD: ""}})
-        self._entered.pop(task_id, None)
-        kind = "settled" if entry.reason is Reason.SETTLE else "refunded"
-        CREDITS.labels(kind, model).inc(-entry.amount if entry.reason is Reason.SETTLE else reserved)
-        return 1
+                postings.append(reserve_posting(user_id, task_id, reserved, model))
+            if TaskStatus(task["status"]).is_final:
+                final.append((task, len(postings)))
+                postings.append(release_posting(user_id, task_id, reserved, charge(task, reserved), model))
+            elif task_id not in self._entered:
+                opened.append(task_id)
+        entries = self.ledger.append_many(postings)
+        for task_id in opened:
+            self._entered[task_id] = True
+        for task, position in final:
+            task_id, user_id, reserved = task["_id"], task["user_id"], task["billing"]["reserved"]
+            entry = entries[position]
+            self._release(
+                keys=[credit_key(user_id), released_key(user_id, task_id)],
+                args=[task_id, entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],
+            )
+            self._entered.pop(task_id, None)
+            kind = "settled" if entry.reason is Reason.SETTLE else "refunded"
+            CREDITS.labels(kind, task.get("model", "")).inc(
+                -entry.amount if entry.reason is Reason.SETTLE else reserved
+            )
+        unset = {"$unset": {BILLING_OPEN_FIELD: ""}}
+        for batch in update_batches([UpdateOne(task_filter(task["_id"], task["user_id"]), unset) for task, _ in final]):
+            self.tasks.bulk_write(batch, ordered=False)
+        return len(final)
 
     def _scan_credit_keys(self) -> list[bytes | str]:
         """The next page of users' credit hashes, going on where the last page stopped (on each master)."""

@@ -63,7 +63,7 @@ from standardwebhooks.webhooks import Webhook
 
 from aitask_common.events import EventKind
 from aitask_common.logging import get_logger
-from aitask_common.mongo import DUPLICATE_KEY, client_options
+from aitask_common.mongo import DUPLICATE_KEY, UPDATE_STATEMENTS_MAX, client_options
 from aitask_common.redis_clients import async_redis_client
 from aitask_common.tasks import COLLECTION, FINAL_BUCKETS_FIELD, final_buckets_between, utcnow
 from aitask_common.tracing import job_span
@@ -102,10 +102,8 @@ DELIVERIES = Counter(
 MONGO_CONNECTIONS: Final = 16
 # Due ids one round claims at most.
 ROUND_LIMIT: Final = 500
-# Attempts one bulk write records at most. FerretDB 1.24 holds a PostgreSQL connection for every statement of an
-# update command until the command ends: one bulk write of 150 attempts held all of its pool's connections, waited
-# for one more, and FerretDB stopped answering every client.
-ATTEMPT_BATCH: Final = 16
+# Attempts one bulk write records at most (FerretDB's limit: aitask_common.mongo).
+ATTEMPT_BATCH: Final = UPDATE_STATEMENTS_MAX
 ROUND_MIN_GAP_SECONDS: Final = 0.02
 # Between rounds while the database or Redis is unreachable (not a warning every poll interval).
 OUTAGE_PAUSE_SECONDS: Final = 2.0

@@ -10,7 +10,16 @@ import pytest
 from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 
-from aitask_common.ledger import InsufficientCredit, Ledger, Reason, entry_id, iterate_history
+from aitask_common.ledger import (
+    InsufficientCredit,
+    Ledger,
+    Posting,
+    Reason,
+    entry_id,
+    iterate_history,
+    release_posting,
+    reserve_posting,
+)
 from aitask_common.tasks import utcnow
 from devstack.stack import LocalStack
 
@@ -187,3 +196,100 @@ def test_a_new_user_costs_two_reads_and_reads_nothing_after_its_own_writes(
     account = Ledger(database).account(user_id)
     assert (account.seq, account.balance, account.reserved) == (3, 990, 0)
     assert_consistent(Ledger(database), user_id)
+
+
+def settlement_postings(user_id: str, tasks: range, charge: int | None = 5) -> list[Posting]:
+    """Each task's reserve of 10 credits, then its release."""
+    postings = []
+    for n in tasks:
+        postings += [reserve_posting(user_id, f"task-{n}", 10), release_posting(user_id, f"task-{n}", 10, charge)]
+    return postings
+
+
+def test_a_batch_writes_each_users_entries_in_order_one_insert_a_round(
+    stack: LocalStack, database: Database[dict[str, Any]]
+) -> None:
+    Ledger(database).ensure_indexes()
+    users = [f"user-batch-{n}" for n in range(3)]
+    commands = CommandLog()
+    with MongoClient(stack.env["MONGO_URL"], tz_aware=True, event_listeners=[commands]) as client:
+        ledger = Ledger(client[database.name], starting_credits=100)
+        # Users interleaved: the first has two tasks, the others one each; the third's is refunded.
+        postings = (
+            settlement_postings(users[0], range(2))
+            + settlement_postings(users[1], range(1))
+            + settlement_postings(users[2], range(1), charge=None)
+        )
+        entries = ledger.append_many(postings)
+        inserts = [command for command in commands.sent if command == ("insert", "ledger")]
+    assert [(entry.user_id, entry.key) for entry in entries] == [(p.user_id, p.key) for p in postings]
+    # Each user's starting grant, then their entries: the first user's five entries take five rounds.
+    assert len(inserts) == 5
+    for user_id, balance in zip(users, (90, 95, 100), strict=True):
+        assert_consistent(Ledger(database), user_id)
+        account = Ledger(database).account(user_id)
+        assert (account.balance, account.reserved) == (balance, 0)
+
+
+def test_a_batch_whose_number_another_writer_took_finishes_that_user_alone(
+    database: Database[dict[str, Any]], ledger: Ledger, user_id: str
+) -> None:
+    other_user = f"{user_id}-other"
+    ledger.grant(user_id, 100)
+    ledger.grant(other_user, 100)
+    # Another process writes entry 2 of the user behind this process's back: its cached head (entry 1) is stale.
+    Ledger(database).grant(user_id, 7, grant_id="elsewhere")
+    postings = settlement_postings(user_id, range(2)) + settlement_postings(other_user, range(2))
+    entries = ledger.append_many(postings)
+    assert [entry.seq for entry in entries] == [3, 4, 5, 6, 2, 3, 4, 5]
+    assert (ledger.account(user_id).balance, ledger.account(other_user).balance) == (97, 90)
+    for owner in (user_id, other_user):
+        assert_consistent(ledger, owner)
+
+
+def test_a_batch_finds_entries_written_before_and_writes_them_no_more(ledger: Ledger, user_id: str) -> None:
+    ledger.grant(user_id, 100)
+    reserved = ledger.reserve(user_id, "task-0", 10)  # an earlier pass, before this process lost its memory
+    fresh = Ledger(ledger.entries.database)
+    entries = fresh.append_many(settlement_postings(user_id, range(2)))
+    assert entries[0] == reserved
+    assert [entry.key for entry in iterate_history(ledger, user_id)][1:] == [
+        "task-0:reserve",
+        "task-0:release",
+        "task-1:reserve",
+        "task-1:release",
+    ]
+    assert fresh.append_many(settlement_postings(user_id, range(2))) == entries  # a whole pass again: nothing new
+    assert (fresh.account(user_id).seq, fresh.account(user_id).balance) == (5, 90)
+    assert_consistent(fresh, user_id)
+
+
+def test_concurrent_batches_write_every_entry_once(database: Database[dict[str, Any]], ledger: Ledger) -> None:
+    users = [f"user-race-{n}" for n in range(4)]
+    processes = [Ledger(database, starting_credits=1000) for _ in range(3)]
+
+    def settle(process: Ledger) -> None:
+        # Every replica settles the same tasks of the same users, in batches that overlap.
+        for start in range(0, 12, 3):
+            process.append_many(
+                [posting for user_id in users for posting in settlement_postings(user_id, range(start, start + 4))]
+            )
+        process.flush_accounts()
+
+    threads = [threading.Thread(target=settle, args=(processes[n % 3],)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for user_id in users:
+        entries = list(iterate_history(ledger, user_id))
+        assert len(entries) == 1 + 2 * 13  # the starting grant, then tasks 0..12, each reserved and released once
+        assert len({entry.key for entry in entries}) == len(entries)
+        assert Ledger(database).account(user_id).balance == 1000 - 5 * 13
+        assert_consistent(ledger, user_id)
+
+
+def test_a_batch_refuses_grants(ledger: Ledger, user_id: str) -> None:
+    with pytest.raises(ValueError, match="grant"):
+        ledger.append_many([Posting(user_id, "grant:x", Reason.GRANT, amount=-5, held=0)])
+    assert ledger.account(user_id).seq == 0
