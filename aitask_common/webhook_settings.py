@@ -19,7 +19,7 @@ class WebhookSettings(ServiceSettings):
     webhook_secret_key: str = ""
     """Fernet keys (comma-separated) that encrypt the webhook signing secrets at rest: the first encrypts, every one
     decrypts, so a key rotates by putting a new one first and dropping the old once `python -m
-    aitask_common.webhook_secrets reencrypt` has run. Required in production; elsewhere empty means a fixed
+    aitask_common.webhook_signing reencrypt` has run. Required in production; elsewhere empty means a fixed
     development key."""
     webhook_dns_timeout_seconds: float = Field(default=5.0, gt=0)
     """Longest wait for a webhook host's DNS answer, at create and at each delivery."""

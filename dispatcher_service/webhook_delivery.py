@@ -68,7 +68,7 @@ from aitask_common.redis_clients import async_redis_client
 from aitask_common.tasks import COLLECTION, FINAL_BUCKETS_FIELD, final_buckets_between, utcnow
 from aitask_common.tracing import job_span
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
-from aitask_common.webhook_secrets import SECRET_MARKS_KEY, UserSecrets, WebhookSecretStore, cipher
+from aitask_common.webhook_signing import SECRET_MARKS_KEY, UserSecrets, WebhookSecretStore, cipher
 from aitask_common.webhooks import (
     DUE_COMPLETE_KEY,
     DUE_KEY,

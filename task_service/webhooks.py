@@ -15,8 +15,8 @@ from aitask_common.events import EventKind
 from aitask_common.settings import Environment
 from aitask_common.tasks import TaskDocument
 from aitask_common.webhook_addresses import AddressRefused, allowed_addresses
-from aitask_common.webhook_secrets import UserSecrets, WebhookSecretStore, cipher
 from aitask_common.webhook_settings import WebhookSettings
+from aitask_common.webhook_signing import UserSecrets, WebhookSecretStore, cipher
 from aitask_common.webhooks import (
     DEFAULT_EVENTS,
     MESSAGES_COLLECTION,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from aitask_common.webhook_secrets import new_secret
+from aitask_common.webhook_signing import new_secret
 from devstack.processes import free_port
 from tests.conftest import wait_until
 

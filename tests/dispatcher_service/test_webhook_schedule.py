@@ -7,7 +7,7 @@ from datetime import timedelta
 from multidict import CIMultiDict
 
 from aitask_common.tasks import utcnow
-from aitask_common.webhook_secrets import ROTATION_OVERLAP, UserSecrets, new_secret
+from aitask_common.webhook_signing import ROTATION_OVERLAP, UserSecrets, new_secret
 from dispatcher_service.webhook_delivery import next_delay, retry_after_seconds
 
 SCHEDULE = [5.0, 300.0, 1800.0]

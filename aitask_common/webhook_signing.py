@@ -3,7 +3,7 @@
 The `webhook_secrets` collection holds, per user, the Fernet ciphertexts of the current secret and, for 24 h
 after a rotation, the previous one: a database dump alone signs nothing without WEBHOOK_SECRET_KEY. That setting
 is a comma-separated list of Fernet keys (MultiFernet): the first encrypts, each decrypts. To rotate the key, put
-a new one first, restart, run `python -m aitask_common.webhook_secrets reencrypt` (which rewrites every secret
+a new one first, restart, run `python -m aitask_common.webhook_signing reencrypt` (which rewrites every secret
 under the first key), then drop the old key.
 """
 
@@ -167,7 +167,7 @@ def reencrypt(settings: WebhookSettings) -> int:
 
 
 def main() -> None:
-    """`python -m aitask_common.webhook_secrets reencrypt`."""
+    """`python -m aitask_common.webhook_signing reencrypt`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["reencrypt"])
     parser.parse_args()
