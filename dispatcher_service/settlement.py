@@ -128,36 +128,34 @@ class Settlement:
         append; then each final task's hold leaves Redis, then `billing_open` leaves them all. How many settled."""
         postings = []
         opened = []  # tasks still running whose reserve entry this append writes
-        final: list[tuple[dict[str, Any], int]] = []  # a final task, and where its release is among the postings
+        releases = []  # where each final task's release stands among the postings
         for task in tasks:
             task_id, user_id, model = task["_id"], task["user_id"], task.get("model", "")
             reserved = task["billing"]["reserved"]
             if task_id not in self._entered:
                 postings.append(reserve_posting(user_id, task_id, reserved, model))
             if TaskStatus(task["status"]).is_final:
-                final.append((task, len(postings)))
+                releases.append(len(postings))
                 postings.append(release_posting(user_id, task_id, reserved, charge(task, reserved), model))
             elif task_id not in self._entered:
                 opened.append(task_id)
         entries = self.ledger.append_many(postings)
         for task_id in opened:
             self._entered[task_id] = True
-        for task, position in final:
-            task_id, user_id, reserved = task["_id"], task["user_id"], task["billing"]["reserved"]
-            entry = entries[position]
+        for position in releases:
+            release, entry = postings[position], entries[position]
             self._release(
-                keys=[credit_key(user_id), released_key(user_id, task_id)],
-                args=[task_id, entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],
+                keys=[credit_key(release.user_id), released_key(release.user_id, release.task_id)],
+                args=[release.task_id, entry.seq, entry.balance_after, RELEASED_TOMBSTONE_MS],
             )
-            self._entered.pop(task_id, None)
+            self._entered.pop(release.task_id, None)
             kind = "settled" if entry.reason is Reason.SETTLE else "refunded"
-            CREDITS.labels(kind, task.get("model", "")).inc(
-                -entry.amount if entry.reason is Reason.SETTLE else reserved
-            )
+            CREDITS.labels(kind, release.model).inc(-entry.amount if entry.reason is Reason.SETTLE else -release.held)
         unset = {"$unset": {BILLING_OPEN_FIELD: ""}}
-        for batch in update_batches([UpdateOne(task_filter(task["_id"], task["user_id"]), unset) for task, _ in final]):
+        ended = [UpdateOne(task_filter(postings[at].task_id, postings[at].user_id), unset) for at in releases]
+        for batch in update_batches(ended):
             self.tasks.bulk_write(batch, ordered=False)
-        return len(final)
+        return len(releases)
 
     def _scan_credit_keys(self) -> list[bytes | str]:
         """The next page of users' credit hashes, going on where the last page stopped (on each master)."""
