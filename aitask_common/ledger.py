@@ -28,7 +28,7 @@ import threading
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Set
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -230,13 +230,16 @@ class Ledger:
             self.reserve(user_id, task_id, reserved, model)
         return self._append(release_posting(user_id, task_id, reserved, charge, model))
 
-    def append_many(self, postings: Sequence[Posting]) -> list[Entry]:
+    def append_many(self, postings: Sequence[Posting], *, new_users: Set[str] = frozenset()) -> list[Entry]:
         """Write each posting once, each user's in their order, as one `_append` each would; their entries in the
         postings' order. Holds and releases only: a grant's balance check is `grant`'s.
 
         Round k inserts every user's k-th entry in one command (entry n+1 is numbered after entry n, so it waits
         for n's round). A user whose entry lost its number to another writer, or found its key taken, is finished
-        by `_append` one entry at a time, as it would have been alone."""
+        by `_append` one entry at a time, as it would have been alone.
+
+        `new_users`: users the caller has reason to think have no entry yet; their heads are not read (two reads
+        each otherwise). A wrong guess costs that user a lost number and the reads after it, never a wrong entry."""
         if any(posting.reason is Reason.GRANT for posting in postings):
             raise ValueError("append_many writes holds and releases; a grant goes through grant()")
         queues: dict[str, deque[tuple[int, Posting]]] = {}
@@ -246,7 +249,12 @@ class Ledger:
         with ExitStack() as locks:
             for stripe in sorted({self._stripe(user_id) for user_id in queues}):
                 locks.enter_context(self._locks[stripe])
-            heads = {user_id: self._current_head(user_id) for user_id in queues}
+            heads = {
+                user_id: Account(user_id, 0, 0, 0)
+                if user_id in new_users and user_id not in self._heads
+                else self._current_head(user_id)
+                for user_id in queues
+            }
             for user_id, head in heads.items():
                 if head.seq == 0 and self.starting_credits:
                     queues[user_id].appendleft((-1, self._starting_grant(user_id)))
@@ -272,6 +280,11 @@ class Ledger:
                     if index >= 0:  # the starting grant is _append's to write, if still missing
                         written[index] = self._append_locked(posting)
         return [written[index] for index in range(len(postings))]
+
+    def unread_users(self, user_ids: Iterable[str]) -> set[str]:
+        """Those of `user_ids` whose head this process has neither written nor read lately (a write of theirs
+        would read it first)."""
+        return {user_id for user_id in user_ids if user_id not in self._heads}
 
     def task_entries(self, user_id: str, task_id: str) -> list[Entry]:
         """A task's entries (its hold, then its settle or refund), by their unique keys."""

@@ -30,10 +30,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+from prometheus_client import Histogram
 from pymongo.collection import Collection
 from redis import Redis
 from rq.job import Job
@@ -79,6 +81,22 @@ CREATE_GRACE_SECONDS = 60.0
 # A member whose task turned final less than this long ago is most likely one its worker is releasing right now
 # (it writes the task first, then frees the slot): freed all the same, but no leak worth a warning.
 FINISHING_SECONDS = 0.5
+
+PASS_STEP_SECONDS = Histogram(
+    "aitask_reconciler_step_seconds",
+    "Time each step of a reconciler pass took (expire_overdue, requeue_stuck, prune_watch, prune_inflight, settle, "
+    "count_low_credit, check_ledgers)",
+    ["step"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+@contextmanager
+def timed(step: str) -> Iterator[None]:
+    """Observe how long the block took as `step` of a pass (a step that raised is not observed)."""
+    started = time.perf_counter()
+    yield
+    PASS_STEP_SECONDS.labels(step).observe(time.perf_counter() - started)
 
 
 def user_in_flight_query(user_id: str) -> dict[str, Any]:
@@ -127,14 +145,21 @@ class Reconciler:
         if not self.redis.set(LOCK_KEY, self.token, nx=True, px=max(interval_ms - 100, 100)):
             return 0
         now = time.time()
-        expire_overdue(self.tasks, self.redis, BATCH)
-        requeued = self._requeue_stuck(now)
-        self._prune(now - WATCH_RETENTION_SECONDS)
-        self._prune_inflight(now)
+        with timed("expire_overdue"):
+            expire_overdue(self.tasks, self.redis, BATCH)
+        with timed("requeue_stuck"):
+            requeued = self._requeue_stuck(now)
+        with timed("prune_watch"):
+            self._prune(now - WATCH_RETENTION_SECONDS)
+        with timed("prune_inflight"):
+            self._prune_inflight(now)
         if self.settlement is not None:
-            self.settlement.run_once()
-            self.settlement.count_low_credit_users(self.settings.low_credit_threshold)
-            self.settlement.check_touched(self.settings.ledger_check_interval_seconds)
+            with timed("settle"):
+                self.settlement.run_once()
+            with timed("count_low_credit"):
+                self.settlement.count_low_credit_users(self.settings.low_credit_threshold)
+            with timed("check_ledgers"):
+                self.settlement.check_touched(self.settings.ledger_check_interval_seconds)
         return requeued
 
     def _requeue_stuck(self, now: float) -> int:

@@ -139,7 +139,9 @@ class Settlement:
                 postings.append(release_posting(user_id, task_id, reserved, charge(task, reserved), model))
             elif task_id not in self._entered:
                 opened.append(task_id)
-        entries = self.ledger.append_many(postings)
+        entries = self.ledger.append_many(
+            postings, new_users=self._new_users({posting.user_id for posting in postings})
+        )
         for task_id in opened:
             self._entered[task_id] = True
         for position in releases:
@@ -156,6 +158,18 @@ class Settlement:
         for batch in update_batches(ended):
             self.tasks.bulk_write(batch, ordered=False)
         return len(releases)
+
+    def _new_users(self, user_ids: set[str]) -> set[str]:
+        """Those of `user_ids` whose head the ledger would read and whose credit hash has seen no entry (a create
+        built it at seq 0 for a user the ledger did not know): most likely still without one. One round trip."""
+        unread = sorted(self.ledger.unread_users(user_ids))
+        if not unread:
+            return set()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for user_id in unread:
+                pipe.hget(credit_key(user_id), "seq")
+            seqs = pipe.execute()
+        return {user_id for user_id, seq in zip(unread, seqs, strict=True) if seq is not None and int(seq) == 0}
 
     def _scan_credit_keys(self) -> list[bytes | str]:
         """The next page of users' credit hashes, going on where the last page stopped (on each master)."""

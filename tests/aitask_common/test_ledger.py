@@ -231,6 +231,33 @@ def test_a_batch_writes_each_users_entries_in_order_one_insert_a_round(
         assert (account.balance, account.reserved) == (balance, 0)
 
 
+def test_a_batch_reads_no_head_of_a_user_said_to_be_new_and_a_wrong_word_costs_reads_only(
+    stack: LocalStack, database: Database[dict[str, Any]], user_id: str
+) -> None:
+    newcomer, regular = f"{user_id}-new", f"{user_id}-regular"
+    Ledger(database).ensure_indexes()
+    Ledger(database).grant(regular, 100)  # by another process: this one has never seen the user
+    commands = CommandLog()
+    with MongoClient(stack.env["MONGO_URL"], tz_aware=True, event_listeners=[commands]) as client:
+        ledger = Ledger(client[database.name], starting_credits=1000)
+        postings = settlement_postings(newcomer, range(1)) + settlement_postings(regular, range(1))
+        entries = ledger.append_many(postings, new_users={newcomer, regular})
+    # Only the regular's head was read, after their entry 1 turned out taken: their account, entries 1 and 2.
+    assert commands.sent.count(("find", "accounts")) == 1
+    assert commands.sent.count(("find", "ledger")) == 2
+    assert [(entry.user_id, entry.seq) for entry in entries] == [
+        (newcomer, 2),
+        (newcomer, 3),
+        (regular, 2),
+        (regular, 3),
+    ]
+    keys = [entry.key for entry in iterate_history(Ledger(database), regular)]
+    assert len(keys) == 3 and f"grant:start:{regular}" not in keys  # the grant they had, then the task's two
+    assert (Ledger(database).account(newcomer).balance, Ledger(database).account(regular).balance) == (995, 95)
+    for owner in (newcomer, regular):
+        assert_consistent(Ledger(database), owner)
+
+
 def test_a_batch_whose_number_another_writer_took_finishes_that_user_alone(
     database: Database[dict[str, Any]], ledger: Ledger, user_id: str
 ) -> None:

@@ -6,6 +6,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import REGISTRY
 from redis import Redis
 from rq import Queue
 from rq.job import JobStatus
@@ -135,6 +136,11 @@ def test_the_in_flight_set_query_is_filtered_inside_postgresql(stack: LocalStack
 OWNER = {"user_id": "user-reconciler"}
 
 
+def step_count(step: str) -> float:
+    """How many times the reconciler step `step` was timed in this process."""
+    return REGISTRY.get_sample_value("aitask_reconciler_step_seconds_count", {"step": step}) or 0.0
+
+
 def test_a_task_left_processing_goes_back_at_the_front_of_its_queue(stack: LocalStack) -> None:
     redis = Redis(port=stack.ports.redis, db=RECONCILER_DB)
     redis.flushdb()
@@ -172,9 +178,15 @@ def test_a_task_left_processing_goes_back_at_the_front_of_its_queue(stack: Local
             },
         ]
     )
+    steps = ("expire_overdue", "requeue_stuck", "prune_watch", "prune_inflight", "settle")
+    passes_before = {step: step_count(step) for step in steps}
     try:
         reconciler = Reconciler(DispatcherSettings(reconcile_min_age_seconds=0), redis, tasks)
         assert reconciler.run_once() == 2
+        # Each step of the pass was timed once; with no ledger there is nothing to settle.
+        assert {step: step_count(step) - passes_before[step] for step in steps} == dict.fromkeys(steps[:-1], 1) | {
+            "settle": 0
+        }
         order = [job.args[0] for job in backlog.get_jobs()]
         # The started one before everything already waiting, the merely lost one after it.
         assert order[0] == orphan and order[-1] == lost
