@@ -7,6 +7,8 @@ A cluster client is typed as the plain one it stands in for: it offers the same 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from redis import Redis
@@ -57,3 +59,26 @@ def rq_connection(connection: Redis, shard: int) -> Redis:
     if not isinstance(connection, ClusterClient):
         return connection
     return connection.rq_client(layout().tag(shard))
+
+
+def wait_for_redis(
+    connection: Redis,
+    stopping: Callable[[], bool],
+    first_delay: float,
+    longest_delay: float,
+    while_waiting: Callable[[], None] = lambda: None,
+) -> float | None:
+    """Ping `connection` until it answers, `first_delay` seconds after the call and then twice as long after each
+    failure (at most `longest_delay`), calling `while_waiting` before each sleep; the seconds waited, or None when
+    `stopping()` came first."""
+    started = time.monotonic()
+    delay = first_delay
+    while not stopping():
+        while_waiting()
+        time.sleep(delay)
+        try:
+            connection.ping()
+            return time.monotonic() - started
+        except REDIS_DOWN:
+            delay = min(delay * 2, longest_delay)
+    return None

@@ -30,7 +30,7 @@ from redis.retry import Retry
 from rq.scheduler import RQScheduler, run
 
 from aitask_common.logging import configure_logging, get_logger
-from aitask_common.redis_clients import REDIS_DOWN
+from aitask_common.redis_clients import REDIS_DOWN, wait_for_redis
 from dispatcher_service.settings import DispatcherSettings
 
 log = get_logger(__name__)
@@ -121,14 +121,9 @@ class OutageTolerantScheduler(RQScheduler):
 
     def _wait_for_redis(self, error: Exception) -> None:
         log.warning("Redis unreachable; the RQ scheduler waits for it", scheduler=self.name, error=str(error))
-        started = time.monotonic()
-        while not self._stop_requested:
-            time.sleep(RECONNECT_SECONDS)
-            with contextlib.suppress(*REDIS_DOWN):
-                self.connection.ping()
-                waited = round(time.monotonic() - started, 1)
-                log.info("Redis reachable again", scheduler=self.name, waited_seconds=waited)
-                return
+        waited = wait_for_redis(self.connection, lambda: self._stop_requested, RECONNECT_SECONDS, RECONNECT_SECONDS)
+        if waited is not None:
+            log.info("Redis reachable again", scheduler=self.name, waited_seconds=round(waited, 1))
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from aitask_common.outputs import OutputLinks, open_output_store
 from aitask_common.queue_shards import layout, priority_of
 from aitask_common.queue_state import paused_queues
 from aitask_common.queues import QUEUE_ORDER
-from aitask_common.redis_clients import REDIS_DOWN, redis_client, rq_connection
+from aitask_common.redis_clients import REDIS_DOWN, redis_client, rq_connection, wait_for_redis
 from aitask_common.rq_shards import ShardWorker, shard_queue, shard_queue_class, shard_worker_class
 from aitask_common.settings import load_settings
 from aitask_common.tasks import COLLECTION
@@ -210,19 +210,16 @@ class DispatcherWorker(ShardWorker, SimpleWorker):
     def _wait_for_redis(self, error: Exception) -> None:
         """Ping Redis with backoff until it answers, or a stop is requested; log once each way."""
         log.warning("Redis unreachable; the worker waits for it", worker=self.name, error=str(error))
-        started = time.monotonic()
-        delay = REDIS_WAIT_FIRST_SECONDS
-        while not self._stop_requested:
-            self.deadline.idle()  # waiting out an outage is progress: it must not get the pod restarted
-            time.sleep(delay)
-            try:
-                self.connection.ping()
-                break
-            except REDIS_DOWN:
-                delay = min(delay * 2, REDIS_WAIT_MAX_SECONDS)
-        if self._stop_requested:
-            return
-        log.info("Redis reachable again", worker=self.name, waited_seconds=round(time.monotonic() - started, 1))
+        # Waiting out an outage is progress: it must not get the pod restarted (deadline.idle).
+        waited = wait_for_redis(
+            self.connection,
+            lambda: self._stop_requested,
+            REDIS_WAIT_FIRST_SECONDS,
+            REDIS_WAIT_MAX_SECONDS,
+            self.deadline.idle,
+        )
+        if waited is not None:
+            log.info("Redis reachable again", worker=self.name, waited_seconds=round(waited, 1))
 
     def _runs_scheduler(self) -> bool:
         process = self.scheduler._process if self.scheduler is not None else None
